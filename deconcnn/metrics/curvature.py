@@ -1,0 +1,610 @@
+"""Curvature of the training loss on a fixed batch: top Hessian eigenvalue and Hessian trace.
+
+Plain functions, no Lightning. Everything here is matrix-free: the Hessian is only touched through
+Hessian-vector products (HVPs), and every estimate reports its error and the number of HVPs spent.
+
+Estimators
+----------
+``lambda_max``
+    Largest *algebraic* eigenvalue of the Hessian H of the mean cross-entropy (nats) on the batch,
+    by symmetric Lanczos with full re-orthogonalisation (the same kernel as
+    ``hessian_eigenthings.lanczos(which="LA")``, re-implemented so that it can (a) start from a
+    given vector -- the previous record's top eigenvector (warm start) -- and (b) stop as soon as
+    the Ritz residual ``||H y - theta y|| / |theta| <= eig_tol``). The Ritz residual
+    ``beta_m |s_m|`` equals the true residual ``||H y - theta y||`` in exact arithmetic (and to
+    rounding with full re-orthogonalisation); by Bauer-Fike some eigenvalue of H lies within that
+    residual of ``theta``, and by Kato-Temple the error is <= residual^2 / gap. Ritz values
+    under-estimate ``lambda_max`` (Cauchy interlacing), so the reported value is a lower bound
+    that is within ``residual`` of an eigenvalue. (hessian-eigenthings' power iteration returns
+    the largest |lambda|, not the largest lambda, and converges slowly with a small gap: not used.)
+
+``hessian_trace``
+    Default ``trace_method="deflated"`` (Hutch++ with a Krylov sketch): the orthonormal Lanczos
+    basis Q (m vectors) built for ``lambda_max`` is reused as the Hutch++ sketch, so
+    ``tr(Q^T H Q) = sum(alpha_i)`` is known exactly at no extra HVP, and the remainder
+    ``tr(P H P)``, ``P = I - Q Q^T``, is estimated by Hutchinson with projected Rademacher probes.
+    ``tr(H) = tr(Q^T H Q) + tr(P H P)`` exactly (the cross terms vanish), the residual estimate is
+    unbiased given Q (Q does not depend on the probes), and its standard error is the sample
+    standard error of the probe values. Probes are drawn until ``stderr / |estimate| <=
+    trace_rel_tol`` (after ``trace_min_probes``) or ``trace_max_probes`` is reached; the record
+    says whether the rule was met. ``trace_method="hutchinson"`` is the same loop without the
+    deflation; ``"hutch++"`` calls ``hessian_eigenthings.hutch_plus_plus`` with a fixed budget.
+
+``ggn_trace``
+    The trace of the generalised Gauss-Newton matrix J^T H_loss J (exact, from BackPACK's
+    ``DiagGGNExact``). It is NOT the Hessian trace (it drops the term with the network's second
+    derivatives, and is PSD); it exists only where BackPACK supports the model: the BN-free
+    ResNet, or BN in eval mode. BackPACK cannot give the Hessian diagonal of a residual network.
+
+BatchNorm
+---------
+``bn_mode="train"`` (default): the Hessian of the objective being trained, i.e. BN normalises with
+the curvature batch's own statistics. Every forward in train mode would update the running
+statistics, so :func:`bn_mode_context` sets ``track_running_stats=False`` on every BN layer for the
+duration (the functional batch-norm then receives no running buffers), snapshots the running
+mean/var/num_batches_tracked/momentum and restores everything afterwards.
+``bn_mode="eval"``: BN uses its running statistics -- a different function whose curvature can
+differ by orders of magnitude early in training; only as an explicit option. The mode is part of
+every record.
+
+HVP engine
+----------
+``hvp="shared_graph"`` (default): one forward + one ``create_graph=True`` gradient per record;
+every HVP is one double-backward through that retained graph (``retain_graph=True``), shared by
+the eigenvalue and the trace. ``hvp="operator"``: ``hessian_eigenthings.HessianOperator`` on a
+one-batch list, which rebuilds forward + gradient graph for every product.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from hessian_eigenthings import CurvatureOperator, HessianOperator, hutch_plus_plus, supervised_loss
+from torch import Tensor, nn
+
+BNMode = Literal["train", "eval"]
+TraceMethod = Literal["deflated", "hutchinson", "hutch++"]
+HvpEngine = Literal["shared_graph", "operator"]
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_EPS = 1e-30
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+
+
+@contextlib.contextmanager
+def bn_mode_context(model: nn.Module, mode: BNMode) -> Iterator[nn.Module]:
+    """Put ``model`` in ``mode`` for curvature work without touching BN running statistics.
+
+    ``"train"``: every module in train mode; each BN layer gets ``track_running_stats=False`` so it
+    normalises with batch statistics and updates nothing. ``"eval"``: every module in eval mode
+    (BN uses running statistics). On exit every module's ``training`` flag, each BN layer's
+    ``track_running_stats`` and ``momentum`` are restored, and the running mean / var /
+    ``num_batches_tracked`` are copied back from a snapshot (belt and braces).
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"bn_mode must be 'train' or 'eval', got {mode!r}")
+    training_flags = [(m, m.training) for m in model.modules()]
+    saved = []
+    for bn in batchnorm_layers(model):
+        buffers = {
+            name: buf.detach().clone()
+            for name in ("running_mean", "running_var", "num_batches_tracked")
+            if (buf := getattr(bn, name, None)) is not None
+        }
+        saved.append((bn, bn.track_running_stats, bn.momentum, buffers))
+    try:
+        model.train(mode == "train")
+        if mode == "train":
+            for bn, *_ in saved:
+                bn.track_running_stats = False
+        yield model
+    finally:
+        for bn, track, momentum, buffers in saved:
+            bn.track_running_stats = track
+            bn.momentum = momentum
+            with torch.no_grad():
+                for name, value in buffers.items():
+                    getattr(bn, name).copy_(value)
+        for module, flag in training_flags:
+            module.training = flag
+
+
+def _params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class SharedGraphHessian(CurvatureOperator):
+    """Hessian of ``loss_fn(model, batch)`` with the gradient graph built once.
+
+    A hessian-eigenthings ``CurvatureOperator`` (so its algorithms accept it). Construction runs one
+    forward and one ``create_graph=True`` gradient; each :meth:`matvec` is one double-backward
+    with ``retain_graph=True``. Call :meth:`release` (or use it as a context manager) to free the
+    graph. ``n_matvec`` counts products.
+    """
+
+    def __init__(self, model: nn.Module, batch: Any, loss_fn: LossFn) -> None:
+        self._param_list = _params(model)
+        self._sizes = [p.numel() for p in self._param_list]
+        self._size = sum(self._sizes)
+        first = self._param_list[0]
+        self._device, self._dtype = first.device, first.dtype
+        with torch.enable_grad():
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(
+                loss, self._param_list, create_graph=True, allow_unused=True
+            )
+        self.loss = loss.detach()
+        self.grad_flat = torch.cat(
+            [
+                (g.detach() if g is not None else torch.zeros_like(p)).reshape(-1)
+                for g, p in zip(grads, self._param_list, strict=True)
+            ]
+        )
+        # Keep only the gradients that participate in the graph.
+        self._live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        self._grads: list[Tensor] | None = [grads[i] for i in self._live]
+        self.n_matvec = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    def matvec(self, v: Tensor) -> Tensor:
+        if self._grads is None:
+            raise RuntimeError("SharedGraphHessian used after release()")
+        if v.shape != (self._size,):
+            raise ValueError(f"expected vector of shape ({self._size},), got {tuple(v.shape)}")
+        pieces = list(torch.split(v, self._sizes))
+        grad_outputs = [pieces[i].view_as(self._param_list[i]) for i in self._live]
+        with torch.enable_grad():
+            hv = torch.autograd.grad(
+                self._grads,
+                self._param_list,
+                grad_outputs=grad_outputs,
+                retain_graph=True,
+                allow_unused=True,
+            )
+        self.n_matvec += 1
+        return torch.cat(
+            [
+                (h if h is not None else torch.zeros_like(p)).reshape(-1)
+                for h, p in zip(hv, self._param_list, strict=True)
+            ]
+        ).detach()
+
+    def release(self) -> None:
+        self._grads = None
+
+    def __enter__(self) -> SharedGraphHessian:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class CountingOperator(CurvatureOperator):
+    """Wrap any CurvatureOperator and count its products (for ``HessianOperator``)."""
+
+    def __init__(self, inner: CurvatureOperator) -> None:
+        self.inner, self.n_matvec = inner, 0
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.n_matvec += 1
+        with torch.enable_grad():
+            return self.inner.matvec(v).detach()
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=device if device.type != "mps" else "cpu")
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def _rademacher(n: int, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
+    gdev = gen.device
+    v = torch.randint(0, 2, (n,), generator=gen, device=gdev, dtype=torch.int8)
+    return (v.to(device=device, dtype=dtype) * 2 - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# lambda_max: Lanczos with a warm start and a residual stopping rule
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EigResult:
+    """Top algebraic eigenpair estimate.
+
+    ``residual`` = ||H v - lambda v|| (Ritz residual), ``rel_residual`` = residual / |lambda|,
+    ``n_hvp`` products spent, ``converged`` whether ``rel_residual <= tol``. ``basis`` (m x n,
+    orthonormal rows) and ``alphas`` are the Lanczos basis and tridiagonal diagonal, reusable by
+    the deflated trace estimator (``Q^T H Q`` has trace ``sum(alphas)``).
+    """
+
+    eigenvalue: float
+    eigenvector: Tensor
+    residual: float
+    rel_residual: float
+    n_hvp: int
+    iterations: int
+    converged: bool
+    basis: list[Tensor] = field(repr=False, default_factory=list)
+    alphas: list[float] = field(repr=False, default_factory=list)
+    warm_start: bool = False
+
+
+def lanczos_top_eig(
+    operator: CurvatureOperator,
+    *,
+    v0: Tensor | None = None,
+    tol: float = 1e-2,
+    max_iter: int = 40,
+    min_iter: int = 2,
+    seed: int = 0,
+) -> EigResult:
+    """Largest algebraic eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
+
+    Starts from ``v0`` (warm start; a random Gaussian vector if None or degenerate) and stops once
+    the Ritz residual of the top Ritz pair satisfies ``residual <= tol * |theta|`` (checked every
+    iteration from ``min_iter`` on; an exactly invariant Krylov space also stops it), or after
+    ``max_iter`` products. Each iteration costs one ``operator.matvec``.
+    """
+    n = operator.size
+    device, dtype = operator.device, operator.dtype
+    max_iter = max(1, min(max_iter, n))
+    v: Tensor | None = None
+    if v0 is not None:
+        cand = v0.detach().to(device=device, dtype=dtype).reshape(-1)
+        if cand.shape[0] == n and bool(torch.isfinite(cand).all()) and float(cand.norm()) > 1e-12:
+            v = cand
+    warm = v is not None
+    if v is None:
+        gen = _generator(torch.device("cpu"), seed)
+        v = torch.randn(n, generator=gen, dtype=dtype).to(device)
+    q = v / v.norm()
+
+    basis: list[Tensor] = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta, y_coeffs, residual = 0.0, None, math.inf
+    converged = False
+    for j in range(max_iter):
+        w = operator.matvec(basis[j])
+        alpha = float(torch.dot(basis[j], w))
+        alphas.append(alpha)
+        # Full re-orthogonalisation (classical Gram-Schmidt, twice): w <- w - Q (Q^T w).
+        qmat = torch.stack(basis)
+        for _ in range(2):
+            w = w - qmat.T @ (qmat @ w)
+        beta = float(w.norm())
+        tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tri += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(tri)
+        top = int(torch.argmax(evals))
+        theta = float(evals[top])
+        y_coeffs = evecs[:, top]
+        residual = beta * abs(float(y_coeffs[-1]))
+        invariant = beta <= 1e-10 * max(abs(theta), 1e-30) or beta < 1e-30
+        if (j + 1 >= min_iter and residual <= tol * abs(theta)) or invariant:
+            converged = residual <= tol * abs(theta)
+            break
+        if j + 1 < max_iter:
+            betas.append(beta)
+            basis.append(w / beta)
+    assert y_coeffs is not None
+    coeffs = y_coeffs.to(device=device, dtype=dtype)
+    eigvec = torch.zeros(n, device=device, dtype=dtype)
+    for c, b in zip(coeffs, basis, strict=True):
+        eigvec.add_(b, alpha=float(c))
+    eigvec /= eigvec.norm().clamp_min(1e-30)
+    return EigResult(
+        eigenvalue=theta,
+        eigenvector=eigvec,
+        residual=residual,
+        rel_residual=residual / max(abs(theta), _EPS),
+        n_hvp=len(alphas),
+        iterations=len(alphas),
+        converged=converged,
+        basis=basis,
+        alphas=alphas,
+        warm_start=warm,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian trace: (deflated) Hutchinson with a relative-stderr stopping rule
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TraceEstimate:
+    """Trace estimate with ``stderr`` (standard error), ``n_hvp`` products, ``n_probes``,
+    ``exact_part`` (trace of the deflated subspace, exact) and whether the stderr rule was met."""
+
+    estimate: float
+    stderr: float
+    n_hvp: int
+    n_probes: int
+    converged: bool
+    method: str
+    exact_part: float = 0.0
+    deflation_rank: int = 0
+
+    @property
+    def rel_stderr(self) -> float:
+        if not math.isfinite(self.stderr):
+            return math.inf
+        return self.stderr / max(abs(self.estimate), _EPS)
+
+
+def hutchinson_trace(
+    operator: CurvatureOperator,
+    *,
+    basis: Sequence[Tensor] = (),
+    exact_part: float = 0.0,
+    rel_tol: float = 0.05,
+    min_probes: int = 8,
+    max_probes: int = 64,
+    seed: int = 0,
+) -> TraceEstimate:
+    """Hutchinson estimate of ``tr(A)``, optionally deflated by an orthonormal ``basis`` Q.
+
+    With ``basis`` given, ``exact_part`` must be ``tr(Q^T A Q)``; probes are projected,
+    ``g <- (I - Q Q^T) g``, and the estimate is ``exact_part + mean(g^T A g)``. Rademacher probes;
+    stops when ``stderr <= rel_tol * |estimate|`` (at least ``min_probes``, at most
+    ``max_probes``). The standard error is the sample std of the probe values / sqrt(probes).
+    """
+    n, device, dtype = operator.size, operator.device, operator.dtype
+    gen = _generator(device if device.type == "cuda" else torch.device("cpu"), seed + 7919)
+    qmat = torch.stack(list(basis)) if len(basis) else None
+    samples: list[float] = []
+    estimate, stderr, converged = exact_part, math.inf, False
+    min_probes = max(2, min_probes)
+    for i in range(max_probes):
+        g = _rademacher(n, gen, device, dtype)
+        if qmat is not None:
+            g = g - qmat.T @ (qmat @ g)
+        samples.append(float(torch.dot(g, operator.matvec(g))))
+        k = i + 1
+        if k >= 2:
+            mean = math.fsum(samples) / k
+            var = math.fsum((s - mean) ** 2 for s in samples) / (k - 1)
+            estimate, stderr = exact_part + mean, math.sqrt(var / k)
+            if k >= min_probes and stderr <= rel_tol * abs(estimate):
+                converged = True
+                break
+    if len(samples) == 1:
+        estimate = exact_part + samples[0]
+    return TraceEstimate(
+        estimate=estimate,
+        stderr=stderr,
+        n_hvp=len(samples),
+        n_probes=len(samples),
+        converged=converged,
+        method="deflated" if qmat is not None else "hutchinson",
+        exact_part=exact_part,
+        deflation_rank=0 if qmat is None else qmat.shape[0],
+    )
+
+
+def hutchpp_trace(
+    operator: CurvatureOperator, *, num_matvecs: int = 30, seed: int = 0, rel_tol: float = 0.05
+) -> TraceEstimate:
+    """``hessian_eigenthings.hutch_plus_plus`` with a fixed budget (for comparison)."""
+    res = hutch_plus_plus(operator, num_matvecs=num_matvecs, seed=seed)
+    m_per = max(1, num_matvecs // 3)
+    n_hvp = 3 * m_per if operator.size >= m_per else 2 * m_per + operator.size
+    return TraceEstimate(
+        estimate=float(res.estimate),
+        stderr=float(res.stderr),
+        n_hvp=n_hvp,
+        n_probes=m_per,
+        converged=float(res.stderr) <= rel_tol * abs(float(res.estimate)),
+        method="hutch++",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One curvature record
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CurvatureResult:
+    eig: EigResult
+    trace: TraceEstimate
+    loss: float
+    bn_mode: str
+    batch_size: int
+    n_hvp: int
+    seconds: float
+    hvp_engine: str
+
+    def record(self) -> dict[str, Any]:
+        """Flat dict of python scalars: the ``curvature`` record body (keys in docs/metrics.md)."""
+        return {
+            "lambda_max": self.eig.eigenvalue,
+            "lambda_max_residual": self.eig.residual,
+            "lambda_max_rel_residual": self.eig.rel_residual,
+            "lambda_max_n_hvp": self.eig.n_hvp,
+            "lambda_max_converged": bool(self.eig.converged),
+            "lambda_max_warm_start": bool(self.eig.warm_start),
+            "hessian_trace": self.trace.estimate,
+            "hessian_trace_stderr": self.trace.stderr,
+            "hessian_trace_rel_stderr": self.trace.rel_stderr,
+            "hessian_trace_n_hvp": self.trace.n_hvp,
+            "hessian_trace_n_probes": self.trace.n_probes,
+            "hessian_trace_converged": bool(self.trace.converged),
+            "hessian_trace_method": self.trace.method,
+            "hessian_trace_deflation_rank": self.trace.deflation_rank,
+            "curv_loss_nats": self.loss,
+            "curv_batch_size": self.batch_size,
+            "curv_n_hvp": self.n_hvp,
+            "curv_seconds": self.seconds,
+            "bn_mode": self.bn_mode,
+        }
+
+
+def cross_entropy_loss_fn(criterion: nn.Module | None = None) -> LossFn:
+    return supervised_loss(criterion if criterion is not None else nn.CrossEntropyLoss())
+
+
+def curvature_estimates(
+    model: nn.Module,
+    batch: tuple[Tensor, Tensor],
+    criterion: nn.Module | None = None,
+    *,
+    bn_mode: BNMode = "train",
+    v0: Tensor | None = None,
+    eig_tol: float = 1e-2,
+    eig_max_iter: int = 40,
+    trace_method: TraceMethod = "deflated",
+    trace_rel_tol: float = 0.05,
+    trace_min_probes: int = 8,
+    trace_max_probes: int = 48,
+    hutchpp_matvecs: int = 30,
+    seed: int = 0,
+    hvp: HvpEngine = "shared_graph",
+) -> CurvatureResult:
+    """``lambda_max`` and Hessian trace of ``criterion(model(x), y)`` on one batch.
+
+    ``batch`` must already be on the model's device. The model's parameters, gradients (``.grad``
+    is never written: products use ``torch.autograd.grad``), BN running statistics and the global
+    RNG are left untouched (probes use private generators seeded with ``seed``).
+    """
+    loss_fn = cross_entropy_loss_fn(criterion)
+    t0 = time.perf_counter()
+    with bn_mode_context(model, bn_mode):
+        if hvp == "shared_graph":
+            op: Any = SharedGraphHessian(model, batch, loss_fn)
+            loss = float(op.loss)
+        elif hvp == "operator":
+            op = CountingOperator(HessianOperator(model, [batch], loss_fn, full_dataset=True))
+            with torch.no_grad():
+                loss = float(loss_fn(model, batch))
+        else:
+            raise ValueError(f"hvp must be 'shared_graph' or 'operator', got {hvp!r}")
+        try:
+            eig = lanczos_top_eig(op, v0=v0, tol=eig_tol, max_iter=eig_max_iter, seed=seed)
+            if trace_method == "deflated":
+                tr = hutchinson_trace(
+                    op,
+                    basis=eig.basis,
+                    exact_part=math.fsum(eig.alphas),
+                    rel_tol=trace_rel_tol,
+                    min_probes=trace_min_probes,
+                    max_probes=trace_max_probes,
+                    seed=seed,
+                )
+            elif trace_method == "hutchinson":
+                tr = hutchinson_trace(
+                    op,
+                    rel_tol=trace_rel_tol,
+                    min_probes=trace_min_probes,
+                    max_probes=trace_max_probes,
+                    seed=seed,
+                )
+            elif trace_method == "hutch++":
+                tr = hutchpp_trace(op, num_matvecs=hutchpp_matvecs, seed=seed, rel_tol=trace_rel_tol)
+            else:
+                raise ValueError(f"unknown trace_method {trace_method!r}")
+        finally:
+            if isinstance(op, SharedGraphHessian):
+                op.release()
+    eig.basis, eig.alphas = [], []  # free the Krylov basis (m x n floats)
+    seconds = time.perf_counter() - t0
+    return CurvatureResult(
+        eig=eig,
+        trace=tr,
+        loss=loss,
+        bn_mode=bn_mode,
+        batch_size=int(batch[0].shape[0]),
+        n_hvp=int(op.n_matvec),
+        seconds=seconds,
+        hvp_engine=hvp,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# GGN trace with BackPACK (exact, where BackPACK supports the model)
+# --------------------------------------------------------------------------------------------
+def ggn_trace(
+    model: nn.Module,
+    batch: tuple[Tensor, Tensor],
+    *,
+    bn_mode: BNMode = "eval",
+) -> dict[str, Any]:
+    """Exact trace of the generalised Gauss-Newton matrix (NOT the Hessian) with BackPACK.
+
+    ``GGN = sum_n J_n^T H_n J_n / N`` for the mean cross-entropy, H_n the softmax Hessian of sample
+    n; ``ggn_trace = sum of BackPACK's DiagGGNExact``. Exact (error 0) but costs about one backward
+    pass per class. Works where BackPACK's extensions cover the model: the BN-free ResNet (via
+    BackPACK's converter for residual additions) or BN in eval mode; BN in train mode mixes
+    samples and BackPACK refuses it, so this raises ``ValueError`` for ``bn_mode="train"`` on a
+    model with BN. The model is deep-copied (BackPACK's ``extend`` modifies modules).
+    """
+    from backpack import backpack, extend
+    from backpack.extensions import DiagGGNExact
+
+    has_bn = bool(batchnorm_layers(model))
+    if has_bn and bn_mode == "train":
+        raise ValueError(
+            "ggn_trace: BackPACK's DiagGGNExact does not support BatchNorm in train mode "
+            "(samples are mixed); use bn_mode='eval' or a BN-free model"
+        )
+    t0 = time.perf_counter()
+    clone = copy.deepcopy(model)
+    clone.train(bn_mode == "train")
+    if has_bn:
+        clone.eval()
+    x, y = batch
+    try:
+        ext_model = extend(clone, use_converter=True)
+    except Exception:  # pragma: no cover - converter not needed for plain sequential models
+        ext_model = extend(clone)
+    loss_mod = extend(nn.CrossEntropyLoss())
+    params = _params(ext_model)
+    for p in params:
+        p.grad = None
+    with torch.enable_grad(), warnings.catch_warnings():
+        # BackPACK's converter registers full backward hooks; the input needs no gradient.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss = loss_mod(ext_model(x), y)
+        with backpack(DiagGGNExact()):
+            loss.backward()
+    total = torch.stack([p.diag_ggn_exact.sum() for p in params]).sum()
+    return {
+        "ggn_trace": float(total),
+        "ggn_trace_stderr": 0.0,
+        "ggn_trace_method": "backpack_diag_ggn_exact",
+        "ggn_trace_seconds": time.perf_counter() - t0,
+        "bn_mode": bn_mode,
+    }

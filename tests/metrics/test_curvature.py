@@ -1,0 +1,242 @@
+"""Known-answer tests for deconcnn.metrics.curvature (exact Hessians of tiny models)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hessian_eigenthings import lanczos
+from torch import nn
+from torch.func import functional_call
+
+from deconcnn.metrics.curvature import (
+    SharedGraphHessian,
+    bn_mode_context,
+    cross_entropy_loss_fn,
+    curvature_estimates,
+    ggn_trace,
+    hutchinson_trace,
+    lanczos_top_eig,
+)
+from deconcnn.training.resnet import CifarResNet18
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+
+
+def _bn_cnn() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    ).double()
+
+
+def _mlp_batch():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(32, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (32,), generator=g)
+
+
+def _img_batch(n=16, classes=3, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+
+
+def _flat_fn(model, x, y):
+    names = [n for n, p in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    flat0 = torch.cat([p.reshape(-1) for p in params])
+
+    def f(flat):
+        pieces = torch.split(flat, sizes)
+        pd = {n: t.view(s) for n, t, s in zip(names, pieces, shapes)}
+        return nn.functional.cross_entropy(functional_call(model, pd, (x,)), y)
+
+    return f, flat0
+
+
+def exact_hessian(model, x, y, mode="train"):
+    with bn_mode_context(model, mode):
+        f, flat0 = _flat_fn(model, x, y)
+        return torch.autograd.functional.hessian(f, flat0, vectorize=True)
+
+
+@pytest.mark.parametrize("which", ["mlp", "bn_cnn_train", "bn_cnn_eval"])
+def test_lambda_max_matches_exact_top_eigenvalue(which):
+    if which == "mlp":
+        model, batch, mode = _mlp(), _mlp_batch(), "train"
+    else:
+        model, batch, mode = _bn_cnn(), _img_batch(), which.rsplit("_", 1)[1]
+    h = exact_hessian(model, *batch, mode=mode)
+    exact_top = torch.linalg.eigvalsh(h).max().item()
+    res = curvature_estimates(model, batch, bn_mode=mode, eig_tol=1e-5, eig_max_iter=80, seed=0)
+    assert res.bn_mode == mode and res.record()["bn_mode"] == mode
+    assert abs(res.eig.eigenvalue - exact_top) <= 1e-3 * abs(exact_top)
+    assert res.eig.converged and res.eig.rel_residual <= 1e-5
+    # the reported residual is the true residual ||H v - lambda v||
+    v = res.eig.eigenvector
+    true_res = (h @ v - res.eig.eigenvalue * v).norm().item()
+    assert true_res == pytest.approx(res.eig.residual, rel=0.5, abs=1e-9 * abs(exact_top))
+
+
+@pytest.mark.parametrize("method", ["deflated", "hutchinson"])
+def test_trace_within_three_stderr_of_exact(method):
+    model, batch = _bn_cnn(), _img_batch()
+    h = exact_hessian(model, *batch, mode="train")
+    exact = torch.trace(h).item()
+    # loose eigen tolerance so the Krylov basis does not span the whole (small) space
+    res = curvature_estimates(
+        model, batch, eig_tol=5e-2, trace_method=method, trace_rel_tol=0.02,
+        trace_min_probes=10, trace_max_probes=200, seed=0,
+    )
+    tr = res.trace
+    assert tr.stderr > 0 and math.isfinite(tr.stderr)
+    assert abs(tr.estimate - exact) <= 3 * tr.stderr
+    assert tr.n_hvp == tr.n_probes
+    rec = res.record()
+    assert rec["curv_n_hvp"] == rec["lambda_max_n_hvp"] + rec["hessian_trace_n_hvp"]
+
+
+def test_trace_many_seeds_coverage():
+    """Over 20 seeds the +-3 stderr interval covers the exact trace nearly always."""
+    model, batch = _mlp(), _mlp_batch()
+    loss_fn = cross_entropy_loss_fn()
+    exact = torch.trace(exact_hessian(model, *batch)).item()
+    hits = 0
+    with SharedGraphHessian(model, batch, loss_fn) as op:
+        for seed in range(20):
+            tr = hutchinson_trace(op, rel_tol=0.0, min_probes=30, max_probes=30, seed=seed)
+            hits += abs(tr.estimate - exact) <= 3 * tr.stderr
+    assert hits >= 18
+
+
+def test_deflated_trace_exact_when_basis_spans_space():
+    model, batch = _mlp(), _mlp_batch()
+    h = exact_hessian(model, *batch)
+    op = SharedGraphHessian(model, batch, cross_entropy_loss_fn())
+    n = op.size
+    eig = lanczos_top_eig(op, tol=-1.0, max_iter=n)  # never "converged": run to invariance
+    # the Krylov space becomes invariant (rank(H) + 1 <= n vectors): the rest of tr(H) is ~0
+    assert len(eig.basis) <= n
+    tr = hutchinson_trace(op, basis=eig.basis, exact_part=sum(eig.alphas), min_probes=2, max_probes=2)
+    assert tr.estimate == pytest.approx(torch.trace(h).item(), rel=1e-6)
+
+
+def test_matches_hessian_eigenthings_lanczos_and_operator_engine():
+    model, batch = _bn_cnn(), _img_batch()
+    loss_fn = cross_entropy_loss_fn()
+    with bn_mode_context(model, "train"):
+        op = SharedGraphHessian(model, batch, loss_fn)
+        ref = lanczos(op, k=1, max_iter=60, which="LA", seed=0).eigenvalues[0].item()
+    a = curvature_estimates(model, batch, eig_tol=1e-6, eig_max_iter=60, hvp="shared_graph")
+    b = curvature_estimates(model, batch, eig_tol=1e-6, eig_max_iter=60, hvp="operator")
+    assert a.eig.eigenvalue == pytest.approx(ref, rel=1e-6)
+    assert b.eig.eigenvalue == pytest.approx(ref, rel=1e-6)
+    assert a.n_hvp == a.eig.n_hvp + a.trace.n_hvp and b.n_hvp == b.eig.n_hvp + b.trace.n_hvp
+
+
+def test_warm_start_converges_in_fewer_products():
+    model, batch = _bn_cnn(), _img_batch()
+    cold = curvature_estimates(model, batch, eig_tol=1e-4, eig_max_iter=80)
+    with torch.no_grad():  # a small step: the top eigenvector moves a little
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    warm = curvature_estimates(model, batch, eig_tol=1e-4, eig_max_iter=80, v0=cold.eig.eigenvector)
+    fresh = curvature_estimates(model, batch, eig_tol=1e-4, eig_max_iter=80)
+    assert warm.eig.warm_start and not fresh.eig.warm_start
+    assert warm.eig.converged and fresh.eig.converged
+    assert warm.eig.n_hvp < fresh.eig.n_hvp
+    assert warm.eig.eigenvalue == pytest.approx(fresh.eig.eigenvalue, rel=2e-4)
+
+
+def test_bad_warm_start_falls_back_to_random():
+    model, batch = _mlp(), _mlp_batch()
+    res = curvature_estimates(model, batch, v0=torch.zeros(3))
+    assert not res.eig.warm_start and math.isfinite(res.eig.eigenvalue)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bn_running_stats_flags_grads_and_rng_untouched(mode):
+    model = _bn_cnn()
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(0.3)
+        bn.running_var.fill_(2.0)
+    bn.num_batches_tracked.fill_(7)
+    bn.momentum = 0.25
+    model.train()
+    model[0].eval()  # a mixed state must come back exactly
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    res = curvature_estimates(model, _img_batch(), bn_mode=mode)
+    assert res.record()["bn_mode"] == mode
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert [m.training for m in model.modules()] == flags
+    assert bn.track_running_stats is True and bn.momentum == 0.25
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_bn_modes_differ_and_train_mode_uses_batch_stats():
+    model, batch = _bn_cnn(), _img_batch()
+    with torch.no_grad():
+        model[1].running_var.fill_(50.0)  # stale running statistics
+    tr = curvature_estimates(model, batch, bn_mode="train", eig_tol=1e-4)
+    ev = curvature_estimates(model, batch, bn_mode="eval", eig_tol=1e-4)
+    assert abs(tr.eig.eigenvalue - ev.eig.eigenvalue) > 1e-2 * abs(tr.eig.eigenvalue)
+
+
+def test_bn_mode_rejects_unknown():
+    with pytest.raises(ValueError):
+        with bn_mode_context(_mlp(), "frozen"):  # type: ignore[arg-type]
+            pass
+
+
+def _exact_ggn_trace(model, x, y):
+    f, flat0 = _flat_fn(model, x, y)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def out(flat):
+        pd = {n: t.view(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes)}
+        return functional_call(model, pd, (x,))
+
+    logits = out(flat0).detach()
+    jac = torch.autograd.functional.jacobian(out, flat0)  # (N, C, P)
+    p = logits.softmax(-1)
+    n = x.shape[0]
+    total = 0.0
+    for i in range(n):
+        h = torch.diag(p[i]) - torch.outer(p[i], p[i])
+        total += torch.einsum("cd,cp,dp->", h, jac[i], jac[i]).item()
+    return total / n
+
+
+def test_ggn_trace_matches_exact_ggn_on_bn_free_resnet():
+    torch.manual_seed(0)
+    model = CifarResNet18(width=0.125, norm="none")  # float32: BackPACK's conv code assumes it
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (4,), generator=g)
+    exact = _exact_ggn_trace(model, x, y)
+    got = ggn_trace(model, (x, y), bn_mode="train")
+    assert got["ggn_trace"] == pytest.approx(exact, rel=1e-4)
+    assert got["ggn_trace_stderr"] == 0.0
+    assert all(p.grad is None for p in model.parameters())  # worked on a copy
+
+
+def test_ggn_trace_refuses_bn_in_train_mode():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        ggn_trace(_bn_cnn(), _img_batch(), bn_mode="train")
