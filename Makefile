@@ -1,0 +1,41 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+DEMO_OUT ?= results
+
+.PHONY: install demo test test-fast slurm-up slurm-down clean
+
+$(INSTALLED): pyproject.toml constraints-dev.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev]'
+	@# backpack-for-pytorch declares torchvision, whose PyPI build does not load beside every torch
+	@# build (and then breaks `import pytorch_lightning`); BackPACK only uses it in its examples.
+	$(PY) -m pip uninstall -q -y torchvision
+	@touch $@
+
+install: $(INSTALLED)
+
+demo: install
+	$(VENV)/bin/deconcnn-train experiment=loss_lin_slope_base data=synthetic \
+		data.source.num_samples=3000 data.val_size=500 model.width=0.25 trainer.max_epochs=2 \
+		schedule.warmup_epochs=1 \
+		run_dir=$(DEMO_OUT)/demo_run
+	@echo "Results: $(DEMO_OUT)/demo_run (metrics.jsonl, run.json, checkpoints/)"
+
+# The SLURM tests need the local one-node cluster; it can only be installed as root on Debian.
+slurm-up:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/slurm_start.sh; \
+	else echo "make: not root on Debian: SLURM tests will be skipped"; fi
+
+slurm-down:
+	scripts/slurm_stop.sh
+
+test: install slurm-up
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not slurm"
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,1 @@
+"""What one run trains: the model, the data and the Lightning module."""

@@ -1,0 +1,42 @@
+"""Callbacks that make a run end the ways real runs do, and one that watches gradients, for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL the training process when it starts the batch of `step` (a node dying, an OOM kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseAtStep(Callback):
+    def __init__(self, step: int, message: str = "injected failure") -> None:
+        self.step, self.message = step, message
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(self.message)
+
+
+class GradNormWitness(Callback):
+    """Records the pre-clipping gradient norm at every optimizer step, computed independently."""
+
+    def __init__(self) -> None:
+        self.norms: dict[int, float] = {}
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        flat = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
+        self.norms[trainer.global_step] = float(flat.double().norm())

@@ -1,0 +1,50 @@
+"""Helpers shared by tests that train real (tiny) runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from deconcnn.train import CONF_DIR
+
+REPO = CONF_DIR.parent
+SUPPORT = Path(__file__).resolve().parent
+
+# 16 steps per epoch of batch 8 on synthetic data, width 0.125: a few seconds per epoch on 2 cores.
+TINY = [
+    "data.source.num_samples=160",
+    "data.val_size=32",
+    "data.batch_size=8",
+    "model.width=0.125",
+    "trainer.max_epochs=2",
+    "trainer.val_check_interval=0.25",
+    "trainer.enable_progress_bar=false",
+    "schedule.warmup_epochs=1",
+]
+
+
+def compose_run(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*TINY, f"run_dir={run_dir}", *overrides])
+
+
+def train_cli(args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """deconcnn-train in a fresh process, as a user (or SLURM) would start it."""
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT)}
+    return subprocess.run([sys.executable, "-m", "deconcnn.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())

@@ -1,0 +1,29 @@
+"""Bad input to deconcnn-train: a clear message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from runs import TINY, train_cli
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*TINY, "experiment=no_such_experiment"], "Could not find 'experiment/no_such_experiment'"),
+        ([*TINY, "no_such_key=1"], "Key 'no_such_key' is not in struct"),
+        ([*TINY, "optim.lr=-0.1"], "optim.lr must be > 0, got -0.1"),
+        ([*TINY, "model.width=0"], "model.width must be > 0, got 0"),
+        (["data=cifar10", "data.source.data_dir=/nonexistent/cifar"], "CIFAR-10 not found in /nonexistent/cifar"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, args, message):
+    result = train_cli([f"run_dir={tmp_path}", *args])
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_print_job_config_of_a_variant():
+    result = train_cli(["--cfg", "job", "experiment=loss_lin_slope_bn_off"])
+    assert result.returncode == 0, result.stderr
+    assert "variant: S-bn-off" in result.stdout and "gradient_clip_val: 1.0" in result.stdout
