@@ -1,0 +1,226 @@
+"""Thin, typed wrappers around the SLURM command-line tools used by the sweep layer.
+
+No torch (nor any other heavy) import here: the sweep layer must start fast. Every command runs
+with a timeout; a failing command raises :class:`SlurmError` carrying its stderr.
+
+Functions:
+    slurm_available()          -> bool: sbatch/squeue on PATH and `scontrol ping` says UP
+    max_array_size()           -> int: MaxArraySize from one `scontrol show config`
+    sacct_states(job_ids)      -> {job id: normalised state}, one sacct call for all ids
+    scancel(job_id)            -> None
+    requeue(job_id)            -> None: requeue and make it eligible to start at once
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "SlurmError",
+    "expand_array_id",
+    "max_array_size",
+    "normalise_state",
+    "requeue",
+    "sacct_states",
+    "scancel",
+    "slurm_available",
+]
+
+#: Seconds any one SLURM command may take before it is treated as failed.
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class SlurmError(RuntimeError):
+    """A SLURM command failed (non-zero exit, timeout, missing binary or unparsable output)."""
+
+    def __init__(self, cmd: Sequence[str], message: str, returncode: int | None = None) -> None:
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr = message
+        where = f" (exit {returncode})" if returncode is not None else ""
+        detail = message.strip() or "(no stderr)"
+        super().__init__(f"`{' '.join(self.cmd)}` failed{where}: {detail}")
+
+
+def _run(cmd: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> str:
+    """Run ``cmd``; return its stdout, or raise SlurmError with its stderr."""
+    try:
+        proc = subprocess.run(
+            list(cmd), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError as exc:
+        raise SlurmError(cmd, f"command not found: {exc.filename or cmd[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr or ""
+        stderr = err.decode(errors="replace") if isinstance(err, bytes) else err
+        raise SlurmError(cmd, f"timed out after {timeout:g}s. {stderr}") from exc
+    if proc.returncode != 0:
+        raise SlurmError(cmd, proc.stderr, proc.returncode)
+    return proc.stdout
+
+
+def slurm_available(timeout: float = 10.0) -> bool:
+    """True when sbatch and squeue are on PATH and the controller answers ``scontrol ping``."""
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        return False
+    try:
+        out = _run(["scontrol", "ping"], timeout=timeout)
+    except SlurmError:
+        return False
+    return " is UP" in out
+
+
+def max_array_size() -> int:
+    """The controller's MaxArraySize (array indices must be < this value)."""
+    cmd = ["scontrol", "show", "config"]
+    out = _run(cmd)
+    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", out, re.MULTILINE)
+    if m is None:
+        raise SlurmError(cmd, "no MaxArraySize line in the output")
+    return int(m.group(1))
+
+
+def normalise_state(state: str) -> str:
+    """'CANCELLED by 0' -> 'CANCELLED', 'RUNNING+' -> 'RUNNING'; always upper case."""
+    words = state.strip().split()
+    return words[0].rstrip("+").upper() if words else "UNKNOWN"
+
+
+_ARRAY_RANGE = re.compile(r"^(?P<job>\d+)_\[(?P<spec>[^\]]*)\]$")
+
+
+def expand_array_id(job_id: str) -> list[str]:
+    """Expand a sacct/squeue array record id into one id per task.
+
+    ``'123_[0-2,5%2]'`` -> ``['123_0', '123_1', '123_2', '123_5']``; any other id is returned
+    unchanged in a one-element list (``'123_4'``, ``'123'``).
+    """
+    m = _ARRAY_RANGE.match(job_id)
+    if m is None:
+        return [job_id]
+    spec = m.group("spec").split("%", 1)[0]  # drop the throttle ("%k")
+    out: list[str] = []
+    for part in filter(None, spec.split(",")):
+        step = 1
+        if ":" in part:
+            part, step_s = part.split(":", 1)
+            step = int(step_s)
+        if "-" in part:
+            lo_s, hi_s = part.split("-", 1)
+            out.extend(f"{m.group('job')}_{i}" for i in range(int(lo_s), int(hi_s) + 1, step))
+        else:
+            out.append(f"{m.group('job')}_{int(part)}")
+    return out
+
+
+def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """States of jobs and array tasks from ONE ``sacct`` call.
+
+    ``job_ids`` may hold plain job ids (``'123'``), array job ids (``'123'`` stands for all its
+    tasks) and array task ids (``'123_4'``). The result maps every job or array task that sacct
+    reports to its normalised state (``'CANCELLED by 0'`` -> ``'CANCELLED'``); array tasks are keyed
+    ``'<job>_<task>'``, and a not yet started range ``'123_[2-5]'`` is expanded to one key per
+    task. Keys are the ids as sacct prints them: asking for an array task by its raw job id
+    (``'125'`` for task ``'123_2'``) gives the key ``'123_2'``. An id that sacct does not know yet
+    (it lags squeue by a few seconds) is absent.
+    """
+    ids = list(dict.fromkeys(str(j) for j in job_ids))
+    if not ids:
+        return {}
+    cmd = [
+        "sacct",
+        "--parsable2",
+        "--noheader",
+        "-X",
+        "--format=JobID,State",
+        "--jobs",
+        ",".join(ids),
+    ]
+    out = _run(cmd)
+    states: dict[str, str] = {}
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 2:
+            raise SlurmError(cmd, f"unparsable sacct line {line!r}")
+        for task_id in expand_array_id(fields[0].strip()):
+            states[task_id] = normalise_state(fields[1])
+    return states
+
+
+_ARRAY_TASK = re.compile(r"^\d+_\d+$")
+
+
+def scancel(job_id: str) -> None:
+    """Cancel a job, a whole array (``'123'``) or one array task (``'123_4'``).
+
+    Cancelling a job that already finished is a no-op. ``scancel`` exits 0 even for an unknown
+    job id; this raises SlurmError when it prints an error (for example "Invalid job id
+    specified", which also means a finished job already purged from the controller).
+
+    A pending array task that is still part of its array's pending range (``'123_[2-5]'``) has no
+    job record of its own; cancelled as such it just vanishes and sacct never reports it. So for
+    an array task this first runs ``scontrol hold`` on it (best effort), which splits it into its
+    own record, and sacct then shows it CANCELLED like any other job.
+    """
+    job_id = str(job_id)
+    if _ARRAY_TASK.match(job_id):
+        try:
+            _run(["scontrol", "hold", job_id])
+        except SlurmError:
+            pass  # running, finished or unknown: nothing to split
+    cmd = ["scancel", "--verbose", job_id]  # without --verbose an unknown id is silent
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEFAULT_TIMEOUT_S)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise SlurmError(cmd, str(exc)) from exc
+    errors = [
+        line
+        for line in proc.stderr.splitlines()
+        if "error:" in line and "already completing or completed" not in line
+    ]
+    if proc.returncode != 0 or errors:
+        raise SlurmError(cmd, "\n".join(errors) or proc.stderr, proc.returncode)
+
+
+def _job_states_from_controller(job_id: str) -> list[str]:
+    """JobState of every record `scontrol show job` prints for job_id (several for an array)."""
+    out = _run(["scontrol", "show", "job", "--oneliner", job_id])
+    return re.findall(r"\bJobState=(\S+)", out)
+
+
+def requeue(job_id: str, timeout: float = 60.0) -> None:
+    """Requeue a job or array task and make it eligible to start again at once.
+
+    ``scontrol requeue`` alone leaves the job pending for about 120 s (BeginTime = now + the
+    credential lifetime), so this then runs ``scontrol update JobId=<id> StartTime=now``, timed
+    with care (each point was seen failing on SLURM 22.05):
+
+    * only once the job has left COMPLETING: an update sent while the old run is still being torn
+      down is overwritten when the teardown ends;
+    * only in a later wall-clock second than the old run's teardown: slurmd rejects a launch
+      whose credential was created in the same second as the old run's revocation ("Job
+      credential revoked") and the job then ends FAILED;
+    * with StartTime=now rather than in the future: the update wakes the scheduler, which
+      starts the job only if its begin time has passed; otherwise it waits for the next periodic
+      pass (sched_interval/bf_interval, 30-60 s by default).
+
+    The job must still be known to the controller (running, or finished less than MinJobAge
+    seconds ago).
+    """
+    job_id = str(job_id)
+    _run(["scontrol", "requeue", job_id])
+    deadline = time.monotonic() + timeout
+    while "COMPLETING" in _job_states_from_controller(job_id):
+        if time.monotonic() > deadline:
+            raise SlurmError(
+                ["scontrol", "requeue", job_id], f"job still COMPLETING after {timeout:g}s"
+            )
+        time.sleep(0.2)
+    time.sleep(1.05 - time.time() % 1.0)  # into the next second
+    _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
