@@ -14,39 +14,18 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
+from deconcnn.runconfig import CONF_DIR, ConfigError, check_config
 from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_for_resume
 from deconcnn.runlog.metrics_reader import iter_records
 from deconcnn.runlog.run_status import RunStatusFile
 from deconcnn.training.data import DataNotFoundError
 from deconcnn.training.module import ImageClassifier
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-
-
-class ConfigError(ValueError):
-    """A config value that would make the run meaningless."""
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject values the libraries would accept silently or fail on late."""
-    checks = [
-        (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
-        (cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}"),
-        (cfg.model.width > 0, f"model.width must be > 0, got {cfg.model.width}"),
-        (cfg.model.norm in ("batchnorm", "none"), f"model.norm must be batchnorm or none, got {cfg.model.norm}"),
-        (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
-        (cfg.trainer.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}"),
-        (cfg.schedule.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, got {cfg.schedule.warmup_epochs}"),
-    ]
-    clip = cfg.trainer.get("gradient_clip_val")
-    checks.append((clip is None or clip > 0, f"trainer.gradient_clip_val must be > 0 or null, got {clip}"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -65,7 +44,10 @@ def train(cfg: DictConfig) -> str:
     module = ImageClassifier(instantiate(cfg.model), instantiate(cfg.optim),
                              warmup_epochs=cfg.schedule.warmup_epochs, channels_last=cfg.channels_last)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
+    # Under SLURM the sweep's job runner owns requeueing; Lightning's own SIGUSR1 requeue would be a
+    # second handler racing it (submitit #1709), so it is switched off.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
                                       logger=[instantiate(cfg.metrics_log)])
 
     ckpt = run_dir / LAST_CHECKPOINT

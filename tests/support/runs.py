@@ -9,10 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from deconcnn.train import CONF_DIR
+from deconcnn.runconfig import CONF_DIR, compose_run_config
 
 REPO = CONF_DIR.parent
 SUPPORT = Path(__file__).resolve().parent
@@ -31,8 +30,7 @@ TINY = [
 
 
 def compose_run(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, f"run_dir={run_dir}", *overrides])
+    return compose_run_config([*TINY, f"run_dir={run_dir}", *overrides])
 
 
 def train_cli(args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

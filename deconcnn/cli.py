@@ -1,0 +1,147 @@
+"""deconcnn-sweep: argument parsing and printing only; the work is in deconcnn.sweep."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from deconcnn.sweep.launch import DEFAULT_OUT
+
+EXIT_USAGE = 2
+WATCH_MIN_INTERVAL_S = 30  # sacct polling is a load on the cluster's database (submitit #1759)
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deconcnn-sweep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    launch = sub.add_parser("launch", help="expand a sweep file and run or submit its runs")
+    launch.add_argument("sweep_file", type=Path)
+    launch.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
+    launch.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto")
+    launch.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="parent of the sweep directory")
+    launch.add_argument("--dry-run", action="store_true", help="list the runs, submit nothing")
+    launch.add_argument("--json", action="store_true", help="with --dry-run: the runs as JSON")
+    launch.add_argument("--smoke", action="store_true", help="every run shrunk to a few steps on synthetic data")
+    launch.add_argument("--workers-per-gpu", type=int, help="runs packed per GPU (default: the probe's choice)")
+    launch.add_argument("--only", help="a run-id glob or a variant name")
+    launch.add_argument("--skip-check", action="store_true", help="submit to SLURM without a passing check")
+    launch.add_argument("--mps", action="store_true", help="run a CUDA MPS daemon in each packed task")
+    launch.add_argument("--parallel", type=int, help="local: concurrent runs without GPUs (default: k)")
+
+    status = sub.add_parser("status", help="where a sweep stands")
+    status.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", nargs="?", type=float, const=WATCH_MIN_INTERVAL_S, metavar="SECONDS",
+                        help=f"refresh every SECONDS (at least {WATCH_MIN_INTERVAL_S})")
+
+    collect = sub.add_parser("collect", help="one tidy table per record kind, plus a runs summary")
+    collect.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
+    collect.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    collect.add_argument("--out", type=Path)
+
+    report = sub.add_parser("report", help="the plots a researcher looks at first, with an index")
+    report.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
+    report.add_argument("--out", type=Path)
+    return parser
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from deconcnn.sweep.launch import launch, plan
+
+    started = time.perf_counter()
+    launch_plan = plan(args.sweep_file, out=args.out, smoke=args.smoke, only=args.only, overrides=args.overrides)
+    if args.dry_run:
+        rows = launch_plan.dry_run_rows()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            for row in rows:
+                print(f"{row['run_id']:<40} {' '.join(row['overrides'])}")
+            print(f"{len(rows)} runs validated in {time.perf_counter() - started:.2f} s, "
+                  f"sweep directory {launch_plan.sweep_dir.path}; nothing submitted (--dry-run)")
+        return 0
+    if args.json:
+        raise CliError("--json goes with --dry-run")
+    result = launch(launch_plan, executor=args.executor, workers_per_gpu=args.workers_per_gpu,
+                    skip_check=args.skip_check, mps=args.mps, overrides=args.overrides,
+                    cpu_slots=args.parallel, progress=sys.stderr.isatty())
+    skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
+    print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
+    if result.executor == "slurm" and result.submitted:
+        arrays = sorted({j.split('_')[0] for j in result.job_ids})
+        print(f"{result.sbatch_calls} sbatch call(s), job arrays {', '.join(arrays)}")
+    print(f"sweep directory: {result.sweep_dir}  (deconcnn-sweep status {result.sweep_dir})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from deconcnn.sweep.status import render, status_json, sweep_states
+
+    if args.json:
+        print(json.dumps(status_json(args.sweep_dir), indent=1))
+        return 0
+    console = Console()
+    if args.watch is None:
+        console.print(render(args.sweep_dir, sweep_states(args.sweep_dir)))
+        return 0
+    interval = max(WATCH_MIN_INTERVAL_S, args.watch)
+    with Live(render(args.sweep_dir, sweep_states(args.sweep_dir)), console=console) as live:
+        while True:
+            time.sleep(interval)
+            live.update(render(args.sweep_dir, sweep_states(args.sweep_dir)))
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from deconcnn.sweep.collect import collect
+
+    print(collect(args.sweep_dir, fmt=args.format, out=args.out, progress=sys.stderr.isatty()).summary())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from deconcnn.sweep.report import report
+
+    out = report(args.sweep_dir, args.out, progress=sys.stderr.isatty())
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+COMMANDS = {"launch": _launch, "status": _status, "collect": _collect, "report": _report}
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from deconcnn.sweep.grid import SweepFileError
+    from deconcnn.sweep.launch import LaunchError
+    from deconcnn.sweep.manifest import SweepChanged, SweepLocked
+    from deconcnn.sweep.slurm import SlurmError
+    from deconcnn.sweep.status import NotASweep
+
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, SweepFileError, LaunchError, SweepChanged, SweepLocked, SlurmError, NotASweep,
+            FileNotFoundError) as error:
+        print(f"deconcnn-sweep: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""A run's Hydra config: where it lives, how it composes, what makes it valid. No torch import, so
+the sweep layer can validate 216 configs without loading the training stack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_NAME = "train"
+
+
+class ConfigError(ValueError):
+    """A config value that would make the run meaningless."""
+
+
+def compose_run_config(overrides: Sequence[str], *, hydra_config: bool = False,
+                       config_dir: Path = CONF_DIR) -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values the libraries would accept silently or fail on late."""
+    rules = [
+        ("optim.lr", lambda v: v > 0, "> 0"),
+        ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+        ("model.width", lambda v: v > 0, "> 0"),
+        ("data.batch_size", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+        ("trainer.max_epochs", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+        ("schedule.warmup_epochs", lambda v: v >= 0, ">= 0"),
+        ("seed", lambda v: v == int(v), "an integer"),
+    ]
+    for key, ok, expected in rules:
+        value = _number(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {expected}, got {value:g}")
+    if cfg.model.norm not in ("batchnorm", "none"):
+        raise ConfigError(f"model.norm must be batchnorm or none, got {cfg.model.norm!r}")
+    if cfg.trainer.get("gradient_clip_val") is not None and _number(cfg, "trainer.gradient_clip_val") <= 0:
+        raise ConfigError(f"trainer.gradient_clip_val must be > 0 or null, got {cfg.trainer.gradient_clip_val}")

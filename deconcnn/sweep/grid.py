@@ -1,0 +1,191 @@
+"""Sweep file -> runs, through Hydra's own override grammar and sweeper expansion.
+
+A sweep file names its variants (each a Hydra experiment), axes written exactly like `-m` arguments
+(`0.05,0.1,0.2`, `range(0,6)`, `choice(...)`), optionally per variant, and a run-id template. Every
+run's config is composed and checked before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from deconcnn.runconfig import check_config, compose_run_config
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+
+# --smoke: the same grid, each run shrunk to a few steps on synthetic data, every schedule still firing.
+SMOKE_OVERRIDES = (
+    "data=synthetic",
+    "data.source.num_samples=80",
+    "data.val_size=16",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "schedule.warmup_epochs=0",
+)
+
+
+class SweepFileError(ValueError):
+    """The sweep file is malformed or expands to an invalid run."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    variant: str
+    overrides: tuple[str, ...]
+    params: dict[str, Any] = field(hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "variant": self.variant, "overrides": list(self.overrides),
+                "params": self.params}
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    runs: list[RunSpec]
+    launcher_overrides: list[str]
+
+    def fingerprint(self) -> str:
+        """Identifies what the sweep runs; changes when any run's overrides change."""
+        blob = json.dumps([r.to_json() for r in self.runs], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _as_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, ListConfig)) or not all(isinstance(v, str) for v in value):
+        raise SweepFileError(f"{where} must be a list of Hydra override strings")
+    return list(value)
+
+
+def _axis_overrides(axes: Any, where: str) -> list[str]:
+    if axes is None:
+        return []
+    if not isinstance(axes, (dict, DictConfig)):
+        raise SweepFileError(f"{where} must map config keys to sweep values")
+    lines = []
+    for key, value in axes.items():
+        if isinstance(value, (list, ListConfig)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise SweepFileError(f"{where}.{key}: expected a sweep expression like 0.1,0.2 or range(0,6)")
+        lines.append(f"{key}={value}")
+    return lines
+
+
+def _format_value(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _run_id(template: str, variant: str, params: dict[str, Any]) -> str:
+    context = {"variant": variant, **params}
+
+    def fill(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in context:
+            raise SweepFileError(f"run_id template names {{{key}}}, which is not an axis of variant {variant}")
+        return _format_value(context[key])
+
+    return TEMPLATE_FIELD.sub(fill, template)
+
+
+def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: bool = False) -> Sweep:
+    """Read and expand a sweep file (no composition yet: see validate_runs)."""
+    path = Path(path)
+    try:
+        spec = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise SweepFileError(f"sweep file not found: {path}") from None
+    except Exception as error:  # the YAML parser's own message says where
+        raise SweepFileError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
+    if not isinstance(spec, DictConfig):
+        raise SweepFileError(f"{path}: expected a mapping with name, axes and variants")
+    unknown = set(spec.keys()) - {"name", "run_id", "overrides", "axes", "variants", "launcher"}
+    if unknown:
+        raise SweepFileError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    name = spec.get("name") or path.stem
+    if not NAME_PATTERN.match(str(name)):
+        raise SweepFileError(f"{path}: name {name!r} must be letters, digits, '_', '.', '-'")
+    variants = spec.get("variants")
+    if not isinstance(variants, DictConfig) or not variants:
+        raise SweepFileError(f"{path}: 'variants' must map variant names to {{experiment: ...}}")
+    shared_axes = _axis_overrides(spec.get("axes"), "axes")
+    common = _as_list(spec.get("overrides"), "overrides")
+    template = spec.get("run_id")
+    parser = OverridesParser.create()
+    runs: list[RunSpec] = []
+    for variant, body in variants.items():
+        if not NAME_PATTERN.match(str(variant)) or not isinstance(body, DictConfig):
+            raise SweepFileError(f"{path}: variant {variant!r} must be a name mapping to {{experiment: ...}}")
+        if not isinstance(body.get("experiment"), str):
+            raise SweepFileError(f"{path}: variant {variant} needs 'experiment: <conf/experiment file>'")
+        axes = {line.split("=", 1)[0]: line for line in shared_axes}
+        axes.update({line.split("=", 1)[0]: line for line in
+                     _axis_overrides(body.get("axes"), f"variants.{variant}.axes")})
+        try:
+            combos = BasicSweeper.split_arguments(parser.parse_overrides(list(axes.values())), None)[0]
+        except Exception as error:
+            raise SweepFileError(f"{path}: variant {variant}: bad axis: {error}".splitlines()[0]) from None
+        fixed = [f"experiment={body.experiment}", *common,
+                 *_as_list(body.get("overrides"), f"variants.{variant}.overrides")]
+        for combo in combos or [[]]:
+            params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
+            run_id = _run_id(template or default_template(params), str(variant), params)
+            tail = [*combo, *extra_overrides, *(SMOKE_OVERRIDES if smoke else ())]
+            runs.append(RunSpec(run_id, str(variant), (*fixed, *tail), params))
+    seen: dict[str, RunSpec] = {}
+    for run in runs:
+        if run.run_id in seen:
+            raise SweepFileError(f"{path}: two runs get the id {run.run_id}: make run_id name every axis")
+        seen[run.run_id] = run
+    launcher = _as_list(spec.get("launcher"), "launcher")
+    return Sweep(str(name), path, runs, launcher)
+
+
+def default_template(params: dict[str, Any]) -> str:
+    return "_".join(["{variant}", *(f"{key.rsplit('.', 1)[-1]}{{{key}}}" for key in params)])
+
+
+def validate_runs(runs: Iterable[RunSpec]) -> None:
+    """Compose every run's config with Hydra and check it; raises SweepFileError on the first bad one.
+
+    Composition is the slow part (~100 ms), so each distinct set of config-group choices is composed
+    once and the value overrides are applied to a copy with Hydra's own override application.
+    """
+    parser = OverridesParser.create()
+    bases: dict[tuple[str, ...], DictConfig] = {}
+    groups: set[str] | None = None
+    for run in runs:
+        try:
+            parsed = parser.parse_overrides(list(run.overrides))
+            if groups is None:
+                probe = compose_run_config([run.overrides[0]], hydra_config=True)
+                groups = set(probe.hydra.runtime.choices.keys())
+            is_group = [o.key_or_group in groups for o in parsed]
+            group_lines = tuple(o.input_line for o, g in zip(parsed, is_group) if g)
+            if group_lines not in bases:
+                bases[group_lines] = compose_run_config(list(group_lines))
+            cfg = copy.deepcopy(bases[group_lines])
+            ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
+            cfg.run_dir = "/validation"  # the real one is set at launch; hydra's resolver is absent here
+            OmegaConf.to_container(cfg, resolve=True)
+            check_config(cfg)
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SweepFileError(f"run {run.run_id}: {message}") from None
