@@ -1,0 +1,43 @@
+"""Tiny sweep files for launch/status tests: synthetic data, width 0.125, a few steps per run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deconcnn.cli import run as sweep_cli
+
+TINY_RUN = [
+    "data=synthetic",
+    "data.source.num_samples=96",
+    "data.val_size=32",
+    "data.batch_size=16",
+    "model.width=0.125",
+    "trainer.max_epochs=1",
+    "schedule.warmup_epochs=0",
+    "trainer.enable_progress_bar=false",
+]
+LOCAL_SLURM = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+def write_sweep(path: Path, *, seeds: str = "0,1", name: str = "tiny", extra: list[str] = (),
+                variants: dict | None = None) -> Path:
+    """A sweep file: S-core (and whatever variants are given) x seeds, each run a few steps."""
+    lines = [f"name: {name}", 'run_id: "{variant}_s{seed}"', "overrides:"]
+    lines += [f"  - {o}" for o in [*TINY_RUN, *extra]]
+    lines += ["axes:", f"  seed: {seeds}", "variants:"]
+    for variant, body in (variants or {"S-core": {"experiment": "loss_lin_slope_base"}}).items():
+        lines.append(f"  {variant}: {json.dumps(body)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def launch_json(*args: str) -> int:
+    return sweep_cli(["launch", *map(str, args)])
+
+
+def status_of(sweep_dir: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert sweep_cli(["status", str(sweep_dir), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)

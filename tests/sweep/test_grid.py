@@ -1,0 +1,88 @@
+"""Sweep files expand through Hydra's sweeper into exactly the intended, validated runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deconcnn.cli import run as sweep_cli
+from deconcnn.runconfig import CONF_DIR
+from deconcnn.sweep.grid import SweepFileError, load_sweep, validate_runs
+
+REPO = CONF_DIR.parent
+LOSS_LIN_SLOPE = REPO / "sweeps" / "loss_lin_slope.yaml"
+VARIANTS = {"S-core", "S-adamw", "S-bn-off", "S-narrow"}
+
+
+def test_dry_run_json_lists_the_216_run_grid(capsys):
+    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE), "--dry-run", "--json", "--out", "/nonexistent"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 216 and len({r["run_id"] for r in rows}) == 216
+    assert len({r["dir"] for r in rows}) == 216
+    assert Counter(r["variant"] for r in rows) == dict.fromkeys(VARIANTS, 54)
+    for variant in VARIANTS:
+        grid = set()
+        for r in rows:
+            if r["variant"] == variant:
+                values = dict(o.split("=", 1) for o in r["overrides"])
+                grid.add((float(values["optim.lr"]), float(values["optim.weight_decay"]), int(values["seed"])))
+        assert grid == set(itertools.product((0.05, 0.1, 0.2), (1e-4, 1e-3, 1e-2), range(6)))
+    core = next(r for r in rows if r["run_id"] == "S-core_lr0.1_wd0.001_s3")
+    assert core["dir"] == "/nonexistent/loss_lin_slope/runs/S-core_lr0.1_wd0.001_s3"
+    assert not Path("/nonexistent").exists()  # a dry run writes nothing
+
+
+def test_a_variant_carries_its_own_axis_values():
+    sweep = load_sweep(REPO / "sweeps" / "demo.yaml")
+    lrs = {r.variant: sorted(r.params["optim.lr"] for r in sweep.runs if r.variant == v)
+           for v in ("S-core", "S-adamw") for r in sweep.runs if r.variant == v}
+    assert lrs == {"S-core": [0.05, 0.1], "S-adamw": [0.001, 0.003]}
+
+
+def test_every_demo_run_validates():
+    validate_runs(load_sweep(REPO / "sweeps" / "demo.yaml").runs)
+
+
+def _sweep_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("name: x\nvariants: [a, b\n", "not valid YAML"),
+        ("name: x\naxes: {seed: 0}\n", "'variants' must map"),
+        ("name: x\nvariants: {S-core: {experiment: loss_lin_slope_base}}\nbogus: 1\n", "unknown top-level keys"),
+        ("name: x\naxes: {seed: 'range(0,'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n", "bad axis"),
+        ("name: x\nrun_id: '{variant}'\naxes: {seed: '0,1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
+         "two runs get the id S-core"),
+    ],
+)
+def test_malformed_sweep_files_are_refused(tmp_path, body, message):
+    with pytest.raises(SweepFileError, match=message):
+        load_sweep(_sweep_file(tmp_path, body))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("variants: {S-x: {experiment: no_such_variant}}\n", "Could not find 'experiment/no_such_variant'"),
+        ("axes: {optim.lr: 'abc,0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
+         "optim.lr must be a number, got 'abc'"),
+        ("axes: {optim.lr: '-0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
+         "optim.lr must be > 0"),
+        ("axes: {optim.lrr: '0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
+         "Could not override 'optim.lrr'"),
+    ],
+)
+def test_invalid_runs_fail_validation_naming_the_run(tmp_path, body, message):
+    sweep = load_sweep(_sweep_file(tmp_path, "name: x\n" + body))
+    with pytest.raises(SweepFileError, match="run S-") as error:
+        validate_runs(sweep.runs)
+    assert message in str(error.value)
