@@ -1,0 +1,702 @@
+"""Collect a sweep's per-run logs into long tables: one per record kind, plus one row per run.
+
+    result = collect("multirun/loss_lin_slope")            # -> <sweep>/collected/train.parquet, ...
+    result = collect(sweep_dir, fmt="csv", out="/tmp/x")    # CSV instead, elsewhere
+
+Layout read (fixed contract): ``<sweep>/manifest.json`` (optional: run identities) and
+``<sweep>/runs/<run_id>/{run.json,metrics.jsonl}``. A run's identity comes from its manifest
+entry (``variant``; ``params`` keys ``lr``/``weight_decay``/``seed`` or override keys ending in
+them, e.g. ``optim.lr``), else from its run id (``<variant>_lr<lr>[_wd<wd>]_s<seed>``); a weight
+decay that is neither (not a sweep axis) is taken from the run's first logged ``wd``. Runs are the
+manifest's runs plus every directory under ``runs/``.
+
+Layout written under ``out`` (default ``<sweep>/collected``):
+
+- ``<kind>.parquet|csv`` for every record kind (train, val, curvature, noise, checkpoint always;
+  any other kind seen too), one long table each: identity columns first (``run_id, variant, lr,
+  weight_decay, seed, status, complete``), then ``step, epoch, epoch_frac, time`` and the record's
+  metrics. The ``kind`` key is dropped (it is the file name). A record key that collides with an
+  identity column is renamed: the per-step learning rate ``lr`` of train records becomes
+  ``lr_step`` (``lr`` is the run's grid value); any other collision gets ``_logged`` appended.
+- ``runs.parquet|csv``: one row per run, including runs listed in the manifest with no run
+  directory (``status="missing"``). ``complete`` is ``status == "completed"``.
+- ``.cache/<run_id>/``: per-run parquet pieces keyed by (size, mtime_ns) of metrics.jsonl and
+  run.json; a re-collect parses only runs whose files changed and re-assembles the tables from
+  the pieces (or reuses the tables outright when nothing changed).
+
+Memory is bounded by one run: pieces are written per run and the tables are assembled one run
+(one row group) at a time with a schema unified over all pieces (union of keys; int+float ->
+float; anything else mixed -> string). Output files are written to a temporary name and renamed,
+so a reader never sees half a table. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from deconcnn.runlog.metrics_reader import MetricsReader
+
+__all__ = ["CollectResult", "collect", "parse_run_id", "KNOWN_KINDS", "IDENTITY_COLUMNS"]
+
+CACHE_VERSION = 2
+KNOWN_KINDS = ("train", "val", "curvature", "noise", "checkpoint")
+FORMATS = ("parquet", "csv")
+
+IDENTITY_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("run_id", pa.string()),
+    ("variant", pa.string()),
+    ("lr", pa.float64()),
+    ("weight_decay", pa.float64()),
+    ("seed", pa.int64()),
+    ("status", pa.string()),
+    ("complete", pa.bool_()),
+]
+IDENTITY_COLUMNS = tuple(name for name, _ in IDENTITY_FIELDS)
+BASE_COLUMNS = ("step", "epoch", "epoch_frac", "time")
+RECORD_RENAMES = {"lr": "lr_step"}
+
+_FLOAT_KEYS = """epoch_frac time loss_train_nats loss_train_bits acc_train lr_step wd loss_val_nats
+loss_val_bits acc_val grad_norm weight_norm lambda_max lambda_max_residual trace trace_stderr
+psd_tail resid_power grad_var noise_scale checkpoint_size_mb""".split()
+KNOWN_TYPES: dict[str, pa.DataType] = {
+    "step": pa.int64(),
+    "epoch": pa.int64(),
+    **{k: pa.float64() for k in _FLOAT_KEYS},
+    **{k: pa.string() for k in ("reason", "bn_mode", "path")},
+}
+
+RUNS_FIELDS: list[tuple[str, pa.DataType]] = [
+    *IDENTITY_FIELDS,
+    ("in_manifest", pa.bool_()),
+    ("has_dir", pa.bool_()),
+    ("overrides", pa.string()),
+    ("attempt", pa.int64()),
+    ("host", pa.string()),
+    ("slurm_job_id", pa.string()),
+    ("error", pa.string()),
+    ("start_time", pa.float64()),
+    ("end_time", pa.float64()),
+    ("wall_time_s", pa.float64()),
+    ("last_step", pa.int64()),
+    ("diverged_step", pa.int64()),
+    ("first_nonfinite_step", pa.int64()),
+    ("steps_logged", pa.int64()),
+    ("max_step", pa.int64()),
+    ("max_epoch_frac", pa.float64()),
+    *[(f"n_{k}", pa.int64()) for k in KNOWN_KINDS],
+    ("n_records", pa.int64()),
+    ("final_loss_train_nats", pa.float64()),
+    ("final_loss_val_nats", pa.float64()),
+    ("final_acc_val", pa.float64()),
+    ("final_epoch_frac", pa.float64()),
+    ("best_loss_val_nats", pa.float64()),
+    ("best_epoch_frac", pa.float64()),
+    ("best_step", pa.int64()),
+    ("best_acc_val", pa.float64()),
+    ("n_bad_lines", pa.int64()),
+    ("truncated_tail", pa.bool_()),
+    ("from_cache", pa.bool_()),
+]
+RUNS_SCHEMA = pa.schema(RUNS_FIELDS)
+
+_RUN_ID_RE = re.compile(r"^(?P<variant>.+?)_lr(?P<lr>[^_]+)(?:_wd(?P<wd>[^_]+))?_s(?P<seed>\d+)$")
+_KIND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_RUN_JSON_KEYS = ("status", "attempt", "start_time", "end_time", "last_step", "diverged_step",
+                  "host", "slurm_job_id", "error")
+
+
+@dataclass
+class CollectResult:
+    """What one ``collect`` call did. ``rows`` has one entry per table written (``"runs"`` too)."""
+
+    sweep_dir: Path
+    out_dir: Path
+    fmt: str
+    sweep_name: str
+    files: dict[str, Path] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    runs_total: int = 0
+    runs_read: list[str] = field(default_factory=list)  # parsed this call
+    runs_cached: list[str] = field(default_factory=list)  # taken from .cache unchanged
+    runs_missing: list[str] = field(default_factory=list)  # in the manifest, no run directory
+    bad_lines: dict[str, int] = field(default_factory=dict)  # run_id -> lines skipped (> 0 only)
+    truncated: list[str] = field(default_factory=list)  # runs whose last line was cut off
+    status_counts: dict[str, int] = field(default_factory=dict)
+    assembled: bool = True  # False: nothing changed, the existing tables were kept
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few human-readable lines for a CLI to print."""
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.status_counts.items()))
+        lines = [
+            f"sweep {self.sweep_name}: {self.runs_total} runs ({statuses})",
+            f"read {len(self.runs_read)} runs, {len(self.runs_cached)} from cache"
+            + ("" if self.assembled else "; tables unchanged")
+            + f", {self.seconds:.1f} s",
+        ]
+        for kind, path in self.files.items():
+            lines.append(f"  {kind:<11} {self.rows.get(kind, 0):>10} rows  {path}")
+        if self.bad_lines:
+            total = sum(self.bad_lines.values())
+            lines.append(f"skipped {total} unreadable lines in {len(self.bad_lines)} runs"
+                         f" ({len(self.truncated)} truncated last lines)")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def parse_run_id(run_id: str) -> dict[str, Any]:
+    """``S-core_lr0.1_wd0.001_s3`` (or ``S-core_lr0.1_s3``) -> variant/lr/weight_decay/seed, None
+    where it does not parse."""
+    m = _RUN_ID_RE.match(run_id)
+    if not m:
+        return {"variant": None, "lr": None, "weight_decay": None, "seed": None}
+    return {"variant": m["variant"], "lr": _float(m["lr"]), "weight_decay": _float(m["wd"]),
+            "seed": _int(m["seed"])}
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return None if v is None or isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(v: Any) -> int | None:
+    try:
+        if v is None or isinstance(v, bool):
+            return None
+        f = float(v)
+        return int(f) if f.is_integer() else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+@dataclass
+class _Run:
+    run_id: str
+    run_dir: Path | None
+    in_manifest: bool
+    identity: dict[str, Any]
+    overrides: str | None
+
+
+def _discover(sweep_dir: Path, warnings: list[str]) -> tuple[str, dict[str, _Run]]:
+    manifest: dict[str, Any] = {}
+    mpath = sweep_dir / "manifest.json"
+    if mpath.exists():
+        try:
+            manifest = json.loads(mpath.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as exc:
+            warnings.append(f"manifest.json unreadable ({exc}); identities from run ids")
+            manifest = {}
+    mruns = manifest.get("runs") if isinstance(manifest.get("runs"), dict) else {}
+    dirs: dict[str, Path] = {}
+    runs_root = sweep_dir / "runs"
+    if runs_root.is_dir():
+        for d in runs_root.iterdir():
+            if d.is_dir() and not d.name.startswith("."):
+                dirs[d.name] = d
+    runs: dict[str, _Run] = {}
+    for run_id in set(mruns) | set(dirs):
+        entry = mruns.get(run_id) if isinstance(mruns.get(run_id), dict) else {}
+        params = entry.get("params") if isinstance(entry.get("params"), dict) else {}
+        parsed = parse_run_id(run_id)
+        ident = {
+            "variant": entry.get("variant") if isinstance(entry.get("variant"), str) else parsed["variant"],
+            "lr": _float(_param(params, ("lr",))),
+            "weight_decay": _float(_param(params, ("weight_decay", "wd"))),
+            "seed": _int(_param(params, ("seed",))),
+        }
+        for k in ("lr", "weight_decay", "seed"):
+            if ident[k] is None:
+                ident[k] = parsed[k]
+        ov = entry.get("overrides")
+        runs[run_id] = _Run(run_id, dirs.get(run_id), run_id in mruns, ident,
+                            " ".join(map(str, ov)) if isinstance(ov, list) else None)
+    name = manifest.get("sweep") if isinstance(manifest.get("sweep"), str) else sweep_dir.name
+    return name, runs
+
+
+def _param(params: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """A grid value by name: ``lr`` itself, else an override key ending in it (``optim.lr``)."""
+    for name in names:
+        if name in params:
+            return params[name]
+    for name in names:
+        for key, value in params.items():
+            if isinstance(key, str) and key.rsplit(".", 1)[-1] == name:
+                return value
+    return None
+
+
+def _sort_key(r: _Run) -> tuple:
+    i = r.identity
+    return (i["variant"] or "", _nz(i["lr"]), _nz(i["weight_decay"]), _nz(i["seed"]), r.run_id)
+
+
+def _nz(v: float | int | None) -> float:
+    return math.inf if v is None else float(v)
+
+
+# --------------------------------------------------------------------------- one run -> pieces
+
+
+def _file_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _run_key(run_dir: Path) -> dict[str, Any]:
+    return {"v": CACHE_VERSION, "metrics": _file_key(run_dir / "metrics.jsonl"),
+            "run_json": _file_key(run_dir / "run.json")}
+
+
+def _cached_summary(run_dir: Path, cache_dir: Path) -> dict[str, Any] | None:
+    """The cached summary if the run's files are unchanged since it was made, else None."""
+    try:
+        key = json.loads((cache_dir / "key.json").read_text())
+        if key != _run_key(run_dir):
+            return None
+        return json.loads((cache_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _column(name: str, values: list[Any]) -> pa.Array:
+    known = KNOWN_TYPES.get(name)
+    if known is not None:
+        try:
+            return pa.array(values, type=known)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            pass
+    try:
+        arr = pa.array(values)
+        if not (pa.types.is_nested(arr.type) or pa.types.is_binary(arr.type)):
+            return arr
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        pass
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
+                    type=pa.string())
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _record_name(key: str) -> str:
+    if key in RECORD_RENAMES:
+        return RECORD_RENAMES[key]
+    return f"{key}_logged" if key in IDENTITY_COLUMNS else key
+
+
+def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
+    """Parse one run into ``cache_dir/<kind>.parquet`` pieces + ``summary.json``; return summary."""
+    rdir, cdir = Path(run_dir), Path(cache_dir)
+    key = _run_key(rdir)
+    info: dict[str, Any] = {k: None for k in _RUN_JSON_KEYS}
+    rj_error = None
+    try:
+        with open(rdir / "run.json", "rb") as f:
+            rj = json.load(f)
+        if isinstance(rj, dict):
+            info.update({k: rj.get(k) for k in _RUN_JSON_KEYS})
+        else:
+            rj_error = "run.json is not an object"
+    except FileNotFoundError:
+        rj_error = "no run.json"
+    except (OSError, ValueError) as exc:
+        rj_error = f"run.json unreadable: {exc}"
+    if not isinstance(info["status"], str):
+        info["status"] = "unknown"
+
+    # Columns per kind: {kind: (n_rows, {column: values})}. A column first seen at row i is
+    # back-filled with i Nones; a row lacking a column gets a None.
+    tables: dict[str, list[Any]] = {}
+    size = key["metrics"][0] if key["metrics"] else None
+    reader = MetricsReader(rdir / "metrics.jsonl", max_bytes=size)
+    n_nokind = 0
+    for rec in reader.records():
+        kind = rec.pop("kind", None)
+        slot = tables.get(kind)  # type: ignore[arg-type]
+        if slot is None:
+            if not isinstance(kind, str) or not _KIND_RE.match(kind):
+                n_nokind += 1
+                continue
+            slot = tables[kind] = [0, {}]
+        n, cols = slot
+        for k, v in rec.items():
+            lst = cols.get(k)
+            if lst is None:
+                lst = cols[k] = [None] * n
+            lst.append(v)
+        n += 1
+        slot[0] = n
+        if len(rec) < len(cols):
+            for lst in cols.values():
+                if len(lst) < n:
+                    lst.append(None)
+
+    summary: dict[str, Any] = {"run_id": run_id, **info, "run_json_error": rj_error}
+    summary.update(_stats(tables))
+    summary["n_bad_lines"] = reader.bad_lines + n_nokind
+    summary["n_records_without_kind"] = n_nokind
+    summary["truncated_tail"] = reader.truncated_tail
+    summary["bad"] = [{"lineno": b.lineno, "reason": b.reason, "at_eof": b.at_eof}
+                      for b in reader.bad]
+    summary["key"] = key
+
+    # Write the pieces: invalidate first, key last, so a crash leaves a cache that re-reads.
+    cdir.mkdir(parents=True, exist_ok=True)
+    (cdir / "key.json").unlink(missing_ok=True)
+    for old in cdir.glob("*.parquet"):
+        old.unlink()
+    kinds = {}
+    for kind, (n, cols) in tables.items():
+        if n == 0:
+            continue
+        names = [_record_name(k) for k in cols]
+        table = pa.table([_column(nm, v) for nm, v in zip(names, cols.values())], names=names)
+        tmp = _tmp(cdir / f"{kind}.parquet")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, cdir / f"{kind}.parquet")
+        kinds[kind] = n
+    summary["kinds"] = kinds
+    _write_json(cdir / "summary.json", summary)
+    _write_json(cdir / "key.json", key)
+    summary["from_cache"] = False
+    return summary
+
+
+def _stats(tables: dict[str, list[Any]]) -> dict[str, Any]:
+    """Per-run numbers for runs.parquet, computed from the parsed columns."""
+    out: dict[str, Any] = {}
+    steps_max = [_nanmax(cols.get("step")) for _n, cols in tables.values()]
+    efs_max = [_nanmax(cols.get("epoch_frac")) for _n, cols in tables.values()]
+    out["max_step"] = _int(max((s for s in steps_max if s is not None), default=None))
+    out["max_epoch_frac"] = max((e for e in efs_max if e is not None), default=None)
+
+    n_train, tr = tables.get("train", [0, {}])
+    out["steps_logged"] = n_train
+    out["final_loss_train_nats"] = None
+    out["first_nonfinite_step"] = None
+    if n_train and "loss_train_nats" in tr:
+        steps = tr.get("step", [None] * n_train)
+        losses = tr["loss_train_nats"]
+        last = _last_index(steps)
+        out["final_loss_train_nats"] = _float(losses[last])
+        bad = ~np.isfinite(_floats(losses)) & np.isfinite(st := _floats(steps))
+        out["first_nonfinite_step"] = _int(float(st[bad].min())) if bad.any() else None
+    wds = _floats(tr.get("wd")) if n_train else np.array([])
+    wds = wds[np.isfinite(wds)]
+    out["wd_logged"] = float(wds[0]) if len(wds) else None  # identity fallback: no wd axis
+
+    n_val, va = tables.get("val", [0, {}])
+    for k in ("final_loss_val_nats", "final_acc_val", "final_epoch_frac", "best_loss_val_nats",
+              "best_epoch_frac", "best_step", "best_acc_val"):
+        out[k] = None
+    if n_val:
+        steps = va.get("step", [None] * n_val)
+        loss = va.get("loss_val_nats", [None] * n_val)
+        acc = va.get("acc_val", [None] * n_val)
+        ef = va.get("epoch_frac", [None] * n_val)
+        last = _last_index(steps)
+        out["final_loss_val_nats"] = _float(loss[last])
+        out["final_acc_val"] = _float(acc[last])
+        out["final_epoch_frac"] = _float(ef[last])
+        good = [i for i, v in enumerate(loss) if _finite(v)]
+        if good:
+            b = min(good, key=lambda i: (loss[i], _nz(_float(steps[i]))))
+            out["best_loss_val_nats"] = float(loss[b])
+            out["best_epoch_frac"] = _float(ef[b])
+            out["best_step"] = _int(steps[b])
+        accs = [a for a in acc if _finite(a)]
+        out["best_acc_val"] = float(max(accs)) if accs else None
+    return out
+
+
+def _floats(values: list[Any] | None) -> np.ndarray:
+    """Numbers as float64; None, strings and other non-numbers become NaN."""
+    if not values:
+        return np.array([], dtype=float)
+    try:
+        return np.array(values, dtype=float)  # None -> nan
+    except (TypeError, ValueError):
+        return np.array([float(v) if _finite(v) else np.nan for v in values], dtype=float)
+
+
+def _nanmax(values: list[Any] | None) -> float | None:
+    a = _floats(values)
+    a = a[np.isfinite(a)]
+    return float(a.max()) if len(a) else None
+
+
+def _last_index(steps: list[Any]) -> int:
+    """Index of the record with the largest step (the latest in the file on ties)."""
+    a = _floats(steps)
+    ok = np.flatnonzero(np.isfinite(a))
+    if not len(ok):
+        return len(steps) - 1
+    top = a[ok].max()
+    return int(ok[a[ok] == top][-1])
+
+
+def _tmp(path: Path) -> Path:
+    """A temporary sibling, unique per process, renamed over ``path`` when complete."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _unify(name: str, types: set[pa.DataType]) -> pa.DataType:
+    ts = {t for t in types if not pa.types.is_null(t)}
+    known = KNOWN_TYPES.get(name)
+    if not ts:
+        return known or pa.string()
+    if all(pa.types.is_integer(t) for t in ts):
+        return known if known in (pa.float64(), pa.int64()) else pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in ts):
+        return pa.float64()
+    if all(pa.types.is_boolean(t) for t in ts):
+        return pa.bool_()
+    return pa.string()
+
+
+def _identity_arrays(run: _Run, status: str, n: int) -> list[pa.Array]:
+    vals = {"run_id": run.run_id, **run.identity, "status": status, "complete": status == "completed"}
+    return [pa.repeat(pa.scalar(vals[name], type=t), n) for name, t in IDENTITY_FIELDS]
+
+
+class _TableWriter:
+    """Parquet or CSV, streamed one table (= one run) at a time, renamed into place on close."""
+
+    def __init__(self, path: Path, schema: pa.Schema, fmt: str):
+        self.path, self.tmp = path, _tmp(path)
+        if fmt == "parquet":
+            self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        else:
+            self._w = pacsv.CSVWriter(self.tmp, schema)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._w.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._w.close()
+        os.replace(self.tmp, self.path)
+
+
+def _assemble_kind(kind: str, pieces: list[tuple[_Run, str, Path]], path: Path, fmt: str,
+                   advance) -> int:
+    order: dict[str, set[pa.DataType]] = {c: set() for c in BASE_COLUMNS}
+    for _run, _status, piece in pieces:
+        for f in pq.read_schema(piece):
+            order.setdefault(f.name, set()).add(f.type)
+    data_fields = [pa.field(c, _unify(c, ts)) for c, ts in order.items()]
+    schema = pa.schema([pa.field(n, t) for n, t in IDENTITY_FIELDS] + data_fields)
+    writer = _TableWriter(path, schema, fmt)
+    try:
+        for run, status, piece in pieces:
+            t = pq.read_table(piece)
+            cols = _identity_arrays(run, status, t.num_rows)
+            for f in data_fields:
+                if f.name in t.column_names:
+                    c = t.column(f.name)
+                    cols.append(c if c.type == f.type else c.cast(f.type))
+                else:
+                    cols.append(pa.nulls(t.num_rows, f.type))
+            writer.write(pa.Table.from_arrays(cols, schema=schema))
+            advance()
+    finally:
+        writer.close()
+    return writer.rows
+
+
+def _runs_rows(runs: list[_Run], summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        s = summaries.get(run.run_id)
+        row: dict[str, Any] = {name: None for name in RUNS_SCHEMA.names}
+        row.update(run_id=run.run_id, **run.identity, in_manifest=run.in_manifest,
+                   has_dir=run.run_dir is not None, overrides=run.overrides)
+        if s is None:
+            row.update(status="missing", complete=False, n_bad_lines=0, truncated_tail=False,
+                       n_records=0, steps_logged=0, from_cache=False,
+                       **{f"n_{k}": 0 for k in KNOWN_KINDS})
+        else:
+            for k in RUNS_SCHEMA.names:
+                if k in s and k not in IDENTITY_COLUMNS[:5]:
+                    row[k] = s[k]
+            row["status"] = s["status"]
+            row["complete"] = s["status"] == "completed"
+            kinds = s.get("kinds", {})
+            row.update({f"n_{k}": kinds.get(k, 0) for k in KNOWN_KINDS})
+            row["n_records"] = sum(kinds.values())
+            st, et = _float(s.get("start_time")), _float(s.get("end_time"))
+            row["wall_time_s"] = (et - st) if st is not None and et is not None else None
+            for k in ("attempt", "last_step", "diverged_step"):
+                row[k] = _int(s.get(k))
+            for k in ("start_time", "end_time"):
+                row[k] = _float(s.get(k))
+            for k in ("host", "slurm_job_id", "error"):
+                row[k] = None if s.get(k) is None else str(s.get(k))
+        rows.append(row)
+    return rows
+
+
+def _write_runs(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
+    table = pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
+    writer = _TableWriter(path, RUNS_SCHEMA, fmt)
+    try:
+        writer.write(table)
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
+            out: str | os.PathLike[str] | None = None, progress: bool = True, *,
+            workers: int = 1, force: bool = False) -> CollectResult:
+    """Collect ``sweep_dir`` into ``out`` (default ``<sweep_dir>/collected``); see module doc.
+
+    ``fmt``: "parquet" or "csv". ``progress``: show a rich progress bar (stderr). ``workers``: >1
+    parses changed runs in that many processes. ``force``: ignore the cache and re-read every run.
+    Raises FileNotFoundError if ``sweep_dir`` does not exist; never fails on a damaged run.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t0 = time.perf_counter()
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"no sweep directory {sweep}")
+    out_dir = Path(out) if out is not None else sweep / "collected"
+    cache_root = out_dir / ".cache"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    name, runs_by_id = _discover(sweep, warnings)
+    runs = sorted(runs_by_id.values(), key=_sort_key)
+    res = CollectResult(sweep, out_dir, fmt, name, runs_total=len(runs), warnings=warnings)
+    res.runs_missing = [r.run_id for r in runs if r.run_dir is None]
+
+    # Drop cache entries of runs that no longer exist.
+    present = {r.run_id for r in runs if r.run_dir is not None}
+    for d in cache_root.iterdir():
+        if d.is_dir() and d.name not in present:
+            shutil.rmtree(d, ignore_errors=True)
+
+    summaries: dict[str, dict[str, Any]] = {}
+    todo: list[_Run] = []
+    for r in runs:
+        if r.run_dir is None:
+            continue
+        s = None if force else _cached_summary(r.run_dir, cache_root / r.run_id)
+        if s is None:
+            todo.append(r)
+        else:
+            s["from_cache"] = True
+            summaries[r.run_id] = s
+            res.runs_cached.append(r.run_id)
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"read {name}", total=len(todo))
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futs = {pool.submit(_process_run, r.run_id, str(r.run_dir),
+                                    str(cache_root / r.run_id)): r for r in todo}
+                for fut in as_completed(futs):
+                    summaries[futs[fut].run_id] = fut.result()
+                    bar.advance(task)
+        else:
+            for r in todo:
+                summaries[r.run_id] = _process_run(r.run_id, str(r.run_dir), str(cache_root / r.run_id))
+                bar.advance(task)
+        res.runs_read = [r.run_id for r in todo]
+
+        for r in runs:
+            s = summaries.get(r.run_id)
+            if s is not None and r.identity["weight_decay"] is None:
+                # Not a sweep axis (nor in the run id): the weight decay the run logged.
+                r.identity["weight_decay"] = _float(s.get("wd_logged"))
+            status = "missing" if s is None else s["status"]
+            res.status_counts[status] = res.status_counts.get(status, 0) + 1
+            if s is not None and s["n_bad_lines"]:
+                res.bad_lines[r.run_id] = s["n_bad_lines"]
+            if s is not None and s["truncated_tail"]:
+                res.truncated.append(r.run_id)
+
+        # Which kinds exist, and the key that says whether the tables need rebuilding.
+        kinds = list(KNOWN_KINDS)
+        for s in summaries.values():
+            kinds.extend(k for k in s["kinds"] if k not in kinds)
+        ext = "parquet" if fmt == "parquet" else "csv"
+        res.files = {k: out_dir / f"{k}.{ext}" for k in kinds}
+        res.files["runs"] = out_dir / f"runs.{ext}"
+        state = [fmt, CACHE_VERSION, kinds,
+                 [(r.run_id, r.identity, r.in_manifest, r.overrides,
+                   summaries[r.run_id]["key"] if r.run_id in summaries else None) for r in runs]]
+        digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+        record_path = cache_root / f"assembled.{fmt}.json"
+        try:
+            prev = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            prev = {}
+        if prev.get("digest") == digest and all(p.exists() for p in res.files.values()):
+            res.rows = {k: int(v) for k, v in prev.get("rows", {}).items()}
+            res.assembled = False
+        else:
+            record_path.unlink(missing_ok=True)
+            n_pieces = sum(len(s["kinds"]) for s in summaries.values())
+            atask = bar.add_task("assemble tables", total=n_pieces)
+            for kind in kinds:
+                pieces = [(r, summaries[r.run_id]["status"], cache_root / r.run_id / f"{kind}.parquet")
+                          for r in runs if r.run_id in summaries and kind in summaries[r.run_id]["kinds"]]
+                res.rows[kind] = _assemble_kind(kind, pieces, res.files[kind], fmt,
+                                                lambda: bar.advance(atask))
+            rows = _runs_rows(runs, summaries)
+            _write_runs(rows, res.files["runs"], fmt)
+            res.rows["runs"] = len(rows)
+            for old in prev.get("files", []):  # tables of kinds that are gone
+                if Path(old) not in res.files.values():
+                    Path(old).unlink(missing_ok=True)
+            _write_json(record_path, {"digest": digest, "rows": res.rows,
+                                      "files": [str(p) for p in res.files.values()]})
+    res.seconds = time.perf_counter() - t0
+    return res
