@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     collect.add_argument("--out", type=Path)
 
+    probe = sub.add_parser("probe-resources", help="measure how many runs of each variant to pack per GPU")
+    probe.add_argument("sweep_file", type=Path)
+    probe.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (as launch)")
+    probe.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
+                       help="slurm: one job holding one GPU, with the sweep's launcher settings")
+    probe.add_argument("--max-workers", type=int, default=8, help="largest k tried (default 8)")
+    probe.add_argument("--steps", type=int, default=50, help="timed optimizer steps per run (default 50)")
+    probe.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    probe.add_argument("--out", type=Path, help="the JSON file (default <root>/<sweep>/probe.json; plot beside it)")
+    probe.add_argument("--root", type=Path, default=Path(DEFAULT_OUT),
+                       help="parent of the sweep directory, as launch --out (default results)")
+    probe.add_argument("--only", help="a variant name: probe only it")
+
     report = sub.add_parser("report", help="the plots a researcher looks at first, with an index")
     report.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
     report.add_argument("--out", type=Path)
@@ -72,7 +85,7 @@ def _launch(args: argparse.Namespace) -> int:
     if args.json:
         raise CliError("--json goes with --dry-run")
     result = launch(launch_plan, executor=args.executor, workers_per_gpu=args.workers_per_gpu,
-                    skip_check=args.skip_check, mps=args.mps, overrides=args.overrides,
+                    skip_check=args.skip_check, mps=args.mps,
                     cpu_slots=args.parallel, progress=sys.stderr.isatty())
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
@@ -118,21 +131,50 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"launch": _launch, "status": _status, "collect": _collect, "report": _report}
+def _probe(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deconcnn.sweep.probe import ProbeSettings, probe_resources, render_table
+
+    settings = ProbeSettings(steps=args.steps, warmup=args.warmup, max_workers=args.max_workers)
+    path, result = probe_resources(args.sweep_file, executor=args.executor, settings=settings, out=args.out,
+                                   root=args.root, only=args.only, overrides=args.overrides)
+    Console(width=None if sys.stdout.isatty() else 132).print(render_table(result))
+    failed = [v for v, entry in result["variants"].items() if not entry["choice"]["ok"]]
+    for variant, entry in result["variants"].items():
+        print(f"{variant}: {entry['choice']['k']} per GPU ({entry['choice']['reason']})")
+    print(f"probe: {path} (plot {path.with_suffix('.png')})")
+    if failed:
+        print(f"deconcnn-sweep: probe failed for {', '.join(failed)}: see {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"launch": _launch, "status": _status, "collect": _collect, "report": _report,
+            "probe-resources": _probe}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     from deconcnn.sweep.grid import SweepFileError
     from deconcnn.sweep.launch import LaunchError
     from deconcnn.sweep.manifest import SweepChanged, SweepLocked
+    from deconcnn.sweep.probe import ProbeFailed, ProbeFileError
     from deconcnn.sweep.slurm import SlurmError
     from deconcnn.sweep.status import NotASweep
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Hydra overrides may follow options (`launch SWEEP --out d trainer.max_epochs=2`), which
+    # argparse's positional matching does not allow; take them from the unrecognised arguments.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
     try:
         return COMMANDS[args.command](args)
     except (CliError, SweepFileError, LaunchError, SweepChanged, SweepLocked, SlurmError, NotASweep,
-            FileNotFoundError) as error:
+            ProbeFileError, ProbeFailed, FileNotFoundError) as error:
         print(f"deconcnn-sweep: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ directory has one, fits, and keeps `run.json` saying how the run ended.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.callbacks import Callback
 
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
 from deconcnn.runconfig import CONF_DIR, ConfigError, check_config
@@ -32,11 +35,11 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
-def train(cfg: DictConfig) -> str:
-    """Run one training run to its end; returns the final status written to run.json."""
+def build_run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
+              ) -> tuple[pl.LightningDataModule, ImageClassifier, pl.Trainer]:
+    """Data, module and trainer of a run, exactly as `train` uses them (the throughput probe too)."""
     check_config(cfg)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
@@ -47,8 +50,15 @@ def train(cfg: DictConfig) -> str:
     # Under SLURM the sweep's job runner owns requeueing; Lightning's own SIGUSR1 requeue would be a
     # second handler racing it (submitit #1709), so it is switched off.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], plugins=plugins,
                                       logger=[instantiate(cfg.metrics_log)])
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> str:
+    """Run one training run to its end; returns the final status written to run.json."""
+    run_dir = Path(cfg.run_dir)
+    datamodule, module, trainer = build_run(cfg)
 
     ckpt = run_dir / LAST_CHECKPOINT
     resume_step = None
@@ -64,6 +74,9 @@ def train(cfg: DictConfig) -> str:
         status.finish("diverged", diverged.step, diverged_step=diverged.step)
         print(f"deconcnn-train: run diverged at step {diverged.step} ({run_dir})", file=sys.stderr)
         return "diverged"
+    except SIGTERMException:
+        status.finish("failed", trainer.global_step, error="terminated by SIGTERM (preempted, requeued or cancelled)")
+        raise
     except BaseException as error:
         status.finish("failed", trainer.global_step, error=f"{type(error).__name__}: {error}")
         raise

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +24,10 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from deconcnn.runlog.run_status import read_run_status
+from deconcnn.runlog.run_status import read_run_status, write_json_atomic
 
 RUN_LOG = "stdout.log"
+PROCESS_FILE = "process.json"
 # hydra-submitit-launcher passes these fields to submitit unprefixed, every other one as slurm_<field>
 # (its BaseSubmititLauncher.launch); the same mapping keeps its launcher configs meaning the same here.
 SUBMITIT_BASE_KEYS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
@@ -63,10 +66,15 @@ def run_pack(tasks: Sequence[RunTask], *, threads_per_run: int | None = None,
     for task in tasks:
         if is_finished(task.run_dir):
             continue
-        Path(task.run_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(task.run_dir) / RUN_LOG, "ab") as log:
+        run_dir = Path(task.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / RUN_LOG, "ab") as log:
             procs[task.run_id] = subprocess.Popen(task.argv(), stdout=log, stderr=subprocess.STDOUT,
                                                   env=env, start_new_session=True)
+        # Says "a new attempt started" before the run itself can rewrite run.json (start-up takes
+        # seconds), so status does not read a requeued run's previous failure as final.
+        write_json_atomic(run_dir / PROCESS_FILE, {"started": time.time(), "pid": procs[task.run_id].pid,
+                                                  "host": socket.gethostname()})
     return {run_id: proc.wait() for run_id, proc in procs.items()}
 
 

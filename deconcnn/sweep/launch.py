@@ -27,6 +27,7 @@ from deconcnn.sweep.manifest import SweepChanged, SweepDir, code_version, descri
 from deconcnn.sweep.status import RESUBMITTABLE, sweep_states
 
 DEFAULT_OUT = "results"
+DEFAULT_LAUNCHER = "deconcnn_slurm"
 CHECK_FILE = "check.json"
 PROBE_FILE = "probe.json"
 
@@ -59,7 +60,9 @@ class LaunchResult:
 def plan(sweep_file: str | Path, *, out: str | Path = DEFAULT_OUT, smoke: bool = False,
          only: str | None = None, overrides: Sequence[str] = ()) -> LaunchPlan:
     """Expand and validate every run; raises SweepFileError before anything is written."""
-    sweep = load_sweep(sweep_file, overrides, smoke=smoke)
+    launcher_keys = ("hydra.launcher.", "hydra/launcher=")
+    sweep = load_sweep(sweep_file, [o for o in overrides if not o.startswith(launcher_keys)], smoke=smoke)
+    sweep.launcher_overrides += [o for o in overrides if o.startswith(launcher_keys)]
     if smoke:
         sweep.name = f"{sweep.name}-smoke"
     runs = sweep.runs
@@ -80,10 +83,15 @@ def resolve_executor(requested: str) -> str:
     return requested
 
 
-def launcher_config(sweep: Sweep, overrides: Sequence[str]) -> dict[str, Any]:
-    cfg = compose_run_config([sweep.runs[0].overrides[0], *sweep.launcher_overrides,
-                              *(o for o in overrides if o.startswith(("hydra.launcher", "hydra/launcher")))],
-                             hydra_config=True)
+def launcher_config(sweep: Sweep) -> dict[str, Any]:
+    """SLURM settings: the sweep file's launcher choice (default deconcnn_slurm), then the command
+    line's hydra.launcher.* overrides."""
+    chosen = any(o.startswith("hydra/launcher=") for o in sweep.launcher_overrides)
+    overrides = [*([] if chosen else [f"hydra/launcher={DEFAULT_LAUNCHER}"]), *sweep.launcher_overrides]
+    try:
+        cfg = compose_run_config([sweep.runs[0].overrides[0], *overrides], hydra_config=True)
+    except Exception as error:
+        raise LaunchError(f"launcher settings: {str(error).splitlines()[0]}") from None
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=False)  # type: ignore[return-value]
 
 
@@ -127,8 +135,7 @@ def _ensure_writable(path: Path) -> None:
 
 
 def launch(launch_plan: LaunchPlan, *, executor: str = "auto", workers_per_gpu: int | None = None,
-           skip_check: bool = False, mps: bool = False, overrides: Sequence[str] = (),
-           cpu_slots: int | None = None, progress: bool = True) -> LaunchResult:
+           skip_check: bool = False, mps: bool = False, cpu_slots: int | None = None, progress: bool = True) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     kind = resolve_executor(executor)
     _ensure_writable(sweep_dir.path)
@@ -166,18 +173,16 @@ def launch(launch_plan: LaunchPlan, *, executor: str = "auto", workers_per_gpu: 
             manifest["runs"][run.run_id]["attempts"] += 1
         result.submitted = [r.run_id for r in todo]
         if kind == "slurm":
-            _submit_to_slurm(sweep, sweep_dir, manifest, record, make_packs(by_variant, per_pack),
-                             overrides, mps, result)
+            _submit_to_slurm(sweep, sweep_dir, manifest, record, make_packs(by_variant, per_pack), mps, result)
         else:
             _run_here(sweep_dir, manifest, record, by_variant, per_pack, mps, cpu_slots, progress)
         return result
 
 
 def _submit_to_slurm(sweep: Sweep, sweep_dir: SweepDir, manifest: dict[str, Any], record: dict[str, Any],
-                     packs: list[list[RunTask]], overrides: Sequence[str], mps: bool,
-                     result: LaunchResult) -> None:
+                     packs: list[list[RunTask]], mps: bool, result: LaunchResult) -> None:
     max_array = slurm.max_array_size()
-    submissions = submit_slurm(packs, folder=sweep_dir.path / "slurm", launcher=launcher_config(sweep, overrides),
+    submissions = submit_slurm(packs, folder=sweep_dir.path / "slurm", launcher=launcher_config(sweep),
                                job_name=f"deconcnn-{sweep.name}", max_array_size=max_array, mps=mps)
     result.sbatch_calls = -(-len(packs) // max_array)
     result.job_ids = [s.job_id for s in submissions]
