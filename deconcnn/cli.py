@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deconcnn.sweep.launch import DEFAULT_OUT
+from deconcnn.sweep.manifest import DEFAULT_OUT
 
 EXIT_USAGE = 2
 WATCH_MIN_INTERVAL_S = 30  # sacct polling is a load on the cluster's database (submitit #1759)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 RUN_STATUS_FILE = "run.json"
+RUN_LOG = "stdout.log"          # the training process's stdout and stderr
+PROCESS_FILE = "process.json"   # written by whatever starts the training process, when it does
 Status = Literal["running", "completed", "failed", "diverged"]
 FINAL_STATUSES = ("completed", "failed", "diverged")
 

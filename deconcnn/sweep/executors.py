@@ -24,10 +24,8 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from deconcnn.runlog.run_status import read_run_status, write_json_atomic
+from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_run_status, write_json_atomic
 
-RUN_LOG = "stdout.log"
-PROCESS_FILE = "process.json"
 # hydra-submitit-launcher passes these fields to submitit unprefixed, every other one as slurm_<field>
 # (its BaseSubmititLauncher.launch); the same mapping keeps its launcher configs meaning the same here.
 SUBMITIT_BASE_KEYS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",

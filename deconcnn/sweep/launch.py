@@ -23,10 +23,9 @@ from deconcnn.runconfig import compose_run_config
 from deconcnn.sweep import slurm
 from deconcnn.sweep.executors import LocalPool, RunTask, make_packs, submit_slurm
 from deconcnn.sweep.grid import RunSpec, Sweep, load_sweep, validate_runs
-from deconcnn.sweep.manifest import SweepChanged, SweepDir, code_version, describe_changes, new_manifest
+from deconcnn.sweep.manifest import DEFAULT_OUT, SweepChanged, SweepDir, code_version, describe_changes, new_manifest
 from deconcnn.sweep.status import RESUBMITTABLE, sweep_states
 
-DEFAULT_OUT = "results"
 DEFAULT_LAUNCHER = "deconcnn_slurm"
 CHECK_FILE = "check.json"
 PROBE_FILE = "probe.json"

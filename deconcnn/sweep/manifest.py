@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deconcnn.runlog.run_status import write_json_atomic
-from deconcnn.sweep.grid import RunSpec, Sweep
 
+if TYPE_CHECKING:  # grid imports Hydra, which status does not need
+    from deconcnn.sweep.grid import RunSpec, Sweep
+
+DEFAULT_OUT = "results"  # parent of sweep directories
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deconcnn.runlog.run_status import FINAL_STATUSES, read_run_status
+from deconcnn.runlog.run_status import FINAL_STATUSES, PROCESS_FILE, RUN_LOG, read_run_status
 from deconcnn.sweep import slurm
-from deconcnn.sweep.executors import PROCESS_FILE, RUN_LOG
 from deconcnn.sweep.manifest import SweepDir
 
 STATES = ("pending", "running", "completed", "failed", "diverged", "missing")
@@ -106,13 +105,15 @@ def _process_start_time(pid: int) -> float | None:
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
 
 
-def dead_process(run_dir: Path, run: dict[str, Any]) -> str | None:
+def dead_process(run_dir: Path, run: dict[str, Any], submitted: float | None = None) -> str | None:
     """Why a run whose run.json says running cannot be running, or None if it may be.
 
     Decidable only on the host that ran it: the process of the run's latest attempt is gone there,
     or its pid now belongs to a process started later (recycled). The latest attempt is run.json's,
     unless run_pack has since started a newer one (process.json is newer than run.json's start):
-    a requeued run is then judged by the new process, which has not rewritten run.json yet.
+    a requeued run is then judged by the new process, which has not rewritten run.json yet. An
+    attempt that started before the run's last submission (`submitted`) says nothing about it: the
+    new one may still be waiting for its turn.
     """
     pid, host, since = run.get("pid"), run.get("host"), float(run.get("start_time") or 0)
     try:
@@ -121,7 +122,7 @@ def dead_process(run_dir: Path, run: dict[str, Any]) -> str | None:
             pid, host, since = newer["pid"], newer["host"], float(newer["started"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         pass
-    if not isinstance(pid, int) or host != socket.gethostname():
+    if not isinstance(pid, int) or host != socket.gethostname() or since < (submitted or 0):
         return None
     started = _process_start_time(pid)
     if started is not None and started <= since + PID_START_SLACK_S:
@@ -169,7 +170,7 @@ def sweep_states(sweep_dir: Path, use_sacct: bool = True) -> list[RunState]:
             state, reason = _from_scheduler(run, submission, slurm_state, launch_running)
             # A packed task stays RUNNING while a sibling runs: a killed run's own process says more.
             if state == "running" and run is not None:
-                gone = dead_process(run_dir, run)
+                gone = dead_process(run_dir, run, submission.get("time"))
                 again = read_run_status(run_dir) if gone else None
                 if again is not None and again.get("status") in FINAL_STATUSES:  # it just ended
                     state = "failed" if again["status"] == "failed" else again["status"]
