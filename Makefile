@@ -17,11 +17,10 @@ $(INSTALLED): pyproject.toml constraints-dev.txt
 install: $(INSTALLED)
 
 demo: install
-	$(VENV)/bin/deconcnn-train experiment=loss_lin_slope_base data=synthetic \
-		data.source.num_samples=3000 data.val_size=500 model.width=0.25 trainer.max_epochs=2 \
-		schedule.warmup_epochs=1 \
-		run_dir=$(DEMO_OUT)/demo_run
-	@echo "Results: $(DEMO_OUT)/demo_run (metrics.jsonl, run.json, checkpoints/)"
+	$(VENV)/bin/deconcnn-sweep launch sweeps/demo.yaml --executor local --out $(DEMO_OUT)
+	$(VENV)/bin/deconcnn-sweep status $(DEMO_OUT)/demo
+	$(VENV)/bin/deconcnn-sweep report $(DEMO_OUT)/demo
+	@echo "Results: $(DEMO_OUT)/demo (runs/<run id>/metrics.jsonl, collected/*.parquet, report/index.html)"
 
 # The SLURM tests need the local one-node cluster; it can only be installed as root on Debian.
 slurm-up:
