@@ -42,9 +42,10 @@ class LossSlopeLogger(Callback):
         self._lr_wd: tuple[float, float] = (math.nan, math.nan)
         self._step = 0
         self._grad_norm: Tensor | None = None
+        self._log: MetricsJsonlLogger | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._log: MetricsJsonlLogger = find_metrics_logger(trainer)
+        self._log = find_metrics_logger(trainer)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -88,7 +89,8 @@ class LossSlopeLogger(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
         # Keep what was measured up to the failure; a second divergence check would only re-raise.
-        self._log.flush()
+        if self._log is not None:  # None when the failure came before setup
+            self._log.flush()
 
     def _flush(self) -> None:
         written = self._log.flush()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every benchmark on a GPU machine with no network, in under 8 minutes; tables go to $OUT.
+# Needs PyTorch there; the project's other wheels travel in .whl/ (see benchmarks/README.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=python3
+start=$(date +%s)
+
+section() {  # section NAME SECONDS COMMAND...: run with a time limit, keep its table
+    local name=$1 limit=$2
+    shift 2
+    echo "## $name ($(($(date +%s) - start)) s in)" | tee -a "$OUT/gpu_check.md"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    grep -E '^\|' "$OUT/$name.log" | tee -a "$OUT/gpu_check.md"
+    [ $rc -eq 0 ] || { echo "($name exited $rc; tail of its log:)"; tail -5 "$OUT/$name.log"; } | tee -a "$OUT/gpu_check.md"
+    echo | tee -a "$OUT/gpu_check.md"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /' | tee "$OUT/gpu_check.md"
+$PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu_check.md"
+
+section data_pipeline 60 $PY benchmarks/data_pipeline.py --device cuda
+section logging_overhead 90 $PY benchmarks/logging_overhead.py --device cuda --width 0.25 --steps 120
+section curvature_overhead 120 $PY benchmarks/curvature_overhead.py --device cuda
+section epoch_time 90 $PY benchmarks/epoch_time.py --device cuda
+section probe 170 $PY -m deconcnn.cli probe-resources sweeps/loss_lin_slope.yaml --executor local \
+    --max-workers 3 --steps 40 --out "$OUT/probe.json" data=synthetic
+cp -f "$OUT"/probe*.png "$OUT/" 2>/dev/null
+echo "total $(($(date +%s) - start)) s" | tee -a "$OUT/gpu_check.md"
