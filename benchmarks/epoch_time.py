@@ -50,11 +50,12 @@ def main() -> None:
     if args.probe and args.probe.exists():
         probe = json.loads(args.probe.read_text())
         for variant, entry in probe.get("variants", {}).items():
-            k, speedup = entry.get("chosen_k"), entry.get("speedup")
-            if k and speedup:
+            k = (entry.get("choice") or {}).get("k")
+            rates = {m["k"]: m.get("aggregate_samples_per_s") for m in entry.get("measurements", [])}
+            if k and rates.get(k) and rates.get(1):
+                speedup = rates[k] / rates[1]
                 print(f"| projected GPU-hours if all runs packed like {variant}: k={k}, x{speedup:.2f} "
                       f"aggregate | {hours / speedup:.1f} h |")
-
 
 if __name__ == "__main__":
     main()

@@ -31,8 +31,7 @@ $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu_chec
 section data_pipeline 60 $PY benchmarks/data_pipeline.py --device cuda
 section logging_overhead 90 $PY benchmarks/logging_overhead.py --device cuda --width 0.25 --steps 120
 section curvature_overhead 120 $PY benchmarks/curvature_overhead.py --device cuda
-section epoch_time 90 $PY benchmarks/epoch_time.py --device cuda
 section probe 170 $PY -m deconcnn.cli probe-resources sweeps/loss_lin_slope.yaml --executor local \
     --max-workers 3 --steps 40 --out "$OUT/probe.json" data=synthetic
-cp -f "$OUT"/probe*.png "$OUT/" 2>/dev/null
+section epoch_time 90 $PY benchmarks/epoch_time.py --device cuda --probe "$OUT/probe.json"
 echo "total $(($(date +%s) - start)) s" | tee -a "$OUT/gpu_check.md"
