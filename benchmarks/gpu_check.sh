@@ -14,9 +14,13 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=python3
 start=$(date +%s)
 
+SECTIONS=${SECTIONS:-data_pipeline logging_overhead curvature_overhead probe epoch_time}
+PROBE_ARGS=${PROBE_ARGS:---max-workers 3 --steps 40}
+
 section() {  # section NAME SECONDS COMMAND...: run with a time limit, keep its table
     local name=$1 limit=$2
     shift 2
+    [[ " $SECTIONS " == *" $name "* ]] || return 0
     echo "## $name ($(($(date +%s) - start)) s in)" | tee -a "$OUT/gpu_check.md"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
@@ -32,6 +36,6 @@ section data_pipeline 60 $PY benchmarks/data_pipeline.py --device cuda
 section logging_overhead 90 $PY benchmarks/logging_overhead.py --device cuda --width 0.25 --steps 120
 section curvature_overhead 120 $PY benchmarks/curvature_overhead.py --device cuda
 section probe 170 $PY -m deconcnn.cli probe-resources sweeps/loss_lin_slope.yaml --executor local \
-    --max-workers 3 --steps 40 --out "$OUT/probe.json" data=synthetic
+    $PROBE_ARGS --out "$OUT/probe.json" data=synthetic
 section epoch_time 90 $PY benchmarks/epoch_time.py --device cuda --probe "$OUT/probe.json"
 echo "total $(($(date +%s) - start)) s" | tee -a "$OUT/gpu_check.md"
