@@ -122,10 +122,21 @@ def split_indices(num_samples: int, val_size: int, split_seed: int) -> tuple[Ten
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+_MEAN_STD: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _mean_std(device: torch.device) -> tuple[Tensor, Tensor]:
+    # Made once per device: torch.tensor(..., device="cuda") is a blocking host-to-device copy,
+    # which per batch would synchronise the stream (stall the host behind the GPU) every step.
+    if device not in _MEAN_STD:
+        _MEAN_STD[device] = (torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
+                             torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1))
+    return _MEAN_STD[device]
+
+
 def normalize(images: Tensor) -> Tensor:
     """uint8 NCHW -> float, normalised with the CIFAR-10 mean and std."""
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device)
     return (images.float() / 255 - mean) / std
 
 

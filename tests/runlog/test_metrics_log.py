@@ -1,0 +1,230 @@
+"""MetricsLog: strict JSON lines, one write and one device-to-host transfer per flush, resume truncation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from deconcnn.runlog.metrics_log import METRICS_FILE, MetricsLog, keep_on_resume, truncate_for_resume
+from deconcnn.runlog.metrics_reader import MetricsReader, iter_records
+
+
+def strict_lines(path: Path) -> list[dict]:
+    """Parse every line, refusing the NaN/Infinity tokens Python's json would otherwise accept."""
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------
+# Host transfers, counted on a tensor type that behaves as if it lived on an accelerator
+# --------------------------------------------------------------------------------------------
+
+_HOST_READS = {
+    torch.Tensor.cpu: "cpu", torch.Tensor.item: "item", torch.Tensor.tolist: "tolist",
+    torch.Tensor.numpy: "numpy", torch.Tensor.__float__: "float", torch.Tensor.__int__: "int",
+    torch.Tensor.__bool__: "bool", torch.Tensor.__index__: "index", torch.Tensor.__array__: "array",
+    torch.Tensor.__format__: "format", torch.Tensor.__repr__: "repr",
+}
+
+
+def _to_host(args: tuple, kwargs: dict) -> bool:
+    targets = [*args[1:], kwargs.get("device")]
+    return any(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets)
+
+
+class DeviceTensor(torch.Tensor):
+    """A tensor that counts every read of its values by the host (what costs a sync on a GPU).
+
+    Operations on it (stack, reshape, dtype casts, arithmetic) give DeviceTensors again, as
+    operations on CUDA tensors stay on the GPU; reading values (.cpu(), .to("cpu"), .item(),
+    .tolist(), float(), ...) is logged in `transfers` and gives ordinary host tensors and numbers.
+    """
+
+    transfers: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _HOST_READS.get(func)
+        if name is None and func is torch.Tensor.to and _to_host(args, kwargs):
+            name = "to(cpu)"
+        if name is None:
+            return super().__torch_function__(func, types, args, kwargs)
+        cls.transfers.append(name)
+        with torch._C.DisableTorchFunctionSubclass():
+            plain = args[0].as_subclass(torch.Tensor)
+        return func(plain, *args[1:], **kwargs)
+
+
+def on_device(value: float, dtype: torch.dtype = torch.float32) -> DeviceTensor:
+    return torch.tensor(value, dtype=dtype).as_subclass(DeviceTensor)
+
+
+@pytest.fixture
+def transfers() -> list[str]:
+    DeviceTensor.transfers = []
+    return DeviceTensor.transfers
+
+
+def test_device_tensor_counts_host_reads(transfers):
+    x = on_device(2.0)
+    y = torch.stack([x * 2, x.reshape(()).to(torch.float64)])
+    assert isinstance(y, DeviceTensor) and transfers == []
+    assert y.cpu().tolist() == [4.0, 2.0] and transfers == ["cpu"]  # the host copy's tolist is free
+    float(x), x.item(), x.to("cpu"), x.to(device=torch.device("cpu"))
+    assert transfers == ["cpu", "float", "item", "to(cpu)", "to(cpu)"]
+
+
+def test_append_reads_nothing_and_flush_does_one_transfer(tmp_path, transfers):
+    log = MetricsLog(tmp_path)
+    n = 120
+    for step in range(n):
+        loss = on_device(2.5 - step / 100)
+        log.append({"kind": "train", "step": step, "epoch": 0, "epoch_frac": step / n, "time": 1.0,
+                    "loss_train_nats": loss, "loss_train_bits": loss.double() / math.log(2),
+                    "acc_train": on_device(step % 8 / 8), "lr": 0.1, "wd": 5e-4})
+    assert transfers == [] and log.pending == n
+    written = log.flush()
+    assert len(transfers) == 1, transfers  # one stacked copy for all 3 x 120 tensor values
+    assert log.pending == 0 and len(written) == n
+    records = strict_lines(tmp_path / METRICS_FILE)
+    assert [r["step"] for r in records] == list(range(n))
+    for step, r in enumerate(records):
+        assert r["loss_train_nats"] == pytest.approx(2.5 - step / 100, rel=1e-6)
+        assert r["loss_train_bits"] == pytest.approx(r["loss_train_nats"] / math.log(2), abs=1e-6)
+        assert r["acc_train"] == step % 8 / 8 and r["lr"] == 0.1
+    assert written == records  # flush returns the records with host values
+    log.close()
+    assert len(transfers) == 1  # nothing pending: close transfers nothing
+
+
+def test_flush_with_no_tensors_transfers_nothing(tmp_path, transfers):
+    log = MetricsLog(tmp_path)
+    log.append({"kind": "checkpoint", "step": 3, "checkpoint_size_mb": 1.5})
+    log.flush()
+    log.close()
+    assert transfers == [] and strict_lines(tmp_path / METRICS_FILE)[0]["checkpoint_size_mb"] == 1.5
+
+
+class CountingFile:
+    def __init__(self, inner) -> None:
+        self.inner, self.writes = inner, []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return self.inner.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_flush_writes_all_pending_in_one_call(tmp_path):
+    log = MetricsLog(tmp_path)
+    counting = CountingFile(log._file)
+    log._file = counting
+    for step in range(7):
+        log.append({"kind": "train", "step": step, "loss_train_nats": torch.tensor(1.0)})
+    log.flush()
+    assert len(counting.writes) == 1 and counting.writes[0].count("\n") == 7
+    log.flush()  # nothing pending: no write
+    assert len(counting.writes) == 1
+    log.close()
+
+
+def test_non_finite_values_are_written_as_null(tmp_path):
+    log = MetricsLog(tmp_path)
+    log.append({"kind": "train", "step": 0, "a": math.nan, "b": math.inf, "c": -math.inf, "d": 1.25,
+                "t_nan": torch.tensor(math.nan), "t_inf": torch.tensor(math.inf),
+                "t_ok": torch.tensor(0.5), "t_int": torch.tensor(3)})
+    log.close()
+    (record,) = strict_lines(tmp_path / METRICS_FILE)
+    assert record == {"kind": "train", "step": 0, "a": None, "b": None, "c": None, "d": 1.25,
+                      "t_nan": None, "t_inf": None, "t_ok": 0.5, "t_int": 3.0}
+
+
+def test_flushed_lines_are_on_disk_before_close(tmp_path):
+    path = tmp_path / METRICS_FILE
+    log = MetricsLog(tmp_path)
+    log.append({"kind": "train", "step": 0, "x": torch.tensor(1.0)})
+    assert list(iter_records(path)) == []  # buffered until a flush, by design
+    log.flush()
+    assert [r["step"] for r in iter_records(path)] == [0]  # another reader sees it while the run goes on
+    log.append({"kind": "val", "step": 1, "x": 2.0})
+    log.flush()
+    reader = MetricsReader(path)
+    assert [r["kind"] for r in reader.records()] == ["train", "val"] and reader.bad_lines == 0
+    log.close()
+
+
+def test_a_new_log_appends_to_the_existing_file(tmp_path):
+    first = MetricsLog(tmp_path)
+    first.append({"kind": "train", "step": 0})
+    first.close()
+    second = MetricsLog(tmp_path)
+    second.append({"kind": "train", "step": 1})
+    second.close()
+    assert [r["step"] for r in strict_lines(tmp_path / METRICS_FILE)] == [0, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------
+
+def _attempt_records() -> list[dict]:
+    """An interrupted attempt: train steps 0..11, validation/checkpoint at 4 and 8, curvature at 10."""
+    records: list[dict] = []
+    for step in range(12):
+        records.append({"kind": "train", "step": step, "loss_train_nats": 2.0 - step / 10})
+        if step + 1 in (4, 8):  # validation after the batch of step s describes the weights at s + 1
+            records.append({"kind": "val", "step": step + 1, "loss_val_nats": 1.5, "grad_norm": None})
+            records.append({"kind": "checkpoint", "step": step + 1, "checkpoint_size_mb": 0.5})
+        if step == 10:
+            records.append({"kind": "curvature", "step": 10, "lambda_max": 12.0})
+    return records
+
+
+def test_keep_on_resume_rule():
+    assert keep_on_resume({"kind": "train", "step": 7}, 8)
+    assert not keep_on_resume({"kind": "train", "step": 8}, 8)  # that batch is trained again
+    for kind in ("val", "checkpoint", "curvature", "noise"):
+        assert keep_on_resume({"kind": kind, "step": 8}, 8)
+        assert not keep_on_resume({"kind": kind, "step": 9}, 8)
+
+
+def test_truncate_for_resume_drops_what_the_resumed_attempt_redoes(tmp_path):
+    path = tmp_path / METRICS_FILE
+    records = _attempt_records()
+    # The killed process left half a line at the end.
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "train", "step": 12, "lo')
+    dropped = truncate_for_resume(tmp_path, 8, list(iter_records(path)))
+
+    kept = strict_lines(path)  # the truncated tail is gone, every line parses
+    assert kept == [r for r in records if (r["step"] < 8 if r["kind"] == "train" else r["step"] <= 8)]
+    assert [r["step"] for r in kept if r["kind"] == "train"] == list(range(8))
+    assert [(r["kind"], r["step"]) for r in kept if r["kind"] != "train"] == [
+        ("val", 4), ("checkpoint", 4), ("val", 8), ("checkpoint", 8)]
+    assert dropped == len(records) - len(kept)  # train 8..11 and the curvature record at 10
+    assert dropped == 5
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    # The resumed attempt appends after what was kept: every train step exactly once.
+    log = MetricsLog(tmp_path)
+    for step in range(8, 12):
+        log.append({"kind": "train", "step": step, "loss_train_nats": torch.tensor(1.0)})
+    log.close()
+    steps = [r["step"] for r in strict_lines(path) if r["kind"] == "train"]
+    assert steps == list(range(12))
+
+
+def test_truncate_for_resume_at_step_zero_keeps_nothing_of_training(tmp_path):
+    path = tmp_path / METRICS_FILE
+    path.write_text("".join(json.dumps(r) + "\n" for r in _attempt_records()))
+    truncate_for_resume(tmp_path, 0, list(iter_records(path)))
+    assert path.read_text() == ""
