@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every benchmark on this machine (quick settings), one markdown file: benchmarks/results/summary.md.
+# On a GPU machine use benchmarks/gpu_check.sh instead.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+summary="$OUT/summary.md"
+echo "# deconcnn benchmarks, $(date -u +%F) on $(nproc) CPU cores" >"$summary"
+
+bench() {  # bench TITLE COMMAND...: keep the tables a benchmark prints
+    local title=$1
+    shift
+    echo "running: $title" >&2
+    { echo; echo "## $title"; echo; } >>"$summary"
+    if "$@" >"$OUT/last.log" 2>&1; then
+        grep -E '^\|' "$OUT/last.log" >>"$summary"
+    else
+        { echo "(failed; tail of its output:)"; tail -5 "$OUT/last.log"; } >>"$summary"
+    fi
+}
+
+bench "orchestration (216 runs)" "$PY" benchmarks/orchestration.py
+bench "logging overhead (width 0.25, CPU)" "$PY" benchmarks/logging_overhead.py --steps 24 --reps 3
+bench "data pipeline (CPU)" "$PY" benchmarks/data_pipeline.py --device cpu --quick
+bench "curvature overhead (width 0.25, CPU)" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick
+bench "collect at scale (24 runs)" "$PY" benchmarks/collect_scale.py --runs 24
+rm -f "$OUT/last.log"
+echo "wrote $summary" >&2
