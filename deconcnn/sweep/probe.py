@@ -435,7 +435,7 @@ def probe_resources(sweep_file: str | Path, *, executor: str = "auto", settings:
 def _console(enabled: bool) -> Callable[[str], None]:
     from rich.console import Console
 
-    console = Console(stderr=True, quiet=not enabled, highlight=False)
+    console = Console(stderr=True, quiet=not enabled, highlight=False, soft_wrap=True)
     return lambda line: console.print(line, markup=False)
 
 

@@ -138,6 +138,10 @@ def _make_timer(args: argparse.Namespace, sync: SyncDir, result: dict[str, Any])
                     self.hold_until = time.monotonic() + args.hold_timeout
             elif self.batches > args.warmup + args.steps:
                 if sync.should_stop() or time.monotonic() > self.hold_until:
+                    # Memory is read now, while all k workers are alive and hold theirs (nobody
+                    # exits before `stop`), and outside every worker's timed window.
+                    result.update(_memory(pl_module))
+                    _write_json(args.out, result)
                     trainer.should_stop = True
 
     return StepTimer()
@@ -147,12 +151,18 @@ def _measurement(pl_module: Any, t0: float, t1: float, cpu_s: float, samples: in
     import torch
 
     wall = t1 - t0
-    out: dict[str, Any] = {
+    return {
         "status": "ok", "t0": t0, "t1": t1, "wall_s": wall, "steps": steps, "samples": samples,
         "samples_per_s": samples / wall if wall > 0 else None,
         "cpu_s": cpu_s, "cpu_util": cpu_s / wall if wall > 0 else None,
-        "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), **_memory(pl_module, with_smi=False),
     }
+
+
+def _memory(pl_module: Any, with_smi: bool = True) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {"peak_rss_mb": peak_rss_mb()}
     device = pl_module.device
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
@@ -160,7 +170,7 @@ def _measurement(pl_module: Any, t0: float, t1: float, cpu_s: float, samples: in
             max_reserved_mb=torch.cuda.max_memory_reserved(device) / MB,
             max_allocated_mb=torch.cuda.max_memory_allocated(device) / MB,
             device_used_mb=(total - free) / MB,  # every process on the device, contexts included
-            process_used_mb=nvidia_smi_process_mb(os.getpid()),
+            process_used_mb=nvidia_smi_process_mb(os.getpid()) if with_smi else None,
         )
     return out
 
@@ -197,7 +207,7 @@ def probe_config(overrides: Sequence[str], run_dir: Path) -> Any:
         cfg.callbacks = {name: cb for name, cb in cfg.callbacks.items()
                          if cb is not None and not str(cb.get("_target_", "")).endswith("ModelCheckpoint")}
         for cb in cfg.callbacks.values():
-            if "stop_on_divergence" in cb:
+            if "stop_on_divergence" in cb or str(cb.get("_target_", "")).endswith("LossSlopeLogger"):
                 cb.stop_on_divergence = False
         cfg.trainer.limit_val_batches = 0
         cfg.trainer.enable_checkpointing = False
