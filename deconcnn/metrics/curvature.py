@@ -29,6 +29,14 @@ Estimators
     trace_rel_tol`` (after ``trace_min_probes``) or ``trace_max_probes`` is reached; the record
     says whether the rule was met. ``trace_method="hutchinson"`` is the same loop without the
     deflation; ``"hutch++"`` calls ``hessian_eigenthings.hutch_plus_plus`` with a fixed budget.
+    ``"ggn_exact"``: for networks that are linear in each single weight (ReLU convnets with
+    residual sums and no BN, or BN in eval mode; see :func:`piecewise_linear_in_each_weight`)
+    ``d^2 f / d w_i^2 = 0``, so diag(Hessian) = diag(GGN) and BackPACK's exact GGN diagonal gives
+    the exact Hessian trace (stderr 0, no HVPs; tested against the exact Hessian). This matters for
+    the BN-free ResNet, whose Hessian trace is small against the Hutchinson noise (one probe's
+    relative std ~160% measured), so Hutchinson would need hundreds of probes for 10%.
+    ``"auto"`` (the monitor's default) picks ``"ggn_exact"`` where that identity holds and
+    ``"deflated"`` otherwise.
 
 ``ggn_trace``
     The trace of the generalised Gauss-Newton matrix J^T H_loss J (exact, from BackPACK's
@@ -71,7 +79,7 @@ from hessian_eigenthings import CurvatureOperator, HessianOperator, hutch_plus_p
 from torch import Tensor, nn
 
 BNMode = Literal["train", "eval"]
-TraceMethod = Literal["deflated", "hutchinson", "hutch++"]
+TraceMethod = Literal["auto", "deflated", "hutchinson", "hutch++", "ggn_exact"]
 HvpEngine = Literal["shared_graph", "operator"]
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -190,6 +198,35 @@ class SharedGraphHessian(CurvatureOperator):
                 (h if h is not None else torch.zeros_like(p)).reshape(-1)
                 for h, p in zip(hv, self._param_list, strict=True)
             ]
+        ).detach()
+
+    def matmat(self, vs: Tensor) -> Tensor:
+        """``H @ v`` for each row of ``vs`` (k x n) in one vmapped double-backward
+        (``is_grads_batched=True``); counts k products."""
+        if self._grads is None:
+            raise RuntimeError("SharedGraphHessian used after release()")
+        k = vs.shape[0]
+        if k == 1:
+            return self.matvec(vs[0])[None]
+        pieces = list(torch.split(vs, self._sizes, dim=1))
+        grad_outputs = [pieces[i].reshape(k, *self._param_list[i].shape) for i in self._live]
+        with torch.enable_grad():
+            hv = torch.autograd.grad(
+                self._grads,
+                self._param_list,
+                grad_outputs=grad_outputs,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        self.n_matvec += k
+        return torch.cat(
+            [
+                (h if h is not None else torch.zeros(k, *p.shape, device=p.device, dtype=p.dtype))
+                .reshape(k, -1)
+                for h, p in zip(hv, self._param_list, strict=True)
+            ],
+            dim=1,
         ).detach()
 
     def release(self) -> None:
@@ -376,6 +413,7 @@ def hutchinson_trace(
     min_probes: int = 8,
     max_probes: int = 64,
     seed: int = 0,
+    probe_batch: int = 1,
 ) -> TraceEstimate:
     """Hutchinson estimate of ``tr(A)``, optionally deflated by an orthonormal ``basis`` Q.
 
@@ -383,6 +421,8 @@ def hutchinson_trace(
     ``g <- (I - Q Q^T) g``, and the estimate is ``exact_part + mean(g^T A g)``. Rademacher probes;
     stops when ``stderr <= rel_tol * |estimate|`` (at least ``min_probes``, at most
     ``max_probes``). The standard error is the sample std of the probe values / sqrt(probes).
+    ``probe_batch > 1`` applies that many probes per call of ``operator.matmat`` (batched HVPs,
+    if the operator has it) and checks the stopping rule after each batch.
     """
     n, device, dtype = operator.size, operator.device, operator.dtype
     gen = _generator(device if device.type == "cuda" else torch.device("cpu"), seed + 7919)
@@ -390,12 +430,19 @@ def hutchinson_trace(
     samples: list[float] = []
     estimate, stderr, converged = exact_part, math.inf, False
     min_probes = max(2, min_probes)
-    for i in range(max_probes):
-        g = _rademacher(n, gen, device, dtype)
+    probe_batch = max(1, int(probe_batch))
+    matmat = getattr(operator, "matmat", None)
+    while len(samples) < max_probes:
+        kb = min(probe_batch, max_probes - len(samples))
+        gs = torch.stack([_rademacher(n, gen, device, dtype) for _ in range(kb)])
         if qmat is not None:
-            g = g - qmat.T @ (qmat @ g)
-        samples.append(float(torch.dot(g, operator.matvec(g))))
-        k = i + 1
+            gs = gs - (gs @ qmat.T) @ qmat
+        if kb > 1 and matmat is not None:
+            ags = matmat(gs)
+        else:
+            ags = torch.stack([operator.matvec(g) for g in gs])
+        samples.extend(float(x) for x in (gs * ags).sum(dim=1))
+        k = len(samples)
         if k >= 2:
             mean = math.fsum(samples) / k
             var = math.fsum((s - mean) ** 2 for s in samples) / (k - 1)
@@ -437,6 +484,18 @@ def hutchpp_trace(
 # --------------------------------------------------------------------------------------------
 # One curvature record
 # --------------------------------------------------------------------------------------------
+#: Estimator settings used by CurvatureMonitor unless configured otherwise; chosen by measurement
+#: with benchmarks/curvature_overhead.py (see docs/metrics.md for the numbers).
+CURVATURE_DEFAULTS: dict[str, Any] = {
+    "eig_tol": 1e-2,
+    "eig_max_iter": 30,
+    "trace_method": "auto",
+    "trace_rel_tol": 0.05,
+    "trace_min_probes": 3,
+    "trace_max_probes": 16,
+    "probe_batch": 1,
+}
+
 @dataclass
 class CurvatureResult:
     eig: EigResult
@@ -473,6 +532,37 @@ class CurvatureResult:
         }
 
 
+#: Leaf modules under which the network output is linear in every single weight (for a fixed
+#: ReLU activation pattern): then d^2 f / d w_i^2 = 0 and diag(Hessian) = diag(GGN) exactly.
+_PIECEWISE_LINEAR_LEAVES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.ReLU,
+    nn.Identity,
+    nn.Flatten,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+)
+
+
+def piecewise_linear_in_each_weight(model: nn.Module, bn_mode: BNMode = "train") -> bool:
+    """True if every leaf module keeps the output linear in each single weight.
+
+    For such a network (convs, linears, ReLU, average pooling, residual *sums* in forward, BN in
+    eval mode, which is a fixed affine map) the loss Hessian's diagonal equals the GGN diagonal,
+    so BackPACK's exact GGN trace is the exact Hessian trace. BN in train mode (batch statistics
+    divide by a function of the weights) breaks it. The check sees modules, not the forward code:
+    it assumes the forward only adds/chains them (true for CifarResNet18).
+    """
+    allowed = _PIECEWISE_LINEAR_LEAVES + (_BN_TYPES if bn_mode == "eval" else ())
+    leaves = [m for m in model.modules() if not list(m.children())]
+    return bool(leaves) and all(isinstance(m, allowed) for m in leaves)
+
+
 def cross_entropy_loss_fn(criterion: nn.Module | None = None) -> LossFn:
     return supervised_loss(criterion if criterion is not None else nn.CrossEntropyLoss())
 
@@ -493,6 +583,7 @@ def curvature_estimates(
     hutchpp_matvecs: int = 30,
     seed: int = 0,
     hvp: HvpEngine = "shared_graph",
+    probe_batch: int = 1,
 ) -> CurvatureResult:
     """``lambda_max`` and Hessian trace of ``criterion(model(x), y)`` on one batch.
 
@@ -501,6 +592,13 @@ def curvature_estimates(
     RNG are left untouched (probes use private generators seeded with ``seed``).
     """
     loss_fn = cross_entropy_loss_fn(criterion)
+    if trace_method == "auto":
+        trace_method = "ggn_exact" if piecewise_linear_in_each_weight(model, bn_mode) else "deflated"
+    elif trace_method == "ggn_exact" and not piecewise_linear_in_each_weight(model, bn_mode):
+        raise ValueError(
+            "trace_method='ggn_exact' is the Hessian trace only for nets that are linear in each "
+            "single weight (Conv/Linear/ReLU/avg-pool/residual sums, BN only in eval mode)"
+        )
     t0 = time.perf_counter()
     with bn_mode_context(model, bn_mode):
         if hvp == "shared_graph":
@@ -523,6 +621,7 @@ def curvature_estimates(
                     min_probes=trace_min_probes,
                     max_probes=trace_max_probes,
                     seed=seed,
+                    probe_batch=probe_batch,
                 )
             elif trace_method == "hutchinson":
                 tr = hutchinson_trace(
@@ -531,15 +630,27 @@ def curvature_estimates(
                     min_probes=trace_min_probes,
                     max_probes=trace_max_probes,
                     seed=seed,
+                    probe_batch=probe_batch,
                 )
             elif trace_method == "hutch++":
                 tr = hutchpp_trace(op, num_matvecs=hutchpp_matvecs, seed=seed, rel_tol=trace_rel_tol)
-            else:
+            elif trace_method != "ggn_exact":
                 raise ValueError(f"unknown trace_method {trace_method!r}")
         finally:
             if isinstance(op, SharedGraphHessian):
                 op.release()
     eig.basis, eig.alphas = [], []  # free the Krylov basis (m x n floats)
+    if trace_method == "ggn_exact":
+        # diag(H) = diag(GGN) for nets that are linear in each single weight (checked above).
+        ggn = ggn_trace(model, batch, bn_mode=bn_mode)
+        tr = TraceEstimate(
+            estimate=ggn["ggn_trace"],
+            stderr=0.0,
+            n_hvp=0,
+            n_probes=0,
+            converged=True,
+            method="ggn_exact",
+        )
     seconds = time.perf_counter() - t0
     return CurvatureResult(
         eig=eig,

@@ -240,3 +240,66 @@ def test_ggn_trace_matches_exact_ggn_on_bn_free_resnet():
 def test_ggn_trace_refuses_bn_in_train_mode():
     with pytest.raises(ValueError, match="BatchNorm"):
         ggn_trace(_bn_cnn(), _img_batch(), bn_mode="train")
+
+
+class _TinyReluResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.relu(self.stem(x))
+        h = self.relu(self.conv(h) + h)
+        return self.fc(self.pool(h).flatten(1))
+
+
+def test_hessian_trace_equals_ggn_trace_for_bn_free_relu_net():
+    """Piecewise-linear nets are linear in each single weight, so diag(H) = diag(GGN) exactly:
+    on the BN-free ReLU ResNet the (exact) GGN trace is the Hessian trace."""
+    torch.manual_seed(0)
+    model = _TinyReluResNet().double()
+    x, y = _img_batch(n=8)
+    exact_h = torch.trace(exact_hessian(model, x, y)).item()
+    assert exact_h == pytest.approx(_exact_ggn_trace(model, x, y), rel=1e-9)
+    got = ggn_trace(model.float(), (x.float(), y), bn_mode="train")["ggn_trace"]
+    assert got == pytest.approx(exact_h, rel=1e-4)
+
+
+def test_batched_probes_match_sequential_probes():
+    model, batch = _bn_cnn(), _img_batch()
+    with bn_mode_context(model, "train"):
+        op = SharedGraphHessian(model, batch, cross_entropy_loss_fn())
+        vs = torch.randn(3, op.size, dtype=torch.float64)
+        assert torch.allclose(op.matmat(vs), torch.stack([op.matvec(v) for v in vs]), atol=1e-10)
+        a = hutchinson_trace(op, rel_tol=0.0, min_probes=6, max_probes=6, seed=3)
+        b = hutchinson_trace(op, rel_tol=0.0, min_probes=6, max_probes=6, seed=3, probe_batch=4)
+    assert a.estimate == pytest.approx(b.estimate, rel=1e-10)
+    assert a.stderr == pytest.approx(b.stderr, rel=1e-8)
+    assert b.n_hvp == 6
+
+
+def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
+    from deconcnn.metrics.curvature import piecewise_linear_in_each_weight
+
+    torch.manual_seed(0)
+    relu_net = _TinyReluResNet()
+    x, y = _img_batch(n=8)
+    x = x.float()
+    assert piecewise_linear_in_each_weight(relu_net)
+    assert not piecewise_linear_in_each_weight(_bn_cnn(), "train")
+    assert piecewise_linear_in_each_weight(_bn_cnn(), "eval")
+    assert not piecewise_linear_in_each_weight(_mlp())  # tanh
+    res = curvature_estimates(relu_net, (x, y), trace_method="auto")
+    rec = res.record()
+    assert rec["hessian_trace_method"] == "ggn_exact" and rec["hessian_trace_stderr"] == 0.0
+    assert rec["hessian_trace_n_hvp"] == 0
+    exact = torch.trace(exact_hessian(relu_net.double(), x.double(), y)).item()
+    assert rec["hessian_trace"] == pytest.approx(exact, rel=1e-4)
+    bn = curvature_estimates(_bn_cnn(), _img_batch(), trace_method="auto").record()
+    assert bn["hessian_trace_method"] == "deflated"
+    with pytest.raises(ValueError, match="linear in each"):
+        curvature_estimates(_bn_cnn(), _img_batch(), trace_method="ggn_exact")
