@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="parent of the sweep directory, as launch --out (default results)")
     probe.add_argument("--only", help="a variant name: probe only it")
 
+    check = sub.add_parser("check", help="the pre-launch checklist, verified on a short real run of each variant")
+    check.add_argument("sweep_file", type=Path)
+    check.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (as launch)")
+    check.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto")
+    check.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="parent of the sweep directory")
+    check.add_argument("--workers-per-gpu", type=int, help="the resources decision, instead of a probe.json")
+
     report = sub.add_parser("report", help="the plots a researcher looks at first, with an index")
     report.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
     report.add_argument("--out", type=Path)
@@ -150,11 +157,31 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deconcnn.sweep.check import check_sweep, render, shrink_summary
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    result = check_sweep(args.sweep_file, out=args.out, overrides=args.overrides, executor=args.executor,
+                         workers_per_gpu=args.workers_per_gpu,
+                         on_done=lambda c: print(f"check run {c.variant}: exit {c.exit_code} after "
+                                                 f"{c.seconds:.0f} s ({c.run_dir})", file=sys.stderr))
+    console.print(render(result))
+    for line in shrink_summary(result):
+        print(line)
+    for item, variant, detail in result.failures():
+        print(f"FAILED {item} [{variant}]: {detail}")
+    print(f"check {'passed' if result.passed else 'FAILED'} in {result.seconds:.0f} s: {result.path}")
+    return 0 if result.passed else 1
+
+
 COMMANDS = {"launch": _launch, "status": _status, "collect": _collect, "report": _report,
-            "probe-resources": _probe}
+            "probe-resources": _probe, "check": _check}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    from deconcnn.sweep.check import CheckError
     from deconcnn.sweep.grid import SweepFileError
     from deconcnn.sweep.launch import LaunchError
     from deconcnn.sweep.manifest import SweepChanged, SweepLocked
@@ -174,7 +201,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CliError, SweepFileError, LaunchError, SweepChanged, SweepLocked, SlurmError, NotASweep,
-            ProbeFileError, ProbeFailed, FileNotFoundError) as error:
+            ProbeFileError, ProbeFailed, CheckError, FileNotFoundError) as error:
         print(f"deconcnn-sweep: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
