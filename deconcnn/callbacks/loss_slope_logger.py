@@ -25,6 +25,13 @@ def nats_to_bits(loss: Tensor) -> Tensor:
     return loss.double() / LN2
 
 
+def validates_after(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning validates after this training batch (val_check_interval or epoch end)."""
+    done = batch_idx + 1
+    every = trainer.val_check_batch
+    return done == trainer.num_training_batches or (every != float("inf") and done % int(every) == 0)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -40,7 +47,7 @@ class LossSlopeLogger(Callback):
         self.flush_every_n_steps = flush_every_n_steps
         self.stop_on_divergence = stop_on_divergence
         self._lr_wd: tuple[float, float] = (math.nan, math.nan)
-        self._step = 0
+        self._step = self._batch_idx = 0
         self._grad_norm: Tensor | None = None
         self._log: MetricsJsonlLogger | None = None
 
@@ -52,13 +59,16 @@ class LossSlopeLogger(Callback):
         # Read here: the per-step scheduler has already moved on by on_train_batch_end.
         group = trainer.optimizers[0].param_groups[0]
         self._lr_wd = (float(group["lr"]), float(group.get("weight_decay", 0.0)))
-        self._step = trainer.global_step
+        self._step, self._batch_idx = trainer.global_step, batch_idx
         self._log.note_batch_done(batch_idx)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Optimizer) -> None:
         # Gradients exist here, before clipping; Lightning sets them to None before validation.
-        self._grad_norm = global_grad_norm(pl_module.parameters())
+        # Only the step right before a validation is logged: taking the norm at every step cost
+        # 10-12% of a GPU step in host time (benchmarks/logging_overhead.py).
+        if validates_after(trainer, self._batch_idx):
+            self._grad_norm = global_grad_norm(pl_module.parameters())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:

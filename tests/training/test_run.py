@@ -141,7 +141,7 @@ def test_every_experiment_composes_and_instantiates(tmp_path, name):
 
 def test_variants_differ_as_the_experiment_says(tmp_path):
     def variant(name):
-        return compose_run(tmp_path, [f"experiment=loss_lin_slope_{name}"])
+        return compose_run(tmp_path, [f"experiment=loss_lin_slope_{name}", "data=synthetic"])
 
     base, adamw, bn_off, narrow = (variant(n) for n in ("base", "adamw", "bn_off", "narrow"))
     assert base.variant == "S-core" and base.optim._target_ == "torch.optim.SGD"
