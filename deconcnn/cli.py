@@ -103,6 +103,11 @@ def _launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def watch_interval(requested: float) -> float:
+    """Seconds between refreshes of `status --watch`: never more often than every 30 s."""
+    return max(WATCH_MIN_INTERVAL_S, requested)
+
+
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -116,7 +121,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.watch is None:
         console.print(render(args.sweep_dir, sweep_states(args.sweep_dir)))
         return 0
-    interval = max(WATCH_MIN_INTERVAL_S, args.watch)
+    interval = watch_interval(args.watch)
     with Live(render(args.sweep_dir, sweep_states(args.sweep_dir)), console=console) as live:
         while True:
             time.sleep(interval)

@@ -151,3 +151,11 @@ def test_variants_differ_as_the_experiment_says(tmp_path):
     assert bn_off.model.norm == "none" and bn_off.trainer.gradient_clip_val == 1.0
     assert narrow.model.width == 0.5 and narrow.model.norm == "batchnorm"
     assert {c.variant for c in (base, adamw, bn_off, narrow)} == {"S-core", "S-adamw", "S-bn-off", "S-narrow"}
+
+
+@pytest.mark.slow
+def test_channels_last_and_bf16_switches_train(tmp_path):
+    status = train(compose_run(tmp_path, ["trainer.max_epochs=1", "channels_last=true",
+                                          "trainer.precision=bf16-mixed"]))
+    assert status == "completed"
+    assert [r["step"] for r in read_log(tmp_path) if r["kind"] == "train"] == list(range(16))
