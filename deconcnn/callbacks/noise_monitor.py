@@ -1,8 +1,17 @@
-"""NoiseMonitor: loss-curve and gradient noise every `log_every_n_epochs` epochs.
+"""NoiseMonitor: loss-curve and gradient noise at the end of every ``log_every_n_epochs``-th epoch.
 
-Per-batch losses go into a ring buffer on the device (no host sync per batch); at the end of
-epochs n, 2n, ... the window is copied to the host once and the metrics of deconcnn.metrics.noise
-are logged as a `noise` record.
+A thin Lightning wrapper over :mod:`deconcnn.metrics.noise` (estimators documented there and in
+docs/metrics.md).
+
+- Every training batch: the detached loss goes into a ring buffer of the last ``window`` (512)
+  losses on the device (one device-side copy, no host sync), with the batch's step (optimizer steps
+  completed after the batch, i.e. the update it performed, >= 1) kept on the host.
+- At the end of epochs n, 2n, ... (``(trainer.current_epoch + 1) % n == 0`` in
+  ``on_train_epoch_end``): the window is copied to the host once; ``resid_power`` and ``psd_tail``
+  come from the power-law-detrended log losses, ``grad_var`` / ``noise_scale`` from per-sample
+  gradients on the fixed un-augmented batch ``trainer.datamodule.fixed_batch(grad_batch_size,
+  grad_batch_seed)``. ``n_losses`` says how many losses were used (fewer than ``window`` early on);
+  a value that cannot be computed is ``None`` and ``reason`` says why.
 """
 
 from __future__ import annotations
@@ -16,63 +25,132 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from deconcnn.callbacks.metrics_logger import find_metrics_logger
-from deconcnn.metrics.noise import loss_noise, per_sample_gradient_noise
+from deconcnn.metrics.noise import GradBNMode, GradMethod, gradient_noise, loss_noise_metrics
 
 
 class NoiseMonitor(Callback):
-    def __init__(self, log_every_n_epochs: int = 2, window: int = 512, grad_batch_size: int = 64,
-                 grad_batch_seed: int = 0, chunk_size: int = 32) -> None:
+    """Logs a ``noise`` record after every ``log_every_n_epochs``-th epoch (see module doc)."""
+
+    def __init__(
+        self,
+        log_every_n_epochs: int = 2,
+        window: int = 512,
+        min_points: int = 32,
+        tail_fraction: float = 0.25,
+        grad_batch_size: int = 128,
+        grad_batch_seed: int = 0,
+        grad_method: GradMethod = "backpack",
+        grad_bn_mode: GradBNMode = "batch_stats_frozen",
+        chunk_size: int = 32,
+        with_grad_noise: bool = True,
+    ) -> None:
+        super().__init__()
         if log_every_n_epochs < 1 or window < 2 or grad_batch_size < 2:
-            raise ValueError("NoiseMonitor needs log_every_n_epochs >= 1, window >= 2, grad_batch_size >= 2")
-        self.log_every_n_epochs, self.window = log_every_n_epochs, window
-        self.grad_batch_size, self.grad_batch_seed, self.chunk_size = grad_batch_size, grad_batch_seed, chunk_size
+            raise ValueError(
+                "NoiseMonitor needs log_every_n_epochs >= 1, window >= 2, grad_batch_size >= 2"
+            )
+        self.every, self.window = int(log_every_n_epochs), int(window)
+        self.min_points, self.tail_fraction = int(min_points), float(tail_fraction)
+        self.grad_batch_size, self.grad_batch_seed = int(grad_batch_size), int(grad_batch_seed)
+        self.grad_method, self.grad_bn_mode, self.chunk_size = grad_method, grad_bn_mode, chunk_size
+        self.with_grad_noise = with_grad_noise
         self._losses: Tensor | None = None
-        self._steps = np.zeros(window, dtype=np.int64)
+        self._steps = np.zeros(self.window, dtype=np.int64)
         self._count = 0
         self._batch: tuple[Tensor, Tensor] | None = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"].detach()
+    # ---- per batch: ring buffer on the device ----
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
+            return  # a skipped batch (training_step returned None)
+        loss = loss.detach()
         if self._losses is None:
-            self._losses = torch.zeros(self.window, dtype=loss.dtype, device=loss.device)
+            self._losses = torch.zeros(self.window, dtype=torch.float32, device=loss.device)
+        elif self._losses.device != loss.device:  # restored from a checkpoint on the CPU
+            self._losses = self._losses.to(loss.device)
         slot = self._count % self.window
-        self._losses[slot] = loss
-        self._steps[slot] = trainer.global_step - 1  # the step this batch performed
+        self._losses[slot] = loss  # device-side copy; no .item()
+        self._steps[slot] = trainer.global_step
         self._count += 1
 
     def _window(self) -> tuple[np.ndarray, np.ndarray]:
         n = min(self._count, self.window)
         if n == 0 or self._losses is None:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        order = np.argsort(self._steps[:n]) if self._count > self.window else np.arange(n)
+        start = self._count % self.window if self._count > self.window else 0
+        order = (np.arange(n) + start) % self.window  # oldest first
         losses = self._losses[:n].double().cpu().numpy()  # the one host copy per record
         return self._steps[:n][order], losses[order]
 
+    # ---- every n epochs: one record ----
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.log_every_n_epochs:
+        if (trainer.current_epoch + 1) % self.every != 0:
             return
         steps, losses = self._window()
-        curve = loss_noise(steps, losses)
-        grads = self._gradient_noise(trainer, pl_module)
-        reasons = [r for r in (curve.reason, grads.reason) if r]
+        curve = loss_noise_metrics(
+            steps, losses, min_points=self.min_points, tail_fraction=self.tail_fraction
+        )
+        grads = self._gradient_noise(trainer, pl_module) if self.with_grad_noise else {}
+        reasons = [r for r in (curve.pop("noise_reason"), grads.get("grad_noise_reason")) if r]
+        if not self.with_grad_noise:
+            reasons.append("gradient noise disabled (with_grad_noise=false)")
+        if trainer.global_rank != 0:
+            return
+        slope, intercept = curve.pop("trend_slope"), curve.pop("trend_intercept")
+        record = {
+            **curve,
+            "detrend_slope": slope,
+            "detrend_intercept": intercept,
+            "grad_var": grads.get("grad_var"),
+            "grad_trace_cov": grads.get("tr_sigma"),
+            "grad_mean_sq_norm": grads.get("grad_mean_sq_norm"),
+            "noise_scale": grads.get("noise_scale"),
+            "noise_scale_biased": grads.get("noise_scale_biased"),
+            "grad_batch_size": grads.get("grad_noise_n", self.grad_batch_size),
+            "grad_noise_method": grads.get("grad_noise_method"),
+            "grad_bn_mode": grads.get("grad_noise_bn_mode"),
+            "noise_seconds": grads.get("grad_noise_seconds"),
+            "reason": "; ".join(reasons) or None,
+        }
         find_metrics_logger(trainer).record(
-            "noise", trainer, batches_done_in_epoch=trainer.num_training_batches,
-            n_losses=curve.n_losses, resid_power=curve.resid_power, psd_tail=curve.psd_tail,
-            psd_tail_ratio=curve.psd_tail_ratio, detrend_slope=curve.detrend_slope,
-            grad_var=grads.grad_var, grad_trace_cov=grads.trace_cov,
-            grad_mean_sq_norm=grads.mean_grad_sq_norm, noise_scale=grads.noise_scale,
-            grad_batch_size=grads.n_samples, reason="; ".join(reasons) or None)
+            "noise", trainer, batches_done_in_epoch=trainer.num_training_batches, **record
+        )
 
-    def _gradient_noise(self, trainer: pl.Trainer, pl_module: pl.LightningModule):  # type: ignore[no-untyped-def]
-        if self._batch is None:
-            images, labels = trainer.datamodule.fixed_batch(self.grad_batch_size, self.grad_batch_seed)
+    def _gradient_noise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        if self._batch is None or self._batch[0].device != pl_module.device:
+            dm = getattr(trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "fixed_batch"):
+                raise RuntimeError("NoiseMonitor needs trainer.datamodule.fixed_batch(size, seed)")
+            images, labels = dm.fixed_batch(self.grad_batch_size, self.grad_batch_seed)
             self._batch = (images.to(pl_module.device), labels.to(pl_module.device))
-        model = pl_module.model
-        was_training = model.training
-        model.eval()  # per-sample gradients need per-sample BN: running statistics, left untouched
-        try:
-            with torch.enable_grad():
-                return per_sample_gradient_noise(model, pl_module.criterion, *self._batch, self.chunk_size)
-        finally:
-            model.train(was_training)
+        return gradient_noise(
+            pl_module.model,
+            self._batch,
+            pl_module.criterion,
+            bn_mode=self.grad_bn_mode,
+            method=self.grad_method,
+            vmap_chunk=self.chunk_size,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        # The loss window survives a resume (512 floats), so the first record after it is full.
+        n = min(self._count, self.window)
+        losses = self._losses[:n].detach().cpu() if self._losses is not None else torch.zeros(0)
+        return {"count": self._count, "steps": self._steps.copy(), "losses": losses}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._count = int(state_dict.get("count", 0))
+        steps = np.asarray(state_dict.get("steps", np.zeros(self.window, dtype=np.int64)))
+        self._steps[: min(len(steps), self.window)] = steps[: self.window]
+        losses = state_dict.get("losses")
+        if isinstance(losses, Tensor) and losses.numel():
+            self._losses = torch.zeros(self.window, dtype=torch.float32)
+            self._losses[: losses.numel()] = losses.float()

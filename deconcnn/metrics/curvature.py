@@ -667,6 +667,19 @@ def curvature_estimates(
 # --------------------------------------------------------------------------------------------
 # GGN trace with BackPACK (exact, where BackPACK supports the model)
 # --------------------------------------------------------------------------------------------
+def backpack_extend(model: nn.Module) -> nn.Module:
+    """BackPACK-extend ``model`` (in place); with BackPACK's graph converter only where the model's
+    forward is more than a chain of modules (residual sums need it; a single layer or an
+    ``nn.Sequential`` must not use it: the converter would inline the layer as a function)."""
+    from backpack import extend
+
+    if not list(model.children()) or isinstance(model, nn.Sequential):
+        return extend(model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered node that may break")
+        return extend(model, use_converter=True)
+
+
 def ggn_trace(
     model: nn.Module,
     batch: tuple[Tensor, Tensor],
@@ -697,10 +710,7 @@ def ggn_trace(
     if has_bn:
         clone.eval()
     x, y = batch
-    try:
-        ext_model = extend(clone, use_converter=True)
-    except Exception:  # pragma: no cover - converter not needed for plain sequential models
-        ext_model = extend(clone)
+    ext_model = backpack_extend(clone)
     loss_mod = extend(nn.CrossEntropyLoss())
     params = _params(ext_model)
     for p in params:

@@ -1,0 +1,130 @@
+"""CurvatureMonitor: lambda_max and Hessian trace of the training loss every N optimizer steps.
+
+A thin Lightning wrapper over :func:`deconcnn.metrics.curvature.curvature_estimates`; the estimators,
+their error fields and their cost are documented there and in docs/metrics.md.
+
+Schedule: in ``on_train_batch_start`` when ``trainer.global_step % compute_every_n_steps == 0``, i.e.
+at steps 0, N, 2N, ... *before* the batch that performs update ``step + 1`` is trained, so the record
+at step s describes the parameters after s optimizer steps. With gradient accumulation the same step
+is seen by several batches; it is recorded once.
+
+Curvature batch: ``trainer.datamodule.fixed_batch(batch_size, seed)`` (un-augmented training images,
+the same samples for every run of the grid), drawn once per run and kept on the module's device.
+
+Warm start: the top eigenvector of the previous record seeds the next Lanczos run (kept on the
+device; not checkpointed, so a resumed run starts cold once -- ``lambda_max_warm_start`` says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
+
+from deconcnn.callbacks.metrics_logger import find_metrics_logger
+from deconcnn.metrics.curvature import (
+    CURVATURE_DEFAULTS,
+    BNMode,
+    HvpEngine,
+    TraceMethod,
+    curvature_estimates,
+    ggn_trace,
+)
+
+
+class CurvatureMonitor(Callback):
+    """Logs a ``curvature`` record every ``compute_every_n_steps`` optimizer steps (see module doc)."""
+
+    DEFAULTS: dict[str, Any] = CURVATURE_DEFAULTS
+
+    def __init__(
+        self,
+        compute_every_n_steps: int = 500,
+        batch_size: int = 128,
+        seed: int = 0,
+        bn_mode: BNMode = "train",
+        eig_tol: float = DEFAULTS["eig_tol"],
+        eig_max_iter: int = DEFAULTS["eig_max_iter"],
+        trace_method: TraceMethod = DEFAULTS["trace_method"],
+        trace_rel_tol: float = DEFAULTS["trace_rel_tol"],
+        trace_min_probes: int = DEFAULTS["trace_min_probes"],
+        trace_max_probes: int = DEFAULTS["trace_max_probes"],
+        probe_batch: int | None = None,
+        warm_start: bool = True,
+        hvp: HvpEngine = "shared_graph",
+        with_ggn_trace: bool = False,
+    ) -> None:
+        super().__init__()
+        if compute_every_n_steps < 1:
+            raise ValueError(f"compute_every_n_steps must be >= 1, got {compute_every_n_steps}")
+        if bn_mode not in ("train", "eval"):
+            raise ValueError(f"bn_mode must be 'train' or 'eval', got {bn_mode!r}")
+        self.every = int(compute_every_n_steps)
+        self.batch_size, self.seed, self.bn_mode = int(batch_size), int(seed), bn_mode
+        self.estimator_kwargs = {
+            "eig_tol": eig_tol,
+            "eig_max_iter": eig_max_iter,
+            "trace_method": trace_method,
+            "trace_rel_tol": trace_rel_tol,
+            "trace_min_probes": trace_min_probes,
+            "trace_max_probes": trace_max_probes,
+            "hvp": hvp,
+        }
+        # Trace probes per batched HVP: None = 3 on CUDA (measured 12-15% cheaper per record on an
+        # H100), 1 elsewhere (batched double-backward was slower on CPU).
+        self.probe_batch = probe_batch
+        self.warm_start, self.with_ggn_trace = warm_start, with_ggn_trace
+        self._batch: tuple[Tensor, Tensor] | None = None
+        self._v0: Tensor | None = None
+        self._last_step: int | None = None
+
+    def _curvature_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor]:
+        if self._batch is None or self._batch[0].device != pl_module.device:
+            dm = getattr(trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "fixed_batch"):
+                raise RuntimeError("CurvatureMonitor needs trainer.datamodule.fixed_batch(size, seed)")
+            x, y = dm.fixed_batch(self.batch_size, self.seed)
+            self._batch = (x.to(pl_module.device), y.to(pl_module.device))
+        return self._batch
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step % self.every != 0 or step == self._last_step:
+            return
+        self._last_step = step
+        if trainer.global_rank != 0:
+            return
+        curv_batch = self._curvature_batch(trainer, pl_module)
+        res = curvature_estimates(
+            pl_module.model,
+            curv_batch,
+            pl_module.criterion,
+            bn_mode=self.bn_mode,
+            v0=self._v0 if self.warm_start else None,
+            seed=self.seed + step,
+            probe_batch=self.probe_batch
+            if self.probe_batch is not None
+            else (3 if curv_batch[0].device.type == "cuda" else 1),
+            **self.estimator_kwargs,
+        )
+        if self.warm_start:
+            self._v0 = res.eig.eigenvector
+        metrics = res.record()
+        if self.with_ggn_trace:
+            try:
+                metrics.update(ggn_trace(pl_module.model, curv_batch, bn_mode=self.bn_mode))
+                metrics["bn_mode"] = self.bn_mode
+            except ValueError as err:
+                metrics.update({"ggn_trace": None, "ggn_trace_reason": str(err)})
+        find_metrics_logger(trainer).record("curvature", trainer, step=step, **metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict.get("last_step")
