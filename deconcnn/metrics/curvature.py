@@ -511,6 +511,7 @@ class CurvatureResult:
         """Flat dict of python scalars: the ``curvature`` record body (keys in docs/metrics.md)."""
         return {
             "lambda_max": self.eig.eigenvalue,
+            "lambda_max_method": "lanczos_la",
             "lambda_max_residual": self.eig.residual,
             "lambda_max_rel_residual": self.eig.rel_residual,
             "lambda_max_n_hvp": self.eig.n_hvp,
