@@ -1,0 +1,83 @@
+"""CurvatureMonitor and NoiseMonitor on real tiny runs: exact schedules, stamps, no side effects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from runs import compose_run, read_log
+
+from deconcnn.train import train
+
+CURV = [
+    "+callbacks.curvature._target_=deconcnn.callbacks.curvature_monitor.CurvatureMonitor",
+    "+callbacks.curvature.compute_every_n_steps=5",
+    "+callbacks.curvature.batch_size=8",
+    "+callbacks.curvature.eig_max_iter=8",
+    "+callbacks.curvature.trace_max_probes=4",
+]
+STAMPS = {"step", "epoch", "epoch_frac", "time"}
+
+
+def _final_state(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"]
+
+
+@pytest.mark.slow
+def test_curvature_records_at_steps_0_5_10_of_a_12_step_run_without_changing_training(tmp_path):
+    common = ["trainer.max_epochs=1", "+trainer.max_steps=12", "trainer.val_check_interval=1.0"]
+    with_mon, without = tmp_path / "with", tmp_path / "without"
+    assert train(compose_run(with_mon, [*common, *CURV])) == "completed"
+    assert train(compose_run(without, common)) == "completed"
+
+    curv = [r for r in read_log(with_mon) if r["kind"] == "curvature"]
+    assert [r["step"] for r in curv] == [0, 5, 10]
+    for r in curv:
+        assert STAMPS <= r.keys()
+        assert r["epoch"] == 0 and r["epoch_frac"] == pytest.approx(r["step"] / 16)
+        assert r["bn_mode"] == "train"
+        for key in ("lambda_max", "lambda_max_residual", "hessian_trace", "hessian_trace_stderr"):
+            assert math.isfinite(r[key]), key
+        assert r["lambda_max_n_hvp"] >= 1 and r["hessian_trace_n_probes"] >= 2
+        assert r["curv_n_hvp"] == r["lambda_max_n_hvp"] + r["hessian_trace_n_hvp"]
+        assert r["lambda_max_method"] == "lanczos_la" and r["hessian_trace_method"] == "deflated"
+    assert [r["lambda_max_warm_start"] for r in curv] == [False, True, True]
+
+    # The monitor leaves training untouched: same losses, weights and BN running statistics.
+    def losses(d):
+        return [(r["step"], r["loss_train_nats"]) for r in read_log(d) if r["kind"] == "train"]
+
+    assert losses(with_mon) == losses(without)
+    a, b = _final_state(with_mon), _final_state(without)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_noise_records_after_epochs_2_and_4_of_a_5_epoch_run(tmp_path):
+    # 64 samples - 32 validation = 32 training samples: 4 steps of 8 per epoch.
+    cfg = compose_run(tmp_path, [
+        "data.source.num_samples=64", "trainer.max_epochs=5", "trainer.val_check_interval=1.0",
+        "+callbacks.noise._target_=deconcnn.callbacks.noise_monitor.NoiseMonitor",
+        "+callbacks.noise.grad_batch_size=8", "+callbacks.noise.min_points=10",
+    ])
+    assert train(cfg) == "completed"
+    noise = [r for r in read_log(tmp_path) if r["kind"] == "noise"]
+    assert [(r["epoch"], r["epoch_frac"], r["step"]) for r in noise] == [(1, 2.0, 8), (3, 4.0, 16)]
+    for r in noise:
+        assert STAMPS <= r.keys()
+        assert r["n_losses"] == r["step"]  # fewer than 512 batches so far: all of them
+        assert r["grad_batch_size"] == 8 and r["grad_bn_mode"] == "batch_stats_frozen"
+        assert math.isfinite(r["grad_var"]) and r["grad_var"] > 0
+        assert math.isfinite(r["grad_trace_cov"]) and math.isfinite(r["grad_mean_sq_norm"])
+        assert (r["noise_scale"] is None) == ("not resolved" in (r["reason"] or ""))
+    first, second = noise
+    # after epoch 2 only 8 losses (< min_points=10): loss-noise values null, with the reason
+    assert first["resid_power"] is None and first["psd_tail"] is None
+    assert "only 8 losses" in first["reason"]
+    for key in ("resid_power", "psd_tail", "psd_tail_ratio", "psd_total"):
+        assert math.isfinite(second[key]) and second[key] >= 0, key
+    assert second["psd_band_lo"] == pytest.approx(0.375) and second["psd_band_hi"] == 0.5
