@@ -121,7 +121,11 @@ class CurvatureMonitor(Callback):
                 metrics["bn_mode"] = self.bn_mode
             except ValueError as err:
                 metrics.update({"ggn_trace": None, "ggn_trace_reason": str(err)})
-        find_metrics_logger(trainer).record("curvature", trainer, step=step, **metrics)
+        # batch_idx batches of this epoch are done: stamp it explicitly (callback order must not
+        # matter, e.g. at the first batch of an epoch).
+        find_metrics_logger(trainer).record(
+            "curvature", trainer, step=step, batches_done_in_epoch=batch_idx, **metrics
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self._last_step}

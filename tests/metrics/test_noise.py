@@ -187,3 +187,16 @@ def test_gradient_noise_unresolved_mean_gradient_gives_reason():
     assert out["grad_var"] is not None and math.isfinite(out["grad_var"])
     one = gradient_noise(model, (x[:1], y[:1]), nn.MSELoss(), method="vmap")
     assert one["grad_var"] is None and "needs >= 2" in one["grad_noise_reason"]
+
+
+def test_gradient_noise_backpack_equals_vmap_on_the_bn_resnet():
+    from deconcnn.training.resnet import CifarResNet18
+
+    torch.manual_seed(0)
+    model = CifarResNet18(width=0.125)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))
+    a = gradient_noise(model, batch, method="backpack")
+    b = gradient_noise(model, batch, method="vmap")
+    for key in ("grad_var", "tr_sigma", "grad_mean_sq_norm"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
