@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml constraints-dev.txt
 install: $(INSTALLED)
 
 demo: install
-	$(VENV)/bin/deconcnn-sweep launch sweeps/demo.yaml --executor local --out $(DEMO_OUT)
+	$(VENV)/bin/deconcnn-sweep launch sweeps/demo.yaml --executor local --parallel 2 --out $(DEMO_OUT)
 	$(VENV)/bin/deconcnn-sweep status $(DEMO_OUT)/demo
 	$(VENV)/bin/deconcnn-sweep report $(DEMO_OUT)/demo
 	@echo "Results: $(DEMO_OUT)/demo (runs/<run id>/metrics.jsonl, collected/*.parquet, report/index.html)"
