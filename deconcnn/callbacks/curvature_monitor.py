@@ -24,6 +24,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
+from deconcnn.callbacks.fixed_batch import FixedBatch
 from deconcnn.callbacks.metrics_logger import find_metrics_logger
 from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
@@ -77,18 +78,10 @@ class CurvatureMonitor(Callback):
         # H100), 1 elsewhere (batched double-backward was slower on CPU).
         self.probe_batch = probe_batch
         self.warm_start, self.with_ggn_trace = warm_start, with_ggn_trace
-        self._batch: tuple[Tensor, Tensor] | None = None
+        self._batch = FixedBatch(self.batch_size, self.seed, "CurvatureMonitor")
         self._v0: Tensor | None = None
         self._last_step: int | None = None
 
-    def _curvature_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor]:
-        if self._batch is None or self._batch[0].device != pl_module.device:
-            dm = getattr(trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "fixed_batch"):
-                raise RuntimeError("CurvatureMonitor needs trainer.datamodule.fixed_batch(size, seed)")
-            x, y = dm.fixed_batch(self.batch_size, self.seed)
-            self._batch = (x.to(pl_module.device), y.to(pl_module.device))
-        return self._batch
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -99,7 +92,7 @@ class CurvatureMonitor(Callback):
         self._last_step = step
         if trainer.global_rank != 0:
             return
-        curv_batch = self._curvature_batch(trainer, pl_module)
+        curv_batch = self._batch.get(trainer, pl_module)
         res = curvature_estimates(
             pl_module.model,
             curv_batch,

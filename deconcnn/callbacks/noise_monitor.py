@@ -24,6 +24,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
+from deconcnn.callbacks.fixed_batch import FixedBatch
 from deconcnn.callbacks.metrics_logger import find_metrics_logger
 from deconcnn.metrics.noise import GradBNMode, GradMethod, gradient_noise, loss_noise_metrics
 
@@ -57,7 +58,7 @@ class NoiseMonitor(Callback):
         self._losses: Tensor | None = None
         self._steps = np.zeros(self.window, dtype=np.int64)
         self._count = 0
-        self._batch: tuple[Tensor, Tensor] | None = None
+        self._batch = FixedBatch(self.grad_batch_size, self.grad_batch_seed, "NoiseMonitor")
 
     # ---- per batch: ring buffer on the device ----
     def on_train_batch_end(
@@ -125,15 +126,9 @@ class NoiseMonitor(Callback):
         )
 
     def _gradient_noise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        if self._batch is None or self._batch[0].device != pl_module.device:
-            dm = getattr(trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "fixed_batch"):
-                raise RuntimeError("NoiseMonitor needs trainer.datamodule.fixed_batch(size, seed)")
-            images, labels = dm.fixed_batch(self.grad_batch_size, self.grad_batch_seed)
-            self._batch = (images.to(pl_module.device), labels.to(pl_module.device))
         return gradient_noise(
             pl_module.model,
-            self._batch,
+            self._batch.get(trainer, pl_module),
             pl_module.criterion,
             bn_mode=self.grad_bn_mode,
             method=self.grad_method,
