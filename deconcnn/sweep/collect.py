@@ -71,7 +71,7 @@ BASE_COLUMNS = ("step", "epoch", "epoch_frac", "time")
 RECORD_RENAMES = {"lr": "lr_step"}
 
 _FLOAT_KEYS = """epoch_frac time loss_train_nats loss_train_bits acc_train lr_step wd loss_val_nats
-loss_val_bits acc_val grad_norm weight_norm lambda_max lambda_max_residual trace trace_stderr
+loss_val_bits acc_val grad_norm weight_norm lambda_max lambda_max_residual hessian_trace hessian_trace_stderr
 psd_tail resid_power grad_var noise_scale checkpoint_size_mb""".split()
 KNOWN_TYPES: dict[str, pa.DataType] = {
     "step": pa.int64(),

@@ -89,9 +89,9 @@ def report(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     val = _read_series(res.files.get("val"), "epoch_frac", ["loss_val_nats"])
     _curve_figure(out_dir / "val_loss.png", PLOTS["val_loss.png"], variants, runs, style,
                   [("loss_val_nats", "validation loss (nats)", val)], xlabel="epoch", xlog=False)
-    curv = _read_series(res.files.get("curvature"), "step", ["lambda_max", "trace"])
+    curv = _read_series(res.files.get("curvature"), "step", ["lambda_max", "hessian_trace"])
     _curve_figure(out_dir / "curvature.png", PLOTS["curvature.png"], variants, runs, style,
-                  [("lambda_max", "lambda_max", curv), ("trace", "Hessian trace", curv)],
+                  [("lambda_max", "lambda_max", curv), ("hessian_trace", "Hessian trace", curv)],
                   xlabel="step", xlog=False)
     noise = _read_series(res.files.get("noise"), "epoch_frac", list(NOISE_METRICS))
     _curve_figure(out_dir / "noise.png", PLOTS["noise.png"], variants, runs, style,

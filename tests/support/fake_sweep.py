@@ -129,8 +129,8 @@ def _write_run(d: Path, rid: str, ident: dict, n_steps: int, spe: int, curv_ever
                 lam = math.nan
             lines.append(_fmt({"kind": "curvature", "step": step, "epoch": epoch, "epoch_frac": ef,
                                "time": t, "lambda_max": lam, "lambda_max_residual": 0.01 * lam,
-                               "power_iters": 20, "trace": 40 * lam,
-                               "trace_stderr": 0.03 * 40 * abs(lam) if lam == lam else None,
+                               "lambda_max_n_hvp": 20, "hessian_trace": 40 * lam,
+                               "hessian_trace_stderr": 0.03 * 40 * abs(lam) if lam == lam else None,
                                "hvps": 30, "bn_mode": "eval"}, nan_token))
             counts["curvature"] += 1
         if step % (noise_every * spe) == 0:
