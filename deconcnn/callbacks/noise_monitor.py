@@ -139,7 +139,8 @@ class NoiseMonitor(Callback):
         # The loss window survives a resume (512 floats), so the first record after it is full.
         n = min(self._count, self.window)
         losses = self._losses[:n].detach().cpu() if self._losses is not None else torch.zeros(0)
-        return {"count": self._count, "steps": self._steps.copy(), "losses": losses}
+        # Tensors only: Lightning loads checkpoints with torch.load(weights_only=True), which refuses numpy.
+        return {"count": self._count, "steps": torch.from_numpy(self._steps.copy()), "losses": losses}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._count = int(state_dict.get("count", 0))
