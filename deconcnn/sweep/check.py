@@ -203,7 +203,7 @@ def check_per_batch(records: Sequence[dict[str, Any]], schedule: Schedule) -> It
         problems.append("bad or absent: " + ", ".join(f"{k} ({c} records)" for k, c in bad_keys.items()))
     if problems:
         return fail("; ".join(problems))
-    return ok(f"steps 0..{n - 1} once each, keys {', '.join(PER_BATCH_KEYS)}")
+    return ok(f"steps 0..{n - 1} once each, all {len(PER_BATCH_KEYS)} keys finite")
 
 
 def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemResult:
@@ -233,7 +233,8 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
             problems.append(f"epoch_frac {r['epoch_frac']:g} stamped step {step}")
     if problems:
         return fail("; ".join(problems[:3]))
-    return ok(f"{len(val)} val records at epoch_frac {_fracs(expected[:4])}, ..., with {', '.join(VAL_KEYS)}")
+    return ok(f"{len(val)} records at epoch_frac {_fracs(expected[:3])}, ..., {expected[-1]:g}; "
+              f"all {len(VAL_KEYS)} keys finite, grad_norm > 0")
 
 
 def check_curvature(records: Sequence[dict[str, Any]], schedule: Schedule,
@@ -245,7 +246,7 @@ def check_curvature(records: Sequence[dict[str, Any]], schedule: Schedule,
     expected = list(range(0, schedule.total_steps, every))
     curv = _kind(records, "curvature")
     got = [r.get("step") for r in curv]
-    scaled = f"every {every} steps" + (f" (configured {configured_every}, scaled)" if configured_every else "")
+    scaled = f"every {every} steps" + (f" (configured {configured_every})" if configured_every else "")
     if len(expected) < 2:
         return fail(f"{scaled}: fires {len(expected)} time(s) in {schedule.total_steps} steps, need >= 2")
     if got != expected:
@@ -259,8 +260,8 @@ def check_curvature(records: Sequence[dict[str, Any]], schedule: Schedule,
                 problems.append(f"step {r['step']}: {', '.join(absent)} absent or not finite")
     if problems:
         return fail("; ".join(problems[:3]))
-    values = ", ".join(f"{v} (+{', '.join(e)})" for v, e in CURVATURE_FIELDS.items())
-    return ok(f"{scaled}: steps {expected}, finite {values}")
+    return ok(f"{scaled}: steps {expected}; {', '.join(CURVATURE_FIELDS)} finite with "
+              f"{', '.join(e[0] for e in CURVATURE_FIELDS.values())}")
 
 
 def _producer(record: dict[str, Any], value: str) -> str | None:
@@ -334,7 +335,9 @@ def check_noise(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemRe
     if problems:
         return fail("; ".join(problems[:3]))
     why = f"; null with reason: {'; '.join(sorted(reasons))}" if reasons else ""
-    return ok(f"after epochs {expected}, {', '.join(NOISE_KEYS)} finite{' or explained' if reasons else ''}{why}")
+    methods = sorted({str(r["grad_noise_method"]) for r in noise if r.get("grad_noise_method")})
+    by = f"; grad_var by {', '.join(methods)}" if methods else ""
+    return ok(f"after epochs {expected}; {', '.join(NOISE_KEYS)} finite{' or explained' if reasons else ''}{why}{by}")
 
 
 def check_stamps(records: Sequence[dict[str, Any]]) -> ItemResult:
@@ -362,8 +365,7 @@ def check_stamps(records: Sequence[dict[str, Any]]) -> ItemResult:
             last_time = max(last_time, t)
     if problems:
         return fail("; ".join(f"{k} ({c} records)" for k, c in problems.most_common(3)))
-    kinds = Counter(r.get("kind") for r in records)
-    return ok(f"{len(records)} records stamped ({', '.join(f'{c} {k}' for k, c in kinds.items())})")
+    return ok(f"all {len(records)} records")
 
 
 def check_checkpoints(records: Sequence[dict[str, Any]], run_dir: Path) -> ItemResult:
