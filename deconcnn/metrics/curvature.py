@@ -178,38 +178,23 @@ class SharedGraphHessian(CurvatureOperator):
         return self._dtype
 
     def matvec(self, v: Tensor) -> Tensor:
-        if self._grads is None:
-            raise RuntimeError("SharedGraphHessian used after release()")
         if v.shape != (self._size,):
             raise ValueError(f"expected vector of shape ({self._size},), got {tuple(v.shape)}")
-        pieces = list(torch.split(v, self._sizes))
-        grad_outputs = [pieces[i].view_as(self._param_list[i]) for i in self._live]
-        with torch.enable_grad():
-            hv = torch.autograd.grad(
-                self._grads,
-                self._param_list,
-                grad_outputs=grad_outputs,
-                retain_graph=True,
-                allow_unused=True,
-            )
-        self.n_matvec += 1
-        return torch.cat(
-            [
-                (h if h is not None else torch.zeros_like(p)).reshape(-1)
-                for h, p in zip(hv, self._param_list, strict=True)
-            ]
-        ).detach()
+        return self._products(v[None], batched=False)[0]
 
     def matmat(self, vs: Tensor) -> Tensor:
         """``H @ v`` for each row of ``vs`` (k x n) in one vmapped double-backward
         (``is_grads_batched=True``); counts k products."""
+        return self._products(vs, batched=vs.shape[0] > 1)
+
+    def _products(self, vs: Tensor, *, batched: bool) -> Tensor:
+        """Rows of ``vs`` times H through the shared graph; one plain double-backward when not batched."""
         if self._grads is None:
             raise RuntimeError("SharedGraphHessian used after release()")
         k = vs.shape[0]
-        if k == 1:
-            return self.matvec(vs[0])[None]
         pieces = list(torch.split(vs, self._sizes, dim=1))
-        grad_outputs = [pieces[i].reshape(k, *self._param_list[i].shape) for i in self._live]
+        shape = (lambda p: (k, *p.shape)) if batched else (lambda p: p.shape)
+        grad_outputs = [pieces[i].reshape(shape(self._param_list[i])) for i in self._live]
         with torch.enable_grad():
             hv = torch.autograd.grad(
                 self._grads,
@@ -217,13 +202,12 @@ class SharedGraphHessian(CurvatureOperator):
                 grad_outputs=grad_outputs,
                 retain_graph=True,
                 allow_unused=True,
-                is_grads_batched=True,
+                is_grads_batched=batched,
             )
         self.n_matvec += k
         return torch.cat(
             [
-                (h if h is not None else torch.zeros(k, *p.shape, device=p.device, dtype=p.dtype))
-                .reshape(k, -1)
+                (h if h is not None else torch.zeros(shape(p), device=p.device, dtype=p.dtype)).reshape(k, -1)
                 for h, p in zip(hv, self._param_list, strict=True)
             ],
             dim=1,
