@@ -597,20 +597,13 @@ def curvature_estimates(
             raise ValueError(f"hvp must be 'shared_graph' or 'operator', got {hvp!r}")
         try:
             eig = lanczos_top_eig(op, v0=v0, tol=eig_tol, max_iter=eig_max_iter, seed=seed)
-            if trace_method == "deflated":
+            if trace_method in ("deflated", "hutchinson"):
+                # deflated: the Lanczos basis's part of the trace is exact; probes estimate the rest
+                deflation = {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)} \
+                    if trace_method == "deflated" else {}
                 tr = hutchinson_trace(
                     op,
-                    basis=eig.basis,
-                    exact_part=math.fsum(eig.alphas),
-                    rel_tol=trace_rel_tol,
-                    min_probes=trace_min_probes,
-                    max_probes=trace_max_probes,
-                    seed=seed,
-                    probe_batch=probe_batch,
-                )
-            elif trace_method == "hutchinson":
-                tr = hutchinson_trace(
-                    op,
+                    **deflation,
                     rel_tol=trace_rel_tol,
                     min_probes=trace_min_probes,
                     max_probes=trace_max_probes,
