@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from runs import TINY, compose_run, read_log, read_status, train_cli
 
 from deconcnn import train as train_module
+from deconcnn.runconfig import compose_run_config
 from deconcnn.train import train
 
 STEPS = 32  # 2 epochs x 16 steps
@@ -141,7 +142,8 @@ def test_every_experiment_composes_and_instantiates(tmp_path, name):
 
 def test_variants_differ_as_the_experiment_says(tmp_path):
     def variant(name):
-        return compose_run(tmp_path, [f"experiment=loss_lin_slope_{name}", "data=synthetic"])
+        # Without the tiny-run overrides, which would replace the variants' own widths.
+        return compose_run_config([f"experiment=loss_lin_slope_{name}", f"run_dir={tmp_path}"])
 
     base, adamw, bn_off, narrow = (variant(n) for n in ("base", "adamw", "bn_off", "narrow"))
     assert base.variant == "S-core" and base.optim._target_ == "torch.optim.SGD"
