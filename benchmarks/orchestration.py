@@ -19,7 +19,7 @@ from deconcnn.runconfig import CONF_DIR
 from deconcnn.runlog.run_status import write_json_atomic
 from deconcnn.sweep.executors import RunTask, make_packs
 from deconcnn.sweep.launch import plan
-from deconcnn.sweep.manifest import SweepDir, code_version, new_manifest
+from deconcnn.sweep.manifest import code_version, new_manifest
 from deconcnn.sweep.status import sweep_states
 
 SWEEP_FILE = CONF_DIR.parent / "sweeps" / "loss_lin_slope.yaml"

@@ -20,7 +20,6 @@ No torch import: training runs as `deconcnn-train` subprocesses (locally or as a
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
