@@ -119,6 +119,34 @@ def test_trace_many_seeds_coverage():
     assert hits >= 18
 
 
+@pytest.mark.parametrize("deflate", [False, True])
+def test_trace_stderr_is_the_rademacher_variance_bound(deflate):
+    """stderr^2 * probes estimates 2 ||B||_F^2 (B = P H P), which bounds the exact probe variance
+    2 (||B||_F^2 - sum B_ii^2); a single probe already carries it."""
+    model, batch = _bn_cnn(), _img_batch()
+    h = exact_hessian(model, *batch)
+    with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
+        basis, exact_part = [], 0.0
+        if deflate:
+            eig = lanczos_top_eig(op, tol=0.0, max_iter=4)
+            basis, exact_part = eig.basis, sum(eig.alphas)
+        q = torch.stack(basis) if basis else torch.zeros(0, op.size, dtype=h.dtype)
+        proj = torch.eye(op.size, dtype=h.dtype) - q.T @ q
+        b = proj @ h @ proj
+        bound = 2 * (b * b).sum().item()
+        exact_var = bound - 2 * (torch.diagonal(b) ** 2).sum().item()
+        many = hutchinson_trace(op, basis=basis, exact_part=exact_part, rel_tol=0.0,
+                                min_probes=60, max_probes=60, seed=1)
+        one = hutchinson_trace(op, basis=basis, exact_part=exact_part, rel_tol=10.0,
+                               min_probes=1, max_probes=8, seed=1)
+    assert many.stderr**2 * many.n_probes == pytest.approx(bound, rel=0.15)
+    assert many.stderr**2 * many.n_probes >= 0.85 * exact_var
+    assert many.sample_stderr is not None and many.sample_stderr > 0
+    assert abs(many.estimate - torch.trace(h).item()) <= 3 * many.stderr
+    assert one.n_probes == 1 and one.converged and one.sample_stderr is None
+    assert math.isfinite(one.stderr) and one.stderr > 0
+
+
 def test_deflated_trace_exact_when_basis_spans_space():
     model, batch = _mlp(), _mlp_batch()
     h = exact_hessian(model, *batch)
