@@ -19,23 +19,25 @@ Estimators
     the largest |lambda|, not the largest lambda, and converges slowly with a small gap: not used.)
 
 ``hessian_trace``
-    Default ``trace_method="deflated"`` (Hutch++ with a Krylov sketch): the orthonormal Lanczos
-    basis Q (m vectors) built for ``lambda_max`` is reused as the Hutch++ sketch, so
-    ``tr(Q^T H Q) = sum(alpha_i)`` is known exactly at no extra HVP, and the remainder
-    ``tr(P H P)``, ``P = I - Q Q^T``, is estimated by Hutchinson with projected Rademacher probes.
-    ``tr(H) = tr(Q^T H Q) + tr(P H P)`` exactly (the cross terms vanish), the residual estimate is
-    unbiased given Q (Q does not depend on the probes). Standard error: for a Rademacher probe g
-    and symmetric B = P H P, ``Var(g^T B g) = 2 (||B||_F^2 - sum_i B_ii^2) <= 2 ||B||_F^2`` and
-    ``||B g||^2`` is an unbiased estimate of ``||B||_F^2``; ``B g = P (H P g)`` is the product the
-    probe already paid for, so every probe also estimates this variance bound, and
-    ``stderr = sqrt(2 mean_i ||B g_i||^2 / m)`` is available from the first probe (the sample
-    standard error of m = 2-3 probe values has 1-2 degrees of freedom: too noisy to stop on;
-    it is reported beside it as ``sample_stderr``). Measured on ResNet-18 x0.25 with BN:
-    bound / sample variance of 16 probes 0.85 (the diagonal term is negligible), and
-    ``||B g||^2`` varies by 3% between probes. Probes are drawn until ``stderr / |estimate| <=
-    trace_rel_tol`` (after ``trace_min_probes``) or ``trace_max_probes`` is reached; the record
-    says whether the rule was met. ``trace_method="hutchinson"`` is the same loop without the
-    deflation; ``"hutch++"`` calls ``hessian_eigenthings.hutch_plus_plus`` with a fixed budget.
+    Hutchinson with Rademacher probes g: ``tr(H) = E[g^T H g]``. Standard error: for symmetric B,
+    ``Var(g^T B g) = 2 (||B||_F^2 - sum_i B_ii^2) <= 2 ||B||_F^2`` and ``||B g||^2`` is an
+    unbiased estimate of ``||B||_F^2``; ``B g`` is the product the probe already paid for, so every
+    probe also estimates this variance bound, and ``stderr = sqrt(2 mean_i ||B g_i||^2 / m)``
+    exists from the first probe (the sample standard error of 2-3 probe values has 1-2 degrees
+    of freedom: too noisy to stop on; it is reported beside it as ``sample_stderr``). Measured on
+    ResNet-18 x0.25 with BN: bound / sample variance of 16 probes 0.85 (the diagonal term is
+    negligible) and ``||B g||^2`` varies by 3% between probes. Probes are drawn until
+    ``stderr / |estimate| <= trace_rel_tol`` (after ``trace_min_probes``) or
+    ``trace_max_probes``; the record says whether the rule was met.
+    ``trace_method="hutchinson"`` (what ``"auto"`` picks for BN models): the cold Lanczos run
+    starts from a Rademacher vector, so its first product is already a probe
+    (``g^T H g = n alpha_1``, ``||H g||^2 = n ||H q_1||^2``) and a record that needs one probe
+    spends no product on the trace. ``"deflated"`` (Hutch++ with a Krylov sketch): the Lanczos
+    basis Q is the sketch, ``tr(Q^T H Q) = sum(alpha_i)`` exactly, and projected probes estimate
+    ``tr(P H P)``, ``P = I - Q Q^T`` (B = P H P above; unbiased given Q); it costs its own probes
+    and gained nothing measurable here (the Krylov part was 0.3% of the trace: the bulk of the
+    spectrum, not the top, carries it). ``"hutch++"`` calls ``hessian_eigenthings.hutch_plus_plus``
+    with a fixed budget.
     ``"ggn_exact"``: for networks that are linear in each single weight (ReLU convnets with
     residual sums and no BN, or BN in eval mode; see :func:`piecewise_linear_in_each_weight`)
     ``d^2 f / d w_i^2 = 0``, so diag(Hessian) = diag(GGN) and BackPACK's exact GGN diagonal gives
@@ -43,7 +45,7 @@ Estimators
     the BN-free ResNet, whose Hessian trace is small against the Hutchinson noise (one probe's
     relative std ~160% measured), so Hutchinson would need hundreds of probes for 10%.
     ``"auto"`` (the monitor's default) picks ``"ggn_exact"`` where that identity holds and
-    ``"deflated"`` otherwise.
+    ``"hutchinson"`` otherwise.
 
 ``ggn_trace``
     The trace of the generalised Gauss-Newton matrix J^T H_loss J (exact, from BackPACK's
@@ -66,7 +68,7 @@ HVP engine
 ----------
 ``hvp="shared_graph"`` (default): one forward + one ``create_graph=True`` gradient per record;
 every HVP is one double-backward through that retained graph (``retain_graph=True``), shared by
-the eigenvalue and the trace. ``hvp="operator"``: ``hessian_eigenthings.HessianOperator`` on a
+the eigenvalue and the trace (whose first probe is Lanczos' first product). ``hvp="operator"``: ``hessian_eigenthings.HessianOperator`` on a
 one-batch list, which rebuilds forward + gradient graph for every product.
 """
 
@@ -289,6 +291,9 @@ class EigResult:
     basis: list[Tensor] = field(repr=False, default_factory=list)
     alphas: list[float] = field(repr=False, default_factory=list)
     warm_start: bool = False
+    #: cold start only: the start vector is a Rademacher probe g, so the first product is also a
+    #: Hutchinson sample, ``(g^T H g, ||H g||^2)``, which the trace reuses (one product saved).
+    start_probe: tuple[float, float] | None = None
 
 
 def lanczos_top_eig(
@@ -302,7 +307,8 @@ def lanczos_top_eig(
 ) -> EigResult:
     """Largest algebraic eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
 
-    Starts from ``v0`` (warm start; a random Gaussian vector if None or degenerate) and stops once
+    Starts from ``v0`` (warm start; a Rademacher vector if None or degenerate, whose first product
+    is returned as ``start_probe`` for the trace) and stops once
     the Ritz residual of the top Ritz pair satisfies ``residual <= tol * |theta|`` (checked every
     iteration from ``min_iter`` on; an exactly invariant Krylov space also stops it), or after
     ``max_iter`` products. Each iteration costs one ``operator.matvec``.
@@ -317,9 +323,9 @@ def lanczos_top_eig(
             v = cand
     warm = v is not None
     if v is None:
-        gen = _generator(torch.device("cpu"), seed)
-        v = torch.randn(n, generator=gen, dtype=dtype).to(device)
+        v = _rademacher(n, _generator(torch.device("cpu"), seed), device, dtype)
     q = v / v.norm()
+    start_probe: tuple[float, float] | None = None
 
     basis: list[Tensor] = [q]
     alphas: list[float] = []
@@ -330,6 +336,8 @@ def lanczos_top_eig(
         w = operator.matvec(basis[j])
         alpha = float(torch.dot(basis[j], w))
         alphas.append(alpha)
+        if j == 0 and not warm:  # q = g / sqrt(n): g^T H g = n alpha, ||H g||^2 = n ||H q||^2
+            start_probe = (n * alpha, n * float(torch.dot(w, w)))
         # Full re-orthogonalisation (classical Gram-Schmidt, twice): w <- w - Q (Q^T w).
         qmat = torch.stack(basis)
         for _ in range(2):
@@ -368,6 +376,7 @@ def lanczos_top_eig(
         basis=basis,
         alphas=alphas,
         warm_start=warm,
+        start_probe=start_probe,
     )
 
 
@@ -408,6 +417,7 @@ def hutchinson_trace(
     max_probes: int = 64,
     seed: int = 0,
     probe_batch: int = 1,
+    start_probe: tuple[float, float] | None = None,
 ) -> TraceEstimate:
     """Hutchinson estimate of ``tr(A)``, optionally deflated by an orthonormal ``basis`` Q.
 
@@ -417,18 +427,33 @@ def hutchinson_trace(
     ``B = (I - QQ^T) A (I - QQ^T)`` (module doc), so a single probe already has one. Stops when
     ``stderr <= rel_tol * |estimate|`` (at least ``min_probes``, at most ``max_probes``).
     ``probe_batch > 1`` applies that many probes per call of ``operator.matmat`` (batched HVPs,
-    if the operator has it) and checks the stopping rule after each batch.
+    if the operator has it) and checks the stopping rule after each batch. ``start_probe``
+    ``(g^T A g, ||A g||^2)`` of a Rademacher probe already applied (Lanczos' cold start, see
+    :class:`EigResult`) counts as the first probe at no product; only without deflation (a
+    projected probe is a different sample).
     """
+    if start_probe is not None and len(basis):
+        raise ValueError("start_probe is an undeflated sample: it cannot be combined with a basis")
     n, device, dtype = operator.size, operator.device, operator.dtype
     gen = _generator(device if device.type == "cuda" else torch.device("cpu"), seed + 7919)
     qmat = torch.stack(list(basis)) if len(basis) else None
-    samples: list[float] = []
-    sq_norms: list[float] = []  # ||B g||^2, unbiased for ||B||_F^2
+    samples: list[float] = [start_probe[0]] if start_probe else []
+    sq_norms: list[float] = [start_probe[1]] if start_probe else []  # ||B g||^2, unbiased for ||B||_F^2
+    reused = len(samples)
     estimate, stderr, converged = exact_part, math.inf, False
     min_probes = max(1, min_probes)
     probe_batch = max(1, int(probe_batch))
     matmat = getattr(operator, "matmat", None)
-    while len(samples) < max_probes:
+    while True:
+        k = len(samples)
+        if k:
+            estimate = exact_part + math.fsum(samples) / k
+            stderr = math.sqrt(2.0 * math.fsum(sq_norms) / k / k)
+            if k >= min_probes and stderr <= rel_tol * abs(estimate):
+                converged = True
+                break
+        if k >= max_probes:
+            break
         kb = min(probe_batch, max_probes - len(samples))
         gs = torch.stack([_rademacher(n, gen, device, dtype) for _ in range(kb)])
         if qmat is not None:
@@ -440,12 +465,6 @@ def hutchinson_trace(
         bgs = ags - (ags @ qmat.T) @ qmat if qmat is not None else ags
         samples.extend(float(x) for x in (gs * ags).sum(dim=1))
         sq_norms.extend(float(x) for x in (bgs * bgs).sum(dim=1))
-        k = len(samples)
-        estimate = exact_part + math.fsum(samples) / k
-        stderr = math.sqrt(2.0 * math.fsum(sq_norms) / k / k)
-        if k >= min_probes and stderr <= rel_tol * abs(estimate):
-            converged = True
-            break
     sample_stderr = None
     if len(samples) >= 2:
         k = len(samples)
@@ -454,7 +473,7 @@ def hutchinson_trace(
     return TraceEstimate(
         estimate=estimate,
         stderr=stderr,
-        n_hvp=len(samples),
+        n_hvp=len(samples) - reused,
         n_probes=len(samples),
         converged=converged,
         method="deflated" if qmat is not None else "hutchinson",
@@ -595,7 +614,7 @@ def curvature_estimates(
     """
     loss_fn = cross_entropy_loss_fn(criterion)
     if trace_method == "auto":
-        trace_method = "ggn_exact" if piecewise_linear_in_each_weight(model, bn_mode) else "deflated"
+        trace_method = "ggn_exact" if piecewise_linear_in_each_weight(model, bn_mode) else "hutchinson"
     elif trace_method == "ggn_exact" and not piecewise_linear_in_each_weight(model, bn_mode):
         raise ValueError(
             "trace_method='ggn_exact' is the Hessian trace only for nets that are linear in each "
@@ -615,9 +634,10 @@ def curvature_estimates(
         try:
             eig = lanczos_top_eig(op, v0=v0, tol=eig_tol, max_iter=eig_max_iter, seed=seed)
             if trace_method in ("deflated", "hutchinson"):
-                # deflated: the Lanczos basis's part of the trace is exact; probes estimate the rest
+                # deflated: the Lanczos basis's part of the trace is exact, probes estimate the
+                # rest; hutchinson: Lanczos' cold Rademacher start is already the first probe
                 deflation = {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)} \
-                    if trace_method == "deflated" else {}
+                    if trace_method == "deflated" else {"start_probe": eig.start_probe}
                 tr = hutchinson_trace(
                     op,
                     **deflation,

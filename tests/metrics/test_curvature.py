@@ -101,7 +101,8 @@ def test_trace_within_three_stderr_of_exact(method):
     tr = res.trace
     assert tr.stderr > 0 and math.isfinite(tr.stderr)
     assert abs(tr.estimate - exact) <= 3 * tr.stderr
-    assert tr.n_hvp == tr.n_probes
+    # plain Hutchinson's first probe is Lanczos' cold start: one probe fewer to pay for
+    assert tr.n_hvp == tr.n_probes - (method == "hutchinson")
     rec = res.record()
     assert rec["curv_n_hvp"] == rec["lambda_max_n_hvp"] + rec["hessian_trace_n_hvp"]
 
@@ -145,6 +146,23 @@ def test_trace_stderr_is_the_rademacher_variance_bound(deflate):
     assert abs(many.estimate - torch.trace(h).item()) <= 3 * many.stderr
     assert one.n_probes == 1 and one.converged and one.sample_stderr is None
     assert math.isfinite(one.stderr) and one.stderr > 0
+
+
+def test_cold_lanczos_start_is_a_rademacher_probe_reused_by_the_trace():
+    model, batch = _bn_cnn(), _img_batch()
+    h = exact_hessian(model, *batch)
+    with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
+        eig = lanczos_top_eig(op, tol=0.5, max_iter=3, seed=4)
+        g = eig.basis[0] * math.sqrt(op.size)
+        assert torch.allclose(g.abs(), torch.ones_like(g))
+        assert eig.start_probe == pytest.approx(((g @ h @ g).item(), (h @ g).square().sum().item()), rel=1e-9)
+        spent = op.n_matvec
+        tr = hutchinson_trace(op, rel_tol=100.0, min_probes=1, max_probes=4, start_probe=eig.start_probe)
+        assert (tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 0, spent)
+        assert tr.estimate == eig.start_probe[0]
+        assert lanczos_top_eig(op, v0=g, tol=0.5, max_iter=3).start_probe is None  # warm: not a probe
+        with pytest.raises(ValueError, match="start_probe"):
+            hutchinson_trace(op, basis=eig.basis, start_probe=eig.start_probe)
 
 
 def test_deflated_trace_exact_when_basis_spans_space():
@@ -328,6 +346,6 @@ def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
     exact = torch.trace(exact_hessian(relu_net.double(), x.double(), y)).item()
     assert rec["hessian_trace"] == pytest.approx(exact, rel=1e-4)
     bn = curvature_estimates(_bn_cnn(), _img_batch(), trace_method="auto").record()
-    assert bn["hessian_trace_method"] == "deflated"
+    assert bn["hessian_trace_method"] == "hutchinson"
     with pytest.raises(ValueError, match="linear in each"):
         curvature_estimates(_bn_cnn(), _img_batch(), trace_method="ggn_exact")

@@ -42,7 +42,7 @@ MONITORS = ("curvature_monitor", "noise_monitor")
 # ---------------------------------------------------------------- a fabricated log that passes
 
 
-def fabricate(run_dir: Path, s: Schedule = SCHEDULE, *, trace_method: str = "deflated") -> list[dict]:
+def fabricate(run_dir: Path, s: Schedule = SCHEDULE, *, trace_method: str = "hutchinson") -> list[dict]:
     """The records a healthy run with schedule `s` writes, in file order, and its checkpoints."""
     spe, t = s.steps_per_epoch, [1.7e9]
     records: list[dict] = []
