@@ -291,6 +291,9 @@ def main() -> None:
         report(f"ours (B, +{args.between} steps)", res_b, sec, steps, ref_b)
         res_w, sec, steps = ours(v0=res_a.eig.eigenvector)
         report("ours + warm start from A (B)", res_w, sec, steps, ref_b)
+        if args.norm == "batchnorm":
+            res_h, sec, steps = ours(trace_method="hutchinson")
+            report("ours, trace undeflated, probe 1 = Lanczos start (B)", res_h, sec, steps, ref_b)
         for k in args.also_batched:
             res_k, sec, steps = ours(probe_batch=k)
             report(f"ours, probes batched x{k} (B)", res_k, sec, steps, ref_b)
