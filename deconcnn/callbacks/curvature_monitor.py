@@ -14,8 +14,8 @@ the same samples for every run of the grid), drawn once per run and kept on the 
 Warm start (``warm_start: true``, off by default): the top eigenvector of the previous record seeds
 the next Lanczos run (kept on the device; not checkpointed, so a resumed run starts cold once --
 ``lambda_max_warm_start`` says so). Off because, measured with benchmarks/curvature_overhead.py,
-500 steps apart it saved no products mid-training, and once it converged to the previous top
-direction after the top eigenvalue had moved on (10% low, with a small residual); it pays off only
+500 steps apart it saved 0-2 of 8-10 products mid-training, and once it converged to the previous
+top direction after the top eigenvalue had moved on (10% low, with a small residual); it pays off
 for records a few dozen steps apart.
 """
 
