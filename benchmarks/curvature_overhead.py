@@ -12,8 +12,8 @@ For CIFAR ResNet-18 at each width (default 0.25 and 1.0, batch 128) this script:
    Hutchinson probes, both on ``HessianOperator``) and a converged reference (hessian-eigenthings
    ``lanczos(which="LA")`` with many iterations on the shared-graph operator);
 4. trains ``--between`` more steps (500: the monitor's schedule), then record B with our method,
-   the same warm-started from A's eigenvector (the monitor's ``warm_start`` option) and a
-   reference at the same point.
+   the same warm-started from A's eigenvector (the monitor's ``warm_start`` option), the same
+   with ``trace_method="hutchinson"`` (BN models) and a reference at the same point.
 
 Costs are reported in training steps (record seconds / training-step seconds, both measured here)
 and as the implied overhead when a record is taken every 500 steps (cost / 500). No asserts.

@@ -638,11 +638,11 @@ def curvature_estimates(
             if trace_method in ("deflated", "hutchinson"):
                 # deflated: the Lanczos basis's part of the trace is exact, probes estimate the
                 # rest; hutchinson: Lanczos' cold Rademacher start is already the first probe
-                deflation = {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)} \
+                from_lanczos = {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)} \
                     if trace_method == "deflated" else {"start_probe": eig.start_probe}
                 tr = hutchinson_trace(
                     op,
-                    **deflation,
+                    **from_lanczos,
                     rel_tol=trace_rel_tol,
                     min_probes=trace_min_probes,
                     max_probes=trace_max_probes,
