@@ -1,7 +1,9 @@
 """deconcnn-train: the Hydra app for one instrumented run.
 
-Composes the config, instantiates everything by `_target_`, resumes from `last.ckpt` when the run
-directory has one, fits, and keeps `run.json` saying how the run ended.
+Composes the config, resumes from the newest checkpoint of the run directory that loads (with the
+metric log cut back to that checkpoint), fits, and keeps `run.json` saying how the run ended: every
+way out after the run directory exists ends `completed`, `diverged` or `failed` with the error's
+first line.
 """
 
 from __future__ import annotations
@@ -12,73 +14,57 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
-from hydra.utils import instantiate
-from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
-from deconcnn.runconfig import CONF_DIR, ConfigError, check_config
-from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_for_resume
-from deconcnn.runlog.metrics_reader import iter_records
-from deconcnn.runlog.run_status import RunStatusFile
+from deconcnn.runconfig import CONF_DIR, ConfigError
+from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point
+from deconcnn.runlog.run_status import RunStatusFile, first_line
+from deconcnn.training.build import build_run
+from deconcnn.training.checkpoints import ResumePoint, choose_resume_point
 from deconcnn.training.data import DataNotFoundError
-from deconcnn.training.module import ImageClassifier
-
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
-def checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
+    if cfg.resume:
+        return choose_resume_point(run_dir)
+    if (run_dir / METRICS_FILE).exists():
+        raise ConfigError(f"resume=false, but {run_dir} already holds a run ({METRICS_FILE}): its steps would be "
+                          "logged twice; use another run_dir or delete that one")
+    return ResumePoint(None)
 
 
-def build_run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
-              ) -> tuple[pl.LightningDataModule, ImageClassifier, pl.Trainer]:
-    """Data, module and trainer of a run, exactly as `train` uses them (the throughput probe too)."""
-    check_config(cfg)
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()  # fail on missing data before anything is marked running
-    module = ImageClassifier(instantiate(cfg.model), instantiate(cfg.optim),
-                             warmup_epochs=cfg.schedule.warmup_epochs, channels_last=cfg.channels_last)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    # Under SLURM the sweep's job runner owns requeueing; Lightning's own SIGUSR1 requeue would be a
-    # second handler racing it (submitit #1709), so it is switched off.
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], plugins=plugins,
-                                      logger=[instantiate(cfg.metrics_log)])
-    return datamodule, module, trainer
-
-
-def train(cfg: DictConfig) -> str:
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> str:
     """Run one training run to its end; returns the final status written to run.json."""
     run_dir = Path(cfg.run_dir)
-    datamodule, module, trainer = build_run(cfg)
-
-    ckpt = run_dir / LAST_CHECKPOINT
-    resume_step = None
-    if cfg.resume and ckpt.is_file():
-        resume_step = checkpoint_step(ckpt)
-        if (run_dir / METRICS_FILE).exists():
-            truncate_for_resume(run_dir, resume_step, list(iter_records(run_dir / METRICS_FILE)))
+    run_dir.mkdir(parents=True, exist_ok=True)
     status = RunStatusFile(run_dir, cfg.run_id)
-    status.start(resumed_from_step=resume_step)
+    status.start()
+    step = 0
+    trainer = None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt if resume_step is not None else None)
+        resume = resume_point(cfg, run_dir)
+        step = resume.step
+        truncate_to_resume_point(run_dir, resume.log_offset, resume.step)
+        status.update(resumed_from_step=resume.step if resume.path else None,
+                      resumed_from=resume.path.relative_to(run_dir).as_posix() if resume.path else None,
+                      resume_note=resume.note)
+        if resume.note:
+            print(f"deconcnn-train: {resume.note}", file=sys.stderr, flush=True)
+        datamodule, module, trainer = build_run(cfg, extra_callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path)
     except TrainingDiverged as diverged:
         status.finish("diverged", diverged.step, diverged_step=diverged.step)
         print(f"deconcnn-train: run diverged at step {diverged.step} ({run_dir})", file=sys.stderr)
         return "diverged"
     except SIGTERMException:
-        status.finish("failed", trainer.global_step, error="terminated by SIGTERM (preempted, requeued or cancelled)")
+        status.finish("failed", trainer.global_step if trainer else step,
+                      error="terminated by SIGTERM (preempted, requeued or cancelled)")
         raise
     except BaseException as error:
-        status.finish("failed", trainer.global_step, error=f"{type(error).__name__}: {error}")
+        status.finish("failed", trainer.global_step if trainer else step, error=first_line(error))
         raise
     status.finish("completed", trainer.global_step)
     return "completed"

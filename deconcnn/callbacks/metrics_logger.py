@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from deconcnn.runlog.metrics_log import MetricsLog
+from deconcnn.runlog.metrics_log import METRICS_LOG_STATE, MetricsLog
 
 MEGABYTE = 1024 * 1024
 
@@ -112,3 +112,18 @@ def find_metrics_logger(trainer: pl.Trainer) -> MetricsJsonlLogger:
             logger.trainer = trainer
             return logger
     raise RuntimeError("no MetricsJsonlLogger among trainer.loggers: the metric log is not set up")
+
+
+class MetricsLogPosition(Callback):
+    """Stores the metric log's size in every checkpoint, flushed and fsynced first: the point a
+    resumed attempt cuts the log back to (deconcnn.runlog.metrics_log.truncate_to_resume_point)."""
+
+    def __init__(self, logger: MetricsJsonlLogger) -> None:
+        self.logger = logger
+
+    @property
+    def state_key(self) -> str:
+        return METRICS_LOG_STATE
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"offset": self.logger.log.sync()}

@@ -3,6 +3,10 @@
 Values may be 0-dim tensors still on the accelerator; they are stacked and copied to the host in one
 transfer per flush, so a CUDA run pays one synchronisation per flush rather than one per batch.
 Non-finite floats are written as null (strict JSON, so any CSV/Parquet reader takes the file).
+
+Resume: a checkpoint stores the log's size when it was taken (`MetricsLog.sync`, fsynced), and a
+resumed attempt cuts the log back to it (`truncate_to_resume_point`), so what the interrupted
+attempt logged after its last checkpoint is logged again exactly once, by the attempt that redoes it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from deconcnn.runlog.atomic import write_bytes_atomic
+
 METRICS_FILE = "metrics.jsonl"
 STAMP_KEYS = ("kind", "step", "epoch", "epoch_frac", "time")
+CHECKPOINT_KIND = "checkpoint"
+#: Key of the log's position in a checkpoint's callback states (MetricsLogPosition).
+METRICS_LOG_STATE = "metrics_log"
 
 
 def _is_tensor(value: Any) -> bool:
@@ -47,7 +55,7 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict[str, Any]] = []
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
 
     def append(self, record: dict[str, Any]) -> None:
         self._pending.append(record)
@@ -62,40 +70,50 @@ class MetricsLog:
         if not records:
             return records
         _host_values(records)
-        lines = "".join(
-            json.dumps({k: _json_safe(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in records
-        )
-        self._file.write(lines)
+        self._file.write(b"".join(encode_record(r) for r in records))
         self._file.flush()
         return records
+
+    def sync(self) -> int:
+        """Flush and fsync; returns the log's size in bytes, the resume point of a checkpoint."""
+        self.flush()
+        os.fsync(self._file.fileno())
+        return self._file.tell()
 
     def close(self) -> None:
         self.flush()
         self._file.close()
 
 
-def keep_on_resume(record: dict[str, Any], resume_step: int) -> bool:
-    """Whether a record of an interrupted attempt survives a resume from a checkpoint at resume_step.
+def encode_record(record: dict[str, Any]) -> bytes:
+    return (json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False) + "\n").encode()
 
-    The checkpoint holds the weights after resume_step optimizer steps; the resumed attempt trains
-    the batch of step resume_step again, so train records from that step on are redone, and every
-    other record describing a later state is redone too.
+
+def truncate_to_resume_point(run_dir: Path, offset: int, step: int) -> int:
+    """Cut metrics.jsonl back to its first `offset` bytes, what it held when the checkpoint of
+    `step` was taken; returns the records dropped.
+
+    The checkpoint records of that same save point are kept: Lightning writes them after the
+    checkpoint's state was taken (its size exists only once the file does), and the resumed
+    attempt does not write those files again. A log shorter than `offset` (deleted or damaged by
+    hand) is kept whole: nothing in it describes a state after the checkpoint.
     """
-    if record.get("kind") == "train":
-        return record["step"] < resume_step
-    return record["step"] <= resume_step
-
-
-def truncate_for_resume(run_dir: Path, resume_step: int, records: Iterable[dict[str, Any]]) -> int:
-    """Rewrite metrics.jsonl keeping only what precedes the checkpoint; returns records dropped."""
     path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    head, tail = data[:offset], data[offset:]
     kept, dropped = [], 0
-    for record in records:
-        if keep_on_resume(record, resume_step):
-            kept.append(json.dumps(record, allow_nan=False) + "\n")
+    for line in tail.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1  # a line cut short by the kill
+            continue
+        if isinstance(record, dict) and record.get("kind") == CHECKPOINT_KIND and record.get("step") == step:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
         else:
             dropped += 1
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    if tail:
+        write_bytes_atomic(path, head + b"".join(kept))
     return dropped

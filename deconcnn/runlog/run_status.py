@@ -1,7 +1,14 @@
-"""run.json: one small JSON file per run saying where it stands. Read by the sweep layer."""
+"""run.json: one small JSON file per run saying where it stands. Read by the sweep layer.
+
+It is written on every way out of a training process (completed, diverged, failed with the error's
+first line), also on a full disk: the file is padded to RESERVE_BYTES when written, so a final
+status that cannot get new blocks overwrites the file's own blocks in place (JSON allows the
+trailing whitespace).
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -9,25 +16,43 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from deconcnn.runlog.atomic import json_text, write_text_atomic
+
 RUN_STATUS_FILE = "run.json"
 RUN_LOG = "stdout.log"          # the training process's stdout and stderr
 PROCESS_FILE = "process.json"   # written by whatever starts the training process, when it does
+RESERVE_BYTES = 4096
 Status = Literal["running", "completed", "failed", "diverged"]
 FINAL_STATUSES = ("completed", "failed", "diverged")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so a reader sees the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
 
 
 def read_run_status(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(run_dir) / RUN_STATUS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads((Path(run_dir) / RUN_STATUS_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first line of the message`, the form run.json and status print."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def write_status(path: Path, data: dict[str, Any]) -> None:
+    text = json_text(data)
+    padded = text + " " * max(0, RESERVE_BYTES - len(text.encode()))
+    try:
+        write_text_atomic(path, padded)
+    except OSError as error:
+        if error.errno != errno.ENOSPC or not path.is_file() or path.stat().st_size < len(padded.encode()):
+            raise
+        with open(path, "r+b") as handle:  # the disk is full: reuse the file's own blocks
+            handle.write(padded.encode().ljust(path.stat().st_size))
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 class RunStatusFile:
@@ -48,18 +73,24 @@ class RunStatusFile:
             "pid": os.getpid(),
             "slurm_job_id": _slurm_job_id(),
             "resumed_from_step": None,
+            "resumed_from": None,
+            "resume_note": None,
             "error": None,
         }
 
-    def start(self, resumed_from_step: int | None = None) -> None:
-        self.data["resumed_from_step"] = resumed_from_step
-        write_json_atomic(self.path, self.data)
+    def start(self, **fields: Any) -> None:
+        self.data.update(fields)
+        write_status(self.path, self.data)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        write_status(self.path, self.data)
 
     def finish(self, status: Status, last_step: int, *, error: str | None = None,
                diverged_step: int | None = None) -> None:
         self.data.update(status=status, end_time=time.time(), last_step=last_step,
                          error=error, diverged_step=diverged_step)
-        write_json_atomic(self.path, self.data)
+        write_status(self.path, self.data)
 
 
 def _slurm_job_id() -> str | None:

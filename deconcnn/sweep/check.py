@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconcnn.runlog.metrics_reader import MetricsReader
-from deconcnn.runlog.run_status import RUN_LOG, read_run_status, write_json_atomic
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.run_status import RUN_LOG, read_run_status
 
 if TYPE_CHECKING:  # executors imports submitit; the CLI imports this module for CheckError
     from deconcnn.sweep.executors import RunTask

@@ -24,7 +24,8 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_run_status, write_json_atomic
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_run_status
 
 # hydra-submitit-launcher passes these fields to submitit unprefixed, every other one as slurm_<field>
 # (its BaseSubmititLauncher.launch); the same mapping keeps its launcher configs meaning the same here.

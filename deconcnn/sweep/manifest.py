@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconcnn.runlog.run_status import write_json_atomic
+from deconcnn.runlog.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # grid imports Hydra, which status does not need
     from deconcnn.sweep.grid import RunSpec, Sweep

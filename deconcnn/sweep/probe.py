@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deconcnn.runlog.run_status import write_json_atomic
+from deconcnn.runlog.atomic import write_json_atomic
 
 PROBE_VERSION = 1
 MEMORY_FRACTION = 0.85   # never choose a k whose memory exceeds this share of the device (or RAM)

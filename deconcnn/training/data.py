@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -166,15 +167,26 @@ class EpochPlan:
 class TensorBatchLoader:
     """Iterates (images, labels) batches from uint8 tensors, augmenting on their device.
 
-    Each epoch's shuffle and augmentation draw from a generator seeded by (seed, epoch), so a run is
-    reproducible and a resumed run sees the same epochs it would have seen.
+    Each epoch's shuffle and augmentation draw from a generator seeded by (seed, epoch), so batch b
+    of epoch e is a pure function of (seed, e, b). Resumable: `state_dict()` holds the epoch and the
+    number of its batches already trained, and after `load_state_dict()` the next `iter()` of that
+    epoch starts at the first batch not trained, so a run resumed mid-epoch sees exactly the
+    batches, crops and flips the uninterrupted run saw. Lightning stores this state in its
+    checkpoints (`lightning_fabric.utilities.types._Stateful`).
+
+    `position_fn` says how far training got, as (epoch, batches trained in it). The batches a loader
+    has yielded are not that: Lightning's data fetcher runs one batch ahead. Without it (outside a
+    trainer) the yielded count is used.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool,
-                 augment: bool, seed: int, epoch_fn: Callable[[], int] = lambda: 0) -> None:
+                 augment: bool, seed: int, epoch_fn: Callable[[], int] = lambda: 0,
+                 position_fn: Callable[[], tuple[int, int]] | None = None) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.seed, self.epoch_fn = seed, epoch_fn
+        self.seed, self.epoch_fn, self.position_fn = seed, epoch_fn, position_fn
+        self._yielded = (0, 0)
+        self._resume_at: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -188,13 +200,34 @@ class TensorBatchLoader:
         device = self.images.device
         return EpochPlan(order.to(device), offsets.to(device), flips.to(device))
 
+    def _identity(self) -> dict[str, int]:
+        return {"seed": self.seed, "num_samples": len(self.labels), "batch_size": self.batch_size}
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, done = self.position_fn() if self.position_fn is not None else self._yielded
+        return {"epoch": int(epoch), "batches_done": int(done), **self._identity()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = {key: state.get(key) for key in self._identity()}
+        if saved != self._identity():
+            raise ValueError(f"the checkpoint's training data order was made for {saved}, this run has "
+                             f"{self._identity()}: resume it with the data settings it started with")
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        plan = self.plan(self.epoch_fn())
-        for start in range(0, len(self.labels), self.batch_size):
-            idx = plan.order[start:start + self.batch_size]
+        epoch = self.epoch_fn()
+        first = 0
+        if self._resume_at is not None:
+            resume_epoch, done = self._resume_at
+            self._resume_at = None
+            first = done if resume_epoch == epoch else 0
+        plan = self.plan(epoch)
+        for batch in range(first, len(self)):
+            idx = plan.order[batch * self.batch_size:(batch + 1) * self.batch_size]
             images = self.images[idx]
             if self.augment:
                 images = crop_flip(images, plan.offsets[idx], plan.flips[idx])
+            self._yielded = (epoch, batch + 1)
             yield normalize(images), self.labels[idx]
 
 
@@ -233,10 +266,16 @@ class CifarDataModule(pl.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def _trained(self) -> tuple[int, int]:
+        """(epoch, batches of it trained): Lightning's own progress, which it restores on resume."""
+        assert self.trainer is not None
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
     def train_dataloader(self) -> TensorBatchLoader:
         assert self._train is not None, "setup() first"
         return TensorBatchLoader(*self._train, self.batch_size, shuffle=True, augment=self.augment,
-                                 seed=self.seed, epoch_fn=self._epoch)
+                                 seed=self.seed, epoch_fn=self._epoch,
+                                 position_fn=self._trained if self.trainer is not None else None)
 
     def val_dataloader(self) -> TensorBatchLoader:
         assert self._val is not None, "setup() first"

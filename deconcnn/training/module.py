@@ -63,8 +63,17 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        per_epoch = self._steps_per_epoch()
+        total = per_epoch * max(1, self.trainer.max_epochs or 1)
         warmup = max(1, round(self.warmup_epochs * per_epoch)) if self.warmup_epochs > 0 else 0
         schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        # Not trainer.estimated_stepping_batches: that builds the training loader and starts iterating
+        # it here, before Lightning restores a checkpoint, and Lightning then never applies the
+        # loader's saved position, so a run resumed mid-epoch would start its epoch over.
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise RuntimeError("ImageClassifier needs a datamodule (trainer.fit(module, datamodule=...))")
+        return -(-len(datamodule.train_dataloader()) // self.trainer.accumulate_grad_batches)

@@ -4,7 +4,7 @@
         --run-dir DIR --out FILE -- <the run's Hydra overrides...>
 
 The config is composed like the run's own (deconcnn.runconfig.compose_run_config) and data, module
-and trainer are built by deconcnn.train.build_run, so the probe times what the sweep will run:
+and trainer are built by deconcnn.training.build.build_run, so the probe times what the sweep will run:
 same model, data pipeline, precision, callbacks and logger. Only what does not belong to the
 steady-state step is switched off: validation, checkpoint writing, the progress bar, and stopping on
 divergence (a probe of a very high learning rate must still time its steps).
@@ -226,7 +226,7 @@ def measure(args: argparse.Namespace) -> int:
     sync = SyncDir(args.sync, args.index)
     code = 1
     try:
-        from deconcnn.train import build_run
+        from deconcnn.training.build import build_run
 
         result["device"] = _device_info()
         cfg = probe_config(args.overrides, args.run_dir)

@@ -10,16 +10,18 @@ from typing import Any
 import pytest
 import torch
 
-from deconcnn.runlog.metrics_log import METRICS_FILE, MetricsLog, keep_on_resume, truncate_for_resume
+from deconcnn.runlog.metrics_log import METRICS_FILE, MetricsLog, truncate_to_resume_point
 from deconcnn.runlog.metrics_reader import MetricsReader, iter_records
 
 
-def strict_lines(path: Path) -> list[dict]:
-    """Parse every line, refusing the NaN/Infinity tokens Python's json would otherwise accept."""
+def strict_lines(path: Path, skip_last: bool = False) -> list[dict]:
+    """Parse every line (but a cut-off last one), refusing the NaN/Infinity tokens Python's json
+    would otherwise accept."""
     def refuse(token: str) -> Any:
         raise AssertionError(f"non-strict JSON token {token}")
 
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+    lines = path.read_text().splitlines()
+    return [json.loads(line, parse_constant=refuse) for line in (lines[:-1] if skip_last else lines)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,9 +119,9 @@ class CountingFile:
     def __init__(self, inner) -> None:
         self.inner, self.writes = inner, []
 
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return self.inner.write(text)
+    def write(self, data: bytes) -> int:
+        self.writes.append(data)
+        return self.inner.write(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -132,7 +134,7 @@ def test_flush_writes_all_pending_in_one_call(tmp_path):
     for step in range(7):
         log.append({"kind": "train", "step": step, "loss_train_nats": torch.tensor(1.0)})
     log.flush()
-    assert len(counting.writes) == 1 and counting.writes[0].count("\n") == 7
+    assert len(counting.writes) == 1 and counting.writes[0].count(b"\n") == 7
     log.flush()  # nothing pending: no write
     assert len(counting.writes) == 1
     log.close()
@@ -177,41 +179,47 @@ def test_a_new_log_appends_to_the_existing_file(tmp_path):
 # Resume
 # --------------------------------------------------------------------------------------------
 
-def _attempt_records() -> list[dict]:
-    """An interrupted attempt: train steps 0..11, validation/checkpoint at 4 and 8, curvature at 10."""
-    records: list[dict] = []
+def _interrupted_attempt(tmp_path) -> tuple[int, list[dict]]:
+    """Train steps 0..11, validation and two checkpoint files at 4 and 8 (the checkpoint's state
+    taken between its two files' records, as Lightning does), curvature at 8 after the checkpoint,
+    then a kill that left half a line. Returns the log offset stored in the step-8 checkpoint."""
+    log = MetricsLog(tmp_path)
+    offset = None
     for step in range(12):
-        records.append({"kind": "train", "step": step, "loss_train_nats": 2.0 - step / 10})
+        if step == 8:
+            log.append({"kind": "curvature", "step": 8, "lambda_max": 12.0})
+        log.append({"kind": "train", "step": step, "loss_train_nats": 2.0 - step / 10})
         if step + 1 in (4, 8):  # validation after the batch of step s describes the weights at s + 1
-            records.append({"kind": "val", "step": step + 1, "loss_val_nats": 1.5, "grad_norm": None})
-            records.append({"kind": "checkpoint", "step": step + 1, "checkpoint_size_mb": 0.5})
-        if step == 10:
-            records.append({"kind": "curvature", "step": 10, "lambda_max": 12.0})
-    return records
+            log.append({"kind": "val", "step": step + 1, "loss_val_nats": 1.5, "grad_norm": None})
+            log.append({"kind": "checkpoint", "step": step + 1, "path": "checkpoints/top.ckpt"})
+            position = log.sync()
+            log.append({"kind": "checkpoint", "step": step + 1, "path": "checkpoints/last.ckpt"})
+            offset = position if step + 1 == 8 else offset
+    log.close()
+    with open(tmp_path / METRICS_FILE, "a") as f:
+        f.write('{"kind": "train", "step": 12, "lo')
+    assert offset is not None
+    return offset, strict_lines(tmp_path / METRICS_FILE, skip_last=True)
 
 
-def test_keep_on_resume_rule():
-    assert keep_on_resume({"kind": "train", "step": 7}, 8)
-    assert not keep_on_resume({"kind": "train", "step": 8}, 8)  # that batch is trained again
-    for kind in ("val", "checkpoint", "curvature", "noise"):
-        assert keep_on_resume({"kind": kind, "step": 8}, 8)
-        assert not keep_on_resume({"kind": kind, "step": 9}, 8)
+def test_sync_returns_the_size_of_everything_logged(tmp_path):
+    log = MetricsLog(tmp_path)
+    log.append({"kind": "train", "step": 0, "loss_train_nats": torch.tensor(1.0)})
+    assert log.sync() == (tmp_path / METRICS_FILE).stat().st_size > 0
+    log.close()
 
 
-def test_truncate_for_resume_drops_what_the_resumed_attempt_redoes(tmp_path):
-    path = tmp_path / METRICS_FILE
-    records = _attempt_records()
-    # The killed process left half a line at the end.
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "train", "step": 12, "lo')
-    dropped = truncate_for_resume(tmp_path, 8, list(iter_records(path)))
-
-    kept = strict_lines(path)  # the truncated tail is gone, every line parses
-    assert kept == [r for r in records if (r["step"] < 8 if r["kind"] == "train" else r["step"] <= 8)]
+def test_truncate_to_resume_point_drops_what_the_resumed_attempt_redoes(tmp_path):
+    offset, records = _interrupted_attempt(tmp_path)
+    dropped = truncate_to_resume_point(tmp_path, offset, 8)
+    kept = strict_lines(tmp_path / METRICS_FILE)  # the half line is gone, every line parses
     assert [r["step"] for r in kept if r["kind"] == "train"] == list(range(8))
-    assert [(r["kind"], r["step"]) for r in kept if r["kind"] != "train"] == [
-        ("val", 4), ("checkpoint", 4), ("val", 8), ("checkpoint", 8)]
-    assert dropped == len(records) - len(kept)  # train 8..11 and the curvature record at 10
-    assert dropped == 5
+    assert [(r["kind"], r["step"], r.get("path")) for r in kept if r["kind"] != "train"] == [
+        ("val", 4, None), ("checkpoint", 4, "checkpoints/top.ckpt"), ("checkpoint", 4, "checkpoints/last.ckpt"),
+        ("val", 8, None), ("checkpoint", 8, "checkpoints/top.ckpt"),
+        ("checkpoint", 8, "checkpoints/last.ckpt"),  # written after the state was taken: kept
+    ]
+    assert dropped == len(records) + 1 - len(kept)  # train 8..11, curvature at 8, the half line
     assert not list(tmp_path.glob(".*.tmp"))
 
     # The resumed attempt appends after what was kept: every train step exactly once.
@@ -219,12 +227,10 @@ def test_truncate_for_resume_drops_what_the_resumed_attempt_redoes(tmp_path):
     for step in range(8, 12):
         log.append({"kind": "train", "step": step, "loss_train_nats": torch.tensor(1.0)})
     log.close()
-    steps = [r["step"] for r in strict_lines(path) if r["kind"] == "train"]
-    assert steps == list(range(12))
+    assert [r["step"] for r in strict_lines(tmp_path / METRICS_FILE) if r["kind"] == "train"] == list(range(12))
 
 
-def test_truncate_for_resume_at_step_zero_keeps_nothing_of_training(tmp_path):
-    path = tmp_path / METRICS_FILE
-    path.write_text("".join(json.dumps(r) + "\n" for r in _attempt_records()))
-    truncate_for_resume(tmp_path, 0, list(iter_records(path)))
-    assert path.read_text() == ""
+def test_truncate_to_step_zero_keeps_nothing(tmp_path):
+    _interrupted_attempt(tmp_path)
+    truncate_to_resume_point(tmp_path, 0, 0)
+    assert (tmp_path / METRICS_FILE).read_text() == ""

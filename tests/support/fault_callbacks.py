@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+
+from deconcnn.runlog.atomic import write_with
 
 
 class KillAtStep(Callback):
@@ -40,3 +44,30 @@ class GradNormWitness(Callback):
                                  optimizer: torch.optim.Optimizer) -> None:
         flat = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
         self.norms[trainer.global_step] = float(flat.double().norm())
+
+
+class KillDuringCheckpointWrite(Callback):
+    """SIGKILL the process halfway through writing `name` at `step`, through the run's own atomic
+    checkpoint writer (a node dying while a checkpoint is written)."""
+
+    def __init__(self, step: int, name: str = "last.ckpt") -> None:
+        self.step, self.name = step, name
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        checkpoint_io = trainer.strategy.checkpoint_io
+        save = checkpoint_io.save_checkpoint
+
+        def save_or_die(checkpoint: dict, path: str, storage_options: object = None) -> None:
+            if checkpoint["global_step"] != self.step or Path(path).name != self.name:
+                return save(checkpoint, path, storage_options)
+
+            def half_then_kill(handle: object) -> None:
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                handle.write(buffer.getvalue()[: buffer.tell() // 2])
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            write_with(Path(path), half_then_kill)
+
+        checkpoint_io.save_checkpoint = save_or_die

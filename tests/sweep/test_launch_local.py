@@ -9,7 +9,7 @@ import pytest
 from sweeps import launch_json, status_of, write_sweep
 
 from deconcnn.cli import run as sweep_cli
-from deconcnn.runlog.run_status import write_json_atomic
+from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.sweep import slurm
 from deconcnn.sweep.manifest import SweepDir
 

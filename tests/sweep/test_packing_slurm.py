@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
-from deconcnn.runlog.run_status import PROCESS_FILE, write_json_atomic
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.run_status import PROCESS_FILE
 from deconcnn.sweep.manifest import SweepDir
 from deconcnn.sweep.status import dead_process
 

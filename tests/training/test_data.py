@@ -380,6 +380,55 @@ def test_epoch_fn_is_read_at_each_iteration():
     assert seen[0] != seen[3]
 
 
+def _markers(n: int = 100) -> tuple[Tensor, Tensor]:
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, SIZE, SIZE).contiguous()
+    return images, torch.arange(n)
+
+
+def test_loader_resumes_at_the_first_batch_not_trained():
+    images, labels = _markers()
+    epoch = {"value": 2}
+    full = TensorBatchLoader(images, labels, 16, shuffle=True, augment=True, seed=5, epoch_fn=lambda: epoch["value"])
+    uninterrupted = list(full)
+    partial = iter(full)
+    for _ in range(3):
+        next(partial)
+    state = full.state_dict()
+    assert state["epoch"] == 2 and state["batches_done"] == 3
+
+    resumed = TensorBatchLoader(images, labels, 16, shuffle=True, augment=True, seed=5, epoch_fn=lambda: 2)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(uninterrupted) - 3
+    for (x, y), (x_ref, y_ref) in zip(rest, uninterrupted[3:]):  # same samples, crops and flips
+        assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
+    assert len(list(resumed)) == len(uninterrupted)  # the next iteration is a whole epoch again
+
+
+def test_loader_state_of_another_epoch_starts_that_epoch_from_its_first_batch():
+    images, labels = _markers()
+    loader = TensorBatchLoader(images, labels, 16, shuffle=True, augment=False, seed=5, epoch_fn=lambda: 1)
+    loader.load_state_dict({"epoch": 0, "batches_done": 7, "seed": 5, "num_samples": 100, "batch_size": 16})
+    assert len(list(loader)) == len(loader)
+
+
+def test_loader_refuses_the_state_of_other_data():
+    images, labels = _markers()
+    loader = TensorBatchLoader(images, labels, 16, shuffle=True, augment=False, seed=5)
+    with pytest.raises(ValueError, match="resume it with the data settings it started with"):
+        loader.load_state_dict({"epoch": 0, "batches_done": 1, "seed": 5, "num_samples": 100, "batch_size": 32})
+
+
+def test_position_fn_says_what_was_trained_not_what_was_prefetched():
+    images, labels = _markers()
+    loader = TensorBatchLoader(images, labels, 16, shuffle=True, augment=False, seed=5,
+                               position_fn=lambda: (0, 2))
+    batches = iter(loader)
+    for _ in range(3):  # a fetcher one batch ahead of training
+        next(batches)
+    assert loader.state_dict()["batches_done"] == 2
+
+
 class IdSource:
     """Random images whose label is the sample's index, so every batch says which samples it holds."""
 

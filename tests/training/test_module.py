@@ -45,7 +45,8 @@ def _scheduled_lrs(warmup_epochs: float, steps_per_epoch: int, epochs: int, lr: 
     """lr of every optimizer step from ImageClassifier.configure_optimizers, stepped per batch."""
     module = ImageClassifier(nn.Linear(2, 2), lambda params: torch.optim.SGD(params, lr=lr),
                              warmup_epochs=warmup_epochs)
-    module.trainer = SimpleNamespace(estimated_stepping_batches=steps_per_epoch * epochs, max_epochs=epochs)
+    datamodule = SimpleNamespace(train_dataloader=lambda: range(steps_per_epoch))
+    module.trainer = SimpleNamespace(datamodule=datamodule, max_epochs=epochs, accumulate_grad_batches=1)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"

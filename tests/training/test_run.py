@@ -11,7 +11,6 @@ from fault_callbacks import GradNormWitness
 from hydra.utils import instantiate
 from runs import TINY, compose_run, read_log, read_status, train_cli
 
-from deconcnn import train as train_module
 from deconcnn.runconfig import compose_run_config
 from deconcnn.train import train
 
@@ -22,19 +21,7 @@ STEPS = 32  # 2 epochs x 16 steps
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GradNormWitness]:
     run_dir = tmp_path_factory.mktemp("run")
     witness = GradNormWitness()
-    cfg = compose_run(run_dir)
-    original = train_module.instantiate
-
-    def instantiate_with_witness(config, *args, **kwargs):  # the trainer gets one more callback
-        if config is cfg.trainer:
-            kwargs["callbacks"] = [*kwargs["callbacks"], witness]
-        return original(config, *args, **kwargs)
-
-    train_module.instantiate = instantiate_with_witness
-    try:
-        assert train(cfg) == "completed"
-    finally:
-        train_module.instantiate = original
+    assert train(compose_run(run_dir), extra_callbacks=[witness]) == "completed"
     return run_dir, witness
 
 

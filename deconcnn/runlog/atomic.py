@@ -1,0 +1,75 @@
+"""Atomic file writes: a reader (or the next attempt after a crash) sees the old file or the new one,
+never half of one. Every file the project writes whole goes through here.
+
+A temporary file beside the target is written, fsynced and renamed over it, then the directory is
+fsynced so the rename survives a node crash. A failure on the way (a full disk, a kill) leaves the
+target untouched; the temporary file is removed when the failure is an exception, and is named
+`.<name>.<pid>.tmp` so nothing that looks for `*.ckpt`/`*.json` ever trusts a leftover one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and /proc-like ones) refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; on a clean exit it replaces `path`."""
+    target = Path(path)
+    tmp = tmp_path(target)
+    try:
+        with open(tmp, mode) as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(target.parent)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview, *, fsync: bool = True) -> None:
+    with atomic_file(path, "wb", fsync=fsync) as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, fsync: bool = True) -> None:
+    write_text_atomic(path, json_text(data), fsync=fsync)
+
+
+def write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None], *, fsync: bool = True) -> None:
+    """Atomic write through a function that writes into a binary file object (torch.save, say)."""
+    with atomic_file(path, "wb", fsync=fsync) as handle:
+        writer(handle)

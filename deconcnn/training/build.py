@@ -1,0 +1,41 @@
+"""Data, module and trainer of one run, from its composed config: what `deconcnn-train` fits and
+what the throughput probe times."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
+
+from deconcnn.callbacks.metrics_logger import MetricsLogPosition
+from deconcnn.runconfig import check_config
+from deconcnn.training.checkpoints import AtomicCheckpointIO
+from deconcnn.training.module import ImageClassifier
+
+
+def build_run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
+              ) -> tuple[pl.LightningDataModule, ImageClassifier, pl.Trainer]:
+    check_config(cfg)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # fail on missing data before the first step
+    module = ImageClassifier(instantiate(cfg.model), instantiate(cfg.optim),
+                             warmup_epochs=cfg.schedule.warmup_epochs, channels_last=cfg.channels_last)
+    metrics_log = instantiate(cfg.metrics_log)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    plugins: list[object] = [AtomicCheckpointIO()]
+    # Under SLURM the sweep's job runner owns requeueing; Lightning's own SIGUSR1 requeue would be a
+    # second handler racing it (submitit #1709), so it is switched off.
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[*callbacks, MetricsLogPosition(metrics_log), *extra_callbacks],
+        plugins=plugins, logger=[metrics_log])
+    return datamodule, module, trainer

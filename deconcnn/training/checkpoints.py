@@ -1,0 +1,106 @@
+"""Checkpoints that survive the crash that interrupted them, and the choice of where to resume.
+
+Writing: `AtomicCheckpointIO` writes every checkpoint through `deconcnn.runlog.atomic` (temporary
+file, fsync, rename, directory fsync), so `last.ckpt` is always the old or the new file. Lightning's
+own `_atomic_save` goes through an fsspec transaction without fsync: after a node crash the renamed
+file can be empty.
+
+Resuming: `choose_resume_point` tries `last.ckpt`, then every other checkpoint newest first, and
+takes the first that loads. Checkpoints that do not load are deleted (a half-written file would fail
+every later attempt the same way), and so are checkpoints written after the one chosen: they hold a
+state the resumed attempt will reach, and write, again.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.types import _PATH
+
+from deconcnn.runlog.atomic import TMP_SUFFIX, write_bytes_atomic
+from deconcnn.runlog.metrics_log import METRICS_LOG_STATE
+from deconcnn.runlog.run_status import first_line
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+CHECKPOINT_GLOB = "*.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO whose files appear whole or not at all."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Serialised in memory first: torch.save into a file that hits a full disk reports a zip
+        # writer error ("unexpected pos"), not the ENOSPC a user can act on.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes_atomic(target, buffer.getbuffer())
+
+
+@dataclass
+class ResumePoint:
+    """Where a run resumes: the checkpoint, its step, and the metric log's size when it was taken."""
+
+    path: Path | None  # None: start from step 0
+    step: int = 0
+    log_offset: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str | None:
+        return "; ".join(self.notes) or None
+
+
+def read_checkpoint_position(path: Path) -> tuple[int, int]:
+    """(global step, metric log offset) of a checkpoint; raises if it does not load or lacks them."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        step = int(checkpoint["global_step"])
+        offset = int(checkpoint["callbacks"][METRICS_LOG_STATE]["offset"])
+    except (KeyError, TypeError) as missing:
+        raise ValueError(f"not a deconcnn training checkpoint (no {missing})") from None
+    return step, offset
+
+
+def _candidates(checkpoint_dir: Path) -> list[Path]:
+    files = [p for p in checkpoint_dir.glob(CHECKPOINT_GLOB) if p.is_file() and not p.name.startswith(".")]
+    # last.ckpt first (it is the newest by construction), then newest first.
+    return sorted(files, key=lambda p: (p.name != LAST_CHECKPOINT, -p.stat().st_mtime_ns))
+
+
+def choose_resume_point(run_dir: Path) -> ResumePoint:
+    """The newest checkpoint of the run that loads (see module doc); deletes the ones that must go."""
+    checkpoint_dir = Path(run_dir) / CHECKPOINT_DIR
+    if not checkpoint_dir.is_dir():
+        return ResumePoint(None)
+    for leftover in checkpoint_dir.glob(f".*{TMP_SUFFIX}"):  # a write the kill interrupted
+        leftover.unlink(missing_ok=True)
+    candidates = _candidates(checkpoint_dir)
+    notes: list[str] = []
+    for index, path in enumerate(candidates):
+        try:
+            step, offset = read_checkpoint_position(path)
+        except Exception as error:  # torch raises many types for a damaged file
+            notes.append(f"{path.name} does not load ({first_line(error)}): deleted")
+            path.unlink(missing_ok=True)
+            continue
+        written = path.stat().st_mtime_ns
+        for later in candidates[index + 1:]:
+            if later.exists() and later.stat().st_mtime_ns > written:
+                notes.append(f"{later.name} was written after {path.name}: deleted")
+                later.unlink()
+        if notes:
+            notes.append(f"resumed from {path.name} (step {step})")
+        return ResumePoint(path, step, offset, notes)
+    if notes:
+        notes.append("no checkpoint loads: started over from step 0")
+    return ResumePoint(None, 0, 0, notes)
