@@ -9,14 +9,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deconcnn.sweep.manifest import DEFAULT_OUT
+from deconcnn.sweep.errors import SweepError
+from deconcnn.sweep.executors import STOP_GRACE_S
+from deconcnn.sweep.sweepdir import DEFAULT_OUT
 
 EXIT_USAGE = 2
 WATCH_MIN_INTERVAL_S = 30  # sacct polling is a load on the cluster's database (submitit #1759)
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--skip-check", action="store_true", help="submit to SLURM without a passing check")
     launch.add_argument("--mps", action="store_true", help="run a CUDA MPS daemon in each packed task")
     launch.add_argument("--parallel", type=int, help="local: concurrent runs without GPUs (default: k)")
+    launch.add_argument("--grace", type=float, default=STOP_GRACE_S, metavar="SECONDS",
+                        help=f"local: on Ctrl-C/SIGTERM, seconds a run gets to stop before SIGKILL (default {STOP_GRACE_S:g})")
+
+    cancel = sub.add_parser("cancel", help="stop a sweep's pending and running runs (relaunch runs them again)")
+    cancel.add_argument("sweep_dir", type=Path)
+    cancel.add_argument("--only", help="a run-id glob or a variant name")
+    cancel.add_argument("--grace", type=float, default=STOP_GRACE_S, metavar="SECONDS",
+                        help=f"seconds a run gets to stop after SIGTERM before SIGKILL (default {STOP_GRACE_S:g})")
 
     status = sub.add_parser("status", help="where a sweep stands")
     status.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
@@ -56,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-workers", type=int, default=8, help="largest k tried (default 8)")
     probe.add_argument("--steps", type=int, default=50, help="timed optimizer steps per run (default 50)")
     probe.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
-    probe.add_argument("--out", type=Path, help="the JSON file (default <root>/<sweep>/probe.json; plot beside it)")
-    probe.add_argument("--root", type=Path, default=Path(DEFAULT_OUT),
-                       help="parent of the sweep directory, as launch --out (default results)")
+    probe.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                       help="parent of the sweep directory, as for launch (default results)")
+    probe.add_argument("--file", type=Path, help="write the result here instead of <out>/<sweep>/probe.json (plot beside it)")
     probe.add_argument("--only", help="a variant name: probe only it")
 
     check = sub.add_parser("check", help="the pre-launch checklist, verified on a short real run of each variant")
@@ -75,31 +83,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from deconcnn.sweep.launch import launch, plan
+    from deconcnn.sweep.grid import plan
+    from deconcnn.sweep.executors import resolve_executor
+    from deconcnn.sweep.launch import check_options, describe_plan, launch
+    from deconcnn.sweep.launcher import check_feasible, compose_launcher
 
     started = time.perf_counter()
+    check_options(args.workers_per_gpu, args.parallel, args.grace)
+    if args.json and not args.dry_run:
+        raise SweepError("--json goes with --dry-run")
     launch_plan = plan(args.sweep_file, out=args.out, smoke=args.smoke, only=args.only, overrides=args.overrides)
     if args.dry_run:
+        kind = "slurm" if args.executor == "slurm" else resolve_executor(args.executor)
+        # The launcher settings are checked even without a cluster: a typo must not wait for sbatch.
+        launcher = compose_launcher(launch_plan.sweep.runs[0].overrides[:1], launch_plan.sweep.launcher_overrides)
+        if kind == "slurm":
+            check_feasible(launcher)
         rows = launch_plan.dry_run_rows()
         if args.json:
             print(json.dumps(rows, indent=1))
-        else:
-            for row in rows:
-                print(f"{row['run_id']:<40} {' '.join(row['overrides'])}")
-            print(f"{len(rows)} runs validated in {time.perf_counter() - started:.2f} s, "
-                  f"sweep directory {launch_plan.sweep_dir.path}; nothing submitted (--dry-run)")
+            return 0
+        for row in rows:
+            print(f"{row['run_id']:<40} {' '.join(row['overrides'])}")
+        for line in describe_plan(launch_plan, kind, args.workers_per_gpu, launcher):
+            print(line)
+        print(f"{len(rows)} runs validated in {time.perf_counter() - started:.2f} s, "
+              f"sweep directory {launch_plan.sweep_dir.path}; nothing submitted (--dry-run)")
         return 0
-    if args.json:
-        raise CliError("--json goes with --dry-run")
     result = launch(launch_plan, executor=args.executor, workers_per_gpu=args.workers_per_gpu,
-                    skip_check=args.skip_check, mps=args.mps,
-                    cpu_slots=args.parallel, progress=sys.stderr.isatty())
+                    skip_check=args.skip_check, mps=args.mps, cpu_slots=args.parallel, grace_s=args.grace,
+                    on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True))
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
     if result.executor == "slurm" and result.submitted:
         arrays = sorted({j.split('_')[0] for j in result.job_ids})
         print(f"{result.sbatch_calls} sbatch call(s), job arrays {', '.join(arrays)}")
     print(f"sweep directory: {result.sweep_dir}  (deconcnn-sweep status {result.sweep_dir})")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from deconcnn.sweep.cancel import cancel_sweep
+
+    result = cancel_sweep(args.sweep_dir, only=args.only, grace_s=args.grace)
+    untouched = ", ".join(f"{n} {state}" for state, n in sorted(result.untouched.items())) or "none"
+    print(f"cancelled {len(result.cancelled)} runs ({len(result.stopped_here)} stopped on this machine, "
+          f"{len(result.scancelled)} SLURM tasks scancel'ed); left as they are: {untouched}")
+    if result.cancelled:
+        print(f"relaunch to run them again: deconcnn-sweep launch <sweep file> (status: deconcnn-sweep status "
+              f"{result.sweep_dir})")
     return 0
 
 
@@ -112,20 +144,20 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from deconcnn.sweep.status import render, status_json, sweep_states
+    from deconcnn.sweep.status import current_states, render, status_json
 
     if args.json:
-        print(json.dumps(status_json(args.sweep_dir), indent=1))
+        print(json.dumps(status_json(args.sweep_dir, current_states(args.sweep_dir)), indent=1))
         return 0
     console = Console()
     if args.watch is None:
-        console.print(render(args.sweep_dir, sweep_states(args.sweep_dir)))
+        console.print(render(args.sweep_dir, current_states(args.sweep_dir)))
         return 0
     interval = watch_interval(args.watch)
-    with Live(render(args.sweep_dir, sweep_states(args.sweep_dir)), console=console) as live:
+    with Live(render(args.sweep_dir, current_states(args.sweep_dir)), console=console) as live:
         while True:
             time.sleep(interval)
-            live.update(render(args.sweep_dir, sweep_states(args.sweep_dir)))
+            live.update(render(args.sweep_dir, current_states(args.sweep_dir)))
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -146,11 +178,14 @@ def _report(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from deconcnn.sweep.probe import ProbeSettings, probe_resources, render_table
+    from deconcnn.sweep.probe.render import render_table
+    from deconcnn.sweep.probe.rules import ProbeSettings
+    from deconcnn.sweep.probe.runner import probe_resources
 
     settings = ProbeSettings(steps=args.steps, warmup=args.warmup, max_workers=args.max_workers)
     path, result = probe_resources(args.sweep_file, executor=args.executor, settings=settings, out=args.out,
-                                   root=args.root, only=args.only, overrides=args.overrides)
+                                   file=args.file, only=args.only, overrides=args.overrides,
+                                   report=lambda line: print(line, file=sys.stderr, flush=True))
     Console(width=None if sys.stdout.isatty() else 132).print(render_table(result))
     failed = [v for v, entry in result["variants"].items() if not entry["choice"]["ok"]]
     for variant, entry in result["variants"].items():
@@ -165,12 +200,13 @@ def _probe(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from deconcnn.sweep.check import check_sweep, render, shrink_summary
+    from deconcnn.sweep.check.render import render, shrink_summary
+    from deconcnn.sweep.check.runner import check_sweep
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     result = check_sweep(args.sweep_file, out=args.out, overrides=args.overrides, executor=args.executor,
                          workers_per_gpu=args.workers_per_gpu,
-                         on_done=lambda c: print(f"check run {c.variant}: exit {c.exit_code} after "
+                         on_done=lambda c: print(f"check run {c.variant}: {c.outcome} after "
                                                  f"{c.seconds:.0f} s ({c.run_dir})", file=sys.stderr))
     console.print(render(result))
     for line in shrink_summary(result):
@@ -181,18 +217,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-COMMANDS = {"launch": _launch, "status": _status, "collect": _collect, "report": _report,
+COMMANDS = {"launch": _launch, "status": _status, "cancel": _cancel, "collect": _collect, "report": _report,
             "probe-resources": _probe, "check": _check}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from deconcnn.sweep.check import CheckError
-    from deconcnn.sweep.grid import SweepFileError
-    from deconcnn.sweep.launch import LaunchError
-    from deconcnn.sweep.manifest import SweepChanged, SweepLocked
-    from deconcnn.sweep.probe import ProbeFailed, ProbeFileError
-    from deconcnn.sweep.slurm import SlurmError
-    from deconcnn.sweep.status import NotASweep
+    from deconcnn.sweep.launch import Interrupted
 
     parser = _parser()
     # Hydra overrides may follow options (`launch SWEEP --out d trainer.max_epochs=2`), which
@@ -205,10 +235,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *overrides]
     try:
         return COMMANDS[args.command](args)
-    except (CliError, SweepFileError, LaunchError, SweepChanged, SweepLocked, SlurmError, NotASweep,
-            ProbeFileError, ProbeFailed, CheckError, FileNotFoundError) as error:
+    except SweepError as error:
         print(f"deconcnn-sweep: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as interrupt:
+        return interrupt.exit_code
     except KeyboardInterrupt:
         return 130
 

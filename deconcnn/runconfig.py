@@ -18,6 +18,21 @@ class ConfigError(ValueError):
     """A config value that would make the run meaningless."""
 
 
+def config_error_text(error: BaseException) -> str:
+    """One line for a Hydra/OmegaConf error: its first line and its cause's ("Could not override
+    'hydra.launcher.partiton': Key 'partiton' not in 'SlurmQueueConf'"); Hydra's own first line alone
+    often does not say what is wrong."""
+    def first(e: BaseException) -> str:
+        text = str(e).strip()
+        return text.splitlines()[0].strip() if text else type(e).__name__
+
+    line = first(error)
+    cause = error.__cause__
+    if cause is not None and first(cause) not in line:
+        line = f"{line.rstrip('.')}: {first(cause)}"
+    return line
+
+
 def compose_run_config(overrides: Sequence[str], *, hydra_config: bool = False,
                        config_dir: Path = CONF_DIR) -> DictConfig:
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):

@@ -21,7 +21,9 @@ from deconcnn.runlog.atomic import json_text, write_text_atomic
 RUN_STATUS_FILE = "run.json"
 RUN_LOG = "stdout.log"          # the training process's stdout and stderr
 PROCESS_FILE = "process.json"   # written by whatever starts the training process, when it does
-RESERVE_BYTES = 4096
+SUBMISSION_ENV = "DECONCNN_SUBMISSION_ID"  # set by the sweep's pack runner: which submission started this attempt
+RESERVE_BYTES = 2048
+MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the reserve
 Status = Literal["running", "completed", "failed", "diverged"]
 FINAL_STATUSES = ("completed", "failed", "diverged")
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
@@ -72,6 +74,7 @@ class RunStatusFile:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "slurm_job_id": _slurm_job_id(),
+            "submission_id": os.environ.get(SUBMISSION_ENV),
             "resumed_from_step": None,
             "resumed_from": None,
             "resume_note": None,
@@ -83,13 +86,13 @@ class RunStatusFile:
         write_status(self.path, self.data)
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
+        self.data.update({k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in fields.items()})
         write_status(self.path, self.data)
 
     def finish(self, status: Status, last_step: int, *, error: str | None = None,
                diverged_step: int | None = None) -> None:
         self.data.update(status=status, end_time=time.time(), last_step=last_step,
-                         error=error, diverged_step=diverged_step)
+                         error=error[:MAX_TEXT] if error else error, diverged_step=diverged_step)
         write_status(self.path, self.data)
 
 

@@ -50,6 +50,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from deconcnn.runlog.metrics_reader import MetricsReader
+from deconcnn.sweep.sweepdir import MANIFEST_FILE, RUNS_DIR, NotASweep, SweepDir
 
 __all__ = ["CollectResult", "collect", "parse_run_id", "KNOWN_KINDS", "IDENTITY_COLUMNS"]
 
@@ -200,16 +201,7 @@ class _Run:
 
 
 def _discover(sweep_dir: Path, warnings: list[str]) -> tuple[str, dict[str, _Run]]:
-    manifest: dict[str, Any] = {}
-    mpath = sweep_dir / "manifest.json"
-    if mpath.exists():
-        try:
-            manifest = json.loads(mpath.read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as exc:
-            warnings.append(f"manifest.json unreadable ({exc}); identities from run ids")
-            manifest = {}
+    manifest = SweepDir(sweep_dir).read_manifest() or {}
     mruns = manifest.get("runs") if isinstance(manifest.get("runs"), dict) else {}
     dirs: dict[str, Path] = {}
     runs_root = sweep_dir / "runs"
@@ -603,13 +595,16 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
     sweep = Path(sweep_dir)
+    sd = SweepDir(sweep)
     if not sweep.is_dir():
-        raise FileNotFoundError(f"no sweep directory {sweep}")
+        raise NotASweep(f"{sweep} is not a directory")
+    if not sd.exists() and not sd.runs_dir.is_dir():
+        raise NotASweep(f"{sweep} is not a sweep directory (no {MANIFEST_FILE}, no {RUNS_DIR}/): nothing to collect")
+    warnings: list[str] = []
+    name, runs_by_id = _discover(sweep, warnings)
     out_dir = Path(out) if out is not None else sweep / "collected"
     cache_root = out_dir / ".cache"
     cache_root.mkdir(parents=True, exist_ok=True)
-    warnings: list[str] = []
-    name, runs_by_id = _discover(sweep, warnings)
     runs = sorted(runs_by_id.values(), key=_sort_key)
     res = CollectResult(sweep, out_dir, fmt, name, runs_total=len(runs), warnings=warnings)
     res.runs_missing = [r.run_id for r in runs if r.run_dir is None]

@@ -8,6 +8,7 @@ run's config is composed and checked before anything is submitted.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
 import json
 import re
@@ -19,10 +20,16 @@ from typing import Any
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deconcnn.runconfig import check_config, compose_run_config
+from deconcnn.runconfig import check_config, compose_run_config, config_error_text
+from deconcnn.sweep.errors import SweepError
+from deconcnn.sweep.executors import Command
+from deconcnn.sweep.launcher import is_launcher_override
+from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir
 
+TRAIN_MODULE = "deconcnn.train"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
@@ -39,7 +46,7 @@ SMOKE_OVERRIDES = (
 )
 
 
-class SweepFileError(ValueError):
+class SweepFileError(SweepError):
     """The sweep file is malformed or expands to an invalid run."""
 
 
@@ -54,6 +61,13 @@ class RunSpec:
         return {"run_id": self.run_id, "variant": self.variant, "overrides": list(self.overrides),
                 "params": self.params}
 
+    def command(self, run_dir: Path, run_id: str | None = None, extra: Sequence[str] = ()) -> Command:
+        """The training process of this run (or of a shortened copy of it, with `extra` overrides)."""
+        run_id = run_id or self.run_id
+        directory = str(Path(run_dir).resolve())
+        return Command(run_id, TRAIN_MODULE, (*self.overrides, *extra, f"hydra.run.dir={directory}",
+                                              f"run_id={run_id}"), directory)
+
 
 @dataclass
 class Sweep:
@@ -61,6 +75,8 @@ class Sweep:
     path: Path
     runs: list[RunSpec]
     launcher_overrides: list[str]
+    variants: list[str] = field(default_factory=list)   # in the sweep file's order
+    axes: list[str] = field(default_factory=list)       # config keys swept, shared ones first
 
     def fingerprint(self) -> str:
         """Identifies what the sweep runs; changes when any run's overrides change."""
@@ -114,6 +130,12 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         spec = OmegaConf.load(path)
     except FileNotFoundError:
         raise SweepFileError(f"sweep file not found: {path}") from None
+    except IsADirectoryError:
+        raise SweepFileError(f"{path} is a directory, not a sweep file") from None
+    except yaml.MarkedYAMLError as error:  # problem + where: "found duplicate key S-core (line 9, column 3)"
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise SweepFileError(f"{path}: not valid YAML: {error.problem or error.context}{where}") from None
     except Exception as error:  # the YAML parser's own message says where
         raise SweepFileError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
     if not isinstance(spec, DictConfig):
@@ -132,6 +154,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
     template = spec.get("run_id")
     parser = OverridesParser.create()
     runs: list[RunSpec] = []
+    axis_names = [line.split("=", 1)[0] for line in shared_axes]
     for variant, body in variants.items():
         if not NAME_PATTERN.match(str(variant)) or not isinstance(body, DictConfig):
             raise SweepFileError(f"{path}: variant {variant!r} must be a name mapping to {{experiment: ...}}")
@@ -140,6 +163,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         axes = {line.split("=", 1)[0]: line for line in shared_axes}
         axes.update({line.split("=", 1)[0]: line for line in
                      _axis_overrides(body.get("axes"), f"variants.{variant}.axes")})
+        axis_names += [key for key in axes if key not in axis_names]
         try:
             combos = BasicSweeper.split_arguments(parser.parse_overrides(list(axes.values())), None)[0]
         except Exception as error:
@@ -157,7 +181,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
             raise SweepFileError(f"{path}: two runs get the id {run.run_id}: make run_id name every axis")
         seen[run.run_id] = run
     launcher = _as_list(spec.get("launcher"), "launcher")
-    return Sweep(str(name), path, runs, launcher)
+    return Sweep(str(name), path, runs, launcher, [str(v) for v in variants], axis_names)
 
 
 def default_template(params: dict[str, Any]) -> str:
@@ -189,5 +213,38 @@ def validate_runs(runs: Iterable[RunSpec]) -> None:
             OmegaConf.to_container(cfg, resolve=True)
             check_config(cfg)
         except Exception as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise SweepFileError(f"run {run.run_id}: {message}") from None
+            raise SweepFileError(f"run {run.run_id}: {config_error_text(error)}") from None
+
+
+@dataclass
+class LaunchPlan:
+    """The runs a command works on, validated, and where they live."""
+
+    sweep: Sweep
+    runs: list[RunSpec]
+    sweep_dir: SweepDir
+
+    def dry_run_rows(self) -> list[dict[str, Any]]:
+        return [{"run_id": r.run_id, "variant": r.variant, "overrides": list(r.overrides),
+                 "dir": str(self.sweep_dir.run_dir(r.run_id))} for r in self.runs]
+
+
+def plan(sweep_file: str | Path, *, out: str | Path = DEFAULT_OUT, smoke: bool = False,
+         only: str | None = None, overrides: Sequence[str] = ()) -> LaunchPlan:
+    """Expand and validate every run; raises SweepFileError before anything is written.
+
+    Command-line overrides for the launcher (`hydra.launcher.x=`, `+hydra.launcher.x=`,
+    `hydra/launcher=`) go to the launcher, every other one to every run.
+    """
+    launcher = [o for o in overrides if is_launcher_override(o)]
+    sweep = load_sweep(sweep_file, [o for o in overrides if not is_launcher_override(o)], smoke=smoke)
+    sweep.launcher_overrides += launcher
+    if smoke:
+        sweep.name = f"{sweep.name}-smoke"
+    runs = sweep.runs
+    if only:
+        runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
+        if not runs:
+            raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
+    validate_runs(runs)
+    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name))

@@ -1,49 +1,55 @@
 """deconcnn-sweep launch: expand, validate, then submit what is not done yet.
 
 Idempotent: run ids and directories are derived from the sweep file, never from the clock, so a
-relaunch skips completed and diverged runs, leaves pending and running ones alone, and resubmits
-failed and missing ones with their attempt count kept.
+relaunch keeps completed and diverged runs, leaves pending and running ones alone, and resubmits
+failed, cancelled, lost and missing ones (deconcnn.sweep.state), with their attempt count kept.
+
+Everything that can be refused is refused before anything is written or submitted: the sweep
+file and every run's config, the options, the launcher settings and whether the cluster can ever
+run one task. A local launch runs its packs here and waits; Ctrl-C or SIGTERM stops them (SIGTERM
+to each run's process group, SIGKILL after the grace period), records them as cancelled and ends
+with 130 / 143.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import os
+import shutil
+import signal
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from omegaconf import OmegaConf
+from deconcnn.runlog.run_status import read_run_status
+from deconcnn.sweep.errors import SweepError
+from deconcnn.sweep.executors import Command, Executor, SchedulerState, Submission, resolve_executor, wait
+from deconcnn.sweep.executors import STOP_GRACE_S
+from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
+from deconcnn.sweep.launcher import check_feasible, compose_launcher
+from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
+from deconcnn.sweep.state import RESUBMITTABLE, poll_submissions, sweep_states
+from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
-from deconcnn.runconfig import compose_run_config
-from deconcnn.sweep import slurm
-from deconcnn.sweep.executors import LocalPool, RunTask, make_packs, submit_slurm
-from deconcnn.sweep.grid import RunSpec, Sweep, load_sweep, validate_runs
-from deconcnn.sweep.manifest import DEFAULT_OUT, SweepChanged, SweepDir, code_version, describe_changes, new_manifest
-from deconcnn.sweep.status import RESUBMITTABLE, sweep_states
-
-DEFAULT_LAUNCHER = "deconcnn_slurm"
-CHECK_FILE = "check.json"
-PROBE_FILE = "probe.json"
-
-
-class LaunchError(RuntimeError):
+class LaunchError(SweepError):
     """Launch refused: nothing was submitted."""
 
 
-@dataclass
-class LaunchPlan:
-    sweep: Sweep
-    runs: list[RunSpec]
-    sweep_dir: SweepDir
+class Interrupted(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """SIGINT or SIGTERM reached a launch that waits for its runs."""
 
-    def dry_run_rows(self) -> list[dict[str, Any]]:
-        return [{"run_id": r.run_id, "variant": r.variant, "overrides": list(r.overrides),
-                 "dir": str(self.sweep_dir.run_dir(r.run_id))} for r in self.runs]
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 @dataclass
@@ -54,73 +60,73 @@ class LaunchResult:
     skipped: dict[str, int] = field(default_factory=dict)
     sbatch_calls: int = 0
     job_ids: list[str] = field(default_factory=list)
+    final: dict[str, str] = field(default_factory=dict)  # local: each run's state once its pack ended
 
 
-def plan(sweep_file: str | Path, *, out: str | Path = DEFAULT_OUT, smoke: bool = False,
-         only: str | None = None, overrides: Sequence[str] = ()) -> LaunchPlan:
-    """Expand and validate every run; raises SweepFileError before anything is written."""
-    launcher_keys = ("hydra.launcher.", "hydra/launcher=")
-    sweep = load_sweep(sweep_file, [o for o in overrides if not o.startswith(launcher_keys)], smoke=smoke)
-    sweep.launcher_overrides += [o for o in overrides if o.startswith(launcher_keys)]
-    if smoke:
-        sweep.name = f"{sweep.name}-smoke"
-    runs = sweep.runs
-    if only:
-        runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
-        if not runs:
-            variants = sorted({r.variant for r in sweep.runs})
-            raise LaunchError(f"--only {only!r} matches no run (variants: {', '.join(variants)})")
-    validate_runs(runs)
-    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name))
+def new_manifest(sweep: Sweep, code_version: str) -> dict[str, Any]:
+    return {
+        "sweep": sweep.name,
+        "sweep_file": str(sweep.path.resolve()),
+        "fingerprint": sweep.fingerprint(),
+        "code_version": code_version,
+        "created": time.time(),
+        "variants": sweep.variants,
+        "axes": sweep.axes,
+        "runs": {run.run_id: {**run.to_json(), "attempts": 0, "submissions": []} for run in sweep.runs},
+        "submissions": [],
+    }
 
 
-def resolve_executor(requested: str) -> str:
-    if requested == "auto":
-        return "slurm" if slurm.slurm_available() else "local"
-    if requested == "slurm" and not slurm.slurm_available():
-        raise LaunchError("--executor slurm: no SLURM controller answers here (sbatch/scontrol ping)")
-    return requested
+def describe_changes(manifest: dict[str, Any], runs: list[RunSpec]) -> str | None:
+    """None if the sweep still expands to the manifest's runs, else a one-line summary of the change."""
+    old = {run_id: entry["overrides"] for run_id, entry in manifest["runs"].items()}
+    new = {run.run_id: list(run.overrides) for run in runs}
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k])
+    if not (added or removed or changed):
+        return None
+    parts = []
+    for label, ids in (("added", added), ("removed", removed), ("changed overrides", changed)):
+        if ids:
+            parts.append(f"{len(ids)} {label} (e.g. {ids[0]})")
+    return "; ".join(parts)
 
 
-def launcher_config(sweep: Sweep) -> dict[str, Any]:
-    """SLURM settings: the sweep file's launcher choice (default deconcnn_slurm), then the command
-    line's hydra.launcher.* overrides."""
-    chosen = any(o.startswith("hydra/launcher=") for o in sweep.launcher_overrides)
-    overrides = [*([] if chosen else [f"hydra/launcher={DEFAULT_LAUNCHER}"]), *sweep.launcher_overrides]
-    try:
-        cfg = compose_run_config([sweep.runs[0].overrides[0], *overrides], hydra_config=True)
-    except Exception as error:
-        raise LaunchError(f"launcher settings: {str(error).splitlines()[0]}") from None
-    return OmegaConf.to_container(cfg.hydra.launcher, resolve=False)  # type: ignore[return-value]
+def make_packs(commands_by_variant: dict[str, list[Command]], per_pack: dict[str, int]) -> list[list[Command]]:
+    """Group runs of the same variant k at a time (the probe measures k per variant)."""
+    packs = []
+    for variant, commands in commands_by_variant.items():
+        k = max(1, per_pack.get(variant, 1))
+        packs.extend(commands[i:i + k] for i in range(0, len(commands), k))
+    return packs
 
 
-def packing(sweep_dir: SweepDir, variants: set[str], workers_per_gpu: int | None) -> dict[str, int]:
+def packing(sweep_dir: SweepDir, variants: Sequence[str], workers_per_gpu: int | None) -> dict[str, int]:
     """Runs per GPU for each variant: --workers-per-gpu, else the probe's choice, else 1."""
     if workers_per_gpu is not None:
-        if workers_per_gpu < 1:
-            raise LaunchError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
         return dict.fromkeys(variants, workers_per_gpu)
-    probe_path = sweep_dir.path / PROBE_FILE
-    if not probe_path.exists():
+    if not sweep_dir.probe_file.exists():
         return dict.fromkeys(variants, 1)
-    from deconcnn.sweep.probe import read_probe_choice
-
-    return read_probe_choice(probe_path, variants)
+    return read_probe_choice(sweep_dir.probe_file, variants)
 
 
 def require_check(sweep_dir: SweepDir, sweep: Sweep) -> None:
     """SLURM time is spent only after `deconcnn-sweep check` passed on this sweep file and code."""
+    import json
+
     try:
-        check = json.loads((sweep_dir.path / CHECK_FILE).read_text())
+        check = json.loads(sweep_dir.check_file.read_text())
     except FileNotFoundError:
         raise LaunchError(f"no pre-launch check for this sweep: run `deconcnn-sweep check {sweep.path}` "
                           "first (or pass --skip-check)") from None
+    except (OSError, ValueError) as error:
+        raise LaunchError(f"{sweep_dir.check_file} is unreadable ({error}): rerun `deconcnn-sweep check`") from None
     if not check.get("passed"):
-        raise LaunchError(f"the pre-launch check failed ({sweep_dir.path / CHECK_FILE}): fix it and rerun "
+        raise LaunchError(f"the pre-launch check failed ({sweep_dir.check_file}): fix it and rerun "
                           "`deconcnn-sweep check` (or pass --skip-check)")
     if check.get("fingerprint") != sweep.fingerprint() or check.get("code_version") != code_version():
         raise LaunchError("the pre-launch check was made for another sweep file or code version: rerun "
-                          "`deconcnn-sweep check` (or pass --skip-check)")
+                          f"`deconcnn-sweep check {sweep.path}` (or pass --skip-check)")
 
 
 def _ensure_writable(path: Path) -> None:
@@ -133,11 +139,57 @@ def _ensure_writable(path: Path) -> None:
         raise LaunchError(f"cannot write to output directory {path}: {error.strerror or error}") from None
 
 
+def check_options(workers_per_gpu: int | None, cpu_slots: int | None, grace_s: float) -> None:
+    for name, value in (("--workers-per-gpu", workers_per_gpu), ("--parallel", cpu_slots)):
+        if value is not None and value < 1:
+            raise LaunchError(f"{name} must be >= 1, got {value}")
+    if grace_s < 0:
+        raise LaunchError(f"--grace must be >= 0, got {grace_s:g}")
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted (once: a second one during the clean-up is ignored)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def launch(launch_plan: LaunchPlan, *, executor: str = "auto", workers_per_gpu: int | None = None,
-           skip_check: bool = False, mps: bool = False, cpu_slots: int | None = None, progress: bool = True) -> LaunchResult:
+           skip_check: bool = False, mps: bool = False, cpu_slots: int | None = None,
+           grace_s: float = STOP_GRACE_S, on_run_done: Callable[[str, str], None] = lambda run_id, state: None
+           ) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
+    check_options(workers_per_gpu, cpu_slots, grace_s)
     kind = resolve_executor(executor)
+    launcher = None
+    if kind == "slurm":
+        launcher = compose_launcher(sweep.runs[0].overrides[:1], sweep.launcher_overrides)
+        check_feasible(launcher)
+    fresh = not sweep_dir.path.exists()
+    sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
     _ensure_writable(sweep_dir.path)
+    try:
+        return _launch_locked(launch_plan, kind, launcher, workers_per_gpu, skip_check, mps, cpu_slots, grace_s,
+                              on_run_done)
+    except SweepError:
+        if fresh:  # refused before anything was recorded: leave no trace of the attempt
+            shutil.rmtree(sweep_dir.path, ignore_errors=True)
+        raise
+
+
+def _launch_locked(launch_plan: LaunchPlan, kind: str, launcher: dict[str, Any] | None, workers_per_gpu: int | None,
+                   skip_check: bool, mps: bool, cpu_slots: int | None, grace_s: float,
+                   on_run_done: Callable[[str, str], None]) -> LaunchResult:
+    sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     with sweep_dir.lock():
         manifest = sweep_dir.read_manifest()
         if manifest is None:
@@ -150,84 +202,137 @@ def launch(launch_plan: LaunchPlan, *, executor: str = "auto", workers_per_gpu: 
         if kind == "slurm" and not skip_check:
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
-        states = {s.run_id: s.state for s in sweep_states(sweep_dir.path) if s.run_id in wanted} \
-            if sweep_dir.manifest_path.exists() else dict.fromkeys(wanted, "missing")
+        states = {s.run_id: s.state for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest),
+                                                          sweep_dir.cancellations()) if s.run_id in wanted}
         result = LaunchResult(kind, sweep_dir.path)
-        todo = [r for r in launch_plan.runs if states.get(r.run_id, "missing") in RESUBMITTABLE]
+        todo = [r for r in launch_plan.runs if states[r.run_id] in RESUBMITTABLE]
         for state in states.values():
             if state not in RESUBMITTABLE:
                 result.skipped[state] = result.skipped.get(state, 0) + 1
-        record = {"time": time.time(), "executor": kind, "runs": [r.run_id for r in todo],
-                  "skip_check": skip_check, "code_version": code_version()}
+        submission = Submission(uuid.uuid4().hex[:12], f"deconcnn-{sweep.name}", str(sweep_dir.cancel_path))
+        record: dict[str, Any] = {"id": submission.id, "time": submission.submitted_at, "executor": kind,
+                                  "runs": [r.run_id for r in todo], "skip_check": skip_check,
+                                  "code_version": code_version()}
         if not todo:
             manifest["submissions"].append({**record, "note": "nothing to submit"})
             sweep_dir.write_manifest(manifest)
             return result
-        by_variant: dict[str, list[RunTask]] = {}
+        by_variant: dict[str, list[Command]] = {}
         for run in todo:
-            by_variant.setdefault(run.variant, []).append(
-                RunTask(run.run_id, str(sweep_dir.run_dir(run.run_id).resolve()), run.overrides))
-        per_pack = packing(sweep_dir, set(by_variant), workers_per_gpu)
-        for run in todo:
-            manifest["runs"][run.run_id]["attempts"] += 1
+            by_variant.setdefault(run.variant, []).append(run.command(sweep_dir.run_dir(run.run_id)))
+        per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
+        runner: Executor
+        if kind == "slurm":
+            from deconcnn.sweep.executors.slurm import SlurmExecutor
+
+            assert launcher is not None
+            runner = SlurmExecutor(sweep_dir.slurm_dir, launcher, mps=mps)
+            packs = make_packs(by_variant, per_pack)
+        else:
+            from deconcnn.sweep.executors.local import LocalExecutor
+
+            local = LocalExecutor(mps=mps, grace_s=grace_s)
+            if local.gpus:
+                packs = make_packs(by_variant, per_pack)
+            else:  # no GPU: single-run packs, `cpu_slots` at a time sharing the cores
+                packs = make_packs(by_variant, {})
+                local.cpu_slots = cpu_slots or max(per_pack.values())
+            runner = local
+        handles = runner.submit(packs, submission)
+        record.update(runner.describe(handles))
+        for pack, handle in zip(packs, handles):
+            log = runner.log_of(handle) if kind == "slurm" else None  # type: ignore[attr-defined]
+            for command in pack:
+                entry = manifest["runs"][command.name]
+                entry["attempts"] += 1
+                entry["submissions"].append({"id": submission.id, "executor": kind, "time": submission.submitted_at,
+                                             "handle": handle, "job_id": handle if kind == "slurm" else None,
+                                             "pack": [c.name for c in pack], "log": log})
+        manifest["submissions"].append(record)
+        sweep_dir.write_manifest(manifest)
         result.submitted = [r.run_id for r in todo]
         if kind == "slurm":
-            _submit_to_slurm(sweep, sweep_dir, manifest, record, make_packs(by_variant, per_pack), mps, result)
-        else:
-            _run_here(sweep_dir, manifest, record, by_variant, per_pack, mps, cpu_slots, progress)
+            result.sbatch_calls, result.job_ids = record.get("sbatch_calls", 0), list(handles)
+            return result
+        _wait_here(runner, handles, packs, sweep_dir, result, on_run_done)
         return result
 
 
-def _submit_to_slurm(sweep: Sweep, sweep_dir: SweepDir, manifest: dict[str, Any], record: dict[str, Any],
-                     packs: list[list[RunTask]], mps: bool, result: LaunchResult) -> None:
-    max_array = slurm.max_array_size()
-    submissions = submit_slurm(packs, folder=sweep_dir.path / "slurm", launcher=launcher_config(sweep),
-                               job_name=f"deconcnn-{sweep.name}", max_array_size=max_array, mps=mps)
-    result.sbatch_calls = -(-len(packs) // max_array)
-    result.job_ids = [s.job_id for s in submissions]
-    for sub in submissions:
-        for run_id in sub.run_ids:
-            manifest["runs"][run_id]["submissions"].append(
-                {"executor": "slurm", "time": record["time"], "job_id": sub.job_id,
-                 "array_job_id": sub.array_job_id, "pack": sub.run_ids, "log": sub.log})
-    manifest["submissions"].append({**record, "array_job_ids": sorted({s.array_job_id for s in submissions}),
-                                    "sbatch_calls": result.sbatch_calls})
-    sweep_dir.write_manifest(manifest)
+def _wait_here(runner: Executor, handles: list[str], packs: list[list[Command]], sweep_dir: SweepDir,
+               result: LaunchResult, on_run_done: Callable[[str, str], None]) -> None:
+    pack_of = dict(zip(handles, packs))
+
+    def done(handle: str, state: SchedulerState) -> None:
+        for command in pack_of[handle]:
+            run = read_run_status(Path(command.workdir)) or {}
+            outcome = run.get("status", "not started") if run.get("status") != "running" else "ended while running"
+            result.final[command.name] = outcome
+            on_run_done(command.name, outcome)
+
+    try:
+        with signals_interrupt():
+            wait(runner, handles, done, poll_s=0.5)
+    except Interrupted as interrupt:
+        stopped = [c.name for h in handles for c in pack_of[h] if c.name not in result.final]
+        sweep_dir.record_cancel(stopped, by=interrupt.args[0])
+        print(f"deconcnn-sweep: {interrupt.args[0]}: {len(stopped)} runs stopped and recorded as cancelled; "
+              "launch again to run them", file=sys.stderr)
+        raise
 
 
-def _run_here(sweep_dir: SweepDir, manifest: dict[str, Any], record: dict[str, Any],
-              by_variant: dict[str, list[RunTask]], per_pack: dict[str, int], mps: bool,
-              cpu_slots: int | None, progress: bool) -> None:
-    pool = LocalPool()
-    if pool.gpus:
-        packs = make_packs(by_variant, per_pack)
-    else:  # no GPU: k single-run slots share the cores
-        packs = make_packs(by_variant, {})
-        pool.cpu_slots = cpu_slots or max(per_pack.values())
-    for pack in packs:
-        for task in pack:
-            manifest["runs"][task.run_id]["submissions"].append(
-                {"executor": "local", "time": record["time"], "pid": os.getpid(),
-                 "pack": [t.run_id for t in pack]})
-    manifest["submissions"].append({**record, "pid": os.getpid(), "slots": len(pool.slots)})
-    sweep_dir.write_manifest(manifest)
-    with _progress(progress, sum(len(pack) for pack in packs)) as advance:
-        pool.run(packs, on_done=advance, mps=mps)
+def describe_plan(launch_plan: LaunchPlan, kind: str, workers_per_gpu: int | None,
+                  launcher: dict[str, Any] | None) -> list[str]:
+    """What a launch would submit: array tasks, runs per task, GPUs, and GPU-hours when a probe or
+    finished runs give a time per run."""
+    sweep_dir = launch_plan.sweep_dir
+    by_variant: dict[str, int] = {}
+    for run in launch_plan.runs:
+        by_variant[run.variant] = by_variant.get(run.variant, 0) + 1
+    try:
+        per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
+    except SweepError:
+        per_pack = dict.fromkeys(by_variant, 1)
+    gpus = int((launcher or {}).get("gpus_per_node") or 0) if kind == "slurm" else 0
+    hours = _hours_per_run(sweep_dir)
+    lines = []
+    total_tasks, total_gpu_h = 0, 0.0
+    for variant, n in by_variant.items():
+        k = per_pack.get(variant, 1)
+        tasks = -(-n // k)
+        total_tasks += tasks
+        line = f"  {variant}: {n} runs, {k} per task -> {tasks} tasks"
+        if gpus:
+            line += f" x {gpus} GPU"
+        if variant in hours:
+            gpu_h = tasks * max(1, gpus) * hours[variant] * k
+            total_gpu_h += gpu_h
+            line += f", ~{hours[variant]:.2f} h per run ({'GPU' if gpus else 'slot'}-hours ~{gpu_h:.1f})"
+        lines.append(line)
+    where = f"SLURM, arrays of <= MaxArraySize tasks" if kind == "slurm" else "this machine"
+    head = f"plan ({where}): {total_tasks} tasks for {len(launch_plan.runs)} runs"
+    if total_gpu_h:
+        head += f", estimated {total_gpu_h:.1f} {'GPU' if gpus else 'slot'}-hours"
+    elif not hours:
+        head += " (no time per run known yet: run probe-resources or finish a run for an estimate)"
+    return [head, *lines]
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[list[RunTask], dict[str, int]], None]]:
-    """A rich progress bar over runs, with each run's outcome printed as its pack ends."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _hours_per_run(sweep_dir: SweepDir) -> dict[str, float]:
+    """Median wall time of finished runs per variant, else the probe's throughput x the run's steps."""
+    import statistics
 
-    with Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not enabled) as bar:
-        task_id = bar.add_task("runs", total=total)
-
-        def advance(pack: list[RunTask], codes: dict[str, int]) -> None:
-            for task in pack:
-                code = codes.get(task.run_id)
-                bar.console.print(f"{task.run_id}: " + ("already done" if code is None else f"exit {code}"))
-            bar.advance(task_id, len(pack))
-
-        yield advance
+    manifest = None
+    try:
+        manifest = sweep_dir.read_manifest()
+    except SweepError:
+        pass
+    hours: dict[str, list[float]] = {}
+    for run_id, entry in (manifest or {}).get("runs", {}).items():
+        run = read_run_status(sweep_dir.run_dir(run_id)) or {}
+        if run.get("status") == "completed" and run.get("end_time") and run.get("start_time") and run.get("attempt") == 1:
+            hours.setdefault(entry["variant"], []).append((run["end_time"] - run["start_time"]) / 3600)
+    out = {variant: statistics.median(values) for variant, values in hours.items()}
+    if sweep_dir.probe_file.exists():
+        for variant, value in probe_hours_per_run(sweep_dir.probe_file).items():
+            out.setdefault(variant, value)
+    return out

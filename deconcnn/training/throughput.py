@@ -196,13 +196,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def probe_config(overrides: Sequence[str], run_dir: Path) -> Any:
-    """The run's config, with what is not part of a training step switched off."""
+def probe_config(overrides: Sequence[str], run_dir: Path) -> tuple[Any, int]:
+    """The run's config, with what is not part of a training step switched off, and the run's own
+    number of epochs."""
     from omegaconf import open_dict
 
     from deconcnn.runconfig import compose_run_config
 
     cfg = compose_run_config([*overrides, f"run_dir={run_dir}"])
+    epochs = int(cfg.trainer.max_epochs)
     with open_dict(cfg):
         cfg.callbacks = {name: cb for name, cb in cfg.callbacks.items()
                          if cb is not None and not str(cb.get("_target_", "")).endswith("ModelCheckpoint")}
@@ -216,7 +218,7 @@ def probe_config(overrides: Sequence[str], run_dir: Path) -> Any:
         # steps-per-epoch x max_epochs, so the warm-up ramp is the run's own.
         cfg.trainer.max_epochs = max(int(cfg.trainer.max_epochs), 10_000)
         cfg.trainer.max_steps = 10**9
-    return cfg
+    return cfg, epochs
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -229,9 +231,12 @@ def measure(args: argparse.Namespace) -> int:
         from deconcnn.training.build import build_run
 
         result["device"] = _device_info()
-        cfg = probe_config(args.overrides, args.run_dir)
+        cfg, epochs = probe_config(args.overrides, args.run_dir)
         result["batch_size"] = int(cfg.data.batch_size)
         datamodule, module, trainer = build_run(cfg, extra_callbacks=[_make_timer(args, sync, result)])
+        datamodule.setup("fit")
+        # What one real run trains, for the sweep's time estimate (launch --dry-run).
+        result["samples_per_run"] = len(datamodule.train_dataloader()) * result["batch_size"] * epochs
         trainer.fit(module, datamodule=datamodule)
         if result["status"] != "ok":
             raise RuntimeError(f"training ended after fewer than {args.warmup + args.steps} steps")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -71,3 +72,13 @@ class KillDuringCheckpointWrite(Callback):
             write_with(Path(path), half_then_kill)
 
         checkpoint_io.save_checkpoint = save_or_die
+
+
+class SleepEachStep(Callback):
+    """Makes every training step take at least `seconds`, so a fault test can hit a run mid-training."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: object) -> None:
+        time.sleep(self.seconds)

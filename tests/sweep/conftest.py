@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deconcnn.sweep.slurm import slurm_available
+from deconcnn.sweep.executors.slurm_cli import slurm_available
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from sweeps import LOCAL_SLURM, write_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runconfig import CONF_DIR
-from deconcnn.sweep import check as chk
-from deconcnn.sweep.check import (
+from deconcnn.sweep.check import rules as chk
+from deconcnn.sweep.check.rules import (
     CHECK_EPOCHS,
     CHECK_STEPS_PER_EPOCH,
     MEGABYTE,
@@ -28,10 +28,11 @@ from deconcnn.sweep.check import (
     check_resources,
     check_stamps,
     check_validation,
-    prepare_checks,
 )
-from deconcnn.sweep.launch import CHECK_FILE, LaunchError, plan, require_check
-from deconcnn.sweep.manifest import SweepDir, code_version
+from deconcnn.sweep.check.runner import CheckResult, prepare_checks
+from deconcnn.sweep.grid import plan
+from deconcnn.sweep.launch import LaunchError, require_check
+from deconcnn.sweep.sweepdir import CHECK_FILE, SweepDir, code_version
 
 REPO = CONF_DIR.parent
 SCHEDULE = Schedule(steps_per_epoch=8, epochs=4, val_check_interval=0.25, curvature_every=16,
@@ -221,6 +222,9 @@ def test_resources_from_probe_or_the_users_choice(tmp_path):
     results = check_resources(tmp_path, variants, None)
     assert results["S-core"] == ItemResult(True, "3 per GPU (probe.json)")
     assert not results["S-adamw"].passed and "S-adamw" in results["S-adamw"].detail
+    # Without GPUs and without SLURM nothing is packed: no probe needed.
+    unpacked = check_resources(tmp_path / "empty", variants, None, packs=False)
+    assert all(r.passed and "not applicable" in r.detail for r in unpacked.values())
 
 
 # ---------------------------------------------------------------- the check runs' configs
@@ -246,7 +250,7 @@ def test_check_run_keeps_the_variants_config_and_schedules(tmp_path):
     assert checks["half-val"].schedule.val_check_interval == 0.5
     assert checks["no-curvature_monitor"].schedule.curvature_every is None
     assert checks["no-noise_monitor"].schedule.noise_every_epochs is None
-    assert Path(checks["S-core"].task.run_dir) == (tmp_path / "check" / "S-core").resolve()
+    assert checks["S-core"].run_dir == (tmp_path / "check" / "S-core").resolve()
 
 
 def test_cifar_source_settings_and_width_are_replaced_and_said_so(tmp_path):
@@ -254,7 +258,7 @@ def test_cifar_source_settings_and_width_are_replaced_and_said_so(tmp_path):
     sweep_file.write_text("overrides: [data.source.data_dir=/data/cifar]\naxes: {seed: 0}\n"
                           "variants: {S-core: {experiment: loss_lin_slope_base}}\n")
     (check,) = prepare_checks(plan(sweep_file, out=tmp_path).runs, tmp_path / "check", gpu=False)
-    assert "data.source.data_dir=/data/cifar" not in check.task.overrides
+    assert "data.source.data_dir=/data/cifar" not in check.command.args
     assert any("data.source.data_dir=/data/cifar" in n for n in check.notes)
     assert any("model.width 1 -> 0.125" in n for n in check.notes)
     (check,) = prepare_checks(plan(sweep_file, out=tmp_path).runs, tmp_path / "check", gpu=True)
@@ -266,7 +270,7 @@ def test_check_json_is_what_launch_requires(tmp_path):
     launch_plan = plan(sweep_file, out=tmp_path, overrides=LOCAL_SLURM)
     checks = prepare_checks(launch_plan.runs, tmp_path / "tiny" / "check", gpu=False)
     items = {item: {"S-core": ItemResult(True, "fine")} for item in chk.ITEMS}
-    result = chk.CheckResult("tiny", launch_plan.sweep_dir.path, launch_plan.sweep.fingerprint(), code_version(),
+    result = CheckResult("tiny", launch_plan.sweep_dir.path, launch_plan.sweep.fingerprint(), code_version(),
                              "local", checks, items, 1, 1.0)
     (tmp_path / "tiny").mkdir()
     check_file = tmp_path / "tiny" / CHECK_FILE
@@ -334,7 +338,7 @@ def test_check_fails_naming_item_and_variant_when_a_variant_turns_a_monitor_off(
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
 def test_slurm_launch_refuses_without_a_passing_check_and_submits_after_one(tmp_path, capsys):
-    from deconcnn.sweep import slurm
+    from deconcnn.sweep.executors import slurm_cli as slurm
 
     sweep_file = variant_sweep(tmp_path / "tiny.yaml", {"S-core": {"experiment": "loss_lin_slope_base"}})
     launch = ["launch", str(sweep_file), "--executor", "slurm", "--out", str(tmp_path), *LOCAL_SLURM]

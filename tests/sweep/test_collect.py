@@ -219,14 +219,12 @@ def test_without_manifest_identity_from_run_ids(tmp_path):
             want["variant"], want["lr"], want["weight_decay"], want["seed"], False)
 
 
-def test_damaged_inputs_never_fail(sweep):
-    (sweep.path / "manifest.json").write_text('{"sweep": "x", "runs": {')  # being rewritten
+def test_damaged_run_files_never_fail(sweep):
     odd = sweep.path / "runs" / "not-a-grid-run"
     odd.mkdir()
     (odd / "run.json").write_text("{not json")
     (odd / "metrics.jsonl").write_text('{"step": 1}\n{"kind": "train", "step": 1, "loss_train_nats": 1.0}\n')
     res = collect(sweep.path, progress=False)
-    assert any("manifest.json" in w for w in res.warnings)
     run = {r["run_id"]: r for r in _rows(res.files["runs"])}["not-a-grid-run"]
     assert (run["status"], run["variant"], run["lr"], run["n_train"], run["n_bad_lines"]) == (
         "unknown", None, None, 1, 1)  # a record without kind counts as a bad line

@@ -10,8 +10,8 @@ from sweeps import launch_json, status_of, write_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
-from deconcnn.sweep import slurm
-from deconcnn.sweep.manifest import SweepDir
+from deconcnn.sweep.executors import slurm_cli as slurm
+from deconcnn.sweep.sweepdir import SweepDir
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
-from deconcnn.sweep import slurm
-from deconcnn.sweep.manifest import SweepDir
+from deconcnn.sweep.executors import slurm_cli as slurm
+from deconcnn.sweep.sweepdir import SweepDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -61,8 +61,8 @@ def test_cancelled_task_shows_cancelled_and_only_it_is_resubmitted(tmp_path, cap
     slurm.scancel(manifest["runs"][victim]["submissions"][-1]["job_id"])
     status = wait_until_settled(sweep_dir, capsys)
     states = {r["run_id"]: (r["state"], r["reason"]) for r in status["runs"]}
-    assert states[victim] == ("failed", "CANCELLED")
-    assert Counter(s for s, _ in states.values()) == {"completed": 2, "failed": 1}
+    assert states[victim] == ("cancelled", "CANCELLED by the scheduler (scancel?)")
+    assert Counter(s for s, _ in states.values()) == {"completed": 2, "cancelled": 1}
 
     capsys.readouterr()
     assert slurm_launch(sweep_file, tmp_path) == 0

@@ -13,19 +13,20 @@ from sweeps import LOCAL_SLURM, launch_json, write_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.sweep import launch
-from deconcnn.sweep.executors import RunTask, make_packs
-from deconcnn.sweep.launch import plan
-from deconcnn.sweep.manifest import SweepDir
-from deconcnn.sweep.probe import (
+from deconcnn.sweep.executors import Command
+from deconcnn.sweep.grid import plan
+from deconcnn.sweep.launch import make_packs
+from deconcnn.sweep.probe.measure import measure, summarize_trial
+from deconcnn.sweep.probe.rules import (
     ProbeFileError,
     ProbeSettings,
     VariantSpec,
     choose_k,
-    measure,
+    probe_hours_per_run,
     read_probe_choice,
     stop_reason,
-    summarize_trial,
 )
+from deconcnn.sweep.sweepdir import SweepDir
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_FAKE_GPU = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
@@ -134,11 +135,11 @@ def probe_file(path: Path, choices: dict[str, int]) -> Path:
 def test_launch_packs_the_probes_k_per_variant(tmp_path):
     sweep_dir = SweepDir(tmp_path / "tiny")
     assert launch.packing(sweep_dir, {"S-core", "S-adamw"}, None) == {"S-core": 1, "S-adamw": 1}  # no probe
-    probe_file(sweep_dir.path / launch.PROBE_FILE, {"S-core": 3, "S-adamw": 2, "S-narrow": 4})
+    probe_file(sweep_dir.probe_file, {"S-core": 3, "S-adamw": 2, "S-narrow": 4})
     per_pack = launch.packing(sweep_dir, {"S-core", "S-adamw"}, None)
     assert per_pack == {"S-core": 3, "S-adamw": 2}  # a launch of some variants only is fine
     assert launch.packing(sweep_dir, {"S-core"}, 1) == {"S-core": 1}  # --workers-per-gpu wins
-    tasks = {v: [RunTask(f"{v}_s{i}", f"/r/{v}_s{i}", ()) for i in range(7)] for v in per_pack}
+    tasks = {v: [Command(f"{v}_s{i}", "m", (), f"/r/{v}_s{i}") for i in range(7)] for v in per_pack}
     assert sorted(len(p) for p in make_packs(tasks, per_pack)) == [1, 1, 2, 2, 2, 3, 3]
 
 
@@ -155,7 +156,6 @@ def test_a_corrupt_or_mismatched_probe_file_is_a_clear_error(tmp_path, content, 
     with pytest.raises(ProbeFileError, match="rerun `deconcnn-sweep probe-resources`") as error:
         read_probe_choice(path, {"S-core"})
     assert message in str(error.value) and str(path) in str(error.value)
-    assert isinstance(error.value, ValueError)
 
 
 def test_launch_with_a_corrupt_probe_file_is_one_line_exit_2_and_submits_nothing(tmp_path, capsys):
@@ -171,7 +171,7 @@ def test_launch_with_a_corrupt_probe_file_is_one_line_exit_2_and_submits_nothing
 
 
 def test_the_sweep_side_of_the_probe_does_not_import_torch():
-    code = ("import sys, deconcnn.sweep.probe, deconcnn.sweep.launch, deconcnn.cli; "
+    code = ("import sys, deconcnn.sweep.probe.runner, deconcnn.sweep.probe.measure, deconcnn.sweep.launch, deconcnn.cli; "
             "bad = [m for m in ('torch', 'pytorch_lightning') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -182,9 +182,9 @@ def test_the_sweep_side_of_the_probe_does_not_import_torch():
 
 @pytest.mark.slow
 def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
-    out = tmp_path / "probe.json"
     code = sweep_cli(["probe-resources", str(REPO / "sweeps" / "demo.yaml"), "--executor", "local",
-                      "--max-workers", "2", "--steps", "4", "--warmup", "2", "--out", str(out)])
+                      "--max-workers", "2", "--steps", "4", "--warmup", "2", "--out", str(tmp_path)])
+    out = tmp_path / "demo" / "probe.json"
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "S-core: k=1" in captured.err  # progress, one line per trial
@@ -207,6 +207,8 @@ def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
             assert all(0 < u <= m["threads_per_run"] + 0.5 for u in m["cpu_util"])
         assert entry["choice"]["ok"] and entry["choice"]["k"] in (1, 2)
         assert entry["stopped"]
+        assert entry["samples_per_run"] == 1024 * 4  # the demo: 1024 training images, 4 epochs
+    assert sorted(probe_hours_per_run(out)) == sorted(result["variants"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per GPU" in captured.out and "probe: " in captured.out
 
@@ -230,15 +232,15 @@ def test_a_config_failing_at_k1_is_recorded_with_its_error(tmp_path):
 @pytest.mark.usefixtures("slurm_cluster")
 def test_probe_through_slurm_runs_as_one_job_and_writes_here(tmp_path, capsys):
     sweep_file = write_sweep(tmp_path / "tiny.yaml", seeds="0")
-    out = tmp_path / "probe.json"
+    out = tmp_path / "elsewhere" / "probe.json"
     code = sweep_cli(["probe-resources", str(sweep_file), "--executor", "slurm", "--max-workers", "1",
-                      "--steps", "2", "--warmup", "1", "--out", str(out), "--root", str(tmp_path),
+                      "--steps", "2", "--warmup", "1", "--file", str(out), "--out", str(tmp_path),
                       *ONE_FAKE_GPU])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(out.read_text())
     assert result["executor"] == "slurm" and result["job_id"]
-    assert "probe submitted as SLURM job" in captured.err
+    assert "probe running as SLURM job" in captured.err and "S-core: k=1" in captured.err
     assert result["device"]["gpu_index"] in ("0", "1")  # the node's (fake) GPU given to the job
     row = result["variants"]["S-core"]["measurements"][0]
     assert row["status"] == "ok" and row["aggregate_samples_per_s"] > 0

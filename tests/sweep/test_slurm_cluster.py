@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deconcnn.sweep.slurm import (
+from deconcnn.sweep.executors.slurm_cli import (
     SlurmError,
     max_array_size,
     requeue,

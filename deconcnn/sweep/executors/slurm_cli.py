@@ -6,8 +6,10 @@ with a timeout; a failing command raises :class:`SlurmError` carrying its stderr
 Functions:
     slurm_available()          -> bool: sbatch/squeue on PATH and `scontrol ping` says UP
     max_array_size()           -> int: MaxArraySize from one `scontrol show config`
+    squeue_states(job_ids)     -> {task id: (state, reason)} of live jobs, one squeue call
     sacct_states(job_ids)      -> {job id: normalised state}, one sacct call for all ids
-    scancel(job_id)            -> None
+    partition_nodes(partition) -> [NodeResources] of the partition (default partition if None)
+    scancel(*job_ids)          -> None, one scancel call
     requeue(job_id)            -> None: requeue and make it eligible to start at once
 """
 
@@ -18,16 +20,20 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 __all__ = [
+    "NodeResources",
     "SlurmError",
     "expand_array_id",
     "max_array_size",
     "normalise_state",
+    "partition_nodes",
     "requeue",
     "sacct_states",
     "scancel",
     "slurm_available",
+    "squeue_states",
 ]
 
 #: Seconds any one SLURM command may take before it is treated as failed.
@@ -153,28 +159,102 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     return states
 
 
+def squeue_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """(state, reason) of every live job or array task among ``job_ids``, from ONE squeue call.
+
+    Array tasks still pending as a range (``'123_[2-5]'``) are expanded; a job squeue does not list
+    has ended (or was never known). Array job ids (``'123'``) stand for all their tasks.
+    """
+    arrays = sorted({str(j).split("_", 1)[0] for j in job_ids})
+    if not arrays:
+        return {}
+    # --states=all would list recently ended jobs too; the default lists pending and running ones.
+    try:
+        out = _run(["squeue", "--array", "--noheader", "--format=%i|%T|%r", "--jobs", ",".join(arrays)])
+    except SlurmError as error:
+        if "Invalid job id" in error.stderr:  # every id has ended and been purged
+            return {}
+        raise
+    states: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 3:
+            continue
+        for task_id in expand_array_id(fields[0].strip()):
+            states[task_id] = (normalise_state(fields[1]), fields[2].strip())
+    return states
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    name: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    time_limit_min: float | None  # None: infinite
+
+
+def _minutes(limit: str) -> float | None:
+    """sinfo's time limit ('infinite', 'days-hh:mm:ss', 'hh:mm:ss', 'mm:ss', 'mm') in minutes."""
+    if limit in ("infinite", "UNLIMITED", "n/a"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    hours, minutes, seconds = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return (int(days or 0) * 24 + hours) * 60 + minutes + seconds / 60
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a gres string like 'gpu:2', 'gpu:a100:4(S:0-1)', '(null)'."""
+    total = 0
+    for item in gres.split(","):
+        fields = item.split("(")[0].split(":")
+        if fields[0] == "gpu" and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
+
+
+def partition_nodes(partition: str | None) -> list[NodeResources]:
+    """CPUs, memory, GPUs and time limit of each node of a partition (the default one if None)."""
+    cmd = ["sinfo", "--Node", "--noheader", "--format=%N|%c|%m|%G|%l|%P"]
+    if partition:
+        cmd += ["--partition", partition]
+    nodes = []
+    for line in _run(cmd).splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 6:
+            continue
+        if not partition and not fields[5].endswith("*"):  # the default partition is starred
+            continue
+        memory = fields[2].rstrip("+")
+        nodes.append(NodeResources(fields[0], int(fields[1].rstrip("+")), int(memory) if memory.isdigit() else 0,
+                                   _gpus(fields[3]), _minutes(fields[4])))
+    return nodes
+
+
 _ARRAY_TASK = re.compile(r"^\d+_\d+$")
 
 
-def scancel(job_id: str) -> None:
-    """Cancel a job, a whole array (``'123'``) or one array task (``'123_4'``).
+def scancel(*job_ids: str) -> None:
+    """Cancel jobs, whole arrays (``'123'``) or array tasks (``'123_4'``), in one scancel call.
 
     Cancelling a job that already finished is a no-op. ``scancel`` exits 0 even for an unknown
     job id; this raises SlurmError when it prints an error (for example "Invalid job id
     specified", which also means a finished job already purged from the controller).
 
     A pending array task that is still part of its array's pending range (``'123_[2-5]'``) has no
-    job record of its own; cancelled as such it just vanishes and sacct never reports it. So for
-    an array task this first runs ``scontrol hold`` on it (best effort), which splits it into its
-    own record, and sacct then shows it CANCELLED like any other job.
+    job record of its own; cancelled as such it just vanishes and sacct never reports it. So the
+    array tasks are first held (``scontrol hold``, best effort), which splits each into its own
+    record, and sacct then shows them CANCELLED like any other job.
     """
-    job_id = str(job_id)
-    if _ARRAY_TASK.match(job_id):
+    ids = [str(j) for j in job_ids]
+    tasks = [j for j in ids if _ARRAY_TASK.match(j)]
+    if tasks:
         try:
-            _run(["scontrol", "hold", job_id])
+            _run(["scontrol", "hold", ",".join(tasks)])
         except SlurmError:
             pass  # running, finished or unknown: nothing to split
-    cmd = ["scancel", "--verbose", job_id]  # without --verbose an unknown id is silent
+    cmd = ["scancel", "--verbose", *ids]  # without --verbose an unknown id is silent
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEFAULT_TIMEOUT_S)
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:

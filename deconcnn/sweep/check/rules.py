@@ -16,26 +16,25 @@ fails the item, naming the config key.
 The result goes to `<out>/<sweep>/check.json`; `launch` reads it (launch.require_check) before it
 spends SLURM time. The check's own runs live in `<out>/<sweep>/check/<variant>/`, never in runs/.
 No torch import: training runs as `deconcnn-train` subprocesses (locally or as a SLURM array).
+
+This module holds the rules (plain functions over records); runner.py runs the check runs through
+the sweep's executor, render.py prints the checklist.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.metrics_reader import MetricsReader
-from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.run_status import RUN_LOG, read_run_status
-
-if TYPE_CHECKING:  # executors imports submitit; the CLI imports this module for CheckError
-    from deconcnn.sweep.executors import RunTask
+from deconcnn.sweep.errors import SweepError
+from deconcnn.sweep.sweepdir import PROBE_FILE
 
 # ---------------------------------------------------------------- requirements (shared/README.md 3)
 
@@ -58,7 +57,6 @@ MEGABYTE = 1024 * 1024
 
 # ---------------------------------------------------------------- the check runs' shrink
 
-CHECK_DIR = "check"
 CHECK_BATCH = 8
 CHECK_STEPS_PER_EPOCH = 8          # a multiple of 4, so every 0.25 epoch falls on a batch
 CHECK_VAL_SIZE = 16
@@ -85,7 +83,7 @@ ITEMS = {
 }
 
 
-class CheckError(RuntimeError):
+class CheckError(SweepError):
     """The check could not be carried out (not: a check item failed)."""
 
 
@@ -399,15 +397,15 @@ def check_checkpoints(records: Sequence[dict[str, Any]], run_dir: Path) -> ItemR
     return ok(f"{len(ckpt)} records; {present} files on disk match their last record")
 
 
-def check_run(run_dir: Path, exit_code: int | None) -> tuple[ItemResult, list[dict[str, Any]]]:
+def check_run(run_dir: Path) -> tuple[ItemResult, list[dict[str, Any]]]:
     """run.json says completed and metrics.jsonl parses; returns the records too."""
-    reader = MetricsReader(run_dir / "metrics.jsonl")
+    reader = MetricsReader(run_dir / METRICS_FILE)
     records = list(reader.records())
     status = read_run_status(run_dir) or {}
     problems = []
     if status.get("status") != "completed":
         error = status.get("error") or f"see {run_dir / RUN_LOG}"
-        problems.append(f"run {status.get('status', 'did not start')} (exit {exit_code}): {error}")
+        problems.append(f"run {status.get('status', 'did not start')}: {error}")
     if reader.bad_lines:
         problems.append(f"{reader.bad_lines} unreadable lines in metrics.jsonl")
     if not records:
@@ -417,15 +415,17 @@ def check_run(run_dir: Path, exit_code: int | None) -> tuple[ItemResult, list[di
     return ok(f"completed, {len(records)} records"), records
 
 
-def check_resources(sweep_dir: Path, variants: Sequence[str],
-                    workers_per_gpu: int | None) -> dict[str, ItemResult]:
+def check_resources(sweep_dir: Path, variants: Sequence[str], workers_per_gpu: int | None,
+                    packs: bool = True) -> dict[str, ItemResult]:
     """Workers per GPU decided: the user's --workers-per-gpu, else a probe.json that has a choice
-    for every variant of the sweep."""
+    for every variant of the sweep. Only where it decides something (`packs`: runs on GPUs, or any
+    SLURM submission); elsewhere every run has its own CPU slot and the item does not apply."""
+    if not packs:
+        return dict.fromkeys(variants, ok("not applicable: no GPU here, runs are not packed"))
     if workers_per_gpu is not None:
         if workers_per_gpu < 1:
             return dict.fromkeys(variants, fail(f"--workers-per-gpu {workers_per_gpu} (must be >= 1)"))
         return dict.fromkeys(variants, ok(f"--workers-per-gpu {workers_per_gpu} (the user's choice)"))
-    from deconcnn.sweep.launch import PROBE_FILE
     from deconcnn.sweep.probe import ProbeFileError, read_probe_choice
 
     path = sweep_dir / PROBE_FILE
@@ -455,272 +455,3 @@ def check_log(records: Sequence[dict[str, Any]], schedule: Schedule, run_dir: Pa
         "stamps": check_stamps(records),
         "checkpoints": check_checkpoints(records, run_dir),
     }
-
-
-# ---------------------------------------------------------------- the check runs
-
-
-@dataclass
-class VariantCheck:
-    """One variant's check run: what it stands for, what ran, what its log must show."""
-
-    variant: str
-    run_id: str                       # the sweep run it is a shrunk copy of
-    task: RunTask
-    schedule: Schedule
-    configured_curvature_every: int | None
-    shrink: list[str]                 # the overrides the check added
-    notes: list[str] = field(default_factory=list)
-    exit_code: int | None = None
-    seconds: float | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.task.run_dir)
-
-
-def _override_key(line: str) -> str:
-    return line.split("=", 1)[0].lstrip("+~")
-
-
-def prepare_checks(runs: Sequence[Any], check_dir: Path, *, gpu: bool) -> list[VariantCheck]:
-    """The first run of each variant, shrunk (module doc). Composes configs; runs nothing."""
-    from deconcnn.sweep.executors import RunTask
-
-    firsts: dict[str, Any] = {}
-    for run in runs:
-        firsts.setdefault(run.variant, run)
-    checks = []
-    total = CHECK_STEPS_PER_EPOCH * CHECK_EPOCHS
-    for variant, run in firsts.items():
-        cfg = _compose(variant, run.overrides)
-        callbacks = cfg.get("callbacks") or {}
-        shrink = ["data=synthetic",
-                  f"data.source.num_samples={CHECK_STEPS_PER_EPOCH * CHECK_BATCH + CHECK_VAL_SIZE}",
-                  f"data.val_size={CHECK_VAL_SIZE}", f"data.batch_size={CHECK_BATCH}",
-                  f"trainer.max_epochs={CHECK_EPOCHS}", "trainer.enable_progress_bar=false"]
-        notes = []
-        configured_every = None
-        if callbacks.get(CURVATURE) is not None:
-            configured_every = int(callbacks[CURVATURE].compute_every_n_steps)
-            shrink += [f"++callbacks.{CURVATURE}.compute_every_n_steps={total // CHECK_CURVATURE_FIRINGS}",
-                       f"++callbacks.{CURVATURE}.batch_size={CHECK_CURVATURE_BATCH}"]
-        if callbacks.get(NOISE) is not None:
-            shrink.append(f"++callbacks.{NOISE}.grad_batch_size={CHECK_CURVATURE_BATCH}")
-        width = float(cfg.model.width)
-        if not gpu and width > CPU_MAX_WIDTH:
-            shrink.append(f"model.width={CPU_MAX_WIDTH}")
-            notes.append(f"model.width {width:g} -> {CPU_MAX_WIDTH:g} (no GPU: the check verifies logging, "
-                         "not the model)")
-        # The data source is replaced by the synthetic one, so the run's own source settings (a
-        # CIFAR-10 data_dir, say) would not compose; what else the check sets, it sets last (wins).
-        mine = {_override_key(o) for o in shrink}
-        replaced = [o for o in run.overrides
-                    if _override_key(o).startswith("data.source.") and _override_key(o) not in mine]
-        if replaced:
-            notes.append(f"replaced by synthetic data, not passed to the check run: {' '.join(replaced)}")
-        overrides = (*(o for o in run.overrides if o not in replaced), *shrink)
-        schedule = Schedule.from_config(_compose(variant, overrides))
-        task = RunTask(f"check-{run.run_id}", str((check_dir / variant).resolve()), overrides)
-        checks.append(VariantCheck(variant, run.run_id, task, schedule, configured_every, shrink, notes))
-    return checks
-
-
-def _compose(variant: str, overrides: Sequence[str]) -> Any:
-    from deconcnn.runconfig import compose_run_config
-
-    try:
-        return compose_run_config(list(overrides))
-    except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckError(f"variant {variant}: the check run's config does not compose: {message}") from None
-
-
-def _run_local(checks: Sequence[VariantCheck], on_done: Callable[[VariantCheck], None]) -> None:
-    from deconcnn.sweep.executors import LocalPool
-
-    pool = LocalPool()
-    if not pool.gpus:
-        pool.cpu_slots = max(1, min(len(checks), os.cpu_count() or 1))  # one thread per run
-    by_id = {c.task.run_id: c for c in checks}
-    started = time.monotonic()
-
-    def done(pack: list[RunTask], codes: dict[str, int]) -> None:
-        for task in pack:
-            check = by_id[task.run_id]
-            check.exit_code, check.seconds = codes.get(task.run_id), time.monotonic() - started
-            on_done(check)
-
-    pool.run([[c.task] for c in checks], on_done=done)
-
-
-def _run_slurm(checks: Sequence[VariantCheck], launcher: dict[str, Any], folder: Path, job_name: str,
-               on_done: Callable[[VariantCheck], None], poll_s: float = 3.0) -> None:
-    """One array of single-run tasks with the sweep's launcher settings; waits for every task."""
-    from deconcnn.sweep import slurm
-    from deconcnn.sweep.executors import submit_slurm
-    from deconcnn.sweep.status import SLURM_ACTIVE, SLURM_WAITING
-
-    subs = submit_slurm([[c.task] for c in checks], folder=folder, launcher=launcher, job_name=job_name,
-                        max_array_size=slurm.max_array_size())
-    job_of = {s.run_ids[0]: s.job_id for s in subs}
-    pending = {c.task.run_id: c for c in checks}
-    started = time.monotonic()
-    try:
-        while pending:
-            states = slurm.sacct_states([job_of[r] for r in pending])
-            for run_id, check in list(pending.items()):
-                state = states.get(job_of[run_id])
-                run = read_run_status(check.run_dir) or {}
-                finished = run.get("status") in ("completed", "failed", "diverged")
-                if (state is not None and state not in SLURM_WAITING | SLURM_ACTIVE) or (finished and state is None):
-                    check.exit_code = 0 if run.get("status") == "completed" else 1
-                    check.seconds = time.monotonic() - started
-                    if state not in (None, "COMPLETED"):
-                        check.notes.append(f"SLURM job {job_of[run_id]} ended {state}")
-                    del pending[run_id]
-                    on_done(check)
-            if pending:
-                time.sleep(poll_s)
-    except BaseException:
-        for run_id in pending:
-            try:
-                slurm.scancel(job_of[run_id])
-            except slurm.SlurmError:
-                pass
-        raise
-
-
-@dataclass
-class CheckResult:
-    sweep: str
-    sweep_dir: Path
-    fingerprint: str
-    code_version: str
-    executor: str
-    checks: list[VariantCheck]
-    items: dict[str, dict[str, ItemResult]]      # item -> variant -> result
-    workers_per_gpu: int | None
-    seconds: float
-    path: Path | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for by_variant in self.items.values() for r in by_variant.values())
-
-    @property
-    def variants(self) -> list[str]:
-        return [c.variant for c in self.checks]
-
-    def failures(self) -> list[tuple[str, str, str]]:
-        return [(item, variant, r.detail) for item, by_variant in self.items.items()
-                for variant, r in by_variant.items() if not r.passed]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "fingerprint": self.fingerprint,
-            "code_version": self.code_version,
-            "sweep": self.sweep,
-            "time": time.time(),
-            "seconds": round(self.seconds, 1),
-            "executor": self.executor,
-            "workers_per_gpu": self.workers_per_gpu,
-            "shrink": {"steps_per_epoch": CHECK_STEPS_PER_EPOCH, "batch_size": CHECK_BATCH,
-                       "epochs": CHECK_EPOCHS, "curvature_firings": CHECK_CURVATURE_FIRINGS},
-            "variants": {c.variant: {"run_id": c.run_id, "check_run_dir": str(c.run_dir),
-                                     "overrides": list(c.task.overrides), "added": c.shrink,
-                                     "notes": c.notes, "exit_code": c.exit_code, "seconds": c.seconds}
-                         for c in self.checks},
-            "items": {item: {v: r.to_json() for v, r in by_variant.items()}
-                      for item, by_variant in self.items.items()},
-            "failures": [{"item": i, "variant": v, "detail": d} for i, v, d in self.failures()],
-        }
-
-
-def evaluate(checks: Sequence[VariantCheck], sweep_dir: Path,
-             workers_per_gpu: int | None) -> dict[str, dict[str, ItemResult]]:
-    """The checklist, item -> variant -> result, from the check runs' directories."""
-    items: dict[str, dict[str, ItemResult]] = {item: {} for item in ITEMS}
-    for check in checks:
-        run_item, records = check_run(check.run_dir, check.exit_code)
-        items["run"][check.variant] = run_item
-        for item, result in check_log(records, check.schedule, check.run_dir,
-                                      check.configured_curvature_every).items():
-            items[item][check.variant] = result
-    items["resources"] = check_resources(sweep_dir, [c.variant for c in checks], workers_per_gpu)
-    return items
-
-
-def check_sweep(sweep_file: str | Path, *, out: str | Path, overrides: Sequence[str] = (),
-                executor: str = "auto", workers_per_gpu: int | None = None,
-                on_done: Callable[[VariantCheck], None] = lambda check: None) -> CheckResult:
-    """Run and check every variant; writes and returns the result (passed or not)."""
-    from deconcnn.sweep.executors import visible_gpus
-    from deconcnn.sweep.launch import CHECK_FILE, launcher_config, plan, resolve_executor
-    from deconcnn.sweep.manifest import code_version
-
-    started = time.monotonic()
-    launch_plan = plan(sweep_file, out=out, overrides=overrides)   # as launch loads it: same fingerprint
-    sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir.path
-    kind = resolve_executor(executor)
-    launcher = launcher_config(sweep) if kind == "slurm" else None
-    gpu = bool((launcher or {}).get("gpus_per_node")) if kind == "slurm" else bool(visible_gpus())
-    check_dir = sweep_dir / CHECK_DIR
-    checks = prepare_checks(launch_plan.runs, check_dir, gpu=gpu)
-    for check in checks:  # a finished run would be skipped by run_pack: start each check afresh
-        shutil.rmtree(check.run_dir, ignore_errors=True)
-    check_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "slurm":
-        assert launcher is not None
-        _run_slurm(checks, launcher, check_dir / "slurm", f"deconcnn-{sweep.name}-check", on_done)
-    else:
-        _run_local(checks, on_done)
-    result = CheckResult(sweep.name, sweep_dir, sweep.fingerprint(), code_version(), kind, checks,
-                         evaluate(checks, sweep_dir, workers_per_gpu), workers_per_gpu,
-                         time.monotonic() - started)
-    result.path = sweep_dir / CHECK_FILE
-    write_json_atomic(result.path, result.to_json())
-    return result
-
-
-# ---------------------------------------------------------------- printing
-
-
-def render(result: CheckResult) -> Any:
-    """The checklist as a rich table: one row per item, one column per variant."""
-    from rich.table import Table
-
-    table = Table(title=f"pre-launch check: {result.sweep} ({'PASSED' if result.passed else 'FAILED'})",
-                  show_lines=True)
-    table.add_column("item", style="bold", max_width=28)
-    for variant in result.variants:
-        table.add_column(variant, overflow="fold")
-    for item, label in ITEMS.items():
-        cells = []
-        for variant in result.variants:
-            r = result.items[item].get(variant)
-            if r is None:
-                cells.append("")
-            else:
-                mark = "[green]✔[/green]" if r.passed else "[red]✘[/red]"
-                cells.append(f"{mark} {_escape(r.detail)}")
-        table.add_row(label, *cells)
-    return table
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-def shrink_summary(result: CheckResult) -> list[str]:
-    lines = [f"check runs: synthetic data, {CHECK_STEPS_PER_EPOCH} steps/epoch of batch {CHECK_BATCH}, "
-             f"{CHECK_EPOCHS} epochs, curvature period scaled to fire {CHECK_CURVATURE_FIRINGS} times, "
-             f"curvature and gradient-noise batches of {CHECK_CURVATURE_BATCH}; schedules otherwise "
-             "as configured"]
-    for check in result.checks:
-        for note in check.notes:
-            lines.append(f"{check.variant}: {note}")
-    return lines

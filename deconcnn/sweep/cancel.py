@@ -1,0 +1,85 @@
+"""deconcnn-sweep cancel: stop a sweep's pending and running runs, on either executor, and record it.
+
+The cancellation is written first (cancel.jsonl), so every party that could still start or run one
+of the runs -- a live local launch, the pack runner inside a SLURM task -- skips or stops it, and
+`status` calls the run cancelled (resubmittable) rather than failed. Then:
+SLURM tasks whose every unfinished run is cancelled are scancel'ed (a task that also runs a run not
+cancelled is left to its pack runner, which stops only the cancelled one); runs whose process lives
+on this machine get SIGTERM to their process group, SIGKILL after the grace period.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deconcnn.sweep import processes
+from deconcnn.sweep.errors import SweepError
+from deconcnn.sweep.executors import STOP_GRACE_S
+from deconcnn.sweep.state import LIVE_STATES, last_submission, poll_submissions, read_process, sweep_states
+from deconcnn.sweep.sweepdir import SweepDir
+
+CANCELLABLE = (*LIVE_STATES, "unknown")
+
+
+@dataclass
+class CancelResult:
+    sweep_dir: Path
+    cancelled: list[str] = field(default_factory=list)
+    stopped_here: list[str] = field(default_factory=list)   # processes signalled from this machine
+    scancelled: list[str] = field(default_factory=list)     # SLURM tasks
+    untouched: dict[str, int] = field(default_factory=dict)  # matched but not live, by state
+
+
+def matches(run_id: str, variant: str, only: str | None) -> bool:
+    return only is None or fnmatch.fnmatchcase(run_id, only) or variant == only
+
+
+def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP_GRACE_S) -> CancelResult:
+    sd = SweepDir(sweep_dir)
+    manifest = sd.require_manifest()
+    if grace_s < 0:
+        raise SweepError(f"--grace must be >= 0, got {grace_s:g}")
+    states = sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
+    chosen = [s for s in states if matches(s.run_id, s.variant, only)]
+    if only and not chosen:
+        variants = sorted({s.variant for s in states})
+        raise SweepError(f"--only {only!r} matches no run of this sweep (variants: {', '.join(variants)})")
+    result = CancelResult(sd.path)
+    targets = [s for s in chosen if s.state in CANCELLABLE]
+    for s in chosen:
+        if s.state not in CANCELLABLE:
+            result.untouched[s.state] = result.untouched.get(s.state, 0) + 1
+    if not targets:
+        return result
+    sd.record_cancel([s.run_id for s in targets], by="deconcnn-sweep cancel")
+    result.cancelled = [s.run_id for s in targets]
+
+    cancelled = set(result.cancelled)
+    by_run = {s.run_id: s for s in states}
+    slurm_tasks: set[str] = set()
+    for run_id in result.cancelled:
+        submission = last_submission(manifest["runs"][run_id]) or {}
+        if submission.get("executor") == "slurm" and submission.get("handle"):
+            others = [r for r in submission.get("pack", []) if r not in cancelled and by_run[r].state in CANCELLABLE]
+            if not others:
+                slurm_tasks.add(submission["handle"])
+    if slurm_tasks:
+        from deconcnn.sweep.executors.slurm_cli import scancel
+
+        scancel(*sorted(slurm_tasks))
+        result.scancelled = sorted(slurm_tasks)
+
+    stoppers = []
+    for run_id in result.cancelled:
+        process = read_process(sd.run_dir(run_id))
+        if process and processes.alive(process):
+            stoppers.append(threading.Thread(target=processes.stop_group, args=(process["pid"], grace_s)))
+            result.stopped_here.append(run_id)
+    for thread in stoppers:
+        thread.start()
+    for thread in stoppers:
+        thread.join()
+    return result

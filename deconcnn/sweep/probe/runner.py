@@ -1,0 +1,106 @@
+"""deconcnn-sweep probe-resources: the probe as one job through the sweep's executor (measure.py),
+on one GPU of the cluster (SLURM) or of this machine (local), its lines shown as they come; then
+probe.json and its plot."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.run_status import RUN_LOG
+from deconcnn.sweep.executors import Command, Executor, Submission, resolve_executor, wait
+from deconcnn.sweep.probe.render import plot_probe
+from deconcnn.sweep.probe.rules import PROBE_VERSION, ProbeFailed, ProbeSettings, VariantSpec
+from deconcnn.sweep.sweepdir import DEFAULT_OUT
+
+MEASURE_MODULE = "deconcnn.sweep.probe.measure"
+PROBE_DIR = "probe"
+
+
+def representatives(runs: Sequence[Any]) -> list[VariantSpec]:
+    """The first run of each variant, in the sweep file's order."""
+    seen: dict[str, VariantSpec] = {}
+    for run in runs:
+        seen.setdefault(run.variant, VariantSpec(run.variant, run.run_id, tuple(run.overrides)))
+    return list(seen.values())
+
+
+class LogFollower:
+    """Prints the lines a job appends to its log, as they come."""
+
+    def __init__(self, path: Path, report: Callable[[str], None]) -> None:
+        self.path, self.report, self.offset = path, report, 0
+
+    def __call__(self) -> None:
+        try:
+            with open(self.path, "rb") as log:
+                log.seek(self.offset)
+                data = log.read()
+        except FileNotFoundError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            self.report(line)
+
+
+def probe_resources(sweep_file: str | Path, *, executor: str = "auto", settings: ProbeSettings = ProbeSettings(),
+                    out: str | Path = DEFAULT_OUT, file: str | Path | None = None, only: str | None = None,
+                    overrides: Sequence[str] = (),
+                    report: Callable[[str], None] = lambda line: None) -> tuple[Path, dict[str, Any]]:
+    """Probe a sweep's variants in one job; write probe.json (+ .png); return both."""
+    from deconcnn.sweep.grid import plan
+    from deconcnn.sweep.launcher import check_feasible, compose_launcher
+
+    if settings.max_workers < 1 or settings.steps < 1 or settings.warmup < 1:
+        raise ProbeFailed("--max-workers, --steps and --warmup must be >= 1")
+    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides)
+    sweep_dir = launch_plan.sweep_dir
+    specs = representatives(launch_plan.runs)
+    kind = resolve_executor(executor)
+    runner: Executor
+    if kind == "slurm":
+        from deconcnn.sweep.executors.slurm import SlurmExecutor
+
+        launcher = compose_launcher(launch_plan.sweep.runs[0].overrides[:1], launch_plan.sweep.launcher_overrides)
+        # The probe measures ONE GPU of a node like the sweep's.
+        launcher = {**launcher, "gpus_per_node": min(1, int(launcher.get("gpus_per_node") or 0))}
+        check_feasible(launcher)
+        runner = SlurmExecutor(sweep_dir.slurm_dir / PROBE_DIR, launcher)
+    else:
+        from deconcnn.sweep.executors.local import LocalExecutor
+
+        runner = LocalExecutor(cpu_slots=1)
+    path = Path(file) if file else sweep_dir.probe_file
+    workdir = sweep_dir.path / PROBE_DIR
+    workdir.mkdir(parents=True, exist_ok=True)
+    request, result_file = workdir / "request.json", workdir / "result.json"
+    result_file.unlink(missing_ok=True)
+    write_json_atomic(request, {"specs": [asdict(s) for s in specs], "settings": asdict(settings)})
+    header = {"version": PROBE_VERSION, "sweep": launch_plan.sweep.name,
+              "sweep_file": str(Path(sweep_file).resolve()), "fingerprint": launch_plan.sweep.fingerprint(),
+              "overrides": list(overrides), "executor": kind, "created": time.time()}
+    command = Command("probe", MEASURE_MODULE, ("--request", str(request), "--out", str(result_file)), str(workdir))
+    [handle] = runner.submit([[command]], Submission(uuid.uuid4().hex[:12], f"deconcnn-{launch_plan.sweep.name}-probe"))
+    header["job_id"] = handle if kind == "slurm" else None
+    report(f"probe running as {'SLURM job ' + handle if kind == 'slurm' else 'a local process'} "
+           f"(log: {workdir / RUN_LOG})")
+    follow = LogFollower(workdir / RUN_LOG, report)
+    final = wait(runner, [handle], on_poll=follow, poll_s=2.0)[handle]
+    follow()
+    try:
+        data = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        raise ProbeFailed(f"the probe job ended ({final.detail or final.state}) without a result: see "
+                          f"{workdir / RUN_LOG}") from None
+    result = {**header, **data}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
+    plot_probe(result, path.with_suffix(".png"))
+    return path, result

@@ -1,0 +1,149 @@
+"""A run's state: ONE function from the run's own files and the executor's answer.
+
+| the run's files say                       | the executor says                        | state     | relaunch  |
+|-------------------------------------------|------------------------------------------|-----------|-----------|
+| run.json completed / diverged             | -                                        | completed / diverged | keep |
+| never submitted                           | -                                        | missing   | submit    |
+| cancelled (cancel.jsonl) after submission | no process of this submission alive      | cancelled | resubmit  |
+| process.json: this submission, alive      | -                                        | running   | leave     |
+| -                                         | pending (SLURM PENDING, requeued)        | pending   | leave     |
+| process.json: this submission, dead       | -                                        | failed    | resubmit  |
+| -                                         | running (SLURM task; live local launch)  | running, or pending until its process starts | leave |
+| -                                         | scheduler unreachable                    | unknown   | leave     |
+| run.json failed (this submission)         | ended / unknown                          | failed (its error) | resubmit |
+| nothing final                             | ended (SLURM state)                      | failed (the state), or cancelled for CANCELLED | resubmit |
+| nothing final                             | unknown to the scheduler and no live launch | lost   | resubmit  |
+
+"This submission": run.json and process.json carry the id of the submission that started them
+(DECONCNN_SUBMISSION_ID), so a previous attempt's files never speak for a newer submission. SLURM
+reports a job that raised as COMPLETED (hydra #1928): run.json is trusted over it. A process is
+judged alive by pid and start time, only on the host that runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, read_run_status
+from deconcnn.sweep import processes
+from deconcnn.sweep.executors import SchedulerState
+
+STATES = ("pending", "running", "completed", "diverged", "failed", "cancelled", "lost", "missing", "unknown")
+FINAL_STATES = ("completed", "diverged", "failed", "cancelled", "lost", "missing")
+RESUBMITTABLE = ("failed", "cancelled", "lost", "missing")
+LIVE_STATES = ("pending", "running")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    variant: str
+    state: str
+    reason: str | None
+    attempts: int
+    job_id: str | None
+    scheduler_state: str | None
+    run_dir: str
+    log: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_process(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((run_dir / PROCESS_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_state(submission: dict[str, Any] | None, run: dict[str, Any] | None, process: dict[str, Any] | None,
+              live: SchedulerState | None, cancelled: tuple[float, str] | None) -> tuple[str, str | None]:
+    """(state, reason) of one run, by the table in the module doc."""
+    if run and run.get("status") in KEEP_STATUSES:
+        return run["status"], (f"diverged at step {run.get('diverged_step')}" if run["status"] == "diverged" else None)
+    if submission is None:
+        return "missing", None
+    sid = submission.get("id")
+    ours = process if process and process.get("submission_id") == sid else None
+    attempt = run if run and run.get("submission_id") == sid else None
+    process_alive = processes.alive(ours) if ours else None
+    if cancelled and cancelled[0] >= submission.get("time", 0):
+        if process_alive:
+            return "running", f"stopping: cancelled by {cancelled[1]}"
+        return "cancelled", f"cancelled by {cancelled[1]}"
+    if process_alive:
+        return "running", None
+    live = live or SchedulerState("unknown")
+    if live.state == "pending":
+        return "pending", live.detail
+    if process_alive is False:
+        if attempt and attempt.get("status") == "failed":
+            return "failed", attempt.get("error") or "failed"
+        return "failed", (f"its process (pid {ours['pid']} on {ours['host']}) is gone but run.json says running "  # type: ignore[index]
+                          "(killed?)")
+    if live.state == "running":
+        if attempt and attempt.get("status") == "failed":
+            return "failed", attempt.get("error") or "failed"
+        return ("running", None) if ours else ("pending", "its task is running; the run has not started yet")
+    if live.state == "unreachable":
+        return "unknown", f"scheduler not answering: {live.detail}"
+    if attempt and attempt.get("status") == "failed":
+        return "failed", attempt.get("error") or "failed"
+    if live.state == "ended":
+        if live.detail == "CANCELLED":
+            return "cancelled", "CANCELLED by the scheduler (scancel?)"
+        if live.detail == "COMPLETED":
+            return "failed", "its SLURM task ended but the run did not finish (see its log)"
+        return "failed", f"its SLURM task ended {live.detail} before the run finished"
+    where = "its launch is gone" if submission.get("executor") == "local" else "the scheduler does not know its job"
+    return "lost", f"submitted but never finished, and {where} (killed launcher, cancelled pending task?)"
+
+
+def sweep_states(sweep_dir: Path, manifest: dict[str, Any], live: dict[str, SchedulerState],
+                 cancellations: dict[str, tuple[float, str]]) -> list[RunState]:
+    """Every run's state; `live` maps the handles of the runs' last submissions to the executor's answer."""
+    from deconcnn.sweep.sweepdir import SweepDir
+
+    sd = SweepDir(sweep_dir)
+    states = []
+    for run_id, entry in manifest["runs"].items():
+        run_dir = sd.run_dir(run_id)
+        submission = last_submission(entry)
+        handle = submission.get("handle") if submission else None
+        state, reason = run_state(submission, read_run_status(run_dir), read_process(run_dir),
+                                  live.get(handle) if handle else None, cancellations.get(run_id))
+        log = run_dir / RUN_LOG
+        states.append(RunState(run_id, entry["variant"], state, reason, entry.get("attempts", 0),
+                               submission.get("job_id") if submission else None,
+                               (live.get(handle).detail if handle and handle in live else None),  # type: ignore[union-attr]
+                               str(run_dir), str(log) if log.exists() else (submission or {}).get("log")))
+    return states
+
+
+def last_submission(entry: dict[str, Any]) -> dict[str, Any] | None:
+    return entry["submissions"][-1] if entry.get("submissions") else None
+
+
+def poll_submissions(manifest: dict[str, Any]) -> dict[str, SchedulerState]:
+    """The executor's answer for the handle of every run's last submission: one squeue and one
+    sacct call for all SLURM tasks, /proc for local launches."""
+    handles: dict[str, list[str]] = {"local": [], "slurm": []}
+    for entry in manifest["runs"].values():
+        submission = last_submission(entry)
+        if submission and submission.get("handle"):
+            handles.setdefault(submission["executor"], []).append(submission["handle"])
+    live: dict[str, SchedulerState] = {}
+    if handles["local"]:
+        from deconcnn.sweep.executors.local import poll_handles as poll_local
+
+        live.update(poll_local(sorted(set(handles["local"]))))
+    if handles["slurm"]:
+        from deconcnn.sweep.executors.slurm import poll_handles as poll_slurm
+
+        live.update(poll_slurm(sorted(set(handles["slurm"]))))
+    return live

@@ -1,0 +1,187 @@
+"""The sweep directory: the name of every file in it, the manifest, the launch lock, cancellations.
+
+    <out>/<sweep name>/
+        manifest.json   the runs (id, variant, overrides, params), every submission, attempts
+        .lock           held by the launch that is writing the manifest (local: while it runs)
+        cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
+        runs/<run_id>/  each run's own files (deconcnn.runlog)
+        slurm/          submitit's scripts and logs
+        check/ check.json probe.json collected/ report/ analysis/
+
+No torch and no Hydra here: status reads a sweep directory in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.sweep import processes
+from deconcnn.sweep.errors import SweepError
+
+DEFAULT_OUT = "results"  # parent of sweep directories
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
+CANCEL_FILE = "cancel.jsonl"
+RUNS_DIR = "runs"
+SLURM_DIR = "slurm"
+CHECK_DIR = "check"
+CHECK_FILE = "check.json"
+PROBE_FILE = "probe.json"
+COLLECTED_DIR = "collected"
+REPORT_DIR = "report"
+ANALYSIS_DIR = "analysis"
+
+
+class SweepLocked(SweepError):
+    """Another live launch of the same sweep holds the lock."""
+
+
+class SweepChanged(SweepError):
+    """The sweep file no longer expands to the runs this sweep directory was launched with."""
+
+
+class NotASweep(SweepError):
+    """The directory holds no sweep (or its manifest is unreadable)."""
+
+
+@dataclass
+class SweepDir:
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / RUNS_DIR
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.path / SLURM_DIR
+
+    @property
+    def check_dir(self) -> Path:
+        return self.path / CHECK_DIR
+
+    @property
+    def check_file(self) -> Path:
+        return self.path / CHECK_FILE
+
+    @property
+    def probe_file(self) -> Path:
+        return self.path / PROBE_FILE
+
+    @property
+    def cancel_path(self) -> Path:
+        return self.path / CANCEL_FILE
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, None when there is none yet; NotASweep when it is unreadable."""
+        if self.path.exists() and not self.path.is_dir():
+            raise NotASweep(f"{self.path} is a file, not a sweep directory")
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise NotASweep(f"{self.manifest_path} is corrupt ({error}): restore it from a backup, or "
+                            "launch the sweep file again under another --out") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
+            raise NotASweep(f"{self.manifest_path} is corrupt (no 'runs' mapping)")
+        return manifest
+
+    def require_manifest(self) -> dict[str, Any]:
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise NotASweep(f"{self.path} is not a sweep directory (no {MANIFEST_FILE}): launch it first")
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.manifest_path, manifest)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive for the whole launch: two launches of one sweep cannot double-submit. The
+        kernel drops the lock when its holder dies, so a dead holder never blocks a relaunch."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise SweepLocked(f"another launch of this sweep is running ({holder})") from None
+            handle.seek(0)
+            handle.truncate()
+            me = processes.identity()
+            handle.write(f"pid {me['pid']} on {me['host']}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ---- cancellations: appended without the lock, which a local launch holds while it runs
+
+    def record_cancel(self, run_ids: Sequence[str], by: str) -> float:
+        """Append one cancellation (O_APPEND writes of one line do not interleave); returns its time."""
+        now = time.time()
+        line = json.dumps({"time": now, "runs": list(run_ids), "by": by}) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.cancel_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return now
+
+    def cancellations(self) -> dict[str, tuple[float, str]]:
+        """Latest (time, by) of each cancelled run; damaged lines are skipped."""
+        out: dict[str, tuple[float, str]] = {}
+        try:
+            lines = self.cancel_path.read_text().splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                for run_id in entry["runs"]:
+                    if run_id not in out or entry["time"] >= out[run_id][0]:
+                        out[run_id] = (float(entry["time"]), str(entry.get("by", "cancel")))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+
+def code_version() -> str:
+    """Hash of the package's code and configs: a check passed on other code does not count."""
+    import deconcnn
+    from deconcnn.runconfig import CONF_DIR
+
+    digest = hashlib.sha256()
+    for root in (Path(deconcnn.__file__).parent, CONF_DIR):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml")):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,96 @@
+"""The one run-state function, row by row of its table (deconcnn.sweep.state), on files and
+executor answers built here: every state, and which submission the files speak for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from deconcnn.sweep import processes
+from deconcnn.sweep.executors import SchedulerState
+from deconcnn.sweep.state import RESUBMITTABLE, run_state
+
+NOW = time.time()
+SUBMISSION = {"id": "new", "time": NOW - 10, "executor": "slurm", "handle": "7_0"}
+LOCAL = {**SUBMISSION, "executor": "local"}
+
+
+def exited_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def process(alive: bool, submission: str = "new", host: str | None = None) -> dict:
+    pid = os.getpid() if alive else exited_pid()
+    return {**processes.identity(pid), "submission_id": submission, **({"host": host} if host else {})}
+
+
+def run(status: str, submission: str = "new", **extra) -> dict:
+    return {"status": status, "submission_id": submission, **extra}
+
+
+PENDING, RUNNING = SchedulerState("pending", "Resources"), SchedulerState("running", "RUNNING")
+ENDED = SchedulerState("ended", "TIMEOUT")
+UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", "connection refused")
+
+
+@pytest.mark.parametrize(("submission", "run_json", "proc", "live", "cancelled", "expected"), [
+    # final results are kept whatever else is said
+    (SUBMISSION, run("completed", "old"), None, UNKNOWN, None, ("completed", None)),
+    (SUBMISSION, run("diverged", diverged_step=12), None, RUNNING, None, ("diverged", "diverged at step 12")),
+    (None, None, None, None, None, ("missing", None)),
+    (None, run("failed", "old", error="x"), None, None, None, ("missing", None)),
+    # cancelled after this submission: cancelled once nothing of it lives
+    (SUBMISSION, run("failed", error="SIGTERM"), process(False), UNKNOWN, (NOW, "SIGINT"), ("cancelled", "cancelled by SIGINT")),
+    (SUBMISSION, None, process(True), RUNNING, (NOW, "cancel"), ("running", "stopping: cancelled by cancel")),
+    (SUBMISSION, None, None, PENDING, (NOW - 100, "old cancel"), ("pending", "Resources")),
+    # a live process of this submission
+    (SUBMISSION, run("running"), process(True), UNKNOWN, None, ("running", None)),
+    # the scheduler will run it (a requeued task's failed attempt does not count)
+    (SUBMISSION, run("failed", error="SIGTERM"), process(False), PENDING, None, ("pending", "Resources")),
+    # this submission's process is gone
+    (SUBMISSION, run("running"), process(False), RUNNING, None, ("failed", None)),
+    (SUBMISSION, run("failed", error="RuntimeError: x"), process(False), RUNNING, None, ("failed", "RuntimeError: x")),
+    # the task runs; the run has not started (or runs on another host)
+    (SUBMISSION, None, None, RUNNING, None, ("pending", "its task is running; the run has not started yet")),
+    (SUBMISSION, run("running"), process(False, host="node7"), RUNNING, None, ("running", None)),
+    (SUBMISSION, run("failed", "old"), process(True, "old"), RUNNING, None,
+     ("pending", "its task is running; the run has not started yet")),
+    # nothing can be said
+    (SUBMISSION, None, None, UNREACHABLE, None, ("unknown", "scheduler not answering: connection refused")),
+    # ended
+    (SUBMISSION, run("failed", error="ValueError: y"), None, ENDED, None, ("failed", "ValueError: y")),
+    (SUBMISSION, None, None, ENDED, None, ("failed", "its SLURM task ended TIMEOUT before the run finished")),
+    (SUBMISSION, None, None, SchedulerState("ended", "CANCELLED"), None,
+     ("cancelled", "CANCELLED by the scheduler (scancel?)")),
+    (SUBMISSION, run("running"), None, SchedulerState("ended", "COMPLETED"), None,
+     ("failed", "its SLURM task ended but the run did not finish (see its log)")),
+    # nobody knows it
+    (SUBMISSION, run("failed", "old", error="old error"), None, UNKNOWN, None, ("lost", None)),
+    (LOCAL, None, None, UNKNOWN, None, ("lost", None)),
+])
+def test_run_state_table(submission, run_json, proc, live, cancelled, expected):
+    state, reason = run_state(submission, run_json, proc, live, cancelled)
+    assert state == expected[0]
+    if expected[1] is not None:
+        assert reason == expected[1]
+    if state == "failed" and expected[1] is None:
+        assert "is gone but run.json says running (killed?)" in reason
+    if state == "lost":
+        assert ("its launch is gone" if submission["executor"] == "local" else "the scheduler does not know") in reason
+
+
+def test_resubmittable_states():
+    assert set(RESUBMITTABLE) == {"failed", "cancelled", "lost", "missing"}
+
+
+def test_a_recycled_pid_is_not_the_run_s_process():
+    # This process started long after a process.json written "at time 1000" would have.
+    ident = {**processes.identity(), "pid_start": 1000.0}
+    assert processes.alive(ident) is False
+    assert processes.alive({**ident, "host": "elsewhere"}) is None
+    assert processes.alive(processes.identity()) is True
