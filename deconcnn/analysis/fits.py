@@ -61,8 +61,8 @@ Criterion AICc by default (AIC and BIC on request). ``delta_m = aicc_m - min aic
 ties (power law vs exponential, both k = 3) broken by lower AICc. Why AICc and the parsimony
 rule rather than "lowest AIC": with ~20-45 bins and k = 5, n/k is far below the ~40 where plain
 AIC is reliable, and the broken power law nests the power law with a breakpoint chosen to fit
-the noise -- on pure power laws "lowest AIC" picks it in ~30% of noisy draws, "lowest AICc
-within 2, fewest parameters" in ~5-8% (measured, ``tests/analysis/test_fits.py``).
+the noise -- on noisy pure power laws (45 bins) "lowest AIC" picks it in ~15-30% of draws,
+"lowest AICc within 2, fewest parameters" in ~3-8% (``tests/analysis/test_fits.py``).
 
 Knee (:func:`knee_by_aic`)
 --------------------------
