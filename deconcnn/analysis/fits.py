@@ -748,7 +748,7 @@ def compare_units(knee_nats: Knee, knee_bits: Knee, fit_nats: Fit, fit_bits: Fit
 def units_check(
     t: ArrayLike,
     y_nats: ArrayLike,
-    candidates: ArrayLike,
+    candidates: ArrayLike | None = None,
     *,
     t_end: float = np.inf,
     bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
@@ -760,17 +760,24 @@ def units_check(
 
     A change of units multiplies every loss by the same constant; a power law's exponent and the
     burn-in are properties of the curve's shape, so both must agree (:func:`compare_units`).
-    Without a knee the fit starts at the first candidate. Returns :func:`compare_units`' dict.
+    ``candidates`` default: 10 per decade, ``10^(j/10)``, over the whole curve. Without a knee
+    the fit starts at the first candidate. Returns :func:`compare_units`' dict (``agree`` False
+    with the ``reason`` for unusable data).
     """
+    problem = curve_problem(t, y_nats)
+    if problem:
+        return {"alpha_nats": math.nan, "alpha_bits": math.nan, "alpha_rel_diff": math.nan,
+                "knee_t_nats": None, "knee_t_bits": None, "agree": False, "reason": problem}
+    ta = np.asarray(t, dtype=np.float64)
+    if candidates is None:
+        candidates = 10.0 ** (np.arange(math.ceil(10 * math.log10(ta.min())),
+                                        math.floor(10 * math.log10(ta.max())) + 1) / 10)
     y_n = np.asarray(y_nats, dtype=np.float64)
     results = []
     for y in (y_n, y_n / math.log(2.0)):
-        knee = knee_by_aic(t, y, candidates, t_end=t_end, threshold=threshold,
+        knee = knee_by_aic(ta, y, candidates, t_end=t_end, threshold=threshold,
                            criterion=criterion, bins_per_decade=bins_per_decade)
         start = knee.knee_t if knee.knee_t is not None else float(np.min(candidates))
-        if curve_problem(t, y):
-            fit = failed_fit(POWER_LAW, curve_problem(t, y))
-        else:
-            fit = fit_power_law(log_bins(t, y, bins_per_decade, max_t=t_end).window(start, t_end))
+        fit = fit_power_law(log_bins(ta, y, bins_per_decade, max_t=t_end).window(start, t_end))
         results.append((knee, fit))
     return compare_units(results[0][0], results[1][0], results[0][1], results[1][1], rtol)

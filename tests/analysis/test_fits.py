@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deconcnn.analysis import fits as F
-from deconcnn.analysis.curves import PRIOR_DOF, curve_problem, log_bins
+from deconcnn.analysis.curves import curve_problem, log_bins
 
 T = np.arange(1, 17_601, dtype=np.float64)
 NOISE = 0.1
@@ -71,7 +71,6 @@ def test_log_bins_geometry_and_weights() -> None:
     b2 = log_bins(T, y2, BPD)
     j = int(np.flatnonzero((b2.t_first == 10) & (b2.count == 2))[0])
     assert b2.std[j] == 0 and b2.sigma[j] > 0
-    assert PRIOR_DOF > 0
 
 
 def test_log_bins_is_scale_equivariant_and_checks_input() -> None:
@@ -204,6 +203,8 @@ def test_nats_and_bits_give_the_same_alpha_and_knee() -> None:
     assert res["agree"] and res["reason"] == ""
     assert res["knee_t_nats"] == res["knee_t_bits"] is not None
     assert res["alpha_rel_diff"] <= 1e-6
+    default = F.units_check(T, y)  # candidates 10 per decade over the whole curve
+    assert default["agree"] and default["knee_t_nats"] == res["knee_t_nats"]
     nats = F.fit_models(log_bins(T, y, BPD, min_t=T_MIN))
     bits = F.fit_models(log_bins(T, y / math.log(2), BPD, min_t=T_MIN))
     for m in F.MODELS:
