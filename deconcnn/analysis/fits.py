@@ -1,0 +1,783 @@
+"""Loss-curve model fits on a log-binned curve, model selection by AIC, and the burn-in ("knee").
+
+Models (``t`` = step + 1 > 0, ``L`` = loss; ``a > 0``, ``c >= 0`` because cross-entropy is >= 0)
+-------------------------------------------------------------------------------------------------
+* ``power_law``: ``L = c + a (t / t_ref)^-alpha``, ``0 <= alpha <= 20``. ``t_ref`` (the
+  geometric mean of the window's bin ``t``) only re-expresses ``a`` as the excess loss over the
+  floor at ``t_ref`` -- the same family as ``c + A t^-alpha`` with ``A = a t_ref^alpha`` -- and
+  removes the strong ``a``/``alpha`` correlation that slows the optimiser.
+* ``exponential``: ``L = c + a exp(-(t - t_ref) / tau)``, ``tau > 0``, ``t_ref`` = first bin
+  ``t`` of the window (``a`` = excess at the window start).
+* ``broken_power_law`` (two regimes, continuous at the breakpoint ``t_b``)::
+
+      L = c + a (t / t_b)^-alpha1   for t <  t_b
+      L = c + a (t / t_b)^-alpha2   for t >= t_b
+
+  i.e. the excess ``L - c`` is a straight line in log-log with slope ``-alpha1`` before and
+  ``-alpha2`` after ``t_b``, and ``a`` is the excess at ``t_b``. ``0 <= alpha1, alpha2 <= 20``;
+  ``t_b`` is a fitted parameter (5 in all), constrained to lie between the 3rd bin and the 3rd
+  bin from the end so each regime has >= 2 bins of its own. Starting values come from a profile
+  over breakpoints (every admissible bin ``t``) and floors (``c`` grid): for each pair, a
+  weighted linear fit of ``ln(L - c)`` on ``[1, min(u, 0), max(u, 0)]``, ``u = ln(t / t_b)``;
+  the 3 best pairs (distinct ``t_b``) are refined by nonlinear least squares with ``t_b`` free
+  and the lowest residual wins.
+
+Starting values of the other two come the same way (profile over ``c`` in ``[0, 0.99 min L]``,
+weighted linear fit of ``ln(L - c)`` on ``ln t`` or on ``t``).
+
+Estimation
+----------
+Weighted least squares on the bins: minimise ``RSS = sum_i ((y_i - f(t_i)) / sigma_i)^2`` with
+``sigma_i`` the bin's standard error (``curves.log_bins``), trust-region reflective
+(``scipy.optimize.least_squares``) with analytic Jacobians. The data are divided by their median
+before fitting and the results multiplied back, so a change of units (nats -> bits) gives the
+same exponents, ``tau``, ``t_b``, RSS, AIC and knee up to rounding (:func:`units_check`).
+
+* ``stderr``: square roots of the diagonal of ``s^2 (J^T J)^-1`` (``J`` the weighted Jacobian
+  at the optimum, ``s^2 = RSS / (n - k)``), i.e. the covariance scaled by the observed scatter
+  (``absolute_sigma=False`` in ``curve_fit`` terms): bins' standard errors fix the relative
+  weights, the residuals fix the scale, so model misfit widens the intervals.
+* ``ci``: 95% interval ``p +- t_{0.975, n-k} * stderr``; for ``t_b`` it is computed on
+  ``ln t_b`` and exponentiated (asymmetric). At a bound (e.g. ``c = 0``) the interval is the
+  local one, not truncated.
+* ``boot_ci`` (``n_boot > 0``): 2.5/97.5 percentiles over ``n_boot`` wild-bootstrap refits,
+  ``y*_i = f_i + r_i v_i`` with ``r`` the residuals and ``v_i = +-1`` (Rademacher) -- keeps each
+  bin's own residual size, needs no normality.
+* ``r2``: weighted ``1 - RSS / sum_i w_i (y_i - ybar_w)^2``, ``w_i = sigma_i^-2``.
+* ``resid_scale``: ``s = sqrt(RSS / (n - k))``: ~1 when the model and the bins' standard errors
+  are both right; > 1 means misfit or extra (correlated) noise.
+* ``aic = n ln(RSS / n) + 2k``, ``aicc = aic + 2k(k + 1) / (n - k - 1)`` and
+  ``bic = n ln(RSS / n) + k ln n`` (Gaussian residuals, variance profiled out; with weights the
+  weighted RSS, which is unit-free). ``n`` = bins, ``k`` = fitted parameters.
+
+A fit never raises: too few bins (``n < k + 2``), bad data (:func:`curves.curve_problem`), all
+values equal, or an optimiser failure give ``ok=False`` with a ``reason`` and NaN numbers.
+
+Model selection (:func:`select_model`)
+--------------------------------------
+Criterion AICc by default (AIC and BIC on request). ``delta_m = aicc_m - min aicc``, weight
+``w_m = exp(-delta_m / 2) / sum exp(-delta / 2)`` (Akaike weights). ``best`` = lowest AICc;
+``chosen`` = the model with the fewest parameters among those with ``delta <= threshold`` (2),
+ties (power law vs exponential, both k = 3) broken by lower AICc. Why AICc and the parsimony
+rule rather than "lowest AIC": with ~20-45 bins and k = 5, n/k is far below the ~40 where plain
+AIC is reliable, and the broken power law nests the power law with a breakpoint chosen to fit
+the noise -- on noisy pure power laws (45 bins) "lowest AIC" picks it in ~15-30% of draws,
+"lowest AICc within 2, fewest parameters" in ~3-8% (``tests/analysis/test_fits.py``).
+
+Knee (:func:`knee_by_aic`)
+--------------------------
+Candidate starts ``s`` (ascending) move up to the first step of the next bin, so each window
+``[s, t_end]`` holds whole bins. A candidate whose window has fewer than ``KNEE_MIN_BINS`` (10,
+half a decade at 20 bins per decade) bins is skipped: too short to tell the models apart. At each
+other candidate the three models are fitted on the window and :func:`select_model` chooses one.
+The knee is the **earliest candidate at which the power law is chosen**: the burn-in ends where
+the rest of the curve is best described as a power law. ``None`` (with a reason) when it is
+chosen nowhere. Interval: 2.5/97.5 percentiles of the knee over ``n_boot`` bootstrap curves,
+each made by resampling every bin's per-step losses with replacement (so each bin mean varies by
+its own scatter) and re-running the search; ``boot_found`` is the fraction of resamples that
+found a knee at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import optimize
+from scipy import stats as sps
+
+from deconcnn.analysis.curves import (
+    DEFAULT_BINS_PER_DECADE,
+    Binned,
+    FloatArray,
+    bin_index,
+    curve_problem,
+    log_bins,
+)
+
+POWER_LAW = "power_law"
+EXPONENTIAL = "exponential"
+BROKEN = "broken_power_law"
+POWER_LAW_FIXED_C = "power_law_fixed_c"
+MODELS = (POWER_LAW, EXPONENTIAL, BROKEN)
+PARAMS: dict[str, tuple[str, ...]] = {
+    POWER_LAW: ("a", "alpha", "c"),
+    EXPONENTIAL: ("a", "tau", "c"),
+    BROKEN: ("a", "alpha1", "alpha2", "t_b", "c"),
+    POWER_LAW_FIXED_C: ("a", "alpha", "c"),
+}
+AIC_THRESHOLD = 2.0
+KNEE_MIN_BINS = 10
+Criterion = Literal["aic", "aicc", "bic"]
+MAX_EXPONENT = 20.0
+_C_GRID = np.linspace(0.0, 0.99, 25)
+_BREAK_MARGIN = 2  # bins reserved on each side of a breakpoint
+_N_BREAK_STARTS = 3
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One model fitted on one window. Numbers are NaN when ``ok`` is False.
+
+    ``params``/``stderr``/``ci`` are keyed by ``PARAMS[model]``; ``t_start``/``t_end`` are the
+    first and last step in the fitted bins; ``t_ref`` the reference step of ``a`` (module doc).
+    """
+
+    model: str
+    ok: bool
+    reason: str
+    n: int
+    k: int
+    t_start: float
+    t_end: float
+    t_ref: float
+    params: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    boot_ci: dict[str, tuple[float, float]] | None = None
+    rss: float = math.nan
+    r2: float = math.nan
+    resid_scale: float = math.nan
+    aic: float = math.nan
+    aicc: float = math.nan
+    bic: float = math.nan
+
+    def as_row(self) -> dict[str, Any]:
+        """Flat dict: fit columns plus ``<p>, <p>_se, <p>_lo, <p>_hi, <p>_boot_lo, <p>_boot_hi``."""
+        row: dict[str, Any] = {
+            "model": self.model, "ok": self.ok, "reason": self.reason, "n_bins": self.n,
+            "k": self.k, "t_start": self.t_start, "t_end": self.t_end, "t_ref": self.t_ref,
+            "rss": self.rss, "r2": self.r2, "resid_scale": self.resid_scale, "aic": self.aic,
+            "aicc": self.aicc, "bic": self.bic,
+        }
+        for p in PARAMS[self.model]:
+            lo, hi = self.ci.get(p, (math.nan, math.nan))
+            blo, bhi = (self.boot_ci or {}).get(p, (math.nan, math.nan))
+            row |= {p: self.params.get(p, math.nan), f"{p}_se": self.stderr.get(p, math.nan),
+                    f"{p}_lo": lo, f"{p}_hi": hi, f"{p}_boot_lo": blo, f"{p}_boot_hi": bhi}
+        return row
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A model in internal units: ``f(p, x)``, its Jacobian, bounds, and the map to reported values.
+
+    ``x`` is the model's transformed time axis; ``to_report(p, s)`` maps internal parameters to
+    reported ones given the data scale ``s`` (each coordinate monotone, so intervals map too).
+    """
+
+    model: str
+    f: Callable[[FloatArray, FloatArray], FloatArray]
+    jac: Callable[[FloatArray, FloatArray], FloatArray]
+    lower: FloatArray
+    upper: FloatArray
+    to_report: Callable[[FloatArray, float], FloatArray]
+    slope: Callable[[FloatArray, float], FloatArray]  # d report / d internal, per coordinate
+
+
+def failed_fit(model: str, reason: str, curve: Binned | None = None) -> Fit:
+    """A ``Fit`` with ``ok=False``, the ``reason``, and NaN numbers (window from ``curve``)."""
+    n, t0, t1 = 0, math.nan, math.nan
+    if curve is not None and len(curve):
+        n, t0, t1 = len(curve), float(curve.t_first[0]), float(curve.t_last[-1])
+    return Fit(model=model, ok=False, reason=reason, n=n, k=_n_params(model), t_start=t0,
+               t_end=t1, t_ref=math.nan)
+
+
+def _n_params(model: str) -> int:
+    """Fitted parameters: ``c`` is given, not fitted, in ``power_law_fixed_c``."""
+    return 2 if model == POWER_LAW_FIXED_C else len(PARAMS[model])
+
+
+def _wls_line(x: FloatArray, z: FloatArray, w: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Weighted least-squares line ``z = b0 + b1 x`` along the last axis (batched)."""
+    sw = w.sum(-1)
+    mx = (w * x).sum(-1) / sw
+    mz = (w * z).sum(-1) / sw
+    sxx = (w * (x - mx[..., None]) ** 2).sum(-1)
+    b1 = (w * (x - mx[..., None]) * (z - mz[..., None])).sum(-1) / np.where(sxx > 0, sxx, np.nan)
+    return mz - b1 * mx, b1
+
+
+def _c_grid_log_fits(
+    x: FloatArray, y: FloatArray, sg: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """For each floor ``c`` of the grid: ``ln(y - c)`` linear in ``x`` (weights from ``sigma``).
+
+    Returns ``(c, b0, b1)`` arrays over the grid. Log-space weights ``((y - c) / sigma)^2`` are
+    the delta-method inverse variances of ``ln(y - c)``.
+    """
+    c = _C_GRID * float(np.min(y))
+    ex = y[None, :] - c[:, None]
+    b0, b1 = _wls_line(np.broadcast_to(x, ex.shape), np.log(ex), (ex / sg) ** 2)
+    return c, b0, b1
+
+
+def _power_law_spec() -> _Spec:
+    def f(p: FloatArray, u: FloatArray) -> FloatArray:
+        return p[2] + p[0] * np.exp(-p[1] * u)
+
+    def jac(p: FloatArray, u: FloatArray) -> FloatArray:
+        e = np.exp(-p[1] * u)
+        return np.stack([e, -p[0] * u * e, np.ones_like(u)], axis=1)
+
+    return _Spec(
+        POWER_LAW, f, jac, np.array([0.0, 0.0, 0.0]), np.array([np.inf, MAX_EXPONENT, np.inf]),
+        lambda p, s: np.array([p[0] * s, p[1], p[2] * s]),
+        lambda p, s: np.array([s, 1.0, s]),
+    )
+
+
+def _fixed_c_spec(c: float) -> _Spec:
+    def f(p: FloatArray, u: FloatArray) -> FloatArray:
+        return c + p[0] * np.exp(-p[1] * u)
+
+    def jac(p: FloatArray, u: FloatArray) -> FloatArray:
+        e = np.exp(-p[1] * u)
+        return np.stack([e, -p[0] * u * e], axis=1)
+
+    return _Spec(
+        POWER_LAW_FIXED_C, f, jac, np.array([0.0, 0.0]), np.array([np.inf, MAX_EXPONENT]),
+        lambda p, s: np.array([p[0] * s, p[1]]),
+        lambda p, s: np.array([s, 1.0]),
+    )
+
+
+def _exponential_spec(span: float) -> _Spec:
+    # x = (t - t_ref) / span in [0, 1]; internal tau' = tau / span keeps the problem O(1).
+    def f(p: FloatArray, v: FloatArray) -> FloatArray:
+        return p[2] + p[0] * np.exp(-v / p[1])
+
+    def jac(p: FloatArray, v: FloatArray) -> FloatArray:
+        e = np.exp(-v / p[1])
+        return np.stack([e, p[0] * v / p[1] ** 2 * e, np.ones_like(v)], axis=1)
+
+    return _Spec(
+        EXPONENTIAL, f, jac, np.array([0.0, 1e-6, 0.0]), np.array([np.inf, 1e3, np.inf]),
+        lambda p, s: np.array([p[0] * s, p[1] * span, p[2] * s]),
+        lambda p, s: np.array([s, span, s]),
+    )
+
+
+def _broken_spec(t_ref: float, lb_lo: float, lb_hi: float) -> _Spec:
+    # x = ln(t / t_ref); internal p[3] = ln(t_b / t_ref).
+    def f(p: FloatArray, x: FloatArray) -> FloatArray:
+        u = x - p[3]
+        return p[4] + p[0] * np.exp(-p[1] * np.minimum(u, 0) - p[2] * np.maximum(u, 0))
+
+    def jac(p: FloatArray, x: FloatArray) -> FloatArray:
+        u = x - p[3]
+        lo, hi = np.minimum(u, 0), np.maximum(u, 0)
+        e = np.exp(-p[1] * lo - p[2] * hi)
+        d_break = p[0] * e * np.where(u < 0, p[1], p[2])
+        return np.stack([e, -p[0] * lo * e, -p[0] * hi * e, d_break, np.ones_like(x)], axis=1)
+
+    return _Spec(
+        BROKEN, f, jac, np.array([0.0, 0.0, 0.0, lb_lo, 0.0]),
+        np.array([np.inf, MAX_EXPONENT, MAX_EXPONENT, lb_hi, np.inf]),
+        lambda p, s: np.array([p[0] * s, p[1], p[2], t_ref * np.exp(p[3]), p[4] * s]),
+        lambda p, s: np.array([s, 1.0, 1.0, t_ref * np.exp(p[3]), s]),
+    )
+
+
+def _refine(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray,
+            p0: FloatArray) -> tuple[FloatArray, float]:
+    """Nonlinear weighted least squares from ``p0`` (clipped into the bounds); ``(p, RSS)``."""
+    span = spec.upper - spec.lower
+    pad = np.where(np.isfinite(span), 1e-9 * span, 1e-12)
+    start = np.clip(p0, spec.lower + pad, spec.upper - pad)
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = optimize.least_squares(
+            lambda p: (spec.f(p, x) - y) / sg,
+            start,
+            jac=lambda p: spec.jac(p, x) / sg[:, None],
+            bounds=(spec.lower, spec.upper),
+            method="trf",
+            x_scale="jac",
+            ftol=1e-10,
+            xtol=1e-10,
+            gtol=1e-10,
+            max_nfev=400,
+        )
+    return res.x, float(2.0 * res.cost)
+
+
+def _summarise(spec: _Spec, curve: Binned, t_ref: float, x: FloatArray, y: FloatArray,
+               sg: FloatArray, scale: float, p: FloatArray, rss: float, n_boot: int,
+               seed: int) -> Fit:
+    """Turn an optimum into a :class:`Fit`: covariance, intervals, bootstrap, R^2, AIC/BIC."""
+    n, k = y.size, p.size
+    names = PARAMS[spec.model][:k]
+    dof = n - k
+    s2 = rss / dof
+    jw = spec.jac(p, x) / sg[:, None]
+    with np.errstate(all="ignore"):
+        cov = np.linalg.pinv(jw.T @ jw) * s2
+    se_int = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    if np.linalg.matrix_rank(jw) < k:
+        se_int[:] = np.nan  # not identifiable here: no honest interval
+    q = float(sps.t.ppf(0.975, dof))
+    rep = spec.to_report(p, scale)
+    lo = spec.to_report(p - q * se_int, scale)
+    hi = spec.to_report(p + q * se_int, scale)
+    se = np.abs(spec.slope(p, scale)) * se_int
+    boot = None
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        fitted = spec.f(p, x)
+        resid = y - fitted
+        draws = np.array([
+            spec.to_report(
+                _refine(spec, x, fitted + resid * rng.choice((-1.0, 1.0), size=n), sg, p)[0],
+                scale)
+            for _ in range(n_boot)
+        ])
+        blo, bhi = np.percentile(draws, [2.5, 97.5], axis=0)
+        boot = {nm: (float(blo[i]), float(bhi[i])) for i, nm in enumerate(names)}
+    w = sg**-2
+    ybar = float(np.sum(w * y) / np.sum(w))
+    tss = float(np.sum(w * (y - ybar) ** 2))
+    ll_term = n * math.log(max(rss, np.finfo(float).tiny) / n)
+    return Fit(
+        model=spec.model, ok=True, reason="", n=n, k=k,
+        t_start=float(curve.t_first[0]), t_end=float(curve.t_last[-1]), t_ref=t_ref,
+        params={nm: float(rep[i]) for i, nm in enumerate(names)},
+        stderr={nm: float(se[i]) for i, nm in enumerate(names)},
+        ci={nm: (float(lo[i]), float(hi[i])) for i, nm in enumerate(names)},
+        boot_ci=boot, rss=rss, r2=1.0 - rss / tss if tss > 0 else math.nan,
+        resid_scale=math.sqrt(s2), aic=ll_term + 2 * k,
+        aicc=ll_term + 2 * k + 2 * k * (k + 1) / (n - k - 1), bic=ll_term + k * math.log(n),
+    )
+
+
+def _check(curve: Binned, k: int) -> str:
+    if len(curve) < k + 2:
+        return f"too few bins: {len(curve)} < {k + 2} (parameters + 2)"
+    if not (np.all(np.isfinite(curve.y)) and np.all(np.isfinite(curve.sigma))):
+        return "non-finite bin values"
+    if np.any(curve.y <= 0):
+        return "non-positive loss (fits assume a positive loss)"
+    # bin means of constant data differ by rounding only
+    if np.ptp(curve.y) <= 1e-12 * np.max(np.abs(curve.y)):
+        return "all values equal (nothing to fit)"
+    if not np.all(curve.sigma > 0):
+        return "zero standard error in a bin"
+    return ""
+
+
+def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray) -> FloatArray:
+    """Starting values ``(a, alpha1, alpha2, ln(t_b / t_ref), c)`` over a breakpoint x floor grid.
+
+    For each floor ``c`` (every other value of the grid) and breakpoint ``x_b`` (an admissible
+    bin), weighted linear least squares of ``ln(y - c)`` on
+    ``[1, min(x - x_b, 0), max(x - x_b, 0)]``, batched as 3x3 normal equations.
+    """
+    m = _BREAK_MARGIN
+    xb = x[m:x.size - m]
+    c = _C_GRID[::2] * float(np.min(y))
+    ex = y[None, :] - c[:, None]  # (C, n)
+    z = np.log(ex)
+    w = (ex / sg) ** 2
+    u = x[None, :] - xb[:, None]  # (B, n)
+    design = np.stack([np.ones_like(u), np.minimum(u, 0), np.maximum(u, 0)], axis=-1)  # (B,n,3)
+    wd = w[:, None, :, None] * design[None]  # (C,B,n,3)
+    normal = np.einsum("cbni,bnj->cbij", wd, design)
+    rhs = np.einsum("cbni,cn->cbi", wd, z)
+    with np.errstate(all="ignore"):
+        beta = np.linalg.solve(normal + 1e-12 * np.eye(3), rhs[..., None])[..., 0]  # (C,B,3)
+    ci, bi = np.meshgrid(np.arange(c.size), np.arange(xb.size), indexing="ij")
+    return np.stack([np.exp(beta[..., 0]), -beta[..., 1], -beta[..., 2], xb[bi], c[ci]],
+                    axis=-1).reshape(-1, 5)
+
+
+def _prepare(model: str, curve: Binned, y: FloatArray, sg: FloatArray,
+             c_fixed: float | None) -> tuple[_Spec, FloatArray, float, FloatArray] | str:
+    """Model spec, its time axis ``x``, ``t_ref`` and candidate starting values (rows)."""
+    t = curve.t
+    if model == EXPONENTIAL:
+        t_ref = float(t[0])
+        span = float(t[-1] - t[0])
+        x = (t - t_ref) / span
+        c, b0, b1 = _c_grid_log_fits(x, y, sg)
+        # A non-decaying log-line has no tau: start such floors at tau = the window length.
+        tau = np.where(b1 < 0, -1.0 / np.where(b1 < 0, b1, -1.0), 1.0)
+        return _exponential_spec(span), x, t_ref, np.stack([np.exp(b0), tau, c], axis=1)
+    t_ref = float(np.exp(np.mean(np.log(t))))
+    x = np.log(t / t_ref)
+    if model == POWER_LAW:
+        c, b0, b1 = _c_grid_log_fits(x, y, sg)
+        return _power_law_spec(), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
+    if model == BROKEN:
+        m = _BREAK_MARGIN
+        spec = _broken_spec(t_ref, float(x[m]), float(x[-1 - m]))
+        return spec, x, t_ref, _broken_starts(x, y, sg)
+    assert c_fixed is not None
+    ex = y - c_fixed
+    above = ex > 0
+    if above.sum() < 2:
+        return "fewer than 2 bins above the fixed floor c"
+    b0, b1 = _wls_line(x[above], np.log(ex[above]), (ex[above] / sg[above]) ** 2)
+    return _fixed_c_spec(c_fixed), x, t_ref, np.array([[np.exp(b0), -b1]])
+
+
+def _fit(model: str, curve: Binned, n_boot: int = 0, seed: int = 0,
+         c_fixed: float | None = None) -> Fit:
+    """Checks, scaling, starting values, refinement from the best start(s), summary.
+
+    Never raises. The broken power law is refined from the best start of each of the
+    ``_N_BREAK_STARTS`` best breakpoints (its residual surface has a local minimum per
+    regime assignment); the smooth models from their single best start.
+    """
+    k = _n_params(model)
+    problem = _check(curve, k)
+    if problem:
+        return failed_fit(model, problem, curve)
+    scale = float(np.median(curve.y))
+    y, sg = curve.y / scale, curve.sigma / scale
+    try:
+        prep = _prepare(model, curve, y, sg, None if c_fixed is None else c_fixed / scale)
+        if isinstance(prep, str):
+            return failed_fit(model, prep, curve)
+        spec, x, t_ref, cands = prep
+        cands = np.clip(cands[np.all(np.isfinite(cands), axis=1)], spec.lower, spec.upper)
+        if cands.size == 0:
+            return failed_fit(model, "no finite starting values", curve)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rss0 = np.sum(((spec.f(cands.T[..., None], x) - y) / sg) ** 2, axis=-1)
+        starts: list[FloatArray] = []
+        for i in np.argsort(rss0):
+            if len(starts) == (_N_BREAK_STARTS if model == BROKEN else 1):
+                break
+            if model != BROKEN or all(cands[i, 3] != s[3] for s in starts):
+                starts.append(cands[i])
+        best = min((_refine(spec, x, y, sg, p0) for p0 in starts), key=lambda r: r[1])
+        if not math.isfinite(best[1]):
+            return failed_fit(model, "optimiser returned a non-finite residual", curve)
+        fit = _summarise(spec, curve, t_ref, x, y, sg, scale, best[0], best[1], n_boot, seed)
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
+        return failed_fit(model, f"optimiser failed: {err}", curve)
+    return dataclasses.replace(fit, t_ref=fit.params["t_b"]) if model == BROKEN else fit
+
+
+def fit_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
+    """``L = c + a (t / t_ref)^-alpha`` on the binned ``curve`` (module docstring)."""
+    return _fit(POWER_LAW, curve, n_boot, seed)
+
+
+def fit_exponential(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
+    """``L = c + a exp(-(t - t_ref) / tau)`` on the binned ``curve``."""
+    return _fit(EXPONENTIAL, curve, n_boot, seed)
+
+
+def fit_broken_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
+    """``L = c + a (t / t_b)^-alpha1`` before ``t_b``, ``^-alpha2`` after (continuous)."""
+    return _fit(BROKEN, curve, n_boot, seed)
+
+
+def fit_models(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> dict[str, Fit]:
+    """All three models on the same bins, keyed by model name (``MODELS`` order)."""
+    return {m: _fit(m, curve, n_boot, seed) for m in MODELS}
+
+
+def select_model(fits: Mapping[str, Fit] | Sequence[Fit], threshold: float = AIC_THRESHOLD,
+                 criterion: Criterion = "aicc") -> dict[str, Any]:
+    """Compare fits made on the same bins (module docstring, "Model selection").
+
+    ``criterion`` is the :class:`Fit` field compared (``aicc`` by default; ``aic``, ``bic``).
+    Returns ``best`` (lowest criterion), ``chosen`` (fewest parameters within ``threshold`` of
+    the lowest, ties by the criterion), ``delta`` and ``weight`` (``exp(-delta/2)``
+    normalised: Akaike weights for ``aic``/``aicc``) per model name, and ``reason`` (``""``, or
+    why nothing was chosen). Failed fits take no part (absent from the dicts).
+    """
+    items = list(fits.values()) if isinstance(fits, Mapping) else list(fits)
+    ok = [f for f in items if f.ok and math.isfinite(getattr(f, criterion))]
+    reason = ""
+    if not ok:
+        reason = "no successful fit"
+    elif len({(f.t_start, f.t_end, f.n) for f in ok}) > 1:
+        reason = "fits are on different bins (criteria not comparable)"
+    if reason:
+        return {"best": None, "chosen": None, "delta": {}, "weight": {}, "reason": reason}
+    value = {f.model: float(getattr(f, criterion)) for f in ok}
+    low = min(value.values())
+    delta = {m: v - low for m, v in value.items()}
+    rel = {m: math.exp(-d / 2) for m, d in delta.items()}
+    total = sum(rel.values())
+    best = min(ok, key=lambda f: value[f.model]).model
+    chosen = min((f for f in ok if delta[f.model] <= threshold),
+                 key=lambda f: (f.k, value[f.model])).model
+    return {"best": best, "chosen": chosen, "delta": delta,
+            "weight": {m: r / total for m, r in rel.items()}, "reason": ""}
+
+
+def alpha_window(
+    t: ArrayLike,
+    y: ArrayLike,
+    t_start: float,
+    t_end: float,
+    *,
+    c: float | None = None,
+    c_se: float = 0.0,
+    bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> Fit:
+    """Power-law exponent on the window ``t_start <= t <= t_end`` (binned within the window).
+
+    ``c=None``: ``c`` free (model ``power_law``, 3 parameters). A short window (e.g. epochs
+    5-15, half a decade) barely constrains the floor, and ``alpha`` and ``c`` trade off, so the
+    interval is honest but wide. ``c`` given (e.g. the floor of the fit from the knee to the
+    end, with its standard error ``c_se``): model ``power_law_fixed_c``, ``L = c + a (t /
+    t_ref)^-alpha`` with 2 fitted parameters, and the floor's uncertainty propagated to alpha
+    by the delta method::
+
+        se(alpha)^2 = se_fit(alpha)^2 + (d alpha / d c)^2 c_se^2
+
+    with ``d alpha / d c`` a central difference from refits at ``c +- c_se`` (one-sided at
+    ``c = 0``). ``ci`` uses that standard error and ``t_{0.975, n-2}``; ``params["c"]`` is the
+    fixed floor and ``stderr["c"]`` = ``c_se``; ``boot_ci`` (``n_boot > 0``) holds ``c`` fixed.
+    Never raises.
+    """
+    problem = curve_problem(t, y)
+    model = POWER_LAW if c is None else POWER_LAW_FIXED_C
+    if problem:
+        return failed_fit(model, problem)
+    if not t_end > t_start:
+        return failed_fit(model, f"empty window [{t_start}, {t_end}]")
+    curve = log_bins(t, y, bins_per_decade, min_t=t_start, max_t=t_end)
+    if c is None:
+        return _fit(POWER_LAW, curve, n_boot, seed)
+    fit = _fit(POWER_LAW_FIXED_C, curve, n_boot, seed, c_fixed=c)
+    if not fit.ok:
+        return fit
+    se_alpha = fit.stderr["alpha"]
+    if c_se > 0:
+        c_lo, c_hi = max(c - c_se, 0.0), c + c_se
+        hi_fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c_hi)
+        lo_fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c_lo)
+        if not (hi_fit.ok and lo_fit.ok):
+            return failed_fit(model, "refit at c +- c_se failed (floor too close to the data)",
+                           curve)
+        slope = (hi_fit.params["alpha"] - lo_fit.params["alpha"]) / (c_hi - c_lo)
+        se_alpha = math.hypot(se_alpha, slope * c_se)
+    q = float(sps.t.ppf(0.975, fit.n - fit.k))
+    alpha = fit.params["alpha"]
+    return dataclasses.replace(
+        fit,
+        params={**fit.params, "c": float(c)},
+        stderr={**fit.stderr, "alpha": se_alpha, "c": float(c_se)},
+        ci={**fit.ci, "alpha": (alpha - q * se_alpha, alpha + q * se_alpha),
+            "c": (float(c) - q * c_se, float(c) + q * c_se)},
+    )
+
+
+def window_scan(
+    t: ArrayLike,
+    y: ArrayLike,
+    starts: Sequence[float],
+    ends: Sequence[float],
+    *,
+    c: float | None = None,
+    c_se: float = 0.0,
+    bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
+) -> dict[str, FloatArray]:
+    """:func:`alpha_window` on every ``(start, end)`` pair, for a robustness heat map.
+
+    Returns arrays of shape ``(len(starts), len(ends))``: ``alpha``, ``alpha_lo``, ``alpha_hi``
+    (95% CI) and ``n_bins``; NaN (``n_bins`` 0) where ``end <= start``, the window has too few
+    bins, or the fit failed.
+    """
+    shape = (len(starts), len(ends))
+    out = {key: np.full(shape, np.nan) for key in ("alpha", "alpha_lo", "alpha_hi")}
+    out["n_bins"] = np.zeros(shape)
+    for i, s in enumerate(starts):
+        for j, e in enumerate(ends):
+            if e <= s:
+                continue
+            fit = alpha_window(t, y, s, e, c=c, c_se=c_se, bins_per_decade=bins_per_decade)
+            if fit.ok:
+                out["alpha"][i, j] = fit.params["alpha"]
+                out["alpha_lo"][i, j], out["alpha_hi"][i, j] = fit.ci["alpha"]
+                out["n_bins"][i, j] = fit.n
+    return out
+
+
+@dataclass(frozen=True)
+class Knee:
+    """Burn-in found by :func:`knee_by_aic`. ``knee_t`` None (with ``reason``) when not found.
+
+    ``lo``/``hi``: 2.5/97.5 bootstrap percentiles of the knee over the resamples that found one
+    (None without bootstrap, without a knee, or when no resample found one); ``boot_found``:
+    that fraction of resamples (NaN without bootstrap). ``table``: one dict per candidate
+    start: ``t_start``, ``n_bins``, ``<criterion>_<model>`` (NaN where the model failed),
+    ``chosen`` (model name or None), ``reason``.
+    """
+
+    knee_t: float | None
+    lo: float | None
+    hi: float | None
+    boot_found: float
+    reason: str
+    table: tuple[dict[str, Any], ...]
+
+
+def _knee_scan(curve: Binned, starts: FloatArray, t_end: float, threshold: float,
+               criterion: Criterion, min_bins: int,
+               full_table: bool) -> tuple[float | None, str, list[dict[str, Any]]]:
+    """First candidate (ascending) whose window chooses the power law; stops there unless
+    ``full_table`` (the bootstrap needs only the knee)."""
+    table: list[dict[str, Any]] = []
+    knee: float | None = None
+    for s in starts:
+        window = curve.window(float(s), t_end)
+        if len(window) < min_bins:
+            table.append({"t_start": float(s), "n_bins": len(window),
+                          **{f"{criterion}_{m}": math.nan for m in MODELS}, "chosen": None,
+                          "reason": f"window has {len(window)} < {min_bins} bins"})
+            continue
+        fits = fit_models(window)
+        sel = select_model(fits, threshold, criterion)
+        table.append({"t_start": float(s), "n_bins": len(window),
+                      **{f"{criterion}_{m}": getattr(fits[m], criterion) for m in MODELS},
+                      "chosen": sel["chosen"], "reason": sel["reason"]})
+        if sel["chosen"] == POWER_LAW and knee is None:
+            knee = float(s)
+            if not full_table:
+                break
+    if knee is not None:
+        return knee, "", table
+    if all(row["chosen"] is None for row in table):
+        return None, f"no candidate window with >= {min_bins} bins could be fitted", table
+    return None, "power law not chosen at any candidate start", table
+
+
+def _resample_within_bins(t: FloatArray, y: FloatArray, bins_per_decade: int,
+                          rng: np.random.Generator) -> FloatArray:
+    """``y`` with each bin's values redrawn with replacement from that bin (``t`` sorted)."""
+    k = bin_index(t, bins_per_decade)
+    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    count = np.diff(np.r_[first, t.size])
+    start = np.repeat(first, count)
+    size = np.repeat(count, count)
+    return y[start + np.floor(rng.random(t.size) * size).astype(np.int64)]
+
+
+def knee_by_aic(
+    t: ArrayLike,
+    y: ArrayLike,
+    candidates: ArrayLike,
+    *,
+    t_end: float = np.inf,
+    threshold: float = AIC_THRESHOLD,
+    criterion: Criterion = "aicc",
+    min_bins: int = KNEE_MIN_BINS,
+    bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> Knee:
+    """Burn-in: the earliest candidate start whose remaining curve is chosen as a power law.
+
+    Rule (module docstring, "Knee"): candidates move up to the first step of the next bin
+    (``knee_t`` is such a step); a candidate whose
+    window ``[s, t_end]`` holds fewer than ``min_bins`` bins is skipped (too short to tell the
+    models apart); at each other candidate the three models are fitted and
+    :func:`select_model` (``threshold``, ``criterion``) chooses one. With the defaults the power
+    law is chosen iff ``aicc_pl <= aicc_broken + 2`` and (``aicc_pl <= aicc_exp`` or
+    ``aicc_exp > aicc_min + 2``). The knee is the earliest candidate where it is chosen.
+    ``n_boot > 0`` adds the bootstrap interval (within-bin resampling). Never raises.
+    """
+    problem = curve_problem(t, y)
+    if problem:
+        return Knee(None, None, None, math.nan, problem, ())
+    ta = np.asarray(t, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    order = np.argsort(ta, kind="stable")
+    order = order[ta[order] <= t_end]  # resampling must not pull in points past the end
+    ta, ya = ta[order], ya[order]
+    curve = log_bins(ta, ya, bins_per_decade)
+    # A candidate moves up to the first step of the first bin starting at or after it, so every
+    # window holds whole bins and resamples within bins stay inside their window.
+    pos = np.searchsorted(curve.lo, np.asarray(candidates, dtype=np.float64) - 1e-9)
+    starts = np.unique(curve.t_first[pos[pos < len(curve)]])
+    if starts.size == 0:
+        return Knee(None, None, None, math.nan, "no candidate start inside the curve", ())
+    knee, reason, table = _knee_scan(curve, starts, t_end, threshold, criterion, min_bins, True)
+    if n_boot <= 0 or knee is None:
+        return Knee(knee, None, None, math.nan, reason, tuple(table))
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(n_boot):
+        yb = _resample_within_bins(ta, ya, bins_per_decade, rng)
+        kb = _knee_scan(log_bins(ta, yb, bins_per_decade), starts, t_end, threshold, criterion,
+                        min_bins, False)[0]
+        if kb is not None:
+            found.append(kb)
+    lo, hi = ((float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5)))
+              if found else (None, None))
+    return Knee(knee, lo, hi, len(found) / n_boot, reason, tuple(table))
+
+
+def compare_units(knee_nats: Knee, knee_bits: Knee, fit_nats: Fit, fit_bits: Fit,
+                  rtol: float = 1e-6) -> dict[str, Any]:
+    """Agreement of a knee and power-law fit done in nats with the same done in bits.
+
+    ``agree`` is True iff both knees are the same candidate (or both absent) and the two
+    ``alpha`` differ by at most ``rtol`` relative: ``|a_bits - a_nats| <= rtol |a_nats|``.
+    """
+    a_n = fit_nats.params.get("alpha", math.nan)
+    a_b = fit_bits.params.get("alpha", math.nan)
+    rel = abs(a_b - a_n) / abs(a_n) if a_n else math.nan
+    same_knee = knee_nats.knee_t == knee_bits.knee_t
+    reason = ""
+    if not (fit_nats.ok and fit_bits.ok):
+        reason = f"power-law fit failed: {fit_nats.reason or fit_bits.reason}"
+    elif not same_knee:
+        reason = f"knees differ: {knee_nats.knee_t} (nats) vs {knee_bits.knee_t} (bits)"
+    elif not rel <= rtol:
+        reason = f"alpha differs by {rel:.3g} relative (> {rtol:g})"
+    return {"alpha_nats": a_n, "alpha_bits": a_b, "alpha_rel_diff": rel,
+            "knee_t_nats": knee_nats.knee_t, "knee_t_bits": knee_bits.knee_t,
+            "agree": reason == "", "reason": reason}
+
+
+def units_check(
+    t: ArrayLike,
+    y_nats: ArrayLike,
+    candidates: ArrayLike | None = None,
+    *,
+    t_end: float = np.inf,
+    bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
+    threshold: float = AIC_THRESHOLD,
+    criterion: Criterion = "aicc",
+    rtol: float = 1e-6,
+) -> dict[str, Any]:
+    """Knee and power-law ``alpha`` (knee to ``t_end``) in nats and in bits (``y / ln 2``).
+
+    A change of units multiplies every loss by the same constant; a power law's exponent and the
+    burn-in are properties of the curve's shape, so both must agree (:func:`compare_units`).
+    ``candidates`` default: 10 per decade, ``10^(j/10)``, over the whole curve. Without a knee
+    the fit starts at the first candidate. Returns :func:`compare_units`' dict (``agree`` False
+    with the ``reason`` for unusable data).
+    """
+    problem = curve_problem(t, y_nats)
+    if problem:
+        return {"alpha_nats": math.nan, "alpha_bits": math.nan, "alpha_rel_diff": math.nan,
+                "knee_t_nats": None, "knee_t_bits": None, "agree": False, "reason": problem}
+    ta = np.asarray(t, dtype=np.float64)
+    if candidates is None:
+        candidates = 10.0 ** (np.arange(math.ceil(10 * math.log10(ta.min())),
+                                        math.floor(10 * math.log10(ta.max())) + 1) / 10)
+    y_n = np.asarray(y_nats, dtype=np.float64)
+    results = []
+    for y in (y_n, y_n / math.log(2.0)):
+        knee = knee_by_aic(ta, y, candidates, t_end=t_end, threshold=threshold,
+                           criterion=criterion, bins_per_decade=bins_per_decade)
+        start = knee.knee_t if knee.knee_t is not None else float(np.min(candidates))
+        fit = fit_power_law(log_bins(ta, y, bins_per_decade, max_t=t_end).window(start, t_end))
+        results.append((knee, fit))
+    return compare_units(results[0][0], results[1][0], results[0][1], results[1][1], rtol)

@@ -1,0 +1,179 @@
+"""One run's analysis rows and the summaries over runs, on planted answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from deconcnn.analysis import fits as F
+from deconcnn.analysis.per_run import (
+    FIT_COLUMNS,
+    KNEE_TABLE_COLUMNS,
+    RUN_COLUMNS,
+    STATUSES,
+    analyze_run,
+    compare_variants,
+    summarize_cells,
+)
+
+SPE = 352  # batches per epoch: 45k / 128
+STEPS = np.arange(50 * SPE)
+T = STEPS + 1.0
+T_BREAK, ALPHA1, ALPHA2, C = 800.0, 0.2, 0.9, 0.3
+
+
+def broken_run(seed: int) -> np.ndarray:
+    """Per-batch losses of a two-regime run (break at t = 800) with ~10% multiplicative noise."""
+    u = np.log(T / T_BREAK)
+    curve = C + 0.8 * np.exp(-ALPHA1 * np.minimum(u, 0) - ALPHA2 * np.maximum(u, 0))
+    return curve * np.exp(0.1 * np.random.default_rng(seed).standard_normal(T.size) - 0.005)
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    curv_steps = np.arange(0, STEPS.size, 500.0)
+    lam = np.where(curv_steps < 3000, 10 + curv_steps / 100, 45.0)
+    return analyze_run(STEPS, broken_run(0), SPE, curvature_steps=curv_steps, lambda_max=lam,
+                       n_boot=20, knee_boot=6, seed=1)
+
+
+def test_analyze_run_recovers_the_planted_run(result: dict) -> None:
+    run = result["run"]
+    print({k: run[k] for k in ("knee_step", "knee_step_lo", "knee_step_hi", "alpha_full",
+                               "alpha_full_lo", "alpha_full_hi", "alpha_early", "alpha_early_lo",
+                               "alpha_early_hi", "selected_model")})
+    assert run["reason"] == "" and run["n_steps"] == STEPS.size
+    # knee: at or just before the break (see test_fits), interval around it
+    assert -0.2 <= math.log10((run["knee_step"] + 1) / T_BREAK) <= 0.1
+    assert run["knee_epoch"] == pytest.approx(run["knee_step"] / SPE)
+    assert run["knee_step_lo"] <= run["knee_step"] <= run["knee_step_hi"]
+    assert run["start_rule"] == "knee" and run["fit_start_step"] == run["knee_step"]
+    # after the break the curve is a power law with alpha2 (interval coverage over many draws:
+    # test_fits; one draw is checked against a tolerance)
+    assert run["selected_model"] == F.POWER_LAW
+    assert run["alpha_full"] == pytest.approx(ALPHA2, abs=0.05)
+    assert run["alpha_full_lo"] < run["alpha_full"] < run["alpha_full_hi"]
+    assert run["alpha_full_boot_lo"] < run["alpha_full"] < run["alpha_full_boot_hi"]
+    assert run["c_full"] == pytest.approx(C, abs=0.01)
+    assert run["alpha_early_c_mode"] == "full_fit" and run["alpha_early_c"] == run["c_full"]
+    assert run["alpha_early"] == pytest.approx(ALPHA2, abs=0.05)
+    assert run["alpha_early_lo"] < run["alpha_early"] < run["alpha_early_hi"]
+    assert run["alpha_early_n_bins"] >= 10
+    assert run["units_agree"] and run["units_alpha_rel_diff"] <= 1e-6
+    assert run["units_knee_step_bits"] == run["knee_step"]
+    assert run["lambda_max_plateau_step"] == 3000.0
+    assert run["lambda_max_plateau_epoch"] == pytest.approx(3000 / SPE)
+    assert run["final_loss_n"] == SPE
+    assert run["final_loss_nats"] == pytest.approx(np.mean(broken_run(0)[-SPE:]))
+    assert sum(run[f"weight_{m}"] for m in F.MODELS) == pytest.approx(1.0)
+
+
+def test_analyze_run_rows_are_flat_tables(result: dict) -> None:
+    assert list(result["run"]) == list(RUN_COLUMNS)
+    assert [r["model"] for r in result["fits"]] == list(F.MODELS)
+    assert all(list(r) == list(FIT_COLUMNS) for r in result["fits"])
+    assert all(list(r) == list(KNEE_TABLE_COLUMNS) for r in result["knee_table"])
+    assert sum(r["selected"] for r in result["fits"]) == 1
+    broken = result["fits"][2]
+    assert broken["break_step_lo"] <= broken["break_step"] <= broken["break_step_hi"]
+    assert broken["step_start"] == result["run"]["knee_step"]
+    assert broken["epoch_end"] == pytest.approx((STEPS.size - 1) / SPE)
+    # the column sets convert to Arrow tables as they are
+    for rows in ([result["run"]], result["fits"], result["knee_table"]):
+        assert pa.Table.from_pylist(rows).num_rows == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("steps", "loss", "spe", "reason"),
+    [
+        (STEPS, np.where(STEPS == 9000, np.nan, 1.0 + 0 * STEPS), SPE, "1 non-finite values"),
+        (STEPS[:30], broken_run(1)[:30], SPE, ""),
+        (STEPS, broken_run(2), 0, "steps_per_epoch must be > 0"),
+    ],
+)
+def test_analyze_run_failures_are_rows_with_reasons(steps: np.ndarray, loss: np.ndarray,
+                                                    spe: int, reason: str) -> None:
+    out = analyze_run(steps, loss, spe, n_boot=0, knee_boot=0)
+    run = out["run"]
+    assert list(run) == list(RUN_COLUMNS) and len(out["fits"]) == 3
+    assert run["reason"] == reason
+    assert math.isnan(run["knee_step"]) and run["knee_reason"]
+    assert math.isnan(run["alpha_full"]) and run["alpha_full_reason"]
+    assert math.isnan(run["alpha_early"]) and run["alpha_early_reason"]
+    assert not run["units_agree"] and run["units_reason"]
+    assert all(not r["ok"] and r["reason"] for r in out["fits"])
+    assert pa.Table.from_pylist(out["fits"]).num_rows == 3
+
+
+def test_analyze_run_without_a_knee_still_fits() -> None:
+    """A pure exponential has no knee: fits from the first candidate, alpha_full NaN."""
+    loss = (C + 1.5 * np.exp(-T / 3000)) * np.exp(
+        0.1 * np.random.default_rng(3).standard_normal(T.size) - 0.005)
+    out = analyze_run(STEPS, loss, SPE, n_boot=0, knee_boot=0)
+    run = out["run"]
+    assert math.isnan(run["knee_step"]) and "not chosen" in run["knee_reason"]
+    assert run["start_rule"] == "first_candidate" and run["fit_start_step"] < SPE
+    assert run["selected_model"] == F.EXPONENTIAL
+    assert math.isnan(run["alpha_full"]) and run["alpha_full_reason"].startswith("no knee")
+    assert all(r["ok"] and r["start_rule"] == "first_candidate" for r in out["fits"])
+    assert out["fits"][1]["tau"] == pytest.approx(3000, rel=0.02)
+    assert run["lambda_max_plateau_reason"] == "no lambda_max given"
+
+
+# ------------------------------------------------------------------------------- summaries
+ALPHA_BY_CELL = {("A", 0.1): 0.5, ("A", 0.2): 0.7, ("B", 0.1): 0.9, ("B", 0.2): 1.1}
+OFFSETS = np.array([-0.05, -0.02, 0.0, 0.01, 0.03, 0.06])
+
+
+def planted_rows() -> list[dict]:
+    """6 seeds per (variant, lr); some runs diverged, failed, missing or without an alpha."""
+    rows = []
+    for (variant, lr), alpha in ALPHA_BY_CELL.items():
+        for seed, off in enumerate(OFFSETS):
+            rows.append({"variant": variant, "lr": lr, "seed": seed, "status": "completed",
+                         "alpha_full": alpha + off, "final_loss_nats": 0.1 * alpha})
+    rows[6] |= {"status": "diverged", "alpha_full": math.nan}  # A, 0.2, seed 0
+    rows[7] |= {"status": "missing", "alpha_full": None, "final_loss_nats": None}
+    rows[12] |= {"status": "failed"}  # B, 0.1, seed 0: a value that must not be used
+    rows[13] |= {"alpha_full": math.nan}  # completed, analysis failed
+    rows[18] |= {"status": "running"}
+    return rows
+
+
+def test_summarize_cells_recovers_planted_medians_and_counts() -> None:
+    out = summarize_cells(planted_rows(), ("variant", "lr"), ("alpha_full", "final_loss_nats"))
+    assert [(r["variant"], r["lr"]) for r in out] == list(ALPHA_BY_CELL)
+    by = {(r["variant"], r["lr"]): r for r in out}
+    a1 = by[("A", 0.1)]
+    assert a1["alpha_full_median"] == pytest.approx(0.5 + np.median(OFFSETS))
+    assert a1["alpha_full_n"] == 6 and a1["n_completed"] == 6 and a1["n_runs"] == 6
+    assert a1["alpha_full_iqr"] == pytest.approx(np.subtract(*np.percentile(OFFSETS, [75, 25])))
+    a2 = by[("A", 0.2)]
+    assert (a2["n_diverged"], a2["n_missing"], a2["n_completed"]) == (1, 1, 4)
+    assert a2["alpha_full_median"] == pytest.approx(0.7 + np.median(OFFSETS[2:]))
+    assert a2["alpha_full_n"] == 4 and a2["alpha_full_n_missing"] == 0
+    b1 = by[("B", 0.1)]
+    assert b1["n_failed"] == 1 and b1["alpha_full_n"] == 4 and b1["alpha_full_n_missing"] == 1
+    assert b1["alpha_full_median"] == pytest.approx(0.9 + np.median(OFFSETS[2:]))
+    assert b1["alpha_full_min"] == pytest.approx(0.9 + OFFSETS[2])
+    b2 = by[("B", 0.2)]
+    assert b2["n_other"] == 1 and b2["n_completed"] == 5
+    assert all(sum(r[f"n_{s}"] for s in STATUSES) + r["n_other"] == r["n_runs"] for r in out)
+    assert b2["final_loss_nats_median"] == pytest.approx(0.11)
+
+
+def test_compare_variants_effect_sizes() -> None:
+    out = compare_variants(planted_rows(), "alpha_full", "A", by=("lr",))
+    assert [(r["variant"], r["lr"]) for r in out] == [("B", 0.1), ("B", 0.2)]
+    for r in out:
+        assert r["baseline"] == "A" and r["key"] == "alpha_full" and r["reason"] == ""
+        assert r["diff_mean"] == pytest.approx(0.4, abs=0.05) and r["hedges_g"] > 5
+        assert r["g_lo"] > 0 and r["mw_p"] < 0.05
+    assert (out[0]["n_a"], out[0]["n_b"]) == (4, 6)  # failed + NaN left out of B at 0.1
+    pooled = compare_variants(planted_rows(), "alpha_full", "A", by=())
+    assert len(pooled) == 1 and pooled[0]["n_a"] == 9 and pooled[0]["n_b"] == 10
+    missing = compare_variants(planted_rows(), "alpha_full", "C", by=("lr",))
+    assert all("need >= 2" in r["reason"] and r["n_b"] == 0 for r in missing)
