@@ -7,6 +7,7 @@
 | cancelled (cancel.jsonl) after submission | no process of this submission alive      | cancelled | resubmit  |
 | process.json: this submission, alive      | -                                        | running   | leave     |
 | -                                         | pending (SLURM PENDING, requeued)        | pending   | leave     |
+| -                                         | SLURM task COMPLETING (ending or requeued) | running | leave     |
 | process.json: this submission, dead       | -                                        | failed    | resubmit  |
 | -                                         | running (SLURM task; live local launch)  | running, or pending until its process starts | leave |
 | -                                         | scheduler unreachable                    | unknown   | leave     |
@@ -81,6 +82,8 @@ def run_state(submission: dict[str, Any] | None, run: dict[str, Any] | None, pro
     live = live or SchedulerState("unknown")
     if live.state == "pending":
         return "pending", live.detail
+    if live.state == "running" and live.detail == "COMPLETING":  # a requeue passes through it too
+        return "running", "its SLURM task is completing"
     if process_alive is False:
         if attempt and attempt.get("status") == "failed":
             return "failed", attempt.get("error") or "failed"

@@ -52,6 +52,9 @@ UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", 
     (SUBMISSION, run("running"), process(True), UNKNOWN, None, ("running", None)),
     # the scheduler will run it (a requeued task's failed attempt does not count)
     (SUBMISSION, run("failed", error="SIGTERM"), process(False), PENDING, None, ("pending", "Resources")),
+    # a task ending, or passing through COMPLETING on its way to a requeue
+    (SUBMISSION, run("failed", error="SIGTERM"), process(False), SchedulerState("running", "COMPLETING"), None,
+     ("running", "its SLURM task is completing")),
     # this submission's process is gone
     (SUBMISSION, run("running"), process(False), RUNNING, None, ("failed", None)),
     (SUBMISSION, run("failed", error="RuntimeError: x"), process(False), RUNNING, None, ("failed", "RuntimeError: x")),

@@ -9,6 +9,8 @@ one line (LauncherError) and leaves nothing submitted: the chunks already accept
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,8 @@ class SlurmExecutor(Executor):
         for start in range(0, len(packs), chunk_size):
             chunk = packs[start:start + chunk_size]
             try:
-                with executor.batch():
+                # submitit prints sbatch's stderr itself before raising: it is said once, below.
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                     jobs = [executor.submit(PackJob(list(pack), submission, self.mps,
                                                     max(1, cpus // len(pack)) if cpus else None))
                             for pack in chunk]

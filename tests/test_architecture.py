@@ -1,0 +1,108 @@
+"""The package's shape: dependencies point down, no module imports another in a cycle, and the
+layers that must not load the training stack do not (statically, every import in every function
+counts; and at run time, for the sweep layer)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "deconcnn"
+# Which top-level parts of the package each part may import (besides itself).
+ALLOWED = {
+    "runlog": set(),
+    "metrics": set(),
+    "runconfig": set(),
+    "callbacks": {"metrics", "runlog"},
+    "training": {"callbacks", "metrics", "runlog", "runconfig"},
+    "train": {"training", "callbacks", "runlog", "runconfig"},
+    "sweep": {"runlog", "runconfig"},
+    "analysis": {"runlog", "sweep"},
+    "cli": {"sweep", "analysis", "runlog"},
+}
+TRAINING_STACK = ("torch", "pytorch_lightning", "lightning_fabric", "backpack", "hessian_eigenthings")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports(path: Path) -> set[str]:
+    """Every module name an import statement in the file names (top-level and inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: {n for n in imports(p) if n in mods and n != m and not m.startswith(f"{n}.")}
+            for m, p in mods.items()}
+
+
+def part(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def test_dependencies_point_down():
+    wrong = [(m, n) for m, targets in graph().items() for n in targets
+             if part(n) != part(m) and part(n) not in ALLOWED[part(m)]]
+    assert not wrong, wrong
+
+
+def test_no_import_cycles():
+    g = graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in g:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+@pytest.mark.parametrize("layer", ["sweep", "analysis", "runlog"])
+def test_layers_without_the_training_stack_never_import_it(layer):
+    offenders = {m: sorted(n for n in imports(p) if n.split(".")[0] in TRAINING_STACK)
+                 for m, p in modules().items() if part(m) == layer}
+    assert not {m: n for m, n in offenders.items() if n and m != "deconcnn.runlog.metrics_log"}, offenders
+
+
+def test_importing_the_cli_and_the_sweep_layer_loads_no_torch():
+    code = ("import sys, deconcnn.cli, deconcnn.sweep.launch, deconcnn.sweep.status, deconcnn.sweep.cancel; "
+            f"bad = [m for m in {TRAINING_STACK!r} if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
