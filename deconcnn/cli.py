@@ -76,9 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="parent of the sweep directory")
     check.add_argument("--workers-per-gpu", type=int, help="the resources decision, instead of a probe.json")
 
+    analyze = sub.add_parser("analyze", help="fit every run's loss curve (knee, alpha_early, alpha_full) and compare "
+                             "across the sweep; tables, plots and a report section")
+    analyze.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
+    analyze.add_argument("--out", type=Path, help="the folder results go in (default <sweep>/analysis)")
+    analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format")
+    analyze.add_argument("--workers", type=int, help="processes fitting runs (default: one per core)")
+    analyze.add_argument("--boot", type=int, default=20, metavar="N",
+                         help="bootstrap resamples per fit (N/2 for the knee's interval; 0: standard errors only)")
+
     report = sub.add_parser("report", help="the plots a researcher looks at first, with an index")
     report.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
     report.add_argument("--out", type=Path)
+    report.add_argument("--heatmap", metavar="ROW,COL",
+                        help="the two axes of the heat map (default: the two non-seed axes with the most values)")
     return parser
 
 
@@ -161,16 +172,31 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from deconcnn.sweep.collect import collect
+    from deconcnn.analysis.collect import collect
 
     print(collect(args.sweep_dir, fmt=args.format, out=args.out, progress=sys.stderr.isatty()).summary())
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from deconcnn.sweep.report import report
+def _analyze(args: argparse.Namespace) -> int:
+    from deconcnn.analysis.analyze import analyze
 
-    out = report(args.sweep_dir, args.out, progress=sys.stderr.isatty())
+    if args.workers is not None and args.workers < 1:
+        raise SweepError(f"--workers must be >= 1, got {args.workers}")
+    if args.boot < 0:
+        raise SweepError(f"--boot must be >= 0, got {args.boot}")
+    result = analyze(args.sweep_dir, args.out, fmt=args.format, workers=args.workers, n_boot=args.boot,
+                     progress=sys.stderr.isatty())
+    print(result.summary())
+    print(f"report: {result.sweep_dir / 'report' / 'index.html'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from deconcnn.analysis.report import report
+
+    heatmap = args.heatmap.split(",") if args.heatmap else None
+    out = report(args.sweep_dir, args.out, progress=sys.stderr.isatty(), heatmap=heatmap)
     print(f"report: {out / 'index.html'}")
     return 0
 
@@ -218,6 +244,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"launch": _launch, "status": _status, "cancel": _cancel, "collect": _collect, "report": _report,
+            "analyze": _analyze,
             "probe-resources": _probe, "check": _check}
 
 

@@ -1,28 +1,22 @@
 """Collect a sweep's per-run logs into long tables: one per record kind, plus one row per run.
 
-    result = collect("multirun/loss_lin_slope")            # -> <sweep>/collected/train.parquet, ...
+    result = collect("results/loss_lin_slope")             # -> <sweep>/collected/train.parquet, ...
     result = collect(sweep_dir, fmt="csv", out="/tmp/x")    # CSV instead, elsewhere
 
-Layout read (fixed contract): ``<sweep>/manifest.json`` (optional: run identities) and
-``<sweep>/runs/<run_id>/{run.json,metrics.jsonl}``. A run's identity comes from its manifest
-entry (``variant``; ``params`` keys ``lr``/``weight_decay``/``seed`` or override keys ending in
-them, e.g. ``optim.lr``), else from its run id (``<variant>_lr<lr>[_wd<wd>]_s<seed>``); a weight
-decay that is neither (not a sweep axis) is taken from the run's first logged ``wd``. Runs are the
-manifest's runs plus every directory under ``runs/``.
+Reads a sweep directory or a Hydra multirun directory (deconcnn.analysis.sources). Every table
+starts with the run's identity: ``run_id``, ``variant``, one column per axis of the sweep under
+its own name (``optim.lr``, ``optim.weight_decay``, ``seed``, ``model.width``, ...), ``status``
+(the state `deconcnn-sweep status` shows) and ``complete`` (status == completed). Written under
+``out`` (default ``<sweep>/collected``):
 
-Layout written under ``out`` (default ``<sweep>/collected``):
-
-- ``<kind>.parquet|csv`` for every record kind (train, val, curvature, noise, checkpoint always;
-  any other kind seen too), one long table each: identity columns first (``run_id, variant, lr,
-  weight_decay, seed, status, complete``), then ``step, epoch, epoch_frac, time`` and the record's
-  metrics. The ``kind`` key is dropped (it is the file name). A record key that collides with an
-  identity column is renamed: the per-step learning rate ``lr`` of train records becomes
-  ``lr_step`` (``lr`` is the run's grid value); any other collision gets ``_logged`` appended.
-- ``runs.parquet|csv``: one row per run, including runs listed in the manifest with no run
-  directory (``status="missing"``). ``complete`` is ``status == "completed"``.
+- ``<kind>.parquet|csv`` for every record kind of the schema (deconcnn.runlog.schema; any other
+  kind seen too): the identity, then ``step, epoch, epoch_frac, time`` and the record's keys
+  under their own names (the ``kind`` key is the file name). A record key equal to an identity
+  column gets ``_logged`` appended.
+- ``runs.parquet|csv``: one row per run, runs listed but never started too (``has_dir`` false).
 - ``.cache/<run_id>/``: per-run parquet pieces keyed by (size, mtime_ns) of metrics.jsonl and
   run.json; a re-collect parses only runs whose files changed and re-assembles the tables from
-  the pieces (or reuses the tables outright when nothing changed).
+  the pieces (or keeps them when nothing, identity and states included, changed).
 
 Memory is bounded by one run: pieces are written per run and the tables are assembled one run
 (one row group) at a time with a schema unified over all pieces (union of keys; int+float ->
@@ -39,6 +33,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,40 +44,27 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from deconcnn.analysis.sources import RunInfo, SweepSource, read_source
+from deconcnn.runlog import schema
+from deconcnn.runlog.atomic import tmp_path, write_text_atomic
+from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.metrics_reader import MetricsReader
-from deconcnn.sweep.sweepdir import MANIFEST_FILE, RUNS_DIR, NotASweep, SweepDir
+from deconcnn.runlog.run_status import RUN_STATUS_FILE
+from deconcnn.sweep.sweepdir import COLLECTED_DIR
 
-__all__ = ["CollectResult", "collect", "parse_run_id", "KNOWN_KINDS", "IDENTITY_COLUMNS"]
+__all__ = ["CollectResult", "collect", "identity_fields"]
 
-CACHE_VERSION = 2
-KNOWN_KINDS = ("train", "val", "curvature", "noise", "checkpoint")
+CACHE_VERSION = 3
 FORMATS = ("parquet", "csv")
-
-IDENTITY_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("run_id", pa.string()),
-    ("variant", pa.string()),
-    ("lr", pa.float64()),
-    ("weight_decay", pa.float64()),
-    ("seed", pa.int64()),
-    ("status", pa.string()),
-    ("complete", pa.bool_()),
-]
-IDENTITY_COLUMNS = tuple(name for name, _ in IDENTITY_FIELDS)
-BASE_COLUMNS = ("step", "epoch", "epoch_frac", "time")
-RECORD_RENAMES = {"lr": "lr_step"}
-
-_FLOAT_KEYS = """epoch_frac time loss_train_nats loss_train_bits acc_train lr_step wd loss_val_nats
-loss_val_bits acc_val grad_norm weight_norm lambda_max lambda_max_residual hessian_trace hessian_trace_stderr
-psd_tail resid_power grad_var noise_scale checkpoint_size_mb""".split()
+CACHE_DIR = ".cache"
+_ARROW = {schema.FLOAT: pa.float64(), schema.INT: pa.int64(), schema.STR: pa.string(), schema.BOOL: pa.bool_()}
 KNOWN_TYPES: dict[str, pa.DataType] = {
-    "step": pa.int64(),
-    "epoch": pa.int64(),
-    **{k: pa.float64() for k in _FLOAT_KEYS},
-    **{k: pa.string() for k in ("reason", "bn_mode", "path")},
+    **{k.name: _ARROW[k.type] for k in schema.STAMPS},
+    **{k.name: _ARROW[k.type] for kind in schema.KINDS.values() for k in kind.keys},
 }
-
-RUNS_FIELDS: list[tuple[str, pa.DataType]] = [
-    *IDENTITY_FIELDS,
+BASE_COLUMNS = tuple(k for k in schema.STAMP_NAMES if k != schema.KIND_KEY)
+RUN_FACTS: list[tuple[str, pa.DataType]] = [
+    ("reason", pa.string()),
     ("in_manifest", pa.bool_()),
     ("has_dir", pa.bool_()),
     ("overrides", pa.string()),
@@ -99,7 +81,7 @@ RUNS_FIELDS: list[tuple[str, pa.DataType]] = [
     ("steps_logged", pa.int64()),
     ("max_step", pa.int64()),
     ("max_epoch_frac", pa.float64()),
-    *[(f"n_{k}", pa.int64()) for k in KNOWN_KINDS],
+    *[(f"n_{k}", pa.int64()) for k in schema.KINDS],
     ("n_records", pa.int64()),
     ("final_loss_train_nats", pa.float64()),
     ("final_loss_val_nats", pa.float64()),
@@ -113,12 +95,36 @@ RUNS_FIELDS: list[tuple[str, pa.DataType]] = [
     ("truncated_tail", pa.bool_()),
     ("from_cache", pa.bool_()),
 ]
-RUNS_SCHEMA = pa.schema(RUNS_FIELDS)
 
-_RUN_ID_RE = re.compile(r"^(?P<variant>.+?)_lr(?P<lr>[^_]+)(?:_wd(?P<wd>[^_]+))?_s(?P<seed>\d+)$")
 _KIND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_RUN_JSON_KEYS = ("status", "attempt", "start_time", "end_time", "last_step", "diverged_step",
-                  "host", "slurm_job_id", "error")
+_RUN_JSON_KEYS = ("attempt", "start_time", "end_time", "last_step", "diverged_step", "host", "slurm_job_id", "error")
+
+
+def _axis_type(values: list[Any]) -> pa.DataType:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.bool_()
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.int64()
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.float64()
+    return pa.string()
+
+
+def identity_fields(source: SweepSource) -> list[tuple[str, pa.DataType]]:
+    """run_id, variant, every axis under its own name (typed by its values), status, complete."""
+    axes = [(a, _axis_type([r.params.get(a) for r in source.runs])) for a in source.axes]
+    return [("run_id", pa.string()), ("variant", pa.string()), *axes, ("status", pa.string()),
+            ("complete", pa.bool_())]
+
+
+def _identity_values(run: RunInfo, fields: list[tuple[str, pa.DataType]]) -> dict[str, Any]:
+    values = {"run_id": run.run_id, "variant": run.variant, "status": run.state, "complete": run.state == "completed"}
+    for name, arrow in fields:
+        if name not in values:
+            value = run.params.get(name)
+            values[name] = str(value) if value is not None and pa.types.is_string(arrow) else value
+    return values
 
 
 @dataclass
@@ -140,7 +146,7 @@ class CollectResult:
     status_counts: dict[str, int] = field(default_factory=dict)
     assembled: bool = True  # False: nothing changed, the existing tables were kept
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+    source: SweepSource | None = None
 
     def summary(self) -> str:
         """A few human-readable lines for a CLI to print."""
@@ -157,21 +163,11 @@ class CollectResult:
             total = sum(self.bad_lines.values())
             lines.append(f"skipped {total} unreadable lines in {len(self.bad_lines)} runs"
                          f" ({len(self.truncated)} truncated last lines)")
-        lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- identities
-
-
-def parse_run_id(run_id: str) -> dict[str, Any]:
-    """``S-core_lr0.1_wd0.001_s3`` (or ``S-core_lr0.1_s3``) -> variant/lr/weight_decay/seed, None
-    where it does not parse."""
-    m = _RUN_ID_RE.match(run_id)
-    if not m:
-        return {"variant": None, "lr": None, "weight_decay": None, "seed": None}
-    return {"variant": m["variant"], "lr": _float(m["lr"]), "weight_decay": _float(m["wd"]),
-            "seed": _int(m["seed"])}
+def _nz(v: float | int | None) -> float:
+    return math.inf if v is None else float(v)
 
 
 def _float(v: Any) -> float | None:
@@ -191,66 +187,6 @@ def _int(v: Any) -> int | None:
         return None
 
 
-@dataclass
-class _Run:
-    run_id: str
-    run_dir: Path | None
-    in_manifest: bool
-    identity: dict[str, Any]
-    overrides: str | None
-
-
-def _discover(sweep_dir: Path, warnings: list[str]) -> tuple[str, dict[str, _Run]]:
-    manifest = SweepDir(sweep_dir).read_manifest() or {}
-    mruns = manifest.get("runs") if isinstance(manifest.get("runs"), dict) else {}
-    dirs: dict[str, Path] = {}
-    runs_root = sweep_dir / "runs"
-    if runs_root.is_dir():
-        for d in runs_root.iterdir():
-            if d.is_dir() and not d.name.startswith("."):
-                dirs[d.name] = d
-    runs: dict[str, _Run] = {}
-    for run_id in set(mruns) | set(dirs):
-        entry = mruns.get(run_id) if isinstance(mruns.get(run_id), dict) else {}
-        params = entry.get("params") if isinstance(entry.get("params"), dict) else {}
-        parsed = parse_run_id(run_id)
-        ident = {
-            "variant": entry.get("variant") if isinstance(entry.get("variant"), str) else parsed["variant"],
-            "lr": _float(_param(params, ("lr",))),
-            "weight_decay": _float(_param(params, ("weight_decay", "wd"))),
-            "seed": _int(_param(params, ("seed",))),
-        }
-        for k in ("lr", "weight_decay", "seed"):
-            if ident[k] is None:
-                ident[k] = parsed[k]
-        ov = entry.get("overrides")
-        runs[run_id] = _Run(run_id, dirs.get(run_id), run_id in mruns, ident,
-                            " ".join(map(str, ov)) if isinstance(ov, list) else None)
-    name = manifest.get("sweep") if isinstance(manifest.get("sweep"), str) else sweep_dir.name
-    return name, runs
-
-
-def _param(params: dict[str, Any], names: tuple[str, ...]) -> Any:
-    """A grid value by name: ``lr`` itself, else an override key ending in it (``optim.lr``)."""
-    for name in names:
-        if name in params:
-            return params[name]
-    for name in names:
-        for key, value in params.items():
-            if isinstance(key, str) and key.rsplit(".", 1)[-1] == name:
-                return value
-    return None
-
-
-def _sort_key(r: _Run) -> tuple:
-    i = r.identity
-    return (i["variant"] or "", _nz(i["lr"]), _nz(i["weight_decay"]), _nz(i["seed"]), r.run_id)
-
-
-def _nz(v: float | int | None) -> float:
-    return math.inf if v is None else float(v)
-
-
 # --------------------------------------------------------------------------- one run -> pieces
 
 
@@ -263,8 +199,8 @@ def _file_key(path: Path) -> list[int] | None:
 
 
 def _run_key(run_dir: Path) -> dict[str, Any]:
-    return {"v": CACHE_VERSION, "metrics": _file_key(run_dir / "metrics.jsonl"),
-            "run_json": _file_key(run_dir / "run.json")}
+    return {"v": CACHE_VERSION, "metrics": _file_key(run_dir / METRICS_FILE),
+            "run_json": _file_key(run_dir / RUN_STATUS_FILE)}
 
 
 def _cached_summary(run_dir: Path, cache_dir: Path) -> dict[str, Any] | None:
@@ -299,10 +235,8 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _record_name(key: str) -> str:
-    if key in RECORD_RENAMES:
-        return RECORD_RENAMES[key]
-    return f"{key}_logged" if key in IDENTITY_COLUMNS else key
+def _record_name(key: str, identity: set[str]) -> str:
+    return f"{key}_logged" if key in identity else key
 
 
 def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
@@ -312,7 +246,7 @@ def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
     info: dict[str, Any] = {k: None for k in _RUN_JSON_KEYS}
     rj_error = None
     try:
-        with open(rdir / "run.json", "rb") as f:
+        with open(rdir / RUN_STATUS_FILE, "rb") as f:
             rj = json.load(f)
         if isinstance(rj, dict):
             info.update({k: rj.get(k) for k in _RUN_JSON_KEYS})
@@ -322,14 +256,12 @@ def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
         rj_error = "no run.json"
     except (OSError, ValueError) as exc:
         rj_error = f"run.json unreadable: {exc}"
-    if not isinstance(info["status"], str):
-        info["status"] = "unknown"
 
     # Columns per kind: {kind: (n_rows, {column: values})}. A column first seen at row i is
     # back-filled with i Nones; a row lacking a column gets a None.
     tables: dict[str, list[Any]] = {}
     size = key["metrics"][0] if key["metrics"] else None
-    reader = MetricsReader(rdir / "metrics.jsonl", max_bytes=size)
+    reader = MetricsReader(rdir / METRICS_FILE, max_bytes=size)
     n_nokind = 0
     for rec in reader.records():
         kind = rec.pop("kind", None)
@@ -370,9 +302,8 @@ def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
     for kind, (n, cols) in tables.items():
         if n == 0:
             continue
-        names = [_record_name(k) for k in cols]
-        table = pa.table([_column(nm, v) for nm, v in zip(names, cols.values())], names=names)
-        tmp = _tmp(cdir / f"{kind}.parquet")
+        table = pa.table([_column(nm, v) for nm, v in cols.items()], names=list(cols))
+        tmp = tmp_path(cdir / f"{kind}.parquet")
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, cdir / f"{kind}.parquet")
         kinds[kind] = n
@@ -402,9 +333,6 @@ def _stats(tables: dict[str, list[Any]]) -> dict[str, Any]:
         out["final_loss_train_nats"] = _float(losses[last])
         bad = ~np.isfinite(_floats(losses)) & np.isfinite(st := _floats(steps))
         out["first_nonfinite_step"] = _int(float(st[bad].min())) if bad.any() else None
-    wds = _floats(tr.get("wd")) if n_train else np.array([])
-    wds = wds[np.isfinite(wds)]
-    out["wd_logged"] = float(wds[0]) if len(wds) else None  # identity fallback: no wd axis
 
     n_val, va = tables.get("val", [0, {}])
     for k in ("final_loss_val_nats", "final_acc_val", "final_epoch_frac", "best_loss_val_nats",
@@ -456,15 +384,8 @@ def _last_index(steps: list[Any]) -> int:
     return int(ok[a[ok] == top][-1])
 
 
-def _tmp(path: Path) -> Path:
-    """A temporary sibling, unique per process, renamed over ``path`` when complete."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, sort_keys=True), fsync=False)  # a cache: rebuilt if lost
 
 
 # --------------------------------------------------------------------------- assembly
@@ -484,16 +405,15 @@ def _unify(name: str, types: set[pa.DataType]) -> pa.DataType:
     return pa.string()
 
 
-def _identity_arrays(run: _Run, status: str, n: int) -> list[pa.Array]:
-    vals = {"run_id": run.run_id, **run.identity, "status": status, "complete": status == "completed"}
-    return [pa.repeat(pa.scalar(vals[name], type=t), n) for name, t in IDENTITY_FIELDS]
+def _identity_arrays(values: dict[str, Any], fields: list[tuple[str, pa.DataType]], n: int) -> list[pa.Array]:
+    return [pa.repeat(pa.scalar(values[name], type=t), n) for name, t in fields]
 
 
 class _TableWriter:
     """Parquet or CSV, streamed one table (= one run) at a time, renamed into place on close."""
 
     def __init__(self, path: Path, schema: pa.Schema, fmt: str):
-        self.path, self.tmp = path, _tmp(path)
+        self.path, self.tmp = path, tmp_path(path)
         if fmt == "parquet":
             self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         else:
@@ -509,51 +429,52 @@ class _TableWriter:
         os.replace(self.tmp, self.path)
 
 
-def _assemble_kind(kind: str, pieces: list[tuple[_Run, str, Path]], path: Path, fmt: str,
-                   advance) -> int:
+def _assemble_kind(pieces: list[tuple[RunInfo, Path]], identity: list[tuple[str, pa.DataType]], path: Path,
+                   fmt: str, advance: Callable[[], None]) -> int:
+    names = {name for name, _ in identity}
     order: dict[str, set[pa.DataType]] = {c: set() for c in BASE_COLUMNS}
-    for _run, _status, piece in pieces:
+    for _run, piece in pieces:
         for f in pq.read_schema(piece):
             order.setdefault(f.name, set()).add(f.type)
     data_fields = [pa.field(c, _unify(c, ts)) for c, ts in order.items()]
-    schema = pa.schema([pa.field(n, t) for n, t in IDENTITY_FIELDS] + data_fields)
-    writer = _TableWriter(path, schema, fmt)
+    table_schema = pa.schema([pa.field(n, t) for n, t in identity] +
+                             [pa.field(_record_name(f.name, names), f.type) for f in data_fields])
+    writer = _TableWriter(path, table_schema, fmt)
     try:
-        for run, status, piece in pieces:
+        for run, piece in pieces:
             t = pq.read_table(piece)
-            cols = _identity_arrays(run, status, t.num_rows)
+            cols = _identity_arrays(_identity_values(run, identity), identity, t.num_rows)
             for f in data_fields:
                 if f.name in t.column_names:
                     c = t.column(f.name)
                     cols.append(c if c.type == f.type else c.cast(f.type))
                 else:
                     cols.append(pa.nulls(t.num_rows, f.type))
-            writer.write(pa.Table.from_arrays(cols, schema=schema))
+            writer.write(pa.Table.from_arrays(cols, schema=table_schema))
             advance()
     finally:
         writer.close()
     return writer.rows
 
 
-def _runs_rows(runs: list[_Run], summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _runs_rows(runs: list[RunInfo], summaries: dict[str, dict[str, Any]],
+               identity: list[tuple[str, pa.DataType]]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         s = summaries.get(run.run_id)
-        row: dict[str, Any] = {name: None for name in RUNS_SCHEMA.names}
-        row.update(run_id=run.run_id, **run.identity, in_manifest=run.in_manifest,
-                   has_dir=run.run_dir is not None, overrides=run.overrides)
+        row: dict[str, Any] = {name: None for name, _ in RUN_FACTS}
+        row.update(_identity_values(run, identity), reason=run.reason, in_manifest=run.in_manifest,
+                   has_dir=run.run_dir is not None,
+                   overrides=" ".join(run.overrides) if run.overrides is not None else None)
         if s is None:
-            row.update(status="missing", complete=False, n_bad_lines=0, truncated_tail=False,
-                       n_records=0, steps_logged=0, from_cache=False,
-                       **{f"n_{k}": 0 for k in KNOWN_KINDS})
+            row.update(n_bad_lines=0, truncated_tail=False, n_records=0, steps_logged=0, from_cache=False,
+                       **{f"n_{k}": 0 for k in schema.KINDS})
         else:
-            for k in RUNS_SCHEMA.names:
-                if k in s and k not in IDENTITY_COLUMNS[:5]:
+            for k, _ in RUN_FACTS:
+                if row[k] is None and k in s:
                     row[k] = s[k]
-            row["status"] = s["status"]
-            row["complete"] = s["status"] == "completed"
             kinds = s.get("kinds", {})
-            row.update({f"n_{k}": kinds.get(k, 0) for k in KNOWN_KINDS})
+            row.update({f"n_{k}": kinds.get(k, 0) for k in schema.KINDS})
             row["n_records"] = sum(kinds.values())
             st, et = _float(s.get("start_time")), _float(s.get("end_time"))
             row["wall_time_s"] = (et - st) if st is not None and et is not None else None
@@ -567,11 +488,11 @@ def _runs_rows(runs: list[_Run], summaries: dict[str, dict[str, Any]]) -> list[d
     return rows
 
 
-def _write_runs(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
-    table = pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
-    writer = _TableWriter(path, RUNS_SCHEMA, fmt)
+def _write_runs(rows: list[dict[str, Any]], identity: list[tuple[str, pa.DataType]], path: Path, fmt: str) -> None:
+    runs_schema = pa.schema([*identity, *RUN_FACTS])
+    writer = _TableWriter(path, runs_schema, fmt)
     try:
-        writer.write(table)
+        writer.write(pa.Table.from_pylist(rows, schema=runs_schema))
     finally:
         writer.close()
 
@@ -586,7 +507,7 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
 
     ``fmt``: "parquet" or "csv". ``progress``: show a rich progress bar (stderr). ``workers``: >1
     parses changed runs in that many processes. ``force``: ignore the cache and re-read every run.
-    Raises FileNotFoundError if ``sweep_dir`` does not exist; never fails on a damaged run.
+    NotASweep for a directory that holds no sweep; never fails on a damaged run.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -594,19 +515,13 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
     t0 = time.perf_counter()
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
-    sweep = Path(sweep_dir)
-    sd = SweepDir(sweep)
-    if not sweep.is_dir():
-        raise NotASweep(f"{sweep} is not a directory")
-    if not sd.exists() and not sd.runs_dir.is_dir():
-        raise NotASweep(f"{sweep} is not a sweep directory (no {MANIFEST_FILE}, no {RUNS_DIR}/): nothing to collect")
-    warnings: list[str] = []
-    name, runs_by_id = _discover(sweep, warnings)
-    out_dir = Path(out) if out is not None else sweep / "collected"
-    cache_root = out_dir / ".cache"
+    source = read_source(Path(sweep_dir))
+    identity = identity_fields(source)
+    runs = source.runs
+    out_dir = Path(out) if out is not None else source.path / COLLECTED_DIR
+    cache_root = out_dir / CACHE_DIR
     cache_root.mkdir(parents=True, exist_ok=True)
-    runs = sorted(runs_by_id.values(), key=_sort_key)
-    res = CollectResult(sweep, out_dir, fmt, name, runs_total=len(runs), warnings=warnings)
+    res = CollectResult(source.path, out_dir, fmt, source.name, runs_total=len(runs), source=source)
     res.runs_missing = [r.run_id for r in runs if r.run_dir is None]
 
     # Drop cache entries of runs that no longer exist.
@@ -616,7 +531,7 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
             shutil.rmtree(d, ignore_errors=True)
 
     summaries: dict[str, dict[str, Any]] = {}
-    todo: list[_Run] = []
+    todo: list[RunInfo] = []
     for r in runs:
         if r.run_dir is None:
             continue
@@ -631,7 +546,7 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"read {name}", total=len(todo))
+        task = bar.add_task(f"read {source.name}", total=len(todo))
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futs = {pool.submit(_process_run, r.run_id, str(r.run_dir),
@@ -646,26 +561,22 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
         res.runs_read = [r.run_id for r in todo]
 
         for r in runs:
+            res.status_counts[r.state] = res.status_counts.get(r.state, 0) + 1
             s = summaries.get(r.run_id)
-            if s is not None and r.identity["weight_decay"] is None:
-                # Not a sweep axis (nor in the run id): the weight decay the run logged.
-                r.identity["weight_decay"] = _float(s.get("wd_logged"))
-            status = "missing" if s is None else s["status"]
-            res.status_counts[status] = res.status_counts.get(status, 0) + 1
             if s is not None and s["n_bad_lines"]:
                 res.bad_lines[r.run_id] = s["n_bad_lines"]
             if s is not None and s["truncated_tail"]:
                 res.truncated.append(r.run_id)
 
         # Which kinds exist, and the key that says whether the tables need rebuilding.
-        kinds = list(KNOWN_KINDS)
+        kinds = list(schema.KINDS)
         for s in summaries.values():
             kinds.extend(k for k in s["kinds"] if k not in kinds)
         ext = "parquet" if fmt == "parquet" else "csv"
         res.files = {k: out_dir / f"{k}.{ext}" for k in kinds}
         res.files["runs"] = out_dir / f"runs.{ext}"
-        state = [fmt, CACHE_VERSION, kinds,
-                 [(r.run_id, r.identity, r.in_manifest, r.overrides,
+        state = [fmt, CACHE_VERSION, kinds, [str(t) for _, t in identity],
+                 [(_identity_values(r, identity), r.reason, r.in_manifest, r.overrides,
                    summaries[r.run_id]["key"] if r.run_id in summaries else None) for r in runs]]
         digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
         record_path = cache_root / f"assembled.{fmt}.json"
@@ -681,12 +592,11 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
             n_pieces = sum(len(s["kinds"]) for s in summaries.values())
             atask = bar.add_task("assemble tables", total=n_pieces)
             for kind in kinds:
-                pieces = [(r, summaries[r.run_id]["status"], cache_root / r.run_id / f"{kind}.parquet")
+                pieces = [(r, cache_root / r.run_id / f"{kind}.parquet")
                           for r in runs if r.run_id in summaries and kind in summaries[r.run_id]["kinds"]]
-                res.rows[kind] = _assemble_kind(kind, pieces, res.files[kind], fmt,
-                                                lambda: bar.advance(atask))
-            rows = _runs_rows(runs, summaries)
-            _write_runs(rows, res.files["runs"], fmt)
+                res.rows[kind] = _assemble_kind(pieces, identity, res.files[kind], fmt, lambda: bar.advance(atask))
+            rows = _runs_rows(runs, summaries, identity)
+            _write_runs(rows, identity, res.files["runs"], fmt)
             res.rows["runs"] = len(rows)
             for old in prev.get("files", []):  # tables of kinds that are gone
                 if Path(old) not in res.files.values():

@@ -18,8 +18,9 @@ from numpy.typing import ArrayLike
 from deconcnn.analysis import fits as F
 from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, curve_problem, log_bins
 from deconcnn.analysis.stats import effect_size, median_spread, plateau_step
+from deconcnn.sweep.state import STATES
 
-STATUSES = ("completed", "diverged", "failed", "missing")
+
 KNEE_EPOCHS = (0.5, 20.0)
 EARLY_EPOCHS = (5.0, 15.0)
 _STEP_PARAMS = {"t_b": "break_step"}  # parameters that are positions on the t axis
@@ -230,6 +231,18 @@ def analyze_run(
     return {"run": run, "fits": rows, "knee_table": table}
 
 
+def predict(fit_row: Mapping[str, Any], steps: ArrayLike) -> np.ndarray:
+    """The loss a ``FIT_COLUMNS`` row's model gives at ``steps`` (the models of fits.py, in steps)."""
+    t = np.asarray(steps, dtype=np.float64) + 1
+    a, c = fit_row["a"], fit_row["c"]
+    if fit_row["model"] == F.POWER_LAW:
+        return c + a * (t / (fit_row["ref_step"] + 1)) ** -fit_row["alpha"]
+    if fit_row["model"] == F.EXPONENTIAL:
+        return c + a * np.exp(-(t - fit_row["ref_step"] - 1) / fit_row["tau"])
+    t_b = fit_row["break_step"] + 1
+    return c + a * (t / t_b) ** np.where(t < t_b, -fit_row["alpha1"], -fit_row["alpha2"])
+
+
 def _groups(rows: Iterable[Mapping[str, Any]],
             keys: Sequence[str]) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
     """Rows grouped by their values of ``keys`` (absent key -> None), in first-seen order."""
@@ -254,7 +267,7 @@ def summarize_cells(
     """Per group (e.g. ``("variant", "lr", "weight_decay")``): status counts and spread over seeds.
 
     One row per group, in first-seen order, with the group keys, ``n_runs``, ``n_<status>`` for
-    each of ``STATUSES`` and ``n_other`` (any other status), and per value key ``v``:
+    each of ``STATES`` and ``n_other`` (any other status), and per value key ``v``:
     ``v_median, v_q25, v_q75, v_iqr, v_min, v_max`` over the *completed* runs with a finite
     value, ``v_n`` (how many) and ``v_n_missing`` (completed runs without one: the analysis
     failed). Diverged, failed and missing runs are counted, never averaged in.
@@ -264,9 +277,9 @@ def summarize_cells(
         row: dict[str, Any] = dict(zip(group_keys, key, strict=True))
         statuses = [m.get(status_key) for m in members]
         row["n_runs"] = len(members)
-        for st in STATUSES:
+        for st in STATES:
             row[f"n_{st}"] = statuses.count(st)
-        row["n_other"] = sum(st not in STATUSES for st in statuses)
+        row["n_other"] = sum(st not in STATES for st in statuses)
         for v in value_keys:
             spread = median_spread(_values(members, v, status_key))
             for stat in ("median", "q25", "q75", "iqr", "min", "max"):

@@ -8,8 +8,8 @@ that leaves no room for the checkpointing signal, more than one task per pack. `
 asks the cluster (sinfo) whether any node of the partition can ever hold one task.
 
 The mapping to submitit's parameters is the plugin's own: the fields of its BaseQueueConf go to
-submitit unprefixed, `max_num_timeout` to the executor's constructor, everything else as
-`slurm_<field>` (hydra_plugins.hydra_submitit_launcher.submitit_launcher.BaseSubmititLauncher).
+submitit unprefixed, `max_num_timeout` (and `python`, see INIT_KEYS) to the executor's constructor,
+everything else as `slurm_<field>` (hydra_plugins.hydra_submitit_launcher.submitit_launcher).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from deconcnn.sweep.errors import SweepError
 DEFAULT_LAUNCHER = "deconcnn_slurm"
 LAUNCHER_PREFIXES = ("hydra.launcher.", "hydra/launcher=")
 BASE_KEYS = frozenset(f.name for f in dataclasses.fields(BaseQueueConf))
-# The plugin passes these to the executor's constructor (its `specific_init_keys`).
-INIT_KEYS = frozenset({"max_num_timeout"})
+# The plugin passes these to the executor's constructor (its `specific_init_keys`), and `python`
+# (submitit's command that starts the job's Python: `apptainer exec --nv IMAGE python3`, say) goes
+# there too: the plugin's schema lacks it, so it is set as `+hydra.launcher.python=...`.
+INIT_KEYS = frozenset({"max_num_timeout", "python"})
 NOT_PASSED = frozenset({"_target_", "submitit_folder"})  # the sweep directory chooses the folder
 #: Seconds a run needs between the checkpointing signal and the time limit, beyond signal_delay_s.
 SIGNAL_MARGIN_S = 60

@@ -101,7 +101,7 @@ class SweepDir:
             raise NotASweep(f"{self.path} is a file, not a sweep directory")
         try:
             manifest = json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise NotASweep(f"{self.manifest_path} is corrupt ({error}): restore it from a backup, or "

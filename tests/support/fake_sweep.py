@@ -1,31 +1,53 @@
-"""Fabricate a sweep directory in the launcher's + trainer's file formats (no training).
+"""Fabricate a sweep directory in the launcher's and the trainer's own file formats (no training).
 
-Used by tests/sweep/test_collect.py and test_report.py, and by hand to look at the report plots
-of a realistic sweep:
+The manifest is made by the launcher's own code (`new_manifest` over real `RunSpec`s, with a
+submission per run), records carry exactly the schema's keys (deconcnn.runlog.schema), and each run's
+training loss follows a planted power law, `L = c + a (step + 1)^-alpha` with multiplicative noise,
+so the analysis has a known answer. Used by the collect, report, status and analyze tests, and by
+hand to look at a realistic report:
 
-    python tests/support/fake_sweep.py /tmp/fake --variants 4 --lrs 3 --wds 3 --seeds 2 --steps 2000
+    python tests/support/fake_sweep.py /tmp/fake --variants 4 --seeds 2 --steps 2000
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from deconcnn.runlog import schema
+from deconcnn.runlog.run_status import PROCESS_FILE, RUN_STATUS_FILE
+from deconcnn.sweep import processes
+from deconcnn.sweep.grid import RunSpec, Sweep
+from deconcnn.sweep.launch import new_manifest
+from deconcnn.sweep.sweepdir import SweepDir
 
 VARIANTS = ("S-core", "S-adamw", "S-bn-off", "S-narrow")
-KINDS = ("train", "val", "curvature", "noise", "checkpoint")
+KINDS = tuple(schema.KINDS)
+LR, WD = "optim.lr", "optim.weight_decay"
+SHORT = {LR: "lr", WD: "wd", "seed": "s", "model.width": "w"}
+SUBMISSION = "fake-submission"
 
 
-def run_id(variant: str, lr: float, wd: float, seed: int) -> str:
-    return f"{variant}_lr{lr:g}_wd{wd:g}_s{seed}"
+def run_id(variant: str, lr: float, wd: float, seed: int, **extra: Any) -> str:
+    params = {LR: lr, WD: wd, **{k.replace("__", "."): v for k, v in extra.items()}, "seed": seed}
+    return _run_id(variant, params)
+
+
+def _run_id(variant: str, params: Mapping[str, Any]) -> str:
+    return "_".join([variant, *(f"{SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}{v}"
+                                for k, v in params.items())])
 
 
 @dataclass
 class FakeSweep:
     path: Path
-    runs: dict[str, dict]  # run_id -> {"variant", "lr", "weight_decay", "seed", "status"}
+    runs: dict[str, dict]  # run_id -> {"variant", "params", "status", "alpha", "c"}
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # run_id -> kind -> records
     missing: list[str] = field(default_factory=list)
 
@@ -33,45 +55,56 @@ class FakeSweep:
         return sum(c.get(kind, 0) for c in self.counts.values())
 
 
-def make_sweep(root: Path, *, name: str = "fake", variants=VARIANTS[:2], lrs=(0.1, 0.2),
-               wds=(1e-3,), seeds=(0, 1), epochs: int = 2, steps_per_epoch: int = 8,
-               curv_every: int = 4, noise_every: int = 1, diverged: dict[str, int] | None = None,
-               missing=(), truncated=(), running=(), failed=(), nan_token: str = "NaN",
-               manifest: bool = True, rng_seed: int = 0) -> FakeSweep:
-    """``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null"
-    is what is written for it); ``missing``: in the manifest, no run directory; ``truncated``: the
-    last line is cut in half; ``running``/``failed``: that status."""
+def make_sweep(root: Path, *, name: str = "fake", variants: Sequence[str] = VARIANTS[:2],
+               lrs: Sequence[float] = (0.1, 0.2), wds: Sequence[float] = (1e-3,), seeds: Sequence[int] = (0, 1),
+               extra_axes: Mapping[str, Sequence[Any]] | None = None, epochs: int = 2, steps_per_epoch: int = 8,
+               curv_every: int = 4, noise_every: int = 1, alphas: Mapping[str, float] | None = None,
+               noise: float = 0.1, diverged: Mapping[str, int] | None = None, missing: Sequence[str] = (),
+               lost: Sequence[str] = (), truncated: Sequence[str] = (), running: Sequence[str] = (),
+               failed: Sequence[str] = (), nan_token: str = "NaN", rng_seed: int = 0) -> FakeSweep:
+    """``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
+    ``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null" is
+    what is written for it); ``missing``: never submitted; ``lost``: submitted, no run directory;
+    ``truncated``: the last line is cut in half; ``running``/``failed``: that state."""
     root = Path(root)
-    diverged = diverged or {}
+    diverged = dict(diverged or {})
+    alphas = dict(alphas or {v: 0.5 + 0.1 * i for i, v in enumerate(variants)})
     rng = random.Random(rng_seed)
-    sweep = FakeSweep(root, {})
-    mruns = {}
-    for v in variants:
-        for lr in lrs:
-            for wd in wds:
-                for s in seeds:
-                    rid = run_id(v, lr, wd, s)
-                    status = ("diverged" if rid in diverged else "running" if rid in running
-                              else "failed" if rid in failed else "completed")
-                    sweep.runs[rid] = {"variant": v, "lr": lr, "weight_decay": wd, "seed": s,
-                                       "status": status}
-                    mruns[rid] = {"variant": v, "overrides": [f"experiment={v}", f"optim.lr={lr}",
-                                                             f"optim.weight_decay={wd}", f"seed={s}"],
-                                  "params": {"lr": lr, "weight_decay": wd, "seed": s}}
+    axes: dict[str, Sequence[Any]] = {LR: lrs, WD: wds, **(extra_axes or {}), "seed": seeds}
+    specs, fake = [], FakeSweep(root, {})
+    for variant in variants:
+        for values in itertools.product(*axes.values()):
+            params = dict(zip(axes, values))
+            rid = _run_id(variant, params)
+            overrides = (f"experiment={variant}", *(f"{k}={v}" for k, v in params.items()))
+            specs.append(RunSpec(rid, variant, overrides, params))
+            status = ("diverged" if rid in diverged else "running" if rid in running
+                      else "failed" if rid in failed else "missing" if rid in missing
+                      else "lost" if rid in lost else "completed")
+            fake.runs[rid] = {"variant": variant, "params": params, "status": status, "alpha": alphas[variant],
+                              "c": 0.05 + 0.5 * params[WD] + 0.02 * abs(math.log(params[LR] / 0.1))}
+    sweep = Sweep(name, root / f"{name}.yaml", specs, [], list(variants), list(axes))
+    manifest = new_manifest(sweep, "fake-code")
+    sd = SweepDir(root)
     root.mkdir(parents=True, exist_ok=True)
-    if manifest:
-        (root / "manifest.json").write_text(json.dumps({"sweep": name, "runs": mruns}, indent=1))
-    for rid, ident in sweep.runs.items():
-        if rid in missing:
-            sweep.missing.append(rid)
+    now = 1.7e9
+    for rid, entry in manifest["runs"].items():
+        if fake.runs[rid]["status"] != "missing":
+            entry["attempts"] = 1
+            entry["submissions"].append({"id": SUBMISSION, "executor": "local", "time": now,
+                                         "handle": "local:gone:1:0.00:fake-0", "job_id": None, "pack": [rid],
+                                         "log": None})
+    sd.write_manifest(manifest)
+    for rid, ident in fake.runs.items():
+        if ident["status"] in ("missing", "lost"):
+            fake.missing.append(rid)
             continue
         n_steps = epochs * steps_per_epoch
         if ident["status"] in ("running", "failed"):
             n_steps = n_steps * 2 // 3
-        sweep.counts[rid] = _write_run(root / "runs" / rid, rid, ident, n_steps, steps_per_epoch,
-                                       curv_every, noise_every, diverged.get(rid),
-                                       rid in truncated, nan_token, rng)
-    return sweep
+        fake.counts[rid] = _write_run(sd.run_dir(rid), rid, ident, n_steps, steps_per_epoch, curv_every,
+                                      noise_every, diverged.get(rid), rid in truncated, nan_token, noise, rng)
+    return fake
 
 
 def _fmt(rec: dict, nan_token: str) -> str:
@@ -81,98 +114,86 @@ def _fmt(rec: dict, nan_token: str) -> str:
     return line
 
 
-def _write_run(d: Path, rid: str, ident: dict, n_steps: int, spe: int, curv_every: int,
-               noise_every: int, div_step: int | None, truncate: bool, nan_token: str,
+def _record(kind: schema.RecordKind, stamps: dict, **values: Any) -> dict:
+    """A record with every required key of its kind (null where not given)."""
+    return {"kind": kind.name, **stamps, **dict.fromkeys(kind.required), **values}
+
+
+def _write_run(d: Path, rid: str, ident: dict, n_steps: int, spe: int, curv_every: int, noise_every: int,
+               div_step: int | None, truncate: bool, nan_token: str, noise: float,
                rng: random.Random) -> dict[str, int]:
     d.mkdir(parents=True, exist_ok=True)
-    lr, wd, v = ident["lr"], ident["weight_decay"], ident["variant"]
+    lr, wd, alpha, c = ident["params"][LR], ident["params"][WD], ident["alpha"], ident["c"]
     t0 = 1.7e9 + rng.random() * 1000
-    # A plausible curve: power-law decay to a floor that depends on lr/wd/variant, lognormal noise.
-    vi = VARIANTS.index(v) if v in VARIANTS else 0
-    floor = 0.02 + 0.05 * vi + 3 * wd + 0.05 * abs(math.log(lr / 0.1))
-    tau = 30 + 20 * vi
-    alpha = 0.55 + 0.1 * rng.random()
-    counts = {k: 0 for k in KINDS}
+    counts = dict.fromkeys(KINDS, 0)
     lines: list[str] = []
     quarter = max(1, spe // 4)
-    last = n_steps
-    if div_step is not None:
-        last = min(n_steps, div_step + 3)
+    last = n_steps if div_step is None else min(n_steps, div_step + 3)
 
-    def loss_at(step: int, noise: float) -> float:
+    def loss_at(step: int, jitter: float) -> float:
         if div_step is not None and step >= div_step:
             return math.nan if step > div_step else 1e4
-        base = floor + 2.3 * (1 + step / tau) ** -alpha
-        return base * math.exp(noise * rng.gauss(0, 1))
+        return (c + 2.3 * (step + 1) ** -alpha) * math.exp(jitter * rng.gauss(0, 1))
 
-    for step in range(1, last + 1):
-        epoch, ef = (step - 1) // spe, step / spe
-        t = t0 + 0.05 * step
-        lrt = lr * min(1.0, step / (0.1 * n_steps + 1)) * 0.5 * (1 + math.cos(math.pi * step / n_steps))
-        loss = loss_at(step, 0.15)
-        lines.append(_fmt({"kind": "train", "step": step, "epoch": epoch, "epoch_frac": ef, "time": t,
-                           "loss_train_nats": loss, "loss_train_bits": loss / math.log(2),
-                           "acc_train": max(0.0, min(1.0, 1 - loss / 2.4)) if loss == loss else None,
-                           "lr": lrt, "wd": wd}, nan_token))
+    def stamps(step: int, done_in_epoch: int, epoch: int) -> dict:
+        return {"step": step, "epoch": epoch, "epoch_frac": epoch + done_in_epoch / spe, "time": t0 + 0.05 * step}
+
+    for step in range(last):
+        epoch, done = step // spe, step % spe + 1
+        lrt = lr * 0.5 * (1 + math.cos(math.pi * step / n_steps))
+        loss = loss_at(step, noise)
+        lines.append(_fmt(_record(schema.TRAIN, stamps(step, done, epoch), loss_train_nats=loss,
+                                  loss_train_bits=loss / math.log(2), acc_train=max(0.0, min(1.0, 1 - loss / 2.4))
+                                  if loss == loss else None, lr=lrt, wd=wd), nan_token))
         counts["train"] += 1
-        if step % quarter == 0:
-            vl = loss_at(step, 0.02) * 1.2 + 0.1 + (0.0 if wd > 5e-4 else 0.02 * ef)
-            lines.append(_fmt({"kind": "val", "step": step, "epoch": epoch, "epoch_frac": ef, "time": t,
-                               "loss_val_nats": vl, "loss_val_bits": vl / math.log(2),
-                               "acc_val": max(0.0, min(1.0, 1 - vl / 2.4)) if vl == vl else None,
-                               "grad_norm": 1 + rng.random(), "weight_norm": 50 + step * 0.01},
-                              nan_token))
+        after = step + 1  # the weights after this batch's update
+        if done % quarter == 0:
+            vl = loss_at(step, 0.02) * 1.2 + 0.1
+            lines.append(_fmt(_record(schema.VAL, stamps(after, done, epoch), loss_val_nats=vl,
+                                      loss_val_bits=vl / math.log(2), acc_val=max(0.0, min(1.0, 1 - vl / 2.4))
+                                      if vl == vl else None, grad_norm=1 + rng.random(),
+                                      weight_norm=50 + after * 0.01), nan_token))
             counts["val"] += 1
-        if step % curv_every == 0:
-            lam = (2 / lr) * (1 - math.exp(-step / 300)) * (1 + 0.1 * rng.gauss(0, 1)) + 1
-            if div_step is not None and step > div_step:
+        if after % curv_every == 0:
+            lam = (2 / lr) * (1 - math.exp(-after / 300)) * (1 + 0.1 * rng.gauss(0, 1)) + 1
+            if div_step is not None and after > div_step:
                 lam = math.nan
-            lines.append(_fmt({"kind": "curvature", "step": step, "epoch": epoch, "epoch_frac": ef,
-                               "time": t, "lambda_max": lam, "lambda_max_residual": 0.01 * lam,
-                               "lambda_max_n_hvp": 20, "hessian_trace": 40 * lam,
-                               "hessian_trace_stderr": 0.03 * 40 * abs(lam) if lam == lam else None,
-                               "hvps": 30, "bn_mode": "eval"}, nan_token))
+            lines.append(_fmt(_record(schema.CURVATURE, stamps(after, done, epoch), lambda_max=lam,
+                                      lambda_max_method="lanczos_la", lambda_max_residual=0.01 * lam,
+                                      lambda_max_n_hvp=8, hessian_trace=40 * lam, hessian_trace_method="deflated",
+                                      hessian_trace_stderr=0.03 * 40 * abs(lam) if lam == lam else None,
+                                      hessian_trace_n_probes=4, bn_mode="train"), nan_token))
             counts["curvature"] += 1
-        if step % (noise_every * spe) == 0:
+        if done == spe and (epoch + 1) % noise_every == 0:
             jit = math.exp(0.2 * rng.gauss(0, 1))
-            rec = {"kind": "noise", "step": step, "epoch": epoch, "epoch_frac": ef, "time": t,
-                   "psd_tail": 0.1 * lr / (1 + ef) * jit, "resid_power": 0.02 * floor / (1 + 0.5 * ef) * jit,
-                   "grad_var": 1e-3 * (1 + ef) / (1 + 100 * wd) * jit,
-                   "noise_scale": 100 * (1 + ef) * (1 + rng.random()) * (0.1 / lr),
-                   "n_losses": min(step, 512), "psd_band_lo": 0.375}
-            if step < 512 and counts["noise"] == 0:
-                rec.update(psd_tail=None, resid_power=None, reason="fewer than 512 losses")
-            lines.append(_fmt(rec, nan_token))
+            values = {"psd_tail": 0.1 * lr / (1 + epoch) * jit, "resid_power": 0.02 * c * jit,
+                      "grad_var": 1e-3 * (1 + epoch) / (1 + 100 * wd) * jit,
+                      "noise_scale": 100 * (1 + epoch) * (1 + rng.random()) * (0.1 / lr),
+                      "n_losses": min(after, 512), "psd_band_lo": 0.375}
+            if counts["noise"] == 0:
+                values.update(psd_tail=None, resid_power=None, noise_scale=None,
+                              reason=f"only {min(after, 512)} losses in the buffer (need >= 32)")
+            lines.append(_fmt(_record(schema.NOISE, stamps(after, done, epoch), **values), nan_token))
             counts["noise"] += 1
-        if step % spe == 0:
-            lines.append(_fmt({"kind": "checkpoint", "step": step, "epoch": epoch, "epoch_frac": ef,
-                               "time": t, "checkpoint_size_mb": 85.3,
-                               "path": f"checkpoints/epoch={epoch}.ckpt"}, nan_token))
+        if done == spe:
+            lines.append(_fmt(_record(schema.CHECKPOINT, stamps(after, done, epoch), checkpoint_size_mb=85.3,
+                                      path="checkpoints/last.ckpt"), nan_token))
             counts["checkpoint"] += 1
     text = "\n".join(lines) + "\n"
-    if truncate:
-        # The last record is cut mid-write: it must not be counted.
+    if truncate:  # the last record is cut mid-write: it must not be counted
         last_line = lines[-1]
-        kind = json.loads(last_line.replace(nan_token, "null") if nan_token != "NaN" else last_line)["kind"]
-        counts[kind] -= 1
+        counts[json.loads(last_line.replace(nan_token, "null") if nan_token != "NaN" else last_line)["kind"]] -= 1
         text = "\n".join(lines[:-1]) + "\n" + last_line[: len(last_line) // 2]
     (d / "metrics.jsonl").write_text(text)
     status = ident["status"]
-    run = {"status": status, "attempt": 1, "start_time": t0,
+    run = {"status": status, "attempt": 1, "start_time": t0, "submission_id": SUBMISSION,
            "end_time": None if status == "running" else t0 + 0.05 * last + 5,
            "last_step": last, "diverged_step": div_step, "host": "node01", "slurm_job_id": "1234_7",
            "error": "RuntimeError: CUDA error" if status == "failed" else None, "run_id": rid}
-    (d / "run.json").write_text(json.dumps(run))
+    (d / RUN_STATUS_FILE).write_text(json.dumps(run))
+    if status == "running":  # alive: this process stands for the run's
+        (d / PROCESS_FILE).write_text(json.dumps({**processes.identity(), "submission_id": SUBMISSION}))
     return counts
-
-
-def set_status(sweep: FakeSweep, rid: str, status: str, error: str | None = None) -> None:
-    p = sweep.path / "runs" / rid / "run.json"
-    run = json.loads(p.read_text())
-    run.update(status=status, error=error)
-    if status in ("running",):
-        run["end_time"] = None
-    p.write_text(json.dumps(run))
 
 
 if __name__ == "__main__":
@@ -181,19 +202,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("path", type=Path)
     ap.add_argument("--variants", type=int, default=4)
-    ap.add_argument("--lrs", type=int, default=3)
-    ap.add_argument("--wds", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2000)
     a = ap.parse_args()
-    lrs, wds = (0.05, 0.1, 0.2)[: a.lrs], (1e-4, 1e-3, 1e-2)[: a.wds]
+    lrs, wds = (0.05, 0.1, 0.2), (1e-4, 1e-3, 1e-2)
     spe = 40
     div = {run_id("S-adamw", 0.2, w, s): 150 + 37 * s for w in wds for s in range(a.seeds)}
-    div[run_id("S-bn-off", 0.2, 1e-4, 0)] = 900
     sw = make_sweep(a.path, name="fake-realistic", variants=VARIANTS[: a.variants], lrs=lrs, wds=wds,
-                    seeds=range(a.seeds), epochs=a.steps // spe, steps_per_epoch=spe,
-                    curv_every=100, noise_every=2, diverged=div,
-                    missing=[run_id("S-narrow", 0.05, 1e-2, 1), run_id("S-core", 0.1, 1e-3, 0)],
-                    truncated=[run_id("S-core", 0.2, 1e-4, 1)],
-                    running=[run_id("S-narrow", 0.2, 1e-2, 0)], failed=[run_id("S-bn-off", 0.05, 1e-4, 1)])
-    print(f"wrote {len(sw.counts)} runs ({len(sw.missing)} missing) under {a.path}")
+                    seeds=range(a.seeds), epochs=a.steps // spe, steps_per_epoch=spe, curv_every=100, noise_every=2,
+                    diverged=div, missing=[run_id("S-narrow", 0.05, 1e-2, 1)], lost=[run_id("S-core", 0.1, 1e-3, 0)],
+                    truncated=[run_id("S-core", 0.2, 1e-4, 1)], running=[run_id("S-narrow", 0.2, 1e-2, 0)],
+                    failed=[run_id("S-bn-off", 0.05, 1e-4, 1)])
+    print(f"wrote {len(sw.counts)} runs ({len(sw.missing)} without a directory) under {a.path}")

@@ -1,4 +1,5 @@
-"""collect(): long tables per record kind + runs table, damaged logs tolerated, incremental cache."""
+"""collect(): long tables per record kind + runs table, identity from the sweep's own axes, damaged logs
+tolerated, incremental cache, Hydra multirun directories."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from fake_sweep import KINDS, make_sweep, run_id
+from fake_sweep import KINDS, LR, WD, make_sweep, run_id
+from sweeps import status_of
 
-from deconcnn.sweep.collect import IDENTITY_COLUMNS, collect, parse_run_id
+from deconcnn.analysis.collect import collect
+from deconcnn.sweep.sweepdir import NotASweep
+
+IDENTITY_COLUMNS = ("run_id", "variant", LR, WD, "seed", "status", "complete")
 
 DIVERGED = run_id("S-adamw", 0.2, 1e-3, 1)
 MISSING = run_id("S-core", 0.1, 1e-3, 1)
@@ -66,14 +71,14 @@ def test_identity_columns_and_per_run_counts(sweep):
         per_run: dict[str, int] = {}
         for row in t.select(list(IDENTITY_COLUMNS)).to_pylist():
             want = sweep.runs[row["run_id"]]
-            assert (row["variant"], row["lr"], row["weight_decay"], row["seed"], row["status"]) == (
-                want["variant"], want["lr"], want["weight_decay"], want["seed"], want["status"])
+            assert (row["variant"], row[LR], row[WD], row["seed"], row["status"]) == (
+                want["variant"], want["params"][LR], want["params"][WD], want["params"]["seed"], want["status"])
             assert row["complete"] is (want["status"] == "completed")
             per_run[row["run_id"]] = per_run.get(row["run_id"], 0) + 1
         assert per_run == {r: c[kind] for r, c in sweep.counts.items() if c[kind]}
     train = pq.read_table(out / "train.parquet")
-    # The record's per-step lr is kept as lr_step; lr is the run's grid value.
-    assert {"lr_step", "wd", "loss_train_nats", "step", "epoch", "epoch_frac", "time"} <= set(train.column_names)
+    # Record keys keep their names: `lr` is the step's learning rate, `optim.lr` the run's grid value.
+    assert {"lr", "wd", "loss_train_nats", "step", "epoch", "epoch_frac", "time"} <= set(train.column_names)
     assert train.schema.field("step").type == "int64" and train.schema.field("loss_train_nats").type == "double"
 
 
@@ -94,7 +99,7 @@ def test_missing_run_listed_without_rows(sweep):
     m = runs[MISSING]
     assert (m["status"], m["complete"], m["in_manifest"], m["has_dir"], m["n_records"]) == (
         "missing", False, True, False, 0)
-    assert (m["variant"], m["lr"], m["weight_decay"], m["seed"]) == ("S-core", 0.1, 1e-3, 1)
+    assert (m["variant"], m[LR], m[WD], m["seed"]) == ("S-core", 0.1, 1e-3, 1)
     assert MISSING not in set(pq.read_table(res.files["train"], columns=["run_id"]).column(0).to_pylist())
     assert res.status_counts == {"completed": 6, "diverged": 1, "missing": 1}
 
@@ -208,17 +213,6 @@ def test_csv_format(sweep, tmp_path):
     assert res2.runs_read == [] and res2.assembled and (out / "train.parquet").exists()
 
 
-def test_without_manifest_identity_from_run_ids(tmp_path):
-    sw = _sweep(tmp_path / "sweep", manifest=False)
-    res = collect(sw.path, progress=False)
-    assert res.runs_total == 7 and res.runs_missing == []  # nothing says a run is missing
-    assert res.sweep_name == "sweep"
-    for r in _rows(res.files["runs"]):
-        want = sw.runs[r["run_id"]]
-        assert (r["variant"], r["lr"], r["weight_decay"], r["seed"], r["in_manifest"]) == (
-            want["variant"], want["lr"], want["weight_decay"], want["seed"], False)
-
-
 def test_damaged_run_files_never_fail(sweep):
     odd = sweep.path / "runs" / "not-a-grid-run"
     odd.mkdir()
@@ -226,8 +220,8 @@ def test_damaged_run_files_never_fail(sweep):
     (odd / "metrics.jsonl").write_text('{"step": 1}\n{"kind": "train", "step": 1, "loss_train_nats": 1.0}\n')
     res = collect(sweep.path, progress=False)
     run = {r["run_id"]: r for r in _rows(res.files["runs"])}["not-a-grid-run"]
-    assert (run["status"], run["variant"], run["lr"], run["n_train"], run["n_bad_lines"]) == (
-        "unknown", None, None, 1, 1)  # a record without kind counts as a bad line
+    assert (run["status"], run["variant"], run[LR], run["n_train"], run["n_bad_lines"], run["in_manifest"]) == (
+        "unknown", None, None, 1, 1, False)  # a record without kind counts as a bad line
 
 
 def test_parallel_workers_same_result(sweep, tmp_path):
@@ -239,45 +233,65 @@ def test_parallel_workers_same_result(sweep, tmp_path):
         assert a == b, kind
 
 
-def test_errors_and_parse_run_id(tmp_path):
-    with pytest.raises(FileNotFoundError):
+def test_errors(tmp_path):
+    with pytest.raises(NotASweep):
         collect(tmp_path / "nope", progress=False)
+    with pytest.raises(NotASweep):
+        collect(tmp_path, progress=False)  # exists, holds no sweep
     with pytest.raises(ValueError):
         collect(tmp_path, fmt="xlsx", progress=False)
-    assert parse_run_id("S-bn-off_lr0.05_wd1e-4_s12") == {
-        "variant": "S-bn-off", "lr": 0.05, "weight_decay": 1e-4, "seed": 12}
-    assert parse_run_id("whatever")["variant"] is None
 
 
 def test_no_torch_import():
     import subprocess
 
-    code = ("import sys, deconcnn.sweep.collect, deconcnn.sweep.report, deconcnn.runlog.metrics_reader;"
+    code = ("import sys, deconcnn.analysis.collect, deconcnn.analysis.report, deconcnn.runlog.metrics_reader;"
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_launcher_manifest_with_override_keys_and_no_wd_axis(tmp_path):
-    # What deconcnn-sweep launch writes: params keyed by override ("optim.lr"), run ids from the
-    # sweep file's template, here without a weight-decay axis (so wd comes from the log).
-    root = tmp_path / "demo"
-    rid = "S-adamw_lr0.001_s0"
-    (root / "runs" / rid).mkdir(parents=True)
-    (root / "manifest.json").write_text(json.dumps({"sweep": "demo", "runs": {rid: {
-        "variant": "S-adamw", "overrides": ["experiment=loss_lin_slope_adamw", "optim.lr=0.001", "seed=0"],
-        "params": {"optim.lr": 0.001, "seed": 0}, "run_id": rid, "attempts": 1}}}))
-    (root / "runs" / rid / "metrics.jsonl").write_text("".join(json.dumps(
-        {"kind": "train", "step": s, "epoch": 0, "epoch_frac": (s + 1) / 32, "time": 1.0 + s,
-         "loss_train_nats": 2.3, "loss_train_bits": 3.3, "acc_train": 0.1, "lr": 1e-4 * s, "wd": 5e-4}) + "\n"
-        for s in range(4)))
-    (root / "runs" / rid / "run.json").write_text(json.dumps(
-        {"status": "completed", "attempt": 1, "start_time": 0.0, "end_time": 9.0, "last_step": 3,
-         "diverged_step": None, "host": "vm", "pid": 1, "resumed_from_step": None, "slurm_job_id": None,
-         "error": None, "run_id": rid}))
+def test_a_fifth_variant_and_an_extra_axis_become_columns(tmp_path):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-wide"), lrs=(0.1,), wds=(1e-3,), seeds=(0,),
+                    extra_axes={"model.width": (0.5, 1.0)})
+    res = collect(sw.path, progress=False)
+    train = pq.read_table(res.files["train"])
+    assert train.column_names[:7] == ["run_id", "variant", LR, WD, "model.width", "seed", "status"]
+    assert train.schema.field("model.width").type == "double" and train.schema.field("seed").type == "int64"
+    runs = _rows(res.files["runs"])
+    assert sorted((r["variant"], r["model.width"]) for r in runs) == [
+        ("S-core", 0.5), ("S-core", 1.0), ("S-wide", 0.5), ("S-wide", 1.0)]
+
+
+def test_an_identity_name_in_a_record_is_kept_as_logged(sweep):
+    rid = run_id("S-core", 0.1, 1e-3, 0)
+    _append(sweep.path / "runs" / rid / "metrics.jsonl", {"kind": "train", "step": 99, "epoch": 9, "epoch_frac": 9.0,
+                                                           "time": 1.8e9, "seed": 7, "loss_train_nats": 1.0})
+    train = _rows(collect(sweep.path, progress=False).files["train"])
+    assert [(r["seed"], r["seed_logged"]) for r in train if r["step"] == 99] == [(0, 7)]
+
+
+def test_status_column_is_the_status_command_s_state(sweep, capsys):
+    states = {r["run_id"]: r["state"] for r in status_of(sweep.path, capsys)["runs"]}
+    runs = {r["run_id"]: r["status"] for r in _rows(collect(sweep.path, progress=False).files["runs"])}
+    assert runs == states
+
+
+def test_a_hydra_multirun_directory_is_a_sweep(tmp_path):
+    """`deconcnn-train -m` leaves numbered job directories with .hydra/overrides.yaml."""
+    root = tmp_path / "multirun" / "2026-11-30" / "10-00-00"
+    src = make_sweep(tmp_path / "src", variants=("S-core",), lrs=(0.1, 0.2), wds=(1e-3,), seeds=(0,))
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for i, (rid, ident) in enumerate(sorted(src.runs.items())):
+        job = root / str(i)
+        (src.path / "runs" / rid).rename(job)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment=loss_lin_slope_base\n- optim.lr={ident['params'][LR]}\n- seed=0\n")
+        (job / ".hydra" / "config.yaml").write_text("variant: S-core\nseed: 0\n")
     res = collect(root, progress=False)
-    row = _rows(res.files["train"])[0]
-    assert (row["variant"], row["lr"], row["weight_decay"], row["seed"]) == ("S-adamw", 0.001, 5e-4, 0)
-    assert parse_run_id(rid) == {"variant": "S-adamw", "lr": 0.001, "weight_decay": None, "seed": 0}
-    # From the cache the same identity comes back.
-    again = collect(root, progress=False)
-    assert again.runs_read == [] and _rows(again.files["runs"])[0]["weight_decay"] == 5e-4
+    runs = _rows(res.files["runs"])
+    assert [(r["run_id"], r["variant"], r[LR], r["status"]) for r in runs] == [
+        ("0", "S-core", 0.1, "completed"), ("1", "S-core", 0.2, "completed")]
+    assert "seed" not in runs[0]  # the same for every job: a setting, not an axis
+    assert res.rows["train"] == src.total("train")

@@ -19,7 +19,8 @@ VARIANTS = {"S-core", "S-adamw", "S-bn-off", "S-narrow"}
 
 
 def test_dry_run_json_lists_the_216_run_grid(capsys):
-    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE), "--dry-run", "--json", "--out", "/nonexistent"]) == 0
+    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE), "--executor", "local", "--dry-run", "--json",
+                      "--out", "/nonexistent"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 216 and len({r["run_id"] for r in rows}) == 216
     assert len({r["dir"] for r in rows}) == 216

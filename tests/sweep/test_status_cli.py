@@ -6,7 +6,7 @@ from fake_sweep import make_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.cli import watch_interval
-from deconcnn.sweep.report import report
+from deconcnn.analysis.report import report
 
 
 def test_watch_never_polls_more_often_than_every_30_seconds():

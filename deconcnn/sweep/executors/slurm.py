@@ -48,7 +48,7 @@ class SlurmExecutor(Executor):
         executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm", **init)
         try:
             executor.update_parameters(**params)
-        except ValueError as error:  # a parameter submitit does not know
+        except (ValueError, NameError) as error:  # a parameter submitit does not know (NameError in 1.5)
             raise LauncherError(f"launcher settings: {str(error).splitlines()[0]}") from None
         cpus = params.get("cpus_per_task")
         chunk_size = slurm_cli.max_array_size()

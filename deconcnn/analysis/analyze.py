@@ -1,0 +1,325 @@
+"""deconcnn-sweep analyze: from a sweep's logs to the loss-curve answers, in one step.
+
+    result = analyze("results/loss_lin_slope")    # -> <sweep>/analysis/*.parquet, *.png, section.md
+
+Collects first (incremental), then for every run analyses its per-batch training loss
+(deconcnn.analysis.per_run.analyze_run, in worker processes: knee by AIC, power-law / exponential /
+broken power-law fits, alpha_early over epochs 5-15, alpha_full from the knee to the end, the
+units check, the lambda_max plateau) and a window-robustness scan of alpha; then across runs: per
+cell (variant x every non-seed axis) medians and spreads over seeds, each variant against the
+first one with effect sizes and tests over seeds, and correlations of alpha with the noise metrics
+and the curvature. Every run of the sweep gets a row: failed, diverged, missing and too-short runs
+are carried through with their status and the reason, never dropped.
+
+Outputs (``--out``, default ``<sweep>/analysis``; parquet or csv): ``runs`` (one row per run),
+``fits`` (one row per run and model), ``knees`` (every knee candidate of every run),
+``summary`` (per cell), ``comparisons``, ``correlations``, ``window_scan`` (median alpha per
+variant and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
+report/index.html (the report is rewritten at the end). Columns and rules: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from deconcnn.analysis import fits as F
+from deconcnn.analysis.collect import CollectResult, collect
+from deconcnn.analysis.per_run import (
+    EARLY_EPOCHS,
+    FIT_COLUMNS,
+    KNEE_TABLE_COLUMNS,
+    RUN_COLUMNS,
+    analyze_run,
+    compare_variants,
+    summarize_cells,
+)
+from deconcnn.analysis.stats import correlation
+from deconcnn.runlog.atomic import tmp_path, write_text_atomic
+from deconcnn.sweep.sweepdir import ANALYSIS_DIR
+
+FORMATS = ("parquet", "csv")
+NOISE_KEYS = ("psd_tail", "resid_power", "grad_var", "noise_scale")
+CURVATURE_KEYS = ("lambda_max", "hessian_trace")
+ALPHAS = ("alpha_early", "alpha_full")
+SUMMARY_VALUES = ("alpha_early", "alpha_full", "knee_epoch", "final_loss_nats")
+#: The window-robustness scan: alpha over every (start, end) pair of these epochs with start < end.
+SCAN_STARTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
+SCAN_ENDS = (10.0, 15.0, 20.0, 30.0, 40.0, 50.0)
+DEFAULT_BOOT = 20
+SECTION_FILE = "section.md"
+
+
+@dataclass
+class RunData:
+    """What one run's analysis needs, read from the collected tables."""
+
+    steps: np.ndarray
+    losses: np.ndarray
+    curvature_steps: np.ndarray | None = None
+    lambda_max: np.ndarray | None = None
+
+
+@dataclass
+class AnalyzeResult:
+    sweep_dir: Path
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+    analysed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # status -> runs without training records
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {s}" for s, n in sorted(self.skipped.items())) or "none"
+        lines = [f"analysed {self.analysed} runs in {self.seconds:.1f} s (no training records: {skipped})"]
+        lines += [f"  {name:<12} {self.rows.get(name, 0):>8} rows  {path}" for name, path in self.files.items()]
+        lines += [f"  plot         {p}" for p in self.plots]
+        return "\n".join(lines)
+
+
+def steps_per_epoch(steps: np.ndarray, epoch_frac: np.ndarray) -> float:
+    """From the stamps: a train record at step s has epoch_frac = (s + 1) / steps_per_epoch."""
+    ok = np.isfinite(epoch_frac) & (epoch_frac > 0)
+    return float(np.median((steps[ok] + 1) / epoch_frac[ok])) if ok.any() else math.nan
+
+
+def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]:
+    """Each run's training curve (and lambda_max), streamed one row group of train.parquet at a time."""
+    data: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    train = res.files.get("train")
+    if train is not None and train.exists() and pq.read_metadata(train).num_rows:
+        pf = pq.ParquetFile(train)
+        for i in range(pf.metadata.num_row_groups):
+            t = pf.read_row_group(i, columns=["run_id", "step", "epoch_frac", "loss_train_nats"])
+            ids = np.asarray(t.column("run_id").to_pylist(), dtype=object)
+            cols = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in ("step", "epoch_frac",
+                                                                                          "loss_train_nats")}
+            for rid in dict.fromkeys(ids):
+                m = ids == rid
+                for c, v in cols.items():
+                    data[rid][c].append(v[m])
+    runs: dict[str, RunData] = {}
+    spe: dict[str, float] = {}
+    for rid, cols in data.items():
+        steps, frac, loss = (np.concatenate(cols[c]) for c in ("step", "epoch_frac", "loss_train_nats"))
+        # A run that diverged stops being a power law: the fits take the finite part before it.
+        finite = np.isfinite(loss)
+        last = np.flatnonzero(~finite)[0] if (~finite).any() else len(loss)
+        runs[rid] = RunData(steps[:last], loss[:last])
+        spe[rid] = steps_per_epoch(steps, frac)
+    curv = res.files.get("curvature")
+    if curv is not None and curv.exists() and pq.read_metadata(curv).num_rows:
+        t = pq.read_table(curv, columns=["run_id", "step", "lambda_max"])
+        ids = np.asarray(t.column("run_id").to_pylist(), dtype=object)
+        step = t.column("step").to_numpy(zero_copy_only=False).astype(float)
+        lam = t.column("lambda_max").to_numpy(zero_copy_only=False).astype(float)
+        for rid in runs:
+            m = ids == rid
+            if m.any():
+                runs[rid].curvature_steps, runs[rid].lambda_max = step[m], lam[m]
+    return runs, spe
+
+
+def _one_run(rid: str, run: RunData, spe: float, n_boot: int, seed: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The per-run analysis and the window scan (in a worker process)."""
+    out = analyze_run(run.steps, run.losses, spe, curvature_steps=run.curvature_steps, lambda_max=run.lambda_max,
+                      n_boot=n_boot, knee_boot=n_boot // 2, seed=seed)
+    scan: dict[str, Any] = {}
+    if math.isfinite(spe) and spe > 0 and len(run.steps) > 1:
+        c = out["run"]["c_full"]
+        scan = F.window_scan(run.steps + 1, run.losses, [s * spe + 1 for s in SCAN_STARTS],
+                             [e * spe for e in SCAN_ENDS], c=c if math.isfinite(c) else None,
+                             c_se=out["run"]["c_full_se"] if math.isfinite(c) else 0.0)
+    return rid, out, scan
+
+
+def _noise_summaries(res: CollectResult) -> dict[str, dict[str, float]]:
+    """Per run, the median of each noise and curvature metric over its records."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for kind, keys in (("noise", NOISE_KEYS), ("curvature", CURVATURE_KEYS)):
+        path = res.files.get(kind)
+        if path is None or not path.exists() or not pq.read_metadata(path).num_rows:
+            continue
+        names = set(pq.read_schema(path).names)
+        t = pq.read_table(path, columns=["run_id", *[k for k in keys if k in names]])
+        ids = np.asarray(t.column("run_id").to_pylist(), dtype=object)
+        for key in keys:
+            if key not in names:
+                continue
+            values = t.column(key).to_numpy(zero_copy_only=False).astype(float)
+            for rid in dict.fromkeys(ids):
+                v = values[ids == rid]
+                v = v[np.isfinite(v)]
+                out[rid][f"{key}_median"] = float(np.median(v)) if len(v) else math.nan
+    return out
+
+
+def _write(rows: list[dict[str, Any]], path: Path, fmt: str, columns: Sequence[str] | None = None) -> int:
+    """A table of rows (keys: `columns`, else the union of the rows' keys in first-seen order)."""
+    names = list(columns or dict.fromkeys(k for row in rows for k in row))
+    table = pa.Table.from_pylist([{k: row.get(k) for k in names} for row in rows]) if rows else \
+        pa.table({c: pa.array([], pa.string()) for c in names})
+    tmp = tmp_path(path)
+    if fmt == "parquet":
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)
+    return table.num_rows
+
+
+def analyze(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, fmt: str = "parquet",
+            workers: int | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0, progress: bool = True,
+            write_report: bool = True) -> AnalyzeResult:
+    """Collect, analyse every run and the sweep, write the tables, plots and report section."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from deconcnn.analysis.analysis_plots import write_plots
+    from deconcnn.analysis.report import report
+
+    t0 = time.perf_counter()
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
+    res = collect(sweep_dir, fmt="parquet", progress=progress, workers=workers or 1)
+    assert res.source is not None
+    source = res.source
+    out_dir = Path(out) if out is not None else source.path / ANALYSIS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = AnalyzeResult(source.path, out_dir)
+    curves, spe = read_runs(res)
+    noise = _noise_summaries(res)
+    identity = {r.run_id: {"run_id": r.run_id, "variant": r.variant, **{a: r.params.get(a) for a in source.axes},
+                           "status": r.state} for r in source.runs}
+    analysed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    todo = [rid for rid in identity if rid in curves and len(curves[rid].steps)]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
+        task = bar.add_task("fit runs", total=len(todo))
+        n_workers = max(1, workers or os.cpu_count() or 1)
+        if n_workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                for rid, out_run, scan in pool.map(_one_run, todo, [curves[r] for r in todo], [spe[r] for r in todo],
+                                                   [n_boot] * len(todo), [seed] * len(todo)):
+                    analysed[rid] = (out_run, scan)
+                    bar.advance(task)
+        else:
+            for rid in todo:
+                _, out_run, scan = _one_run(rid, curves[rid], spe[rid], n_boot, seed)
+                analysed[rid] = (out_run, scan)
+                bar.advance(task)
+    result.analysed = len(analysed)
+
+    run_rows, fit_rows, knee_rows = [], [], []
+    scans: dict[str, list[np.ndarray]] = defaultdict(list)
+    for rid, ident in identity.items():
+        if rid in analysed:
+            out_run, scan = analysed[rid]
+            run_rows.append({**ident, **out_run["run"], **noise.get(rid, {})})
+            fit_rows += [{**ident, **row} for row in out_run["fits"]]
+            knee_rows += [{**ident, **row} for row in out_run["knee_table"]]
+            if scan and ident["status"] == "completed":
+                scans[ident["variant"]].append(scan["alpha"])
+        else:
+            result.skipped[ident["status"]] = result.skipped.get(ident["status"], 0) + 1
+            run_rows.append({**ident, **dict.fromkeys(RUN_COLUMNS), **noise.get(rid, {}),
+                             "reason": "no training records"})
+    group_keys = ["variant", *[a for a in source.axes if a.rsplit(".", 1)[-1] != "seed"]]
+    summary = summarize_cells(run_rows, group_keys, SUMMARY_VALUES)
+    baseline = source.variants[0] if source.variants else None
+    comparisons = [row for key in (*ALPHAS, "knee_epoch") for row in
+                   compare_variants(run_rows, key, baseline, by=group_keys[1:])] if baseline else []
+    correlations = _correlations(run_rows, source.variants)
+    window_rows = [{"variant": v, "start_epoch": s, "end_epoch": e, "alpha_median": float(np.nanmedian(stack[:, i, j])),
+                    "n": int(np.isfinite(stack[:, i, j]).sum())}
+                   for v, grids in scans.items() for stack in [np.stack(grids)]
+                   for i, s in enumerate(SCAN_STARTS) for j, e in enumerate(SCAN_ENDS)
+                   if e > s and np.isfinite(stack[:, i, j]).any()]
+    ext = "parquet" if fmt == "parquet" else "csv"
+    tables = {"runs": (run_rows, None), "fits": (fit_rows, [*identity_columns(source), *FIT_COLUMNS]),
+              "knees": (knee_rows, [*identity_columns(source), *KNEE_TABLE_COLUMNS]), "summary": (summary, None),
+              "comparisons": (comparisons, None), "correlations": (correlations, None),
+              "window_scan": (window_rows, None)}
+    for name, (rows, cols) in tables.items():
+        result.files[name] = out_dir / f"{name}.{ext}"
+        result.rows[name] = _write(rows, result.files[name], fmt, cols)
+    result.plots = write_plots(out_dir, source, run_rows, fit_rows, curves, window_rows)
+    write_text_atomic(out_dir / SECTION_FILE, section(source, summary, run_rows, result), fsync=False)
+    if write_report:
+        report(source.path, collected=res.out_dir)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def identity_columns(source: Any) -> list[str]:
+    return ["run_id", "variant", *source.axes, "status"]
+
+
+def _correlations(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
+    """alpha (early, full) against each noise and curvature median, and the knee against the
+    lambda_max plateau; per variant and pooled ("all"), over completed runs."""
+    pairs = [(f"{x}_median", y) for y in ALPHAS for x in (*NOISE_KEYS, *CURVATURE_KEYS)]
+    pairs.append(("lambda_max_plateau_epoch", "knee_epoch"))
+    out = []
+    for variant in [*variants, "all"]:
+        members = [r for r in rows if r["status"] == "completed" and (variant == "all" or r["variant"] == variant)]
+        for x, y in pairs:
+            xs = [float(r.get(x, math.nan)) for r in members]
+            ys = [float(r.get(y, math.nan)) for r in members]
+            out.append({"variant": variant, "x": x, "y": y, **correlation(xs, ys)})
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _median_text(rows: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in rows if r["status"] == "completed" and _finite(r.get(key))]
+    if not values:
+        return "-"
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return f"{q50:.3f} [{q25:.3f}, {q75:.3f}]"
+
+
+def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str, Any]],
+            result: AnalyzeResult) -> str:
+    """The report's analysis section (markdown; links relative to the analysis directory)."""
+    from deconcnn.analysis.analysis_plots import ANALYSIS_PLOTS
+
+    e0, e1 = EARLY_EPOCHS
+    lines = ["## Loss-curve analysis", "",
+             f"`alpha_early`: power-law exponent over epochs {e0:g}-{e1:g}; `alpha_full`: from the knee (burn-in "
+             "end, by AICc) to the end; medians over completed runs [quartiles]. Rules and columns: "
+             "docs/analysis.md; tables: " + ", ".join(f"[{p.name}]({p.name})" for p in result.files.values()) + ".", "",
+             "| variant | completed / runs | alpha_early | alpha_full | knee epoch | final loss (nats) |",
+             "|---|---|---|---|---|---|"]
+    for variant in source.variants:
+        rows = [r for r in run_rows if r["variant"] == variant]
+        done = sum(r["status"] == "completed" for r in rows)
+        lines.append(f"| {variant} | {done} / {len(rows)} | {_median_text(rows, 'alpha_early')} | "
+                     f"{_median_text(rows, 'alpha_full')} | {_median_text(rows, 'knee_epoch')} | "
+                     f"{_median_text(rows, 'final_loss_nats')} |")
+    lines += [""]
+    for name, title in ANALYSIS_PLOTS.items():
+        lines += [f"### {title}", "", f"[![{title}]({name})]({name})", ""]
+    unfit = [r for r in run_rows if r["status"] == "completed" and not _finite(r.get("alpha_full"))]
+    if unfit:
+        lines += [f"Completed runs without an alpha_full ({len(unfit)}):", ""]
+        lines += [f"- `{r['run_id']}`: {r.get('reason') or r.get('alpha_full_reason')}" for r in unfit[:20]]
+        lines.append("")
+    return "\n".join(lines)

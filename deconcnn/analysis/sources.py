@@ -1,0 +1,135 @@
+"""What a directory of runs holds: its runs, their identity (variant and swept values) and state.
+
+Two kinds of directory are read:
+- a sweep directory (`deconcnn-sweep launch`): the manifest lists the runs in the sweep file's
+  order with their variant and `params` (the swept keys and values, e.g. `optim.lr: 0.1`); each
+  run's state comes from the one state function (deconcnn.sweep.state), so `collect`, `report`,
+  `analyze` and `status` agree on it;
+- a Hydra multirun directory (`deconcnn-train -m ...`, holding `multirun.yaml`): each numbered job
+  directory is a run, its `.hydra/overrides.yaml` gives the swept values (the keys whose values
+  differ between jobs are the axes), its `variant` comes from `.hydra/config.yaml`, and its state
+  from its run.json (no scheduler to ask).
+
+Axes are columns under their own names (`optim.lr`, `model.width`, `seed`), in the order the sweep
+file (or the command line) names them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deconcnn.runlog.run_status import read_run_status
+from deconcnn.sweep.sweepdir import MANIFEST_FILE, RUNS_DIR, NotASweep, SweepDir
+
+MULTIRUN_FILE = "multirun.yaml"
+HYDRA_DIR = ".hydra"
+DEFAULT_VARIANT = "default"
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    run_dir: Path | None          # None: listed but never created
+    variant: str | None
+    params: dict[str, Any]
+    state: str
+    reason: str | None = None
+    in_manifest: bool = True
+    overrides: list[str] | None = None
+
+
+@dataclass
+class SweepSource:
+    name: str
+    path: Path
+    kind: str                     # "sweep" or "multirun"
+    runs: list[RunInfo]
+    axes: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)
+
+    def axis_values(self, axis: str) -> list[Any]:
+        """The axis's distinct values, sorted (numbers numerically)."""
+        return sorted({r.params.get(axis) for r in self.runs if r.params.get(axis) is not None}, key=_sort_key)
+
+
+def _sort_key(value: Any) -> tuple:
+    return (value is None, isinstance(value, str), value if value is not None else 0)
+
+
+def _first_seen(values: list[Any]) -> list[Any]:
+    return list(dict.fromkeys(v for v in values if v is not None))
+
+
+def read_source(path: Path) -> SweepSource:
+    """The runs of a sweep or Hydra multirun directory (module doc); NotASweep for anything else."""
+    path = Path(path)
+    if not path.is_dir():
+        raise NotASweep(f"{path} is not a directory")
+    if (path / MANIFEST_FILE).is_file() or (path / RUNS_DIR).is_dir():
+        return _sweep_source(path)
+    if (path / MULTIRUN_FILE).is_file():
+        return _multirun_source(path)
+    raise NotASweep(f"{path} is not a sweep directory (no {MANIFEST_FILE}, no {RUNS_DIR}/) nor a Hydra multirun "
+                    f"directory (no {MULTIRUN_FILE})")
+
+
+def _sweep_source(path: Path) -> SweepSource:
+    from deconcnn.sweep.state import poll_submissions, sweep_states
+
+    sd = SweepDir(path)
+    manifest = sd.read_manifest() or {"runs": {}}
+    states = {s.run_id: s for s in sweep_states(path, manifest, poll_submissions(manifest), sd.cancellations())}
+    runs = []
+    for run_id, entry in manifest["runs"].items():
+        run_dir = sd.run_dir(run_id)
+        s = states[run_id]
+        runs.append(RunInfo(run_id, run_dir if run_dir.is_dir() else None, entry.get("variant"),
+                            dict(entry.get("params") or {}), s.state, s.reason, True, entry.get("overrides")))
+    listed = set(manifest["runs"])
+    if sd.runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
+        for run_dir in sorted(p for p in sd.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if run_dir.name not in listed:
+                status = (read_run_status(run_dir) or {}).get("status", "unknown")
+                runs.append(RunInfo(run_dir.name, run_dir, None, {}, status, "not in the manifest", False))
+    # The manifest keeps the sweep file's order of axes and variants (its mappings are written sorted).
+    axes = _first_seen([*manifest.get("axes", []), *(k for r in runs for k in r.params)])
+    variants = _first_seen([*manifest.get("variants", []), *(r.variant for r in runs)])
+    runs.sort(key=lambda r: (r.variant not in variants, variants.index(r.variant) if r.variant in variants else 0,
+                             [(_sort_key(r.params.get(a))) for a in axes], r.run_id))
+    return SweepSource(manifest.get("sweep", path.name), path, "sweep", runs, axes, variants)
+
+
+def _multirun_source(path: Path) -> SweepSource:
+    from omegaconf import OmegaConf
+
+    runs = []
+    jobs = sorted((p for p in path.iterdir() if (p / HYDRA_DIR / "overrides.yaml").is_file()),
+                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    for job in jobs:
+        overrides = [str(o) for o in OmegaConf.load(job / HYDRA_DIR / "overrides.yaml")]
+        params: dict[str, Any] = {}
+        for line in overrides:
+            key, _, value = line.partition("=")
+            params[key.lstrip("+~")] = _scalar(value)
+        config = OmegaConf.load(job / HYDRA_DIR / "config.yaml") if (job / HYDRA_DIR / "config.yaml").is_file() else {}
+        variant = config.get("variant") if hasattr(config, "get") else None
+        status = (read_run_status(job) or {}).get("status", "missing")
+        runs.append(RunInfo(job.name, job, str(variant or DEFAULT_VARIANT), params, status, None, True, overrides))
+    keys = _first_seen([k for r in runs for k in r.params])
+    axes = [k for k in keys if len({repr(r.params.get(k)) for r in runs}) > 1]
+    for run in runs:  # the axes are the swept keys; the rest are settings every job shares
+        run.params = {k: run.params.get(k) for k in axes}
+    return SweepSource(path.name, path, "multirun", runs, axes, _first_seen([r.variant for r in runs]))
+
+
+def _scalar(text: str) -> Any:
+    """An override value as Hydra would type it: int, float, bool, null or string."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(f"k={text}").value()
+    except Exception:  # noqa: BLE001 - a value Hydra cannot parse stays the text it is
+        return text
+    return value if isinstance(value, (int, float, bool, str)) or value is None else str(value)

@@ -1,0 +1,77 @@
+"""deconcnn-sweep analyze on fabricated sweeps with planted power laws: every run gets its rows
+(failed, diverged and missing ones too, with the reason), the per-cell medians recover the planted
+exponents, and the report gains the analysis section."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+from fake_sweep import LR, WD, VARIANTS, make_sweep, run_id
+
+from deconcnn.analysis.analysis_plots import ANALYSIS_PLOTS
+from deconcnn.analysis.analyze import analyze
+from deconcnn.cli import run as sweep_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+DIVERGED = run_id("S-adamw", 0.2, 1e-3, 0)
+FAILED = run_id("S-core", 0.1, 1e-3, 1)
+MISSING = run_id("S-core", 0.2, 1e-3, 0)
+
+
+def rows(path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_analyze_writes_every_table_plot_and_the_report_section(tmp_path, capsys):
+    sw = make_sweep(tmp_path / "sweep", epochs=30, steps_per_epoch=40, curv_every=200, diverged={DIVERGED: 300},
+                    failed=[FAILED], missing=[MISSING])
+    capsys.readouterr()
+    assert sweep_cli(["analyze", str(sw.path), "--boot", "0", "--workers", "1"]) == 0
+    assert "analysed 7 runs" in capsys.readouterr().out
+    out = sw.path / "analysis"
+    runs = {r["run_id"]: r for r in rows(out / "runs.parquet")}
+    assert set(runs) == set(sw.runs)  # every run, whatever happened to it
+    assert (runs[MISSING]["status"], runs[MISSING]["reason"]) == ("missing", "no training records")
+    assert runs[DIVERGED]["status"] == "diverged" and runs[FAILED]["status"] == "failed"
+    fits = rows(out / "fits.parquet")
+    assert {(r["run_id"], r["model"]) for r in fits} == {(rid, m) for rid in sw.counts
+                                                           for m in ("power_law", "exponential", "broken_power_law")}
+    assert [r[LR] for r in fits][:1] and all(r["variant"] for r in fits)  # identity columns on every row
+    summary = rows(out / "summary.parquet")
+    cell = next(r for r in summary if (r["variant"], r[LR], r[WD]) == ("S-core", 0.1, 1e-3))
+    assert (cell["n_runs"], cell["n_completed"], cell["n_failed"], cell["alpha_full_n"]) == (2, 1, 1, 1)
+    for name in ("comparisons", "correlations", "window_scan", "knees"):
+        assert (out / f"{name}.parquet").exists(), name
+    for name in ANALYSIS_PLOTS:
+        assert (out / name).read_bytes().startswith(PNG), name
+    index = (sw.path / "report" / "index.html").read_text()
+    assert "Loss-curve analysis" in index and "../analysis/fits_mosaic.png" in index
+    # Units invariance holds on real rows: bits give the nats alpha.
+    assert all(r["units_agree"] for r in runs.values() if r["status"] == "completed")
+
+
+def test_a_too_short_curve_gets_a_row_with_the_reason(tmp_path):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), epochs=1, steps_per_epoch=4)
+    result = analyze(sw.path, n_boot=0, workers=1, progress=False, write_report=False)
+    (run,) = rows(result.files["runs"])
+    assert run["status"] == "completed" and math.isnan(run["alpha_full"])
+    assert "no candidate window" in run["alpha_full_reason"] and "too few bins" in run["alpha_early_reason"]
+    assert all(not r["ok"] and r["reason"] for r in rows(result.files["fits"]))
+
+
+@pytest.mark.slow
+def test_the_summary_recovers_the_planted_alphas_of_a_216_run_sweep(tmp_path):
+    alphas = {"S-core": 0.45, "S-adamw": 0.6, "S-bn-off": 0.75, "S-narrow": 0.9}
+    sw = make_sweep(tmp_path / "sweep", variants=VARIANTS, lrs=(0.05, 0.1, 0.2), wds=(1e-4, 1e-3, 1e-2),
+                    seeds=range(6), epochs=50, steps_per_epoch=40, curv_every=500, noise_every=2, alphas=alphas,
+                    noise=0.08)
+    assert len(sw.runs) == 216
+    result = analyze(sw.path, n_boot=0, workers=2, progress=False, write_report=False)
+    summary = rows(result.files["summary"])
+    assert len(summary) == 36
+    for cell in summary:
+        assert cell["n_completed"] == 6 and cell["alpha_full_n"] == 6
+        assert cell["alpha_full_median"] == pytest.approx(alphas[cell["variant"]], abs=0.03), cell
+        assert cell["alpha_early_median"] == pytest.approx(alphas[cell["variant"]], abs=0.06), cell
