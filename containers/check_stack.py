@@ -49,10 +49,13 @@ def cuda_problem() -> str | None:
         return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU: run this with "
                 "`apptainer exec --nv` on a GPU node; if nvidia-smi there shows a 'CUDA Version' below "
                 f"{torch.version.cuda}, build the image with an older CUDA index (docs/container.md)")
-    x = torch.ones(64, 64, device="cuda")
-    if float((x @ x).sum()) != 64.0**3:
-        return f"a matrix product on {torch.cuda.get_device_name()} gave a wrong result"
-    return None
+    name = torch.cuda.get_device_name()
+    try:
+        x = torch.ones(64, 64, device="cuda")
+        total = float((x @ x).sum())
+    except RuntimeError as error:  # e.g. "no kernel image is available": a build without this GPU's architecture
+        return f"a matrix product on {name} failed: {str(error).splitlines()[0]}"
+    return None if total == 64.0**3 else f"a matrix product on {name} gave a wrong result"
 
 
 def main(argv: list[str] | None = None) -> int:
