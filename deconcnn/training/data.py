@@ -9,8 +9,10 @@ beside every torch build).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import pickle
 import tarfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,14 +45,16 @@ class Cifar10Source:
     def _batches_dir(self) -> Path:
         if self.data_dir is None:
             raise DataNotFoundError(
-                "CIFAR-10 location unset: pass data.source.data_dir=DIR or set DECONCNN_DATA_DIR"
+                "CIFAR-10 location unset: pass data.source.data_dir=DIR or set DECONCNN_DATA_DIR, with "
+                f"{CIFAR10_URL} (MD5 {CIFAR10_MD5}) unpacked into DIR (DIR/{CIFAR10_DIRNAME}/), or add "
+                "data.source.download=true to fetch it there"
             )
         batches = self.data_dir / CIFAR10_DIRNAME
         if not (batches / "data_batch_1").is_file():
             if not self.download:
                 raise DataNotFoundError(
-                    f"CIFAR-10 not found in {self.data_dir} (expected {CIFAR10_DIRNAME}/data_batch_1..5);"
-                    " set data.source.download=true or unpack cifar-10-python.tar.gz there"
+                    f"CIFAR-10 not found in {self.data_dir} (expected {CIFAR10_DIRNAME}/data_batch_1..5): set "
+                    f"data.source.download=true, or download {CIFAR10_URL} (MD5 {CIFAR10_MD5}) and unpack it there"
                 )
             download_cifar10(self.data_dir)
         return batches
@@ -74,14 +78,36 @@ def _text(key: str | bytes) -> str:
     return key.decode("latin1") if isinstance(key, bytes) else key
 
 
+def _why(error: BaseException) -> str:
+    # A URLError's str wraps the socket error in "<urlopen error ...>"; HTTPError's str has the code.
+    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+        error_text = str(error.reason)
+    else:
+        error_text = str(error) or type(error).__name__
+    return " ".join(error_text.split())
+
+
 def download_cifar10(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> None:
-    """Download the official archive, verify its MD5 and unpack it into data_dir."""
+    """Download the official archive, verify its MD5 and unpack it into data_dir.
+
+    A failed download (no network, refused, cut short) raises DataNotFoundError saying how to get the
+    archive by hand, and leaves no partial file behind.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / Path(url).name
     if not archive.exists():
         partial = archive.with_suffix(".part")
-        urllib.request.urlretrieve(url, partial)
-        partial.rename(archive)
+        try:
+            urllib.request.urlretrieve(url, partial)
+            partial.rename(archive)
+        except (OSError, http.client.HTTPException) as error:  # URLError and socket timeouts are OSErrors
+            raise DataNotFoundError(
+                f"CIFAR-10 download of {url} failed ({_why(error)}): download it elsewhere, check that its MD5 "
+                f"is {md5}, unpack it into DIR so that DIR/{CIFAR10_DIRNAME}/ exists, and pass "
+                "data.source.data_dir=DIR or set DECONCNN_DATA_DIR"
+            ) from error
+        finally:
+            partial.unlink(missing_ok=True)
     digest = hashlib.md5(archive.read_bytes()).hexdigest()
     if digest != md5:
         raise DataNotFoundError(f"{archive} has MD5 {digest}, expected {md5}: delete it and retry")

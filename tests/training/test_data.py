@@ -12,7 +12,11 @@ import functools
 import hashlib
 import pickle
 import random
+import socket
 import tarfile
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,8 +29,10 @@ from torch import Tensor, nn
 
 from deconcnn.training import data as data_module
 from deconcnn.training.data import (
+    CIFAR10_MD5,
     CIFAR10_MEAN,
     CIFAR10_STD,
+    CIFAR10_URL,
     Cifar10Source,
     CifarDataModule,
     DataNotFoundError,
@@ -142,14 +148,69 @@ def test_source_downloads_when_allowed(cifar_archive, tmp_path, monkeypatch):
     assert torch.equal(source.load()[0], torch.from_numpy(images))
 
 
-def test_missing_data_with_download_off_names_the_dir(tmp_path):
+def test_missing_data_with_download_off_names_the_dir_url_and_md5(tmp_path):
     missing = tmp_path / "no_cifar_here"
     with pytest.raises(DataNotFoundError, match="CIFAR-10 not found") as err:
         Cifar10Source(str(missing), download=False).prepare()
-    assert str(missing) in str(err.value) and "download" in str(err.value)
+    assert str(missing) in str(err.value) and "data.source.download=true" in str(err.value)
+    assert CIFAR10_URL in str(err.value) and CIFAR10_MD5 in str(err.value)
     assert isinstance(err.value, FileNotFoundError)
-    with pytest.raises(DataNotFoundError, match="data_dir"):
+    with pytest.raises(DataNotFoundError, match="location unset") as err:
         Cifar10Source(None).load()
+    for said in ("data.source.data_dir=DIR", "DECONCNN_DATA_DIR", CIFAR10_URL, CIFAR10_MD5):
+        assert said in str(err.value)
+
+
+def _assert_says_how_to_get_it_by_hand(message: str, url: str) -> None:
+    assert "\n" not in message and message.startswith(f"CIFAR-10 download of {url} failed (")
+    for said in (CIFAR10_MD5, "cifar-10-batches-py/", "data.source.data_dir=DIR", "DECONCNN_DATA_DIR"):
+        assert said in message
+
+
+def test_download_without_network_says_how_to_get_the_archive_by_hand(tmp_path, monkeypatch):
+    def offline(url: str, filename: Path) -> None:
+        Path(filename).write_bytes(b"the first bytes")  # what a cut connection leaves behind
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    with pytest.raises(DataNotFoundError) as err:
+        Cifar10Source(str(tmp_path), download=True).prepare()
+    _assert_says_how_to_get_it_by_hand(str(err.value), CIFAR10_URL)
+    assert "([Errno -3] Temporary failure in name resolution)" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no partial archive
+
+
+def test_download_refused_by_a_closed_port_fails_clearly(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+    with pytest.raises(DataNotFoundError, match="Connection refused") as err:
+        download_cifar10(tmp_path, url=url)
+    _assert_says_how_to_get_it_by_hand(str(err.value), url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_cut_short_leaves_no_partial_file(tmp_path):
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve_ten_of_1000_bytes() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+
+    thread = threading.Thread(target=serve_ten_of_1000_bytes, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz"
+    try:
+        with pytest.raises(DataNotFoundError, match="retrieval incomplete") as err:
+            download_cifar10(tmp_path, url=url)
+    finally:
+        thread.join(timeout=10)
+        server.close()
+    _assert_says_how_to_get_it_by_hand(str(err.value), url)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_datamodule_on_the_archive_splits_exact_images(cifar_archive, tmp_path):
