@@ -237,6 +237,8 @@ def _check(args: argparse.Namespace) -> int:
     console.print(render(result))
     for line in shrink_summary(result):
         print(line)
+    for item, variant, change in result.changes():
+        print(f"CHANGED {item} [{variant}]: {change} (deliberate: checked against the variant's own config)")
     for item, variant, detail in result.failures():
         print(f"FAILED {item} [{variant}]: {detail}")
     print(f"check {'passed' if result.passed else 'FAILED'} in {result.seconds:.0f} s: {result.path}")

@@ -65,3 +65,32 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model.norm must be batchnorm or none, got {cfg.model.norm!r}")
     if cfg.trainer.get("gradient_clip_val") is not None and _number(cfg, "trainer.gradient_clip_val") <= 0:
         raise ConfigError(f"trainer.gradient_clip_val must be > 0 or null, got {cfg.trainer.gradient_clip_val}")
+
+
+DEBUG_GROUP = "debug"
+
+
+def debug_settings(name: str, config_dir: Path = CONF_DIR) -> tuple[set[str], set[str]]:
+    """(config keys, config groups) a `debug` config sets, following its defaults within the group."""
+    keys: set[str] = set()
+    groups: set[str] = set()
+    todo = [name]
+    while todo:
+        path = config_dir / DEBUG_GROUP / f"{todo.pop()}.yaml"
+        node = OmegaConf.load(path)
+        for entry in node.get("defaults", []):
+            if isinstance(entry, str):
+                todo.append(entry)
+            else:
+                groups.update(str(k).removeprefix("override ").lstrip("/") for k in entry)
+        body = OmegaConf.to_container(node)
+        assert isinstance(body, dict)
+        body.pop("defaults", None)
+        stack: list[tuple[str, object]] = list(body.items())
+        while stack:
+            key, value = stack.pop()
+            if isinstance(value, dict) and value:
+                stack.extend((f"{key}.{k}", v) for k, v in value.items())
+            else:
+                keys.add(key)
+    return keys, groups

@@ -1,19 +1,28 @@
 """deconcnn-train: the Hydra app for one instrumented run.
 
-Composes the config, resumes from the newest checkpoint of the run directory that loads (with the
-metric log cut back to that checkpoint), fits, and keeps `run.json` saying how the run ended: every
-way out after the run directory exists ends `completed`, `diverged` or `failed` with the error's
-first line.
+Composes the config, says first what data it trains on, resumes from the newest checkpoint of the
+run directory that loads (with the metric log cut back to that checkpoint), fits, and keeps
+`run.json` saying how the run ended: every way out after the run directory exists ends
+`completed`, `diverged` or `failed` with the error's first line. Everything a run writes is in its
+directory (`hydra.run.dir`): the metric log, run.json, checkpoints, `.hydra/` and `stdout.log`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -21,10 +30,50 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
 from deconcnn.runconfig import CONF_DIR, ConfigError
 from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point
-from deconcnn.runlog.run_status import RunStatusFile, first_line
+from deconcnn.runlog.run_status import RUN_LOG, SUBMISSION_ENV, RunStatusFile, first_line
 from deconcnn.training.build import build_run
 from deconcnn.training.checkpoints import ResumePoint, choose_resume_point
 from deconcnn.training.data import DataNotFoundError
+
+TRAIN_LOCK = ".train.lock"
+# Lightning's hints that do not apply to a run this tool starts (worded as in Lightning 2.6); its
+# other warnings still reach stdout.log.
+LIGHTNING_HINTS = ("The `srun` command is available", "is smaller than the logging interval",
+                   "isinstance(treespec, LeafSpec)", "exists and is not empty", "Tip: For seamless cloud")
+
+
+class RunBusy(ConfigError):
+    """Another live process trains this run directory."""
+
+
+class _DropHints(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(hint in record.getMessage() for hint in LIGHTNING_HINTS)
+
+
+def quiet_lightning_hints() -> None:
+    for hint in LIGHTNING_HINTS:
+        warnings.filterwarnings("ignore", message=f".*{re.escape(hint)}")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropHints())
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One training process per run directory: a second one (a duplicate submission, a hand-started
+    copy) is refused before it touches run.json or the log. The kernel drops the lock at exit."""
+    with open(run_dir / TRAIN_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunBusy(f"another process trains {run_dir} ({handle.read().strip() or 'unknown'}): "
+                          "not started twice") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        yield
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
@@ -40,8 +89,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> str:
     """Run one training run to its end; returns the final status written to run.json."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _train_locked(cfg, run_dir, extra_callbacks)
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) -> str:
+    data = instantiate(cfg.data.source).describe()
+    print(f"deconcnn-train: data: {data}", flush=True)
     status = RunStatusFile(run_dir, cfg.run_id)
-    status.start()
+    status.start(data=data)
     step = 0
     trainer = None
     try:
@@ -70,13 +126,56 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> str:
     return "completed"
 
 
+class _Tee:
+    """Writes to the terminal and to the run's stdout.log (a run started by hand has no runner that
+    redirects its output)."""
+
+    def __init__(self, stream: IO[str], log: IO[str]) -> None:
+        self.stream, self.log = stream, log
+        self.log_failed = False
+
+    def write(self, text: str) -> int:
+        if not self.log_failed:
+            try:
+                self.log.write(text)
+                self.log.flush()
+            except OSError:  # a full disk: the terminal still gets every line
+                self.log_failed = True
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def output_in(run_dir: Path) -> Iterator[None]:
+    if os.environ.get(SUBMISSION_ENV):  # the sweep's pack runner already writes stdout.log
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log:
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> Any:
-    try:
-        return train(cfg)
-    except (ConfigError, DataNotFoundError) as error:
-        print(f"deconcnn-train: error: {error}", file=sys.stderr)
+    output_dir = HydraConfig.get().runtime.output_dir
+    if Path(cfg.run_dir).resolve() != Path(output_dir).resolve():
+        print(f"deconcnn-train: error: run_dir={cfg.run_dir} would split the run's files from Hydra's "
+              f"({output_dir}): set hydra.run.dir={cfg.run_dir} instead", file=sys.stderr)
         sys.exit(2)
+    quiet_lightning_hints()
+    with output_in(Path(cfg.run_dir)):
+        try:
+            return train(cfg)
+        except (ConfigError, DataNotFoundError) as error:
+            print(f"deconcnn-train: error: {error}", file=sys.stderr)
+            sys.exit(2)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deconcnn.runconfig import check_config, compose_run_config, config_error_text
+from deconcnn.runconfig import DEBUG_GROUP, check_config, compose_run_config, config_error_text, debug_settings
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import Command
 from deconcnn.sweep.launcher import is_launcher_override
@@ -35,15 +35,28 @@ TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
 # --smoke: the same grid, each run shrunk to 4 steps on synthetic data at width 0.125 (a width-1.0
 # run writes 340 MB of checkpoints even when short), to prove every config runs end to end.
-SMOKE_OVERRIDES = (
-    "data=synthetic",
-    "model.width=0.125",
-    "data.source.num_samples=80",
-    "data.val_size=16",
-    "data.batch_size=16",
-    "trainer.max_epochs=1",
-    "schedule.warmup_epochs=0",
-)
+SMOKE_DEBUG = "smoke"
+
+
+def _override_key(line: str) -> str:
+    return line.split("=", 1)[0].lstrip("+~")
+
+
+def with_debug(overrides: Sequence[str], name: str) -> tuple[tuple[str, ...], list[str]]:
+    """The run's overrides shrunk by the `debug` config `name`: the overrides it would not win
+    against (its own keys, another debug choice, the keys under a group it replaces) are dropped
+    and returned, and `debug=<name>` comes last."""
+    keys, groups = debug_settings(name)
+    # A replaced group's source settings (data.source.data_dir of CIFAR-10) do not exist in its
+    # replacement (the synthetic source): they go too.
+    sources = tuple(f"{group}.source." for group in groups)
+
+    def dropped(line: str) -> bool:
+        key = _override_key(line)
+        return key in keys or key in groups or key == DEBUG_GROUP or key.startswith(sources)
+
+    kept = [o for o in overrides if not dropped(o)]
+    return (*kept, f"{DEBUG_GROUP}={name}"), [o for o in overrides if dropped(o)]
 
 
 class SweepFileError(SweepError):
@@ -173,8 +186,9 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         for combo in combos or [[]]:
             params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
             run_id = _run_id(template or default_template(params), str(variant), params)
-            tail = [*combo, *extra_overrides, *(SMOKE_OVERRIDES if smoke else ())]
-            runs.append(RunSpec(run_id, str(variant), (*fixed, *tail), params))
+            overrides = (*fixed, *combo, *extra_overrides)
+            runs.append(RunSpec(run_id, str(variant), with_debug(overrides, SMOKE_DEBUG)[0] if smoke else overrides,
+                                params))
     seen: dict[str, RunSpec] = {}
     for run in runs:
         if run.run_id in seen:

@@ -42,6 +42,9 @@ class Cifar10Source:
         self.data_dir = Path(data_dir) if data_dir else None
         self.download = download
 
+    def describe(self) -> str:
+        return f"CIFAR-10 from {self.data_dir / CIFAR10_DIRNAME if self.data_dir else '(location unset)'}"
+
     def _batches_dir(self) -> Path:
         if self.data_dir is None:
             raise DataNotFoundError(
@@ -126,6 +129,10 @@ class SyntheticSource:
 
     def prepare(self) -> None:
         """Nothing to fetch: the data is generated."""
+
+    def describe(self) -> str:
+        return (f"SYNTHETIC data, not CIFAR-10: {self.num_samples} generated CIFAR-shaped images "
+                f"(seed {self.seed}; data=cifar10 for the real set)")
 
     def load(self) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed(self.seed)

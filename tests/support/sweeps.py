@@ -1,4 +1,4 @@
-"""Tiny sweep files for launch/status tests: synthetic data, width 0.125, a few steps per run."""
+"""Tiny sweep files for launch/status tests: `debug=smoke` runs (synthetic data, width 0.125, 4 steps)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ from pathlib import Path
 
 from deconcnn.cli import run as sweep_cli
 
-TINY_RUN = [
-    "data=synthetic",
-    "data.source.num_samples=96",
-    "data.val_size=32",
-    "data.batch_size=16",
-    "model.width=0.125",
-    "trainer.max_epochs=1",
-    "schedule.warmup_epochs=0",
-    "trainer.enable_progress_bar=false",
-]
+TINY_RUN = ["debug=smoke"]  # conf/debug/smoke.yaml: 4 steps on synthetic data, width 0.125
 LOCAL_SLURM = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
                "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 

@@ -14,8 +14,6 @@ from deconcnn.cli import run as sweep_cli
 from deconcnn.runconfig import CONF_DIR
 from deconcnn.sweep.check import rules as chk
 from deconcnn.sweep.check.rules import (
-    CHECK_EPOCHS,
-    CHECK_STEPS_PER_EPOCH,
     MEGABYTE,
     ItemResult,
     Schedule,
@@ -62,7 +60,7 @@ def fabricate(run_dir: Path, s: Schedule = SCHEDULE, *, trace_method: str = "hut
         loss = 2.0 / (1 + step)
         rec("train", step, epoch, (step + 1) / spe, loss_train_nats=loss, loss_train_bits=loss / math.log(2),
             acc_train=0.5, lr=0.1, wd=1e-3)
-        if (step + 1) % (spe // 4) == 0:
+        if (step + 1) % round(spe * s.val_check_interval) == 0:
             frac = (step + 1) / spe
             rec("val", step + 1, epoch, frac, loss_val_nats=1.0, loss_val_bits=1 / math.log(2), acc_val=0.4,
                 grad_norm=1.5, weight_norm=30.0)
@@ -108,10 +106,14 @@ def test_absent_per_batch_key_fails(tmp_path):
 # ---------------------------------------------------------------- validation
 
 
-def test_config_changing_val_check_interval_fails_naming_it(tmp_path):
+def test_a_changed_val_check_interval_is_checked_and_said(tmp_path):
     schedule = Schedule(8, 4, 0.5, 16, 2)
     result = check_validation(fabricate(tmp_path, schedule), schedule)
-    assert not result.passed and "trainer.val_check_interval=0.5" in result.detail
+    assert result.passed and result.change == "trainer.val_check_interval=0.5 (the experiment's: 0.25)"
+    assert check_validation(fabricate(tmp_path), SCHEDULE).change is None
+    quarter_log = fabricate(tmp_path)  # the log of a quarter-epoch run against a half-epoch config
+    assert not check_validation(quarter_log, schedule).passed
+    assert not check_validation(quarter_log, Schedule(8, 4, 0.3, 16, 2)).passed  # does not divide an epoch
 
 
 def test_val_records_off_the_quarter_epochs_fail(tmp_path):
@@ -129,12 +131,16 @@ def test_zero_grad_norm_at_validation_fails(tmp_path):
 # ---------------------------------------------------------------- curvature
 
 
-def test_curvature_monitor_off_fails_naming_it(tmp_path):
+def test_curvature_monitor_off_is_a_change_and_its_records_then_a_failure(tmp_path):
     schedule = Schedule(8, 4, 0.25, None, 2)
     records = fabricate(tmp_path, schedule)
     for check in (check_curvature, check_curvature_estimators):
         result = check(records, schedule)
-        assert not result.passed and "callbacks.curvature_monitor is not in" in result.detail
+        assert result.passed and "callbacks.curvature_monitor is off" in result.change
+    result = check_curvature(fabricate(tmp_path), schedule)
+    assert not result.passed and "yet the log has curvature records" in result.detail
+    assert "compute_every_n_steps=100 (the experiment's: 500)" in check_curvature(fabricate(tmp_path), SCHEDULE,
+                                                                                   configured_every=100).change
 
 
 def test_curvature_off_its_period_or_not_finite_fails(tmp_path):
@@ -172,13 +178,15 @@ def test_null_ggn_trace_needs_a_reason(tmp_path):
 # ---------------------------------------------------------------- noise
 
 
-def test_noise_monitor_off_or_on_another_schedule_fails_naming_it(tmp_path):
+def test_noise_monitor_off_or_on_another_schedule_is_checked_and_said(tmp_path):
     off = Schedule(8, 4, 0.25, 16, None)
     result = check_noise(fabricate(tmp_path, off), off)
-    assert not result.passed and "callbacks.noise_monitor is not in" in result.detail
+    assert result.passed and "callbacks.noise_monitor is off" in result.change
     every = Schedule(8, 4, 0.25, 16, 1)
     result = check_noise(fabricate(tmp_path, every), every)
-    assert not result.passed and "log_every_n_epochs=1 (required 2)" in result.detail
+    assert result.passed and "log_every_n_epochs=1 (the experiment's: 2)" in result.change
+    assert "after epochs [1, 2, 3, 4]" in result.detail
+    assert not check_noise(fabricate(tmp_path), every).passed  # the log of another schedule
 
 
 def test_noise_records_exactly_after_epochs_2_and_4(tmp_path):
@@ -243,9 +251,9 @@ def test_check_run_keeps_the_variants_config_and_schedules(tmp_path):
     checks = {c.variant: c for c in prepare_checks(plan(sweep_file, out=tmp_path).runs, tmp_path / "check",
                                                     gpu=False)}
     core = checks["S-core"].schedule
-    assert (core.steps_per_epoch, core.epochs) == (CHECK_STEPS_PER_EPOCH, CHECK_EPOCHS)
+    assert (core.steps_per_epoch, core.epochs) == (8, 4)  # conf/debug/check.yaml
     assert core.val_check_interval == 0.25 and core.noise_every_epochs == 2
-    assert core.curvature_every == CHECK_STEPS_PER_EPOCH * CHECK_EPOCHS // chk.CHECK_CURVATURE_FIRINGS
+    assert core.curvature_every == 8 * 4 // chk.CHECK_CURVATURE_FIRINGS
     assert checks["S-core"].configured_curvature_every == 500
     assert checks["half-val"].schedule.val_check_interval == 0.5
     assert checks["no-curvature_monitor"].schedule.curvature_every is None
@@ -314,24 +322,30 @@ def test_check_passes_on_the_demo_sweep(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_check_fails_naming_item_and_variant_when_a_variant_turns_a_monitor_off(tmp_path, capsys):
-    # Both variants without the curvature monitor, so the runs are quick; one also validates half-epochs.
+def test_check_lists_deliberate_changes_and_fails_only_where_the_log_is_wrong(tmp_path, capsys, monkeypatch):
+    # Both variants without the curvature monitor, so the runs are quick; one also validates half-epochs,
+    # the other raises at step 3 (its log can never be right).
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "support"))
     sweep_file = variant_sweep(tmp_path / "off.yaml", {
-        "no-curv": {"experiment": "loss_lin_slope_base", "overrides": ["~callbacks.curvature_monitor"]},
+        "broken": {"experiment": "loss_lin_slope_base",
+                   "overrides": ["~callbacks.curvature_monitor", "+callbacks.boom._target_=fault_callbacks.RaiseAtStep",
+                                 "+callbacks.boom.step=3"]},
         "half-val": {"experiment": "loss_lin_slope_base",
                      "overrides": ["~callbacks.curvature_monitor", "~callbacks.noise_monitor",
                                    "trainer.val_check_interval=0.5"]},
     })
-    code, result = _check(sweep_file, tmp_path, "--executor", "local", "--workers-per-gpu", "1")
+    code, result = _check(sweep_file, tmp_path, "--executor", "local")
     out = capsys.readouterr().out
     assert code == 1
-    failed = {(f["item"], f["variant"]) for f in result["failures"]}
-    assert failed == {("curvature", "no-curv"), ("curvature_estimators", "no-curv"),
-                      ("curvature", "half-val"), ("curvature_estimators", "half-val"),
-                      ("noise", "half-val"), ("validation", "half-val")}
-    assert "trainer.val_check_interval=0.5" in result["items"]["validation"]["half-val"]["detail"]
-    assert "FAILED validation [half-val]" in out and "FAILED curvature [no-curv]" in out
-    assert result["items"]["per_batch"]["half-val"]["passed"]
+    failed = {f["item"] for f in result["failures"] if f["variant"] == "broken"}
+    assert {"run", "per_batch"} <= failed
+    assert not [f for f in result["failures"] if f["variant"] == "half-val"]
+    changes = {(c["item"], c["variant"]) for c in result["changes"]}
+    assert {("curvature", "half-val"), ("noise", "half-val"), ("validation", "half-val"),
+            ("curvature", "broken")} <= changes
+    assert "trainer.val_check_interval=0.5 (the experiment's: 0.25)" in out
+    assert "CHANGED validation [half-val]" in out and "FAILED run [broken]" in out
+    assert result["items"]["resources"]["half-val"]["detail"].startswith("not applicable")
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from runs import TINY, train_cli
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
-    result = train_cli([f"run_dir={tmp_path}", *args])
+    result = train_cli([f"hydra.run.dir={tmp_path}", *args])
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert message in result.stderr, result.stderr

@@ -44,7 +44,7 @@ def train_logged(run_dir: Path) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(run_dir / "stdout.log", "ab") as log:
-        return subprocess.run([sys.executable, "-m", "deconcnn.train", *TINY, f"run_dir={run_dir}"],
+        return subprocess.run([sys.executable, "-m", "deconcnn.train", *TINY, f"hydra.run.dir={run_dir}"],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600).returncode
 
 

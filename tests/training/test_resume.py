@@ -32,7 +32,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same kernels in every process, two 
 
 
 def run(run_dir: Path, *extra: str) -> int:
-    result = train_cli([*MONITORED, f"run_dir={run_dir}", *extra], env=ONE_THREAD)
+    result = train_cli([*MONITORED, f"hydra.run.dir={run_dir}", *extra], env=ONE_THREAD)
     return result.returncode
 
 

@@ -75,7 +75,7 @@ def test_run_json_completed(finished_run):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_logs_every_step_once(tmp_path):
     run_dir = tmp_path / "run"
-    common = [*TINY, f"run_dir={run_dir}", "callbacks.loss_slope_logger.flush_every_n_steps=3"]
+    common = [*TINY, f"hydra.run.dir={run_dir}", "callbacks.loss_slope_logger.flush_every_n_steps=3"]
     # Killed at step 27: the last checkpoint is at step 24, and steps 25-26 were already flushed.
     killed = train_cli([*common, "+callbacks.kill._target_=fault_callbacks.KillAtStep",
                         "+callbacks.kill.step=27"])
@@ -148,3 +148,35 @@ def test_channels_last_and_bf16_switches_train(tmp_path):
                                           "trainer.precision=bf16-mixed"]))
     assert status == "completed"
     assert [r["step"] for r in read_log(tmp_path) if r["kind"] == "train"] == list(range(16))
+
+
+def test_a_run_started_by_hand_says_its_data_first_and_keeps_everything_in_its_directory(tmp_path):
+    run_dir = tmp_path / "myrun"
+    result = train_cli([*TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("deconcnn-train: data: SYNTHETIC data, not CIFAR-10: 160 generated"), first
+    assert read_status(run_dir)["data"] == first.removeprefix("deconcnn-train: data: ")
+    assert {p.name for p in run_dir.iterdir()} >= {".hydra", "stdout.log", "metrics.jsonl", "run.json", "checkpoints"}
+    log = (run_dir / "stdout.log").read_text()
+    assert first in log
+    for hint in ("srun", "litlogger", "logging interval", "LeafSpec"):  # Lightning's hints, filtered
+        assert hint not in log + result.stderr, hint
+
+
+def test_run_dir_alone_is_refused_with_the_setting_that_keeps_files_together(tmp_path):
+    result = train_cli([*TINY, f"run_dir={tmp_path}"])
+    assert result.returncode == 2 and f"set hydra.run.dir={tmp_path} instead" in result.stderr
+
+
+def test_a_second_process_on_the_same_run_is_refused_before_it_touches_anything(tmp_path):
+    import fcntl
+
+    from deconcnn.train import TRAIN_LOCK
+
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / TRAIN_LOCK, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = train_cli([*TINY, f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 2 and "another process trains" in result.stderr
+    assert not (tmp_path / "run.json").exists() and not (tmp_path / "metrics.jsonl").exists()

@@ -15,12 +15,9 @@ from typing import Any
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.sweep.check.rules import (
-    CHECK_BATCH,
     CHECK_CURVATURE_BATCH,
     CHECK_CURVATURE_FIRINGS,
-    CHECK_EPOCHS,
-    CHECK_STEPS_PER_EPOCH,
-    CHECK_VAL_SIZE,
+    CHECK_DEBUG,
     CPU_MAX_WIDTH,
     CURVATURE,
     ITEMS,
@@ -33,6 +30,7 @@ from deconcnn.sweep.check.rules import (
     check_run,
 )
 from deconcnn.sweep.executors import Command, Executor, SchedulerState, Submission, resolve_executor, wait
+from deconcnn.sweep.grid import with_debug
 from deconcnn.sweep.sweepdir import code_version
 
 
@@ -55,25 +53,19 @@ class VariantCheck:
         return Path(self.command.workdir)
 
 
-def _override_key(line: str) -> str:
-    return line.split("=", 1)[0].lstrip("+~")
-
-
 def prepare_checks(runs: Sequence[Any], check_dir: Path, *, gpu: bool) -> list[VariantCheck]:
-    """The first run of each variant, shrunk (module doc). Composes configs; runs nothing."""
+    """The first run of each variant, shrunk (rules.py module doc). Composes configs; runs nothing."""
     firsts: dict[str, Any] = {}
     for run in runs:
         firsts.setdefault(run.variant, run)
     checks = []
-    total = CHECK_STEPS_PER_EPOCH * CHECK_EPOCHS
     for variant, run in firsts.items():
         cfg = _compose(variant, run.overrides)
         callbacks = cfg.get("callbacks") or {}
-        shrink = ["data=synthetic",
-                  f"data.source.num_samples={CHECK_STEPS_PER_EPOCH * CHECK_BATCH + CHECK_VAL_SIZE}",
-                  f"data.val_size={CHECK_VAL_SIZE}", f"data.batch_size={CHECK_BATCH}",
-                  f"trainer.max_epochs={CHECK_EPOCHS}", "trainer.enable_progress_bar=false"]
-        notes = []
+        shrunk, dropped = with_debug(run.overrides, CHECK_DEBUG)
+        total = Schedule.from_config(_compose(variant, shrunk)).total_steps
+        shrink = [f"debug={CHECK_DEBUG}"]
+        notes = [f"not passed to the check run (debug={CHECK_DEBUG} sets them): {' '.join(dropped)}"] if dropped else []
         configured_every = None
         if callbacks.get(CURVATURE) is not None:
             configured_every = int(callbacks[CURVATURE].compute_every_n_steps)
@@ -86,14 +78,7 @@ def prepare_checks(runs: Sequence[Any], check_dir: Path, *, gpu: bool) -> list[V
             shrink.append(f"model.width={CPU_MAX_WIDTH}")
             notes.append(f"model.width {width:g} -> {CPU_MAX_WIDTH:g} (no GPU: the check verifies logging, "
                          "not the model)")
-        # The data source is replaced by the synthetic one, so the run's own source settings (a
-        # CIFAR-10 data_dir, say) would not compose; what else the check sets, it sets last (wins).
-        mine = {_override_key(o) for o in shrink}
-        replaced = [o for o in run.overrides
-                    if _override_key(o).startswith("data.source.") and _override_key(o) not in mine]
-        if replaced:
-            notes.append(f"replaced by synthetic data, not passed to the check run: {' '.join(replaced)}")
-        overrides = (*(o for o in run.overrides if o not in replaced), *shrink)
+        overrides = (*shrunk, *shrink[1:])
         schedule = Schedule.from_config(_compose(variant, overrides))
         command = replace(run, overrides=overrides).command(check_dir / variant, run_id=f"check-{run.run_id}")
         checks.append(VariantCheck(variant, run.run_id, command, schedule, configured_every, shrink, notes))
@@ -153,6 +138,11 @@ class CheckResult:
         return [(item, variant, r.detail) for item, by_variant in self.items.items()
                 for variant, r in by_variant.items() if not r.passed]
 
+    def changes(self) -> list[tuple[str, str, str]]:
+        """Where a variant's config deliberately departs from the experiment's schedule."""
+        return [(item, variant, r.change) for item, by_variant in self.items.items()
+                for variant, r in by_variant.items() if r.change]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
@@ -163,8 +153,8 @@ class CheckResult:
             "seconds": round(self.seconds, 1),
             "executor": self.executor,
             "workers_per_gpu": self.workers_per_gpu,
-            "shrink": {"steps_per_epoch": CHECK_STEPS_PER_EPOCH, "batch_size": CHECK_BATCH,
-                       "epochs": CHECK_EPOCHS, "curvature_firings": CHECK_CURVATURE_FIRINGS},
+            "shrink": {"debug": CHECK_DEBUG, "curvature_firings": CHECK_CURVATURE_FIRINGS,
+                       "monitor_batch": CHECK_CURVATURE_BATCH},
             "variants": {c.variant: {"run_id": c.run_id, "check_run_dir": str(c.run_dir),
                                      "overrides": list(c.command.args), "added": c.shrink,
                                      "notes": c.notes, "outcome": c.outcome, "seconds": c.seconds}
@@ -172,6 +162,7 @@ class CheckResult:
             "items": {item: {v: r.to_json() for v, r in by_variant.items()}
                       for item, by_variant in self.items.items()},
             "failures": [{"item": i, "variant": v, "detail": d} for i, v, d in self.failures()],
+            "changes": [{"item": i, "variant": v, "change": c} for i, v, c in self.changes()],
         }
 
 
