@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -30,6 +30,17 @@ def epoch_position(trainer: pl.Trainer, batches_done_in_epoch: int) -> tuple[int
     if not per_epoch or per_epoch == float("inf"):
         return epoch, float(epoch)
     return epoch, epoch + batches_done_in_epoch / per_epoch
+
+
+@runtime_checkable
+class RecordsSavedPath(Protocol):
+    """A CheckpointIO that keeps the path of the file it wrote last (deconcnn's AtomicCheckpointIO).
+
+    `checkpoint` records need it: ModelCheckpoint has no public attribute naming the file it just
+    wrote (a top-k save is not necessarily `best_model_path`, nor `kth_best_model_path`).
+    """
+
+    last_saved_path: Path | None
 
 
 class MetricsJsonlLogger(Logger):
@@ -90,9 +101,13 @@ class MetricsJsonlLogger(Logger):
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
-        # ModelCheckpoint sets _last_checkpoint_saved right after writing that file.
-        path = Path(checkpoint_callback._last_checkpoint_saved)
-        if self.trainer is None or not path.is_file():
+        if self.trainer is None:
+            return
+        io = self.trainer.strategy.checkpoint_io
+        if not isinstance(io, RecordsSavedPath) or io.last_saved_path is None:
+            return  # another project's checkpoint IO: no record rather than a guessed file
+        path = Path(io.last_saved_path)
+        if not path.is_file():
             return
         self.record("checkpoint", self.trainer, checkpoint_size_mb=path.stat().st_size / MEGABYTE,
                     path=os.path.relpath(path, self.run_dir))
