@@ -8,8 +8,15 @@ at steps 0, N, 2N, ... *before* the batch that performs update ``step + 1`` is t
 at step s describes the parameters after s optimizer steps. With gradient accumulation the same step
 is seen by several batches; it is recorded once.
 
-Curvature batch: ``trainer.datamodule.fixed_batch(batch_size, seed)`` (un-augmented training images,
-the same samples for every run of the grid), drawn once per run and kept on the module's device.
+Curvature batch: the ``batch`` argument if given, else ``trainer.datamodule.fixed_batch(batch_size,
+seed)`` (in this project un-augmented training images, the same samples for every run of the grid);
+drawn once per run and kept on the module's device. The network is ``pl_module.model`` (or the
+attribute ``model_attr`` names), else the LightningModule itself; the loss is ``criterion``, else
+``pl_module.criterion``, else the mean cross-entropy (nats).
+
+Logging: one ``curvature`` record per schedule point through ``log_record`` (see
+deconcnn.callbacks.metrics_logger): whole to a ``MetricsJsonlLogger``, as ``curvature/<key>`` floats
+(bools 0/1, strings left out) to every other logger in ``trainer.loggers``, unthinned.
 
 Warm start (``warm_start: true``, off by default): the top eigenvector of the previous record seeds
 the next Lanczos run (kept on the device; not checkpointed, so a resumed run starts cold once --
@@ -25,10 +32,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
-from torch import Tensor
+from torch import Tensor, nn
 
-from deconcnn.callbacks.fixed_batch import FixedBatch
-from deconcnn.callbacks.metrics_logger import find_metrics_logger
+from deconcnn.callbacks.fixed_batch import BatchSource, FixedBatch, measured_criterion, measured_model
+from deconcnn.callbacks.metrics_logger import log_record
 from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
     BNMode,
@@ -60,7 +67,45 @@ class CurvatureMonitor(Callback):
         warm_start: bool = False,
         hvp: HvpEngine = "shared_graph",
         with_ggn_trace: bool = False,
+        batch: BatchSource | None = None,
+        model_attr: str | None = "model",
+        criterion: nn.Module | None = None,
     ) -> None:
+        """
+        Args:
+            compute_every_n_steps: a record at every optimizer step that is a multiple of this
+                (default 500 steps), including step 0.
+            batch_size: samples in the curvature batch drawn with ``fixed_batch`` or a ``batch``
+                callable (default 128).
+            seed: seed of that draw (default 0), and base of the probes' seeds (seed + step).
+            bn_mode: "train" (default: BatchNorm normalises by the curvature batch's statistics,
+                the trained objective; running statistics untouched) or "eval" (running statistics).
+            eig_tol: Lanczos stops when ``||Hv - lambda v|| <= eig_tol * |lambda|`` (relative,
+                default 0.02).
+            eig_max_iter: at most this many Lanczos iterations, i.e. Hessian-vector products
+                (default 30).
+            trace_method: "auto" (default: exact GGN trace for BN-free ReLU nets, else
+                "deflated"), "deflated", "hutchinson", "hutch++" or "ggn_exact".
+            trace_rel_tol: Hutchinson stops when stderr <= trace_rel_tol * |trace| (relative,
+                default 0.1).
+            trace_min_probes: at least this many Hutchinson probes (default 1).
+            trace_max_probes: at most this many Hutchinson probes (default 16).
+            probe_batch: trace probes per batched Hessian-vector product; None (default) = 3 on
+                CUDA, 1 elsewhere.
+            warm_start: start Lanczos from the previous record's top eigenvector (default False).
+            hvp: "shared_graph" (default: one gradient graph for all products) or "operator"
+                (hessian-eigenthings' operator, rebuilds it per product).
+            with_ggn_trace: also log BackPACK's exact GGN trace, ``ggn_*`` keys (default False).
+            batch: the curvature batch, ``(inputs, labels)`` or a callable ``(batch_size, seed) ->
+                (inputs, labels)``; None (default) = ``trainer.datamodule.fixed_batch(batch_size,
+                seed)``. A pair is used as given (``batch_size`` and ``seed`` do not apply to it).
+            model_attr: the LightningModule attribute holding the network measured (default
+                "model"); None, or an attribute that is not an ``nn.Module``: the LightningModule
+                itself (its ``forward``).
+            criterion: the loss, an ``nn.Module`` mapping (outputs, labels) to a mean loss in nats;
+                None (default) = ``pl_module.criterion`` if it is an ``nn.Module``, else
+                ``nn.CrossEntropyLoss()``.
+        """
         super().__init__()
         if compute_every_n_steps < 1:
             raise ValueError(f"compute_every_n_steps must be >= 1, got {compute_every_n_steps}")
@@ -81,7 +126,8 @@ class CurvatureMonitor(Callback):
         # H100), 1 elsewhere (batched double-backward was slower on CPU).
         self.probe_batch = probe_batch
         self.warm_start, self.with_ggn_trace = warm_start, with_ggn_trace
-        self._batch = FixedBatch(self.batch_size, self.seed, "CurvatureMonitor")
+        self._batch = FixedBatch(self.batch_size, self.seed, "CurvatureMonitor", batch)
+        self.model_attr, self.criterion = model_attr, criterion
         self._v0: Tensor | None = None
         self._last_step: int | None = None
 
@@ -96,10 +142,11 @@ class CurvatureMonitor(Callback):
         if trainer.global_rank != 0:
             return
         curv_batch = self._batch.get(trainer, pl_module)
+        model = measured_model(pl_module, self.model_attr)
         res = curvature_estimates(
-            pl_module.model,
+            model,
             curv_batch,
-            pl_module.criterion,
+            measured_criterion(pl_module, self.criterion),
             bn_mode=self.bn_mode,
             v0=self._v0 if self.warm_start else None,
             seed=self.seed + step,
@@ -113,15 +160,13 @@ class CurvatureMonitor(Callback):
         metrics = res.record()
         if self.with_ggn_trace:
             try:
-                metrics.update(ggn_trace(pl_module.model, curv_batch, bn_mode=self.bn_mode))
+                metrics.update(ggn_trace(model, curv_batch, bn_mode=self.bn_mode))
                 metrics["bn_mode"] = self.bn_mode
             except ValueError as err:
                 metrics.update({"ggn_trace": None, "ggn_trace_reason": str(err)})
         # batch_idx batches of this epoch are done: stamp it explicitly (callback order must not
         # matter, e.g. at the first batch of an epoch).
-        find_metrics_logger(trainer).record(
-            "curvature", trainer, step=step, batches_done_in_epoch=batch_idx, **metrics
-        )
+        log_record(trainer, "curvature", step=step, batches_done_in_epoch=batch_idx, **metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self._last_step}

@@ -9,9 +9,19 @@ docs/metrics.md).
 - At the end of epochs n, 2n, ... (``(trainer.current_epoch + 1) % n == 0`` in
   ``on_train_epoch_end``): the window is copied to the host once; ``resid_power`` and ``psd_tail``
   come from the power-law-detrended log losses, ``grad_var`` / ``noise_scale`` from per-sample
-  gradients on the fixed un-augmented batch ``trainer.datamodule.fixed_batch(grad_batch_size,
-  grad_batch_seed)``. ``n_losses`` says how many losses were used (fewer than ``window`` early on);
+  gradients on a fixed batch: the ``batch`` argument if given, else
+  ``trainer.datamodule.fixed_batch(grad_batch_size, grad_batch_seed)`` (in this project un-augmented
+  training images). ``n_losses`` says how many losses were used (fewer than ``window`` early on);
   a value that cannot be computed is ``None`` and ``reason`` says why.
+
+The loss of a batch is what ``training_step`` returned (a dict's "loss", or a plain tensor; see
+LossSlopeLogger). The network of the gradient statistics is ``pl_module.model`` (or the attribute
+``model_attr`` names), else the LightningModule itself; the per-sample loss is ``criterion``, else
+``pl_module.criterion``, else cross-entropy (nats).
+
+Logging: one ``noise`` record per schedule point through ``log_record`` (see
+deconcnn.callbacks.metrics_logger): whole to a ``MetricsJsonlLogger``, as ``noise/<key>`` floats
+(strings and None left out) to every other logger in ``trainer.loggers``, unthinned.
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from torch import Tensor
+from torch import Tensor, nn
 
-from deconcnn.callbacks.fixed_batch import FixedBatch
-from deconcnn.callbacks.metrics_logger import find_metrics_logger
+from deconcnn.callbacks.fixed_batch import BatchSource, FixedBatch, measured_criterion, measured_model
+from deconcnn.callbacks.loss_slope_logger import loss_and_accuracy
+from deconcnn.callbacks.metrics_logger import log_record
 from deconcnn.metrics.noise import GradBNMode, GradMethod, gradient_noise, loss_noise_metrics
 
 
@@ -44,7 +55,40 @@ class NoiseMonitor(Callback):
         grad_bn_mode: GradBNMode = "batch_stats_frozen",
         chunk_size: int = 32,
         with_grad_noise: bool = True,
+        batch: BatchSource | None = None,
+        model_attr: str | None = "model",
+        criterion: nn.Module | None = None,
     ) -> None:
+        """
+        Args:
+            log_every_n_epochs: a record after every epoch whose 1-based number is a multiple of
+                this (default 2 epochs).
+            window: the last this many per-batch training losses make the loss-noise statistics
+                (default 512 batches; >= 2).
+            min_points: fewer losses in the window than this (default 32) leave the loss-noise
+                values null, with a reason.
+            tail_fraction: ``psd_tail`` is the power in the top this fraction of the Welch
+                frequency axis (default 0.25, i.e. [0.375, 0.5] cycles/batch).
+            grad_batch_size: samples in the batch of the gradient statistics, drawn with
+                ``fixed_batch`` or a ``batch`` callable (default 128; >= 2).
+            grad_batch_seed: seed of that draw (default 0).
+            grad_method: "backpack" (default: BackPACK SumGradSquared) or "vmap" (torch.func
+                per-sample gradients); same numbers.
+            grad_bn_mode: "batch_stats_frozen" (default: BatchNorm normalises by the batch's
+                statistics, held fixed) or "eval" (running statistics).
+            chunk_size: samples per vmap call with ``grad_method="vmap"`` (default 32).
+            with_grad_noise: compute the gradient statistics at all (default True); False leaves
+                them null with a reason and needs no batch.
+            batch: the batch of the gradient statistics, ``(inputs, labels)`` or a callable
+                ``(grad_batch_size, grad_batch_seed) -> (inputs, labels)``; None (default) =
+                ``trainer.datamodule.fixed_batch(grad_batch_size, grad_batch_seed)``. A pair is
+                used as given (``grad_batch_size`` and ``grad_batch_seed`` do not apply to it).
+            model_attr: the LightningModule attribute holding the network (default "model");
+                None, or an attribute that is not an ``nn.Module``: the LightningModule itself.
+            criterion: the loss, an ``nn.Module`` class with a ``reduction`` argument (it is
+                re-instantiated with reduction "sum" / "mean"); None (default) =
+                ``pl_module.criterion`` if it is an ``nn.Module``, else ``nn.CrossEntropyLoss()``.
+        """
         super().__init__()
         if log_every_n_epochs < 1 or window < 2 or grad_batch_size < 2:
             raise ValueError(
@@ -58,7 +102,8 @@ class NoiseMonitor(Callback):
         self._losses: Tensor | None = None
         self._steps = np.zeros(self.window, dtype=np.int64)
         self._count = 0
-        self._batch = FixedBatch(self.grad_batch_size, self.grad_batch_seed, "NoiseMonitor")
+        self._batch = FixedBatch(self.grad_batch_size, self.grad_batch_seed, "NoiseMonitor", batch)
+        self.model_attr, self.criterion = model_attr, criterion
 
     # ---- per batch: ring buffer on the device ----
     def on_train_batch_end(
@@ -69,10 +114,9 @@ class NoiseMonitor(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, Tensor):
+        loss, _ = loss_and_accuracy(outputs)
+        if loss is None:
             return  # a skipped batch (training_step returned None)
-        loss = loss.detach()
         if self._losses is None:
             self._losses = torch.zeros(self.window, dtype=torch.float32, device=loss.device)
         elif self._losses.device != loss.device:  # restored from a checkpoint on the CPU
@@ -121,15 +165,13 @@ class NoiseMonitor(Callback):
             "noise_seconds": grads.get("grad_noise_seconds"),
             "reason": "; ".join(reasons) or None,
         }
-        find_metrics_logger(trainer).record(
-            "noise", trainer, batches_done_in_epoch=trainer.num_training_batches, **record
-        )
+        log_record(trainer, "noise", batches_done_in_epoch=trainer.num_training_batches, **record)
 
     def _gradient_noise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         return gradient_noise(
-            pl_module.model,
+            measured_model(pl_module, self.model_attr),
             self._batch.get(trainer, pl_module),
-            pl_module.criterion,
+            measured_criterion(pl_module, self.criterion),
             bn_mode=self.grad_bn_mode,
             method=self.grad_method,
             vmap_chunk=self.chunk_size,

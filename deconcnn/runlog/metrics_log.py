@@ -30,7 +30,7 @@ def _is_tensor(value: Any) -> bool:
     return hasattr(value, "detach") and hasattr(value, "reshape")
 
 
-def _host_values(records: list[dict[str, Any]]) -> None:
+def host_values(records: list[dict[str, Any]]) -> None:
     """Replace tensor values in place by Python floats, with a single device-to-host copy."""
     slots = [(r, k) for r in records for k, v in r.items() if _is_tensor(v)]
     if not slots:
@@ -69,7 +69,7 @@ class MetricsLog:
         records, self._pending = self._pending, []
         if not records:
             return records
-        _host_values(records)
+        host_values(records)
         self._file.write(b"".join(encode_record(r) for r in records))
         self._file.flush()
         return records

@@ -32,7 +32,13 @@ CHECKPOINT_GLOB = "*.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO whose files appear whole or not at all."""
+    """TorchCheckpointIO whose files appear whole or not at all.
+
+    It keeps the path of the file it wrote last (`last_saved_path`): the metric log's `checkpoint`
+    record reads it once ModelCheckpoint reports a save (deconcnn.callbacks.metrics_logger).
+    """
+
+    last_saved_path: Path | None = None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -44,6 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         write_bytes_atomic(target, buffer.getbuffer())
+        self.last_saved_path = target
 
 
 @dataclass
