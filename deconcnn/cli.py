@@ -1,4 +1,9 @@
-"""deconcnn-sweep: argument parsing and printing only; the work is in deconcnn.sweep."""
+"""deconcnn-sweep: run an instrumented training sweep on SLURM or on this machine, and trust its numbers.
+
+A sweep file (sweeps/*.yaml) names the variants (conf/experiment files) and the axes to sweep.
+Typical order: launch --dry-run, probe-resources, check, launch, status (--watch), then collect,
+report and analyze. Relaunching the same sweep file finishes whatever did not complete.
+"""
 
 from __future__ import annotations
 
@@ -14,82 +19,101 @@ from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.sweepdir import DEFAULT_OUT
 
 EXIT_USAGE = 2
-WATCH_MIN_INTERVAL_S = 30  # sacct polling is a load on the cluster's database (submitit #1759)
+#: --watch floors: each refresh of a SLURM sweep asks squeue and sacct (a load on the cluster's
+#: database: submitit #1759); a local sweep only reads files.
+WATCH_MIN_S = {"slurm": 30.0, "local": 2.0}
+WATCH_DEFAULT_S = 30.0
+EXECUTORS = ("auto", "local", "slurm")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deconcnn")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deconcnn-sweep", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="deconcnn-sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"deconcnn-sweep {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    out_help = f"the folder results go in: the sweep's directory is OUT/<sweep name> (default {DEFAULT_OUT})"
+    executor_help = "where runs execute: slurm (job arrays), local (this machine), auto (slurm when a controller answers)"
+    sweep_dir_help = "the sweep's directory (OUT/<sweep name>), or a Hydra multirun directory"
 
-    launch = sub.add_parser("launch", help="expand a sweep file and run or submit its runs")
-    launch.add_argument("sweep_file", type=Path)
-    launch.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
-    launch.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto")
-    launch.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="parent of the sweep directory")
-    launch.add_argument("--dry-run", action="store_true", help="list the runs, submit nothing")
+    def sweep_file_command(name: str, help_: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_, description=help_)
+        command.add_argument("sweep_file", type=Path, help="the sweep file (sweeps/*.yaml)")
+        command.add_argument("overrides", nargs="*",
+                             help="Hydra overrides for every run (key=value); hydra.launcher.* ones set the SLURM job")
+        command.add_argument("--executor", choices=EXECUTORS, default="auto", help=executor_help)
+        command.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=out_help)
+        return command
+
+    launch = sweep_file_command("launch", "run or submit every run of a sweep that is not done yet")
+    launch.add_argument("--dry-run", action="store_true",
+                        help="compose and check every run's config, print the runs and the plan; submit nothing")
     launch.add_argument("--json", action="store_true", help="with --dry-run: the runs as JSON")
-    launch.add_argument("--smoke", action="store_true", help="every run shrunk to a few steps on synthetic data")
-    launch.add_argument("--workers-per-gpu", type=int, help="runs packed per GPU (default: the probe's choice)")
-    launch.add_argument("--only", help="a run-id glob or a variant name")
-    launch.add_argument("--skip-check", action="store_true", help="submit to SLURM without a passing check")
+    launch.add_argument("--smoke", action="store_true",
+                        help="the whole grid, each run shrunk to 4 steps on synthetic data (debug=smoke)")
+    launch.add_argument("--workers-per-gpu", type=int, metavar="K", help="runs packed per GPU (default: the probe's choice)")
+    launch.add_argument("--only", metavar="PATTERN", help="only the runs whose id matches this glob, or this variant")
+    launch.add_argument("--skip-check", action="store_true", help="submit to SLURM without a passing check (recorded)")
     launch.add_argument("--mps", action="store_true", help="run a CUDA MPS daemon in each packed task")
-    launch.add_argument("--parallel", type=int, help="local: concurrent runs without GPUs (default: k)")
+    launch.add_argument("--parallel", type=int, metavar="N", help="local without GPUs: runs at a time (default: K)")
     launch.add_argument("--grace", type=float, default=STOP_GRACE_S, metavar="SECONDS",
                         help=f"local: on Ctrl-C/SIGTERM, seconds a run gets to stop before SIGKILL (default {STOP_GRACE_S:g})")
 
-    cancel = sub.add_parser("cancel", help="stop a sweep's pending and running runs (relaunch runs them again)")
-    cancel.add_argument("sweep_dir", type=Path)
-    cancel.add_argument("--only", help="a run-id glob or a variant name")
+    status = sub.add_parser("status", help="where a sweep stands: runs by state, problems with reasons, progress",
+                            description="where a sweep stands: runs by state, problems with reasons, progress")
+    status.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
+    status.add_argument("--json", action="store_true", help="machine-readable; with --watch one JSON document per line")
+    status.add_argument("--watch", nargs="?", type=float, const=WATCH_DEFAULT_S, metavar="SECONDS",
+                        help=f"refresh every SECONDS (default {WATCH_DEFAULT_S:g}; at least {WATCH_MIN_S['slurm']:g} for a "
+                             f"SLURM sweep) until every run is final")
+
+    cancel = sub.add_parser("cancel", help="stop a sweep's pending and running runs (a relaunch runs them again)",
+                            description="stop a sweep's pending and running runs (a relaunch runs them again)")
+    cancel.add_argument("sweep_dir", type=Path, help=sweep_dir_help)
+    cancel.add_argument("--only", metavar="PATTERN", help="only the runs whose id matches this glob, or this variant")
     cancel.add_argument("--grace", type=float, default=STOP_GRACE_S, metavar="SECONDS",
                         help=f"seconds a run gets to stop after SIGTERM before SIGKILL (default {STOP_GRACE_S:g})")
 
-    status = sub.add_parser("status", help="where a sweep stands")
-    status.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
-    status.add_argument("--json", action="store_true")
-    status.add_argument("--watch", nargs="?", type=float, const=WATCH_MIN_INTERVAL_S, metavar="SECONDS",
-                        help=f"refresh every SECONDS (at least {WATCH_MIN_INTERVAL_S})")
-
-    collect = sub.add_parser("collect", help="one tidy table per record kind, plus a runs summary")
-    collect.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
-    collect.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    collect.add_argument("--out", type=Path)
-
-    probe = sub.add_parser("probe-resources", help="measure how many runs of each variant to pack per GPU")
-    probe.add_argument("sweep_file", type=Path)
-    probe.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (as launch)")
-    probe.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
-                       help="slurm: one job holding one GPU, with the sweep's launcher settings")
-    probe.add_argument("--max-workers", type=int, default=8, help="largest k tried (default 8)")
+    probe = sweep_file_command("probe-resources", "measure how many runs of each variant to pack on one GPU")
+    probe.add_argument("--file", type=Path, help="write the result here instead of OUT/<sweep>/probe.json (plot beside it)")
+    probe.add_argument("--max-workers", type=int, default=8, help="largest number of runs per GPU tried (default 8)")
     probe.add_argument("--steps", type=int, default=50, help="timed optimizer steps per run (default 50)")
     probe.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
-    probe.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
-                       help="parent of the sweep directory, as for launch (default results)")
-    probe.add_argument("--file", type=Path, help="write the result here instead of <out>/<sweep>/probe.json (plot beside it)")
-    probe.add_argument("--only", help="a variant name: probe only it")
+    probe.add_argument("--only", metavar="VARIANT", help="probe only this variant")
 
-    check = sub.add_parser("check", help="the pre-launch checklist, verified on a short real run of each variant")
-    check.add_argument("sweep_file", type=Path)
-    check.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (as launch)")
-    check.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto")
-    check.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="parent of the sweep directory")
-    check.add_argument("--workers-per-gpu", type=int, help="the resources decision, instead of a probe.json")
+    check = sweep_file_command("check", "the pre-launch checklist, verified on a short real run of each variant")
+    check.add_argument("--workers-per-gpu", type=int, metavar="K", help="the packing decision, instead of a probe")
 
-    analyze = sub.add_parser("analyze", help="fit every run's loss curve (knee, alpha_early, alpha_full) and compare "
-                             "across the sweep; tables, plots and a report section")
-    analyze.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
-    analyze.add_argument("--out", type=Path, help="the folder results go in (default <sweep>/analysis)")
-    analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format")
+    def result_command(name: str, help_: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_, description=help_)
+        command.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
+        return command
+
+    collect = result_command("collect", "one table per record kind (train, val, curvature, noise, checkpoint) and "
+                                        "one row per run, with the sweep's axes as columns")
+    collect.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/collected)")
+    collect.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)")
+
+    report = result_command("report", "the plots a researcher looks at first, with an index page")
+    report.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/report)")
+    report.add_argument("--heatmap", metavar="ROW,COL",
+                        help="the two axes of the heat maps (default: the two non-seed axes with the most values)")
+
+    analyze = result_command("analyze", "fit every run's loss curve (knee, alpha_early, alpha_full) and compare "
+                                        "runs across the sweep; tables, plots and a report section")
+    analyze.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/analysis)")
+    analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)")
     analyze.add_argument("--workers", type=int, help="processes fitting runs (default: one per core)")
     analyze.add_argument("--boot", type=int, default=20, metavar="N",
                          help="bootstrap resamples per fit (N/2 for the knee's interval; 0: standard errors only)")
-
-    report = sub.add_parser("report", help="the plots a researcher looks at first, with an index")
-    report.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."))
-    report.add_argument("--out", type=Path)
-    report.add_argument("--heatmap", metavar="ROW,COL",
-                        help="the two axes of the heat map (default: the two non-seed axes with the most values)")
     return parser
 
 
@@ -146,29 +170,41 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def watch_interval(requested: float) -> float:
-    """Seconds between refreshes of `status --watch`: never more often than every 30 s."""
-    return max(WATCH_MIN_INTERVAL_S, requested)
+def watch_interval(requested: float, executor: str) -> float:
+    """Seconds between refreshes of `status --watch`: as asked, but not below the executor's floor."""
+    return max(WATCH_MIN_S[executor], requested)
 
 
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.live import Live
 
-    from deconcnn.sweep.status import current_states, render, status_json
+    from deconcnn.sweep.status import all_final, current_states, executor_of, render, status_json
 
-    if args.json:
-        print(json.dumps(status_json(args.sweep_dir, current_states(args.sweep_dir)), indent=1))
-        return 0
     console = Console()
+
+    def show(states: list) -> None:  # type: ignore[type-arg]
+        if args.json:  # one document per line, so a watcher can read them as they come
+            print(json.dumps(status_json(args.sweep_dir, states), indent=None if args.watch else 1), flush=True)
+        else:
+            console.print(render(args.sweep_dir, states))
+
+    states = current_states(args.sweep_dir)
     if args.watch is None:
-        console.print(render(args.sweep_dir, current_states(args.sweep_dir)))
+        show(states)
         return 0
-    interval = watch_interval(args.watch)
-    with Live(render(args.sweep_dir, current_states(args.sweep_dir)), console=console) as live:
-        while True:
-            time.sleep(interval)
-            live.update(render(args.sweep_dir, current_states(args.sweep_dir)))
+    interval = watch_interval(args.watch, executor_of(args.sweep_dir))
+    if interval > args.watch:
+        print(f"status: refreshing every {interval:g} s, not {args.watch:g} (each refresh of a SLURM sweep asks "
+              "squeue and sacct)", file=sys.stderr)
+    while True:
+        if console.is_terminal and not args.json:
+            console.clear()
+        show(states)
+        if all_final(states):
+            print("status: every run is final", file=sys.stderr)
+            return 0
+        time.sleep(interval)
+        states = current_states(args.sweep_dir)
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -114,7 +114,10 @@ def sweep_states(sweep_dir: Path, manifest: dict[str, Any], live: dict[str, Sche
 
     sd = SweepDir(sweep_dir)
     states = []
-    for run_id, entry in manifest["runs"].items():
+    # The manifest's mappings are written with sorted keys; its variant list keeps the sweep file's order.
+    order = {v: i for i, v in enumerate(manifest.get("variants", []))}
+    runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
+    for run_id, entry in runs:
         run_dir = sd.run_dir(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None

@@ -1,22 +1,98 @@
-"""deconcnn-sweep status: where a sweep stands, run by run (states: deconcnn.sweep.state)."""
+"""deconcnn-sweep status: where a sweep stands, run by run (states: deconcnn.sweep.state).
+
+The table has one row per state that occurs and one column per variant, so it fits 80 columns
+whatever the states; running runs show their progress (step / total, last training loss, an ETA
+from the pace of their last logged steps), read from the tail of their own metric log.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deconcnn.sweep.state import STATES, RunState, poll_submissions, sweep_states
+from deconcnn.runlog.metrics_log import METRICS_FILE
+from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, poll_submissions, sweep_states
 from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir
 
 DETAIL_STATES = ("failed", "lost", "cancelled", "pending", "unknown")
+TAIL_BYTES = 64 * 1024  # enough for the last few dozen records of any kind
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int | None
+    loss: float | None
+    eta_s: float | None
+
+    def text(self) -> tuple[str, str, str]:
+        done = f"{self.step}/{self.total} ({100 * self.step / self.total:.0f}%)" if self.total else str(self.step)
+        loss = f"{self.loss:.4g}" if self.loss is not None else "-"
+        eta = "-" if self.eta_s is None else time.strftime("%H:%M:%S", time.gmtime(self.eta_s)) \
+            if self.eta_s < 86400 else f"{self.eta_s / 86400:.1f} d"
+        return done, loss, eta
+
+
+def _total_steps(run_dir: Path, steps_per_epoch: float) -> int | None:
+    """Steps the run will take: its composed config's max_epochs x its steps per epoch."""
+    from omegaconf import OmegaConf
+
+    try:
+        return round(int(OmegaConf.load(run_dir / CONFIG_FILE).trainer.max_epochs) * steps_per_epoch)
+    except Exception:  # noqa: BLE001 - no config (yet), or not ours: no total, no ETA
+        return None
+
+
+def run_progress(run_dir: Path) -> Progress | None:
+    """The last training record of a run and what it says about the rest (None: none yet)."""
+    try:
+        with open(run_dir / METRICS_FILE, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - TAIL_BYTES))
+            lines = log.read().splitlines()
+    except OSError:
+        return None
+    train = []
+    for line in lines[1:] if len(lines) > 1 else lines:  # the first may be cut
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("kind") == "train":
+            train.append(record)
+    if not train:
+        return None
+    last = train[-1]
+    step, frac = int(last["step"]), last.get("epoch_frac")
+    total = _total_steps(run_dir, (step + 1) / frac) if frac else None
+    eta = None
+    if total and len(train) > 1 and train[-1]["time"] > train[0]["time"]:
+        pace = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"] or 1)
+        eta = max(0.0, (total - step - 1) * pace)
+    return Progress(step + 1, total, last.get("loss_train_nats"), eta)
 
 
 def current_states(sweep_dir: Path) -> list[RunState]:
     sd = SweepDir(sweep_dir)
     manifest = sd.require_manifest()
     return sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
+
+
+def executor_of(sweep_dir: Path) -> str:
+    """slurm when any run's last submission went to SLURM (a refresh then asks the scheduler)."""
+    manifest = SweepDir(sweep_dir).require_manifest()
+    kinds = {(entry.get("submissions") or [{}])[-1].get("executor") for entry in manifest["runs"].values()}
+    return "slurm" if "slurm" in kinds else "local"
+
+
+def all_final(states: list[RunState]) -> bool:
+    return all(s.state in FINAL_STATES for s in states)
 
 
 def summarize(states: list[RunState]) -> dict[str, dict[str, int]]:
@@ -29,26 +105,37 @@ def summarize(states: list[RunState]) -> dict[str, dict[str, int]]:
 
 
 def status_json(sweep_dir: Path, states: list[RunState]) -> dict[str, Any]:
-    return {"sweep_dir": str(sweep_dir), "time": time.time(), "counts": summarize(states),
-            "runs": [s.to_json() for s in states]}
+    runs = []
+    for s in states:
+        progress = run_progress(Path(s.run_dir)) if s.state == "running" else None
+        runs.append({**s.to_json(), "progress": progress.__dict__ if progress else None})
+    return {"sweep_dir": str(sweep_dir), "time": time.time(), "counts": summarize(states), "runs": runs,
+            "final": all_final(states)}
 
 
 def render(sweep_dir: Path, states: list[RunState]) -> Any:
-    """A rich renderable: counts by variant (only the states that occur), then every run that is
-    not done with its reason and log."""
+    """A rich renderable: states x variants, then the running runs' progress, then every run
+    that is not done with its reason and log."""
     from rich.console import Group
     from rich.table import Table
 
     counts = summarize(states)
     shown = [k for k in STATES if counts["all"][k]] or ["completed"]
-    table = Table(title=f"sweep {sweep_dir}")
-    table.add_column("variant")
-    for key in ("total", *shown):
-        table.add_column(key, justify="right")
-    for variant, row in counts.items():
-        style = "bold" if variant == "all" else None
-        table.add_row(variant, *(str(row[k]) for k in ("total", *shown)), style=style)
+    table = Table(title=f"sweep {sweep_dir} ({counts['all']['total']} runs), {time.strftime('%H:%M:%S')}")
+    table.add_column("state")
+    for variant in counts:
+        table.add_column(variant, justify="right", style="bold" if variant == "all" else None)
+    for state in shown:
+        table.add_row(state, *(str(counts[v][state]) for v in counts))
     parts: list[Any] = [table]
+    running = [(s, run_progress(Path(s.run_dir))) for s in states if s.state == "running"]
+    if running:
+        detail = Table(title="running runs")
+        for column in ("run", "step/total", "loss", "ETA"):
+            detail.add_column(column, overflow="fold")
+        for s, progress in running:
+            detail.add_row(s.run_id, *(progress.text() if progress else ("starting", "-", "-")))
+        parts.append(detail)
     for state in DETAIL_STATES:
         runs = [s for s in states if s.state == state]
         if not runs:

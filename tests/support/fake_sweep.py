@@ -104,6 +104,8 @@ def make_sweep(root: Path, *, name: str = "fake", variants: Sequence[str] = VARI
             n_steps = n_steps * 2 // 3
         fake.counts[rid] = _write_run(sd.run_dir(rid), rid, ident, n_steps, steps_per_epoch, curv_every,
                                       noise_every, diverged.get(rid), rid in truncated, nan_token, noise, rng)
+        (sd.run_dir(rid) / ".hydra").mkdir()  # what Hydra saves of the composed config
+        (sd.run_dir(rid) / ".hydra" / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\n")
     return fake
 
 

@@ -1,16 +1,49 @@
-"""status: the watch interval floor and the link to a sweep's report."""
+"""status: the table at 80 columns, progress of running runs, --watch (honours its number above a
+floor, ends when every run is final, newline-delimited JSON), and the link to a sweep's report."""
 
 from __future__ import annotations
 
-from fake_sweep import make_sweep
+import json
 
+from fake_sweep import make_sweep, run_id
+
+from deconcnn.analysis.report import report
 from deconcnn.cli import run as sweep_cli
 from deconcnn.cli import watch_interval
-from deconcnn.analysis.report import report
+
+FAILED = run_id("S-core", 0.1, 1e-3, 0)
+RUNNING = run_id("S-adamw", 0.2, 1e-3, 1)
 
 
-def test_watch_never_polls_more_often_than_every_30_seconds():
-    assert watch_interval(1) == 30 and watch_interval(0) == 30 and watch_interval(120) == 120
+def test_watch_honours_its_number_above_the_executor_s_floor():
+    assert watch_interval(5, "local") == 5 and watch_interval(1, "local") == 2
+    assert watch_interval(5, "slurm") == 30 and watch_interval(120, "slurm") == 120
+
+
+def test_the_table_fits_80_columns_with_every_state_spelled_out(tmp_path, capsys, monkeypatch):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-adamw", "S-bn-off", "S-narrow"), failed=[FAILED],
+                    running=[RUNNING], missing=[run_id("S-narrow", 0.1, 1e-3, 0)], lost=[run_id("S-bn-off", 0.1, 1e-3, 0)],
+                    diverged={run_id("S-adamw", 0.1, 1e-3, 0): 3})
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert sweep_cli(["status", str(sw.path)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for state in ("completed", "diverged", "failed", "lost", "missing", "running"):
+        assert f" {state} " in out, state
+    assert "S-narrow" in out and "…" not in out.split("running runs")[0]
+    # The running run's progress: step / total (2 epochs x 8 steps), last loss, ETA.
+    assert "10/16 (62%)" in out.split("running runs")[1]
+
+
+def test_watch_ends_at_once_on_a_final_sweep_with_one_json_document_per_refresh(tmp_path, capsys):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), failed=[FAILED])
+    capsys.readouterr()
+    assert sweep_cli(["status", str(sw.path), "--watch", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["final"] is True
+    assert "every run is final" in captured.err
 
 
 def test_status_links_the_report_once_there_is_one(tmp_path, capsys, monkeypatch):
