@@ -101,8 +101,9 @@ def test_trace_within_three_stderr_of_exact(method):
     tr = res.trace
     assert tr.stderr > 0 and math.isfinite(tr.stderr)
     assert abs(tr.estimate - exact) <= 3 * tr.stderr
-    # plain Hutchinson's first probe is Lanczos' cold start: one probe fewer to pay for
-    assert tr.n_hvp == tr.n_probes - (method == "hutchinson")
+    # one pilot probe chose the count; plain Hutchinson's pilot is Lanczos' cold start: free
+    assert tr.n_pilot == 1
+    assert tr.n_hvp == tr.n_probes + tr.n_pilot - (method == "hutchinson")
     rec = res.record()
     assert rec["curv_n_hvp"] == rec["lambda_max_n_hvp"] + rec["hessian_trace_n_hvp"]
 
@@ -157,9 +158,17 @@ def test_cold_lanczos_start_is_a_rademacher_probe_reused_by_the_trace():
         assert torch.allclose(g.abs(), torch.ones_like(g))
         assert eig.start_probe == pytest.approx(((g @ h @ g).item(), (h @ g).square().sum().item()), rel=1e-9)
         spent = op.n_matvec
+        # two-stage rule: the free start probe is the pilot that sets the count (not in the
+        # estimate); a loose tolerance then asks for one fresh probe
         tr = hutchinson_trace(op, rel_tol=100.0, min_probes=1, max_probes=4, start_probe=eig.start_probe)
-        assert (tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 0, spent)
-        assert tr.estimate == eig.start_probe[0]
+        assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 1, 1, spent + 1)
+        assert tr.estimate != eig.start_probe[0]
+        # sequential rule (pilot_probes=0) and a count fixed in advance: it is the first sample
+        for kw in ({"pilot_probes": 0, "max_probes": 4}, {"min_probes": 1, "max_probes": 1}):
+            spent = op.n_matvec
+            tr = hutchinson_trace(op, rel_tol=100.0, start_probe=eig.start_probe, **kw)
+            assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (0, 1, 0, spent)
+            assert tr.estimate == eig.start_probe[0]
         assert lanczos_top_eig(op, v0=g, tol=0.5, max_iter=3).start_probe is None  # warm: not a probe
         with pytest.raises(ValueError, match="start_probe"):
             hutchinson_trace(op, basis=eig.basis, start_probe=eig.start_probe)
