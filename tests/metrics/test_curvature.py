@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from hessian_eigenthings import lanczos
+from hessian_eigenthings import CurvatureOperator, lanczos
 from torch import nn
 from torch.func import functional_call
 
 from deconcnn.metrics.curvature import (
+    CURVATURE_DEFAULTS,
     SharedGraphHessian,
     bn_mode_context,
     cross_entropy_loss_fn,
@@ -358,3 +359,70 @@ def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
     assert bn["hessian_trace_method"] == "deflated"
     with pytest.raises(ValueError, match="linear in each"):
         curvature_estimates(_bn_cnn(), _img_batch(), trace_method="ggn_exact")
+
+
+class _Dense(CurvatureOperator):
+    """An explicit symmetric matrix as a curvature operator (counts products)."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a, self.n_matvec = a, 0
+
+    @property
+    def size(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.a.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.a.dtype
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_matvec += 1
+        return self.a @ v
+
+
+def _probe_stream(n: int, seed: int, count: int) -> torch.Tensor:
+    """The Rademacher probes hutchinson_trace draws for ``seed``, in order."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    return torch.stack([torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).double() * 2 - 1
+                        for _ in range(count)])
+
+
+def test_two_stage_rule_pilot_sets_the_count_and_fresh_probes_give_the_estimate():
+    g = torch.Generator().manual_seed(0)
+    m0 = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    a = (m0 + m0.T) / 2 + 2.0 * torch.eye(40, dtype=torch.float64)  # trace ~80, one probe's SE ~ 40
+    op = _Dense(a)
+    tr = hutchinson_trace(op, rel_tol=0.15, min_probes=1, max_probes=64, seed=5)
+    probes = _probe_stream(40, 5, 1 + tr.n_probes)
+    vals = [(p @ a @ p).item() for p in probes]
+    sq = [(a @ p).square().sum().item() for p in probes]
+    planned = math.ceil(2 * sq[0] / (0.15 * vals[0]) ** 2)
+    assert tr.n_pilot == 1 and tr.n_probes == max(1, planned) and tr.converged
+    assert tr.n_hvp == op.n_matvec == 1 + tr.n_probes
+    # the estimate is the fresh probes' mean alone; the pilot only enters the variance bound
+    assert tr.estimate == pytest.approx(sum(vals[1:]) / tr.n_probes, rel=1e-12)
+    assert tr.stderr == pytest.approx(math.sqrt(2 * sum(sq) / len(sq) / tr.n_probes), rel=1e-12)
+    # capped: the planned count does not fit, converged is false and stderr still reported
+    capped = hutchinson_trace(_Dense(a), rel_tol=0.01, min_probes=1, max_probes=3, seed=5)
+    assert (capped.n_pilot, capped.n_probes, capped.converged) == (1, 3, False)
+    assert capped.stderr > 0.01 * abs(capped.estimate)
+    # a count fixed in advance draws no pilot
+    fixed = hutchinson_trace(_Dense(a), rel_tol=0.15, min_probes=4, max_probes=4, seed=5)
+    assert (fixed.n_pilot, fixed.n_probes, fixed.n_hvp) == (0, 4, 4)
+    assert fixed.estimate == pytest.approx(sum(vals[:4]) / 4, rel=1e-12)
+
+
+def test_same_seed_reproduces_the_record_exactly():
+    """The monitor seeds each record with seed + step: a resumed run writes the same records."""
+    model, batch = _bn_cnn(), _img_batch()
+    a, b = (curvature_estimates(model, batch, seed=1500, **CURVATURE_DEFAULTS).record() for _ in range(2))
+    c = curvature_estimates(model, batch, seed=1501, **CURVATURE_DEFAULTS).record()
+    drop = ("curv_seconds",)
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    assert a["hessian_trace_pilot_probes"] == 1
+    assert a["hessian_trace_n_hvp"] == a["hessian_trace_n_probes"] + 1
+    assert c["hessian_trace"] != a["hessian_trace"]
