@@ -468,7 +468,7 @@ def hutchinson_trace(
     basis: Sequence[Tensor] = (),
     exact_part: float = 0.0,
     rel_tol: float = 0.05,
-    min_probes: int = 1,
+    min_probes: int = 8,
     max_probes: int = 64,
     seed: int = 0,
     probe_batch: int = 1,
@@ -482,7 +482,7 @@ def hutchinson_trace(
     ``stderr`` is the variance-bound standard error ``sqrt(2 mean ||B g||^2 / probes)``,
     ``B = (I - QQ^T) A (I - QQ^T)`` (module doc).
 
-    Probe count (module doc, "Stopping rule"): with ``pilot_probes >= 1`` (default) a two-stage
+    Probe count (module doc, "Trace stopping rule"): with ``pilot_probes >= 1`` (default) a two-stage
     rule. Stage 1 draws ``pilot_probes`` probes whose trace estimate and variance bound only
     choose ``m = ceil(v / (rel_tol * |t|)^2)`` in ``[min_probes, max_probes]``; stage 2 draws
     ``m`` fresh probes, and the estimate is their mean alone, so its error is independent of the
@@ -505,8 +505,8 @@ def hutchinson_trace(
     n, device, dtype = operator.size, operator.device, operator.dtype
     gen = _generator(device if device.type == "cuda" else torch.device("cpu"), seed + 7919)
     qmat = torch.stack(list(basis)) if len(basis) else None
-    min_probes = max(1, int(min_probes))
-    max_probes = max(min_probes, int(max_probes))
+    max_probes = max(1, int(max_probes))
+    min_probes = min(max(1, int(min_probes)), max_probes)  # the cap wins, as it always did
     probe_batch = max(1, int(probe_batch))
     pilot_probes = max(0, int(pilot_probes))
     matmat = getattr(operator, "matmat", None)
@@ -721,6 +721,8 @@ def curvature_estimates(
     ``batch`` must already be on the model's device. The model's parameters, gradients (``.grad``
     is never written: products use ``torch.autograd.grad``), BN running statistics and the global
     RNG are left untouched (probes use private generators seeded with ``seed``).
+    Hutchinson's probe count follows the two-stage rule with ``trace_pilot_probes`` pilot probes
+    (0: the old sequential rule; module doc, "Trace stopping rule").
     """
     loss_fn = cross_entropy_loss_fn(criterion)
     if trace_method == "auto":

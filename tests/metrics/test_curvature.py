@@ -165,7 +165,7 @@ def test_cold_lanczos_start_is_a_rademacher_probe_reused_by_the_trace():
         assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 1, 1, spent + 1)
         assert tr.estimate != eig.start_probe[0]
         # sequential rule (pilot_probes=0) and a count fixed in advance: it is the first sample
-        for kw in ({"pilot_probes": 0, "max_probes": 4}, {"min_probes": 1, "max_probes": 1}):
+        for kw in ({"pilot_probes": 0, "min_probes": 1, "max_probes": 4}, {"min_probes": 1, "max_probes": 1}):
             spent = op.n_matvec
             tr = hutchinson_trace(op, rel_tol=100.0, start_probe=eig.start_probe, **kw)
             assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (0, 1, 0, spent)
