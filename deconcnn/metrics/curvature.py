@@ -61,11 +61,12 @@ The rule before (``trace_pilot_probes=0``, kept for comparison): draw probes unt
 hardly moves between probes, this stops as soon as ``|mean|`` happens to be large: the count
 selects on the estimate's own error. A record that stopped early reads too far from zero, one
 that ran long too close to it. Over all records about 95% still lie within 2 SE (errors of both
-signs average out), but each record's error is predictable from its probe count: on ResNet-18
-x0.25 (CIFAR-sized synthetic data, batch 128; 200-probe pools resampled), records that stopped
-before the median count were on average +1.5 SE off after 530 steps and +1.0 SE after 1030 steps,
-those after it -1.0 and -1.3 SE; on small BN models with the exact trace +0.76 / -0.87 SE
-(benchmarks/trace_calibration.py). Those are the 1.45-1.9 SE misses users saw.
+signs average out), but each record's error is predictable from its probe count. Records that
+stopped before their state's median count were on average +0.76 SE off and those after it -0.87
+SE on small BN models with the exact trace; +0.83 / -0.62 on ResNet-18 x0.0625 (400-probe
+references); +0.98 / -1.05 on ResNet-18 x0.25 (CIFAR-sized synthetic data, batch 128, steps 530
+and 1030, replayed on 200-probe pools). All measured with benchmarks/trace_calibration.py. The
+1.45-1.9 SE misses users saw are of this kind.
 
 Two-stage rule (Stein 1945; default ``trace_pilot_probes=1``): stage 1 draws the pilot probe(s);
 their estimate ``t`` and variance bound ``v = 2 mean ||B g||^2`` only choose the count
@@ -78,12 +79,23 @@ the estimate is unbiased whatever count was chosen, and ``stderr = sqrt(2 mean |
 Lanczos start is the pilot, at no product. The tolerance becomes a target rather than a
 guarantee: the pilot's ``t`` is noisy, so about a third of the records end somewhat above it
 (median relative SE 9.3% for a 10% target, measured); ``hessian_trace_rel_stderr`` reports what
-each record achieved and ``converged`` that ``m`` fit under the cap. Cost, measured with
-benchmarks/trace_calibration.py in one run on the same seeds: 4.86 vs 3.74 trace products per
-record (whole record 14.0 vs 12.9, +9%) on the small BN models, 2-SE coverage 95.8% vs 96.8% with
-the early/late bias gone (-0.10 / -0.07 SE); on the ResNet-18 x0.25 pools 5.5 vs 4.2 products
-after 530 steps and 8.8 vs 6.8 after 1030 (the pilot plus ~20% more probes, since ``1/t^2``
-overshoots on average when the pilot is noisy).
+each record achieved and ``converged`` that ``m`` fit under the cap.
+Cost, measured with benchmarks/trace_calibration.py in one run per model on the same seeds (trace
+products per record, two-stage vs sequential; coverage within 2 SE; mean error in SE of the early
+/ late stoppers):
+
+================================  ===========  =============  ==========================
+states                            trace HVPs   within 2 SE    early / late (two-stage)
+================================  ===========  =============  ==========================
+small BN CNN, exact trace         4.86 / 3.74  95.8% / 96.8%  -0.10 / -0.07
+ResNet-18 x0.0625, 16x16          12.0 / 11.4  95.8% / 94.9%  -0.01 / -0.03
+ResNet-18 x0.25, step 530 (pool)  5.52 / 4.21  96.7% / 96.6%  -0.05 / +0.04 (both steps)
+ResNet-18 x0.25, step 1030        8.42 / 6.72
+================================  ===========  =============  ==========================
+
+That is the pilot probe plus ~10-20% more probes, since ``1/t^2`` overshoots on average when
+``t`` is noisy: +0.6 to +1.7 products, +3% to +11% of a whole record (14.0 vs 12.9 products on
+the small CNN, 19.8 vs 19.2 on ResNet x0.0625).
 
 BatchNorm
 ---------
