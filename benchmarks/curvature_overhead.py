@@ -197,6 +197,7 @@ def main() -> None:
         if args.trace_max_probes is not None
         else defaults["trace_max_probes"],
         "trace_method": defaults["trace_method"],
+        "trace_pilot_probes": defaults["trace_pilot_probes"],
         "probe_batch": args.probe_batch if args.probe_batch is not None else defaults["probe_batch"],
     }
     if args.quick:

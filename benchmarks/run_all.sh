@@ -25,6 +25,7 @@ bench "orchestration (216 runs)" "$PY" benchmarks/orchestration.py
 bench "logging overhead (width 0.25, CPU)" "$PY" benchmarks/logging_overhead.py --steps 24 --reps 3
 bench "data pipeline (CPU)" "$PY" benchmarks/data_pipeline.py --device cpu --quick
 bench "curvature overhead (width 0.25, CPU)" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick
+bench "trace stderr calibration, two-stage vs sequential rule (small BN CNN, exact trace)" "$PY" benchmarks/trace_calibration.py
 bench "collect at scale (24 runs)" "$PY" benchmarks/collect_scale.py --runs 24
 rm -f "$OUT/last.log"
 echo "wrote $summary" >&2

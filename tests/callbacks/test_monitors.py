@@ -43,6 +43,9 @@ def test_curvature_records_at_steps_0_5_10_of_a_12_step_run_without_changing_tra
         assert r["lambda_max_n_hvp"] >= 1 and r["hessian_trace_n_probes"] >= 1
         assert r["curv_n_hvp"] == r["lambda_max_n_hvp"] + r["hessian_trace_n_hvp"]
         assert r["lambda_max_method"] == "lanczos_la" and r["hessian_trace_method"] == "deflated"
+        # two-stage rule: one pilot probe set the count, the estimate's probes came after it
+        assert r["hessian_trace_pilot_probes"] == 1
+        assert r["hessian_trace_n_hvp"] == r["hessian_trace_n_probes"] + 1
     assert [r["lambda_max_warm_start"] for r in curv] == [False, False, False]  # off by default
 
     # The monitor leaves training untouched: same losses, weights and BN running statistics.

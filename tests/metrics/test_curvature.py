@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from hessian_eigenthings import lanczos
+from hessian_eigenthings import CurvatureOperator, lanczos
 from torch import nn
 from torch.func import functional_call
 
 from deconcnn.metrics.curvature import (
+    CURVATURE_DEFAULTS,
     SharedGraphHessian,
     bn_mode_context,
     cross_entropy_loss_fn,
@@ -101,8 +102,9 @@ def test_trace_within_three_stderr_of_exact(method):
     tr = res.trace
     assert tr.stderr > 0 and math.isfinite(tr.stderr)
     assert abs(tr.estimate - exact) <= 3 * tr.stderr
-    # plain Hutchinson's first probe is Lanczos' cold start: one probe fewer to pay for
-    assert tr.n_hvp == tr.n_probes - (method == "hutchinson")
+    # one pilot probe chose the count; plain Hutchinson's pilot is Lanczos' cold start: free
+    assert tr.n_pilot == 1
+    assert tr.n_hvp == tr.n_probes + tr.n_pilot - (method == "hutchinson")
     rec = res.record()
     assert rec["curv_n_hvp"] == rec["lambda_max_n_hvp"] + rec["hessian_trace_n_hvp"]
 
@@ -157,9 +159,17 @@ def test_cold_lanczos_start_is_a_rademacher_probe_reused_by_the_trace():
         assert torch.allclose(g.abs(), torch.ones_like(g))
         assert eig.start_probe == pytest.approx(((g @ h @ g).item(), (h @ g).square().sum().item()), rel=1e-9)
         spent = op.n_matvec
+        # two-stage rule: the free start probe is the pilot that sets the count (not in the
+        # estimate); a loose tolerance then asks for one fresh probe
         tr = hutchinson_trace(op, rel_tol=100.0, min_probes=1, max_probes=4, start_probe=eig.start_probe)
-        assert (tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 0, spent)
-        assert tr.estimate == eig.start_probe[0]
+        assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 1, 1, spent + 1)
+        assert tr.estimate != eig.start_probe[0]
+        # sequential rule (pilot_probes=0) and a count fixed in advance: it is the first sample
+        for kw in ({"pilot_probes": 0, "min_probes": 1, "max_probes": 4}, {"min_probes": 1, "max_probes": 1}):
+            spent = op.n_matvec
+            tr = hutchinson_trace(op, rel_tol=100.0, start_probe=eig.start_probe, **kw)
+            assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (0, 1, 0, spent)
+            assert tr.estimate == eig.start_probe[0]
         assert lanczos_top_eig(op, v0=g, tol=0.5, max_iter=3).start_probe is None  # warm: not a probe
         with pytest.raises(ValueError, match="start_probe"):
             hutchinson_trace(op, basis=eig.basis, start_probe=eig.start_probe)
@@ -349,3 +359,70 @@ def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
     assert bn["hessian_trace_method"] == "deflated"
     with pytest.raises(ValueError, match="linear in each"):
         curvature_estimates(_bn_cnn(), _img_batch(), trace_method="ggn_exact")
+
+
+class _Dense(CurvatureOperator):
+    """An explicit symmetric matrix as a curvature operator (counts products)."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a, self.n_matvec = a, 0
+
+    @property
+    def size(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.a.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.a.dtype
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_matvec += 1
+        return self.a @ v
+
+
+def _probe_stream(n: int, seed: int, count: int) -> torch.Tensor:
+    """The Rademacher probes hutchinson_trace draws for ``seed``, in order."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    return torch.stack([torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).double() * 2 - 1
+                        for _ in range(count)])
+
+
+def test_two_stage_rule_pilot_sets_the_count_and_fresh_probes_give_the_estimate():
+    g = torch.Generator().manual_seed(0)
+    m0 = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    a = (m0 + m0.T) / 2 + 2.0 * torch.eye(40, dtype=torch.float64)  # trace ~80, one probe's SE ~ 40
+    op = _Dense(a)
+    tr = hutchinson_trace(op, rel_tol=0.15, min_probes=1, max_probes=64, seed=5)
+    probes = _probe_stream(40, 5, 1 + tr.n_probes)
+    vals = [(p @ a @ p).item() for p in probes]
+    sq = [(a @ p).square().sum().item() for p in probes]
+    planned = math.ceil(2 * sq[0] / (0.15 * vals[0]) ** 2)
+    assert tr.n_pilot == 1 and tr.n_probes == max(1, planned) and tr.converged
+    assert tr.n_hvp == op.n_matvec == 1 + tr.n_probes
+    # the estimate is the fresh probes' mean alone; the pilot only enters the variance bound
+    assert tr.estimate == pytest.approx(sum(vals[1:]) / tr.n_probes, rel=1e-12)
+    assert tr.stderr == pytest.approx(math.sqrt(2 * sum(sq) / len(sq) / tr.n_probes), rel=1e-12)
+    # capped: the planned count does not fit, converged is false and stderr still reported
+    capped = hutchinson_trace(_Dense(a), rel_tol=0.01, min_probes=1, max_probes=3, seed=5)
+    assert (capped.n_pilot, capped.n_probes, capped.converged) == (1, 3, False)
+    assert capped.stderr > 0.01 * abs(capped.estimate)
+    # a count fixed in advance draws no pilot
+    fixed = hutchinson_trace(_Dense(a), rel_tol=0.15, min_probes=4, max_probes=4, seed=5)
+    assert (fixed.n_pilot, fixed.n_probes, fixed.n_hvp) == (0, 4, 4)
+    assert fixed.estimate == pytest.approx(sum(vals[:4]) / 4, rel=1e-12)
+
+
+def test_same_seed_reproduces_the_record_exactly():
+    """The monitor seeds each record with seed + step: a resumed run writes the same records."""
+    model, batch = _bn_cnn(), _img_batch()
+    a, b = (curvature_estimates(model, batch, seed=1500, **CURVATURE_DEFAULTS).record() for _ in range(2))
+    c = curvature_estimates(model, batch, seed=1501, **CURVATURE_DEFAULTS).record()
+    drop = ("curv_seconds",)
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    assert a["hessian_trace_pilot_probes"] == 1
+    assert a["hessian_trace_n_hvp"] == a["hessian_trace_n_probes"] + 1
+    assert c["hessian_trace"] != a["hessian_trace"]
