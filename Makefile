@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_OUT ?= results
 
-.PHONY: install demo test test-fast slurm-up slurm-down clean
+.PHONY: install demo lint test test-fast slurm-up slurm-down clean
 
 $(INSTALLED): pyproject.toml constraints-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +19,8 @@ install: $(INSTALLED)
 demo: install
 	$(VENV)/bin/deconcnn-sweep launch sweeps/demo.yaml --executor local --parallel 2 --out $(DEMO_OUT)
 	$(VENV)/bin/deconcnn-sweep status $(DEMO_OUT)/demo
-	$(VENV)/bin/deconcnn-sweep report $(DEMO_OUT)/demo
-	@echo "Results: $(DEMO_OUT)/demo (runs/<run id>/metrics.jsonl, collected/*.parquet, report/index.html)"
+	$(VENV)/bin/deconcnn-sweep analyze $(DEMO_OUT)/demo
+	@echo "Results: $(DEMO_OUT)/demo (runs/<run id>/metrics.jsonl, collected/, analysis/, report/index.html)"
 
 # The SLURM tests need the local one-node cluster; it can only be installed as root on Debian.
 slurm-up:
@@ -30,7 +30,12 @@ slurm-up:
 slurm-down:
 	scripts/slurm_stop.sh
 
-test: install slurm-up
+lint: install
+	$(VENV)/bin/ruff check deconcnn tests benchmarks
+	$(VENV)/bin/ruff format --check deconcnn tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint slurm-up
 	$(PY) -m pytest
 
 test-fast: install

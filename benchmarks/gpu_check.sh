@@ -17,14 +17,14 @@ start=$(date +%s)
 SECTIONS=${SECTIONS:-data_pipeline logging_overhead curvature_overhead probe epoch_time}
 PROBE_ARGS=${PROBE_ARGS:---max-workers 3 --steps 40}
 
-section() {  # section NAME SECONDS COMMAND...: run with a time limit, keep its table
-    local name=$1 limit=$2
-    shift 2
+section() {  # section NAME SECONDS KEEP COMMAND...: run with a time limit, keep the lines matching KEEP
+    local name=$1 limit=$2 keep=$3
+    shift 3
     [[ " $SECTIONS " == *" $name "* ]] || return 0
     echo "## $name ($(($(date +%s) - start)) s in)" | tee -a "$OUT/gpu_check.md"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
-    grep -E '^\|' "$OUT/$name.log" | tee -a "$OUT/gpu_check.md"
+    grep -E "$keep" "$OUT/$name.log" | tee -a "$OUT/gpu_check.md"
     [ $rc -eq 0 ] || { echo "($name exited $rc; tail of its log:)"; tail -5 "$OUT/$name.log"; } | tee -a "$OUT/gpu_check.md"
     echo | tee -a "$OUT/gpu_check.md"
 }
@@ -32,10 +32,12 @@ section() {  # section NAME SECONDS COMMAND...: run with a time limit, keep its 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /' | tee "$OUT/gpu_check.md"
 $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu_check.md"
 
-section data_pipeline 60 $PY benchmarks/data_pipeline.py --device cuda
-section logging_overhead 90 $PY benchmarks/logging_overhead.py --device cuda --width 0.25 --steps 120
-section curvature_overhead 120 $PY benchmarks/curvature_overhead.py --device cuda
-section probe 170 $PY -m deconcnn.cli probe-resources sweeps/loss_lin_slope.yaml --executor local \
-    $PROBE_ARGS --out "$OUT/probe.json" data=synthetic
-section epoch_time 90 $PY benchmarks/epoch_time.py --device cuda --probe "$OUT/probe.json"
+TABLES='^\|'
+section data_pipeline 60 "$TABLES" $PY benchmarks/data_pipeline.py --device cuda
+section logging_overhead 90 "$TABLES" $PY benchmarks/logging_overhead.py --device cuda --width 0.25 --steps 120
+section curvature_overhead 120 "$TABLES" $PY benchmarks/curvature_overhead.py --device cuda
+# The probe's own table is drawn with box characters: keep its per-variant lines instead.
+section probe 170 'per GPU|k=[0-9]' $PY -m deconcnn.cli probe-resources sweeps/loss_lin_slope.yaml --executor local \
+    $PROBE_ARGS --out "$OUT/probe_sweeps" --file "$OUT/probe.json" data=synthetic
+section epoch_time 90 "$TABLES" $PY benchmarks/epoch_time.py --device cuda --probe "$OUT/probe.json"
 echo "total $(($(date +%s) - start)) s" | tee -a "$OUT/gpu_check.md"

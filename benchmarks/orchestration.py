@@ -1,6 +1,7 @@
 """Orchestration costs of the 216-run sweep: dry-run + validation, status, sbatch calls.
 
-Plain script, no asserts: prints a markdown table. Goals (issue 7): dry-run <= 5 s, status <= 1 s.
+Plain script, no asserts: prints a markdown table. Goals: dry-run <= 5 s, status <= 1 s, one sbatch
+call for the whole grid.
     python benchmarks/orchestration.py [--repeats 5]
 """
 
@@ -16,11 +17,12 @@ import time
 from pathlib import Path
 
 from deconcnn.runconfig import CONF_DIR
-from deconcnn.runlog.run_status import write_json_atomic
-from deconcnn.sweep.executors import RunTask, make_packs
-from deconcnn.sweep.launch import plan
-from deconcnn.sweep.manifest import code_version, new_manifest
-from deconcnn.sweep.status import sweep_states
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.sweep.executors import Command
+from deconcnn.sweep.grid import plan
+from deconcnn.sweep.launch import make_packs, new_manifest
+from deconcnn.sweep.status import current_states
+from deconcnn.sweep.sweepdir import code_version
 
 SWEEP_FILE = CONF_DIR.parent / "sweeps" / "loss_lin_slope.yaml"
 MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
@@ -41,12 +43,14 @@ def fabricate_sweep(root: Path) -> Path:
     rng = random.Random(0)
     for run_id, entry in manifest["runs"].items():
         entry["attempts"] = 1
-        entry["submissions"].append({"executor": "local", "time": time.time(), "pid": 1})
+        entry["submissions"].append({"id": "bench", "executor": "local", "time": time.time(),
+                                     "handle": "local:gone:1:0.00:bench-0"})
         state = rng.choice(["completed"] * 6 + ["failed", "diverged", None])
         if state:
             run_dir = sweep_dir.run_dir(run_id)
             run_dir.mkdir(parents=True)
             write_json_atomic(run_dir / "run.json", {"run_id": run_id, "status": state, "end_time": time.time(),
+                                                     "submission_id": "bench",
                                                      "error": "RuntimeError: x" if state == "failed" else None,
                                                      "diverged_step": 123 if state == "diverged" else None})
     sweep_dir.write_manifest(manifest)
@@ -59,19 +63,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sweep_dir = fabricate_sweep(Path(tmp))
-        dry = [cli_seconds("launch", str(SWEEP_FILE), "--dry-run", "--out", tmp) for _ in range(args.repeats)]
+        dry = [cli_seconds("launch", str(SWEEP_FILE), "--executor", "local", "--dry-run", "--out", tmp)
+               for _ in range(args.repeats)]
         status_cli = [cli_seconds("status", str(sweep_dir), "--json") for _ in range(args.repeats)]
         status_fn = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            sweep_states(sweep_dir)
+            current_states(sweep_dir)
             status_fn.append(time.perf_counter() - start)
     runs = plan(SWEEP_FILE, out="/tmp").runs
+    tmp_root = tempfile.gettempdir()
     rows = []
     for k in (1, 2, 4):
-        by_variant: dict[str, list[RunTask]] = {}
+        by_variant: dict[str, list[Command]] = {}
         for run in runs:
-            by_variant.setdefault(run.variant, []).append(RunTask(run.run_id, "", run.overrides))
+            by_variant.setdefault(run.variant, []).append(run.command(Path(tmp_root) / run.run_id))
         packs = make_packs(by_variant, dict.fromkeys(by_variant, k))
         rows.append((k, len(packs), -(-len(packs) // MAX_ARRAY_SIZE)))
     print("| measurement (216 runs) | median | goal |")

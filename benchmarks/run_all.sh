@@ -9,23 +9,24 @@ mkdir -p "$OUT"
 summary="$OUT/summary.md"
 echo "# deconcnn benchmarks, $(date -u +%F) on $(nproc) CPU cores" >"$summary"
 
-bench() {  # bench TITLE COMMAND...: keep the tables a benchmark prints
-    local title=$1
-    shift
+bench() {  # bench TITLE KEEP COMMAND...: keep the lines a benchmark prints that match KEEP
+    local title=$1 keep=$2
+    shift 2
     echo "running: $title" >&2
     { echo; echo "## $title"; echo; } >>"$summary"
     if "$@" >"$OUT/last.log" 2>&1; then
-        grep -E '^\|' "$OUT/last.log" >>"$summary"
+        grep -E "$keep" "$OUT/last.log" >>"$summary"
     else
         { echo "(failed; tail of its output:)"; tail -5 "$OUT/last.log"; } >>"$summary"
     fi
 }
 
-bench "orchestration (216 runs)" "$PY" benchmarks/orchestration.py
-bench "logging overhead (width 0.25, CPU)" "$PY" benchmarks/logging_overhead.py --steps 24 --reps 3
-bench "data pipeline (CPU)" "$PY" benchmarks/data_pipeline.py --device cpu --quick
-bench "curvature overhead (width 0.25, CPU)" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick
-bench "trace stderr calibration, two-stage vs sequential rule (small BN CNN, exact trace)" "$PY" benchmarks/trace_calibration.py
-bench "collect at scale (24 runs)" "$PY" benchmarks/collect_scale.py --runs 24
+TABLES='^\|'
+bench "orchestration (216 runs)" "$TABLES" "$PY" benchmarks/orchestration.py
+bench "logging overhead (width 0.25, CPU)" "$TABLES" "$PY" benchmarks/logging_overhead.py --steps 24 --reps 3
+bench "data pipeline (CPU)" "$TABLES" "$PY" benchmarks/data_pipeline.py --device cpu --quick
+bench "curvature overhead (width 0.25, CPU)" "$TABLES|^(ours|naive|record)" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick
+bench "trace stderr calibration, two-stage vs sequential rule (small BN CNN, exact trace)" "$TABLES" "$PY" benchmarks/trace_calibration.py
+bench "collect, report and analyze at scale (36 runs)" '.' "$PY" benchmarks/collect_scale.py --runs 36 --report --analyze
 rm -f "$OUT/last.log"
 echo "wrote $summary" >&2

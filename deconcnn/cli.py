@@ -128,6 +128,8 @@ def _launch(args: argparse.Namespace) -> int:
     if args.json and not args.dry_run:
         raise SweepError("--json goes with --dry-run")
     launch_plan = plan(args.sweep_file, out=args.out, smoke=args.smoke, only=args.only, overrides=args.overrides)
+    for note in launch_plan.notes:
+        print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
     if args.dry_run:
         kind = "slurm" if args.executor == "slurm" else resolve_executor(args.executor)
         # The launcher settings are checked even without a cluster: a typo must not wait for sbatch.

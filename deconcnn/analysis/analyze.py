@@ -48,11 +48,10 @@ from deconcnn.analysis.per_run import (
 )
 from deconcnn.analysis.stats import correlation
 from deconcnn.runlog.atomic import tmp_path, write_text_atomic
+from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR
 
 FORMATS = ("parquet", "csv")
-NOISE_KEYS = ("psd_tail", "resid_power", "grad_var", "noise_scale")
-CURVATURE_KEYS = ("lambda_max", "hessian_trace")
 ALPHAS = ("alpha_early", "alpha_full")
 SUMMARY_VALUES = ("alpha_early", "alpha_full", "knee_epoch", "final_loss_nats")
 #: The window-robustness scan: alpha over every (start, end) pair of these epochs with start < end.
@@ -150,7 +149,7 @@ def _one_run(rid: str, run: RunData, spe: float, n_boot: int, seed: int) -> tupl
 def _noise_summaries(res: CollectResult) -> dict[str, dict[str, float]]:
     """Per run, the median of each noise and curvature metric over its records."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
-    for kind, keys in (("noise", NOISE_KEYS), ("curvature", CURVATURE_KEYS)):
+    for kind, keys in (("noise", NOISE_METRICS), ("curvature", CURVATURE_METRICS)):
         path = res.files.get(kind)
         if path is None or not path.exists() or not pq.read_metadata(path).num_rows:
             continue
@@ -272,7 +271,7 @@ def identity_columns(source: Any) -> list[str]:
 def _correlations(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
     """alpha (early, full) against each noise and curvature median, and the knee against the
     lambda_max plateau; per variant and pooled ("all"), over completed runs."""
-    pairs = [(f"{x}_median", y) for y in ALPHAS for x in (*NOISE_KEYS, *CURVATURE_KEYS)]
+    pairs = [(f"{x}_median", y) for y in ALPHAS for x in (*NOISE_METRICS, *CURVATURE_METRICS)]
     pairs.append(("lambda_max_plateau_epoch", "knee_epoch"))
     out = []
     for variant in [*variants, "all"]:

@@ -45,6 +45,7 @@ from deconcnn.analysis.plots import (
     train_bins,
     variants_figure,
 )
+from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR, REPORT_DIR
 
@@ -59,7 +60,6 @@ PLOTS = {
     "heatmap_best_val.png": "Best validation loss, median over completed seeds",
 }
 INDEX_FILES = ("index.md", "index.html")
-NOISE_METRICS = ("psd_tail", "resid_power", "grad_var", "noise_scale")
 #: Written by `analyze` (analysis/) and linked from the index when present.
 ANALYSIS_SECTION = "section.md"
 _STATUS_ORDER = ("completed", "running", "pending", "diverged", "failed", "cancelled", "lost", "missing", "unknown")
@@ -114,7 +114,7 @@ def report(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     curve_figure(out_dir / "val_loss.png", PLOTS["val_loss.png"], layout,
                  [("loss_val_nats", "validation loss (nats)", val, "epoch_frac")], res.files.get("val"), "val",
                  "epoch", False, markers=True)
-    curv = read_series(res.files.get("curvature"), "step", ["lambda_max", "hessian_trace"])
+    curv = read_series(res.files.get("curvature"), "step", list(CURVATURE_METRICS))
     curve_figure(out_dir / "curvature.png", PLOTS["curvature.png"], layout,
                  [("lambda_max", "lambda_max", curv, "step"), ("hessian_trace", "Hessian trace", curv, "step")],
                  res.files.get("curvature"), "curvature", "step", False, markers=True)

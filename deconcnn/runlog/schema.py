@@ -88,6 +88,9 @@ NOISE = RecordKind("noise", _keys(
 ))
 
 KINDS: dict[str, RecordKind] = {k.name: k for k in (TRAIN, VAL, CHECKPOINT, CURVATURE, NOISE)}
+#: The values the experiment studies: what check requires, the report plots, analyze correlates.
+NOISE_METRICS = ("psd_tail", "resid_power", "grad_var", "noise_scale")
+CURVATURE_METRICS = ("lambda_max", "hessian_trace")
 
 
 def problems(record: dict[str, object]) -> list[str]:

@@ -202,12 +202,14 @@ def default_template(params: dict[str, Any]) -> str:
     return "_".join(["{variant}", *(f"{key.rsplit('.', 1)[-1]}{{{key}}}" for key in params)])
 
 
-def validate_runs(runs: Iterable[RunSpec]) -> None:
+def validate_runs(runs: Iterable[RunSpec]) -> dict[str, str]:
     """Compose every run's config with Hydra and check it; raises SweepFileError on the first bad one.
+    Returns each run's data source (its `_target_`).
 
     Composition is the slow part (~100 ms), so each distinct set of config-group choices is composed
     once and the value overrides are applied to a copy with Hydra's own override application.
     """
+    sources = {}
     parser = OverridesParser.create()
     bases: dict[tuple[str, ...], DictConfig] = {}
     groups: set[str] | None = None
@@ -226,9 +228,27 @@ def validate_runs(runs: Iterable[RunSpec]) -> None:
             cfg.run_dir = "/validation"  # the real one is set at launch; hydra's resolver is absent here
             OmegaConf.to_container(cfg, resolve=True)
             check_config(cfg)
+            sources[run.run_id] = str(cfg.data.source.get("_target_"))
         except Exception as error:
             raise SweepFileError(f"run {run.run_id}: {config_error_text(error)}") from None
+    return sources
 
+
+def data_notes(sweep: Sweep, runs: Sequence[RunSpec], sources: dict[str, str]) -> list[str]:
+    """A line per variant whose runs train on other data than its experiment names (synthetic data
+    under a CIFAR-10 experiment, say): such a run must never pass unsaid."""
+    notes = []
+    for variant in sweep.variants:
+        mine = [r for r in runs if r.variant == variant]
+        if not mine:
+            continue
+        experiment = next(o for o in mine[0].overrides if o.startswith("experiment="))
+        named = str(compose_run_config([experiment]).data.source.get("_target_"))
+        used = sorted({sources[r.run_id] for r in mine} - {named})
+        if used:
+            notes.append(f"{variant}: its runs train on {', '.join(u.rsplit('.', 1)[-1] for u in used)}, although "
+                         f"its experiment ({experiment.split('=', 1)[1]}) names {named.rsplit('.', 1)[-1]}")
+    return notes
 
 @dataclass
 class LaunchPlan:
@@ -237,6 +257,7 @@ class LaunchPlan:
     sweep: Sweep
     runs: list[RunSpec]
     sweep_dir: SweepDir
+    notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
 
     def dry_run_rows(self) -> list[dict[str, Any]]:
         return [{"run_id": r.run_id, "variant": r.variant, "overrides": list(r.overrides),
@@ -260,5 +281,5 @@ def plan(sweep_file: str | Path, *, out: str | Path = DEFAULT_OUT, smoke: bool =
         runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
         if not runs:
             raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
-    validate_runs(runs)
-    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name))
+    notes = data_notes(sweep, runs, validate_runs(runs))
+    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), notes)

@@ -87,3 +87,15 @@ def test_invalid_runs_fail_validation_naming_the_run(tmp_path, body, message):
     with pytest.raises(SweepFileError, match="run S-") as error:
         validate_runs(sweep.runs)
     assert message in str(error.value)
+
+
+def test_a_sweep_training_cifar_variants_on_synthetic_data_says_so(capsys):
+    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE.parent / "demo.yaml"), "--executor", "local", "--dry-run",
+                      "--out", "/nonexistent"]) == 0
+    err = capsys.readouterr().err
+    for variant in VARIANTS:
+        assert (f"note: {variant}: its runs train on SyntheticSource, although its experiment "
+                f"(loss_lin_slope_") in err
+    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE), "--executor", "local", "--dry-run", "--json",
+                      "--out", "/nonexistent"]) == 0
+    assert "note:" not in capsys.readouterr().err  # the real sweep trains on what its experiments name

@@ -55,7 +55,7 @@ CURVATURE_FIELDS = {
 ESTIMATED_VALUES = ("lambda_max", "hessian_trace", "ggn_trace")
 #: Estimator labels that mean BackPACK computed the value (deconcnn.metrics.curvature).
 BACKPACK_LABELS = ("ggn_exact", "backpack_diag_ggn_exact")
-NOISE_KEYS = ("psd_tail", "resid_power", "grad_var", "noise_scale")
+NOISE_KEYS = schema.NOISE_METRICS
 MEGABYTE = 1024 * 1024
 
 # ---------------------------------------------------------------- the check runs' shrink
