@@ -45,8 +45,18 @@ def fabricate(root: Path, n_runs: int, epochs: int, spe: int) -> tuple[int, int]
     per_variant = len(LRS) * len(WDS) * len(SEEDS)
     variants = VARIANTS[: max(1, -(-n_runs // per_variant))]
     seeds = SEEDS if n_runs >= per_variant else range(max(1, n_runs // (len(variants) * len(LRS) * len(WDS))))
-    sweep = make_sweep(root, name="bench", variants=variants, lrs=LRS, wds=WDS, seeds=seeds, epochs=epochs,
-                       steps_per_epoch=spe, curv_every=500, noise_every=2)
+    sweep = make_sweep(
+        root,
+        name="bench",
+        variants=variants,
+        lrs=LRS,
+        wds=WDS,
+        seeds=seeds,
+        epochs=epochs,
+        steps_per_epoch=spe,
+        curv_every=500,
+        noise_every=2,
+    )
     return len(sweep.counts), sum(sum(c.values()) for c in sweep.counts.values())
 
 
@@ -74,8 +84,11 @@ def _child(args: argparse.Namespace) -> None:
     cpu = ru.ru_utime + ru.ru_stime + rc.ru_utime + rc.ru_stime - cpu0
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "rows": rows, "peak_rss_mb": peak_self,
-                      "peak_worker_rss_mb": peak_kids}))
+    print(
+        json.dumps(
+            {"seconds": dt, "cpu_seconds": cpu, "rows": rows, "peak_rss_mb": peak_self, "peak_worker_rss_mb": peak_kids}
+        )
+    )
 
 
 def main() -> None:
@@ -99,25 +112,30 @@ def main() -> None:
     t = time.perf_counter()
     runs, n = fabricate(args.root, args.runs, args.epochs, args.steps_per_epoch)
     size = sum(p.stat().st_size for p in args.root.rglob("metrics.jsonl")) / 2**20
-    print(f"fabricated {runs} runs, {n:,} records, {size:,.0f} MiB of metrics.jsonl "
-          f"in {time.perf_counter() - t:.1f} s  (root {args.root})")
+    print(
+        f"fabricated {runs} runs, {n:,} records, {size:,.0f} MiB of metrics.jsonl "
+        f"in {time.perf_counter() - t:.1f} s  (root {args.root})"
+    )
 
     def phase(name: str) -> None:
-        cmd = [sys.executable, __file__, "--phase", name, "--root", str(args.root),
-               "--workers", str(args.workers)]
+        cmd = [sys.executable, __file__, "--phase", name, "--root", str(args.root), "--workers", str(args.workers)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         rate = f"{r['rows'] / r['seconds']:>11,.0f} rows/s" if r["rows"] else " " * 18
         cpu_rate = f" ({r['rows'] / r['cpu_seconds']:>9,.0f} rows/CPU-s)" if r["rows"] else " " * 24
         kids = f", workers peak {r['peak_worker_rss_mb']:,.0f} MiB" if args.workers > 1 else ""
-        print(f"{name:<8} {r['seconds']:6.1f} s wall {r['cpu_seconds']:6.1f} s CPU {rate}{cpu_rate}"
-              f"  peak RSS {r['peak_rss_mb']:,.0f} MiB{kids}" + (f"  ({r['rows']:,} rows)" if r["rows"] else ""))
+        print(
+            f"{name:<8} {r['seconds']:6.1f} s wall {r['cpu_seconds']:6.1f} s CPU {rate}{cpu_rate}"
+            f"  peak RSS {r['peak_rss_mb']:,.0f} MiB{kids}" + (f"  ({r['rows']:,} rows)" if r["rows"] else "")
+        )
 
     phase("cold")
     phase("warm")
     first = sorted((args.root / "runs").iterdir())[0] / "metrics.jsonl"
     with open(first, "a") as f:
-        f.write('{"kind": "checkpoint", "step": 999999, "epoch": 99, "epoch_frac": 99.0, "time": 1.8e9, '
-                '"checkpoint_size_mb": 85.3, "path": "checkpoints/last.ckpt"}\n')
+        f.write(
+            '{"kind": "checkpoint", "step": 999999, "epoch": 99, "epoch_frac": 99.0, "time": 1.8e9, '
+            '"checkpoint_size_mb": 85.3, "path": "checkpoints/last.ckpt"}\n'
+        )
     phase("one-run")
     phase("csv")
     if args.report:

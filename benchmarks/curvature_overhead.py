@@ -38,9 +38,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hessian_eigenthings import HessianOperator, hutchinson, lanczos, power_iteration_one  # noqa: E402
+from hessian_eigenthings import HessianOperator, hutchinson, lanczos, power_iteration_one
 
-from deconcnn.metrics.curvature import (  # noqa: E402
+from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
     CountingOperator,
     SharedGraphHessian,
@@ -48,8 +48,9 @@ from deconcnn.metrics.curvature import (  # noqa: E402
     cross_entropy_loss_fn,
     curvature_estimates,
 )
-from deconcnn.training.data import SyntheticSource, normalize  # noqa: E402
-from deconcnn.training.resnet import CifarResNet18  # noqa: E402
+from deconcnn.training.data import SyntheticSource, normalize
+from deconcnn.training.resnet import CifarResNet18
+
 
 def benchmark_data(n: int, signal: float, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The project's synthetic CIFAR-shaped set, normalised. A weak signal keeps the loss well
@@ -65,8 +66,9 @@ def sync(device: torch.device) -> None:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, data, batch: int, device: torch.device, lr: float,
-                 clip: float | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, data, batch: int, device: torch.device, lr: float, clip: float | None = None
+    ) -> None:
         self.model, self.batch, self.device, self.clip = model, batch, device, clip
         self.x, self.y = data
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -115,7 +117,7 @@ def naive_record(model, batch, loss_fn, pi_iters: int, probes: int, seed: int):
     """Fresh power iteration + plain Hutchinson on hessian-eigenthings' HessianOperator."""
     with bn_mode_context(model, "train"):
         op = CountingOperator(HessianOperator(model, [batch], loss_fn, full_dataset=True))
-        lam, _, resid, iters, _ = power_iteration_one(op, max_iter=pi_iters, tol=0.0, seed=seed)
+        lam, _, resid, _, _ = power_iteration_one(op, max_iter=pi_iters, tol=0.0, seed=seed)
         tr = hutchinson(op, num_samples=probes, seed=seed)
     return {
         "lambda": lam,
@@ -128,9 +130,8 @@ def naive_record(model, batch, loss_fn, pi_iters: int, probes: int, seed: int):
 
 def reference_lambda(model, batch, loss_fn, iters: int, seed: int) -> tuple[float, float]:
     """Converged reference: hessian-eigenthings lanczos(which='LA'), many iterations."""
-    with bn_mode_context(model, "train"):
-        with SharedGraphHessian(model, batch, loss_fn) as op:
-            res = lanczos(op, k=1, max_iter=iters, which="LA", seed=seed + 1, reorthogonalize=True)
+    with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, loss_fn) as op:
+        res = lanczos(op, k=1, max_iter=iters, which="LA", seed=seed + 1, reorthogonalize=True)
     lam = float(res.eigenvalues[0])
     return lam, float(res.residuals[0]) / max(abs(lam), 1e-30)
 
@@ -163,8 +164,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128, help="training and curvature batch size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--warmup", type=int, default=30, help="training steps before record A")
-    ap.add_argument("--between", type=int, default=500,
-                    help="training steps between records A and B (the monitor's schedule: 500)")
+    ap.add_argument(
+        "--between", type=int, default=500, help="training steps between records A and B (the monitor's schedule: 500)"
+    )
     ap.add_argument("--timing-steps", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--samples", type=int, default=16384, help="synthetic training set size")
@@ -179,8 +181,13 @@ def main() -> None:
     ap.add_argument("--ref-iters", type=int, default=60)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--probe-batch", type=int, default=None, help="probes per batched HVP call")
-    ap.add_argument("--also-batched", type=int, nargs="*", default=[],
-                    help="extra warm records with the trace probes batched K at a time")
+    ap.add_argument(
+        "--also-batched",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra warm records with the trace probes batched K at a time",
+    )
     ap.add_argument("--quick", action="store_true", help="width 0.25, batch 32, short everything")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -209,8 +216,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"# curvature_overhead: device={name}, torch {torch.__version__}, norm={args.norm}, batch={args.batch}")
     print(f"# our method: {cfg}")
-    print(f"# naive: power_iteration_one {args.naive_pi} iters + hutchinson {args.naive_probes} probes "
-          f"(HessianOperator); reference: lanczos(which='LA', max_iter={args.ref_iters})")
+    print(
+        f"# naive: power_iteration_one {args.naive_pi} iters + hutchinson {args.naive_probes} probes "
+        f"(HessianOperator); reference: lanczos(which='LA', max_iter={args.ref_iters})"
+    )
     sys.stdout.flush()
 
     loss_fn = cross_entropy_loss_fn()
@@ -232,15 +241,19 @@ def main() -> None:
         timer = Trainer(copy.deepcopy(model), data, args.batch, device, args.lr, clip)
         timer.run(2)
         step_s = timer.time_step(args.timing_steps)
-        print(f"\n## width {width}: {n_params/1e6:.2f} M params; train step {step_s:.3f} s "
-              f"(loss {loss_a:.3f} after {args.warmup} warm-up steps, {time.perf_counter()-t_warm0:.0f} s)")
+        print(
+            f"\n## width {width}: {n_params / 1e6:.2f} M params; train step {step_s:.3f} s "
+            f"(loss {loss_a:.3f} after {args.warmup} warm-up steps, {time.perf_counter() - t_warm0:.0f} s)"
+        )
         before = timer.time_step(max(2, args.timing_steps // 2))
         eng = hvp_engine_costs(model, batch, loss_fn, device, n=2 if args.quick or width >= 1 else 3)
         st = (before + timer.time_step(max(2, args.timing_steps // 2))) / 2
-        print(f"HVP engines (training steps): graph build {eng['build']/st:.2f}, "
-              f"HVP on shared graph {eng['shared']/st:.2f}, "
-              f"batched x{eng['k']} on shared graph {eng['batched']/st:.2f} per HVP, "
-              f"HVP with HessianOperator (rebuild) {eng['operator']/st:.2f}")
+        print(
+            f"HVP engines (training steps): graph build {eng['build'] / st:.2f}, "
+            f"HVP on shared graph {eng['shared'] / st:.2f}, "
+            f"batched x{eng['k']} on shared graph {eng['batched'] / st:.2f} per HVP, "
+            f"HVP with HessianOperator (rebuild) {eng['operator'] / st:.2f}"
+        )
         sys.stdout.flush()
 
         def measured(fn, *a, **kw):
@@ -257,11 +270,20 @@ def main() -> None:
         def report(label, res, sec, steps, ref):
             rec = res.record()
             err = abs(rec["lambda_max"] - ref) / abs(ref)
-            row = [width, label, f"{steps:.1f}", f"{100*steps/500:.2f}%", rec["curv_n_hvp"],
-                   f"{rec['lambda_max_n_hvp']}+{rec['hessian_trace_n_hvp']}",
-                   f"{rec['lambda_max']:.4g}", f"{100*err:.2f}%", f"{rec['lambda_max_rel_residual']:.1e}",
-                   f"{rec['hessian_trace']:.4g}", f"{100*rec['hessian_trace_rel_stderr']:.1f}%",
-                   rec["hessian_trace_method"]]
+            row = [
+                width,
+                label,
+                f"{steps:.1f}",
+                f"{100 * steps / 500:.2f}%",
+                rec["curv_n_hvp"],
+                f"{rec['lambda_max_n_hvp']}+{rec['hessian_trace_n_hvp']}",
+                f"{rec['lambda_max']:.4g}",
+                f"{100 * err:.2f}%",
+                f"{rec['lambda_max_rel_residual']:.1e}",
+                f"{rec['hessian_trace']:.4g}",
+                f"{100 * rec['hessian_trace_rel_stderr']:.1f}%",
+                rec["hessian_trace_method"],
+            ]
             rows.append(row)
             print("  ", row)
             sys.stdout.flush()
@@ -272,13 +294,22 @@ def main() -> None:
         res_a, sec, steps = ours()
         report("ours, cold (A)", res_a, sec, steps, ref_a)
         if not args.skip_naive:
-            nv, sec_n, steps_n = measured(naive_record, model, batch, loss_fn, args.naive_pi,
-                                          args.naive_probes, 0)
+            nv, _, steps_n = measured(naive_record, model, batch, loss_fn, args.naive_pi, args.naive_probes, 0)
             err = abs(nv["lambda"] - ref_a) / abs(ref_a)
-            row = [width, f"naive {args.naive_pi} PI + {args.naive_probes} Hutch (A)", f"{steps_n:.1f}",
-                   f"{100*steps_n/500:.2f}%", nv["n_hvp"], f"{args.naive_pi}+{args.naive_probes}",
-                   f"{nv['lambda']:.4g}", f"{100*err:.2f}%", f"{nv['rel_residual']:.1e}",
-                   f"{nv['trace']:.4g}", f"{100*nv['trace_rel_stderr']:.1f}%", "hutchinson"]
+            row = [
+                width,
+                f"naive {args.naive_pi} PI + {args.naive_probes} Hutch (A)",
+                f"{steps_n:.1f}",
+                f"{100 * steps_n / 500:.2f}%",
+                nv["n_hvp"],
+                f"{args.naive_pi}+{args.naive_probes}",
+                f"{nv['lambda']:.4g}",
+                f"{100 * err:.2f}%",
+                f"{nv['rel_residual']:.1e}",
+                f"{nv['trace']:.4g}",
+                f"{100 * nv['trace_rel_stderr']:.1f}%",
+                "hutchinson",
+            ]
             rows.append(row)
             print("  ", row)
             sys.stdout.flush()
@@ -286,8 +317,10 @@ def main() -> None:
         # ---- train, then record B: warm start from A ----
         loss_b = tr.run(args.between)
         ref_b, ref_b_res = reference_lambda(model, batch, loss_fn, args.ref_iters, seed=0)
-        print(f"after {args.between} more steps (loss {loss_b:.3f}): reference B lambda_max {ref_b:.6g} "
-              f"(rel. residual {ref_b_res:.1e})")
+        print(
+            f"after {args.between} more steps (loss {loss_b:.3f}): reference B lambda_max {ref_b:.6g} "
+            f"(rel. residual {ref_b_res:.1e})"
+        )
         res_b, sec, steps = ours()
         report(f"ours (B, +{args.between} steps)", res_b, sec, steps, ref_b)
         res_w, sec, steps = ours(v0=res_a.eig.eigenvector)
@@ -299,8 +332,20 @@ def main() -> None:
             res_k, sec, steps = ours(probe_batch=k)
             report(f"ours, probes batched x{k} (B)", res_k, sec, steps, ref_b)
 
-    hdr = ["width", "method", "cost [train steps]", "overhead @500", "HVPs", "eig+trace HVPs",
-           "lambda_max", "err vs ref", "eig rel.res", "trace", "trace rel.SE", "trace method"]
+    hdr = [
+        "width",
+        "method",
+        "cost [train steps]",
+        "overhead @500",
+        "HVPs",
+        "eig+trace HVPs",
+        "lambda_max",
+        "err vs ref",
+        "eig rel.res",
+        "trace",
+        "trace rel.SE",
+        "trace method",
+    ]
     w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(hdr)]
     print("\n" + fmt_row(hdr, w))
     print("-+-".join("-" * x for x in w))

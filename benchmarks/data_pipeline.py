@@ -37,14 +37,14 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deconcnn.training.data import (  # noqa: E402
+from deconcnn.training.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CROP_PADDING,
     SyntheticSource,
     TensorBatchLoader,
 )
-from deconcnn.training.resnet import CifarResNet18  # noqa: E402
+from deconcnn.training.resnet import CifarResNet18
 
 
 def sync(device: torch.device) -> None:
@@ -56,27 +56,34 @@ def sync(device: torch.device) -> None:
 # The project's data path
 # --------------------------------------------------------------------------------------------
 
+
 def tensor_loader_rate(images: Tensor, labels: Tensor, batch: int, device: torch.device) -> float:
     images, labels = images.to(device), labels.to(device)
     epoch = {"value": 0}
-    loader = TensorBatchLoader(images, labels, batch, shuffle=True, augment=True, seed=0,
-                               epoch_fn=lambda: epoch["value"])
+    loader = TensorBatchLoader(
+        images, labels, batch, shuffle=True, augment=True, seed=0, epoch_fn=lambda: epoch["value"]
+    )
     for _ in loader:  # warm-up epoch
         pass
     sync(device)
     epoch["value"] = 1
     start = time.perf_counter()
-    for x, y in loader:
+    for _ in loader:
         pass
     sync(device)
     return len(labels) / (time.perf_counter() - start)
 
 
-def count_syncs(images: Tensor, labels: Tensor, batch: int, device: torch.device,
-                batches: int = 60) -> tuple[int, int]:
+def count_syncs(images: Tensor, labels: Tensor, batch: int, device: torch.device, batches: int = 60) -> tuple[int, int]:
     """(synchronising CUDA calls, batches) over an epoch of TensorBatchLoader after its first batch."""
-    loader = TensorBatchLoader(images[: batch * batches].to(device), labels[: batch * batches].to(device),
-                               batch, shuffle=True, augment=True, seed=0)
+    loader = TensorBatchLoader(
+        images[: batch * batches].to(device),
+        labels[: batch * batches].to(device),
+        batch,
+        shuffle=True,
+        augment=True,
+        seed=0,
+    )
     it = iter(loader)
     next(it)  # the epoch plan's host-to-device copy happens here, once per epoch
     sync(device)
@@ -94,6 +101,7 @@ def count_syncs(images: Tensor, labels: Tensor, batch: int, device: torch.device
 # The reference: per-sample Python transforms in a DataLoader
 # --------------------------------------------------------------------------------------------
 
+
 class PerSampleCifar(torch.utils.data.Dataset):
     """uint8 CHW images, augmented one at a time like torchvision's RandomCrop + RandomHorizontalFlip."""
 
@@ -110,7 +118,7 @@ class PerSampleCifar(torch.utils.data.Dataset):
         _, h, w = image.shape
         padded = nn.functional.pad(image, (CROP_PADDING,) * 4)
         top, left = random.randint(0, 2 * CROP_PADDING), random.randint(0, 2 * CROP_PADDING)
-        crop = padded[:, top:top + h, left:left + w]
+        crop = padded[:, top : top + h, left : left + w]
         if random.random() < 0.5:
             crop = crop.flip(-1)
         return (crop.float() / 255 - self.mean) / self.std, self.labels[i]
@@ -118,8 +126,13 @@ class PerSampleCifar(torch.utils.data.Dataset):
 
 def per_sample_rate(images: Tensor, labels: Tensor, batch: int, device: torch.device, workers: int) -> float:
     loader = torch.utils.data.DataLoader(
-        PerSampleCifar(images, labels), batch_size=batch, shuffle=True, num_workers=workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+        PerSampleCifar(images, labels),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
     sync(device)
     start = time.perf_counter()
     for x, y in loader:
@@ -131,6 +144,7 @@ def per_sample_rate(images: Tensor, labels: Tensor, batch: int, device: torch.de
 # --------------------------------------------------------------------------------------------
 # What the model consumes
 # --------------------------------------------------------------------------------------------
+
 
 def model_rate(width: float, batch: int, device: torch.device, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
@@ -163,12 +177,14 @@ def describe(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: cpu, and cuda too when available")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cpu, and cuda too when available"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer samples and steps")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=None,
-                        help="images in the data path's epoch (default 45000, --quick 10000)")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="images in the data path's epoch (default 45000, --quick 10000)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -185,13 +201,17 @@ def main() -> None:
     reference_n = min(n, 2_560 if args.quick else 10_240)
 
     print(f"\n## Data pipeline vs model consumption: batch {args.batch}, torch {torch.__version__}")
-    print(f"TensorBatchLoader: one epoch of {n} images after a warm-up epoch; per-sample DataLoader: "
-          f"{reference_n} images incl. worker start-up; model: ResNet-18 fwd+bwd+SGD step\n")
+    print(
+        f"TensorBatchLoader: one epoch of {n} images after a warm-up epoch; per-sample DataLoader: "
+        f"{reference_n} images incl. worker start-up; model: ResNet-18 fwd+bwd+SGD step\n"
+    )
     for device in devices:
         on_gpu = device.type == "cuda"
         steps = {1.0: 30 if on_gpu else (3 if args.quick else 6), 0.25: 50 if on_gpu else (6 if args.quick else 15)}
         model = {w: model_rate(w, args.batch, device, steps[w], warmup=5 if on_gpu else 1) for w in (1.0, 0.25)}
-        rows = [("TensorBatchLoader (device-resident, batched)", tensor_loader_rate(images, labels, args.batch, device))]
+        rows = [
+            ("TensorBatchLoader (device-resident, batched)", tensor_loader_rate(images, labels, args.batch, device))
+        ]
         for workers in (0, 2):
             rate = per_sample_rate(images[:reference_n], labels[:reference_n], args.batch, device, workers)
             rows.append((f"DataLoader, per-sample transforms, num_workers={workers}", rate))
@@ -205,8 +225,10 @@ def main() -> None:
             print(f"| model consumption: ResNet-18 width {width} ({steps[width]} steps) | {model[width]:,.0f} | | |")
         if on_gpu:
             syncs, batches = count_syncs(images, labels, args.batch, device)
-            print(f"\nTensorBatchLoader: {syncs} synchronising CUDA calls in {batches} batches "
-                  "(after the epoch's first batch, which copies the epoch plan to the device)")
+            print(
+                f"\nTensorBatchLoader: {syncs} synchronising CUDA calls in {batches} batches "
+                "(after the epoch's first batch, which copies the epoch plan to the device)"
+            )
         print()
 
 

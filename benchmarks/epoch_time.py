@@ -30,11 +30,18 @@ def main() -> None:
     parser.add_argument("--probe", type=Path, help="probe.json: also project at its k per variant")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_run_config([f"experiment={args.experiment}", "data=synthetic",
-                                  f"data.source.num_samples={args.samples}", f"data.val_size={args.samples // 10}",
-                                  f"trainer.max_epochs={args.epochs}",
-                                  f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-                                  "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
+        cfg = compose_run_config(
+            [
+                f"experiment={args.experiment}",
+                "data=synthetic",
+                f"data.source.num_samples={args.samples}",
+                f"data.val_size={args.samples // 10}",
+                f"trainer.max_epochs={args.epochs}",
+                f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+                "trainer.enable_progress_bar=false",
+                f"run_dir={run_dir}",
+            ]
+        )
         train(cfg)
         train_records = [r for r in iter_records(Path(run_dir) / "metrics.jsonl") if r["kind"] == "train"]
     last_epoch = [r for r in train_records if r["epoch"] == args.epochs - 1]
@@ -44,8 +51,10 @@ def main() -> None:
     hours = SWEEP_RUNS * SWEEP_EPOCHS * epoch_s / 3600
     print("| measurement | value |")
     print("|---|---|")
-    print(f"| {cfg.variant} width {cfg.model.width}, batch {cfg.data.batch_size}, k=1: seconds per epoch "
-          f"({steps} steps) | {epoch_s:.1f} s |")
+    print(
+        f"| {cfg.variant} width {cfg.model.width}, batch {cfg.data.batch_size}, k=1: seconds per epoch "
+        f"({steps} steps) | {epoch_s:.1f} s |"
+    )
     print(f"| projected GPU-hours, 216 runs x 50 epochs at k=1 | {hours:.1f} h |")
     if args.probe and args.probe.exists():
         probe = json.loads(args.probe.read_text())
@@ -54,8 +63,11 @@ def main() -> None:
             rates = {m["k"]: m.get("aggregate_samples_per_s") for m in entry.get("measurements", [])}
             if k and rates.get(k) and rates.get(1):
                 speedup = rates[k] / rates[1]
-                print(f"| projected GPU-hours if all runs packed like {variant}: k={k}, x{speedup:.2f} "
-                      f"aggregate | {hours / speedup:.1f} h |")
+                print(
+                    f"| projected GPU-hours if all runs packed like {variant}: k={k}, x{speedup:.2f} "
+                    f"aggregate | {hours / speedup:.1f} h |"
+                )
+
 
 if __name__ == "__main__":
     main()

@@ -40,17 +40,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pytorch_lightning as pl  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from pytorch_lightning.callbacks import Callback  # noqa: E402
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import Callback
 
-from deconcnn.callbacks.loss_slope_logger import LossSlopeLogger  # noqa: E402
-from deconcnn.callbacks.metrics_logger import MetricsJsonlLogger  # noqa: E402
-from deconcnn.runconfig import compose_run_config  # noqa: E402
-from deconcnn.training.module import ImageClassifier  # noqa: E402
+from deconcnn.callbacks.loss_slope_logger import LossSlopeLogger
+from deconcnn.callbacks.metrics_logger import MetricsJsonlLogger
+from deconcnn.runconfig import compose_run_config
+from deconcnn.training.module import ImageClassifier
 
-LOGGING_HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end",
-                 "on_validation_end", "on_train_end")
+LOGGING_HOOKS = (
+    "on_train_batch_start",
+    "on_before_optimizer_step",
+    "on_train_batch_end",
+    "on_validation_end",
+    "on_train_end",
+)
 
 
 def sync(device: str) -> None:
@@ -140,13 +145,18 @@ def compose_arm(args: argparse.Namespace, logging_on: bool, run_dir: str):
     return compose_run_config(overrides)
 
 
-def fit_once(args: argparse.Namespace, logging_on: bool, datamodule, workdir: str, index: int,
-             count_syncs: bool = False) -> dict:
+def fit_once(
+    args: argparse.Namespace, logging_on: bool, datamodule, workdir: str, index: int, count_syncs: bool = False
+) -> dict:
     run_dir = os.path.join(workdir, f"fit{index:03d}_{'on' if logging_on else 'off'}")
     cfg = compose_arm(args, logging_on, run_dir)
     pl.seed_everything(cfg.seed, verbose=False)
-    module = ImageClassifier(instantiate(cfg.model), instantiate(cfg.optim),
-                             warmup_epochs=cfg.schedule.warmup_epochs, channels_last=cfg.channels_last)
+    module = ImageClassifier(
+        instantiate(cfg.model),
+        instantiate(cfg.optim),
+        warmup_epochs=cfg.schedule.warmup_epochs,
+        channels_last=cfg.channels_last,
+    )
     shared: dict = {}
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     for callback in callbacks:
@@ -155,8 +165,11 @@ def fit_once(args: argparse.Namespace, logging_on: bool, datamodule, workdir: st
     if count_syncs:
         callbacks = [SyncCounter(args.skip), *callbacks]
     else:
-        callbacks = [StepClock(args.device, args.skip, "head", shared), *callbacks,
-                     StepClock(args.device, args.skip, "tail", shared)]
+        callbacks = [
+            StepClock(args.device, args.skip, "head", shared),
+            *callbacks,
+            StepClock(args.device, args.skip, "tail", shared),
+        ]
     loggers = [instantiate(cfg.metrics_log)] if logging_on else False
     if logging_on:
         assert isinstance(loggers[0], MetricsJsonlLogger)
@@ -170,9 +183,12 @@ def fit_once(args: argparse.Namespace, logging_on: bool, datamodule, workdir: st
         return {"syncs_per_step": len(syncs) / (args.steps - args.skip)}
     timed_steps = args.steps - args.skip
     train_seconds = shared["end"] - shared["start"] - shared.get("val", 0.0)
-    return {"steps_per_s": timed_steps / train_seconds, "seconds": train_seconds,
-            "hook_s_per_step": shared.get("hooks", 0.0) / args.steps,
-            **{f"hook:{name}": shared.get(name, 0.0) / args.steps for name in LOGGING_HOOKS}}
+    return {
+        "steps_per_s": timed_steps / train_seconds,
+        "seconds": train_seconds,
+        "hook_s_per_step": shared.get("hooks", 0.0) / args.steps,
+        **{f"hook:{name}": shared.get(name, 0.0) / args.steps for name in LOGGING_HOOKS},
+    }
 
 
 def main() -> None:
@@ -199,22 +215,29 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
     from deconcnn.training.data import CifarDataModule, SyntheticSource
-    datamodule = CifarDataModule(SyntheticSource(args.steps * args.batch + args.batch, seed=0),
-                                 batch_size=args.batch, val_size=args.batch, seed=0)
+
+    datamodule = CifarDataModule(
+        SyntheticSource(args.steps * args.batch + args.batch, seed=0),
+        batch_size=args.batch,
+        val_size=args.batch,
+        seed=0,
+    )
 
     results: dict[bool, list[dict]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="logging_overhead_") as workdir:
         fit_once(args, False, datamodule, workdir, 0)  # warm-up: allocator, kernels, data on device
         index = 1
         for rep in range(args.reps):
-            for logging_on in ((False, True) if rep % 2 == 0 else (True, False)):
+            for logging_on in (False, True) if rep % 2 == 0 else (True, False):
                 results[logging_on].append(fit_once(args, logging_on, datamodule, workdir, index))
                 index += 1
 
         syncs = {}
         if args.device == "cuda":  # one more fit per arm, untimed, counting synchronising CUDA calls
-            syncs = {on: fit_once(args, on, datamodule, workdir, index + i, count_syncs=True)["syncs_per_step"]
-                     for i, on in enumerate((False, True))}
+            syncs = {
+                on: fit_once(args, on, datamodule, workdir, index + i, count_syncs=True)["syncs_per_step"]
+                for i, on in enumerate((False, True))
+            }
 
     off = [r["steps_per_s"] for r in results[False]]
     on = [r["steps_per_s"] for r in results[True]]
@@ -228,8 +251,10 @@ def main() -> None:
     else:
         where = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"\n## Logging overhead: ResNet-18 width {args.width}, batch {args.batch}, {where}")
-    print(f"{args.steps} steps per fit ({args.skip} untimed), validation every {args.steps // 4} steps "
-          f"(its forward passes excluded), {args.reps} interleaved repetitions per arm, torch {torch.__version__}\n")
+    print(
+        f"{args.steps} steps per fit ({args.skip} untimed), validation every {args.steps // 4} steps "
+        f"(its forward passes excluded), {args.reps} interleaved repetitions per arm, torch {torch.__version__}\n"
+    )
     print("| arm | steps/s (median) | min | max | ms/step |")
     print("|---|---:|---:|---:|---:|")
     for name, values, med in (("logging off", off, med_off), ("logging on", on, med_on)):
@@ -240,14 +265,19 @@ def main() -> None:
     print(f"| overhead, ratio of medians (off/on - 1) | {100 * (med_off / med_on - 1):+.2f} % |")
     print(f"| overhead, median of paired per-repetition ratios | {100 * statistics.median(paired):+.2f} % |")
     print(f"| paired ratios, min .. max | {100 * min(paired):+.2f} % .. {100 * max(paired):+.2f} % |")
-    print(f"| host time inside the logging hooks | {hook_ms:.3f} ms/step = "
-          f"{100 * hook_ms / step_ms_off:.2f} % of a step |")
-    per_hook = ", ".join(f"{name} {1e3 * statistics.median(r[f'hook:{name}'] for r in results[True]):.3f}"
-                         for name in LOGGING_HOOKS)
+    print(
+        f"| host time inside the logging hooks | {hook_ms:.3f} ms/step = "
+        f"{100 * hook_ms / step_ms_off:.2f} % of a step |"
+    )
+    per_hook = ", ".join(
+        f"{name} {1e3 * statistics.median(r[f'hook:{name}'] for r in results[True]):.3f}" for name in LOGGING_HOOKS
+    )
     print(f"| of which, per hook (ms/step) | {per_hook} |")
     if syncs:
-        print(f"| synchronising CUDA calls per step (incl. 4 validations), off / on | "
-              f"{syncs[False]:.2f} / {syncs[True]:.2f} |")
+        print(
+            f"| synchronising CUDA calls per step (incl. 4 validations), off / on | "
+            f"{syncs[False]:.2f} / {syncs[True]:.2f} |"
+        )
     print("| goal | <= 2 % of step time |")
 
 

@@ -49,20 +49,20 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deconcnn.metrics.curvature import (  # noqa: E402
+from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
+    SharedGraphHessian,
     _generator,
     _plan_probes,
     _rademacher,
-    SharedGraphHessian,
     bn_mode_context,
     cross_entropy_loss_fn,
     curvature_estimates,
     hutchinson_trace,
     lanczos_top_eig,
 )
-from deconcnn.training.data import SyntheticSource, normalize  # noqa: E402
-from deconcnn.training.resnet import CifarResNet18  # noqa: E402
+from deconcnn.training.data import SyntheticSource, normalize
+from deconcnn.training.resnet import CifarResNet18
 
 RULES = {"two-stage": {"trace_pilot_probes": 1}, "sequential": {"trace_pilot_probes": 0}}
 
@@ -93,9 +93,7 @@ def data(seed: int, size: int, n: int, signal: float, dtype: torch.dtype) -> tup
 def exact_trace(model: nn.Module, batch) -> tuple[float, float]:
     with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
         eye = torch.eye(op.size, dtype=op.dtype)
-        total = math.fsum(
-            float((op.matmat(eye[a : a + 128]) * eye[a : a + 128]).sum()) for a in range(0, op.size, 128)
-        )
+        total = math.fsum(float((op.matmat(eye[a : a + 128]) * eye[a : a + 128]).sum()) for a in range(0, op.size, 128))
     return total, 0.0
 
 
@@ -103,8 +101,15 @@ def probe_reference(model: nn.Module, batch, probes: int, seed: int = 987654) ->
     """Deflated Hutchinson with a fixed count on a 40-vector Lanczos basis (unbiased given it)."""
     with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
         eig = lanczos_top_eig(op, tol=0.0, max_iter=40, seed=seed)
-        tr = hutchinson_trace(op, basis=eig.basis, exact_part=math.fsum(eig.alphas), rel_tol=0.0,
-                              min_probes=probes, max_probes=probes, seed=seed)
+        tr = hutchinson_trace(
+            op,
+            basis=eig.basis,
+            exact_part=math.fsum(eig.alphas),
+            rel_tol=0.0,
+            min_probes=probes,
+            max_probes=probes,
+            seed=seed,
+        )
     return tr.estimate, tr.stderr
 
 
@@ -126,8 +131,9 @@ def probe_pool(model: nn.Module, batch, cfg: dict, probes: int, seed: int):
     return math.fsum(eig.alphas), values, sq_norms
 
 
-def replay(rule: str, exact: float, values: list[float], sq_norms: list[float], order: list[int],
-           cfg: dict) -> tuple[float, float, int, int]:
+def replay(
+    rule: str, exact: float, values: list[float], sq_norms: list[float], order: list[int], cfg: dict
+) -> tuple[float, float, int, int]:
     """(estimate, stderr, probes in the estimate, trace products) of ``rule`` on the probes
     ``values[order[0]], values[order[1]], ...``."""
     tol, lo, hi = cfg["trace_rel_tol"], max(1, cfg["trace_min_probes"]), cfg["trace_max_probes"]
@@ -193,13 +199,19 @@ def main() -> None:
     ap.add_argument("--ref-probes", type=int, default=400, help="resnet reference probes")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--samples", type=int, default=2048, help="synthetic training set size")
-    ap.add_argument("--signal", type=float, default=0.05,
-                    help="synthetic class signal (curvature_overhead.py uses 16384 samples, 0.02)")
-    ap.add_argument("--pool", type=int, default=0,
-                    help="replay mode: probes drawn once per state (0: real records)")
+    ap.add_argument(
+        "--signal",
+        type=float,
+        default=0.05,
+        help="synthetic class signal (curvature_overhead.py uses 16384 samples, 0.02)",
+    )
+    ap.add_argument("--pool", type=int, default=0, help="replay mode: probes drawn once per state (0: real records)")
     ap.add_argument("--replays", type=int, default=2000, help="replay mode: random orders per state")
-    ap.add_argument("--also-hutchinson", action="store_true",
-                    help="third rule: two-stage with trace_method=hutchinson (its pilot is Lanczos' free start)")
+    ap.add_argument(
+        "--also-hutchinson",
+        action="store_true",
+        help="third rule: two-stage with trace_method=hutchinson (its pilot is Lanczos' free start)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -209,8 +221,10 @@ def main() -> None:
     if args.also_hutchinson and not args.pool:
         rules["two-stage, undeflated"] = {"trace_pilot_probes": 1, "trace_method": "hutchinson"}
     cfg = dict(CURVATURE_DEFAULTS)
-    print(f"# trace_calibration: model={args.model} (width {args.width if args.model == 'resnet' else '-'}), "
-          f"{size}x{size}, batch {args.batch}, torch {torch.__version__}, {args.threads} thread(s)")
+    print(
+        f"# trace_calibration: model={args.model} (width {args.width if args.model == 'resnet' else '-'}), "
+        f"{size}x{size}, batch {args.batch}, torch {torch.__version__}, {args.threads} thread(s)"
+    )
     print(f"# records: curvature_estimates with {cfg}; rules {rules}")
     sys.stdout.flush()
 
@@ -240,8 +254,16 @@ def main() -> None:
                 ref = exact + statistics.fmean(values)
                 ref_se = statistics.stdev(values) / math.sqrt(len(values))
                 per_probe = statistics.stdev(values) / abs(ref)
-                row = [mseed, step, f"{loss.item():.3f}", f"{ref:.4g}", f"{ref_se:.2g}", "",
-                       f"{time.perf_counter() - t0:.1f}", f"{100 * per_probe:.0f}%"]
+                row = [
+                    mseed,
+                    step,
+                    f"{loss.item():.3f}",
+                    f"{ref:.4g}",
+                    f"{ref_se:.2g}",
+                    "",
+                    f"{time.perf_counter() - t0:.1f}",
+                    f"{100 * per_probe:.0f}%",
+                ]
                 rng = torch.Generator().manual_seed(mseed * 7 + step)
                 need = cfg["trace_max_probes"] + 1
                 for name in rules:
@@ -250,8 +272,16 @@ def main() -> None:
                         order = torch.randperm(len(values), generator=rng)[:need].tolist()
                         est, se, k, cost = replay(name, exact, values, sq_norms, order, cfg)
                         z = math.copysign(1.0, ref) * (est - ref) / se
-                        recs[name].append({"state": (mseed, step), "z": z, "n_probes": k, "trace_hvp": cost,
-                                           "record_hvp": math.nan, "rel_se": se / abs(est)})
+                        recs[name].append(
+                            {
+                                "state": (mseed, step),
+                                "z": z,
+                                "n_probes": k,
+                                "trace_hvp": cost,
+                                "record_hvp": math.nan,
+                                "rel_se": se / abs(est),
+                            }
+                        )
                         zs.append(z)
                         hvps.append(cost)
                         ses.append(se)
@@ -263,8 +293,9 @@ def main() -> None:
                 sys.stdout.flush()
                 continue
             t0 = time.perf_counter()
-            ref, ref_se = exact_trace(state, batch) if args.model == "cnn" else \
-                probe_reference(state, batch, args.ref_probes)
+            ref, ref_se = (
+                exact_trace(state, batch) if args.model == "cnn" else probe_reference(state, batch, args.ref_probes)
+            )
             t_ref = time.perf_counter() - t0
             row = [mseed, step, f"{loss.item():.3f}", f"{ref:.4g}", f"{ref_se:.2g}", f"{t_ref:.1f}"]
             for name, over in rules.items():
@@ -272,11 +303,16 @@ def main() -> None:
                 for s in range(args.records):
                     r = curvature_estimates(state, batch, seed=1000 * mseed + step + 7 * s, **{**cfg, **over}).record()
                     z = math.copysign(1.0, ref) * (r["hessian_trace"] - ref) / r["hessian_trace_stderr"]
-                    recs[name].append({
-                        "state": (mseed, step), "z": z, "n_probes": r["hessian_trace_n_probes"],
-                        "trace_hvp": r["hessian_trace_n_hvp"], "record_hvp": r["curv_n_hvp"],
-                        "rel_se": r["hessian_trace_rel_stderr"],
-                    })
+                    recs[name].append(
+                        {
+                            "state": (mseed, step),
+                            "z": z,
+                            "n_probes": r["hessian_trace_n_probes"],
+                            "trace_hvp": r["hessian_trace_n_hvp"],
+                            "record_hvp": r["curv_n_hvp"],
+                            "rel_se": r["hessian_trace_rel_stderr"],
+                        }
+                    )
                     zs.append(z)
                     hvps.append(r["hessian_trace_n_hvp"])
                     ses.append(r["hessian_trace_stderr"])
@@ -300,17 +336,38 @@ def main() -> None:
     rows = []
     for name in rules:
         s = summarize(recs[name], tol)
-        rows.append([
-            name, s["records"], f"{100 * s['cov2']:.1f}%", f"{100 * s['cov1']:.1f}%",
-            f"{s['z_early']:+.2f} ({s['n_early']})", f"{s['z_late']:+.2f} ({s['n_late']})",
-            f"{100 * s['met_tol']:.0f}%", f"{100 * s['rel_se_med']:.1f}%",
-            f"{s['trace_hvp_mean']:.2f} / {s['trace_hvp_med']:g}",
-            "-" if args.pool else f"{s['record_hvp_mean']:.2f} / {s['record_hvp_med']:g}",
-        ])
+        rows.append(
+            [
+                name,
+                s["records"],
+                f"{100 * s['cov2']:.1f}%",
+                f"{100 * s['cov1']:.1f}%",
+                f"{s['z_early']:+.2f} ({s['n_early']})",
+                f"{s['z_late']:+.2f} ({s['n_late']})",
+                f"{100 * s['met_tol']:.0f}%",
+                f"{100 * s['rel_se_med']:.1f}%",
+                f"{s['trace_hvp_mean']:.2f} / {s['trace_hvp_med']:g}",
+                "-" if args.pool else f"{s['record_hvp_mean']:.2f} / {s['record_hvp_med']:g}",
+            ]
+        )
     print(f"\n## summary ({len(state_rows)} states, {time.perf_counter() - t_start:.0f} s)\n")
-    print(fmt_table(["rule", "records", "within 2 SE", "within 1 SE", "mean z early (n)", "mean z late (n)",
-                     f"rel SE <= {tol}", "median rel SE", "trace HVPs mean / median",
-                     "record HVPs mean / median"], rows))
+    print(
+        fmt_table(
+            [
+                "rule",
+                "records",
+                "within 2 SE",
+                "within 1 SE",
+                "mean z early (n)",
+                "mean z late (n)",
+                f"rel SE <= {tol}",
+                "median rel SE",
+                "trace HVPs mean / median",
+                "record HVPs mean / median",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

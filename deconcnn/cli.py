@@ -36,54 +36,92 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deconcnn-sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="deconcnn-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"deconcnn-sweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     out_help = f"the folder results go in: the sweep's directory is OUT/<sweep name> (default {DEFAULT_OUT})"
-    executor_help = "where runs execute: slurm (job arrays), local (this machine), auto (slurm when a controller answers)"
+    executor_help = (
+        "where runs execute: slurm (job arrays), local (this machine), auto (slurm when a controller answers)"
+    )
     sweep_dir_help = "the sweep's directory (OUT/<sweep name>), or a Hydra multirun directory"
 
     def sweep_file_command(name: str, help_: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_, description=help_)
         command.add_argument("sweep_file", type=Path, help="the sweep file (sweeps/*.yaml)")
-        command.add_argument("overrides", nargs="*",
-                             help="Hydra overrides for every run (key=value); hydra.launcher.* ones set the SLURM job")
+        command.add_argument(
+            "overrides",
+            nargs="*",
+            help="Hydra overrides for every run (key=value); hydra.launcher.* ones set the SLURM job",
+        )
         command.add_argument("--executor", choices=EXECUTORS, default="auto", help=executor_help)
         command.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=out_help)
         return command
 
     launch = sweep_file_command("launch", "run or submit every run of a sweep that is not done yet")
-    launch.add_argument("--dry-run", action="store_true",
-                        help="compose and check every run's config, print the runs and the plan; submit nothing")
+    launch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compose and check every run's config, print the runs and the plan; submit nothing",
+    )
     launch.add_argument("--json", action="store_true", help="with --dry-run: the runs as JSON")
-    launch.add_argument("--smoke", action="store_true",
-                        help="the whole grid, each run shrunk to 4 steps on synthetic data (debug=smoke)")
-    launch.add_argument("--workers-per-gpu", type=int, metavar="K", help="runs packed per GPU (default: the probe's choice)")
+    launch.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the whole grid, each run shrunk to 4 steps on synthetic data (debug=smoke)",
+    )
+    launch.add_argument(
+        "--workers-per-gpu", type=int, metavar="K", help="runs packed per GPU (default: the probe's choice)"
+    )
     launch.add_argument("--only", metavar="PATTERN", help="only the runs whose id matches this glob, or this variant")
     launch.add_argument("--skip-check", action="store_true", help="submit to SLURM without a passing check (recorded)")
     launch.add_argument("--mps", action="store_true", help="run a CUDA MPS daemon in each packed task")
     launch.add_argument("--parallel", type=int, metavar="N", help="local without GPUs: runs at a time (default: K)")
-    launch.add_argument("--grace", type=float, default=STOP_GRACE_S, metavar="SECONDS",
-                        help=f"local: on Ctrl-C/SIGTERM, seconds a run gets to stop before SIGKILL (default {STOP_GRACE_S:g})")
+    launch.add_argument(
+        "--grace",
+        type=float,
+        default=STOP_GRACE_S,
+        metavar="SECONDS",
+        help=f"local: on Ctrl-C/SIGTERM, seconds a run gets to stop before SIGKILL (default {STOP_GRACE_S:g})",
+    )
 
-    status = sub.add_parser("status", help="where a sweep stands: runs by state, problems with reasons, progress",
-                            description="where a sweep stands: runs by state, problems with reasons, progress")
+    status = sub.add_parser(
+        "status",
+        help="where a sweep stands: runs by state, problems with reasons, progress",
+        description="where a sweep stands: runs by state, problems with reasons, progress",
+    )
     status.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
     status.add_argument("--json", action="store_true", help="machine-readable; with --watch one JSON document per line")
-    status.add_argument("--watch", nargs="?", type=float, const=WATCH_DEFAULT_S, metavar="SECONDS",
-                        help=f"refresh every SECONDS (default {WATCH_DEFAULT_S:g}; at least {WATCH_MIN_S['slurm']:g} for a "
-                             f"SLURM sweep) until every run is final")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=WATCH_DEFAULT_S,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {WATCH_DEFAULT_S:g}; at least {WATCH_MIN_S['slurm']:g} for a "
+        f"SLURM sweep) until every run is final",
+    )
 
-    cancel = sub.add_parser("cancel", help="stop a sweep's pending and running runs (a relaunch runs them again)",
-                            description="stop a sweep's pending and running runs (a relaunch runs them again)")
+    cancel = sub.add_parser(
+        "cancel",
+        help="stop a sweep's pending and running runs (a relaunch runs them again)",
+        description="stop a sweep's pending and running runs (a relaunch runs them again)",
+    )
     cancel.add_argument("sweep_dir", type=Path, help=sweep_dir_help)
     cancel.add_argument("--only", metavar="PATTERN", help="only the runs whose id matches this glob, or this variant")
-    cancel.add_argument("--grace", type=float, default=STOP_GRACE_S, metavar="SECONDS",
-                        help=f"seconds a run gets to stop after SIGTERM before SIGKILL (default {STOP_GRACE_S:g})")
+    cancel.add_argument(
+        "--grace",
+        type=float,
+        default=STOP_GRACE_S,
+        metavar="SECONDS",
+        help=f"seconds a run gets to stop after SIGTERM before SIGKILL (default {STOP_GRACE_S:g})",
+    )
 
     probe = sweep_file_command("probe-resources", "measure how many runs of each variant to pack on one GPU")
-    probe.add_argument("--file", type=Path, help="write the result here instead of OUT/<sweep>/probe.json (plot beside it)")
+    probe.add_argument(
+        "--file", type=Path, help="write the result here instead of OUT/<sweep>/probe.json (plot beside it)"
+    )
     probe.add_argument("--max-workers", type=int, default=8, help="largest number of runs per GPU tried (default 8)")
     probe.add_argument("--steps", type=int, default=50, help="timed optimizer steps per run (default 50)")
     probe.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
@@ -97,29 +135,47 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
         return command
 
-    collect = result_command("collect", "one table per record kind (train, val, curvature, noise, checkpoint) and "
-                                        "one row per run, with the sweep's axes as columns")
+    collect = result_command(
+        "collect",
+        "one table per record kind (train, val, curvature, noise, checkpoint) and "
+        "one row per run, with the sweep's axes as columns",
+    )
     collect.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/collected)")
-    collect.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)")
+    collect.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
+    )
 
     report = result_command("report", "the plots a researcher looks at first, with an index page")
     report.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/report)")
-    report.add_argument("--heatmap", metavar="ROW,COL",
-                        help="the two axes of the heat maps (default: the two non-seed axes with the most values)")
+    report.add_argument(
+        "--heatmap",
+        metavar="ROW,COL",
+        help="the two axes of the heat maps (default: the two non-seed axes with the most values)",
+    )
 
-    analyze = result_command("analyze", "fit every run's loss curve (knee, alpha_early, alpha_full) and compare "
-                                        "runs across the sweep; tables, plots and a report section")
+    analyze = result_command(
+        "analyze",
+        "fit every run's loss curve (knee, alpha_early, alpha_full) and compare "
+        "runs across the sweep; tables, plots and a report section",
+    )
     analyze.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/analysis)")
-    analyze.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)")
+    analyze.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
+    )
     analyze.add_argument("--workers", type=int, help="processes fitting runs (default: one per core)")
-    analyze.add_argument("--boot", type=int, default=20, metavar="N",
-                         help="bootstrap resamples per fit (N/2 for the knee's interval; 0: standard errors only)")
+    analyze.add_argument(
+        "--boot",
+        type=int,
+        default=20,
+        metavar="N",
+        help="bootstrap resamples per fit (N/2 for the knee's interval; 0: standard errors only)",
+    )
     return parser
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from deconcnn.sweep.grid import plan
     from deconcnn.sweep.executors import resolve_executor
+    from deconcnn.sweep.grid import plan
     from deconcnn.sweep.launch import check_options, describe_plan, launch
     from deconcnn.sweep.launcher import check_feasible, compose_launcher
 
@@ -144,16 +200,25 @@ def _launch(args: argparse.Namespace) -> int:
             print(f"{row['run_id']:<40} {' '.join(row['overrides'])}")
         for line in describe_plan(launch_plan, kind, args.workers_per_gpu, launcher):
             print(line)
-        print(f"{len(rows)} runs validated in {time.perf_counter() - started:.2f} s, "
-              f"sweep directory {launch_plan.sweep_dir.path}; nothing submitted (--dry-run)")
+        print(
+            f"{len(rows)} runs validated in {time.perf_counter() - started:.2f} s, "
+            f"sweep directory {launch_plan.sweep_dir.path}; nothing submitted (--dry-run)"
+        )
         return 0
-    result = launch(launch_plan, executor=args.executor, workers_per_gpu=args.workers_per_gpu,
-                    skip_check=args.skip_check, mps=args.mps, cpu_slots=args.parallel, grace_s=args.grace,
-                    on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True))
+    result = launch(
+        launch_plan,
+        executor=args.executor,
+        workers_per_gpu=args.workers_per_gpu,
+        skip_check=args.skip_check,
+        mps=args.mps,
+        cpu_slots=args.parallel,
+        grace_s=args.grace,
+        on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
+    )
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
     if result.executor == "slurm" and result.submitted:
-        arrays = sorted({j.split('_')[0] for j in result.job_ids})
+        arrays = sorted({j.split("_")[0] for j in result.job_ids})
         print(f"{result.sbatch_calls} sbatch call(s), job arrays {', '.join(arrays)}")
     print(f"sweep directory: {result.sweep_dir}  (deconcnn-sweep status {result.sweep_dir})")
     return 0
@@ -164,11 +229,15 @@ def _cancel(args: argparse.Namespace) -> int:
 
     result = cancel_sweep(args.sweep_dir, only=args.only, grace_s=args.grace)
     untouched = ", ".join(f"{n} {state}" for state, n in sorted(result.untouched.items())) or "none"
-    print(f"cancelled {len(result.cancelled)} runs ({len(result.stopped_here)} stopped on this machine, "
-          f"{len(result.scancelled)} SLURM tasks scancel'ed); left as they are: {untouched}")
+    print(
+        f"cancelled {len(result.cancelled)} runs ({len(result.stopped_here)} stopped on this machine, "
+        f"{len(result.scancelled)} SLURM tasks scancel'ed); left as they are: {untouched}"
+    )
     if result.cancelled:
-        print(f"relaunch to run them again: deconcnn-sweep launch <sweep file> (status: deconcnn-sweep status "
-              f"{result.sweep_dir})")
+        print(
+            f"relaunch to run them again: deconcnn-sweep launch <sweep file> (status: deconcnn-sweep status "
+            f"{result.sweep_dir})"
+        )
     return 0
 
 
@@ -196,8 +265,11 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     interval = watch_interval(args.watch, executor_of(args.sweep_dir))
     if interval > args.watch:
-        print(f"status: refreshing every {interval:g} s, not {args.watch:g} (each refresh of a SLURM sweep asks "
-              "squeue and sacct)", file=sys.stderr)
+        print(
+            f"status: refreshing every {interval:g} s, not {args.watch:g} (each refresh of a SLURM sweep asks "
+            "squeue and sacct)",
+            file=sys.stderr,
+        )
     while True:
         if console.is_terminal and not args.json:
             console.clear()
@@ -223,8 +295,9 @@ def _analyze(args: argparse.Namespace) -> int:
         raise SweepError(f"--workers must be >= 1, got {args.workers}")
     if args.boot < 0:
         raise SweepError(f"--boot must be >= 0, got {args.boot}")
-    result = analyze(args.sweep_dir, args.out, fmt=args.format, workers=args.workers, n_boot=args.boot,
-                     progress=sys.stderr.isatty())
+    result = analyze(
+        args.sweep_dir, args.out, fmt=args.format, workers=args.workers, n_boot=args.boot, progress=sys.stderr.isatty()
+    )
     print(result.summary())
     print(f"report: {result.sweep_dir / 'report' / 'index.html'}")
     return 0
@@ -247,9 +320,16 @@ def _probe(args: argparse.Namespace) -> int:
     from deconcnn.sweep.probe.runner import probe_resources
 
     settings = ProbeSettings(steps=args.steps, warmup=args.warmup, max_workers=args.max_workers)
-    path, result = probe_resources(args.sweep_file, executor=args.executor, settings=settings, out=args.out,
-                                   file=args.file, only=args.only, overrides=args.overrides,
-                                   report=lambda line: print(line, file=sys.stderr, flush=True))
+    path, result = probe_resources(
+        args.sweep_file,
+        executor=args.executor,
+        settings=settings,
+        out=args.out,
+        file=args.file,
+        only=args.only,
+        overrides=args.overrides,
+        report=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     Console(width=None if sys.stdout.isatty() else 132).print(render_table(result))
     failed = [v for v, entry in result["variants"].items() if not entry["choice"]["ok"]]
     for variant, entry in result["variants"].items():
@@ -268,10 +348,16 @@ def _check(args: argparse.Namespace) -> int:
     from deconcnn.sweep.check.runner import check_sweep
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    result = check_sweep(args.sweep_file, out=args.out, overrides=args.overrides, executor=args.executor,
-                         workers_per_gpu=args.workers_per_gpu,
-                         on_done=lambda c: print(f"check run {c.variant}: {c.outcome} after "
-                                                 f"{c.seconds:.0f} s ({c.run_dir})", file=sys.stderr))
+    result = check_sweep(
+        args.sweep_file,
+        out=args.out,
+        overrides=args.overrides,
+        executor=args.executor,
+        workers_per_gpu=args.workers_per_gpu,
+        on_done=lambda c: print(
+            f"check run {c.variant}: {c.outcome} after {c.seconds:.0f} s ({c.run_dir})", file=sys.stderr
+        ),
+    )
     console.print(render(result))
     for line in shrink_summary(result):
         print(line)
@@ -283,9 +369,16 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-COMMANDS = {"launch": _launch, "status": _status, "cancel": _cancel, "collect": _collect, "report": _report,
-            "analyze": _analyze,
-            "probe-resources": _probe, "check": _check}
+COMMANDS = {
+    "launch": _launch,
+    "status": _status,
+    "cancel": _cancel,
+    "collect": _collect,
+    "report": _report,
+    "analyze": _analyze,
+    "probe-resources": _probe,
+    "check": _check,
+}
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ def config_error_text(error: BaseException) -> str:
     """One line for a Hydra/OmegaConf error: its first line and its cause's ("Could not override
     'hydra.launcher.partiton': Key 'partiton' not in 'SlurmQueueConf'"); Hydra's own first line alone
     often does not say what is wrong."""
+
     def first(e: BaseException) -> str:
         text = str(e).strip()
         return text.splitlines()[0].strip() if text else type(e).__name__
@@ -33,8 +34,9 @@ def config_error_text(error: BaseException) -> str:
     return line
 
 
-def compose_run_config(overrides: Sequence[str], *, hydra_config: bool = False,
-                       config_dir: Path = CONF_DIR) -> DictConfig:
+def compose_run_config(
+    overrides: Sequence[str], *, hydra_config: bool = False, config_dir: Path = CONF_DIR
+) -> DictConfig:
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=hydra_config)
 

@@ -38,8 +38,13 @@ from deconcnn.training.data import DataNotFoundError
 TRAIN_LOCK = ".train.lock"
 # Lightning's hints that do not apply to a run this tool starts (worded as in Lightning 2.6); its
 # other warnings still reach stdout.log.
-LIGHTNING_HINTS = ("The `srun` command is available", "is smaller than the logging interval",
-                   "isinstance(treespec, LeafSpec)", "exists and is not empty", "Tip: For seamless cloud")
+LIGHTNING_HINTS = (
+    "The `srun` command is available",
+    "is smaller than the logging interval",
+    "isinstance(treespec, LeafSpec)",
+    "exists and is not empty",
+    "Tip: For seamless cloud",
+)
 
 
 class RunBusy(ConfigError):
@@ -67,8 +72,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise RunBusy(f"another process trains {run_dir} ({handle.read().strip() or 'unknown'}): "
-                          "not started twice") from None
+            raise RunBusy(
+                f"another process trains {run_dir} ({handle.read().strip() or 'unknown'}): not started twice"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
@@ -80,8 +86,10 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> ResumePoint:
     if cfg.resume:
         return choose_resume_point(run_dir)
     if (run_dir / METRICS_FILE).exists():
-        raise ConfigError(f"resume=false, but {run_dir} already holds a run ({METRICS_FILE}): its steps would be "
-                          "logged twice; use another run_dir or delete that one")
+        raise ConfigError(
+            f"resume=false, but {run_dir} already holds a run ({METRICS_FILE}): its steps would be "
+            "logged twice; use another run_dir or delete that one"
+        )
     return ResumePoint(None)
 
 
@@ -104,9 +112,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         resume = resume_point(cfg, run_dir)
         step = resume.step
         truncate_to_resume_point(run_dir, resume.log_offset, resume.step)
-        status.update(resumed_from_step=resume.step if resume.path else None,
-                      resumed_from=resume.path.relative_to(run_dir).as_posix() if resume.path else None,
-                      resume_note=resume.note)
+        status.update(
+            resumed_from_step=resume.step if resume.path else None,
+            resumed_from=resume.path.relative_to(run_dir).as_posix() if resume.path else None,
+            resume_note=resume.note,
+        )
         if resume.note:
             print(f"deconcnn-train: {resume.note}", file=sys.stderr, flush=True)
         datamodule, module, trainer = build_run(cfg, extra_callbacks)
@@ -116,8 +126,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         print(f"deconcnn-train: run diverged at step {diverged.step} ({run_dir})", file=sys.stderr)
         return "diverged"
     except SIGTERMException:
-        status.finish("failed", trainer.global_step if trainer else step,
-                      error="terminated by SIGTERM (preempted, requeued or cancelled)")
+        status.finish(
+            "failed",
+            trainer.global_step if trainer else step,
+            error="terminated by SIGTERM (preempted, requeued or cancelled)",
+        )
         raise
     except BaseException as error:
         status.finish("failed", trainer.global_step if trainer else step, error=first_line(error))
@@ -166,8 +179,11 @@ def output_in(run_dir: Path) -> Iterator[None]:
 def _hydra_main(cfg: DictConfig) -> Any:
     output_dir = HydraConfig.get().runtime.output_dir
     if Path(cfg.run_dir).resolve() != Path(output_dir).resolve():
-        print(f"deconcnn-train: error: run_dir={cfg.run_dir} would split the run's files from Hydra's "
-              f"({output_dir}): set hydra.run.dir={cfg.run_dir} instead", file=sys.stderr)
+        print(
+            f"deconcnn-train: error: run_dir={cfg.run_dir} would split the run's files from Hydra's "
+            f"({output_dir}): set hydra.run.dir={cfg.run_dir} instead",
+            file=sys.stderr,
+        )
         sys.exit(2)
     quiet_lightning_hints()
     with output_in(Path(cfg.run_dir)):

@@ -49,8 +49,7 @@ def imports(path: Path) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    return {m: {n for n in imports(p) if n in mods and n != m and not m.startswith(f"{n}.")}
-            for m, p in mods.items()}
+    return {m: {n for n in imports(p) if n in mods and n != m and not m.startswith(f"{n}.")} for m, p in mods.items()}
 
 
 def part(module: str) -> str:
@@ -58,8 +57,12 @@ def part(module: str) -> str:
 
 
 def test_dependencies_point_down():
-    wrong = [(m, n) for m, targets in graph().items() for n in targets
-             if part(n) != part(m) and part(n) not in ALLOWED[part(m)]]
+    wrong = [
+        (m, n)
+        for m, targets in graph().items()
+        for n in targets
+        if part(n) != part(m) and part(n) not in ALLOWED[part(m)]
+    ]
     assert not wrong, wrong
 
 
@@ -97,12 +100,17 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("layer", ["sweep", "analysis", "runlog"])
 def test_layers_without_the_training_stack_never_import_it(layer):
-    offenders = {m: sorted(n for n in imports(p) if n.split(".")[0] in TRAINING_STACK)
-                 for m, p in modules().items() if part(m) == layer}
+    offenders = {
+        m: sorted(n for n in imports(p) if n.split(".")[0] in TRAINING_STACK)
+        for m, p in modules().items()
+        if part(m) == layer
+    }
     assert not {m: n for m, n in offenders.items() if n and m != "deconcnn.runlog.metrics_log"}, offenders
 
 
 def test_importing_the_cli_and_the_sweep_layer_loads_no_torch():
-    code = ("import sys, deconcnn.cli, deconcnn.sweep.launch, deconcnn.sweep.status, deconcnn.sweep.cancel; "
-            f"bad = [m for m in {TRAINING_STACK!r} if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, deconcnn.cli, deconcnn.sweep.launch, deconcnn.sweep.status, deconcnn.sweep.cancel; "
+        f"bad = [m for m in {TRAINING_STACK!r} if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

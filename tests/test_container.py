@@ -66,8 +66,11 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def ci_torch_pin() -> str:
-    pins = [line.strip() for line in (ROOT / "constraints-dev.txt").read_text().splitlines()
-            if line.strip().startswith("torch==")]
+    pins = [
+        line.strip()
+        for line in (ROOT / "constraints-dev.txt").read_text().splitlines()
+        if line.strip().startswith("torch==")
+    ]
     assert len(pins) == 1, "constraints-dev.txt pins torch once"
     return pins[0]
 
@@ -96,8 +99,9 @@ def test_the_dockerfile_copies_and_installs_as_the_def_file_does():
     for op, value in instructions:
         if op == "COPY":
             *sources, destination = value.split()
-            copied.update({s: destination.rstrip("/") + ("/" + s if destination.endswith("/") else "")
-                           for s in sources})
+            copied.update(
+                {s: destination.rstrip("/") + ("/" + s if destination.endswith("/") else "") for s in sources}
+            )
     assert copied == dict(recipe.files())
     assert ("RUN", f"sh {IMAGE_CHECKOUT}/containers/install.sh {IMAGE_CHECKOUT}") in instructions
     ignore = (CONTAINERS / "Dockerfile.dockerignore").read_text().splitlines()
@@ -114,11 +118,13 @@ def test_the_stack_check_names_a_dependency_that_does_not_import(tmp_path):
     broken.mkdir()
     (broken / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(CONTAINERS / "check_stack.py")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(CONTAINERS / "check_stack.py")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == ("check_stack: import pytorch_lightning failed: RuntimeError: "
-                                   "operator torchvision::nms does not exist")
+    assert done.stderr.strip() == (
+        "check_stack: import pytorch_lightning failed: RuntimeError: operator torchvision::nms does not exist"
+    )
 
 
 @pytest.mark.slow
@@ -149,9 +155,15 @@ def test_the_def_files_install_steps_give_a_venv_where_the_whole_stack_imports(t
 
     run("post")
     assert "the deconcnn stack imports" in run("test")
-    installed = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
-                               env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    installed = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert "torchvision" not in {line.split("==")[0] for line in installed}
     torch_version = ci_torch_pin().split("==")[1]
-    assert any(re.fullmatch(rf"torch=={re.escape(torch_version)}(\+\w+)?", line) for line in installed), \
+    assert any(re.fullmatch(rf"torch=={re.escape(torch_version)}(\+\w+)?", line) for line in installed), (
         "pip replaced the chosen torch build"
+    )

@@ -42,8 +42,10 @@ VARIANT_COLOURS = "tab10"
 
 
 def _runs(source: SweepSource, run_rows: list[dict[str, Any]]) -> tuple[list[Run], Layout]:
-    runs = [Run(r["run_id"], r["variant"] or "(no variant)", {a: r.get(a) for a in source.axes}, r["status"], r)
-            for r in run_rows]
+    runs = [
+        Run(r["run_id"], r["variant"] or "(no variant)", {a: r.get(a) for a in source.axes}, r["status"], r)
+        for r in run_rows
+    ]
     return runs, Layout.of(runs, source.variants or ["(no runs)"], source.axes)
 
 
@@ -59,8 +61,13 @@ def _finite(v: Any) -> bool:
 
 
 def mosaic(path: Path, layout: Layout, fit_rows: list[dict[str, Any]], curves: dict[str, Any]) -> None:
-    cells = Layout(layout.runs, layout.variants, None, None,
-                   [a for a in (layout.colour_axis, layout.style_axis, *layout.facet_axes) if a]).facets()
+    cells = Layout(
+        layout.runs,
+        layout.variants,
+        None,
+        None,
+        [a for a in (layout.colour_axis, layout.style_axis, *layout.facet_axes) if a],
+    ).facets()
     shown = cells[:MOSAIC_MAX_PANELS]
     ncols = min(6, max(1, len(shown)))
     fig, axes = new_figure(math.ceil(max(1, len(shown)) / ncols), ncols, 2.8, 2.3)
@@ -79,8 +86,13 @@ def mosaic(path: Path, layout: Layout, fit_rows: list[dict[str, Any]], curves: d
             fit = selected.get(run.run_id)
             if fit is not None:
                 steps = np.geomspace(max(fit["step_start"], 1), fit["step_end"], 60)
-                ax.plot(steps, predict(fit, steps), color=colour, lw=1.3,
-                        ls={"power_law": "-", "exponential": "--"}.get(fit["model"], ":"))
+                ax.plot(
+                    steps,
+                    predict(fit, steps),
+                    color=colour,
+                    lw=1.3,
+                    ls={"power_law": "-", "exponential": "--"}.get(fit["model"], ":"),
+                )
             drawn += 1
         if drawn:
             ax.set_xscale("log")
@@ -89,14 +101,16 @@ def mosaic(path: Path, layout: Layout, fit_rows: list[dict[str, Any]], curves: d
         else:
             no_data(ax, "no run with training records")
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="none", color="0.4", ms=3, label="data (log bins, one colour per seed)"),
-               Line2D([], [], color="0.2", ls="-", label="selected: power law"),
-               Line2D([], [], color="0.2", ls="--", label="selected: exponential"),
-               Line2D([], [], color="0.2", ls=":", label="selected: broken power law")]
+    handles = [
+        Line2D([], [], marker="o", ls="none", color="0.4", ms=3, label="data (log bins, one colour per seed)"),
+        Line2D([], [], color="0.2", ls="-", label="selected: power law"),
+        Line2D([], [], color="0.2", ls="--", label="selected: exponential"),
+        Line2D([], [], color="0.2", ls=":", label="selected: broken power law"),
+    ]
     more = f" (first {MOSAIC_MAX_PANELS} of {len(cells)} cells)" if len(cells) > len(shown) else ""
     finish(fig, path, ANALYSIS_PLOTS["fits_mosaic.png"] + more, handles)
 
@@ -161,8 +175,15 @@ def window_scan_figure(path: Path, layout: Layout, window_rows: list[dict[str, A
         for a in range(len(starts)):
             for b in range(len(ends)):
                 if np.isfinite(grid[a, b]):
-                    ax.text(b, a, f"{grid[a, b]:.2f}", ha="center", va="center", fontsize=6.5,
-                            color="white" if norm(grid[a, b]) < 0.5 else "black")
+                    ax.text(
+                        b,
+                        a,
+                        f"{grid[a, b]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6.5,
+                        color="white" if norm(grid[a, b]) < 0.5 else "black",
+                    )
         ax.set_xticks(range(len(ends)), [fmt(e) for e in ends])
         ax.set_yticks(range(len(starts)), [fmt(s) for s in starts])
         ax.set_xlabel("window end (epoch)")
@@ -178,9 +199,13 @@ def knee_vs_plateau(path: Path, layout: Layout) -> None:
     fig, axes = new_figure(1, 1, 6.5, 4.5)
     ax = axes[0, 0]
     colours = _variant_colour(layout)
-    points = [(r.row["lambda_max_plateau_epoch"], r.row["knee_epoch"], r.variant) for r in layout.runs
-              if r.status == "completed" and _finite(r.row.get("lambda_max_plateau_epoch"))
-              and _finite(r.row.get("knee_epoch"))]
+    points = [
+        (r.row["lambda_max_plateau_epoch"], r.row["knee_epoch"], r.variant)
+        for r in layout.runs
+        if r.status == "completed"
+        and _finite(r.row.get("lambda_max_plateau_epoch"))
+        and _finite(r.row.get("knee_epoch"))
+    ]
     for x, y, variant in points:
         ax.plot(x, y, "o", ms=5, color=colours[variant], alpha=0.8)
     if points:
@@ -196,15 +221,29 @@ def knee_vs_plateau(path: Path, layout: Layout) -> None:
     finish(fig, path, ANALYSIS_PLOTS["knee_vs_plateau.png"], handles)
 
 
-def write_plots(out_dir: Path, source: SweepSource, run_rows: list[dict[str, Any]], fit_rows: list[dict[str, Any]],
-                curves: dict[str, Any], window_rows: Sequence[dict[str, Any]]) -> list[Path]:
-    runs, layout = _runs(source, run_rows)
+def write_plots(
+    out_dir: Path,
+    source: SweepSource,
+    run_rows: list[dict[str, Any]],
+    fit_rows: list[dict[str, Any]],
+    curves: dict[str, Any],
+    window_rows: Sequence[dict[str, Any]],
+) -> list[Path]:
+    _, layout = _runs(source, run_rows)
     mosaic(out_dir / "fits_mosaic.png", layout, fit_rows, curves)
     r2_histogram(out_dir / "r2_hist.png", fit_rows)
     alpha_vs_final(out_dir / "alpha_vs_final_loss.png", layout)
     grids = heat_grids(layout, layout.colour_axis, layout.style_axis, lambda r: r.row.get("alpha_early"))
-    heatmap_figure(out_dir / "heatmap_alpha_early.png", ANALYSIS_PLOTS["heatmap_alpha_early.png"], grids,
-                   layout.colour_axis, layout.style_axis, "median alpha_early", "{:.3f}", "viridis")
+    heatmap_figure(
+        out_dir / "heatmap_alpha_early.png",
+        ANALYSIS_PLOTS["heatmap_alpha_early.png"],
+        grids,
+        layout.colour_axis,
+        layout.style_axis,
+        "median alpha_early",
+        "{:.3f}",
+        "viridis",
+    )
     window_scan_figure(out_dir / "window_scan.png", layout, list(window_rows))
     knee_vs_plateau(out_dir / "knee_vs_plateau.png", layout)
     return [out_dir / name for name in ANALYSIS_PLOTS]

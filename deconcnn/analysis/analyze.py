@@ -105,8 +105,10 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
         for i in range(pf.metadata.num_row_groups):
             t = pf.read_row_group(i, columns=["run_id", "step", "epoch_frac", "loss_train_nats"])
             ids = np.asarray(t.column("run_id").to_pylist(), dtype=object)
-            cols = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in ("step", "epoch_frac",
-                                                                                          "loss_train_nats")}
+            cols = {
+                c: t.column(c).to_numpy(zero_copy_only=False).astype(float)
+                for c in ("step", "epoch_frac", "loss_train_nats")
+            }
             for rid in dict.fromkeys(ids):
                 m = ids == rid
                 for c, v in cols.items():
@@ -135,14 +137,27 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
 
 def _one_run(rid: str, run: RunData, spe: float, n_boot: int, seed: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The per-run analysis and the window scan (in a worker process)."""
-    out = analyze_run(run.steps, run.losses, spe, curvature_steps=run.curvature_steps, lambda_max=run.lambda_max,
-                      n_boot=n_boot, knee_boot=n_boot // 2, seed=seed)
+    out = analyze_run(
+        run.steps,
+        run.losses,
+        spe,
+        curvature_steps=run.curvature_steps,
+        lambda_max=run.lambda_max,
+        n_boot=n_boot,
+        knee_boot=n_boot // 2,
+        seed=seed,
+    )
     scan: dict[str, Any] = {}
     if math.isfinite(spe) and spe > 0 and len(run.steps) > 1:
         c = out["run"]["c_full"]
-        scan = F.window_scan(run.steps + 1, run.losses, [s * spe + 1 for s in SCAN_STARTS],
-                             [e * spe for e in SCAN_ENDS], c=c if math.isfinite(c) else None,
-                             c_se=out["run"]["c_full_se"] if math.isfinite(c) else 0.0)
+        scan = F.window_scan(
+            run.steps + 1,
+            run.losses,
+            [s * spe + 1 for s in SCAN_STARTS],
+            [e * spe for e in SCAN_ENDS],
+            c=c if math.isfinite(c) else None,
+            c_se=out["run"]["c_full_se"] if math.isfinite(c) else 0.0,
+        )
     return rid, out, scan
 
 
@@ -170,8 +185,11 @@ def _noise_summaries(res: CollectResult) -> dict[str, dict[str, float]]:
 def _write(rows: list[dict[str, Any]], path: Path, fmt: str, columns: Sequence[str] | None = None) -> int:
     """A table of rows (keys: `columns`, else the union of the rows' keys in first-seen order)."""
     names = list(columns or dict.fromkeys(k for row in rows for k in row))
-    table = pa.Table.from_pylist([{k: row.get(k) for k in names} for row in rows]) if rows else \
-        pa.table({c: pa.array([], pa.string()) for c in names})
+    table = (
+        pa.Table.from_pylist([{k: row.get(k) for k in names} for row in rows])
+        if rows
+        else pa.table({c: pa.array([], pa.string()) for c in names})
+    )
     tmp = tmp_path(path)
     if fmt == "parquet":
         pq.write_table(table, tmp, compression="zstd")
@@ -181,9 +199,17 @@ def _write(rows: list[dict[str, Any]], path: Path, fmt: str, columns: Sequence[s
     return table.num_rows
 
 
-def analyze(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, fmt: str = "parquet",
-            workers: int | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0, progress: bool = True,
-            write_report: bool = True) -> AnalyzeResult:
+def analyze(
+    sweep_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    fmt: str = "parquet",
+    workers: int | None = None,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = 0,
+    progress: bool = True,
+    write_report: bool = True,
+) -> AnalyzeResult:
     """Collect, analyse every run and the sweep, write the tables, plots and report section."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -202,8 +228,15 @@ def analyze(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | Non
     result = AnalyzeResult(source.path, out_dir)
     curves, spe = read_runs(res)
     noise = _noise_summaries(res)
-    identity = {r.run_id: {"run_id": r.run_id, "variant": r.variant, **{a: r.params.get(a) for a in source.axes},
-                           "status": r.state} for r in source.runs}
+    identity = {
+        r.run_id: {
+            "run_id": r.run_id,
+            "variant": r.variant,
+            **{a: r.params.get(a) for a in source.axes},
+            "status": r.state,
+        }
+        for r in source.runs
+    }
     analysed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     todo = [rid for rid in identity if rid in curves and len(curves[rid].steps)]
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -212,8 +245,14 @@ def analyze(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | Non
         n_workers = max(1, workers or os.cpu_count() or 1)
         if n_workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=n_workers) as pool:
-                for rid, out_run, scan in pool.map(_one_run, todo, [curves[r] for r in todo], [spe[r] for r in todo],
-                                                   [n_boot] * len(todo), [seed] * len(todo)):
+                for rid, out_run, scan in pool.map(
+                    _one_run,
+                    todo,
+                    [curves[r] for r in todo],
+                    [spe[r] for r in todo],
+                    [n_boot] * len(todo),
+                    [seed] * len(todo),
+                ):
                     analysed[rid] = (out_run, scan)
                     bar.advance(task)
         else:
@@ -235,24 +274,42 @@ def analyze(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | Non
                 scans[ident["variant"]].append(scan["alpha"])
         else:
             result.skipped[ident["status"]] = result.skipped.get(ident["status"], 0) + 1
-            run_rows.append({**ident, **dict.fromkeys(RUN_COLUMNS), **noise.get(rid, {}),
-                             "reason": "no training records"})
+            run_rows.append(
+                {**ident, **dict.fromkeys(RUN_COLUMNS), **noise.get(rid, {}), "reason": "no training records"}
+            )
     group_keys = ["variant", *[a for a in source.axes if a.rsplit(".", 1)[-1] != "seed"]]
     summary = summarize_cells(run_rows, group_keys, SUMMARY_VALUES)
     baseline = source.variants[0] if source.variants else None
-    comparisons = [row for key in (*ALPHAS, "knee_epoch") for row in
-                   compare_variants(run_rows, key, baseline, by=group_keys[1:])] if baseline else []
+    comparisons = (
+        [row for key in (*ALPHAS, "knee_epoch") for row in compare_variants(run_rows, key, baseline, by=group_keys[1:])]
+        if baseline
+        else []
+    )
     correlations = _correlations(run_rows, source.variants)
-    window_rows = [{"variant": v, "start_epoch": s, "end_epoch": e, "alpha_median": float(np.nanmedian(stack[:, i, j])),
-                    "n": int(np.isfinite(stack[:, i, j]).sum())}
-                   for v, grids in scans.items() for stack in [np.stack(grids)]
-                   for i, s in enumerate(SCAN_STARTS) for j, e in enumerate(SCAN_ENDS)
-                   if e > s and np.isfinite(stack[:, i, j]).any()]
+    window_rows = [
+        {
+            "variant": v,
+            "start_epoch": s,
+            "end_epoch": e,
+            "alpha_median": float(np.nanmedian(stack[:, i, j])),
+            "n": int(np.isfinite(stack[:, i, j]).sum()),
+        }
+        for v, grids in scans.items()
+        for stack in [np.stack(grids)]
+        for i, s in enumerate(SCAN_STARTS)
+        for j, e in enumerate(SCAN_ENDS)
+        if e > s and np.isfinite(stack[:, i, j]).any()
+    ]
     ext = "parquet" if fmt == "parquet" else "csv"
-    tables = {"runs": (run_rows, None), "fits": (fit_rows, [*identity_columns(source), *FIT_COLUMNS]),
-              "knees": (knee_rows, [*identity_columns(source), *KNEE_TABLE_COLUMNS]), "summary": (summary, None),
-              "comparisons": (comparisons, None), "correlations": (correlations, None),
-              "window_scan": (window_rows, None)}
+    tables = {
+        "runs": (run_rows, None),
+        "fits": (fit_rows, [*identity_columns(source), *FIT_COLUMNS]),
+        "knees": (knee_rows, [*identity_columns(source), *KNEE_TABLE_COLUMNS]),
+        "summary": (summary, None),
+        "comparisons": (comparisons, None),
+        "correlations": (correlations, None),
+        "window_scan": (window_rows, None),
+    }
     for name, (rows, cols) in tables.items():
         result.files[name] = out_dir / f"{name}.{ext}"
         result.rows[name] = _write(rows, result.files[name], fmt, cols)
@@ -295,24 +352,29 @@ def _median_text(rows: list[dict[str, Any]], key: str) -> str:
     return f"{q50:.3f} [{q25:.3f}, {q75:.3f}]"
 
 
-def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str, Any]],
-            result: AnalyzeResult) -> str:
+def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str, Any]], result: AnalyzeResult) -> str:
     """The report's analysis section (markdown; links relative to the analysis directory)."""
     from deconcnn.analysis.analysis_plots import ANALYSIS_PLOTS
 
     e0, e1 = EARLY_EPOCHS
-    lines = ["## Loss-curve analysis", "",
-             f"`alpha_early`: power-law exponent over epochs {e0:g}-{e1:g}; `alpha_full`: from the knee (burn-in "
-             "end, by AICc) to the end; medians over completed runs [quartiles]. Rules and columns: "
-             "docs/analysis.md; tables: " + ", ".join(f"[{p.name}]({p.name})" for p in result.files.values()) + ".", "",
-             "| variant | completed / runs | alpha_early | alpha_full | knee epoch | final loss (nats) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Loss-curve analysis",
+        "",
+        f"`alpha_early`: power-law exponent over epochs {e0:g}-{e1:g}; `alpha_full`: from the knee (burn-in "
+        "end, by AICc) to the end; medians over completed runs [quartiles]. Rules and columns: "
+        "docs/analysis.md; tables: " + ", ".join(f"[{p.name}]({p.name})" for p in result.files.values()) + ".",
+        "",
+        "| variant | completed / runs | alpha_early | alpha_full | knee epoch | final loss (nats) |",
+        "|---|---|---|---|---|---|",
+    ]
     for variant in source.variants:
         rows = [r for r in run_rows if r["variant"] == variant]
         done = sum(r["status"] == "completed" for r in rows)
-        lines.append(f"| {variant} | {done} / {len(rows)} | {_median_text(rows, 'alpha_early')} | "
-                     f"{_median_text(rows, 'alpha_full')} | {_median_text(rows, 'knee_epoch')} | "
-                     f"{_median_text(rows, 'final_loss_nats')} |")
+        lines.append(
+            f"| {variant} | {done} / {len(rows)} | {_median_text(rows, 'alpha_early')} | "
+            f"{_median_text(rows, 'alpha_full')} | {_median_text(rows, 'knee_epoch')} | "
+            f"{_median_text(rows, 'final_loss_nats')} |"
+        )
     lines += [""]
     for name, title in ANALYSIS_PLOTS.items():
         lines += [f"### {title}", "", f"[![{title}]({name})]({name})", ""]

@@ -114,8 +114,7 @@ def _axis_type(values: list[Any]) -> pa.DataType:
 def identity_fields(source: SweepSource) -> list[tuple[str, pa.DataType]]:
     """run_id, variant, every axis under its own name (typed by its values), status, complete."""
     axes = [(a, _axis_type([r.params.get(a) for r in source.runs])) for a in source.axes]
-    return [("run_id", pa.string()), ("variant", pa.string()), *axes, ("status", pa.string()),
-            ("complete", pa.bool_())]
+    return [("run_id", pa.string()), ("variant", pa.string()), *axes, ("status", pa.string()), ("complete", pa.bool_())]
 
 
 def _identity_values(run: RunInfo, fields: list[tuple[str, pa.DataType]]) -> dict[str, Any]:
@@ -161,8 +160,10 @@ class CollectResult:
             lines.append(f"  {kind:<11} {self.rows.get(kind, 0):>10} rows  {path}")
         if self.bad_lines:
             total = sum(self.bad_lines.values())
-            lines.append(f"skipped {total} unreadable lines in {len(self.bad_lines)} runs"
-                         f" ({len(self.truncated)} truncated last lines)")
+            lines.append(
+                f"skipped {total} unreadable lines in {len(self.bad_lines)} runs"
+                f" ({len(self.truncated)} truncated last lines)"
+            )
         return "\n".join(lines)
 
 
@@ -199,8 +200,11 @@ def _file_key(path: Path) -> list[int] | None:
 
 
 def _run_key(run_dir: Path) -> dict[str, Any]:
-    return {"v": CACHE_VERSION, "metrics": _file_key(run_dir / METRICS_FILE),
-            "run_json": _file_key(run_dir / RUN_STATUS_FILE)}
+    return {
+        "v": CACHE_VERSION,
+        "metrics": _file_key(run_dir / METRICS_FILE),
+        "run_json": _file_key(run_dir / RUN_STATUS_FILE),
+    }
 
 
 def _cached_summary(run_dir: Path, cache_dir: Path) -> dict[str, Any] | None:
@@ -227,8 +231,7 @@ def _column(name: str, values: list[Any]) -> pa.Array:
             return arr
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
         pass
-    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
-                    type=pa.string())
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], type=pa.string())
 
 
 def _finite(v: Any) -> bool:
@@ -289,8 +292,7 @@ def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
     summary["n_bad_lines"] = reader.bad_lines + n_nokind
     summary["n_records_without_kind"] = n_nokind
     summary["truncated_tail"] = reader.truncated_tail
-    summary["bad"] = [{"lineno": b.lineno, "reason": b.reason, "at_eof": b.at_eof}
-                      for b in reader.bad]
+    summary["bad"] = [{"lineno": b.lineno, "reason": b.reason, "at_eof": b.at_eof} for b in reader.bad]
     summary["key"] = key
 
     # Write the pieces: invalidate first, key last, so a crash leaves a cache that re-reads.
@@ -335,8 +337,15 @@ def _stats(tables: dict[str, list[Any]]) -> dict[str, Any]:
         out["first_nonfinite_step"] = _int(float(st[bad].min())) if bad.any() else None
 
     n_val, va = tables.get("val", [0, {}])
-    for k in ("final_loss_val_nats", "final_acc_val", "final_epoch_frac", "best_loss_val_nats",
-              "best_epoch_frac", "best_step", "best_acc_val"):
+    for k in (
+        "final_loss_val_nats",
+        "final_acc_val",
+        "final_epoch_frac",
+        "best_loss_val_nats",
+        "best_epoch_frac",
+        "best_step",
+        "best_acc_val",
+    ):
         out[k] = None
     if n_val:
         steps = va.get("step", [None] * n_val)
@@ -429,16 +438,22 @@ class _TableWriter:
         os.replace(self.tmp, self.path)
 
 
-def _assemble_kind(pieces: list[tuple[RunInfo, Path]], identity: list[tuple[str, pa.DataType]], path: Path,
-                   fmt: str, advance: Callable[[], None]) -> int:
+def _assemble_kind(
+    pieces: list[tuple[RunInfo, Path]],
+    identity: list[tuple[str, pa.DataType]],
+    path: Path,
+    fmt: str,
+    advance: Callable[[], None],
+) -> int:
     names = {name for name, _ in identity}
     order: dict[str, set[pa.DataType]] = {c: set() for c in BASE_COLUMNS}
     for _run, piece in pieces:
         for f in pq.read_schema(piece):
             order.setdefault(f.name, set()).add(f.type)
     data_fields = [pa.field(c, _unify(c, ts)) for c, ts in order.items()]
-    table_schema = pa.schema([pa.field(n, t) for n, t in identity] +
-                             [pa.field(_record_name(f.name, names), f.type) for f in data_fields])
+    table_schema = pa.schema(
+        [pa.field(n, t) for n, t in identity] + [pa.field(_record_name(f.name, names), f.type) for f in data_fields]
+    )
     writer = _TableWriter(path, table_schema, fmt)
     try:
         for run, piece in pieces:
@@ -457,18 +472,29 @@ def _assemble_kind(pieces: list[tuple[RunInfo, Path]], identity: list[tuple[str,
     return writer.rows
 
 
-def _runs_rows(runs: list[RunInfo], summaries: dict[str, dict[str, Any]],
-               identity: list[tuple[str, pa.DataType]]) -> list[dict[str, Any]]:
+def _runs_rows(
+    runs: list[RunInfo], summaries: dict[str, dict[str, Any]], identity: list[tuple[str, pa.DataType]]
+) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         s = summaries.get(run.run_id)
         row: dict[str, Any] = {name: None for name, _ in RUN_FACTS}
-        row.update(_identity_values(run, identity), reason=run.reason, in_manifest=run.in_manifest,
-                   has_dir=run.run_dir is not None,
-                   overrides=" ".join(run.overrides) if run.overrides is not None else None)
+        row.update(
+            _identity_values(run, identity),
+            reason=run.reason,
+            in_manifest=run.in_manifest,
+            has_dir=run.run_dir is not None,
+            overrides=" ".join(run.overrides) if run.overrides is not None else None,
+        )
         if s is None:
-            row.update(n_bad_lines=0, truncated_tail=False, n_records=0, steps_logged=0, from_cache=False,
-                       **{f"n_{k}": 0 for k in schema.KINDS})
+            row.update(
+                n_bad_lines=0,
+                truncated_tail=False,
+                n_records=0,
+                steps_logged=0,
+                from_cache=False,
+                **{f"n_{k}": 0 for k in schema.KINDS},
+            )
         else:
             for k, _ in RUN_FACTS:
                 if row[k] is None and k in s:
@@ -500,9 +526,15 @@ def _write_runs(rows: list[dict[str, Any]], identity: list[tuple[str, pa.DataTyp
 # --------------------------------------------------------------------------- entry point
 
 
-def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
-            out: str | os.PathLike[str] | None = None, progress: bool = True, *,
-            workers: int = 1, force: bool = False) -> CollectResult:
+def collect(
+    sweep_dir: str | os.PathLike[str],
+    fmt: str = "parquet",
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    *,
+    workers: int = 1,
+    force: bool = False,
+) -> CollectResult:
     """Collect ``sweep_dir`` into ``out`` (default ``<sweep_dir>/collected``); see module doc.
 
     ``fmt``: "parquet" or "csv". ``progress``: show a rich progress bar (stderr). ``workers``: >1
@@ -543,14 +575,14 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
             summaries[r.run_id] = s
             res.runs_cached.append(r.run_id)
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"read {source.name}", total=len(todo))
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = {pool.submit(_process_run, r.run_id, str(r.run_dir),
-                                    str(cache_root / r.run_id)): r for r in todo}
+                futs = {
+                    pool.submit(_process_run, r.run_id, str(r.run_dir), str(cache_root / r.run_id)): r for r in todo
+                }
                 for fut in as_completed(futs):
                     summaries[futs[fut].run_id] = fut.result()
                     bar.advance(task)
@@ -575,9 +607,22 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
         ext = "parquet" if fmt == "parquet" else "csv"
         res.files = {k: out_dir / f"{k}.{ext}" for k in kinds}
         res.files["runs"] = out_dir / f"runs.{ext}"
-        state = [fmt, CACHE_VERSION, kinds, [str(t) for _, t in identity],
-                 [(_identity_values(r, identity), r.reason, r.in_manifest, r.overrides,
-                   summaries[r.run_id]["key"] if r.run_id in summaries else None) for r in runs]]
+        state = [
+            fmt,
+            CACHE_VERSION,
+            kinds,
+            [str(t) for _, t in identity],
+            [
+                (
+                    _identity_values(r, identity),
+                    r.reason,
+                    r.in_manifest,
+                    r.overrides,
+                    summaries[r.run_id]["key"] if r.run_id in summaries else None,
+                )
+                for r in runs
+            ],
+        ]
         digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
         record_path = cache_root / f"assembled.{fmt}.json"
         try:
@@ -592,8 +637,11 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
             n_pieces = sum(len(s["kinds"]) for s in summaries.values())
             atask = bar.add_task("assemble tables", total=n_pieces)
             for kind in kinds:
-                pieces = [(r, cache_root / r.run_id / f"{kind}.parquet")
-                          for r in runs if r.run_id in summaries and kind in summaries[r.run_id]["kinds"]]
+                pieces = [
+                    (r, cache_root / r.run_id / f"{kind}.parquet")
+                    for r in runs
+                    if r.run_id in summaries and kind in summaries[r.run_id]["kinds"]
+                ]
                 res.rows[kind] = _assemble_kind(pieces, identity, res.files[kind], fmt, lambda: bar.advance(atask))
             rows = _runs_rows(runs, summaries, identity)
             _write_runs(rows, identity, res.files["runs"], fmt)
@@ -601,7 +649,8 @@ def collect(sweep_dir: str | os.PathLike[str], fmt: str = "parquet",
             for old in prev.get("files", []):  # tables of kinds that are gone
                 if Path(old) not in res.files.values():
                     Path(old).unlink(missing_ok=True)
-            _write_json(record_path, {"digest": digest, "rows": res.rows,
-                                      "files": [str(p) for p in res.files.values()]})
+            _write_json(
+                record_path, {"digest": digest, "rows": res.rows, "files": [str(p) for p in res.files.values()]}
+            )
     res.seconds = time.perf_counter() - t0
     return res

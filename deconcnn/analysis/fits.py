@@ -150,16 +150,32 @@ class Fit:
     def as_row(self) -> dict[str, Any]:
         """Flat dict: fit columns plus ``<p>, <p>_se, <p>_lo, <p>_hi, <p>_boot_lo, <p>_boot_hi``."""
         row: dict[str, Any] = {
-            "model": self.model, "ok": self.ok, "reason": self.reason, "n_bins": self.n,
-            "k": self.k, "t_start": self.t_start, "t_end": self.t_end, "t_ref": self.t_ref,
-            "rss": self.rss, "r2": self.r2, "resid_scale": self.resid_scale, "aic": self.aic,
-            "aicc": self.aicc, "bic": self.bic,
+            "model": self.model,
+            "ok": self.ok,
+            "reason": self.reason,
+            "n_bins": self.n,
+            "k": self.k,
+            "t_start": self.t_start,
+            "t_end": self.t_end,
+            "t_ref": self.t_ref,
+            "rss": self.rss,
+            "r2": self.r2,
+            "resid_scale": self.resid_scale,
+            "aic": self.aic,
+            "aicc": self.aicc,
+            "bic": self.bic,
         }
         for p in PARAMS[self.model]:
             lo, hi = self.ci.get(p, (math.nan, math.nan))
             blo, bhi = (self.boot_ci or {}).get(p, (math.nan, math.nan))
-            row |= {p: self.params.get(p, math.nan), f"{p}_se": self.stderr.get(p, math.nan),
-                    f"{p}_lo": lo, f"{p}_hi": hi, f"{p}_boot_lo": blo, f"{p}_boot_hi": bhi}
+            row |= {
+                p: self.params.get(p, math.nan),
+                f"{p}_se": self.stderr.get(p, math.nan),
+                f"{p}_lo": lo,
+                f"{p}_hi": hi,
+                f"{p}_boot_lo": blo,
+                f"{p}_boot_hi": bhi,
+            }
         return row
 
 
@@ -185,8 +201,7 @@ def failed_fit(model: str, reason: str, curve: Binned | None = None) -> Fit:
     n, t0, t1 = 0, math.nan, math.nan
     if curve is not None and len(curve):
         n, t0, t1 = len(curve), float(curve.t_first[0]), float(curve.t_last[-1])
-    return Fit(model=model, ok=False, reason=reason, n=n, k=_n_params(model), t_start=t0,
-               t_end=t1, t_ref=math.nan)
+    return Fit(model=model, ok=False, reason=reason, n=n, k=_n_params(model), t_start=t0, t_end=t1, t_ref=math.nan)
 
 
 def _n_params(model: str) -> int:
@@ -204,9 +219,7 @@ def _wls_line(x: FloatArray, z: FloatArray, w: FloatArray) -> tuple[FloatArray, 
     return mz - b1 * mx, b1
 
 
-def _c_grid_log_fits(
-    x: FloatArray, y: FloatArray, sg: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _c_grid_log_fits(x: FloatArray, y: FloatArray, sg: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """For each floor ``c`` of the grid: ``ln(y - c)`` linear in ``x`` (weights from ``sigma``).
 
     Returns ``(c, b0, b1)`` arrays over the grid. Log-space weights ``((y - c) / sigma)^2`` are
@@ -227,7 +240,11 @@ def _power_law_spec() -> _Spec:
         return np.stack([e, -p[0] * u * e, np.ones_like(u)], axis=1)
 
     return _Spec(
-        POWER_LAW, f, jac, np.array([0.0, 0.0, 0.0]), np.array([np.inf, MAX_EXPONENT, np.inf]),
+        POWER_LAW,
+        f,
+        jac,
+        np.array([0.0, 0.0, 0.0]),
+        np.array([np.inf, MAX_EXPONENT, np.inf]),
         lambda p, s: np.array([p[0] * s, p[1], p[2] * s]),
         lambda p, s: np.array([s, 1.0, s]),
     )
@@ -242,7 +259,11 @@ def _fixed_c_spec(c: float) -> _Spec:
         return np.stack([e, -p[0] * u * e], axis=1)
 
     return _Spec(
-        POWER_LAW_FIXED_C, f, jac, np.array([0.0, 0.0]), np.array([np.inf, MAX_EXPONENT]),
+        POWER_LAW_FIXED_C,
+        f,
+        jac,
+        np.array([0.0, 0.0]),
+        np.array([np.inf, MAX_EXPONENT]),
         lambda p, s: np.array([p[0] * s, p[1]]),
         lambda p, s: np.array([s, 1.0]),
     )
@@ -258,7 +279,11 @@ def _exponential_spec(span: float) -> _Spec:
         return np.stack([e, p[0] * v / p[1] ** 2 * e, np.ones_like(v)], axis=1)
 
     return _Spec(
-        EXPONENTIAL, f, jac, np.array([0.0, 1e-6, 0.0]), np.array([np.inf, 1e3, np.inf]),
+        EXPONENTIAL,
+        f,
+        jac,
+        np.array([0.0, 1e-6, 0.0]),
+        np.array([np.inf, 1e3, np.inf]),
         lambda p, s: np.array([p[0] * s, p[1] * span, p[2] * s]),
         lambda p, s: np.array([s, span, s]),
     )
@@ -278,15 +303,17 @@ def _broken_spec(t_ref: float, lb_lo: float, lb_hi: float) -> _Spec:
         return np.stack([e, -p[0] * lo * e, -p[0] * hi * e, d_break, np.ones_like(x)], axis=1)
 
     return _Spec(
-        BROKEN, f, jac, np.array([0.0, 0.0, 0.0, lb_lo, 0.0]),
+        BROKEN,
+        f,
+        jac,
+        np.array([0.0, 0.0, 0.0, lb_lo, 0.0]),
         np.array([np.inf, MAX_EXPONENT, MAX_EXPONENT, lb_hi, np.inf]),
         lambda p, s: np.array([p[0] * s, p[1], p[2], t_ref * np.exp(p[3]), p[4] * s]),
         lambda p, s: np.array([s, 1.0, 1.0, t_ref * np.exp(p[3]), s]),
     )
 
 
-def _refine(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray,
-            p0: FloatArray) -> tuple[FloatArray, float]:
+def _refine(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray, p0: FloatArray) -> tuple[FloatArray, float]:
     """Nonlinear weighted least squares from ``p0`` (clipped into the bounds); ``(p, RSS)``."""
     span = spec.upper - spec.lower
     pad = np.where(np.isfinite(span), 1e-9 * span, 1e-12)
@@ -307,9 +334,19 @@ def _refine(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray,
     return res.x, float(2.0 * res.cost)
 
 
-def _summarise(spec: _Spec, curve: Binned, t_ref: float, x: FloatArray, y: FloatArray,
-               sg: FloatArray, scale: float, p: FloatArray, rss: float, n_boot: int,
-               seed: int) -> Fit:
+def _summarise(
+    spec: _Spec,
+    curve: Binned,
+    t_ref: float,
+    x: FloatArray,
+    y: FloatArray,
+    sg: FloatArray,
+    scale: float,
+    p: FloatArray,
+    rss: float,
+    n_boot: int,
+    seed: int,
+) -> Fit:
     """Turn an optimum into a :class:`Fit`: covariance, intervals, bootstrap, R^2, AIC/BIC."""
     n, k = y.size, p.size
     names = PARAMS[spec.model][:k]
@@ -331,12 +368,12 @@ def _summarise(spec: _Spec, curve: Binned, t_ref: float, x: FloatArray, y: Float
         rng = np.random.default_rng(seed)
         fitted = spec.f(p, x)
         resid = y - fitted
-        draws = np.array([
-            spec.to_report(
-                _refine(spec, x, fitted + resid * rng.choice((-1.0, 1.0), size=n), sg, p)[0],
-                scale)
-            for _ in range(n_boot)
-        ])
+        draws = np.array(
+            [
+                spec.to_report(_refine(spec, x, fitted + resid * rng.choice((-1.0, 1.0), size=n), sg, p)[0], scale)
+                for _ in range(n_boot)
+            ]
+        )
         blo, bhi = np.percentile(draws, [2.5, 97.5], axis=0)
         boot = {nm: (float(blo[i]), float(bhi[i])) for i, nm in enumerate(names)}
     w = sg**-2
@@ -344,14 +381,24 @@ def _summarise(spec: _Spec, curve: Binned, t_ref: float, x: FloatArray, y: Float
     tss = float(np.sum(w * (y - ybar) ** 2))
     ll_term = n * math.log(max(rss, np.finfo(float).tiny) / n)
     return Fit(
-        model=spec.model, ok=True, reason="", n=n, k=k,
-        t_start=float(curve.t_first[0]), t_end=float(curve.t_last[-1]), t_ref=t_ref,
+        model=spec.model,
+        ok=True,
+        reason="",
+        n=n,
+        k=k,
+        t_start=float(curve.t_first[0]),
+        t_end=float(curve.t_last[-1]),
+        t_ref=t_ref,
         params={nm: float(rep[i]) for i, nm in enumerate(names)},
         stderr={nm: float(se[i]) for i, nm in enumerate(names)},
         ci={nm: (float(lo[i]), float(hi[i])) for i, nm in enumerate(names)},
-        boot_ci=boot, rss=rss, r2=1.0 - rss / tss if tss > 0 else math.nan,
-        resid_scale=math.sqrt(s2), aic=ll_term + 2 * k,
-        aicc=ll_term + 2 * k + 2 * k * (k + 1) / (n - k - 1), bic=ll_term + k * math.log(n),
+        boot_ci=boot,
+        rss=rss,
+        r2=1.0 - rss / tss if tss > 0 else math.nan,
+        resid_scale=math.sqrt(s2),
+        aic=ll_term + 2 * k,
+        aicc=ll_term + 2 * k + 2 * k * (k + 1) / (n - k - 1),
+        bic=ll_term + k * math.log(n),
     )
 
 
@@ -378,7 +425,7 @@ def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray) -> FloatArray:
     ``[1, min(x - x_b, 0), max(x - x_b, 0)]``, batched as 3x3 normal equations.
     """
     m = _BREAK_MARGIN
-    xb = x[m:x.size - m]
+    xb = x[m : x.size - m]
     c = _C_GRID[::2] * float(np.min(y))
     ex = y[None, :] - c[:, None]  # (C, n)
     z = np.log(ex)
@@ -391,12 +438,12 @@ def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray) -> FloatArray:
     with np.errstate(all="ignore"):
         beta = np.linalg.solve(normal + 1e-12 * np.eye(3), rhs[..., None])[..., 0]  # (C,B,3)
     ci, bi = np.meshgrid(np.arange(c.size), np.arange(xb.size), indexing="ij")
-    return np.stack([np.exp(beta[..., 0]), -beta[..., 1], -beta[..., 2], xb[bi], c[ci]],
-                    axis=-1).reshape(-1, 5)
+    return np.stack([np.exp(beta[..., 0]), -beta[..., 1], -beta[..., 2], xb[bi], c[ci]], axis=-1).reshape(-1, 5)
 
 
-def _prepare(model: str, curve: Binned, y: FloatArray, sg: FloatArray,
-             c_fixed: float | None) -> tuple[_Spec, FloatArray, float, FloatArray] | str:
+def _prepare(
+    model: str, curve: Binned, y: FloatArray, sg: FloatArray, c_fixed: float | None
+) -> tuple[_Spec, FloatArray, float, FloatArray] | str:
     """Model spec, its time axis ``x``, ``t_ref`` and candidate starting values (rows)."""
     t = curve.t
     if model == EXPONENTIAL:
@@ -425,8 +472,7 @@ def _prepare(model: str, curve: Binned, y: FloatArray, sg: FloatArray,
     return _fixed_c_spec(c_fixed), x, t_ref, np.array([[np.exp(b0), -b1]])
 
 
-def _fit(model: str, curve: Binned, n_boot: int = 0, seed: int = 0,
-         c_fixed: float | None = None) -> Fit:
+def _fit(model: str, curve: Binned, n_boot: int = 0, seed: int = 0, c_fixed: float | None = None) -> Fit:
     """Checks, scaling, starting values, refinement from the best start(s), summary.
 
     Never raises. The broken power law is refined from the best start of each of the
@@ -484,8 +530,9 @@ def fit_models(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> dict[str, Fi
     return {m: _fit(m, curve, n_boot, seed) for m in MODELS}
 
 
-def select_model(fits: Mapping[str, Fit] | Sequence[Fit], threshold: float = AIC_THRESHOLD,
-                 criterion: Criterion = "aicc") -> dict[str, Any]:
+def select_model(
+    fits: Mapping[str, Fit] | Sequence[Fit], threshold: float = AIC_THRESHOLD, criterion: Criterion = "aicc"
+) -> dict[str, Any]:
     """Compare fits made on the same bins (module docstring, "Model selection").
 
     ``criterion`` is the :class:`Fit` field compared (``aicc`` by default; ``aic``, ``bic``).
@@ -509,10 +556,14 @@ def select_model(fits: Mapping[str, Fit] | Sequence[Fit], threshold: float = AIC
     rel = {m: math.exp(-d / 2) for m, d in delta.items()}
     total = sum(rel.values())
     best = min(ok, key=lambda f: value[f.model]).model
-    chosen = min((f for f in ok if delta[f.model] <= threshold),
-                 key=lambda f: (f.k, value[f.model])).model
-    return {"best": best, "chosen": chosen, "delta": delta,
-            "weight": {m: r / total for m, r in rel.items()}, "reason": ""}
+    chosen = min((f for f in ok if delta[f.model] <= threshold), key=lambda f: (f.k, value[f.model])).model
+    return {
+        "best": best,
+        "chosen": chosen,
+        "delta": delta,
+        "weight": {m: r / total for m, r in rel.items()},
+        "reason": "",
+    }
 
 
 def alpha_window(
@@ -561,8 +612,7 @@ def alpha_window(
         hi_fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c_hi)
         lo_fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c_lo)
         if not (hi_fit.ok and lo_fit.ok):
-            return failed_fit(model, "refit at c +- c_se failed (floor too close to the data)",
-                           curve)
+            return failed_fit(model, "refit at c +- c_se failed (floor too close to the data)", curve)
         slope = (hi_fit.params["alpha"] - lo_fit.params["alpha"]) / (c_hi - c_lo)
         se_alpha = math.hypot(se_alpha, slope * c_se)
     q = float(sps.t.ppf(0.975, fit.n - fit.k))
@@ -571,8 +621,11 @@ def alpha_window(
         fit,
         params={**fit.params, "c": float(c)},
         stderr={**fit.stderr, "alpha": se_alpha, "c": float(c_se)},
-        ci={**fit.ci, "alpha": (alpha - q * se_alpha, alpha + q * se_alpha),
-            "c": (float(c) - q * c_se, float(c) + q * c_se)},
+        ci={
+            **fit.ci,
+            "alpha": (alpha - q * se_alpha, alpha + q * se_alpha),
+            "c": (float(c) - q * c_se, float(c) + q * c_se),
+        },
     )
 
 
@@ -626,9 +679,15 @@ class Knee:
     table: tuple[dict[str, Any], ...]
 
 
-def _knee_scan(curve: Binned, starts: FloatArray, t_end: float, threshold: float,
-               criterion: Criterion, min_bins: int,
-               full_table: bool) -> tuple[float | None, str, list[dict[str, Any]]]:
+def _knee_scan(
+    curve: Binned,
+    starts: FloatArray,
+    t_end: float,
+    threshold: float,
+    criterion: Criterion,
+    min_bins: int,
+    full_table: bool,
+) -> tuple[float | None, str, list[dict[str, Any]]]:
     """First candidate (ascending) whose window chooses the power law; stops there unless
     ``full_table`` (the bootstrap needs only the knee)."""
     table: list[dict[str, Any]] = []
@@ -636,15 +695,27 @@ def _knee_scan(curve: Binned, starts: FloatArray, t_end: float, threshold: float
     for s in starts:
         window = curve.window(float(s), t_end)
         if len(window) < min_bins:
-            table.append({"t_start": float(s), "n_bins": len(window),
-                          **{f"{criterion}_{m}": math.nan for m in MODELS}, "chosen": None,
-                          "reason": f"window has {len(window)} < {min_bins} bins"})
+            table.append(
+                {
+                    "t_start": float(s),
+                    "n_bins": len(window),
+                    **{f"{criterion}_{m}": math.nan for m in MODELS},
+                    "chosen": None,
+                    "reason": f"window has {len(window)} < {min_bins} bins",
+                }
+            )
             continue
         fits = fit_models(window)
         sel = select_model(fits, threshold, criterion)
-        table.append({"t_start": float(s), "n_bins": len(window),
-                      **{f"{criterion}_{m}": getattr(fits[m], criterion) for m in MODELS},
-                      "chosen": sel["chosen"], "reason": sel["reason"]})
+        table.append(
+            {
+                "t_start": float(s),
+                "n_bins": len(window),
+                **{f"{criterion}_{m}": getattr(fits[m], criterion) for m in MODELS},
+                "chosen": sel["chosen"],
+                "reason": sel["reason"],
+            }
+        )
         if sel["chosen"] == POWER_LAW and knee is None:
             knee = float(s)
             if not full_table:
@@ -656,8 +727,7 @@ def _knee_scan(curve: Binned, starts: FloatArray, t_end: float, threshold: float
     return None, "power law not chosen at any candidate start", table
 
 
-def _resample_within_bins(t: FloatArray, y: FloatArray, bins_per_decade: int,
-                          rng: np.random.Generator) -> FloatArray:
+def _resample_within_bins(t: FloatArray, y: FloatArray, bins_per_decade: int, rng: np.random.Generator) -> FloatArray:
     """``y`` with each bin's values redrawn with replacement from that bin (``t`` sorted)."""
     k = bin_index(t, bins_per_decade)
     first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
@@ -713,17 +783,14 @@ def knee_by_aic(
     found = []
     for _ in range(n_boot):
         yb = _resample_within_bins(ta, ya, bins_per_decade, rng)
-        kb = _knee_scan(log_bins(ta, yb, bins_per_decade), starts, t_end, threshold, criterion,
-                        min_bins, False)[0]
+        kb = _knee_scan(log_bins(ta, yb, bins_per_decade), starts, t_end, threshold, criterion, min_bins, False)[0]
         if kb is not None:
             found.append(kb)
-    lo, hi = ((float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5)))
-              if found else (None, None))
+    lo, hi = (float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5))) if found else (None, None)
     return Knee(knee, lo, hi, len(found) / n_boot, reason, tuple(table))
 
 
-def compare_units(knee_nats: Knee, knee_bits: Knee, fit_nats: Fit, fit_bits: Fit,
-                  rtol: float = 1e-6) -> dict[str, Any]:
+def compare_units(knee_nats: Knee, knee_bits: Knee, fit_nats: Fit, fit_bits: Fit, rtol: float = 1e-6) -> dict[str, Any]:
     """Agreement of a knee and power-law fit done in nats with the same done in bits.
 
     ``agree`` is True iff both knees are the same candidate (or both absent) and the two
@@ -740,9 +807,15 @@ def compare_units(knee_nats: Knee, knee_bits: Knee, fit_nats: Fit, fit_bits: Fit
         reason = f"knees differ: {knee_nats.knee_t} (nats) vs {knee_bits.knee_t} (bits)"
     elif not rel <= rtol:
         reason = f"alpha differs by {rel:.3g} relative (> {rtol:g})"
-    return {"alpha_nats": a_n, "alpha_bits": a_b, "alpha_rel_diff": rel,
-            "knee_t_nats": knee_nats.knee_t, "knee_t_bits": knee_bits.knee_t,
-            "agree": reason == "", "reason": reason}
+    return {
+        "alpha_nats": a_n,
+        "alpha_bits": a_b,
+        "alpha_rel_diff": rel,
+        "knee_t_nats": knee_nats.knee_t,
+        "knee_t_bits": knee_bits.knee_t,
+        "agree": reason == "",
+        "reason": reason,
+    }
 
 
 def units_check(
@@ -766,17 +839,26 @@ def units_check(
     """
     problem = curve_problem(t, y_nats)
     if problem:
-        return {"alpha_nats": math.nan, "alpha_bits": math.nan, "alpha_rel_diff": math.nan,
-                "knee_t_nats": None, "knee_t_bits": None, "agree": False, "reason": problem}
+        return {
+            "alpha_nats": math.nan,
+            "alpha_bits": math.nan,
+            "alpha_rel_diff": math.nan,
+            "knee_t_nats": None,
+            "knee_t_bits": None,
+            "agree": False,
+            "reason": problem,
+        }
     ta = np.asarray(t, dtype=np.float64)
     if candidates is None:
-        candidates = 10.0 ** (np.arange(math.ceil(10 * math.log10(ta.min())),
-                                        math.floor(10 * math.log10(ta.max())) + 1) / 10)
+        candidates = 10.0 ** (
+            np.arange(math.ceil(10 * math.log10(ta.min())), math.floor(10 * math.log10(ta.max())) + 1) / 10
+        )
     y_n = np.asarray(y_nats, dtype=np.float64)
     results = []
     for y in (y_n, y_n / math.log(2.0)):
-        knee = knee_by_aic(ta, y, candidates, t_end=t_end, threshold=threshold,
-                           criterion=criterion, bins_per_decade=bins_per_decade)
+        knee = knee_by_aic(
+            ta, y, candidates, t_end=t_end, threshold=threshold, criterion=criterion, bins_per_decade=bins_per_decade
+        )
         start = knee.knee_t if knee.knee_t is not None else float(np.min(candidates))
         fit = fit_power_law(log_bins(ta, y, bins_per_decade, max_t=t_end).window(start, t_end))
         results.append((knee, fit))

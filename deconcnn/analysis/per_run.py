@@ -20,38 +20,97 @@ from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, curve_problem, log
 from deconcnn.analysis.stats import effect_size, median_spread, plateau_step
 from deconcnn.sweep.state import STATES
 
-
 KNEE_EPOCHS = (0.5, 20.0)
 EARLY_EPOCHS = (5.0, 15.0)
 _STEP_PARAMS = {"t_b": "break_step"}  # parameters that are positions on the t axis
 _PARAM_SUFFIXES = ("", "_se", "_lo", "_hi", "_boot_lo", "_boot_hi")
 
 FIT_COLUMNS: tuple[str, ...] = (
-    "model", "ok", "reason", "n_bins", "k", "step_start", "step_end", "epoch_start",
-    "epoch_end", "ref_step", "rss", "r2", "resid_scale", "aic", "aicc", "bic", "delta_aicc",
-    "weight", "selected", "start_rule",
-) + tuple(
-    f"{_STEP_PARAMS.get(p, p)}{sfx}"
-    for p in dict.fromkeys(p for m in F.MODELS for p in F.PARAMS[m])
-    for sfx in _PARAM_SUFFIXES
+    "model",
+    "ok",
+    "reason",
+    "n_bins",
+    "k",
+    "step_start",
+    "step_end",
+    "epoch_start",
+    "epoch_end",
+    "ref_step",
+    "rss",
+    "r2",
+    "resid_scale",
+    "aic",
+    "aicc",
+    "bic",
+    "delta_aicc",
+    "weight",
+    "selected",
+    "start_rule",
+    *tuple(
+        f"{_STEP_PARAMS.get(p, p)}{sfx}"
+        for p in dict.fromkeys(p for m in F.MODELS for p in F.PARAMS[m])
+        for sfx in _PARAM_SUFFIXES
+    ),
 )
 RUN_COLUMNS: tuple[str, ...] = (
-    "reason", "n_steps", "steps_per_epoch", "final_loss_nats", "final_loss_n",
-    "knee_step", "knee_epoch", "knee_step_lo", "knee_step_hi", "knee_epoch_lo", "knee_epoch_hi",
-    "knee_boot_found", "knee_reason", "fit_start_step", "start_rule", "selected_model",
-    "best_aicc_model", "weight_power_law", "weight_exponential", "weight_broken_power_law",
-    "alpha_full", "alpha_full_se", "alpha_full_lo", "alpha_full_hi", "alpha_full_boot_lo",
-    "alpha_full_boot_hi", "c_full", "c_full_se", "r2_full", "alpha_full_reason",
-    "alpha_early", "alpha_early_se", "alpha_early_lo", "alpha_early_hi", "alpha_early_c",
-    "alpha_early_c_mode", "alpha_early_n_bins", "alpha_early_reason",
-    "units_alpha_nats", "units_alpha_bits", "units_alpha_rel_diff", "units_knee_step_bits",
-    "units_agree", "units_reason",
-    "lambda_max_plateau_step", "lambda_max_plateau_epoch", "lambda_max_plateau_value",
+    "reason",
+    "n_steps",
+    "steps_per_epoch",
+    "final_loss_nats",
+    "final_loss_n",
+    "knee_step",
+    "knee_epoch",
+    "knee_step_lo",
+    "knee_step_hi",
+    "knee_epoch_lo",
+    "knee_epoch_hi",
+    "knee_boot_found",
+    "knee_reason",
+    "fit_start_step",
+    "start_rule",
+    "selected_model",
+    "best_aicc_model",
+    "weight_power_law",
+    "weight_exponential",
+    "weight_broken_power_law",
+    "alpha_full",
+    "alpha_full_se",
+    "alpha_full_lo",
+    "alpha_full_hi",
+    "alpha_full_boot_lo",
+    "alpha_full_boot_hi",
+    "c_full",
+    "c_full_se",
+    "r2_full",
+    "alpha_full_reason",
+    "alpha_early",
+    "alpha_early_se",
+    "alpha_early_lo",
+    "alpha_early_hi",
+    "alpha_early_c",
+    "alpha_early_c_mode",
+    "alpha_early_n_bins",
+    "alpha_early_reason",
+    "units_alpha_nats",
+    "units_alpha_bits",
+    "units_alpha_rel_diff",
+    "units_knee_step_bits",
+    "units_agree",
+    "units_reason",
+    "lambda_max_plateau_step",
+    "lambda_max_plateau_epoch",
+    "lambda_max_plateau_value",
     "lambda_max_plateau_reason",
 )
 KNEE_TABLE_COLUMNS: tuple[str, ...] = (
-    "candidate_step", "candidate_epoch", "n_bins", "aicc_power_law", "aicc_exponential",
-    "aicc_broken_power_law", "chosen", "reason",
+    "candidate_step",
+    "candidate_epoch",
+    "n_bins",
+    "aicc_power_law",
+    "aicc_exponential",
+    "aicc_broken_power_law",
+    "chosen",
+    "reason",
 )
 
 
@@ -59,13 +118,11 @@ def _nan_if_none(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
-def _fit_row(fit: F.Fit, steps_per_epoch: float, sel: Mapping[str, Any],
-             start_rule: str) -> dict[str, Any]:
+def _fit_row(fit: F.Fit, steps_per_epoch: float, sel: Mapping[str, Any], start_rule: str) -> dict[str, Any]:
     """A :class:`Fit` as a ``FIT_COLUMNS`` row: t -> step, absent parameters NaN."""
     raw = fit.as_row()
     row: dict[str, Any] = dict.fromkeys(FIT_COLUMNS, math.nan)
-    for key in ("model", "ok", "reason", "n_bins", "k", "rss", "r2", "resid_scale", "aic",
-                "aicc", "bic"):
+    for key in ("model", "ok", "reason", "n_bins", "k", "rss", "r2", "resid_scale", "aic", "aicc", "bic"):
         row[key] = raw[key]
     row["step_start"], row["step_end"] = fit.t_start - 1, fit.t_end - 1
     row["epoch_start"] = row["step_start"] / steps_per_epoch
@@ -126,11 +183,20 @@ def analyze_run(
        ``steps_per_epoch``).
     """
     run: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, math.nan)
-    run |= {"reason": "", "steps_per_epoch": float(steps_per_epoch), "knee_reason": "",
-            "alpha_full_reason": "", "alpha_early_reason": "", "units_reason": "",
-            "lambda_max_plateau_reason": "no lambda_max given", "start_rule": "",
-            "selected_model": None, "best_aicc_model": None, "alpha_early_c_mode": "",
-            "units_agree": False}
+    run |= {
+        "reason": "",
+        "steps_per_epoch": float(steps_per_epoch),
+        "knee_reason": "",
+        "alpha_full_reason": "",
+        "alpha_early_reason": "",
+        "units_reason": "",
+        "lambda_max_plateau_reason": "no lambda_max given",
+        "start_rule": "",
+        "selected_model": None,
+        "best_aicc_model": None,
+        "alpha_early_c_mode": "",
+        "units_agree": False,
+    }
     s = np.asarray(steps, dtype=np.float64).reshape(-1)
     y = np.asarray(loss_nats, dtype=np.float64).reshape(-1)
     run["n_steps"] = int(y.size)
@@ -140,16 +206,21 @@ def analyze_run(
         run["lambda_max_plateau_reason"] = plat["reason"]
         if plat["plateau_step"] is not None:
             run["lambda_max_plateau_step"] = plat["plateau_step"]
-            run["lambda_max_plateau_epoch"] = (plat["plateau_step"] / steps_per_epoch
-                                               if spe_ok else math.nan)
+            run["lambda_max_plateau_epoch"] = plat["plateau_step"] / steps_per_epoch if spe_ok else math.nan
             run["lambda_max_plateau_value"] = plat["plateau_value"]
     problem = curve_problem(s + 1, y) if spe_ok else "steps_per_epoch must be > 0"
     if problem:
-        run |= {"reason": problem, "knee_reason": problem, "alpha_full_reason": problem,
-                "alpha_early_reason": problem, "units_reason": problem}
+        run |= {
+            "reason": problem,
+            "knee_reason": problem,
+            "alpha_full_reason": problem,
+            "alpha_early_reason": problem,
+            "units_reason": problem,
+        }
         no_sel: dict[str, Any] = {"delta": {}, "weight": {}, "chosen": None}
-        failed = [_fit_row(F.failed_fit(m, problem), steps_per_epoch if spe_ok else math.nan,
-                           no_sel, "") for m in F.MODELS]
+        failed = [
+            _fit_row(F.failed_fit(m, problem), steps_per_epoch if spe_ok else math.nan, no_sel, "") for m in F.MODELS
+        ]
         return {"run": run, "fits": failed, "knee_table": []}
 
     t = s + 1
@@ -161,20 +232,22 @@ def analyze_run(
 
     curve = log_bins(t, y, bins_per_decade)
     lo_t, hi_t = (e * steps_per_epoch + 1 for e in knee_epochs)
-    j = np.arange(math.ceil(knee_per_decade * math.log10(lo_t)),
-                  math.floor(knee_per_decade * math.log10(hi_t)) + 1)
+    j = np.arange(math.ceil(knee_per_decade * math.log10(lo_t)), math.floor(knee_per_decade * math.log10(hi_t)) + 1)
     candidates = 10.0 ** (j / knee_per_decade)
-    knee = F.knee_by_aic(t, y, candidates, threshold=threshold, bins_per_decade=bins_per_decade,
-                         n_boot=knee_boot, seed=seed)
+    knee = F.knee_by_aic(
+        t, y, candidates, threshold=threshold, bins_per_decade=bins_per_decade, n_boot=knee_boot, seed=seed
+    )
     run["knee_reason"] = knee.reason
     if knee.knee_t is not None:
         k_step = knee.knee_t - 1
-        run |= {"knee_step": k_step, "knee_epoch": k_step / steps_per_epoch,
-                "knee_boot_found": knee.boot_found}
+        run |= {"knee_step": k_step, "knee_epoch": k_step / steps_per_epoch, "knee_boot_found": knee.boot_found}
         if knee.lo is not None and knee.hi is not None:
-            run |= {"knee_step_lo": knee.lo - 1, "knee_step_hi": knee.hi - 1,
-                    "knee_epoch_lo": (knee.lo - 1) / steps_per_epoch,
-                    "knee_epoch_hi": (knee.hi - 1) / steps_per_epoch}
+            run |= {
+                "knee_step_lo": knee.lo - 1,
+                "knee_step_hi": knee.hi - 1,
+                "knee_epoch_lo": (knee.lo - 1) / steps_per_epoch,
+                "knee_epoch_hi": (knee.hi - 1) / steps_per_epoch,
+            }
     start_rule = "knee" if knee.knee_t is not None else "first_candidate"
     first = knee.table[0]["t_start"] if knee.table else lo_t
     start = knee.knee_t if knee.knee_t is not None else first
@@ -195,39 +268,63 @@ def analyze_run(
     else:
         lo, hi = pl.ci["alpha"]
         blo, bhi = (pl.boot_ci or {}).get("alpha", (math.nan, math.nan))
-        run |= {"alpha_full": pl.params["alpha"], "alpha_full_se": pl.stderr["alpha"],
-                "alpha_full_lo": lo, "alpha_full_hi": hi, "alpha_full_boot_lo": blo,
-                "alpha_full_boot_hi": bhi}
+        run |= {
+            "alpha_full": pl.params["alpha"],
+            "alpha_full_se": pl.stderr["alpha"],
+            "alpha_full_lo": lo,
+            "alpha_full_hi": hi,
+            "alpha_full_boot_lo": blo,
+            "alpha_full_boot_hi": bhi,
+        }
 
     e0, e1 = early_epochs
     c_mode = "full_fit" if pl.ok else "free"
-    early = F.alpha_window(t, y, e0 * steps_per_epoch + 1, e1 * steps_per_epoch,
-                           c=pl.params["c"] if pl.ok else None,
-                           c_se=pl.stderr["c"] if pl.ok else 0.0,
-                           bins_per_decade=bins_per_decade)
-    run |= {"alpha_early_c_mode": c_mode, "alpha_early_n_bins": early.n,
-            "alpha_early_reason": early.reason}
+    early = F.alpha_window(
+        t,
+        y,
+        e0 * steps_per_epoch + 1,
+        e1 * steps_per_epoch,
+        c=pl.params["c"] if pl.ok else None,
+        c_se=pl.stderr["c"] if pl.ok else 0.0,
+        bins_per_decade=bins_per_decade,
+    )
+    run |= {"alpha_early_c_mode": c_mode, "alpha_early_n_bins": early.n, "alpha_early_reason": early.reason}
     if early.ok:
         lo, hi = early.ci["alpha"]
-        run |= {"alpha_early": early.params["alpha"], "alpha_early_se": early.stderr["alpha"],
-                "alpha_early_lo": lo, "alpha_early_hi": hi, "alpha_early_c": early.params["c"]}
+        run |= {
+            "alpha_early": early.params["alpha"],
+            "alpha_early_se": early.stderr["alpha"],
+            "alpha_early_lo": lo,
+            "alpha_early_hi": hi,
+            "alpha_early_c": early.params["c"],
+        }
 
     y_bits = y / math.log(2.0)
-    knee_bits = F.knee_by_aic(t, y_bits, candidates, threshold=threshold,
-                              bins_per_decade=bins_per_decade)
+    knee_bits = F.knee_by_aic(t, y_bits, candidates, threshold=threshold, bins_per_decade=bins_per_decade)
     start_bits = knee_bits.knee_t if knee_bits.knee_t is not None else start
     pl_bits = F.fit_power_law(log_bins(t, y_bits, bins_per_decade).window(start_bits))
     units = F.compare_units(knee, knee_bits, pl, pl_bits, units_rtol)
-    run |= {"units_alpha_nats": units["alpha_nats"], "units_alpha_bits": units["alpha_bits"],
-            "units_alpha_rel_diff": units["alpha_rel_diff"],
-            "units_knee_step_bits": _nan_if_none(knee_bits.knee_t) - 1,
-            "units_agree": units["agree"], "units_reason": units["reason"]}
+    run |= {
+        "units_alpha_nats": units["alpha_nats"],
+        "units_alpha_bits": units["alpha_bits"],
+        "units_alpha_rel_diff": units["alpha_rel_diff"],
+        "units_knee_step_bits": _nan_if_none(knee_bits.knee_t) - 1,
+        "units_agree": units["agree"],
+        "units_reason": units["reason"],
+    }
 
     rows = [_fit_row(fits[m], steps_per_epoch, sel, start_rule) for m in F.MODELS]
-    table = [{"candidate_step": r["t_start"] - 1,
-              "candidate_epoch": (r["t_start"] - 1) / steps_per_epoch, "n_bins": r["n_bins"],
-              **{f"aicc_{m}": r[f"aicc_{m}"] for m in F.MODELS}, "chosen": r["chosen"],
-              "reason": r["reason"]} for r in knee.table]
+    table = [
+        {
+            "candidate_step": r["t_start"] - 1,
+            "candidate_epoch": (r["t_start"] - 1) / steps_per_epoch,
+            "n_bins": r["n_bins"],
+            **{f"aicc_{m}": r[f"aicc_{m}"] for m in F.MODELS},
+            "chosen": r["chosen"],
+            "reason": r["reason"],
+        }
+        for r in knee.table
+    ]
     return {"run": run, "fits": rows, "knee_table": table}
 
 
@@ -243,8 +340,7 @@ def predict(fit_row: Mapping[str, Any], steps: ArrayLike) -> np.ndarray:
     return c + a * (t / t_b) ** np.where(t < t_b, -fit_row["alpha1"], -fit_row["alpha2"])
 
 
-def _groups(rows: Iterable[Mapping[str, Any]],
-            keys: Sequence[str]) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+def _groups(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
     """Rows grouped by their values of ``keys`` (absent key -> None), in first-seen order."""
     out: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -313,6 +409,7 @@ def compare_variants(
             continue
         ref = base.get(tuple(cell), [])
         res = effect_size(_values(members, key, status_key), _values(ref, key, status_key))
-        out.append({"variant": variant, "baseline": baseline_variant,
-                    **dict(zip(by, cell, strict=True)), "key": key, **res})
+        out.append(
+            {"variant": variant, "baseline": baseline_variant, **dict(zip(by, cell, strict=True)), "key": key, **res}
+        )
     return out

@@ -69,8 +69,9 @@ class Layout:
         factors = [a for a in axes if a.rsplit(".", 1)[-1] != SEED_AXIS]
         counts = {a: len({repr(r.params.get(a)) for r in runs}) for a in factors}
         factors.sort(key=lambda a: -counts[a])  # stable: the sweep file's order breaks ties
-        layout = cls(runs, variants, factors[0] if factors else None, factors[1] if len(factors) > 1 else None,
-                     factors[2:])
+        layout = cls(
+            runs, variants, factors[0] if factors else None, factors[1] if len(factors) > 1 else None, factors[2:]
+        )
         from matplotlib import colormaps
 
         cmap = colormaps["tab10"]
@@ -115,9 +116,11 @@ class Layout:
         if self.style_axis:
             short = self.style_axis.rsplit(".", 1)[-1]
             h += [Line2D([], [], color="0.25", ls=s, lw=1.8, label=f"{short} {fmt(v)}") for v, s in self.style.items()]
-        h += [Line2D([], [], color="0.4", lw=0.7, alpha=0.6, label="one run"),
-              Line2D([], [], color="0.2", lw=2.2, label="median over seeds"),
-              Line2D([], [], color="crimson", marker="x", ls="none", ms=7, mew=2, label="diverged (last finite value)")]
+        h += [
+            Line2D([], [], color="0.4", lw=0.7, alpha=0.6, label="one run"),
+            Line2D([], [], color="0.2", lw=2.2, label="median over seeds"),
+            Line2D([], [], color="crimson", marker="x", ls="none", ms=7, mew=2, label="diverged (last finite value)"),
+        ]
         return h
 
 
@@ -143,8 +146,7 @@ def read_series(path: Path | None, xcol: str, ycols: list[str]) -> dict[str, dic
     data = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in cols if c != "run_id"}
     order = np.lexsort((data[xcol], codes))  # by run, then x
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    return {str(rid): {c: v[order[bounds[i]:bounds[i + 1]]] for c, v in data.items()}
-            for i, rid in enumerate(names)}
+    return {str(rid): {c: v[order[bounds[i] : bounds[i + 1]]] for c, v in data.items()} for i, rid in enumerate(names)}
 
 
 def reasons(path: Path | None, column: str = "reason") -> dict[str, list[str]]:
@@ -171,8 +173,14 @@ def train_bins(path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if st is not None and st.has_min_max:
             max_step = max(max_step, int(st.max))
         else:  # no statistics: read the column
-            max_step = max(max_step, int(np.nanmax(pf.read_row_group(i, columns=["step"])
-                                                    .column("step").to_numpy(zero_copy_only=False), initial=1)))
+            max_step = max(
+                max_step,
+                int(
+                    np.nanmax(
+                        pf.read_row_group(i, columns=["step"]).column("step").to_numpy(zero_copy_only=False), initial=1
+                    )
+                ),
+            )
     edges = np.unique(np.round(np.geomspace(1, max_step + 1, N_BINS + 1)).astype(np.int64))
     if len(edges) < 2:
         edges = np.array([1, 2])
@@ -263,15 +271,32 @@ def _robust_limits(values: list[np.ndarray], log: bool) -> tuple[float, float] |
 def no_data(ax: Any, why: str) -> None:
     import textwrap
 
-    ax.text(0.5, 0.5, "no data\n" + textwrap.fill(why, 40), transform=ax.transAxes, ha="center", va="center",
-            color="0.4", fontsize=8.5)
+    ax.text(
+        0.5,
+        0.5,
+        "no data\n" + textwrap.fill(why, 40),
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="0.4",
+        fontsize=8.5,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def draw_panel(ax: Any, runs: list[Run], curves: dict[str, tuple[np.ndarray, np.ndarray]], layout: Layout,
-               xlog: bool, title: str | None, xlabel: str, ylabel: str, empty_reason: str,
-               markers: bool) -> None:
+def draw_panel(
+    ax: Any,
+    runs: list[Run],
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    layout: Layout,
+    xlog: bool,
+    title: str | None,
+    xlabel: str,
+    ylabel: str,
+    empty_reason: str,
+    markers: bool,
+) -> None:
     """One panel: each run thin, each group's median bold; `empty_reason` when nothing is drawn."""
     groups: dict[tuple, list] = defaultdict(list)
     ys, drawn, marks = [], set(), []
@@ -288,8 +313,15 @@ def draw_panel(ax: Any, runs: list[Run], curves: dict[str, tuple[np.ndarray, np.
         if not ok.any():
             continue
         drawn.add(r.run_id)
-        ax.plot(x[ok], y[ok], color=layout.colour_of(r), lw=0.6, alpha=0.35, zorder=1,
-                **(marker if markers or ok.sum() == 1 else {}))
+        ax.plot(
+            x[ok],
+            y[ok],
+            color=layout.colour_of(r),
+            lw=0.6,
+            alpha=0.35,
+            zorder=1,
+            **(marker if markers or ok.sum() == 1 else {}),
+        )
         ys.append(y[ok])
         groups[layout.group(r)].append((x[ok], y[ok]))
         first_of_group.setdefault(layout.group(r), r)
@@ -300,8 +332,15 @@ def draw_panel(ax: Any, runs: list[Run], curves: dict[str, tuple[np.ndarray, np.
         xm, ym = median_curve(cs)
         ok = np.isfinite(ym)
         r = first_of_group[key]
-        ax.plot(xm[ok], ym[ok], color=layout.colour_of(r), ls=layout.style_of(r), lw=2.0, zorder=3,
-                **(marker if markers or ok.sum() == 1 else {}))
+        ax.plot(
+            xm[ok],
+            ym[ok],
+            color=layout.colour_of(r),
+            ls=layout.style_of(r),
+            lw=2.0,
+            zorder=3,
+            **(marker if markers or ok.sum() == 1 else {}),
+        )
     if xlog:
         ax.set_xscale("log")
         plain_log_ticks(ax.xaxis)
@@ -317,8 +356,9 @@ def draw_panel(ax: Any, runs: list[Run], curves: dict[str, tuple[np.ndarray, np.
         if lim is not None:
             ax.set_ylim(*lim)
             for x, y in marks:
-                ax.plot(x, min(max(y, lim[0]), lim[1]), marker="x", color="crimson", ms=7, mew=2,
-                        zorder=4, clip_on=False)
+                ax.plot(
+                    x, min(max(y, lim[0]), lim[1]), marker="x", color="crimson", ms=7, mew=2, zorder=4, clip_on=False
+                )
     else:
         no_data(ax, empty_reason)
     if title is not None:
@@ -346,13 +386,25 @@ def finish(fig: Any, path: Path, title: str, handles: list) -> None:
     # As many columns as the longest label allows at 8.5 pt (~0.085 in per character + the line).
     widest = max((len(h.get_label()) for h in handles), default=1)
     ncol = max(1, min(len(handles), int(fig.get_figwidth() / (0.6 + 0.085 * widest))))
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8.5,
-               frameon=False, columnspacing=1.4, handlelength=2.4)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=ncol,
+        fontsize=8.5,
+        frameon=False,
+        columnspacing=1.4,
+        handlelength=2.4,
+    )
     fig.savefig(path, dpi=110)
 
 
-def why_empty(runs: list[Run], curves: dict[str, Any], table: Path | None, kind: str,
-              run_reasons: dict[str, list[str]] | None = None) -> str:
+def why_empty(
+    runs: list[Run],
+    curves: dict[str, Any],
+    table: Path | None,
+    kind: str,
+    run_reasons: dict[str, list[str]] | None = None,
+) -> str:
     """Why a panel has nothing to draw, from the tables: no runs, no records, or the records' reasons."""
     if not runs:
         return "no runs in this panel"
@@ -365,16 +417,25 @@ def why_empty(runs: list[Run], curves: dict[str, Any], table: Path | None, kind:
     return "; ".join(said[:2]) if said else "every value is null or not finite"
 
 
-def curve_figure(path: Path, title: str, layout: Layout, rows: list[tuple[str, str, dict, str]], table: Path | None,
-                 kind: str, xlabel: str, xlog: bool, markers: bool,
-                 run_reasons: dict[str, list[str]] | None = None) -> None:
+def curve_figure(
+    path: Path,
+    title: str,
+    layout: Layout,
+    rows: list[tuple[str, str, dict, str]],
+    table: Path | None,
+    kind: str,
+    xlabel: str,
+    xlog: bool,
+    markers: bool,
+    run_reasons: dict[str, list[str]] | None = None,
+) -> None:
     """One row per metric, one column per panel (or a panel grid when there is one metric)."""
     facets = layout.facets()
     if len(rows) == 1:
         nr, nc = grid(len(facets))
         fig, axes = new_figure(nr, nc, 5.6, 4.0)
         panels = [(axes.flat[i], f, rows[0]) for i, f in enumerate(facets)]
-        for ax in list(axes.flat)[len(facets):]:
+        for ax in list(axes.flat)[len(facets) :]:
             ax.set_visible(False)
     else:
         fig, axes = new_figure(len(rows), max(1, len(facets)), 4.4, 3.1)
@@ -384,8 +445,18 @@ def curve_figure(path: Path, title: str, layout: Layout, rows: list[tuple[str, s
         runs = layout.runs_of(variant, fixed)
         # Several metric rows: the panel's name and run counts head the column only once.
         head = len(rows) == 1 or k < len(facets)
-        draw_panel(ax, runs, curves, layout, xlog, Layout.title(variant, fixed) if head else None, xlabel, label,
-                   why_empty(runs, curves, table, kind, run_reasons), markers)
+        draw_panel(
+            ax,
+            runs,
+            curves,
+            layout,
+            xlog,
+            Layout.title(variant, fixed) if head else None,
+            xlabel,
+            label,
+            why_empty(runs, curves, table, kind, run_reasons),
+            markers,
+        )
     finish(fig, path, title, layout.legend_handles())
 
 
@@ -399,8 +470,11 @@ def variants_figure(path: Path, title: str, layout: Layout, centers: np.ndarray,
     cmap = colormaps["tab10"]
     handles = []
     for i, variant in enumerate(layout.variants):
-        curves = [(centers, means[r.run_id]) for r in layout.runs
-                  if r.variant == variant and r.status == "completed" and r.run_id in means]
+        curves = [
+            (centers, means[r.run_id])
+            for r in layout.runs
+            if r.variant == variant and r.status == "completed" and r.run_id in means
+        ]
         if not curves:
             continue
         x, y = median_curve(curves)
@@ -455,7 +529,9 @@ class HeatGrid:
 def heat_grids(layout: Layout, row_axis: str | None, col_axis: str | None, value: Any) -> list[HeatGrid]:
     """One grid per panel: `value(run)` of the completed runs, by (row value, column value)."""
     out = []
-    others = [a for a in (layout.colour_axis, layout.style_axis, *layout.facet_axes) if a and a not in (row_axis, col_axis)]
+    others = [
+        a for a in (layout.colour_axis, layout.style_axis, *layout.facet_axes) if a and a not in (row_axis, col_axis)
+    ]
     facet_layout = Layout(layout.runs, layout.variants, None, None, others)
     for variant, fixed in facet_layout.facets():
         runs = layout.runs_of(variant, fixed)
@@ -464,17 +540,34 @@ def heat_grids(layout: Layout, row_axis: str | None, col_axis: str | None, value
         cells = {}
         for rv in rows:
             for cv in cols:
-                members = [r for r in runs if (row_axis is None or r.params.get(row_axis) == rv)
-                           and (col_axis is None or r.params.get(col_axis) == cv)]
-                vals = [v for r in members if r.status == "completed"
-                        for v in [value(r)] if v is not None and math.isfinite(v)]
+                members = [
+                    r
+                    for r in runs
+                    if (row_axis is None or r.params.get(row_axis) == rv)
+                    and (col_axis is None or r.params.get(col_axis) == cv)
+                ]
+                vals = [
+                    v
+                    for r in members
+                    if r.status == "completed"
+                    for v in [value(r)]
+                    if v is not None and math.isfinite(v)
+                ]
                 cells[(rv, cv)] = Cell(members, vals)
         out.append(HeatGrid(Layout.title(variant, fixed), rows, cols, cells))
     return out
 
 
-def heatmap_figure(path: Path, title: str, grids: list[HeatGrid], row_axis: str | None, col_axis: str | None,
-                   label: str, fmt_value: str = "{:.3f}", cmap_name: str = "viridis_r") -> None:
+def heatmap_figure(
+    path: Path,
+    title: str,
+    grids: list[HeatGrid],
+    row_axis: str | None,
+    col_axis: str | None,
+    label: str,
+    fmt_value: str = "{:.3f}",
+    cmap_name: str = "viridis_r",
+) -> None:
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -504,8 +597,11 @@ def heatmap_figure(path: Path, title: str, grids: list[HeatGrid], row_axis: str 
             for b, cv in enumerate(g.cols):
                 c = g.cells[(rv, cv)]
                 if c.median is None:
-                    ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, facecolor="0.92", edgecolor="0.6", hatch="///",
-                                           lw=0.0, zorder=0.5))
+                    ax.add_patch(
+                        Rectangle(
+                            (b - 0.5, a - 0.5), 1, 1, facecolor="0.92", edgecolor="0.6", hatch="///", lw=0.0, zorder=0.5
+                        )
+                    )
                     ax.text(b, a, c.why_empty(), ha="center", va="center", fontsize=7.5, color="0.15")
                     continue
                 rgba = cmap(norm(c.median))
@@ -519,7 +615,7 @@ def heatmap_figure(path: Path, title: str, grids: list[HeatGrid], row_axis: str 
         ax.set_yticks(range(len(g.rows)), [fmt(v) for v in g.rows])
         ax.set_xlabel(col_axis or "")
         ax.set_ylabel(row_axis or "")
-    for ax in list(axes.flat)[len(grids):]:
+    for ax in list(axes.flat)[len(grids) :]:
         ax.set_visible(False)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.8, label=label)
     fig.suptitle(title + "\n(hatched: no completed run in that cell)", fontsize=12)

@@ -49,7 +49,7 @@ from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR, REPORT_DIR
 
-__all__ = ["report", "PLOTS", "INDEX_FILES"]
+__all__ = ["INDEX_FILES", "PLOTS", "report"]
 
 PLOTS = {
     "train_loss.png": "Training loss (nats) vs step",
@@ -74,8 +74,9 @@ def heat_axes(layout: Layout, axes: Sequence[str], chosen: Sequence[str] | None)
     if chosen:
         unknown = [a for a in chosen if a not in axes]
         if unknown or len(chosen) != 2:
-            raise ReportError(f"--heatmap takes two of the sweep's axes ({', '.join(axes) or 'none'}), "
-                              f"got {','.join(chosen)}")
+            raise ReportError(
+                f"--heatmap takes two of the sweep's axes ({', '.join(axes) or 'none'}), got {','.join(chosen)}"
+            )
         return chosen[0], chosen[1]
     return layout.colour_axis, layout.style_axis
 
@@ -85,15 +86,23 @@ def load_runs(res: CollectResult) -> tuple[list[Run], list[str], list[str]]:
     assert res.source is not None
     rows = pq.read_table(res.files["runs"]).to_pylist()
     axes = res.source.axes
-    runs = [Run(r["run_id"], r["variant"] or "(no variant)", {a: r.get(a) for a in axes}, r["status"] or "unknown", r)
-            for r in rows]
+    runs = [
+        Run(r["run_id"], r["variant"] or "(no variant)", {a: r.get(a) for a in axes}, r["status"] or "unknown", r)
+        for r in rows
+    ]
     variants = list(dict.fromkeys([*res.source.variants, *(r.variant for r in runs)]))
     return runs, variants or ["(no runs)"], axes
 
 
-def report(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
-           collected: str | os.PathLike[str] | None = None, progress: bool = False, workers: int = 1,
-           heatmap: Sequence[str] | None = None) -> Path:
+def report(
+    sweep_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    collected: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    workers: int = 1,
+    heatmap: Sequence[str] | None = None,
+) -> Path:
     """Collect ``sweep_dir`` (incremental, parquet, into ``collected`` or ``<sweep>/collected``) and
     write the plots and ``index.md``/``index.html`` into ``out`` (default ``<sweep>/report``).
     Returns the report directory."""
@@ -105,26 +114,71 @@ def report(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     out_dir.mkdir(parents=True, exist_ok=True)
 
     centers, means = train_bins(res.files.get("train"))
-    curve_figure(out_dir / "train_loss.png", PLOTS["train_loss.png"] + " (runs: mean over log-spaced step bins)",
-                 layout, [("loss_train_nats", "training loss (nats)", {r: {"step": centers, "loss_train_nats": m}
-                                                                       for r, m in means.items()}, "step")],
-                 res.files.get("train"), "train", "step", True, markers=False)
+    curve_figure(
+        out_dir / "train_loss.png",
+        PLOTS["train_loss.png"] + " (runs: mean over log-spaced step bins)",
+        layout,
+        [
+            (
+                "loss_train_nats",
+                "training loss (nats)",
+                {r: {"step": centers, "loss_train_nats": m} for r, m in means.items()},
+                "step",
+            )
+        ],
+        res.files.get("train"),
+        "train",
+        "step",
+        True,
+        markers=False,
+    )
     variants_figure(out_dir / "variants.png", PLOTS["variants.png"], layout, centers, means)
     val = read_series(res.files.get("val"), "epoch_frac", ["loss_val_nats"])
-    curve_figure(out_dir / "val_loss.png", PLOTS["val_loss.png"], layout,
-                 [("loss_val_nats", "validation loss (nats)", val, "epoch_frac")], res.files.get("val"), "val",
-                 "epoch", False, markers=True)
+    curve_figure(
+        out_dir / "val_loss.png",
+        PLOTS["val_loss.png"],
+        layout,
+        [("loss_val_nats", "validation loss (nats)", val, "epoch_frac")],
+        res.files.get("val"),
+        "val",
+        "epoch",
+        False,
+        markers=True,
+    )
     curv = read_series(res.files.get("curvature"), "step", list(CURVATURE_METRICS))
-    curve_figure(out_dir / "curvature.png", PLOTS["curvature.png"], layout,
-                 [("lambda_max", "lambda_max", curv, "step"), ("hessian_trace", "Hessian trace", curv, "step")],
-                 res.files.get("curvature"), "curvature", "step", False, markers=True)
+    curve_figure(
+        out_dir / "curvature.png",
+        PLOTS["curvature.png"],
+        layout,
+        [("lambda_max", "lambda_max", curv, "step"), ("hessian_trace", "Hessian trace", curv, "step")],
+        res.files.get("curvature"),
+        "curvature",
+        "step",
+        False,
+        markers=True,
+    )
     noise = read_series(res.files.get("noise"), "epoch_frac", list(NOISE_METRICS))
-    curve_figure(out_dir / "noise.png", PLOTS["noise.png"], layout,
-                 [(m, m, noise, "epoch_frac") for m in NOISE_METRICS], res.files.get("noise"), "noise", "epoch", False,
-                 markers=True, run_reasons=reasons(res.files.get("noise")))
+    curve_figure(
+        out_dir / "noise.png",
+        PLOTS["noise.png"],
+        layout,
+        [(m, m, noise, "epoch_frac") for m in NOISE_METRICS],
+        res.files.get("noise"),
+        "noise",
+        "epoch",
+        False,
+        markers=True,
+        run_reasons=reasons(res.files.get("noise")),
+    )
     grids = heat_grids(layout, row_axis, col_axis, lambda r: r.row.get("best_loss_val_nats"))
-    heatmap_figure(out_dir / "heatmap_best_val.png", f"{PLOTS['heatmap_best_val.png']}, {row_axis} x {col_axis}",
-                   grids, row_axis, col_axis, "median best val loss (nats)")
+    heatmap_figure(
+        out_dir / "heatmap_best_val.png",
+        f"{PLOTS['heatmap_best_val.png']}, {row_axis} x {col_axis}",
+        grids,
+        row_axis,
+        col_axis,
+        "median best val loss (nats)",
+    )
     _write_index(out_dir, res, runs, variants, grids, row_axis, col_axis)
     return out_dir
 
@@ -141,21 +195,42 @@ def _run_lists(runs: list[Run]) -> list[tuple[str, list[tuple[str, str]]]]:
 
     return [
         ("Missing (never submitted)", lst(lambda r: r.status == "missing", reason)),
-        ("Diverged", lst(lambda r: r.status == "diverged",
-                         lambda r: f"diverged_step {r.row.get('diverged_step')}, first non-finite "
-                                   f"train loss at step {r.row.get('first_nonfinite_step')}")),
+        (
+            "Diverged",
+            lst(
+                lambda r: r.status == "diverged",
+                lambda r: (
+                    f"diverged_step {r.row.get('diverged_step')}, first non-finite "
+                    f"train loss at step {r.row.get('first_nonfinite_step')}"
+                ),
+            ),
+        ),
         ("Failed", lst(lambda r: r.status == "failed", reason)),
         ("Cancelled or lost (a relaunch runs them)", lst(lambda r: r.status in ("cancelled", "lost"), reason)),
-        ("Pending or running", lst(lambda r: r.status in ("pending", "running"),
-                                   lambda r: f"last step {r.row.get('max_step')}")),
-        ("Unknown (scheduler not answering, or not in the manifest)", lst(lambda r: r.status not in _STATUS_ORDER[:-1],
-                                                                           reason)),
-        ("Non-finite training loss but status not 'diverged'",
-         lst(lambda r: r.status != "diverged" and r.row.get("first_nonfinite_step") is not None,
-             lambda r: f"status {r.status}, first non-finite at step {r.row.get('first_nonfinite_step')}")),
-        ("Unreadable log lines skipped", lst(lambda r: (r.row.get("n_bad_lines") or 0) > 0,
-                                             lambda r: f"{r.row['n_bad_lines']} lines"
-                                             + (" (truncated last line)" if r.row.get("truncated_tail") else ""))),
+        (
+            "Pending or running",
+            lst(lambda r: r.status in ("pending", "running"), lambda r: f"last step {r.row.get('max_step')}"),
+        ),
+        (
+            "Unknown (scheduler not answering, or not in the manifest)",
+            lst(lambda r: r.status not in _STATUS_ORDER[:-1], reason),
+        ),
+        (
+            "Non-finite training loss but status not 'diverged'",
+            lst(
+                lambda r: r.status != "diverged" and r.row.get("first_nonfinite_step") is not None,
+                lambda r: f"status {r.status}, first non-finite at step {r.row.get('first_nonfinite_step')}",
+            ),
+        ),
+        (
+            "Unreadable log lines skipped",
+            lst(
+                lambda r: (r.row.get("n_bad_lines") or 0) > 0,
+                lambda r: (
+                    f"{r.row['n_bad_lines']} lines" + (" (truncated last line)" if r.row.get("truncated_tail") else "")
+                ),
+            ),
+        ),
     ]
 
 
@@ -170,8 +245,9 @@ def _status_table(runs: list[Run], variants: list[str]) -> tuple[list[str], list
     return header, body
 
 
-def heat_tables(grids: list[HeatGrid], row_axis: str | None, col_axis: str | None,
-                value_format: str = "{:.4f}") -> list[tuple[str, list[str], list[list[str]]]]:
+def heat_tables(
+    grids: list[HeatGrid], row_axis: str | None, col_axis: str | None, value_format: str = "{:.4f}"
+) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     for g in grids:
         header = [f"{row_axis} \\ {col_axis}", *[fmt(v) for v in g.cols]]
@@ -180,9 +256,15 @@ def heat_tables(grids: list[HeatGrid], row_axis: str | None, col_axis: str | Non
             row = [fmt(rv)]
             for cv in g.cols:
                 c = g.cells[(rv, cv)]
-                row.append("—" if not c.runs else
-                           (f"{value_format.format(c.median)} ({len(c.values)}/{len(c.runs)})" if c.median is not None
-                            else "no completed run (" + c.why_empty().replace("\n", ", ") + ")"))
+                row.append(
+                    "—"
+                    if not c.runs
+                    else (
+                        f"{value_format.format(c.median)} ({len(c.values)}/{len(c.runs)})"
+                        if c.median is not None
+                        else "no completed run (" + c.why_empty().replace("\n", ", ") + ")"
+                    )
+                )
             body.append(row)
         out.append((g.title, header, body))
     return out
@@ -196,13 +278,19 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
 
 def html_table(header: list[str], body: list[list[str]]) -> str:
     h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>"
-                   for r in body)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in body)
     return f"<table><thead><tr>{h}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _write_index(out_dir: Path, res: CollectResult, runs: list[Run], variants: list[str], grids: list[HeatGrid],
-                 row_axis: str | None, col_axis: str | None) -> None:
+def _write_index(
+    out_dir: Path,
+    res: CollectResult,
+    runs: list[Run],
+    variants: list[str],
+    grids: list[HeatGrid],
+    row_axis: str | None,
+    col_axis: str | None,
+) -> None:
     import markdown_it  # rich's dependency: renders the markdown page as the html one
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -210,13 +298,24 @@ def _write_index(out_dir: Path, res: CollectResult, runs: list[Run], variants: l
     status_h, status_b = _status_table(runs, variants)
     rows_line = ", ".join(f"{k} {n}" for k, n in res.rows.items())
     layout = Layout.of(runs, variants, res.source.axes if res.source else [])
-    note = (f"Panels per variant; colour = {layout.colour_axis or '-'}, line style = {layout.style_axis or '-'}; thin "
-            "lines are single runs (training loss: mean over log-spaced step bins), bold lines the median over "
-            "the seeds of a group; x marks a diverged run's last finite value. The heat map and its tables use "
-            "only completed runs (best validation loss per run, median over seeds).")
-    md = [f"# Sweep report: {res.sweep_name}", "",
-          f"Generated {now} from `{rel}/` ({rows_line} rows).", "", note, "",
-          "## Runs by status", "", md_table(status_h, status_b), ""]
+    note = (
+        f"Panels per variant; colour = {layout.colour_axis or '-'}, line style = {layout.style_axis or '-'}; thin "
+        "lines are single runs (training loss: mean over log-spaced step bins), bold lines the median over "
+        "the seeds of a group; x marks a diverged run's last finite value. The heat map and its tables use "
+        "only completed runs (best validation loss per run, median over seeds)."
+    )
+    md = [
+        f"# Sweep report: {res.sweep_name}",
+        "",
+        f"Generated {now} from `{rel}/` ({rows_line} rows).",
+        "",
+        note,
+        "",
+        "## Runs by status",
+        "",
+        md_table(status_h, status_b),
+        "",
+    ]
     section = res.sweep_dir / ANALYSIS_DIR / ANALYSIS_SECTION
     if section.is_file():  # `analyze` wrote its part: link it, with its own tables
         md += [section.read_text().replace("](", f"]({os.path.relpath(section.parent, out_dir)}/"), ""]
@@ -232,10 +331,14 @@ def _write_index(out_dir: Path, res: CollectResult, runs: list[Run], variants: l
         md += [""]
     text = "\n".join(md)
     (out_dir / "index.md").write_text(text)
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}"
-             "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}")
+    style = (
+        "body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}"
+        "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}"
+    )
     body = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(res.sweep_name)} report</title>"
-            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(res.sweep_name)} report</title>"
+        f"<style>{style}</style></head><body>\n{body}\n</body></html>\n"
+    )
     (out_dir / "index.html").write_text(page)

@@ -31,7 +31,7 @@ DEFAULT_VARIANT = "default"
 @dataclass
 class RunInfo:
     run_id: str
-    run_dir: Path | None          # None: listed but never created
+    run_dir: Path | None  # None: listed but never created
     variant: str | None
     params: dict[str, Any]
     state: str
@@ -44,7 +44,7 @@ class RunInfo:
 class SweepSource:
     name: str
     path: Path
-    kind: str                     # "sweep" or "multirun"
+    kind: str  # "sweep" or "multirun"
     runs: list[RunInfo]
     axes: list[str] = field(default_factory=list)
     variants: list[str] = field(default_factory=list)
@@ -71,8 +71,10 @@ def read_source(path: Path) -> SweepSource:
         return _sweep_source(path)
     if (path / MULTIRUN_FILE).is_file():
         return _multirun_source(path)
-    raise NotASweep(f"{path} is not a sweep directory (no {MANIFEST_FILE}, no {RUNS_DIR}/) nor a Hydra multirun "
-                    f"directory (no {MULTIRUN_FILE})")
+    raise NotASweep(
+        f"{path} is not a sweep directory (no {MANIFEST_FILE}, no {RUNS_DIR}/) nor a Hydra multirun "
+        f"directory (no {MULTIRUN_FILE})"
+    )
 
 
 def _sweep_source(path: Path) -> SweepSource:
@@ -85,8 +87,18 @@ def _sweep_source(path: Path) -> SweepSource:
     for run_id, entry in manifest["runs"].items():
         run_dir = sd.run_dir(run_id)
         s = states[run_id]
-        runs.append(RunInfo(run_id, run_dir if run_dir.is_dir() else None, entry.get("variant"),
-                            dict(entry.get("params") or {}), s.state, s.reason, True, entry.get("overrides")))
+        runs.append(
+            RunInfo(
+                run_id,
+                run_dir if run_dir.is_dir() else None,
+                entry.get("variant"),
+                dict(entry.get("params") or {}),
+                s.state,
+                s.reason,
+                True,
+                entry.get("overrides"),
+            )
+        )
     listed = set(manifest["runs"])
     if sd.runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
         for run_dir in sorted(p for p in sd.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -96,8 +108,14 @@ def _sweep_source(path: Path) -> SweepSource:
     # The manifest keeps the sweep file's order of axes and variants (its mappings are written sorted).
     axes = _first_seen([*manifest.get("axes", []), *(k for r in runs for k in r.params)])
     variants = _first_seen([*manifest.get("variants", []), *(r.variant for r in runs)])
-    runs.sort(key=lambda r: (r.variant not in variants, variants.index(r.variant) if r.variant in variants else 0,
-                             [(_sort_key(r.params.get(a))) for a in axes], r.run_id))
+    runs.sort(
+        key=lambda r: (
+            r.variant not in variants,
+            variants.index(r.variant) if r.variant in variants else 0,
+            [(_sort_key(r.params.get(a))) for a in axes],
+            r.run_id,
+        )
+    )
     return SweepSource(manifest.get("sweep", path.name), path, "sweep", runs, axes, variants)
 
 
@@ -105,8 +123,10 @@ def _multirun_source(path: Path) -> SweepSource:
     from omegaconf import OmegaConf
 
     runs = []
-    jobs = sorted((p for p in path.iterdir() if (p / HYDRA_DIR / "overrides.yaml").is_file()),
-                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    jobs = sorted(
+        (p for p in path.iterdir() if (p / HYDRA_DIR / "overrides.yaml").is_file()),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
     for job in jobs:
         overrides = [str(o) for o in OmegaConf.load(job / HYDRA_DIR / "overrides.yaml")]
         params: dict[str, Any] = {}

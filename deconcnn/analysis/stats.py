@@ -24,10 +24,35 @@ PLATEAU_BAND = 0.10
 PLATEAU_MIN_POINTS = 5
 PLATEAU_MIN_TAIL = 3
 
-CORRELATION_KEYS = ("n", "pearson_r", "pearson_lo", "pearson_hi", "pearson_p", "spearman_rho",
-                    "spearman_lo", "spearman_hi", "spearman_p", "reason")
-EFFECT_KEYS = ("n_a", "n_b", "mean_a", "mean_b", "median_a", "median_b", "diff_mean",
-               "hedges_g", "g_lo", "g_hi", "mw_u", "mw_p", "welch_t", "welch_p", "reason")
+CORRELATION_KEYS = (
+    "n",
+    "pearson_r",
+    "pearson_lo",
+    "pearson_hi",
+    "pearson_p",
+    "spearman_rho",
+    "spearman_lo",
+    "spearman_hi",
+    "spearman_p",
+    "reason",
+)
+EFFECT_KEYS = (
+    "n_a",
+    "n_b",
+    "mean_a",
+    "mean_b",
+    "median_a",
+    "median_b",
+    "diff_mean",
+    "hedges_g",
+    "g_lo",
+    "g_hi",
+    "mw_u",
+    "mw_p",
+    "welch_t",
+    "welch_p",
+    "reason",
+)
 SPREAD_KEYS = ("n", "n_nan", "median", "q25", "q75", "iqr", "min", "max")
 
 
@@ -72,9 +97,16 @@ def correlation(x: ArrayLike, y: ArrayLike, *, conf: float = 0.95) -> dict[str, 
     r, rho = float(r), float(rho)
     r_lo, r_hi = _fisher_ci(r, 1 / math.sqrt(n - 3), q)
     s_lo, s_hi = _fisher_ci(rho, math.sqrt((1 + rho**2 / 2) / (n - 3)), q)
-    return out | {"pearson_r": r, "pearson_lo": r_lo, "pearson_hi": r_hi, "pearson_p": float(p_r),
-                  "spearman_rho": rho, "spearman_lo": s_lo, "spearman_hi": s_hi,
-                  "spearman_p": float(p_rho)}
+    return out | {
+        "pearson_r": r,
+        "pearson_lo": r_lo,
+        "pearson_hi": r_hi,
+        "pearson_p": float(p_r),
+        "spearman_rho": rho,
+        "spearman_lo": s_lo,
+        "spearman_hi": s_hi,
+        "spearman_p": float(p_rho),
+    }
 
 
 def _ncp_interval(t_obs: float, df: float, conf: float) -> tuple[float, float]:
@@ -111,9 +143,15 @@ def effect_size(a: ArrayLike, b: ArrayLike, *, conf: float = 0.95) -> dict[str, 
         return out | {"reason": f"need >= 2 finite values per group (got {na} and {nb})"}
     diff = float(xa.mean() - xb.mean())
     u, p_u = sps.mannwhitneyu(xa, xb, alternative="two-sided")
-    out |= {"mean_a": float(xa.mean()), "mean_b": float(xb.mean()),
-            "median_a": float(np.median(xa)), "median_b": float(np.median(xb)),
-            "diff_mean": diff, "mw_u": float(u), "mw_p": float(p_u)}
+    out |= {
+        "mean_a": float(xa.mean()),
+        "mean_b": float(xb.mean()),
+        "median_a": float(np.median(xa)),
+        "median_b": float(np.median(xb)),
+        "diff_mean": diff,
+        "mw_u": float(u),
+        "mw_p": float(p_u),
+    }
     df = na + nb - 2
     sp = math.sqrt(((na - 1) * xa.var(ddof=1) + (nb - 1) * xb.var(ddof=1)) / df)
     if sp == 0:
@@ -121,8 +159,11 @@ def effect_size(a: ArrayLike, b: ArrayLike, *, conf: float = 0.95) -> dict[str, 
     d = diff / sp
     scale = math.sqrt(na * nb / (na + nb))
     welch = sps.ttest_ind(xa, xb, equal_var=False)
-    out |= {"hedges_g": (1 - 3 / (4 * (na + nb) - 9)) * d, "welch_t": float(welch.statistic),
-            "welch_p": float(welch.pvalue)}
+    out |= {
+        "hedges_g": (1 - 3 / (4 * (na + nb) - 9)) * d,
+        "welch_t": float(welch.statistic),
+        "welch_p": float(welch.pvalue),
+    }
     try:
         lo, hi = _ncp_interval(d * scale, df, conf)
     except ValueError as err:
@@ -141,8 +182,14 @@ def median_spread(values: ArrayLike) -> dict[str, Any]:
     if v.size == 0:
         return out | {k: math.nan for k in SPREAD_KEYS[2:]}
     q25, med, q75 = np.percentile(v, [25, 50, 75])
-    return out | {"median": float(med), "q25": float(q25), "q75": float(q75),
-                  "iqr": float(q75 - q25), "min": float(v.min()), "max": float(v.max())}
+    return out | {
+        "median": float(med),
+        "q25": float(q25),
+        "q75": float(q75),
+        "iqr": float(q75 - q25),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def plateau_step(
@@ -177,7 +224,5 @@ def plateau_step(
     for i in range(v.size - min_tail + 1):
         med = float(np.median(v[i:]))
         if np.all(np.abs(v[i:] - med) <= rel_band * abs(med)):
-            return out | {"plateau_step": float(s[i]), "plateau_index": i, "plateau_value": med,
-                          "reason": ""}
-    return out | {"reason": f"never stays within {rel_band:.0%} of its later median for "
-                            f">= {min_tail} points"}
+            return out | {"plateau_step": float(s[i]), "plateau_index": i, "plateau_value": med, "reason": ""}
+    return out | {"reason": f"never stays within {rel_band:.0%} of its later median for >= {min_tail} points"}

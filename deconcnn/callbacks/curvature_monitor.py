@@ -133,7 +133,6 @@ class CurvatureMonitor(Callback):
         self._v0: Tensor | None = None
         self._last_step: int | None = None
 
-
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:

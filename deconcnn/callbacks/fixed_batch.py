@@ -5,6 +5,7 @@ datamodule."""
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import pytorch_lightning as pl
 from torch import Tensor, nn
 

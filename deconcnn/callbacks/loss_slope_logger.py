@@ -73,8 +73,13 @@ class LossSlopeLogger(Callback):
     ``trainer.log_every_n_steps`` steps.
     """
 
-    def __init__(self, flush_every_n_steps: int = 50, stop_on_divergence: bool = True,
-                 val_loss_key: str = "loss_val_nats", val_acc_key: str = "acc_val") -> None:
+    def __init__(
+        self,
+        flush_every_n_steps: int = 50,
+        stop_on_divergence: bool = True,
+        val_loss_key: str = "loss_val_nats",
+        val_acc_key: str = "acc_val",
+    ) -> None:
         """
         Args:
             flush_every_n_steps: write the buffered records to the metric log (and check the
@@ -97,30 +102,43 @@ class LossSlopeLogger(Callback):
         self._grad_norm: Tensor | None = None
         self._unchecked: list[tuple[int, Tensor]] = []  # (step, loss) not yet checked for divergence
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # Read here: the per-step scheduler has already moved on by on_train_batch_end.
         if trainer.optimizers:
             group = trainer.optimizers[0].param_groups[0]
             self._lr_wd = (float(group["lr"]), float(group.get("weight_decay", 0.0)))
         self._step, self._batch_idx = trainer.global_step, batch_idx
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
         # Gradients exist here, before clipping; Lightning sets them to None before validation.
         # Only the step right before a validation is logged: taking the norm at every step cost
         # 10-12% of a GPU step in host time (benchmarks/logging_overhead.py).
         if validates_after(trainer, self._batch_idx):
             self._grad_norm = global_grad_norm(pl_module.parameters())
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss, acc = loss_and_accuracy(outputs)
         if loss is None:
             return
         lr, wd = self._lr_wd
-        log_record(trainer, "train", step=self._step, batches_done_in_epoch=batch_idx + 1, per_batch=True,
-                   loss_train_nats=loss, loss_train_bits=nats_to_bits(loss), acc_train=acc, lr=lr, wd=wd)
+        log_record(
+            trainer,
+            "train",
+            step=self._step,
+            batches_done_in_epoch=batch_idx + 1,
+            per_batch=True,
+            loss_train_nats=loss,
+            loss_train_bits=nats_to_bits(loss),
+            acc_train=acc,
+            lr=lr,
+            wd=wd,
+        )
         if self.stop_on_divergence:
             self._unchecked.append((self._step, loss))
         if (self._step + 1) % self.flush_every_n_steps == 0:
@@ -133,17 +151,21 @@ class LossSlopeLogger(Callback):
             return
         metrics = trainer.callback_metrics
         loss = metrics.get(self.val_loss_key)
-        log_record(trainer, "val", loss_val_nats=loss, loss_val_bits=nats_to_bits(loss),
-                   acc_val=metrics.get(self.val_acc_key),
-                   grad_norm=self._grad_norm if self._grad_norm is not None else math.nan,
-                   weight_norm=global_param_norm(pl_module.parameters()))
+        log_record(
+            trainer,
+            "val",
+            loss_val_nats=loss,
+            loss_val_bits=nats_to_bits(loss),
+            acc_val=metrics.get(self.val_acc_key),
+            grad_norm=self._grad_norm if self._grad_norm is not None else math.nan,
+            weight_norm=global_param_norm(pl_module.parameters()),
+        )
         self._flush(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Keep what was measured up to the failure; a second divergence check would only re-raise.
         for log in metrics_logs(trainer):
             log.flush()

@@ -80,8 +80,15 @@ class MetricsJsonlLogger(Logger):
             self._log = MetricsLog(self.run_dir)
         return self._log
 
-    def record(self, kind: str, trainer: pl.Trainer, *, step: int | None = None,
-               batches_done_in_epoch: int | None = None, **metrics: Any) -> None:
+    def record(
+        self,
+        kind: str,
+        trainer: pl.Trainer,
+        *,
+        step: int | None = None,
+        batches_done_in_epoch: int | None = None,
+        **metrics: Any,
+    ) -> None:
         """Queue one record of `kind`, stamped with step, epoch, epoch_frac and wall-clock time.
 
         `batches_done_in_epoch` (training batches of the current epoch done when the record is made)
@@ -91,14 +98,16 @@ class MetricsJsonlLogger(Logger):
         if batches_done_in_epoch is not None:
             self._batches_done = batches_done_in_epoch
         epoch, epoch_frac = epoch_position(trainer, self._batches_done)
-        self.log.append({
-            "kind": kind,
-            "step": trainer.global_step if step is None else step,
-            "epoch": epoch,
-            "epoch_frac": epoch_frac,
-            "time": time.time(),
-            **metrics,
-        })
+        self.log.append(
+            {
+                "kind": kind,
+                "step": trainer.global_step if step is None else step,
+                "epoch": epoch,
+                "epoch_frac": epoch_frac,
+                "time": time.time(),
+                **metrics,
+            }
+        )
 
     def flush(self) -> list[dict[str, Any]]:
         # A log never opened has nothing to write: a run failing before its first record leaves no file.
@@ -133,8 +142,12 @@ class MetricsJsonlLogger(Logger):
         path = Path(io.last_saved_path)
         if not path.is_file():
             return
-        self.record("checkpoint", self.trainer, checkpoint_size_mb=path.stat().st_size / MEGABYTE,
-                    path=os.path.relpath(path, self.run_dir))
+        self.record(
+            "checkpoint",
+            self.trainer,
+            checkpoint_size_mb=path.stat().st_size / MEGABYTE,
+            path=os.path.relpath(path, self.run_dir),
+        )
         self.flush()
 
     @rank_zero_only
@@ -153,9 +166,15 @@ def metrics_logs(trainer: pl.Trainer) -> list[MetricsJsonlLogger]:
     return logs
 
 
-def log_record(trainer: pl.Trainer, kind: str, *, step: int | None = None,
-               batches_done_in_epoch: int | None = None, per_batch: bool = False,
-               **metrics: Any) -> None:
+def log_record(
+    trainer: pl.Trainer,
+    kind: str,
+    *,
+    step: int | None = None,
+    batches_done_in_epoch: int | None = None,
+    per_batch: bool = False,
+    **metrics: Any,
+) -> None:
     """Send one record of `kind` (keys as deconcnn.runlog.schema defines them) to every logger.
 
     Args:

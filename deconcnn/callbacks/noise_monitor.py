@@ -91,9 +91,7 @@ class NoiseMonitor(Callback):
         """
         super().__init__()
         if log_every_n_epochs < 1 or window < 2 or grad_batch_size < 2:
-            raise ValueError(
-                "NoiseMonitor needs log_every_n_epochs >= 1, window >= 2, grad_batch_size >= 2"
-            )
+            raise ValueError("NoiseMonitor needs log_every_n_epochs >= 1, window >= 2, grad_batch_size >= 2")
         self.every, self.window = int(log_every_n_epochs), int(window)
         self.min_points, self.tail_fraction = int(min_points), float(tail_fraction)
         self.grad_batch_size, self.grad_batch_seed = int(grad_batch_size), int(grad_batch_seed)
@@ -140,9 +138,7 @@ class NoiseMonitor(Callback):
         if (trainer.current_epoch + 1) % self.every != 0:
             return
         steps, losses = self._window()
-        curve = loss_noise_metrics(
-            steps, losses, min_points=self.min_points, tail_fraction=self.tail_fraction
-        )
+        curve = loss_noise_metrics(steps, losses, min_points=self.min_points, tail_fraction=self.tail_fraction)
         grads = self._gradient_noise(trainer, pl_module) if self.with_grad_noise else {}
         reasons = [r for r in (curve.pop("noise_reason"), grads.get("grad_noise_reason")) if r]
         if not self.with_grad_noise:

@@ -203,9 +203,7 @@ class SharedGraphHessian(CurvatureOperator):
         self._device, self._dtype = first.device, first.dtype
         with torch.enable_grad():
             loss = loss_fn(model, batch)
-            grads = torch.autograd.grad(
-                loss, self._param_list, create_graph=True, allow_unused=True
-            )
+            grads = torch.autograd.grad(loss, self._param_list, create_graph=True, allow_unused=True)
         self.loss = loss.detach()
         self.grad_flat = torch.cat(
             [
@@ -309,7 +307,7 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 def _rademacher(n: int, gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
     gdev = gen.device
     v = torch.randint(0, 2, (n,), generator=gen, device=gdev, dtype=torch.int8)
-    return (v.to(device=device, dtype=dtype) * 2 - 1)
+    return v.to(device=device, dtype=dtype) * 2 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,8 +452,14 @@ class TraceEstimate:
         return self.stderr / max(abs(self.estimate), _EPS)
 
 
-def _plan_probes(pilot_values: Sequence[float], pilot_sq_norms: Sequence[float], exact_part: float,
-                 rel_tol: float, min_probes: int, max_probes: int) -> tuple[int, bool]:
+def _plan_probes(
+    pilot_values: Sequence[float],
+    pilot_sq_norms: Sequence[float],
+    exact_part: float,
+    rel_tol: float,
+    min_probes: int,
+    max_probes: int,
+) -> tuple[int, bool]:
     """Stage-1 decision of the two-stage rule: the probe count ``m`` that the pilot predicts for
     ``stderr <= rel_tol * |trace|``, i.e. ``ceil(v / (rel_tol * |t|)^2)`` with ``t`` the pilot's
     trace estimate and ``v = 2 mean ||B g||^2`` its variance bound per probe, clipped to
@@ -635,6 +639,7 @@ CURVATURE_DEFAULTS: dict[str, Any] = {
     "probe_batch": 1,
 }
 
+
 @dataclass
 class CurvatureResult:
     eig: EigResult
@@ -760,8 +765,11 @@ def curvature_estimates(
             if trace_method in ("deflated", "hutchinson"):
                 # deflated: the Lanczos basis's part of the trace is exact, probes estimate the
                 # rest; hutchinson: Lanczos' cold Rademacher start is already the first probe
-                from_lanczos = {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)} \
-                    if trace_method == "deflated" else {"start_probe": eig.start_probe}
+                from_lanczos = (
+                    {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)}
+                    if trace_method == "deflated"
+                    else {"start_probe": eig.start_probe}
+                )
                 tr = hutchinson_trace(
                     op,
                     **from_lanczos,

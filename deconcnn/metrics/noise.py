@@ -126,8 +126,14 @@ def psd_tail(
     n = r.size
     nper = int(min(128, n) if nperseg is None else min(nperseg, n))
     freqs, pxx = signal.welch(
-        r, fs=1.0, window="hann", nperseg=nper, noverlap=nper // 2, detrend="constant",
-        scaling="density", return_onesided=True,
+        r,
+        fs=1.0,
+        window="hann",
+        nperseg=nper,
+        noverlap=nper // 2,
+        detrend="constant",
+        scaling="density",
+        return_onesided=True,
     )
     df = float(freqs[1] - freqs[0]) if freqs.size >= 2 else 1.0
     lo = 0.5 * (1.0 - tail_fraction)
@@ -191,15 +197,12 @@ def frozen_batch_stats(model: nn.Module, x: Tensor) -> Iterator[nn.Module]:
     """
     bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
     flags = [(m, m.training) for m in model.modules()]
-    saved = [
-        (bn, bn.track_running_stats, bn.running_mean, bn.running_var, bn.num_batches_tracked)
-        for bn in bns
-    ]
+    saved = [(bn, bn.track_running_stats, bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in bns]
     stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
     def hook(mod: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
         inp = inputs[0]
-        dims = [0] + list(range(2, inp.dim()))
+        dims = [0, *range(2, inp.dim())]
         stats[mod] = (inp.mean(dims), inp.var(dims, unbiased=False))
 
     handles = [bn.register_forward_hook(hook) for bn in bns]
@@ -245,9 +248,7 @@ def _grad_bn_context(model: nn.Module, x: Tensor, bn_mode: GradBNMode) -> Iterat
         raise ValueError(f"bn_mode must be 'batch_stats_frozen' or 'eval', got {bn_mode!r}")
 
 
-def _sums_backpack(
-    model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module
-) -> tuple[Tensor, Tensor, int]:
+def _sums_backpack(model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module) -> tuple[Tensor, Tensor, int]:
     """(sum_n g_n, sum_n g_n^2 elementwise, P) via BackPACK SumGradSquared on a deep copy."""
     from backpack import backpack, extend
     from backpack.extensions import SumGradSquared
@@ -270,9 +271,7 @@ def _sums_backpack(
     return g_sum, sq_sum, g_sum.numel()
 
 
-def _sums_vmap(
-    model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module, chunk: int
-) -> tuple[Tensor, Tensor, int]:
+def _sums_vmap(model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module, chunk: int) -> tuple[Tensor, Tensor, int]:
     from torch.func import functional_call, grad, vmap
 
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from deconcnn.runlog.atomic import json_text, write_text_atomic
 
 RUN_STATUS_FILE = "run.json"
-RUN_LOG = "stdout.log"          # the training process's stdout and stderr
-PROCESS_FILE = "process.json"   # written by whatever starts the training process, when it does
+RUN_LOG = "stdout.log"  # the training process's stdout and stderr
+PROCESS_FILE = "process.json"  # written by whatever starts the training process, when it does
 SUBMISSION_ENV = "DECONCNN_SUBMISSION_ID"  # set by the sweep's pack runner: which submission started this attempt
 RESERVE_BYTES = 2048
 MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the reserve
@@ -89,10 +89,16 @@ class RunStatusFile:
         self.data.update({k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in fields.items()})
         write_status(self.path, self.data)
 
-    def finish(self, status: Status, last_step: int, *, error: str | None = None,
-               diverged_step: int | None = None) -> None:
-        self.data.update(status=status, end_time=time.time(), last_step=last_step,
-                         error=error[:MAX_TEXT] if error else error, diverged_step=diverged_step)
+    def finish(
+        self, status: Status, last_step: int, *, error: str | None = None, diverged_step: int | None = None
+    ) -> None:
+        self.data.update(
+            status=status,
+            end_time=time.time(),
+            last_step=last_step,
+            error=error[:MAX_TEXT] if error else error,
+            diverged_step=diverged_step,
+        )
         write_status(self.path, self.data)
 
 

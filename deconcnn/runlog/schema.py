@@ -47,45 +47,93 @@ def _keys(*specs: tuple[str, str, str] | tuple[str, str, str, bool]) -> tuple[Ke
 
 KIND_KEY = "kind"
 #: On every record: what it is and when it was made.
-STAMPS = _keys(("kind", STR, "-"), ("step", INT, "optimizer steps"), ("epoch", INT, "epochs"),
-               ("epoch_frac", FLOAT, "epochs"), ("time", FLOAT, "Unix seconds"))
+STAMPS = _keys(
+    ("kind", STR, "-"),
+    ("step", INT, "optimizer steps"),
+    ("epoch", INT, "epochs"),
+    ("epoch_frac", FLOAT, "epochs"),
+    ("time", FLOAT, "Unix seconds"),
+)
 STAMP_NAMES = tuple(k.name for k in STAMPS)
 
-TRAIN = RecordKind("train", _keys(
-    ("loss_train_nats", FLOAT, "nats"), ("loss_train_bits", FLOAT, "bits"), ("acc_train", FLOAT, "0..1"),
-    ("lr", FLOAT, "-"), ("wd", FLOAT, "-"),
-))
-VAL = RecordKind("val", _keys(
-    ("loss_val_nats", FLOAT, "nats"), ("loss_val_bits", FLOAT, "bits"), ("acc_val", FLOAT, "0..1"),
-    ("grad_norm", FLOAT, "nats / parameter unit"), ("weight_norm", FLOAT, "parameter units"),
-))
+TRAIN = RecordKind(
+    "train",
+    _keys(
+        ("loss_train_nats", FLOAT, "nats"),
+        ("loss_train_bits", FLOAT, "bits"),
+        ("acc_train", FLOAT, "0..1"),
+        ("lr", FLOAT, "-"),
+        ("wd", FLOAT, "-"),
+    ),
+)
+VAL = RecordKind(
+    "val",
+    _keys(
+        ("loss_val_nats", FLOAT, "nats"),
+        ("loss_val_bits", FLOAT, "bits"),
+        ("acc_val", FLOAT, "0..1"),
+        ("grad_norm", FLOAT, "nats / parameter unit"),
+        ("weight_norm", FLOAT, "parameter units"),
+    ),
+)
 CHECKPOINT = RecordKind("checkpoint", _keys(("checkpoint_size_mb", FLOAT, "MiB"), ("path", STR, "-")))
-CURVATURE = RecordKind("curvature", _keys(
-    ("lambda_max", FLOAT, "nats / parameter unit^2"), ("lambda_max_method", STR, "-"),
-    ("lambda_max_residual", FLOAT, "nats / parameter unit^2"), ("lambda_max_rel_residual", FLOAT, "-"),
-    ("lambda_max_n_hvp", INT, "count"), ("lambda_max_converged", BOOL, "-"), ("lambda_max_warm_start", BOOL, "-"),
-    ("hessian_trace", FLOAT, "nats / parameter unit^2"), ("hessian_trace_method", STR, "-"),
-    ("hessian_trace_stderr", FLOAT, "nats / parameter unit^2"),
-    ("hessian_trace_sample_stderr", FLOAT, "nats / parameter unit^2"), ("hessian_trace_rel_stderr", FLOAT, "-"),
-    ("hessian_trace_n_probes", INT, "count"), ("hessian_trace_pilot_probes", INT, "count"),
-    ("hessian_trace_n_hvp", INT, "count"),
-    ("hessian_trace_converged", BOOL, "-"), ("hessian_trace_deflation_rank", INT, "count"),
-    ("curv_loss_nats", FLOAT, "nats"), ("curv_batch_size", INT, "count"), ("curv_n_hvp", INT, "count"),
-    ("curv_seconds", FLOAT, "s"), ("bn_mode", STR, "-"),
-    ("ggn_trace", FLOAT, "nats / parameter unit^2", False), ("ggn_trace_stderr", FLOAT, "nats / parameter unit^2", False),
-    ("ggn_trace_method", STR, "-", False), ("ggn_trace_seconds", FLOAT, "s", False),
-    ("ggn_trace_reason", STR, "-", False),
-))
-NOISE = RecordKind("noise", _keys(
-    ("n_losses", INT, "count"), ("detrend_slope", FLOAT, "-"), ("detrend_intercept", FLOAT, "ln nats"),
-    ("resid_power", FLOAT, "(ln-ratio)^2"), ("psd_tail", FLOAT, "(ln-ratio)^2"), ("psd_total", FLOAT, "(ln-ratio)^2"),
-    ("psd_tail_ratio", FLOAT, "-"), ("psd_band_lo", FLOAT, "cycles/batch"), ("psd_band_hi", FLOAT, "cycles/batch"),
-    ("psd_nperseg", INT, "count"), ("grad_var", FLOAT, "(nats / parameter unit)^2"),
-    ("grad_trace_cov", FLOAT, "(nats / parameter unit)^2"), ("grad_mean_sq_norm", FLOAT, "(nats / parameter unit)^2"),
-    ("noise_scale", FLOAT, "samples"), ("noise_scale_biased", FLOAT, "samples"), ("grad_batch_size", INT, "count"),
-    ("grad_noise_method", STR, "-"), ("grad_bn_mode", STR, "-"), ("noise_seconds", FLOAT, "s"),
-    ("reason", STR, "-"),
-))
+CURVATURE = RecordKind(
+    "curvature",
+    _keys(
+        ("lambda_max", FLOAT, "nats / parameter unit^2"),
+        ("lambda_max_method", STR, "-"),
+        ("lambda_max_residual", FLOAT, "nats / parameter unit^2"),
+        ("lambda_max_rel_residual", FLOAT, "-"),
+        ("lambda_max_n_hvp", INT, "count"),
+        ("lambda_max_converged", BOOL, "-"),
+        ("lambda_max_warm_start", BOOL, "-"),
+        ("hessian_trace", FLOAT, "nats / parameter unit^2"),
+        ("hessian_trace_method", STR, "-"),
+        ("hessian_trace_stderr", FLOAT, "nats / parameter unit^2"),
+        ("hessian_trace_sample_stderr", FLOAT, "nats / parameter unit^2"),
+        ("hessian_trace_rel_stderr", FLOAT, "-"),
+        ("hessian_trace_n_probes", INT, "count"),
+        ("hessian_trace_pilot_probes", INT, "count"),
+        ("hessian_trace_n_hvp", INT, "count"),
+        ("hessian_trace_converged", BOOL, "-"),
+        ("hessian_trace_deflation_rank", INT, "count"),
+        ("curv_loss_nats", FLOAT, "nats"),
+        ("curv_batch_size", INT, "count"),
+        ("curv_n_hvp", INT, "count"),
+        ("curv_seconds", FLOAT, "s"),
+        ("bn_mode", STR, "-"),
+        ("ggn_trace", FLOAT, "nats / parameter unit^2", False),
+        ("ggn_trace_stderr", FLOAT, "nats / parameter unit^2", False),
+        ("ggn_trace_method", STR, "-", False),
+        ("ggn_trace_seconds", FLOAT, "s", False),
+        ("ggn_trace_reason", STR, "-", False),
+    ),
+)
+NOISE = RecordKind(
+    "noise",
+    _keys(
+        ("n_losses", INT, "count"),
+        ("detrend_slope", FLOAT, "-"),
+        ("detrend_intercept", FLOAT, "ln nats"),
+        ("resid_power", FLOAT, "(ln-ratio)^2"),
+        ("psd_tail", FLOAT, "(ln-ratio)^2"),
+        ("psd_total", FLOAT, "(ln-ratio)^2"),
+        ("psd_tail_ratio", FLOAT, "-"),
+        ("psd_band_lo", FLOAT, "cycles/batch"),
+        ("psd_band_hi", FLOAT, "cycles/batch"),
+        ("psd_nperseg", INT, "count"),
+        ("grad_var", FLOAT, "(nats / parameter unit)^2"),
+        ("grad_trace_cov", FLOAT, "(nats / parameter unit)^2"),
+        ("grad_mean_sq_norm", FLOAT, "(nats / parameter unit)^2"),
+        ("noise_scale", FLOAT, "samples"),
+        ("noise_scale_biased", FLOAT, "samples"),
+        ("grad_batch_size", INT, "count"),
+        ("grad_noise_method", STR, "-"),
+        ("grad_bn_mode", STR, "-"),
+        ("noise_seconds", FLOAT, "s"),
+        ("reason", STR, "-"),
+    ),
+)
 
 KINDS: dict[str, RecordKind] = {k.name: k for k in (TRAIN, VAL, CHECKPOINT, CURVATURE, NOISE)}
 #: The values the experiment studies: what check requires, the report plots, analyze correlates.

@@ -28,8 +28,8 @@ CANCELLABLE = (*LIVE_STATES, "unknown")
 class CancelResult:
     sweep_dir: Path
     cancelled: list[str] = field(default_factory=list)
-    stopped_here: list[str] = field(default_factory=list)   # processes signalled from this machine
-    scancelled: list[str] = field(default_factory=list)     # SLURM tasks
+    stopped_here: list[str] = field(default_factory=list)  # processes signalled from this machine
+    scancelled: list[str] = field(default_factory=list)  # SLURM tasks
     untouched: dict[str, int] = field(default_factory=dict)  # matched but not live, by state
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deconcnn.runconfig import DEBUG_GROUP, check_config, compose_run_config, config_error_text, debug_settings
@@ -71,15 +71,20 @@ class RunSpec:
     params: dict[str, Any] = field(hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "variant": self.variant, "overrides": list(self.overrides),
-                "params": self.params}
+        return {
+            "run_id": self.run_id,
+            "variant": self.variant,
+            "overrides": list(self.overrides),
+            "params": self.params,
+        }
 
     def command(self, run_dir: Path, run_id: str | None = None, extra: Sequence[str] = ()) -> Command:
         """The training process of this run (or of a shortened copy of it, with `extra` overrides)."""
         run_id = run_id or self.run_id
         directory = str(Path(run_dir).resolve())
-        return Command(run_id, TRAIN_MODULE, (*self.overrides, *extra, f"hydra.run.dir={directory}",
-                                              f"run_id={run_id}"), directory)
+        return Command(
+            run_id, TRAIN_MODULE, (*self.overrides, *extra, f"hydra.run.dir={directory}", f"run_id={run_id}"), directory
+        )
 
 
 @dataclass
@@ -88,8 +93,8 @@ class Sweep:
     path: Path
     runs: list[RunSpec]
     launcher_overrides: list[str]
-    variants: list[str] = field(default_factory=list)   # in the sweep file's order
-    axes: list[str] = field(default_factory=list)       # config keys swept, shared ones first
+    variants: list[str] = field(default_factory=list)  # in the sweep file's order
+    axes: list[str] = field(default_factory=list)  # config keys swept, shared ones first
 
     def fingerprint(self) -> str:
         """Identifies what the sweep runs; changes when any run's overrides change."""
@@ -149,7 +154,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         mark = error.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise SweepFileError(f"{path}: not valid YAML: {error.problem or error.context}{where}") from None
-    except Exception as error:  # the YAML parser's own message says where
+    except Exception as error:  # noqa: BLE001  the YAML parser's own message says where
         raise SweepFileError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
     if not isinstance(spec, DictConfig):
         raise SweepFileError(f"{path}: expected a mapping with name, axes and variants")
@@ -174,21 +179,26 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         if not isinstance(body.get("experiment"), str):
             raise SweepFileError(f"{path}: variant {variant} needs 'experiment: <conf/experiment file>'")
         axes = {line.split("=", 1)[0]: line for line in shared_axes}
-        axes.update({line.split("=", 1)[0]: line for line in
-                     _axis_overrides(body.get("axes"), f"variants.{variant}.axes")})
+        axes.update(
+            {line.split("=", 1)[0]: line for line in _axis_overrides(body.get("axes"), f"variants.{variant}.axes")}
+        )
         axis_names += [key for key in axes if key not in axis_names]
         try:
             combos = BasicSweeper.split_arguments(parser.parse_overrides(list(axes.values())), None)[0]
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001  Hydra's override parser raises several types
             raise SweepFileError(f"{path}: variant {variant}: bad axis: {error}".splitlines()[0]) from None
-        fixed = [f"experiment={body.experiment}", *common,
-                 *_as_list(body.get("overrides"), f"variants.{variant}.overrides")]
+        fixed = [
+            f"experiment={body.experiment}",
+            *common,
+            *_as_list(body.get("overrides"), f"variants.{variant}.overrides"),
+        ]
         for combo in combos or [[]]:
             params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
             run_id = _run_id(template or default_template(params), str(variant), params)
             overrides = (*fixed, *combo, *extra_overrides)
-            runs.append(RunSpec(run_id, str(variant), with_debug(overrides, SMOKE_DEBUG)[0] if smoke else overrides,
-                                params))
+            runs.append(
+                RunSpec(run_id, str(variant), with_debug(overrides, SMOKE_DEBUG)[0] if smoke else overrides, params)
+            )
     seen: dict[str, RunSpec] = {}
     for run in runs:
         if run.run_id in seen:
@@ -229,7 +239,7 @@ def validate_runs(runs: Iterable[RunSpec]) -> dict[str, str]:
             OmegaConf.to_container(cfg, resolve=True)
             check_config(cfg)
             sources[run.run_id] = str(cfg.data.source.get("_target_"))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001  any config error becomes one line naming the run
             raise SweepFileError(f"run {run.run_id}: {config_error_text(error)}") from None
     return sources
 
@@ -246,9 +256,12 @@ def data_notes(sweep: Sweep, runs: Sequence[RunSpec], sources: dict[str, str]) -
         named = str(compose_run_config([experiment]).data.source.get("_target_"))
         used = sorted({sources[r.run_id] for r in mine} - {named})
         if used:
-            notes.append(f"{variant}: its runs train on {', '.join(u.rsplit('.', 1)[-1] for u in used)}, although "
-                         f"its experiment ({experiment.split('=', 1)[1]}) names {named.rsplit('.', 1)[-1]}")
+            notes.append(
+                f"{variant}: its runs train on {', '.join(u.rsplit('.', 1)[-1] for u in used)}, although "
+                f"its experiment ({experiment.split('=', 1)[1]}) names {named.rsplit('.', 1)[-1]}"
+            )
     return notes
+
 
 @dataclass
 class LaunchPlan:
@@ -260,12 +273,25 @@ class LaunchPlan:
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
 
     def dry_run_rows(self) -> list[dict[str, Any]]:
-        return [{"run_id": r.run_id, "variant": r.variant, "overrides": list(r.overrides),
-                 "dir": str(self.sweep_dir.run_dir(r.run_id))} for r in self.runs]
+        return [
+            {
+                "run_id": r.run_id,
+                "variant": r.variant,
+                "overrides": list(r.overrides),
+                "dir": str(self.sweep_dir.run_dir(r.run_id)),
+            }
+            for r in self.runs
+        ]
 
 
-def plan(sweep_file: str | Path, *, out: str | Path = DEFAULT_OUT, smoke: bool = False,
-         only: str | None = None, overrides: Sequence[str] = ()) -> LaunchPlan:
+def plan(
+    sweep_file: str | Path,
+    *,
+    out: str | Path = DEFAULT_OUT,
+    smoke: bool = False,
+    only: str | None = None,
+    overrides: Sequence[str] = (),
+) -> LaunchPlan:
     """Expand and validate every run; raises SweepFileError before anything is written.
 
     Command-line overrides for the launcher (`hydra.launcher.x=`, `+hydra.launcher.x=`,

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -28,19 +28,19 @@ from typing import Any
 
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.sweep.errors import SweepError
-from deconcnn.sweep.executors import Command, Executor, SchedulerState, Submission, resolve_executor, wait
-from deconcnn.sweep.executors import STOP_GRACE_S
+from deconcnn.sweep.executors import STOP_GRACE_S, Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
 from deconcnn.sweep.launcher import check_feasible, compose_launcher
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
 from deconcnn.sweep.state import RESUBMITTABLE, poll_submissions, sweep_states
 from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
+
 class LaunchError(SweepError):
     """Launch refused: nothing was submitted."""
 
 
-class Interrupted(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+class Interrupted(BaseException):
     """SIGINT or SIGTERM reached a launch that waits for its runs."""
 
     def __init__(self, signum: int) -> None:
@@ -97,7 +97,7 @@ def make_packs(commands_by_variant: dict[str, list[Command]], per_pack: dict[str
     packs = []
     for variant, commands in commands_by_variant.items():
         k = max(1, per_pack.get(variant, 1))
-        packs.extend(commands[i:i + k] for i in range(0, len(commands), k))
+        packs.extend(commands[i : i + k] for i in range(0, len(commands), k))
     return packs
 
 
@@ -117,16 +117,21 @@ def require_check(sweep_dir: SweepDir, sweep: Sweep) -> None:
     try:
         check = json.loads(sweep_dir.check_file.read_text())
     except FileNotFoundError:
-        raise LaunchError(f"no pre-launch check for this sweep: run `deconcnn-sweep check {sweep.path}` "
-                          "first (or pass --skip-check)") from None
+        raise LaunchError(
+            f"no pre-launch check for this sweep: run `deconcnn-sweep check {sweep.path}` first (or pass --skip-check)"
+        ) from None
     except (OSError, ValueError) as error:
         raise LaunchError(f"{sweep_dir.check_file} is unreadable ({error}): rerun `deconcnn-sweep check`") from None
     if not check.get("passed"):
-        raise LaunchError(f"the pre-launch check failed ({sweep_dir.check_file}): fix it and rerun "
-                          "`deconcnn-sweep check` (or pass --skip-check)")
+        raise LaunchError(
+            f"the pre-launch check failed ({sweep_dir.check_file}): fix it and rerun "
+            "`deconcnn-sweep check` (or pass --skip-check)"
+        )
     if check.get("fingerprint") != sweep.fingerprint() or check.get("code_version") != code_version():
-        raise LaunchError("the pre-launch check was made for another sweep file or code version: rerun "
-                          f"`deconcnn-sweep check {sweep.path}` (or pass --skip-check)")
+        raise LaunchError(
+            "the pre-launch check was made for another sweep file or code version: rerun "
+            f"`deconcnn-sweep check {sweep.path}` (or pass --skip-check)"
+        )
 
 
 def _ensure_writable(path: Path) -> None:
@@ -150,6 +155,7 @@ def check_options(workers_per_gpu: int | None, cpu_slots: int | None, grace_s: f
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise Interrupted (once: a second one during the clean-up is ignored)."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -163,10 +169,17 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def launch(launch_plan: LaunchPlan, *, executor: str = "auto", workers_per_gpu: int | None = None,
-           skip_check: bool = False, mps: bool = False, cpu_slots: int | None = None,
-           grace_s: float = STOP_GRACE_S, on_run_done: Callable[[str, str], None] = lambda run_id, state: None
-           ) -> LaunchResult:
+def launch(
+    launch_plan: LaunchPlan,
+    *,
+    executor: str = "auto",
+    workers_per_gpu: int | None = None,
+    skip_check: bool = False,
+    mps: bool = False,
+    cpu_slots: int | None = None,
+    grace_s: float = STOP_GRACE_S,
+    on_run_done: Callable[[str, str], None] = lambda run_id, state: None,
+) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     check_options(workers_per_gpu, cpu_slots, grace_s)
     kind = resolve_executor(executor)
@@ -178,17 +191,26 @@ def launch(launch_plan: LaunchPlan, *, executor: str = "auto", workers_per_gpu: 
     sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
     _ensure_writable(sweep_dir.path)
     try:
-        return _launch_locked(launch_plan, kind, launcher, workers_per_gpu, skip_check, mps, cpu_slots, grace_s,
-                              on_run_done)
+        return _launch_locked(
+            launch_plan, kind, launcher, workers_per_gpu, skip_check, mps, cpu_slots, grace_s, on_run_done
+        )
     except SweepError:
         if fresh:  # refused before anything was recorded: leave no trace of the attempt
             shutil.rmtree(sweep_dir.path, ignore_errors=True)
         raise
 
 
-def _launch_locked(launch_plan: LaunchPlan, kind: str, launcher: dict[str, Any] | None, workers_per_gpu: int | None,
-                   skip_check: bool, mps: bool, cpu_slots: int | None, grace_s: float,
-                   on_run_done: Callable[[str, str], None]) -> LaunchResult:
+def _launch_locked(
+    launch_plan: LaunchPlan,
+    kind: str,
+    launcher: dict[str, Any] | None,
+    workers_per_gpu: int | None,
+    skip_check: bool,
+    mps: bool,
+    cpu_slots: int | None,
+    grace_s: float,
+    on_run_done: Callable[[str, str], None],
+) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     with sweep_dir.lock():
         manifest = sweep_dir.read_manifest()
@@ -197,22 +219,32 @@ def _launch_locked(launch_plan: LaunchPlan, kind: str, launcher: dict[str, Any] 
         else:
             change = describe_changes(manifest, sweep.runs)
             if change:
-                raise SweepChanged(f"{sweep.path} changed since this sweep was launched: {change}; "
-                                   "launch it under another --out or name")
+                raise SweepChanged(
+                    f"{sweep.path} changed since this sweep was launched: {change}; "
+                    "launch it under another --out or name"
+                )
         if kind == "slurm" and not skip_check:
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
-        states = {s.run_id: s.state for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest),
-                                                          sweep_dir.cancellations()) if s.run_id in wanted}
+        states = {
+            s.run_id: s.state
+            for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest), sweep_dir.cancellations())
+            if s.run_id in wanted
+        }
         result = LaunchResult(kind, sweep_dir.path)
         todo = [r for r in launch_plan.runs if states[r.run_id] in RESUBMITTABLE]
         for state in states.values():
             if state not in RESUBMITTABLE:
                 result.skipped[state] = result.skipped.get(state, 0) + 1
         submission = Submission(uuid.uuid4().hex[:12], f"deconcnn-{sweep.name}", str(sweep_dir.cancel_path))
-        record: dict[str, Any] = {"id": submission.id, "time": submission.submitted_at, "executor": kind,
-                                  "runs": [r.run_id for r in todo], "skip_check": skip_check,
-                                  "code_version": code_version()}
+        record: dict[str, Any] = {
+            "id": submission.id,
+            "time": submission.submitted_at,
+            "executor": kind,
+            "runs": [r.run_id for r in todo],
+            "skip_check": skip_check,
+            "code_version": code_version(),
+        }
         if not todo:
             manifest["submissions"].append({**record, "note": "nothing to submit"})
             sweep_dir.write_manifest(manifest)
@@ -245,9 +277,17 @@ def _launch_locked(launch_plan: LaunchPlan, kind: str, launcher: dict[str, Any] 
             for command in pack:
                 entry = manifest["runs"][command.name]
                 entry["attempts"] += 1
-                entry["submissions"].append({"id": submission.id, "executor": kind, "time": submission.submitted_at,
-                                             "handle": handle, "job_id": handle if kind == "slurm" else None,
-                                             "pack": [c.name for c in pack], "log": log})
+                entry["submissions"].append(
+                    {
+                        "id": submission.id,
+                        "executor": kind,
+                        "time": submission.submitted_at,
+                        "handle": handle,
+                        "job_id": handle if kind == "slurm" else None,
+                        "pack": [c.name for c in pack],
+                        "log": log,
+                    }
+                )
         manifest["submissions"].append(record)
         sweep_dir.write_manifest(manifest)
         result.submitted = [r.run_id for r in todo]
@@ -258,8 +298,14 @@ def _launch_locked(launch_plan: LaunchPlan, kind: str, launcher: dict[str, Any] 
         return result
 
 
-def _wait_here(runner: Executor, handles: list[str], packs: list[list[Command]], sweep_dir: SweepDir,
-               result: LaunchResult, on_run_done: Callable[[str, str], None]) -> None:
+def _wait_here(
+    runner: Executor,
+    handles: list[str],
+    packs: list[list[Command]],
+    sweep_dir: SweepDir,
+    result: LaunchResult,
+    on_run_done: Callable[[str, str], None],
+) -> None:
     pack_of = dict(zip(handles, packs))
 
     def done(handle: str, state: SchedulerState) -> None:
@@ -275,13 +321,17 @@ def _wait_here(runner: Executor, handles: list[str], packs: list[list[Command]],
     except Interrupted as interrupt:
         stopped = [c.name for h in handles for c in pack_of[h] if c.name not in result.final]
         sweep_dir.record_cancel(stopped, by=interrupt.args[0])
-        print(f"deconcnn-sweep: {interrupt.args[0]}: {len(stopped)} runs stopped and recorded as cancelled; "
-              "launch again to run them", file=sys.stderr)
+        print(
+            f"deconcnn-sweep: {interrupt.args[0]}: {len(stopped)} runs stopped and recorded as cancelled; "
+            "launch again to run them",
+            file=sys.stderr,
+        )
         raise
 
 
-def describe_plan(launch_plan: LaunchPlan, kind: str, workers_per_gpu: int | None,
-                  launcher: dict[str, Any] | None) -> list[str]:
+def describe_plan(
+    launch_plan: LaunchPlan, kind: str, workers_per_gpu: int | None, launcher: dict[str, Any] | None
+) -> list[str]:
     """What a launch would submit: array tasks, runs per task, GPUs, and GPU-hours when a probe or
     finished runs give a time per run."""
     sweep_dir = launch_plan.sweep_dir
@@ -308,7 +358,7 @@ def describe_plan(launch_plan: LaunchPlan, kind: str, workers_per_gpu: int | Non
             total_gpu_h += gpu_h
             line += f", ~{hours[variant]:.2f} h per run ({'GPU' if gpus else 'slot'}-hours ~{gpu_h:.1f})"
         lines.append(line)
-    where = f"SLURM, arrays of <= MaxArraySize tasks" if kind == "slurm" else "this machine"
+    where = "SLURM, arrays of <= MaxArraySize tasks" if kind == "slurm" else "this machine"
     head = f"plan ({where}): {total_tasks} tasks for {len(launch_plan.runs)} runs"
     if total_gpu_h:
         head += f", estimated {total_gpu_h:.1f} {'GPU' if gpus else 'slot'}-hours"
@@ -322,14 +372,17 @@ def _hours_per_run(sweep_dir: SweepDir) -> dict[str, float]:
     import statistics
 
     manifest = None
-    try:
+    with suppress(SweepError):
         manifest = sweep_dir.read_manifest()
-    except SweepError:
-        pass
     hours: dict[str, list[float]] = {}
     for run_id, entry in (manifest or {}).get("runs", {}).items():
         run = read_run_status(sweep_dir.run_dir(run_id)) or {}
-        if run.get("status") == "completed" and run.get("end_time") and run.get("start_time") and run.get("attempt") == 1:
+        if (
+            run.get("status") == "completed"
+            and run.get("end_time")
+            and run.get("start_time")
+            and run.get("attempt") == 1
+        ):
             hours.setdefault(entry["variant"], []).append((run["end_time"] - run["start_time"]) / 3600)
     out = {variant: statistics.median(values) for variant, values in hours.items()}
     if sweep_dir.probe_file.exists():

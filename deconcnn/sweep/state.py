@@ -1,19 +1,21 @@
 """A run's state: ONE function from the run's own files and the executor's answer.
 
-| the run's files say                       | the executor says                        | state     | relaunch  |
-|-------------------------------------------|------------------------------------------|-----------|-----------|
-| run.json completed / diverged             | -                                        | completed / diverged | keep |
-| never submitted                           | -                                        | missing   | submit    |
-| cancelled (cancel.jsonl) after submission | no process of this submission alive      | cancelled | resubmit  |
-| process.json: this submission, alive      | -                                        | running   | leave     |
-| -                                         | pending (SLURM PENDING, requeued)        | pending   | leave     |
-| -                                         | SLURM task COMPLETING (ending or requeued) | running | leave     |
-| process.json: this submission, dead       | -                                        | failed    | resubmit  |
-| -                                         | running (SLURM task; live local launch)  | running, or pending until its process starts | leave |
-| -                                         | scheduler unreachable                    | unknown   | leave     |
-| run.json failed (this submission)         | ended / unknown                          | failed (its error) | resubmit |
-| nothing final                             | ended (SLURM state)                      | failed (the state), or cancelled for CANCELLED | resubmit |
-| nothing final                             | unknown to the scheduler and no live launch | lost   | resubmit  |
+| the run's files say                 | the executor says                        | state                | relaunch |
+|-------------------------------------|------------------------------------------|----------------------|----------|
+| run.json completed / diverged       | -                                        | completed / diverged | keep     |
+| never submitted                     | -                                        | missing              | submit   |
+| cancelled (cancel.jsonl) since      | no process of this submission alive      | cancelled            | resubmit |
+| process.json: this submission, live | -                                        | running              | leave    |
+| -                                   | pending (SLURM PENDING, requeued)        | pending              | leave    |
+| -                                   | SLURM COMPLETING (ending or requeued)    | running              | leave    |
+| process.json: this submission, dead | -                                        | failed               | resubmit |
+| -                                   | running (SLURM task; live local launch)  | running (1)          | leave    |
+| -                                   | scheduler unreachable                    | unknown              | leave    |
+| run.json failed (this submission)   | ended / unknown                          | failed (its error)   | resubmit |
+| nothing final                       | ended (SLURM state)                      | failed (2)           | resubmit |
+| nothing final                       | unknown to the scheduler, no live launch | lost                 | resubmit |
+
+(1) pending until its process starts. (2) with the SLURM state as its error; cancelled for CANCELLED.
 
 "This submission": run.json and process.json carry the id of the submission that started them
 (DECONCNN_SUBMISSION_ID), so a previous attempt's files never speak for a newer submission. SLURM
@@ -62,8 +64,13 @@ def read_process(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_state(submission: dict[str, Any] | None, run: dict[str, Any] | None, process: dict[str, Any] | None,
-              live: SchedulerState | None, cancelled: tuple[float, str] | None) -> tuple[str, str | None]:
+def run_state(
+    submission: dict[str, Any] | None,
+    run: dict[str, Any] | None,
+    process: dict[str, Any] | None,
+    live: SchedulerState | None,
+    cancelled: tuple[float, str] | None,
+) -> tuple[str, str | None]:
     """(state, reason) of one run, by the table in the module doc."""
     if run and run.get("status") in KEEP_STATUSES:
         return run["status"], (f"diverged at step {run.get('diverged_step')}" if run["status"] == "diverged" else None)
@@ -87,8 +94,10 @@ def run_state(submission: dict[str, Any] | None, run: dict[str, Any] | None, pro
     if process_alive is False:
         if attempt and attempt.get("status") == "failed":
             return "failed", attempt.get("error") or "failed"
-        return "failed", (f"its process (pid {ours['pid']} on {ours['host']}) is gone but run.json says running "  # type: ignore[index]
-                          "(killed?)")
+        return "failed", (
+            f"its process (pid {ours['pid']} on {ours['host']}) is gone but run.json says running "  # type: ignore[index]
+            "(killed?)"
+        )
     if live.state == "running":
         if attempt and attempt.get("status") == "failed":
             return "failed", attempt.get("error") or "failed"
@@ -107,8 +116,12 @@ def run_state(submission: dict[str, Any] | None, run: dict[str, Any] | None, pro
     return "lost", f"submitted but never finished, and {where} (killed launcher, cancelled pending task?)"
 
 
-def sweep_states(sweep_dir: Path, manifest: dict[str, Any], live: dict[str, SchedulerState],
-                 cancellations: dict[str, tuple[float, str]]) -> list[RunState]:
+def sweep_states(
+    sweep_dir: Path,
+    manifest: dict[str, Any],
+    live: dict[str, SchedulerState],
+    cancellations: dict[str, tuple[float, str]],
+) -> list[RunState]:
     """Every run's state; `live` maps the handles of the runs' last submissions to the executor's answer."""
     from deconcnn.sweep.sweepdir import SweepDir
 
@@ -121,13 +134,27 @@ def sweep_states(sweep_dir: Path, manifest: dict[str, Any], live: dict[str, Sche
         run_dir = sd.run_dir(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
-        state, reason = run_state(submission, read_run_status(run_dir), read_process(run_dir),
-                                  live.get(handle) if handle else None, cancellations.get(run_id))
+        state, reason = run_state(
+            submission,
+            read_run_status(run_dir),
+            read_process(run_dir),
+            live.get(handle) if handle else None,
+            cancellations.get(run_id),
+        )
         log = run_dir / RUN_LOG
-        states.append(RunState(run_id, entry["variant"], state, reason, entry.get("attempts", 0),
-                               submission.get("job_id") if submission else None,
-                               (live.get(handle).detail if handle and handle in live else None),  # type: ignore[union-attr]
-                               str(run_dir), str(log) if log.exists() else (submission or {}).get("log")))
+        states.append(
+            RunState(
+                run_id,
+                entry["variant"],
+                state,
+                reason,
+                entry.get("attempts", 0),
+                submission.get("job_id") if submission else None,
+                (live.get(handle).detail if handle and handle in live else None),  # type: ignore[union-attr]
+                str(run_dir),
+                str(log) if log.exists() else (submission or {}).get("log"),
+            )
+        )
     return states
 
 

@@ -34,8 +34,13 @@ class Progress:
     def text(self) -> tuple[str, str, str]:
         done = f"{self.step}/{self.total} ({100 * self.step / self.total:.0f}%)" if self.total else str(self.step)
         loss = f"{self.loss:.4g}" if self.loss is not None else "-"
-        eta = "-" if self.eta_s is None else time.strftime("%H:%M:%S", time.gmtime(self.eta_s)) \
-            if self.eta_s < 86400 else f"{self.eta_s / 86400:.1f} d"
+        eta = (
+            "-"
+            if self.eta_s is None
+            else time.strftime("%H:%M:%S", time.gmtime(self.eta_s))
+            if self.eta_s < 86400
+            else f"{self.eta_s / 86400:.1f} d"
+        )
         return done, loss, eta
 
 
@@ -109,8 +114,13 @@ def status_json(sweep_dir: Path, states: list[RunState]) -> dict[str, Any]:
     for s in states:
         progress = run_progress(Path(s.run_dir)) if s.state == "running" else None
         runs.append({**s.to_json(), "progress": progress.__dict__ if progress else None})
-    return {"sweep_dir": str(sweep_dir), "time": time.time(), "counts": summarize(states), "runs": runs,
-            "final": all_final(states)}
+    return {
+        "sweep_dir": str(sweep_dir),
+        "time": time.time(),
+        "counts": summarize(states),
+        "runs": runs,
+        "final": all_final(states),
+    }
 
 
 def render(sweep_dir: Path, states: list[RunState]) -> Any:

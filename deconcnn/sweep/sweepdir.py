@@ -104,8 +104,10 @@ class SweepDir:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise NotASweep(f"{self.manifest_path} is corrupt ({error}): restore it from a backup, or "
-                            "launch the sweep file again under another --out") from None
+            raise NotASweep(
+                f"{self.manifest_path} is corrupt ({error}): restore it from a backup, or "
+                "launch the sweep file again under another --out"
+            ) from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
             raise NotASweep(f"{self.manifest_path} is corrupt (no 'runs' mapping)")
         return manifest

@@ -18,16 +18,21 @@ from deconcnn.training.checkpoints import AtomicCheckpointIO
 from deconcnn.training.module import ImageClassifier
 
 
-def build_run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
-              ) -> tuple[pl.LightningDataModule, ImageClassifier, pl.Trainer]:
+def build_run(
+    cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[pl.LightningDataModule, ImageClassifier, pl.Trainer]:
     check_config(cfg)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # fail on missing data before the first step
-    module = ImageClassifier(instantiate(cfg.model), instantiate(cfg.optim),
-                             warmup_epochs=cfg.schedule.warmup_epochs, channels_last=cfg.channels_last)
+    module = ImageClassifier(
+        instantiate(cfg.model),
+        instantiate(cfg.optim),
+        warmup_epochs=cfg.schedule.warmup_epochs,
+        channels_last=cfg.channels_last,
+    )
     metrics_log = instantiate(cfg.metrics_log)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     plugins: list[object] = [AtomicCheckpointIO()]
@@ -36,6 +41,9 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[*callbacks, MetricsLogPosition(metrics_log), *extra_callbacks],
-        plugins=plugins, logger=[metrics_log])
+        cfg.trainer,
+        callbacks=[*callbacks, MetricsLogPosition(metrics_log), *extra_callbacks],
+        plugins=plugins,
+        logger=[metrics_log],
+    )
     return datamodule, module, trainer

@@ -96,12 +96,12 @@ def choose_resume_point(run_dir: Path) -> ResumePoint:
     for index, path in enumerate(candidates):
         try:
             step, offset = read_checkpoint_position(path)
-        except Exception as error:  # torch raises many types for a damaged file
+        except Exception as error:  # noqa: BLE001  torch raises many types for a damaged file
             notes.append(f"{path.name} does not load ({first_line(error)}): deleted")
             path.unlink(missing_ok=True)
             continue
         written = path.stat().st_mtime_ns
-        for later in candidates[index + 1:]:
+        for later in candidates[index + 1 :]:
             if later.exists() and later.stat().st_mtime_ns > written:
                 notes.append(f"{later.name} was written after {path.name}: deleted")
                 later.unlink()

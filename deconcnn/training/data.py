@@ -122,8 +122,9 @@ def download_cifar10(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_
 class SyntheticSource:
     """A deterministic, learnable CIFAR-shaped dataset: a smooth per-class pattern plus pixel noise."""
 
-    def __init__(self, num_samples: int = 50_000, num_classes: int = 10, seed: int = 0,
-                 signal: float = 0.35, noise: float = 0.25) -> None:
+    def __init__(
+        self, num_samples: int = 50_000, num_classes: int = 10, seed: int = 0, signal: float = 0.35, noise: float = 0.25
+    ) -> None:
         self.num_samples, self.num_classes, self.seed = num_samples, num_classes, seed
         self.signal, self.noise = signal, noise
 
@@ -131,8 +132,10 @@ class SyntheticSource:
         """Nothing to fetch: the data is generated."""
 
     def describe(self) -> str:
-        return (f"SYNTHETIC data, not CIFAR-10: {self.num_samples} generated CIFAR-shaped images "
-                f"(seed {self.seed}; data=cifar10 for the real set)")
+        return (
+            f"SYNTHETIC data, not CIFAR-10: {self.num_samples} generated CIFAR-shaped images "
+            f"(seed {self.seed}; data=cifar10 for the real set)"
+        )
 
     def load(self) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed(self.seed)
@@ -164,8 +167,10 @@ def _mean_std(device: torch.device) -> tuple[Tensor, Tensor]:
     # Made once per device: torch.tensor(..., device="cuda") is a blocking host-to-device copy,
     # which per batch would synchronise the stream (stall the host behind the GPU) every step.
     if device not in _MEAN_STD:
-        _MEAN_STD[device] = (torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
-                             torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1))
+        _MEAN_STD[device] = (
+            torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1),
+        )
     return _MEAN_STD[device]
 
 
@@ -212,9 +217,18 @@ class TensorBatchLoader:
     trainer) the yielded count is used.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool,
-                 augment: bool, seed: int, epoch_fn: Callable[[], int] = lambda: 0,
-                 position_fn: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        seed: int,
+        epoch_fn: Callable[[], int] = lambda: 0,
+        position_fn: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.epoch_fn, self.position_fn = seed, epoch_fn, position_fn
@@ -243,8 +257,10 @@ class TensorBatchLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = {key: state.get(key) for key in self._identity()}
         if saved != self._identity():
-            raise ValueError(f"the checkpoint's training data order was made for {saved}, this run has "
-                             f"{self._identity()}: resume it with the data settings it started with")
+            raise ValueError(
+                f"the checkpoint's training data order was made for {saved}, this run has "
+                f"{self._identity()}: resume it with the data settings it started with"
+            )
         self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -256,7 +272,7 @@ class TensorBatchLoader:
             first = done if resume_epoch == epoch else 0
         plan = self.plan(epoch)
         for batch in range(first, len(self)):
-            idx = plan.order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            idx = plan.order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = self.images[idx]
             if self.augment:
                 images = crop_flip(images, plan.offsets[idx], plan.flips[idx])
@@ -267,9 +283,16 @@ class TensorBatchLoader:
 class CifarDataModule(pl.LightningDataModule):
     """Train/validation split of a CIFAR-shaped source, served by TensorBatchLoader."""
 
-    def __init__(self, source: Cifar10Source | SyntheticSource, batch_size: int = 128,
-                 val_size: int = 5000, split_seed: int = 0, augment: bool = True,
-                 device_resident: str | bool = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: Cifar10Source | SyntheticSource,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        augment: bool = True,
+        device_resident: str | bool = "auto",
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -306,9 +329,15 @@ class CifarDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatchLoader:
         assert self._train is not None, "setup() first"
-        return TensorBatchLoader(*self._train, self.batch_size, shuffle=True, augment=self.augment,
-                                 seed=self.seed, epoch_fn=self._epoch,
-                                 position_fn=self._trained if self.trainer is not None else None)
+        return TensorBatchLoader(
+            *self._train,
+            self.batch_size,
+            shuffle=True,
+            augment=self.augment,
+            seed=self.seed,
+            epoch_fn=self._epoch,
+            position_fn=self._trained if self.trainer is not None else None,
+        )
 
     def val_dataloader(self) -> TensorBatchLoader:
         assert self._val is not None, "setup() first"

@@ -29,8 +29,9 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class ImageClassifier(pl.LightningModule):
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, warmup_epochs: float = 5.0,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: OptimizerFactory, warmup_epochs: float = 5.0, channels_last: bool = False
+    ) -> None:
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.channels_last = channels_last

@@ -67,9 +67,13 @@ def nvidia_smi_process_mb(pid: int) -> float | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=20, check=False).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in out.splitlines():
@@ -121,8 +125,9 @@ def _make_timer(args: argparse.Namespace, sync: SyncDir, result: dict[str, Any])
                 torch.cuda.synchronize(pl_module.device)
             return time.time(), time.process_time()
 
-        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                               batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             self.batches += 1
             if self.batches == args.warmup:
                 self._sync_clock(pl_module)
@@ -132,17 +137,15 @@ def _make_timer(args: argparse.Namespace, sync: SyncDir, result: dict[str, Any])
                 self.samples += len(batch[1])
                 if self.batches == args.warmup + args.steps:
                     t1, cpu1 = self._sync_clock(pl_module)
-                    result.update(_measurement(pl_module, self.t0, t1, cpu1 - self.cpu0, self.samples,
-                                               args.steps))
+                    result.update(_measurement(pl_module, self.t0, t1, cpu1 - self.cpu0, self.samples, args.steps))
                     _write_json(args.out, result)
                     self.hold_until = time.monotonic() + args.hold_timeout
-            elif self.batches > args.warmup + args.steps:
-                if sync.should_stop() or time.monotonic() > self.hold_until:
-                    # Memory is read now, while all k workers are alive and hold theirs (nobody
-                    # exits before `stop`), and outside every worker's timed window.
-                    result.update(_memory(pl_module))
-                    _write_json(args.out, result)
-                    trainer.should_stop = True
+            elif self.batches > args.warmup + args.steps and (sync.should_stop() or time.monotonic() > self.hold_until):
+                # Memory is read now, while all k workers are alive and hold theirs (nobody
+                # exits before `stop`), and outside every worker's timed window.
+                result.update(_memory(pl_module))
+                _write_json(args.out, result)
+                trainer.should_stop = True
 
     return StepTimer()
 
@@ -152,10 +155,17 @@ def _measurement(pl_module: Any, t0: float, t1: float, cpu_s: float, samples: in
 
     wall = t1 - t0
     return {
-        "status": "ok", "t0": t0, "t1": t1, "wall_s": wall, "steps": steps, "samples": samples,
+        "status": "ok",
+        "t0": t0,
+        "t1": t1,
+        "wall_s": wall,
+        "steps": steps,
+        "samples": samples,
         "samples_per_s": samples / wall if wall > 0 else None,
-        "cpu_s": cpu_s, "cpu_util": cpu_s / wall if wall > 0 else None,
-        "threads": torch.get_num_threads(), **_memory(pl_module, with_smi=False),
+        "cpu_s": cpu_s,
+        "cpu_util": cpu_s / wall if wall > 0 else None,
+        "threads": torch.get_num_threads(),
+        **_memory(pl_module, with_smi=False),
     }
 
 
@@ -206,8 +216,11 @@ def probe_config(overrides: Sequence[str], run_dir: Path) -> tuple[Any, int]:
     cfg = compose_run_config([*overrides, f"run_dir={run_dir}"])
     epochs = int(cfg.trainer.max_epochs)
     with open_dict(cfg):
-        cfg.callbacks = {name: cb for name, cb in cfg.callbacks.items()
-                         if cb is not None and not str(cb.get("_target_", "")).endswith("ModelCheckpoint")}
+        cfg.callbacks = {
+            name: cb
+            for name, cb in cfg.callbacks.items()
+            if cb is not None and not str(cb.get("_target_", "")).endswith("ModelCheckpoint")
+        }
         for cb in cfg.callbacks.values():
             if "stop_on_divergence" in cb or str(cb.get("_target_", "")).endswith("LossSlopeLogger"):
                 cb.stop_on_divergence = False
@@ -222,9 +235,14 @@ def probe_config(overrides: Sequence[str], run_dir: Path) -> tuple[Any, int]:
 
 
 def measure(args: argparse.Namespace) -> int:
-    result: dict[str, Any] = {"index": args.index, "pid": os.getpid(), "host": socket.gethostname(),
-                              "status": "failed", "error": None,
-                              "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    result: dict[str, Any] = {
+        "index": args.index,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "status": "failed",
+        "error": None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
     sync = SyncDir(args.sync, args.index)
     code = 1
     try:
@@ -271,7 +289,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1:]
+        argv, overrides = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(prog="python -m deconcnn.training.throughput")
     parser.add_argument("--steps", type=int, required=True, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before the barrier (>= 1)")
@@ -280,8 +298,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--barrier-timeout", type=float, default=1800)
-    parser.add_argument("--hold-timeout", type=float, default=1800,
-                        help="seconds to keep training after the timed window without `stop`")
+    parser.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=1800,
+        help="seconds to keep training after the timed window without `stop`",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")

@@ -8,7 +8,7 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
-from fake_sweep import LR, WD, VARIANTS, make_sweep, run_id
+from fake_sweep import LR, VARIANTS, WD, make_sweep, run_id
 
 from deconcnn.analysis.analysis_plots import ANALYSIS_PLOTS
 from deconcnn.analysis.analyze import analyze
@@ -25,8 +25,15 @@ def rows(path) -> list[dict]:
 
 
 def test_analyze_writes_every_table_plot_and_the_report_section(tmp_path, capsys):
-    sw = make_sweep(tmp_path / "sweep", epochs=30, steps_per_epoch=40, curv_every=200, diverged={DIVERGED: 300},
-                    failed=[FAILED], missing=[MISSING])
+    sw = make_sweep(
+        tmp_path / "sweep",
+        epochs=30,
+        steps_per_epoch=40,
+        curv_every=200,
+        diverged={DIVERGED: 300},
+        failed=[FAILED],
+        missing=[MISSING],
+    )
     capsys.readouterr()
     assert sweep_cli(["analyze", str(sw.path), "--boot", "0", "--workers", "1"]) == 0
     assert "analysed 7 runs" in capsys.readouterr().out
@@ -36,8 +43,9 @@ def test_analyze_writes_every_table_plot_and_the_report_section(tmp_path, capsys
     assert (runs[MISSING]["status"], runs[MISSING]["reason"]) == ("missing", "no training records")
     assert runs[DIVERGED]["status"] == "diverged" and runs[FAILED]["status"] == "failed"
     fits = rows(out / "fits.parquet")
-    assert {(r["run_id"], r["model"]) for r in fits} == {(rid, m) for rid in sw.counts
-                                                           for m in ("power_law", "exponential", "broken_power_law")}
+    assert {(r["run_id"], r["model"]) for r in fits} == {
+        (rid, m) for rid in sw.counts for m in ("power_law", "exponential", "broken_power_law")
+    }
     assert [r[LR] for r in fits][:1] and all(r["variant"] for r in fits)  # identity columns on every row
     summary = rows(out / "summary.parquet")
     cell = next(r for r in summary if (r["variant"], r[LR], r[WD]) == ("S-core", 0.1, 1e-3))
@@ -64,9 +72,19 @@ def test_a_too_short_curve_gets_a_row_with_the_reason(tmp_path):
 @pytest.mark.slow
 def test_the_summary_recovers_the_planted_alphas_of_a_216_run_sweep(tmp_path):
     alphas = {"S-core": 0.35, "S-adamw": 0.45, "S-bn-off": 0.55, "S-narrow": 0.65}
-    sw = make_sweep(tmp_path / "sweep", variants=VARIANTS, lrs=(0.05, 0.1, 0.2), wds=(1e-4, 1e-3, 1e-2),
-                    seeds=range(6), epochs=50, steps_per_epoch=40, curv_every=500, noise_every=2, alphas=alphas,
-                    noise=0.08)
+    sw = make_sweep(
+        tmp_path / "sweep",
+        variants=VARIANTS,
+        lrs=(0.05, 0.1, 0.2),
+        wds=(1e-4, 1e-3, 1e-2),
+        seeds=range(6),
+        epochs=50,
+        steps_per_epoch=40,
+        curv_every=500,
+        noise_every=2,
+        alphas=alphas,
+        noise=0.08,
+    )
     assert len(sw.runs) == 216
     result = analyze(sw.path, n_boot=0, workers=2, progress=False, write_report=False)
     summary = rows(result.files["summary"])
@@ -78,15 +96,30 @@ def test_the_summary_recovers_the_planted_alphas_of_a_216_run_sweep(tmp_path):
 
 
 def test_a_fifth_variant_and_a_width_axis_are_columns_and_plot_dimensions(tmp_path):
-    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-wide"), lrs=(0.1,), wds=(1e-3,), seeds=(0, 1),
-                    extra_axes={"model.width": (0.5, 1.0)}, epochs=20, steps_per_epoch=20, curv_every=100)
+    sw = make_sweep(
+        tmp_path / "sweep",
+        variants=("S-core", "S-wide"),
+        lrs=(0.1,),
+        wds=(1e-3,),
+        seeds=(0, 1),
+        extra_axes={"model.width": (0.5, 1.0)},
+        epochs=20,
+        steps_per_epoch=20,
+        curv_every=100,
+    )
     result = analyze(sw.path, n_boot=0, workers=1, progress=False)
     summary = rows(result.files["summary"])
     assert sorted((r["variant"], r["model.width"]) for r in summary) == [
-        ("S-core", 0.5), ("S-core", 1.0), ("S-wide", 0.5), ("S-wide", 1.0)]
+        ("S-core", 0.5),
+        ("S-core", 1.0),
+        ("S-wide", 0.5),
+        ("S-wide", 1.0),
+    ]
     assert all(r["n_runs"] == 2 for r in summary)
     comparisons = rows(result.files["comparisons"])
     assert {(r["variant"], r["baseline"], r["model.width"]) for r in comparisons} == {
-        ("S-wide", "S-core", 0.5), ("S-wide", "S-core", 1.0)}
+        ("S-wide", "S-core", 0.5),
+        ("S-wide", "S-core", 1.0),
+    }
     # lr and wd take one value here, so width is the plots' colour axis
     assert "colour = model.width" in (sw.path / "report" / "index.md").read_text()

@@ -37,15 +37,30 @@ def broken_run(seed: int) -> np.ndarray:
 def result() -> dict:
     curv_steps = np.arange(0, STEPS.size, 500.0)
     lam = np.where(curv_steps < 3000, 10 + curv_steps / 100, 45.0)
-    return analyze_run(STEPS, broken_run(0), SPE, curvature_steps=curv_steps, lambda_max=lam,
-                       n_boot=20, knee_boot=6, seed=1)
+    return analyze_run(
+        STEPS, broken_run(0), SPE, curvature_steps=curv_steps, lambda_max=lam, n_boot=20, knee_boot=6, seed=1
+    )
 
 
 def test_analyze_run_recovers_the_planted_run(result: dict) -> None:
     run = result["run"]
-    print({k: run[k] for k in ("knee_step", "knee_step_lo", "knee_step_hi", "alpha_full",
-                               "alpha_full_lo", "alpha_full_hi", "alpha_early", "alpha_early_lo",
-                               "alpha_early_hi", "selected_model")})
+    print(
+        {
+            k: run[k]
+            for k in (
+                "knee_step",
+                "knee_step_lo",
+                "knee_step_hi",
+                "alpha_full",
+                "alpha_full_lo",
+                "alpha_full_hi",
+                "alpha_early",
+                "alpha_early_lo",
+                "alpha_early_hi",
+                "selected_model",
+            )
+        }
+    )
     assert run["reason"] == "" and run["n_steps"] == STEPS.size
     # knee: at or just before the break (see test_fits), interval around it
     assert -0.2 <= math.log10((run["knee_step"] + 1) / T_BREAK) <= 0.1
@@ -95,8 +110,7 @@ def test_analyze_run_rows_are_flat_tables(result: dict) -> None:
         (STEPS, broken_run(2), 0, "steps_per_epoch must be > 0"),
     ],
 )
-def test_analyze_run_failures_are_rows_with_reasons(steps: np.ndarray, loss: np.ndarray,
-                                                    spe: int, reason: str) -> None:
+def test_analyze_run_failures_are_rows_with_reasons(steps: np.ndarray, loss: np.ndarray, spe: int, reason: str) -> None:
     out = analyze_run(steps, loss, spe, n_boot=0, knee_boot=0)
     run = out["run"]
     assert list(run) == list(RUN_COLUMNS) and len(out["fits"]) == 3
@@ -111,8 +125,7 @@ def test_analyze_run_failures_are_rows_with_reasons(steps: np.ndarray, loss: np.
 
 def test_analyze_run_without_a_knee_still_fits() -> None:
     """A pure exponential has no knee: fits from the first candidate, alpha_full NaN."""
-    loss = (C + 1.5 * np.exp(-T / 3000)) * np.exp(
-        0.1 * np.random.default_rng(3).standard_normal(T.size) - 0.005)
+    loss = (C + 1.5 * np.exp(-T / 3000)) * np.exp(0.1 * np.random.default_rng(3).standard_normal(T.size) - 0.005)
     out = analyze_run(STEPS, loss, SPE, n_boot=0, knee_boot=0)
     run = out["run"]
     assert math.isnan(run["knee_step"]) and "not chosen" in run["knee_reason"]
@@ -134,8 +147,16 @@ def planted_rows() -> list[dict]:
     rows = []
     for (variant, lr), alpha in ALPHA_BY_CELL.items():
         for seed, off in enumerate(OFFSETS):
-            rows.append({"variant": variant, "lr": lr, "seed": seed, "status": "completed",
-                         "alpha_full": alpha + off, "final_loss_nats": 0.1 * alpha})
+            rows.append(
+                {
+                    "variant": variant,
+                    "lr": lr,
+                    "seed": seed,
+                    "status": "completed",
+                    "alpha_full": alpha + off,
+                    "final_loss_nats": 0.1 * alpha,
+                }
+            )
     rows[6] |= {"status": "diverged", "alpha_full": math.nan}  # A, 0.2, seed 0
     rows[7] |= {"status": "missing", "alpha_full": None, "final_loss_nats": None}
     rows[12] |= {"status": "failed"}  # B, 0.1, seed 0: a value that must not be used

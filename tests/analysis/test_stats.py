@@ -88,8 +88,7 @@ def test_effect_size_clear_shift_and_edge_cases() -> None:
 
 def test_median_spread() -> None:
     res = median_spread([5.0, 1.0, np.nan, 3.0, 2.0, 4.0, None])
-    assert res == {"n": 5, "n_nan": 2, "median": 3.0, "q25": 2.0, "q75": 4.0, "iqr": 2.0,
-                   "min": 1.0, "max": 5.0}
+    assert res == {"n": 5, "n_nan": 2, "median": 3.0, "q25": 2.0, "q75": 4.0, "iqr": 2.0, "min": 1.0, "max": 5.0}
     empty = median_spread([np.nan])
     assert empty["n"] == 0 and empty["n_nan"] == 1 and math.isnan(empty["median"])
 

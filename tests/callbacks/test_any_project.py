@@ -48,11 +48,19 @@ def fit(root: Path, loggers: list[Logger] | bool, monitor_batch: object = "given
     x, y = torch.randn(64, 3, 2, 2), torch.randint(0, 3, (64,))
     given = (x[:16], y[:16]) if monitor_batch == "given" else None
     trainer = pl.Trainer(
-        default_root_dir=root, logger=loggers, max_epochs=2, log_every_n_steps=LOG_EVERY, accelerator="cpu",
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[LossSlopeLogger(flush_every_n_steps=5),
-                   CurvatureMonitor(compute_every_n_steps=5, eig_max_iter=8, trace_max_probes=4, batch=given),
-                   NoiseMonitor(log_every_n_epochs=1, min_points=4, batch=given)],
+        default_root_dir=root,
+        logger=loggers,
+        max_epochs=2,
+        log_every_n_steps=LOG_EVERY,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            LossSlopeLogger(flush_every_n_steps=5),
+            CurvatureMonitor(compute_every_n_steps=5, eig_max_iter=8, trace_max_probes=4, batch=given),
+            NoiseMonitor(log_every_n_epochs=1, min_points=4, batch=given),
+        ],
     )
     trainer.fit(PlainClassifier(), DataLoader(TensorDataset(x, y), batch_size=8))
 

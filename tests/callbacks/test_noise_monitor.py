@@ -12,9 +12,15 @@ from deconcnn.train import train
 
 @pytest.mark.slow
 def test_noise_records_after_epochs_2_and_4_of_a_5_epoch_run(tmp_path):
-    cfg = compose_run(tmp_path, ["trainer.max_epochs=5", "trainer.val_check_interval=1.0",
-                                 "+callbacks.noise._target_=deconcnn.callbacks.noise_monitor.NoiseMonitor",
-                                 "+callbacks.noise.grad_batch_size=16"])
+    cfg = compose_run(
+        tmp_path,
+        [
+            "trainer.max_epochs=5",
+            "trainer.val_check_interval=1.0",
+            "+callbacks.noise._target_=deconcnn.callbacks.noise_monitor.NoiseMonitor",
+            "+callbacks.noise.grad_batch_size=16",
+        ],
+    )
     assert train(cfg) == "completed"
     noise = [r for r in read_log(tmp_path) if r["kind"] == "noise"]
     assert [(r["epoch"], r["epoch_frac"], r["step"]) for r in noise] == [(1, 2.0, 32), (3, 4.0, 64)]

@@ -96,8 +96,14 @@ def test_trace_within_three_stderr_of_exact(method):
     exact = torch.trace(h).item()
     # loose eigen tolerance so the Krylov basis does not span the whole (small) space
     res = curvature_estimates(
-        model, batch, eig_tol=5e-2, trace_method=method, trace_rel_tol=0.02,
-        trace_min_probes=10, trace_max_probes=200, seed=0,
+        model,
+        batch,
+        eig_tol=5e-2,
+        trace_method=method,
+        trace_rel_tol=0.02,
+        trace_min_probes=10,
+        trace_max_probes=200,
+        seed=0,
     )
     tr = res.trace
     assert tr.stderr > 0 and math.isfinite(tr.stderr)
@@ -138,10 +144,10 @@ def test_trace_stderr_is_the_rademacher_variance_bound(deflate):
         b = proj @ h @ proj
         bound = 2 * (b * b).sum().item()
         exact_var = bound - 2 * (torch.diagonal(b) ** 2).sum().item()
-        many = hutchinson_trace(op, basis=basis, exact_part=exact_part, rel_tol=0.0,
-                                min_probes=60, max_probes=60, seed=1)
-        one = hutchinson_trace(op, basis=basis, exact_part=exact_part, rel_tol=10.0,
-                               min_probes=1, max_probes=8, seed=1)
+        many = hutchinson_trace(
+            op, basis=basis, exact_part=exact_part, rel_tol=0.0, min_probes=60, max_probes=60, seed=1
+        )
+        one = hutchinson_trace(op, basis=basis, exact_part=exact_part, rel_tol=10.0, min_probes=1, max_probes=8, seed=1)
     assert many.stderr**2 * many.n_probes == pytest.approx(bound, rel=0.15)
     assert many.stderr**2 * many.n_probes >= 0.85 * exact_var
     assert many.sample_stderr is not None and many.sample_stderr > 0
@@ -254,13 +260,12 @@ def test_bn_modes_differ_and_train_mode_uses_batch_stats():
 
 
 def test_bn_mode_rejects_unknown():
-    with pytest.raises(ValueError):
-        with bn_mode_context(_mlp(), "frozen"):  # type: ignore[arg-type]
-            pass
+    with pytest.raises(ValueError), bn_mode_context(_mlp(), "frozen"):  # type: ignore[arg-type]
+        pass
 
 
 def _exact_ggn_trace(model, x, y):
-    f, flat0 = _flat_fn(model, x, y)
+    _f, flat0 = _flat_fn(model, x, y)
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     sizes = [p.numel() for p in model.parameters()]
@@ -387,8 +392,9 @@ class _Dense(CurvatureOperator):
 def _probe_stream(n: int, seed: int, count: int) -> torch.Tensor:
     """The Rademacher probes hutchinson_trace draws for ``seed``, in order."""
     gen = torch.Generator().manual_seed(seed + 7919)
-    return torch.stack([torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).double() * 2 - 1
-                        for _ in range(count)])
+    return torch.stack(
+        [torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).double() * 2 - 1 for _ in range(count)]
+    )
 
 
 def test_two_stage_rule_pilot_sets_the_count_and_fresh_probes_give_the_estimate():

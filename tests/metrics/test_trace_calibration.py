@@ -70,9 +70,7 @@ def exact_trace(model: nn.Module, batch) -> float:
     """tr(H) = sum_i e_i^T H e_i, one (batched) product per parameter."""
     with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
         eye = torch.eye(op.size, dtype=op.dtype)
-        return math.fsum(
-            float((op.matmat(eye[a : a + 128]) * eye[a : a + 128]).sum()) for a in range(0, op.size, 128)
-        )
+        return math.fsum(float((op.matmat(eye[a : a + 128]) * eye[a : a + 128]).sum()) for a in range(0, op.size, 128))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ from deconcnn.runlog.metrics_reader import MetricsReader, iter_records
 def strict_lines(path: Path, skip_last: bool = False) -> list[dict]:
     """Parse every line (but a cut-off last one), refusing the NaN/Infinity tokens Python's json
     would otherwise accept."""
+
     def refuse(token: str) -> Any:
         raise AssertionError(f"non-strict JSON token {token}")
 
@@ -29,10 +30,17 @@ def strict_lines(path: Path, skip_last: bool = False) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 _HOST_READS = {
-    torch.Tensor.cpu: "cpu", torch.Tensor.item: "item", torch.Tensor.tolist: "tolist",
-    torch.Tensor.numpy: "numpy", torch.Tensor.__float__: "float", torch.Tensor.__int__: "int",
-    torch.Tensor.__bool__: "bool", torch.Tensor.__index__: "index", torch.Tensor.__array__: "array",
-    torch.Tensor.__format__: "format", torch.Tensor.__repr__: "repr",
+    torch.Tensor.cpu: "cpu",
+    torch.Tensor.item: "item",
+    torch.Tensor.tolist: "tolist",
+    torch.Tensor.numpy: "numpy",
+    torch.Tensor.__float__: "float",
+    torch.Tensor.__int__: "int",
+    torch.Tensor.__bool__: "bool",
+    torch.Tensor.__index__: "index",
+    torch.Tensor.__array__: "array",
+    torch.Tensor.__format__: "format",
+    torch.Tensor.__repr__: "repr",
 }
 
 
@@ -49,7 +57,7 @@ class DeviceTensor(torch.Tensor):
     .tolist(), float(), ...) is logged in `transfers` and gives ordinary host tensors and numbers.
     """
 
-    transfers: list[str] = []
+    transfers: ClassVar[list[str]] = []
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -89,9 +97,20 @@ def test_append_reads_nothing_and_flush_does_one_transfer(tmp_path, transfers):
     n = 120
     for step in range(n):
         loss = on_device(2.5 - step / 100)
-        log.append({"kind": "train", "step": step, "epoch": 0, "epoch_frac": step / n, "time": 1.0,
-                    "loss_train_nats": loss, "loss_train_bits": loss.double() / math.log(2),
-                    "acc_train": on_device(step % 8 / 8), "lr": 0.1, "wd": 5e-4})
+        log.append(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": 0,
+                "epoch_frac": step / n,
+                "time": 1.0,
+                "loss_train_nats": loss,
+                "loss_train_bits": loss.double() / math.log(2),
+                "acc_train": on_device(step % 8 / 8),
+                "lr": 0.1,
+                "wd": 5e-4,
+            }
+        )
     assert transfers == [] and log.pending == n
     written = log.flush()
     assert len(transfers) == 1, transfers  # one stacked copy for all 3 x 120 tensor values
@@ -142,13 +161,34 @@ def test_flush_writes_all_pending_in_one_call(tmp_path):
 
 def test_non_finite_values_are_written_as_null(tmp_path):
     log = MetricsLog(tmp_path)
-    log.append({"kind": "train", "step": 0, "a": math.nan, "b": math.inf, "c": -math.inf, "d": 1.25,
-                "t_nan": torch.tensor(math.nan), "t_inf": torch.tensor(math.inf),
-                "t_ok": torch.tensor(0.5), "t_int": torch.tensor(3)})
+    log.append(
+        {
+            "kind": "train",
+            "step": 0,
+            "a": math.nan,
+            "b": math.inf,
+            "c": -math.inf,
+            "d": 1.25,
+            "t_nan": torch.tensor(math.nan),
+            "t_inf": torch.tensor(math.inf),
+            "t_ok": torch.tensor(0.5),
+            "t_int": torch.tensor(3),
+        }
+    )
     log.close()
     (record,) = strict_lines(tmp_path / METRICS_FILE)
-    assert record == {"kind": "train", "step": 0, "a": None, "b": None, "c": None, "d": 1.25,
-                      "t_nan": None, "t_inf": None, "t_ok": 0.5, "t_int": 3.0}
+    assert record == {
+        "kind": "train",
+        "step": 0,
+        "a": None,
+        "b": None,
+        "c": None,
+        "d": 1.25,
+        "t_nan": None,
+        "t_inf": None,
+        "t_ok": 0.5,
+        "t_int": 3.0,
+    }
 
 
 def test_flushed_lines_are_on_disk_before_close(tmp_path):
@@ -178,6 +218,7 @@ def test_a_new_log_appends_to_the_existing_file(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Resume
 # --------------------------------------------------------------------------------------------
+
 
 def _interrupted_attempt(tmp_path) -> tuple[int, list[dict]]:
     """Train steps 0..11, validation and two checkpoint files at 4 and 8 (the checkpoint's state
@@ -215,8 +256,11 @@ def test_truncate_to_resume_point_drops_what_the_resumed_attempt_redoes(tmp_path
     kept = strict_lines(tmp_path / METRICS_FILE)  # the half line is gone, every line parses
     assert [r["step"] for r in kept if r["kind"] == "train"] == list(range(8))
     assert [(r["kind"], r["step"], r.get("path")) for r in kept if r["kind"] != "train"] == [
-        ("val", 4, None), ("checkpoint", 4, "checkpoints/top.ckpt"), ("checkpoint", 4, "checkpoints/last.ckpt"),
-        ("val", 8, None), ("checkpoint", 8, "checkpoints/top.ckpt"),
+        ("val", 4, None),
+        ("checkpoint", 4, "checkpoints/top.ckpt"),
+        ("checkpoint", 4, "checkpoints/last.ckpt"),
+        ("val", 8, None),
+        ("checkpoint", 8, "checkpoints/top.ckpt"),
         ("checkpoint", 8, "checkpoints/last.ckpt"),  # written after the state was taken: kept
     ]
     assert dropped == len(records) + 1 - len(kept)  # train 8..11, curvature at 8, the half line

@@ -21,8 +21,10 @@ def _lines(*recs: dict) -> str:
 
 
 def test_reads_every_line_and_nonfinite_tokens(tmp_path):
-    text = _lines({"kind": "train", "step": 1, "loss": 2.3}) + \
-        '{"kind": "train", "step": 2, "loss": NaN, "x": Infinity, "y": -Infinity, "z": null}\n'
+    text = (
+        _lines({"kind": "train", "step": 1, "loss": 2.3})
+        + '{"kind": "train", "step": 2, "loss": NaN, "x": Infinity, "y": -Infinity, "z": null}\n'
+    )
     r = MetricsReader(_write(tmp_path / "m.jsonl", text))
     recs = list(r.records())
     assert [x["step"] for x in recs] == [1, 2]
@@ -43,8 +45,7 @@ def test_truncated_last_line_skipped_and_reported(tmp_path):
 
 
 def test_corrupt_middle_lines_and_non_objects(tmp_path):
-    text = (_lines({"step": 1}) + '{"step": 2, "lo{"step": 3}\n' + "[1, 2]\n" + "\n   \n"
-            + _lines({"step": 4}))
+    text = _lines({"step": 1}) + '{"step": 2, "lo{"step": 3}\n' + "[1, 2]\n" + "\n   \n" + _lines({"step": 4})
     r = MetricsReader(_write(tmp_path / "m.jsonl", text))
     assert [x["step"] for x in r.records()] == [1, 4]
     assert r.bad_lines == 2 and not r.truncated_tail  # blank lines are not bad

@@ -19,7 +19,7 @@ def documented() -> dict[str, set[str]]:
     marks = list(SECTION.finditer(text))
     out = {}
     for mark, following in zip(marks, [*marks[1:], None]):
-        body = text[mark.end(): following.start() if following else len(text)]
+        body = text[mark.end() : following.start() if following else len(text)]
         keys = {k for row in ROW_KEYS.findall(body) for k in re.findall(r"`(\w+)`", row)}
         out[mark["kind"] or "stamps"] = keys
     return out
@@ -34,8 +34,18 @@ def test_docs_explain_exactly_the_schema_keys():
 
 
 def test_problems_of_a_record():
-    good = {"kind": "train", "step": 0, "epoch": 0, "epoch_frac": 0.1, "time": 1.0, "loss_train_nats": 2.3,
-            "loss_train_bits": 3.3, "acc_train": 0.1, "lr": 0.1, "wd": 0.0}
+    good = {
+        "kind": "train",
+        "step": 0,
+        "epoch": 0,
+        "epoch_frac": 0.1,
+        "time": 1.0,
+        "loss_train_nats": 2.3,
+        "loss_train_bits": 3.3,
+        "acc_train": 0.1,
+        "lr": 0.1,
+        "wd": 0.0,
+    }
     assert schema.problems(good) == []
     assert schema.problems({**good, "extra": 1}) == ["keys not in the train schema: ['extra']"]
     assert schema.problems({k: v for k, v in good.items() if k != "lr"}) == ["no lr"]

@@ -40,8 +40,15 @@ def run_id(variant: str, lr: float, wd: float, seed: int, **extra: Any) -> str:
 
 
 def _run_id(variant: str, params: Mapping[str, Any]) -> str:
-    return "_".join([variant, *(f"{SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}{v}"
-                                for k, v in params.items())])
+    return "_".join(
+        [
+            variant,
+            *(
+                f"{SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}{v}"
+                for k, v in params.items()
+            ),
+        ]
+    )
 
 
 @dataclass
@@ -55,13 +62,30 @@ class FakeSweep:
         return sum(c.get(kind, 0) for c in self.counts.values())
 
 
-def make_sweep(root: Path, *, name: str = "fake", variants: Sequence[str] = VARIANTS[:2],
-               lrs: Sequence[float] = (0.1, 0.2), wds: Sequence[float] = (1e-3,), seeds: Sequence[int] = (0, 1),
-               extra_axes: Mapping[str, Sequence[Any]] | None = None, epochs: int = 2, steps_per_epoch: int = 8,
-               curv_every: int = 4, noise_every: int = 1, alphas: Mapping[str, float] | None = None,
-               noise: float = 0.1, diverged: Mapping[str, int] | None = None, missing: Sequence[str] = (),
-               lost: Sequence[str] = (), truncated: Sequence[str] = (), running: Sequence[str] = (),
-               failed: Sequence[str] = (), nan_token: str = "NaN", rng_seed: int = 0) -> FakeSweep:
+def make_sweep(
+    root: Path,
+    *,
+    name: str = "fake",
+    variants: Sequence[str] = VARIANTS[:2],
+    lrs: Sequence[float] = (0.1, 0.2),
+    wds: Sequence[float] = (1e-3,),
+    seeds: Sequence[int] = (0, 1),
+    extra_axes: Mapping[str, Sequence[Any]] | None = None,
+    epochs: int = 2,
+    steps_per_epoch: int = 8,
+    curv_every: int = 4,
+    noise_every: int = 1,
+    alphas: Mapping[str, float] | None = None,
+    noise: float = 0.1,
+    diverged: Mapping[str, int] | None = None,
+    missing: Sequence[str] = (),
+    lost: Sequence[str] = (),
+    truncated: Sequence[str] = (),
+    running: Sequence[str] = (),
+    failed: Sequence[str] = (),
+    nan_token: str = "NaN",
+    rng_seed: int = 0,
+) -> FakeSweep:
     """``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
     ``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null" is
     what is written for it); ``missing``: never submitted; ``lost``: submitted, no run directory;
@@ -78,11 +102,26 @@ def make_sweep(root: Path, *, name: str = "fake", variants: Sequence[str] = VARI
             rid = _run_id(variant, params)
             overrides = (f"experiment={variant}", *(f"{k}={v}" for k, v in params.items()))
             specs.append(RunSpec(rid, variant, overrides, params))
-            status = ("diverged" if rid in diverged else "running" if rid in running
-                      else "failed" if rid in failed else "missing" if rid in missing
-                      else "lost" if rid in lost else "completed")
-            fake.runs[rid] = {"variant": variant, "params": params, "status": status, "alpha": alphas[variant],
-                              "c": 0.05 + 0.5 * params[WD] + 0.02 * abs(math.log(params[LR] / 0.1))}
+            status = (
+                "diverged"
+                if rid in diverged
+                else "running"
+                if rid in running
+                else "failed"
+                if rid in failed
+                else "missing"
+                if rid in missing
+                else "lost"
+                if rid in lost
+                else "completed"
+            )
+            fake.runs[rid] = {
+                "variant": variant,
+                "params": params,
+                "status": status,
+                "alpha": alphas[variant],
+                "c": 0.05 + 0.5 * params[WD] + 0.02 * abs(math.log(params[LR] / 0.1)),
+            }
     sweep = Sweep(name, root / f"{name}.yaml", specs, [], list(variants), list(axes))
     manifest = new_manifest(sweep, "fake-code")
     sd = SweepDir(root)
@@ -91,9 +130,17 @@ def make_sweep(root: Path, *, name: str = "fake", variants: Sequence[str] = VARI
     for rid, entry in manifest["runs"].items():
         if fake.runs[rid]["status"] != "missing":
             entry["attempts"] = 1
-            entry["submissions"].append({"id": SUBMISSION, "executor": "local", "time": now,
-                                         "handle": "local:gone:1:0.00:fake-0", "job_id": None, "pack": [rid],
-                                         "log": None})
+            entry["submissions"].append(
+                {
+                    "id": SUBMISSION,
+                    "executor": "local",
+                    "time": now,
+                    "handle": "local:gone:1:0.00:fake-0",
+                    "job_id": None,
+                    "pack": [rid],
+                    "log": None,
+                }
+            )
     sd.write_manifest(manifest)
     for rid, ident in fake.runs.items():
         if ident["status"] in ("missing", "lost"):
@@ -102,8 +149,20 @@ def make_sweep(root: Path, *, name: str = "fake", variants: Sequence[str] = VARI
         n_steps = epochs * steps_per_epoch
         if ident["status"] in ("running", "failed"):
             n_steps = n_steps * 2 // 3
-        fake.counts[rid] = _write_run(sd.run_dir(rid), rid, ident, n_steps, steps_per_epoch, curv_every,
-                                      noise_every, diverged.get(rid), rid in truncated, nan_token, noise, rng)
+        fake.counts[rid] = _write_run(
+            sd.run_dir(rid),
+            rid,
+            ident,
+            n_steps,
+            steps_per_epoch,
+            curv_every,
+            noise_every,
+            diverged.get(rid),
+            rid in truncated,
+            nan_token,
+            noise,
+            rng,
+        )
         (sd.run_dir(rid) / ".hydra").mkdir()  # what Hydra saves of the composed config
         (sd.run_dir(rid) / ".hydra" / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\n")
     return fake
@@ -121,9 +180,20 @@ def _record(kind: schema.RecordKind, stamps: dict, **values: Any) -> dict:
     return {"kind": kind.name, **stamps, **dict.fromkeys(kind.required), **values}
 
 
-def _write_run(d: Path, rid: str, ident: dict, n_steps: int, spe: int, curv_every: int, noise_every: int,
-               div_step: int | None, truncate: bool, nan_token: str, noise: float,
-               rng: random.Random) -> dict[str, int]:
+def _write_run(
+    d: Path,
+    rid: str,
+    ident: dict,
+    n_steps: int,
+    spe: int,
+    curv_every: int,
+    noise_every: int,
+    div_step: int | None,
+    truncate: bool,
+    nan_token: str,
+    noise: float,
+    rng: random.Random,
+) -> dict[str, int]:
     d.mkdir(parents=True, exist_ok=True)
     lr, wd, alpha, c = ident["params"][LR], ident["params"][WD], ident["alpha"], ident["c"]
     t0 = 1.7e9 + rng.random() * 1000
@@ -144,42 +214,93 @@ def _write_run(d: Path, rid: str, ident: dict, n_steps: int, spe: int, curv_ever
         epoch, done = step // spe, step % spe + 1
         lrt = lr * 0.5 * (1 + math.cos(math.pi * step / n_steps))
         loss = loss_at(step, noise)
-        lines.append(_fmt(_record(schema.TRAIN, stamps(step, done, epoch), loss_train_nats=loss,
-                                  loss_train_bits=loss / math.log(2), acc_train=max(0.0, min(1.0, 1 - loss / 2.4))
-                                  if loss == loss else None, lr=lrt, wd=wd), nan_token))
+        lines.append(
+            _fmt(
+                _record(
+                    schema.TRAIN,
+                    stamps(step, done, epoch),
+                    loss_train_nats=loss,
+                    loss_train_bits=loss / math.log(2),
+                    acc_train=max(0.0, min(1.0, 1 - loss / 2.4)) if loss == loss else None,
+                    lr=lrt,
+                    wd=wd,
+                ),
+                nan_token,
+            )
+        )
         counts["train"] += 1
         after = step + 1  # the weights after this batch's update
         if done % quarter == 0:
             vl = loss_at(step, 0.02) * 1.2 + 0.1
-            lines.append(_fmt(_record(schema.VAL, stamps(after, done, epoch), loss_val_nats=vl,
-                                      loss_val_bits=vl / math.log(2), acc_val=max(0.0, min(1.0, 1 - vl / 2.4))
-                                      if vl == vl else None, grad_norm=1 + rng.random(),
-                                      weight_norm=50 + after * 0.01), nan_token))
+            lines.append(
+                _fmt(
+                    _record(
+                        schema.VAL,
+                        stamps(after, done, epoch),
+                        loss_val_nats=vl,
+                        loss_val_bits=vl / math.log(2),
+                        acc_val=max(0.0, min(1.0, 1 - vl / 2.4)) if vl == vl else None,
+                        grad_norm=1 + rng.random(),
+                        weight_norm=50 + after * 0.01,
+                    ),
+                    nan_token,
+                )
+            )
             counts["val"] += 1
         if after % curv_every == 0:
             lam = (2 / lr) * (1 - math.exp(-after / 300)) * (1 + 0.1 * rng.gauss(0, 1)) + 1
             if div_step is not None and after > div_step:
                 lam = math.nan
-            lines.append(_fmt(_record(schema.CURVATURE, stamps(after, done, epoch), lambda_max=lam,
-                                      lambda_max_method="lanczos_la", lambda_max_residual=0.01 * lam,
-                                      lambda_max_n_hvp=8, hessian_trace=40 * lam, hessian_trace_method="deflated",
-                                      hessian_trace_stderr=0.03 * 40 * abs(lam) if lam == lam else None,
-                                      hessian_trace_n_probes=4, bn_mode="train"), nan_token))
+            lines.append(
+                _fmt(
+                    _record(
+                        schema.CURVATURE,
+                        stamps(after, done, epoch),
+                        lambda_max=lam,
+                        lambda_max_method="lanczos_la",
+                        lambda_max_residual=0.01 * lam,
+                        lambda_max_n_hvp=8,
+                        hessian_trace=40 * lam,
+                        hessian_trace_method="deflated",
+                        hessian_trace_stderr=0.03 * 40 * abs(lam) if lam == lam else None,
+                        hessian_trace_n_probes=4,
+                        bn_mode="train",
+                    ),
+                    nan_token,
+                )
+            )
             counts["curvature"] += 1
         if done == spe and (epoch + 1) % noise_every == 0:
             jit = math.exp(0.2 * rng.gauss(0, 1))
-            values = {"psd_tail": 0.1 * lr / (1 + epoch) * jit, "resid_power": 0.02 * c * jit,
-                      "grad_var": 1e-3 * (1 + epoch) / (1 + 100 * wd) * jit,
-                      "noise_scale": 100 * (1 + epoch) * (1 + rng.random()) * (0.1 / lr),
-                      "n_losses": min(after, 512), "psd_band_lo": 0.375}
+            values = {
+                "psd_tail": 0.1 * lr / (1 + epoch) * jit,
+                "resid_power": 0.02 * c * jit,
+                "grad_var": 1e-3 * (1 + epoch) / (1 + 100 * wd) * jit,
+                "noise_scale": 100 * (1 + epoch) * (1 + rng.random()) * (0.1 / lr),
+                "n_losses": min(after, 512),
+                "psd_band_lo": 0.375,
+            }
             if counts["noise"] == 0:
-                values.update(psd_tail=None, resid_power=None, noise_scale=None,
-                              reason=f"only {min(after, 512)} losses in the buffer (need >= 32)")
+                values.update(
+                    psd_tail=None,
+                    resid_power=None,
+                    noise_scale=None,
+                    reason=f"only {min(after, 512)} losses in the buffer (need >= 32)",
+                )
             lines.append(_fmt(_record(schema.NOISE, stamps(after, done, epoch), **values), nan_token))
             counts["noise"] += 1
         if done == spe:
-            lines.append(_fmt(_record(schema.CHECKPOINT, stamps(after, done, epoch), checkpoint_size_mb=85.3,
-                                      path="checkpoints/last.ckpt"), nan_token))
+            lines.append(
+                _fmt(
+                    _record(
+                        schema.CHECKPOINT,
+                        stamps(after, done, epoch),
+                        checkpoint_size_mb=85.3,
+                        path="checkpoints/last.ckpt",
+                    ),
+                    nan_token,
+                )
+            )
             counts["checkpoint"] += 1
     text = "\n".join(lines) + "\n"
     if truncate:  # the last record is cut mid-write: it must not be counted
@@ -188,10 +309,19 @@ def _write_run(d: Path, rid: str, ident: dict, n_steps: int, spe: int, curv_ever
         text = "\n".join(lines[:-1]) + "\n" + last_line[: len(last_line) // 2]
     (d / "metrics.jsonl").write_text(text)
     status = ident["status"]
-    run = {"status": status, "attempt": 1, "start_time": t0, "submission_id": SUBMISSION,
-           "end_time": None if status == "running" else t0 + 0.05 * last + 5,
-           "last_step": last, "diverged_step": div_step, "host": "node01", "slurm_job_id": "1234_7",
-           "error": "RuntimeError: CUDA error" if status == "failed" else None, "run_id": rid}
+    run = {
+        "status": status,
+        "attempt": 1,
+        "start_time": t0,
+        "submission_id": SUBMISSION,
+        "end_time": None if status == "running" else t0 + 0.05 * last + 5,
+        "last_step": last,
+        "diverged_step": div_step,
+        "host": "node01",
+        "slurm_job_id": "1234_7",
+        "error": "RuntimeError: CUDA error" if status == "failed" else None,
+        "run_id": rid,
+    }
     (d / RUN_STATUS_FILE).write_text(json.dumps(run))
     if status == "running":  # alive: this process stands for the run's
         (d / PROCESS_FILE).write_text(json.dumps({**processes.identity(), "submission_id": SUBMISSION}))
@@ -210,9 +340,22 @@ if __name__ == "__main__":
     lrs, wds = (0.05, 0.1, 0.2), (1e-4, 1e-3, 1e-2)
     spe = 40
     div = {run_id("S-adamw", 0.2, w, s): 150 + 37 * s for w in wds for s in range(a.seeds)}
-    sw = make_sweep(a.path, name="fake-realistic", variants=VARIANTS[: a.variants], lrs=lrs, wds=wds,
-                    seeds=range(a.seeds), epochs=a.steps // spe, steps_per_epoch=spe, curv_every=100, noise_every=2,
-                    diverged=div, missing=[run_id("S-narrow", 0.05, 1e-2, 1)], lost=[run_id("S-core", 0.1, 1e-3, 0)],
-                    truncated=[run_id("S-core", 0.2, 1e-4, 1)], running=[run_id("S-narrow", 0.2, 1e-2, 0)],
-                    failed=[run_id("S-bn-off", 0.05, 1e-4, 1)])
+    sw = make_sweep(
+        a.path,
+        name="fake-realistic",
+        variants=VARIANTS[: a.variants],
+        lrs=lrs,
+        wds=wds,
+        seeds=range(a.seeds),
+        epochs=a.steps // spe,
+        steps_per_epoch=spe,
+        curv_every=100,
+        noise_every=2,
+        diverged=div,
+        missing=[run_id("S-narrow", 0.05, 1e-2, 1)],
+        lost=[run_id("S-core", 0.1, 1e-3, 0)],
+        truncated=[run_id("S-core", 0.2, 1e-4, 1)],
+        running=[run_id("S-narrow", 0.2, 1e-2, 0)],
+        failed=[run_id("S-bn-off", 0.05, 1e-4, 1)],
+    )
     print(f"wrote {len(sw.counts)} runs ({len(sw.missing)} without a directory) under {a.path}")

@@ -41,8 +41,9 @@ class GradNormWitness(Callback):
     def __init__(self) -> None:
         self.norms: dict[int, float] = {}
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         flat = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
         self.norms[trainer.global_step] = float(flat.double().norm())
 

@@ -25,12 +25,19 @@ def compose_run(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
     return compose_run_config([*TINY, f"run_dir={run_dir}", *overrides])
 
 
-def train_cli(args: Sequence[str], timeout: float = 300,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def train_cli(
+    args: Sequence[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """deconcnn-train in a fresh process, as a user (or SLURM) would start it."""
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "deconcnn.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "deconcnn.train", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_log(run_dir: Path) -> list[dict]:

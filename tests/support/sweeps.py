@@ -8,12 +8,17 @@ from pathlib import Path
 from deconcnn.cli import run as sweep_cli
 
 TINY_RUN = ["debug=smoke"]  # conf/debug/smoke.yaml: 4 steps on synthetic data, width 0.125
-LOCAL_SLURM = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-               "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+LOCAL_SLURM = [
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
 
 
-def write_sweep(path: Path, *, seeds: str = "0,1", name: str = "tiny", extra: list[str] = (),
-                variants: dict | None = None) -> Path:
+def write_sweep(
+    path: Path, *, seeds: str = "0,1", name: str = "tiny", extra: list[str] = (), variants: dict | None = None
+) -> Path:
     """A sweep file: S-core (and whatever variants are given) x seeds, each run a few steps."""
     lines = [f"name: {name}", 'run_id: "{variant}_s{seed}"', "overrides:"]
     lines += [f"  - {o}" for o in [*TINY_RUN, *extra]]

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-from sweeps import LOCAL_SLURM, write_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runconfig import CONF_DIR
@@ -31,10 +30,10 @@ from deconcnn.sweep.check.runner import CheckResult, prepare_checks
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import LaunchError, require_check
 from deconcnn.sweep.sweepdir import CHECK_FILE, SweepDir, code_version
+from sweeps import LOCAL_SLURM, write_sweep
 
 REPO = CONF_DIR.parent
-SCHEDULE = Schedule(steps_per_epoch=8, epochs=4, val_check_interval=0.25, curvature_every=16,
-                    noise_every_epochs=2)
+SCHEDULE = Schedule(steps_per_epoch=8, epochs=4, val_check_interval=0.25, curvature_every=16, noise_every_epochs=2)
 MONITORS = ("curvature_monitor", "noise_monitor")
 
 
@@ -54,23 +53,67 @@ def fabricate(run_dir: Path, s: Schedule = SCHEDULE, *, trace_method: str = "hut
     for step in range(s.total_steps):
         epoch = step // spe
         if s.curvature_every and step % s.curvature_every == 0:
-            rec("curvature", step, epoch, epoch + (step % spe) / spe, lambda_max=10.0, lambda_max_residual=0.1,
-                lambda_max_n_hvp=8, lambda_max_method="lanczos", hessian_trace=50.0, hessian_trace_stderr=2.0,
-                hessian_trace_n_probes=4, hessian_trace_method=trace_method)
+            rec(
+                "curvature",
+                step,
+                epoch,
+                epoch + (step % spe) / spe,
+                lambda_max=10.0,
+                lambda_max_residual=0.1,
+                lambda_max_n_hvp=8,
+                lambda_max_method="lanczos",
+                hessian_trace=50.0,
+                hessian_trace_stderr=2.0,
+                hessian_trace_n_probes=4,
+                hessian_trace_method=trace_method,
+            )
         loss = 2.0 / (1 + step)
-        rec("train", step, epoch, (step + 1) / spe, loss_train_nats=loss, loss_train_bits=loss / math.log(2),
-            acc_train=0.5, lr=0.1, wd=1e-3)
+        rec(
+            "train",
+            step,
+            epoch,
+            (step + 1) / spe,
+            loss_train_nats=loss,
+            loss_train_bits=loss / math.log(2),
+            acc_train=0.5,
+            lr=0.1,
+            wd=1e-3,
+        )
         if (step + 1) % round(spe * s.val_check_interval) == 0:
             frac = (step + 1) / spe
-            rec("val", step + 1, epoch, frac, loss_val_nats=1.0, loss_val_bits=1 / math.log(2), acc_val=0.4,
-                grad_norm=1.5, weight_norm=30.0)
+            rec(
+                "val",
+                step + 1,
+                epoch,
+                frac,
+                loss_val_nats=1.0,
+                loss_val_bits=1 / math.log(2),
+                acc_val=0.4,
+                grad_norm=1.5,
+                weight_norm=30.0,
+            )
             ckpt = run_dir / "checkpoints" / "last.ckpt"
             ckpt.write_bytes(b"x" * (1000 + step))
-            rec("checkpoint", step + 1, epoch, frac, checkpoint_size_mb=ckpt.stat().st_size / MEGABYTE,
-                path="checkpoints/last.ckpt")
+            rec(
+                "checkpoint",
+                step + 1,
+                epoch,
+                frac,
+                checkpoint_size_mb=ckpt.stat().st_size / MEGABYTE,
+                path="checkpoints/last.ckpt",
+            )
         if (step + 1) % spe == 0 and s.noise_every_epochs and (epoch + 1) % s.noise_every_epochs == 0:
-            rec("noise", step + 1, epoch, float(epoch + 1), psd_tail=None, resid_power=None, grad_var=1e-4,
-                noise_scale=9.0, reason="only 16 losses in the window (need 32)")
+            rec(
+                "noise",
+                step + 1,
+                epoch,
+                float(epoch + 1),
+                psd_tail=None,
+                resid_power=None,
+                grad_var=1e-4,
+                noise_scale=9.0,
+                reason="only 16 losses in the window (need 32)",
+            )
     return records
 
 
@@ -139,8 +182,10 @@ def test_curvature_monitor_off_is_a_change_and_its_records_then_a_failure(tmp_pa
         assert result.passed and "callbacks.curvature_monitor is off" in result.change
     result = check_curvature(fabricate(tmp_path), schedule)
     assert not result.passed and "yet the log has curvature records" in result.detail
-    assert "compute_every_n_steps=100 (the experiment's: 500)" in check_curvature(fabricate(tmp_path), SCHEDULE,
-                                                                                   configured_every=100).change
+    assert (
+        "compute_every_n_steps=100 (the experiment's: 500)"
+        in check_curvature(fabricate(tmp_path), SCHEDULE, configured_every=100).change
+    )
 
 
 def test_curvature_off_its_period_or_not_finite_fails(tmp_path):
@@ -157,7 +202,9 @@ def test_curvature_off_its_period_or_not_finite_fails(tmp_path):
 def test_curvature_records_must_name_their_estimator_and_say_where_backpack_was_used(tmp_path):
     records = fabricate(tmp_path, trace_method="ggn_exact")
     result = check_curvature_estimators(records, SCHEDULE)
-    assert result.passed and "ggn_exact (BackPACK)" in result.detail and "BackPACK used for hessian_trace" in result.detail
+    assert (
+        result.passed and "ggn_exact (BackPACK)" in result.detail and "BackPACK used for hessian_trace" in result.detail
+    )
     assert "BackPACK not used" in check_curvature_estimators(fabricate(tmp_path), SCHEDULE).detail
     for r in records:
         r.pop("lambda_max_method", None)
@@ -224,7 +271,9 @@ def test_checkpoint_size_must_equal_the_file_and_every_file_is_logged(tmp_path):
 
 def test_resources_from_probe_or_the_users_choice(tmp_path):
     variants = ["S-core", "S-adamw"]
-    assert all(not r.passed and "probe-resources" in r.detail for r in check_resources(tmp_path, variants, None).values())
+    assert all(
+        not r.passed and "probe-resources" in r.detail for r in check_resources(tmp_path, variants, None).values()
+    )
     assert all(r.passed for r in check_resources(tmp_path, variants, 2).values())
     (tmp_path / "probe.json").write_text(json.dumps({"variants": {"S-core": {"choice": {"k": 3}}}}))
     results = check_resources(tmp_path, variants, None)
@@ -243,13 +292,15 @@ def variant_sweep(path: Path, variants: dict) -> Path:
 
 
 def test_check_run_keeps_the_variants_config_and_schedules(tmp_path):
-    sweep_file = variant_sweep(tmp_path / "v.yaml", {
-        "S-core": {"experiment": "loss_lin_slope_base"},
-        "half-val": {"experiment": "loss_lin_slope_base", "overrides": ["trainer.val_check_interval=0.5"]},
-        **{f"no-{m}": {"experiment": "loss_lin_slope_base", "overrides": [f"~callbacks.{m}"]} for m in MONITORS},
-    })
-    checks = {c.variant: c for c in prepare_checks(plan(sweep_file, out=tmp_path).runs, tmp_path / "check",
-                                                    gpu=False)}
+    sweep_file = variant_sweep(
+        tmp_path / "v.yaml",
+        {
+            "S-core": {"experiment": "loss_lin_slope_base"},
+            "half-val": {"experiment": "loss_lin_slope_base", "overrides": ["trainer.val_check_interval=0.5"]},
+            **{f"no-{m}": {"experiment": "loss_lin_slope_base", "overrides": [f"~callbacks.{m}"]} for m in MONITORS},
+        },
+    )
+    checks = {c.variant: c for c in prepare_checks(plan(sweep_file, out=tmp_path).runs, tmp_path / "check", gpu=False)}
     core = checks["S-core"].schedule
     assert (core.steps_per_epoch, core.epochs) == (8, 4)  # conf/debug/check.yaml
     assert core.val_check_interval == 0.25 and core.noise_every_epochs == 2
@@ -263,8 +314,10 @@ def test_check_run_keeps_the_variants_config_and_schedules(tmp_path):
 
 def test_cifar_source_settings_and_width_are_replaced_and_said_so(tmp_path):
     sweep_file = tmp_path / "cifar.yaml"  # the real sweep's shape: CIFAR-10 from a directory, width 1.0
-    sweep_file.write_text("overrides: [data.source.data_dir=/data/cifar]\naxes: {seed: 0}\n"
-                          "variants: {S-core: {experiment: loss_lin_slope_base}}\n")
+    sweep_file.write_text(
+        "overrides: [data.source.data_dir=/data/cifar]\naxes: {seed: 0}\n"
+        "variants: {S-core: {experiment: loss_lin_slope_base}}\n"
+    )
     (check,) = prepare_checks(plan(sweep_file, out=tmp_path).runs, tmp_path / "check", gpu=False)
     assert "data.source.data_dir=/data/cifar" not in check.command.args
     assert any("data.source.data_dir=/data/cifar" in n for n in check.notes)
@@ -278,8 +331,17 @@ def test_check_json_is_what_launch_requires(tmp_path):
     launch_plan = plan(sweep_file, out=tmp_path, overrides=LOCAL_SLURM)
     checks = prepare_checks(launch_plan.runs, tmp_path / "tiny" / "check", gpu=False)
     items = {item: {"S-core": ItemResult(True, "fine")} for item in chk.ITEMS}
-    result = CheckResult("tiny", launch_plan.sweep_dir.path, launch_plan.sweep.fingerprint(), code_version(),
-                             "local", checks, items, 1, 1.0)
+    result = CheckResult(
+        "tiny",
+        launch_plan.sweep_dir.path,
+        launch_plan.sweep.fingerprint(),
+        code_version(),
+        "local",
+        checks,
+        items,
+        1,
+        1.0,
+    )
     (tmp_path / "tiny").mkdir()
     check_file = tmp_path / "tiny" / CHECK_FILE
     check_file.write_text(json.dumps(result.to_json()))
@@ -326,14 +388,27 @@ def test_check_lists_deliberate_changes_and_fails_only_where_the_log_is_wrong(tm
     # Both variants without the curvature monitor, so the runs are quick; one also validates half-epochs,
     # the other raises at step 3 (its log can never be right).
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "support"))
-    sweep_file = variant_sweep(tmp_path / "off.yaml", {
-        "broken": {"experiment": "loss_lin_slope_base",
-                   "overrides": ["~callbacks.curvature_monitor", "+callbacks.boom._target_=fault_callbacks.RaiseAtStep",
-                                 "+callbacks.boom.step=3"]},
-        "half-val": {"experiment": "loss_lin_slope_base",
-                     "overrides": ["~callbacks.curvature_monitor", "~callbacks.noise_monitor",
-                                   "trainer.val_check_interval=0.5"]},
-    })
+    sweep_file = variant_sweep(
+        tmp_path / "off.yaml",
+        {
+            "broken": {
+                "experiment": "loss_lin_slope_base",
+                "overrides": [
+                    "~callbacks.curvature_monitor",
+                    "+callbacks.boom._target_=fault_callbacks.RaiseAtStep",
+                    "+callbacks.boom.step=3",
+                ],
+            },
+            "half-val": {
+                "experiment": "loss_lin_slope_base",
+                "overrides": [
+                    "~callbacks.curvature_monitor",
+                    "~callbacks.noise_monitor",
+                    "trainer.val_check_interval=0.5",
+                ],
+            },
+        },
+    )
     code, result = _check(sweep_file, tmp_path, "--executor", "local")
     out = capsys.readouterr().out
     assert code == 1
@@ -341,8 +416,12 @@ def test_check_lists_deliberate_changes_and_fails_only_where_the_log_is_wrong(tm
     assert {"run", "per_batch"} <= failed
     assert not [f for f in result["failures"] if f["variant"] == "half-val"]
     changes = {(c["item"], c["variant"]) for c in result["changes"]}
-    assert {("curvature", "half-val"), ("noise", "half-val"), ("validation", "half-val"),
-            ("curvature", "broken")} <= changes
+    assert {
+        ("curvature", "half-val"),
+        ("noise", "half-val"),
+        ("validation", "half-val"),
+        ("curvature", "broken"),
+    } <= changes
     assert "trainer.val_check_interval=0.5 (the experiment's: 0.25)" in out
     assert "CHANGED validation [half-val]" in out and "FAILED run [broken]" in out
     assert result["items"]["resources"]["half-val"]["detail"].startswith("not applicable")

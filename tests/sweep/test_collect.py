@@ -14,10 +14,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from fake_sweep import KINDS, LR, WD, make_sweep, run_id
-from sweeps import status_of
 
 from deconcnn.analysis.collect import collect
 from deconcnn.sweep.sweepdir import NotASweep
+from sweeps import status_of
 
 IDENTITY_COLUMNS = ("run_id", "variant", LR, WD, "seed", "status", "complete")
 
@@ -30,8 +30,9 @@ DIV_STEP = 5
 def _sweep(root: Path, nan_token: str = "NaN", **kw):
     # 2 variants x 2 lrs x 1 wd x 2 seeds; 2 epochs of 8 steps: train every step, val every
     # quarter epoch, curvature every 4 steps, noise + checkpoint every epoch.
-    return make_sweep(root, diverged={DIVERGED: DIV_STEP}, missing=[MISSING], truncated=[TRUNCATED],
-                      nan_token=nan_token, **kw)
+    return make_sweep(
+        root, diverged={DIVERGED: DIV_STEP}, missing=[MISSING], truncated=[TRUNCATED], nan_token=nan_token, **kw
+    )
 
 
 @pytest.fixture
@@ -73,7 +74,12 @@ def test_identity_columns_and_per_run_counts(sweep):
         for row in t.select(list(IDENTITY_COLUMNS)).to_pylist():
             want = sweep.runs[row["run_id"]]
             assert (row["variant"], row[LR], row[WD], row["seed"], row["status"]) == (
-                want["variant"], want["params"][LR], want["params"][WD], want["params"]["seed"], want["status"])
+                want["variant"],
+                want["params"][LR],
+                want["params"][WD],
+                want["params"]["seed"],
+                want["status"],
+            )
             assert row["complete"] is (want["status"] == "completed")
             per_run[row["run_id"]] = per_run.get(row["run_id"], 0) + 1
         assert per_run == {r: c[kind] for r, c in sweep.counts.items() if c[kind]}
@@ -99,7 +105,12 @@ def test_missing_run_listed_without_rows(sweep):
     runs = {r["run_id"]: r for r in _rows(res.files["runs"])}
     m = runs[MISSING]
     assert (m["status"], m["complete"], m["in_manifest"], m["has_dir"], m["n_records"]) == (
-        "missing", False, True, False, 0)
+        "missing",
+        False,
+        True,
+        False,
+        0,
+    )
     assert (m["variant"], m[LR], m[WD], m["seed"]) == ("S-core", 0.1, 1e-3, 1)
     assert MISSING not in set(pq.read_table(res.files["train"], columns=["run_id"]).column(0).to_pylist())
     assert res.status_counts == {"completed": 6, "diverged": 1, "missing": 1}
@@ -128,7 +139,10 @@ def test_runs_table_final_and_best_val(sweep):
     run = {r["run_id"]: r for r in _rows(res.files["runs"])}[rid]
     assert run["final_loss_val_nats"] == vals[-1]["loss_val_nats"]
     assert (run["best_loss_val_nats"], run["best_epoch_frac"], run["best_step"]) == (
-        best["loss_val_nats"], best["epoch_frac"], best["step"])
+        best["loss_val_nats"],
+        best["epoch_frac"],
+        best["step"],
+    )
     assert run["steps_logged"] == sweep.counts[rid]["train"] == run["n_train"]
     assert run["max_step"] == 16 and run["wall_time_s"] > 0 and run["host"] == "node01"
     assert run["n_val"] == sweep.counts[rid]["val"]
@@ -142,9 +156,21 @@ def test_incremental_rereads_only_the_changed_run(sweep):
     assert again.rows == first.rows and again.bad_lines == first.bad_lines
 
     changed = run_id("S-adamw", 0.1, 1e-3, 0)
-    _append(sweep.path / "runs" / changed / "metrics.jsonl",
-            {"kind": "train", "step": 17, "epoch": 2, "epoch_frac": 2.125, "time": 1.8e9,
-             "loss_train_nats": 0.5, "loss_train_bits": 0.72, "acc_train": 0.9, "lr": 0.0, "wd": 1e-3})
+    _append(
+        sweep.path / "runs" / changed / "metrics.jsonl",
+        {
+            "kind": "train",
+            "step": 17,
+            "epoch": 2,
+            "epoch_frac": 2.125,
+            "time": 1.8e9,
+            "loss_train_nats": 0.5,
+            "loss_train_bits": 0.72,
+            "acc_train": 0.9,
+            "lr": 0.0,
+            "wd": 1e-3,
+        },
+    )
     third = collect(sweep.path, progress=False)
     assert third.runs_read == [changed] and len(third.runs_cached) == 6 and third.assembled
     assert third.rows["train"] == first.rows["train"] + 1
@@ -180,9 +206,10 @@ def test_schema_is_the_union_over_runs(sweep):
     late = run_id("S-core", 0.2, 1e-3, 1)
     early = run_id("S-adamw", 0.1, 1e-3, 0)
     stamp = {"step": 99, "epoch": 3, "epoch_frac": 3.0, "time": 1.8e9}
-    _append(sweep.path / "runs" / late / "metrics.jsonl",
-            {"kind": "noise", **stamp, "psd_tail": None, "reason": "too few losses", "new_metric": 1.5,
-             "mixed": "text"})
+    _append(
+        sweep.path / "runs" / late / "metrics.jsonl",
+        {"kind": "noise", **stamp, "psd_tail": None, "reason": "too few losses", "new_metric": 1.5, "mixed": "text"},
+    )
     _append(sweep.path / "runs" / early / "metrics.jsonl", {"kind": "noise", **stamp, "mixed": 3})
     _append(sweep.path / "runs" / early / "metrics.jsonl", {"kind": "probe", **stamp, "value": 1})
     res = collect(sweep.path, progress=False)
@@ -220,7 +247,13 @@ def test_damaged_run_files_never_fail(sweep):
     res = collect(sweep.path, progress=False)
     run = {r["run_id"]: r for r in _rows(res.files["runs"])}["not-a-grid-run"]
     assert (run["status"], run["variant"], run[LR], run["n_train"], run["n_bad_lines"], run["in_manifest"]) == (
-        "unknown", None, None, 1, 1, False)  # a record without kind counts as a bad line
+        "unknown",
+        None,
+        None,
+        1,
+        1,
+        False,
+    )  # a record without kind counts as a bad line
 
 
 def test_parallel_workers_same_result(sweep, tmp_path):
@@ -244,27 +277,41 @@ def test_errors(tmp_path):
 def test_no_torch_import():
     import subprocess
 
-    code = ("import sys, deconcnn.analysis.collect, deconcnn.analysis.report, deconcnn.runlog.metrics_reader;"
-            "sys.exit('torch' in sys.modules)")
+    code = (
+        "import sys, deconcnn.analysis.collect, deconcnn.analysis.report, deconcnn.runlog.metrics_reader;"
+        "sys.exit('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_a_fifth_variant_and_an_extra_axis_become_columns(tmp_path):
-    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-wide"), lrs=(0.1,), wds=(1e-3,), seeds=(0,),
-                    extra_axes={"model.width": (0.5, 1.0)})
+    sw = make_sweep(
+        tmp_path / "sweep",
+        variants=("S-core", "S-wide"),
+        lrs=(0.1,),
+        wds=(1e-3,),
+        seeds=(0,),
+        extra_axes={"model.width": (0.5, 1.0)},
+    )
     res = collect(sw.path, progress=False)
     train = pq.read_table(res.files["train"])
     assert train.column_names[:7] == ["run_id", "variant", LR, WD, "model.width", "seed", "status"]
     assert train.schema.field("model.width").type == "double" and train.schema.field("seed").type == "int64"
     runs = _rows(res.files["runs"])
     assert sorted((r["variant"], r["model.width"]) for r in runs) == [
-        ("S-core", 0.5), ("S-core", 1.0), ("S-wide", 0.5), ("S-wide", 1.0)]
+        ("S-core", 0.5),
+        ("S-core", 1.0),
+        ("S-wide", 0.5),
+        ("S-wide", 1.0),
+    ]
 
 
 def test_an_identity_name_in_a_record_is_kept_as_logged(sweep):
     rid = run_id("S-core", 0.1, 1e-3, 0)
-    _append(sweep.path / "runs" / rid / "metrics.jsonl", {"kind": "train", "step": 99, "epoch": 9, "epoch_frac": 9.0,
-                                                           "time": 1.8e9, "seed": 7, "loss_train_nats": 1.0})
+    _append(
+        sweep.path / "runs" / rid / "metrics.jsonl",
+        {"kind": "train", "step": 99, "epoch": 9, "epoch_frac": 9.0, "time": 1.8e9, "seed": 7, "loss_train_nats": 1.0},
+    )
     train = _rows(collect(sweep.path, progress=False).files["train"])
     assert [(r["seed"], r["seed_logged"]) for r in train if r["step"] == 99] == [(0, 7)]
 
@@ -285,11 +332,14 @@ def test_a_hydra_multirun_directory_is_a_sweep(tmp_path):
         job = root / str(i)
         (src.path / "runs" / rid).rename(job)
         (job / ".hydra" / "overrides.yaml").write_text(
-            f"- experiment=loss_lin_slope_base\n- optim.lr={ident['params'][LR]}\n- seed=0\n")
+            f"- experiment=loss_lin_slope_base\n- optim.lr={ident['params'][LR]}\n- seed=0\n"
+        )
         (job / ".hydra" / "config.yaml").write_text("variant: S-core\nseed: 0\n")
     res = collect(root, progress=False)
     runs = _rows(res.files["runs"])
     assert [(r["run_id"], r["variant"], r[LR], r["status"]) for r in runs] == [
-        ("0", "S-core", 0.1, "completed"), ("1", "S-core", 0.2, "completed")]
+        ("0", "S-core", 0.1, "completed"),
+        ("1", "S-core", 0.2, "completed"),
+    ]
     assert "seed" not in runs[0]  # the same for every job: a setting, not an axis
     assert res.rows["train"] == src.total("train")

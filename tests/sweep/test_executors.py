@@ -23,7 +23,11 @@ def _commands(n: int, variant: str = "S-core") -> list[Command]:
 def test_packs_group_k_runs_of_one_variant():
     packs = make_packs({"S-core": _commands(5), "S-adamw": _commands(2, "S-adamw")}, {"S-core": 2, "S-adamw": 3})
     assert [[c.name for c in p] for p in packs] == [
-        ["S-core_s0", "S-core_s1"], ["S-core_s2", "S-core_s3"], ["S-core_s4"], ["S-adamw_s0", "S-adamw_s1"]]
+        ["S-core_s0", "S-core_s1"],
+        ["S-core_s2", "S-core_s3"],
+        ["S-core_s4"],
+        ["S-adamw_s0", "S-adamw_s1"],
+    ]
 
 
 def test_each_gpu_runs_one_pack_at_a_time(monkeypatch):
@@ -52,8 +56,13 @@ def test_each_gpu_runs_one_pack_at_a_time(monkeypatch):
 
 def test_cpu_slots_share_the_cores(monkeypatch):
     threads = []
-    monkeypatch.setattr(local_module, "run_pack", lambda pack, submission, threads_per_run=None, extra_env=None,
-                        stop=None, grace_s=0: threads.append((threads_per_run, extra_env["CUDA_VISIBLE_DEVICES"])) or {})
+    monkeypatch.setattr(
+        local_module,
+        "run_pack",
+        lambda pack, submission, threads_per_run=None, extra_env=None, stop=None, grace_s=0: (
+            threads.append((threads_per_run, extra_env["CUDA_VISIBLE_DEVICES"])) or {}
+        ),
+    )
     monkeypatch.setattr(local_module.os, "cpu_count", lambda: 8)
     executor = LocalExecutor(gpus=[], cpu_slots=4)
     wait(executor, executor.submit([[c] for c in _commands(4)], SUBMISSION), poll_s=0.01)
@@ -83,7 +92,15 @@ def test_another_process_reads_a_handle_as_owned_while_its_launch_lives():
     executor = LocalExecutor(gpus=[])
     handle = executor._prefix + ":s1-0"  # what this process's launch would hand out
     assert poll_handles([handle]) == {handle: SchedulerState("running")}
-    gone = subprocess.run([sys.executable, "-c", "from deconcnn.sweep.executors.local import LocalExecutor;"
-                           "print(LocalExecutor(gpus=[])._prefix)"], capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from deconcnn.sweep.executors.local import LocalExecutor;print(LocalExecutor(gpus=[])._prefix)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead = gone.stdout.strip() + ":s1-0"
     assert poll_handles([dead]) == {dead: SchedulerState("unknown")}

@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
 from deconcnn.runconfig import CONF_DIR
 from deconcnn.sweep import processes
@@ -28,13 +27,19 @@ from deconcnn.sweep.executors import slurm_cli
 from deconcnn.sweep.executors.local import launcher_of
 from deconcnn.sweep.state import last_submission, read_process
 from deconcnn.sweep.sweepdir import SweepDir
+from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
 REPO = CONF_DIR.parent
 SUPPORT = REPO / "tests" / "support"
 STEPS = 48
 # 12 epochs x 4 steps, each at least 0.1 s: long enough to be hit mid-training, quick to finish.
-FAULT_RUN = ["callbacks=default", "trainer.val_check_interval=1.0", "trainer.max_epochs=12",
-             "+callbacks.slow._target_=fault_callbacks.SleepEachStep", "+callbacks.slow.seconds=0.1"]
+FAULT_RUN = [
+    "callbacks=default",
+    "trainer.val_check_interval=1.0",
+    "trainer.max_epochs=12",
+    "+callbacks.slow._target_=fault_callbacks.SleepEachStep",
+    "+callbacks.slow.seconds=0.1",
+]
 SLURM_STATE = Path(os.environ.get("DECONCNN_SLURM_STATE", "/tmp/deconcnn-slurm"))
 
 pytestmark = pytest.mark.slow
@@ -52,9 +57,27 @@ def sweep(tmp_path: Path, seeds: str = "0,1,2", name: str = "faults") -> tuple[P
 
 def launcher(sweep_file: Path, out: Path, *args: str) -> subprocess.Popen[str]:
     """`deconcnn-sweep launch --executor local` as a user starts it, in its own process group."""
-    return subprocess.Popen([sys.executable, "-m", "deconcnn.cli", "launch", str(sweep_file), "--executor", "local",
-                             "--out", str(out), "--grace", "5", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deconcnn.cli",
+            "launch",
+            str(sweep_file),
+            "--executor",
+            "local",
+            "--out",
+            str(out),
+            "--grace",
+            "5",
+            *args,
+        ],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def train_steps(run_dir: Path) -> list[int]:
@@ -242,22 +265,52 @@ def test_cancel_one_run_of_a_packed_task_then_the_rest_then_relaunch(tmp_path, c
 
     sweep_file, sweep_dir = sweep(tmp_path)
     one_gpu = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
-    assert launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", tmp_path / "out",
-                       "--workers-per-gpu", "2", *one_gpu) == 0
+    assert (
+        launch_json(
+            sweep_file,
+            "--executor",
+            "slurm",
+            "--skip-check",
+            "--out",
+            tmp_path / "out",
+            "--workers-per-gpu",
+            "2",
+            *one_gpu,
+        )
+        == 0
+    )
     assert task_of(sweep_dir, "S-core_s0") == task_of(sweep_dir, "S-core_s1")
     wait_for("the packed runs to train", lambda: training(sweep_dir, "S-core_s0") and training(sweep_dir, "S-core_s1"))
     capsys.readouterr()
     assert sweep_cli(["cancel", str(sweep_dir), "--only", "S-core_s1", "--grace", "5"]) == 0
     assert "0 SLURM tasks scancel'ed" in capsys.readouterr().out  # its sibling still runs in that task
-    wait_for("the pack runner to stop it", lambda: not processes.alive(
-        read_process(SweepDir(sweep_dir).run_dir("S-core_s1"))), timeout=60)
+    wait_for(
+        "the pack runner to stop it",
+        lambda: not processes.alive(read_process(SweepDir(sweep_dir).run_dir("S-core_s1"))),
+        timeout=60,
+    )
     states = assert_no_phantoms(sweep_dir, capsys)
     assert states["S-core_s1"] == "cancelled" and states["S-core_s0"] == "running", states
     assert sweep_cli(["cancel", str(sweep_dir), "--grace", "5"]) == 0
-    wait_for("every task to end", lambda: not slurm_cli.squeue_states(
-        [task_of(sweep_dir, r) for r in ("S-core_s0", "S-core_s2")]), timeout=60)
+    wait_for(
+        "every task to end",
+        lambda: not slurm_cli.squeue_states([task_of(sweep_dir, r) for r in ("S-core_s0", "S-core_s2")]),
+        timeout=60,
+    )
     states = assert_no_phantoms(sweep_dir, capsys)
     assert set(states.values()) <= {"cancelled", "completed"}, states
-    assert launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", tmp_path / "out",
-                       "--workers-per-gpu", "2", *one_gpu) == 0
+    assert (
+        launch_json(
+            sweep_file,
+            "--executor",
+            "slurm",
+            "--skip-check",
+            "--out",
+            tmp_path / "out",
+            "--workers-per-gpu",
+            "2",
+            *one_gpu,
+        )
+        == 0
+    )
     assert_every_step_once(sweep_dir, capsys)

@@ -19,8 +19,12 @@ VARIANTS = {"S-core", "S-adamw", "S-bn-off", "S-narrow"}
 
 
 def test_dry_run_json_lists_the_216_run_grid(capsys):
-    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE), "--executor", "local", "--dry-run", "--json",
-                      "--out", "/nonexistent"]) == 0
+    assert (
+        sweep_cli(
+            ["launch", str(LOSS_LIN_SLOPE), "--executor", "local", "--dry-run", "--json", "--out", "/nonexistent"]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 216 and len({r["run_id"] for r in rows}) == 216
     assert len({r["dir"] for r in rows}) == 216
@@ -39,8 +43,12 @@ def test_dry_run_json_lists_the_216_run_grid(capsys):
 
 def test_a_variant_carries_its_own_axis_values():
     sweep = load_sweep(REPO / "sweeps" / "demo.yaml")
-    lrs = {r.variant: sorted(r.params["optim.lr"] for r in sweep.runs if r.variant == v)
-           for v in ("S-core", "S-adamw") for r in sweep.runs if r.variant == v}
+    lrs = {
+        r.variant: sorted(r.params["optim.lr"] for r in sweep.runs if r.variant == v)
+        for v in ("S-core", "S-adamw")
+        for r in sweep.runs
+        if r.variant == v
+    }
     assert lrs == {"S-core": [0.05, 0.1], "S-adamw": [0.001, 0.003]}
 
 
@@ -61,8 +69,11 @@ def _sweep_file(tmp_path: Path, body: str) -> Path:
         ("name: x\naxes: {seed: 0}\n", "'variants' must map"),
         ("name: x\nvariants: {S-core: {experiment: loss_lin_slope_base}}\nbogus: 1\n", "unknown top-level keys"),
         ("name: x\naxes: {seed: 'range(0,'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n", "bad axis"),
-        ("name: x\nrun_id: '{variant}'\naxes: {seed: '0,1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
-         "two runs get the id S-core"),
+        (
+            "name: x\nrun_id: '{variant}'\naxes: {seed: '0,1'}\n"
+            "variants: {S-core: {experiment: loss_lin_slope_base}}\n",
+            "two runs get the id S-core",
+        ),
     ],
 )
 def test_malformed_sweep_files_are_refused(tmp_path, body, message):
@@ -74,12 +85,15 @@ def test_malformed_sweep_files_are_refused(tmp_path, body, message):
     ("body", "message"),
     [
         ("variants: {S-x: {experiment: no_such_variant}}\n", "Could not find 'experiment/no_such_variant'"),
-        ("axes: {optim.lr: 'abc,0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
-         "optim.lr must be a number, got 'abc'"),
-        ("axes: {optim.lr: '-0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
-         "optim.lr must be > 0"),
-        ("axes: {optim.lrr: '0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
-         "Could not override 'optim.lrr'"),
+        (
+            "axes: {optim.lr: 'abc,0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
+            "optim.lr must be a number, got 'abc'",
+        ),
+        ("axes: {optim.lr: '-0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n", "optim.lr must be > 0"),
+        (
+            "axes: {optim.lrr: '0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
+            "Could not override 'optim.lrr'",
+        ),
     ],
 )
 def test_invalid_runs_fail_validation_naming_the_run(tmp_path, body, message):
@@ -90,12 +104,27 @@ def test_invalid_runs_fail_validation_naming_the_run(tmp_path, body, message):
 
 
 def test_a_sweep_training_cifar_variants_on_synthetic_data_says_so(capsys):
-    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE.parent / "demo.yaml"), "--executor", "local", "--dry-run",
-                      "--out", "/nonexistent"]) == 0
+    assert (
+        sweep_cli(
+            [
+                "launch",
+                str(LOSS_LIN_SLOPE.parent / "demo.yaml"),
+                "--executor",
+                "local",
+                "--dry-run",
+                "--out",
+                "/nonexistent",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     for variant in VARIANTS:
-        assert (f"note: {variant}: its runs train on SyntheticSource, although its experiment "
-                f"(loss_lin_slope_") in err
-    assert sweep_cli(["launch", str(LOSS_LIN_SLOPE), "--executor", "local", "--dry-run", "--json",
-                      "--out", "/nonexistent"]) == 0
+        assert (f"note: {variant}: its runs train on SyntheticSource, although its experiment (loss_lin_slope_") in err
+    assert (
+        sweep_cli(
+            ["launch", str(LOSS_LIN_SLOPE), "--executor", "local", "--dry-run", "--json", "--out", "/nonexistent"]
+        )
+        == 0
+    )
     assert "note:" not in capsys.readouterr().err  # the real sweep trains on what its experiments name

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from sweeps import launch_json, status_of, write_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.sweep.executors import slurm_cli as slurm
 from deconcnn.sweep.sweepdir import SweepDir
+from sweeps import launch_json, status_of, write_sweep
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, ca
 
 
 def test_a_changed_sweep_file_is_refused_saying_what_changed(finished_sweep, tmp_path, capsys):
-    sweep_file, sweep_dir = finished_sweep
+    _sweep_file, sweep_dir = finished_sweep
     changed = write_sweep(tmp_path / "tiny.yaml", seeds="0,1,2")
     assert launch_json(changed, "--executor", "local", "--out", sweep_dir.parent) == 2
     err = capsys.readouterr().err

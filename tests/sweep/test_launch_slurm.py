@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
 from deconcnn.sweep.executors import slurm_cli as slurm
 from deconcnn.sweep.sweepdir import SweepDir
+from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -74,9 +74,16 @@ def test_cancelled_task_shows_cancelled_and_only_it_is_resubmitted(tmp_path, cap
 
 def test_requeued_run_resumes_from_its_checkpoint_logging_every_step_once(tmp_path, capsys):
     # 6 epochs x 5 steps, flushing every 2 steps: long enough to be requeued mid-training.
-    sweep_file = write_sweep(tmp_path / "long.yaml", seeds="0", name="long",
-                             extra=["trainer.max_epochs=6", "data.source.num_samples=112",
-                                    "callbacks.loss_slope_logger.flush_every_n_steps=2"])
+    sweep_file = write_sweep(
+        tmp_path / "long.yaml",
+        seeds="0",
+        name="long",
+        extra=[
+            "trainer.max_epochs=6",
+            "data.source.num_samples=112",
+            "callbacks.loss_slope_logger.flush_every_n_steps=2",
+        ],
+    )
     assert slurm_launch(sweep_file, tmp_path) == 0
     sweep_dir = tmp_path / "long"
     run_dir = SweepDir(sweep_dir).run_dir("S-core_s0")
@@ -90,8 +97,9 @@ def test_requeued_run_resumes_from_its_checkpoint_logging_every_step_once(tmp_pa
     assert status["counts"]["all"]["completed"] == 1, status
     run = json.loads((run_dir / "run.json").read_text())
     assert run["attempt"] == 2 and run["resumed_from_step"] is not None and run["resumed_from_step"] > 0
-    steps = Counter(r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-                    if r["kind"] == "train")
+    steps = Counter(
+        r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    )
     assert sorted(steps) == list(range(30)) and set(steps.values()) == {1}
 
 

@@ -10,8 +10,10 @@ from deconcnn.sweep.launcher import LauncherError, check_feasible, compose_launc
 
 
 def test_submitit_mapping_is_the_plugin_s():
-    values = compose_launcher(["experiment=loss_lin_slope_base"], [
-        "hydra.launcher.partition=gpu", "+hydra.launcher.python=apptainer exec --nv /img.sif python3"])
+    values = compose_launcher(
+        ["experiment=loss_lin_slope_base"],
+        ["hydra.launcher.partition=gpu", "+hydra.launcher.python=apptainer exec --nv /img.sif python3"],
+    )
     init, params = submitit_kwargs(values, "deconcnn-x")
     assert init == {"slurm_max_num_timeout": 3, "slurm_python": "apptainer exec --nv /img.sif python3"}
     assert params["timeout_min"] == 120 and params["gpus_per_node"] == 1 and params["name"] == "deconcnn-x"
@@ -19,14 +21,20 @@ def test_submitit_mapping_is_the_plugin_s():
     assert "submitit_folder" not in params and "_target_" not in params and "slurm_account" not in params  # None: unset
 
 
-@pytest.mark.parametrize(("request_", "expected"), [
-    ({"cpus_per_task": 2, "mem_gb": 4, "gpus_per_node": 1, "timeout_min": 60}, None),
-    ({"cpus_per_task": 9, "mem_gb": 4, "gpus_per_node": 1, "timeout_min": 60}, "cpus_per_task=9"),
-    ({"cpus_per_task": 2, "mem_gb": 4, "gpus_per_node": 1, "timeout_min": 300}, "timeout_min=300"),
-    ({"cpus_per_task": 2, "mem_gb": 99, "gpus_per_node": 3, "timeout_min": 60}, "mem_gb=99 / gpus_per_node=3"),
-])
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        ({"cpus_per_task": 2, "mem_gb": 4, "gpus_per_node": 1, "timeout_min": 60}, None),
+        ({"cpus_per_task": 9, "mem_gb": 4, "gpus_per_node": 1, "timeout_min": 60}, "cpus_per_task=9"),
+        ({"cpus_per_task": 2, "mem_gb": 4, "gpus_per_node": 1, "timeout_min": 300}, "timeout_min=300"),
+        ({"cpus_per_task": 2, "mem_gb": 99, "gpus_per_node": 3, "timeout_min": 60}, "mem_gb=99 / gpus_per_node=3"),
+    ],
+)
 def test_a_node_must_hold_one_task(monkeypatch, request_, expected):
-    nodes = [slurm_cli.NodeResources("small", 2, 8 * 1024, 1, 120.0), slurm_cli.NodeResources("big", 8, 32 * 1024, 2, 240.0)]
+    nodes = [
+        slurm_cli.NodeResources("small", 2, 8 * 1024, 1, 120.0),
+        slurm_cli.NodeResources("big", 8, 32 * 1024, 2, 240.0),
+    ]
     monkeypatch.setattr(slurm_cli, "partition_nodes", lambda partition: nodes)
     if expected is None:
         check_feasible(request_)
@@ -37,5 +45,7 @@ def test_a_node_must_hold_one_task(monkeypatch, request_, expected):
 
 def test_sinfo_time_limits_and_gres():
     assert slurm_cli._minutes("1-02:03:04") == pytest.approx(1563.07, abs=0.01)
-    assert slurm_cli._minutes("30") == 30 and slurm_cli._minutes("10:00") == 10 and slurm_cli._minutes("infinite") is None
+    assert (
+        slurm_cli._minutes("30") == 30 and slurm_cli._minutes("10:00") == 10 and slurm_cli._minutes("infinite") is None
+    )
     assert slurm_cli._gpus("gpu:a100:4(S:0-1)") == 4 and slurm_cli._gpus("(null)") == 0

@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
 from deconcnn.sweep.sweepdir import SweepDir
+from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 
 # One fake GPU per task (the node has gpu:2, File=/dev/null,/dev/zero), so SLURM sets
 # CUDA_VISIBLE_DEVICES; torch finds no CUDA there and trains on the CPU.
@@ -61,8 +61,20 @@ def environ(pid: int) -> dict[str, str]:
 @pytest.mark.usefixtures("slurm_cluster")
 def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(tmp_path, capsys):
     sweep_file = write_sweep(tmp_path / "packed.yaml", name="packed", seeds="0,1,2,3", extra=LONGER)
-    assert launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", tmp_path,
-                       "--workers-per-gpu", "2", *ONE_GPU_TASK) == 0
+    assert (
+        launch_json(
+            sweep_file,
+            "--executor",
+            "slurm",
+            "--skip-check",
+            "--out",
+            tmp_path,
+            "--workers-per-gpu",
+            "2",
+            *ONE_GPU_TASK,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "4 runs submitted" in out and "1 sbatch call(s)" in out
     sweep_dir = tmp_path / "packed"
@@ -77,9 +89,14 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
 
     task, (victim, sibling) = sorted(by_task.items())[0]
     victim_dir, sibling_dir = (SweepDir(sweep_dir).run_dir(r) for r in (victim, sibling))
-    pids = wait_for("both runs of the pack training", lambda: (
-        (running_pid(victim_dir), running_pid(sibling_dir))
-        if running_pid(victim_dir) and running_pid(sibling_dir) else None))
+    pids = wait_for(
+        "both runs of the pack training",
+        lambda: (
+            (running_pid(victim_dir), running_pid(sibling_dir))
+            if running_pid(victim_dir) and running_pid(sibling_dir)
+            else None
+        ),
+    )
     # Two processes, one GPU: both got the task's CUDA_VISIBLE_DEVICES from SLURM.
     gpus = {environ(pid).get("CUDA_VISIBLE_DEVICES") for pid in pids}
     assert len(gpus) == 1 and gpus.pop() in ("0", "1")
@@ -100,6 +117,7 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
     assert status["counts"]["all"]["completed"] == 3 and status["counts"]["all"]["failed"] == 1, status
     assert runs[victim]["state"] == "failed" and runs[victim]["reason"]
     assert json.loads((victim_dir / "run.json").read_text())["status"] == "running"  # never finished
+
     # The pack's task ends COMPLETED (run_pack returned normally): SLURM cannot tell, run.json can.
     def task_ended() -> dict | None:
         runs = {r["run_id"]: r for r in status_of(sweep_dir, capsys)["runs"]}
@@ -112,8 +130,20 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
     assert sibling_run["slurm_job_id"] == task
 
     capsys.readouterr()
-    assert launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", tmp_path,
-                       "--workers-per-gpu", "2", *ONE_GPU_TASK) == 0
+    assert (
+        launch_json(
+            sweep_file,
+            "--executor",
+            "slurm",
+            "--skip-check",
+            "--out",
+            tmp_path,
+            "--workers-per-gpu",
+            "2",
+            *ONE_GPU_TASK,
+        )
+        == 0
+    )
     assert "1 runs submitted, skipped: 3 completed" in capsys.readouterr().out
     manifest = SweepDir(sweep_dir).read_manifest()
     assert manifest["runs"][victim]["attempts"] == 2

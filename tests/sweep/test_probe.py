@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from sweeps import LOCAL_SLURM, launch_json, write_sweep
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.sweep import launch
@@ -27,25 +26,47 @@ from deconcnn.sweep.probe.rules import (
     stop_reason,
 )
 from deconcnn.sweep.sweepdir import SweepDir
+from sweeps import LOCAL_SLURM, launch_json, write_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_FAKE_GPU = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
 GB = 1024.0
 
 
-def cpu_row(k: int, aggregate: float | None, *, status: str = "ok", rss: float = 1.0 * GB,
-            limit: float = 24 * GB, error: str | None = None) -> dict:
+def cpu_row(
+    k: int,
+    aggregate: float | None,
+    *,
+    status: str = "ok",
+    rss: float = 1.0 * GB,
+    limit: float = 24 * GB,
+    error: str | None = None,
+) -> dict:
     """A CPU measurement as summarize_trial writes it (memory: k x peak RSS against RAM)."""
     if status != "ok":
         return {"k": k, "status": status, "error": error}
-    return {"k": k, "status": "ok", "aggregate_samples_per_s": aggregate,
-            "per_run_samples_per_s": [aggregate / k] * k, "memory_total_mb": k * rss,
-            "memory_limit_mb": limit, "host_memory_mb": k * rss, "host_memory_limit_mb": limit}
+    return {
+        "k": k,
+        "status": "ok",
+        "aggregate_samples_per_s": aggregate,
+        "per_run_samples_per_s": [aggregate / k] * k,
+        "memory_total_mb": k * rss,
+        "memory_limit_mb": limit,
+        "host_memory_mb": k * rss,
+        "host_memory_limit_mb": limit,
+    }
 
 
 def gpu_row(k: int, aggregate: float, device_used: float, total: float = 48 * GB) -> dict:
-    return {"k": k, "status": "ok", "aggregate_samples_per_s": aggregate, "memory_total_mb": device_used,
-            "memory_limit_mb": total, "host_memory_mb": k * 2 * GB, "host_memory_limit_mb": 128 * GB}
+    return {
+        "k": k,
+        "status": "ok",
+        "aggregate_samples_per_s": aggregate,
+        "memory_total_mb": device_used,
+        "memory_limit_mb": total,
+        "host_memory_mb": k * 2 * GB,
+        "host_memory_limit_mb": 128 * GB,
+    }
 
 
 # ---------------------------------------------------------------- the rules
@@ -60,8 +81,12 @@ def test_choice_is_the_smallest_k_within_90_percent_of_the_best():
 
 
 def test_oom_at_some_k_chooses_among_the_smaller_ones_and_stops():
-    rows = [gpu_row(1, 3000, 6 * GB), gpu_row(2, 5200, 11 * GB), gpu_row(3, 6900, 16 * GB),
-            cpu_row(4, None, status="oom", error="OutOfMemoryError: CUDA out of memory")]
+    rows = [
+        gpu_row(1, 3000, 6 * GB),
+        gpu_row(2, 5200, 11 * GB),
+        gpu_row(3, 6900, 16 * GB),
+        cpu_row(4, None, status="oom", error="OutOfMemoryError: CUDA out of memory"),
+    ]
     assert stop_reason(rows, max_workers=8) == "out of memory at k=4"
     choice = choose_k(rows)
     assert choice == {"k": 3, "ok": True, "reason": choice["reason"]}
@@ -91,7 +116,8 @@ def test_memory_limit_cuts_k_even_where_throughput_still_rises():
 
 def test_stop_when_throughput_stops_rising_or_at_max_workers():
     assert stop_reason([cpu_row(1, 1000), cpu_row(2, 1040)], max_workers=8).startswith(
-        "throughput stopped rising: +4% at k=2")
+        "throughput stopped rising: +4% at k=2"
+    )
     assert stop_reason([cpu_row(1, 1000), cpu_row(2, 1500)], max_workers=8) is None
     assert stop_reason([cpu_row(1, 1000), cpu_row(2, 1500)], max_workers=2) == "--max-workers 2 reached"
     # A dip counts against the best smaller k, not the last one.
@@ -99,11 +125,21 @@ def test_stop_when_throughput_stops_rising_or_at_max_workers():
 
 
 def test_summarize_gpu_trial_without_nvidia_smi_splits_the_context_evenly():
-    workers = [{"status": "ok", "samples_per_s": 2000.0 + i, "cpu_util": 0.9, "wall_s": 1.0, "threads": 2,
-                "peak_rss_mb": 3000.0, "max_reserved_mb": 2000.0, "device_used_mb": 5000.0,
-                "process_used_mb": None,
-                "device": {"kind": "cuda", "name": "NVIDIA H100", "memory_total_mb": 80000.0}}
-               for i in range(2)]
+    workers = [
+        {
+            "status": "ok",
+            "samples_per_s": 2000.0 + i,
+            "cpu_util": 0.9,
+            "wall_s": 1.0,
+            "threads": 2,
+            "peak_rss_mb": 3000.0,
+            "max_reserved_mb": 2000.0,
+            "device_used_mb": 5000.0,
+            "process_used_mb": None,
+            "device": {"kind": "cuda", "name": "NVIDIA H100", "memory_total_mb": 80000.0},
+        }
+        for i in range(2)
+    ]
     row = summarize_trial(2, workers, host_limit_mb=64000.0)
     assert row["status"] == "ok" and row["aggregate_samples_per_s"] == pytest.approx(4001.0)
     assert row["memory_per_process_mb"] == pytest.approx(2000 + (5000 - 4000) / 2)
@@ -115,8 +151,10 @@ def test_summarize_gpu_trial_without_nvidia_smi_splits_the_context_evenly():
 
 
 def test_summarize_names_the_failing_worker_not_the_one_it_aborted():
-    workers = [{"status": "aborted", "error": "the probe aborted the trial"},
-               {"status": "oom", "error": "OutOfMemoryError: CUDA out of memory"}]
+    workers = [
+        {"status": "aborted", "error": "the probe aborted the trial"},
+        {"status": "oom", "error": "OutOfMemoryError: CUDA out of memory"},
+    ]
     row = summarize_trial(2, workers, host_limit_mb=None)
     assert row["status"] == "oom" and row["error"].startswith("OutOfMemoryError")
 
@@ -125,8 +163,10 @@ def test_summarize_names_the_failing_worker_not_the_one_it_aborted():
 
 
 def probe_file(path: Path, choices: dict[str, int]) -> Path:
-    variants = {v: {"measurements": [cpu_row(1, 100.0)], "choice": {"k": k, "ok": True, "reason": ""}}
-                for v, k in choices.items()}
+    variants = {
+        v: {"measurements": [cpu_row(1, 100.0)], "choice": {"k": k, "ok": True, "reason": ""}}
+        for v, k in choices.items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": 1, "sweep": "tiny", "variants": variants}))
     return path
@@ -143,13 +183,19 @@ def test_launch_packs_the_probes_k_per_variant(tmp_path):
     assert sorted(len(p) for p in make_packs(tasks, per_pack)) == [1, 1, 2, 2, 2, 3, 3]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "is corrupt"),
-    ('["a list"]', "is corrupt (no 'variants' mapping)"),
-    ('{"variants": {"S-core": {"choice": {"k": 0}}}}', "is corrupt (variant S-core: no choice k >= 1)"),
-    ('{"variants": {"S-core": {"choice": {"k": "2"}}}}', "is corrupt (variant S-core: no choice k >= 1)"),
-    ('{"variants": {"S-other": {"choice": {"k": 2}}}}', "was measured for variants ['S-other'], not for ['S-core']"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is corrupt"),
+        ('["a list"]', "is corrupt (no 'variants' mapping)"),
+        ('{"variants": {"S-core": {"choice": {"k": 0}}}}', "is corrupt (variant S-core: no choice k >= 1)"),
+        ('{"variants": {"S-core": {"choice": {"k": "2"}}}}', "is corrupt (variant S-core: no choice k >= 1)"),
+        (
+            '{"variants": {"S-other": {"choice": {"k": 2}}}}',
+            "was measured for variants ['S-other'], not for ['S-core']",
+        ),
+    ],
+)
 def test_a_corrupt_or_mismatched_probe_file_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "probe.json"
     path.write_text(content)
@@ -171,9 +217,11 @@ def test_launch_with_a_corrupt_probe_file_is_one_line_exit_2_and_submits_nothing
 
 
 def test_the_sweep_side_of_the_probe_does_not_import_torch():
-    code = ("import sys, deconcnn.sweep.probe.runner, deconcnn.sweep.probe.measure, deconcnn.sweep.launch, deconcnn.cli; "
-            "bad = [m for m in ('torch', 'pytorch_lightning') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, deconcnn.sweep.probe.runner, deconcnn.sweep.probe.measure, deconcnn.sweep.launch, deconcnn.cli; "
+        "bad = [m for m in ('torch', 'pytorch_lightning') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -182,8 +230,22 @@ def test_the_sweep_side_of_the_probe_does_not_import_torch():
 
 @pytest.mark.slow
 def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
-    code = sweep_cli(["probe-resources", str(REPO / "sweeps" / "demo.yaml"), "--executor", "local",
-                      "--max-workers", "2", "--steps", "4", "--warmup", "2", "--out", str(tmp_path)])
+    code = sweep_cli(
+        [
+            "probe-resources",
+            str(REPO / "sweeps" / "demo.yaml"),
+            "--executor",
+            "local",
+            "--max-workers",
+            "2",
+            "--steps",
+            "4",
+            "--warmup",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = tmp_path / "demo" / "probe.json"
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -195,7 +257,7 @@ def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
     cpus = result["device"]["cpus"]
     for variant, entry in result["variants"].items():
         rows = entry["measurements"]
-        assert [m["k"] for m in rows] == [1, 2][:len(rows)] and rows[0]["status"] == "ok", (variant, rows)
+        assert [m["k"] for m in rows] == [1, 2][: len(rows)] and rows[0]["status"] == "ok", (variant, rows)
         for m in rows:
             assert m["status"] == "ok", (variant, m)
             assert len(m["per_run_samples_per_s"]) == m["k"] and min(m["per_run_samples_per_s"]) > 0
@@ -215,8 +277,11 @@ def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_config_failing_at_k1_is_recorded_with_its_error(tmp_path):
-    bad = VariantSpec("S-bad", "S-bad_s0", ("experiment=loss_lin_slope_base", "data=synthetic",
-                                            "data.source.num_samples=64", "data.val_size=100"))
+    bad = VariantSpec(
+        "S-bad",
+        "S-bad_s0",
+        ("experiment=loss_lin_slope_base", "data=synthetic", "data.source.num_samples=64", "data.val_size=100"),
+    )
     lines: list[str] = []
     result = measure([bad], ProbeSettings(steps=1, warmup=1, max_workers=3), report=lines.append)
     entry = result["variants"]["S-bad"]
@@ -233,9 +298,25 @@ def test_a_config_failing_at_k1_is_recorded_with_its_error(tmp_path):
 def test_probe_through_slurm_runs_as_one_job_and_writes_here(tmp_path, capsys):
     sweep_file = write_sweep(tmp_path / "tiny.yaml", seeds="0")
     out = tmp_path / "elsewhere" / "probe.json"
-    code = sweep_cli(["probe-resources", str(sweep_file), "--executor", "slurm", "--max-workers", "1",
-                      "--steps", "2", "--warmup", "1", "--file", str(out), "--out", str(tmp_path),
-                      *ONE_FAKE_GPU])
+    code = sweep_cli(
+        [
+            "probe-resources",
+            str(sweep_file),
+            "--executor",
+            "slurm",
+            "--max-workers",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--file",
+            str(out),
+            "--out",
+            str(tmp_path),
+            *ONE_FAKE_GPU,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(out.read_text())

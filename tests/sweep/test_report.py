@@ -38,9 +38,19 @@ def test_report_writes_every_plot_and_index(tmp_path):
 
 def test_report_with_absent_kinds_and_custom_dirs(tmp_path):
     # No curvature or noise records at all (too short), one run failed, a whole lr/wd cell missing.
-    sw = make_sweep(tmp_path / "sweep", variants=("S-bn-off",), lrs=(0.05, 0.2), wds=(1e-4, 1e-2),
-                    seeds=(0,), epochs=1, steps_per_epoch=4, curv_every=100, noise_every=5,
-                    failed=[run_id("S-bn-off", 0.05, 1e-4, 0)], missing=[run_id("S-bn-off", 0.2, 1e-2, 0)])
+    sw = make_sweep(
+        tmp_path / "sweep",
+        variants=("S-bn-off",),
+        lrs=(0.05, 0.2),
+        wds=(1e-4, 1e-2),
+        seeds=(0,),
+        epochs=1,
+        steps_per_epoch=4,
+        curv_every=100,
+        noise_every=5,
+        failed=[run_id("S-bn-off", 0.05, 1e-4, 0)],
+        missing=[run_id("S-bn-off", 0.2, 1e-2, 0)],
+    )
     out = report(sw.path, out=tmp_path / "rep", collected=tmp_path / "col")
     assert out == tmp_path / "rep"
     assert pq.read_metadata(tmp_path / "col" / "curvature.parquet").num_rows == 0
@@ -53,14 +63,26 @@ def test_report_with_absent_kinds_and_custom_dirs(tmp_path):
 
 
 def test_layout_follows_the_sweep_s_axes(tmp_path):
-    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-wide"), lrs=(0.05, 0.1, 0.2), wds=(1e-3, 1e-2),
-                    seeds=(0, 1), extra_axes={"model.width": (0.5, 1.0)}, epochs=1, steps_per_epoch=4)
+    sw = make_sweep(
+        tmp_path / "sweep",
+        variants=("S-core", "S-wide"),
+        lrs=(0.05, 0.1, 0.2),
+        wds=(1e-3, 1e-2),
+        seeds=(0, 1),
+        extra_axes={"model.width": (0.5, 1.0)},
+        epochs=1,
+        steps_per_epoch=4,
+    )
     runs, variants, axes = load_runs(collect(sw.path, progress=False))
     layout = Layout.of(runs, variants, axes)
     assert variants == ["S-core", "S-wide"]
     assert (layout.colour_axis, layout.style_axis, layout.facet_axes) == (LR, WD, ["model.width"])
     assert [Layout.title(v, f) for v, f in layout.facets()] == [
-        "S-core width=0.5", "S-core width=1", "S-wide width=0.5", "S-wide width=1"]
+        "S-core width=0.5",
+        "S-core width=1",
+        "S-wide width=0.5",
+        "S-wide width=1",
+    ]
     out = report(sw.path, heatmap=["model.width", LR])
     assert "Median best validation loss, model.width x optim.lr" in (out / "index.md").read_text()
     with pytest.raises(ReportError, match="--heatmap takes two of the sweep's axes"):

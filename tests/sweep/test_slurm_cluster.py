@@ -26,16 +26,12 @@ from deconcnn.sweep.executors.slurm_cli import (
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
-TERMINAL = {
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"
-}
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 
 
 def sbatch(*args: str) -> str:
     """Submit with sbatch --parsable; return the job id."""
-    out = subprocess.run(
-        ["sbatch", "--parsable", *args], capture_output=True, text=True, check=True, timeout=30
-    ).stdout
+    out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=True, timeout=30).stdout
     return out.strip().split(";", 1)[0]
 
 
@@ -70,9 +66,7 @@ def test_array_of_three_completes(tmp_path: Path, jobs: list[str]) -> None:
     job = sbatch("--array=0-2", "-o", out, "--wrap", "echo task=$SLURM_ARRAY_TASK_ID")
     jobs.append(job)
     want = {f"{job}_{i}" for i in range(3)}
-    states = wait_until(
-        [job], lambda s: want <= s.keys() and all(s[k] == "COMPLETED" for k in want)
-    )
+    states = wait_until([job], lambda s: want <= s.keys() and all(s[k] == "COMPLETED" for k in want))
     assert {k: states[k] for k in want} == dict.fromkeys(want, "COMPLETED")
     for i in range(3):
         assert (tmp_path / f"{job}_{i}.out").read_text().strip() == f"task={i}"
@@ -89,9 +83,7 @@ def test_scancel_running_and_pending_tasks(jobs: list[str]) -> None:
     wait_until([job], lambda s: s.get(running) == "RUNNING")
     scancel(pending)
     scancel(running)
-    states = wait_until(
-        [job], lambda s: s.get(running) == "CANCELLED" and s.get(pending) == "CANCELLED"
-    )
+    states = wait_until([job], lambda s: s.get(running) == "CANCELLED" and s.get(pending) == "CANCELLED")
     assert states == {running: "CANCELLED", pending: "CANCELLED"}
 
 
@@ -145,9 +137,7 @@ def test_submitit_autoexecutor_roundtrip(tmp_path: Path) -> None:
     try:
         executor = submitit.AutoExecutor(folder=tmp_path / "submitit")
         assert executor.cluster == "slurm"
-        executor.update_parameters(
-            timeout_min=5, slurm_partition="debug", cpus_per_task=1, mem_gb=1
-        )
+        executor.update_parameters(timeout_min=5, slurm_partition="debug", cpus_per_task=1, mem_gb=1)
         job = executor.submit(_add_and_report, 2, 3)
         total, job_id, cluster = job.result()  # submitit watches the state through sacct
     finally:

@@ -38,44 +38,85 @@ ENDED = SchedulerState("ended", "TIMEOUT")
 UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", "connection refused")
 
 
-@pytest.mark.parametrize(("submission", "run_json", "proc", "live", "cancelled", "expected"), [
-    # final results are kept whatever else is said
-    (SUBMISSION, run("completed", "old"), None, UNKNOWN, None, ("completed", None)),
-    (SUBMISSION, run("diverged", diverged_step=12), None, RUNNING, None, ("diverged", "diverged at step 12")),
-    (None, None, None, None, None, ("missing", None)),
-    (None, run("failed", "old", error="x"), None, None, None, ("missing", None)),
-    # cancelled after this submission: cancelled once nothing of it lives
-    (SUBMISSION, run("failed", error="SIGTERM"), process(False), UNKNOWN, (NOW, "SIGINT"), ("cancelled", "cancelled by SIGINT")),
-    (SUBMISSION, None, process(True), RUNNING, (NOW, "cancel"), ("running", "stopping: cancelled by cancel")),
-    (SUBMISSION, None, None, PENDING, (NOW - 100, "old cancel"), ("pending", "Resources")),
-    # a live process of this submission
-    (SUBMISSION, run("running"), process(True), UNKNOWN, None, ("running", None)),
-    # the scheduler will run it (a requeued task's failed attempt does not count)
-    (SUBMISSION, run("failed", error="SIGTERM"), process(False), PENDING, None, ("pending", "Resources")),
-    # a task ending, or passing through COMPLETING on its way to a requeue
-    (SUBMISSION, run("failed", error="SIGTERM"), process(False), SchedulerState("running", "COMPLETING"), None,
-     ("running", "its SLURM task is completing")),
-    # this submission's process is gone
-    (SUBMISSION, run("running"), process(False), RUNNING, None, ("failed", None)),
-    (SUBMISSION, run("failed", error="RuntimeError: x"), process(False), RUNNING, None, ("failed", "RuntimeError: x")),
-    # the task runs; the run has not started (or runs on another host)
-    (SUBMISSION, None, None, RUNNING, None, ("pending", "its task is running; the run has not started yet")),
-    (SUBMISSION, run("running"), process(False, host="node7"), RUNNING, None, ("running", None)),
-    (SUBMISSION, run("failed", "old"), process(True, "old"), RUNNING, None,
-     ("pending", "its task is running; the run has not started yet")),
-    # nothing can be said
-    (SUBMISSION, None, None, UNREACHABLE, None, ("unknown", "scheduler not answering: connection refused")),
-    # ended
-    (SUBMISSION, run("failed", error="ValueError: y"), None, ENDED, None, ("failed", "ValueError: y")),
-    (SUBMISSION, None, None, ENDED, None, ("failed", "its SLURM task ended TIMEOUT before the run finished")),
-    (SUBMISSION, None, None, SchedulerState("ended", "CANCELLED"), None,
-     ("cancelled", "CANCELLED by the scheduler (scancel?)")),
-    (SUBMISSION, run("running"), None, SchedulerState("ended", "COMPLETED"), None,
-     ("failed", "its SLURM task ended but the run did not finish (see its log)")),
-    # nobody knows it
-    (SUBMISSION, run("failed", "old", error="old error"), None, UNKNOWN, None, ("lost", None)),
-    (LOCAL, None, None, UNKNOWN, None, ("lost", None)),
-])
+@pytest.mark.parametrize(
+    ("submission", "run_json", "proc", "live", "cancelled", "expected"),
+    [
+        # final results are kept whatever else is said
+        (SUBMISSION, run("completed", "old"), None, UNKNOWN, None, ("completed", None)),
+        (SUBMISSION, run("diverged", diverged_step=12), None, RUNNING, None, ("diverged", "diverged at step 12")),
+        (None, None, None, None, None, ("missing", None)),
+        (None, run("failed", "old", error="x"), None, None, None, ("missing", None)),
+        # cancelled after this submission: cancelled once nothing of it lives
+        (
+            SUBMISSION,
+            run("failed", error="SIGTERM"),
+            process(False),
+            UNKNOWN,
+            (NOW, "SIGINT"),
+            ("cancelled", "cancelled by SIGINT"),
+        ),
+        (SUBMISSION, None, process(True), RUNNING, (NOW, "cancel"), ("running", "stopping: cancelled by cancel")),
+        (SUBMISSION, None, None, PENDING, (NOW - 100, "old cancel"), ("pending", "Resources")),
+        # a live process of this submission
+        (SUBMISSION, run("running"), process(True), UNKNOWN, None, ("running", None)),
+        # the scheduler will run it (a requeued task's failed attempt does not count)
+        (SUBMISSION, run("failed", error="SIGTERM"), process(False), PENDING, None, ("pending", "Resources")),
+        # a task ending, or passing through COMPLETING on its way to a requeue
+        (
+            SUBMISSION,
+            run("failed", error="SIGTERM"),
+            process(False),
+            SchedulerState("running", "COMPLETING"),
+            None,
+            ("running", "its SLURM task is completing"),
+        ),
+        # this submission's process is gone
+        (SUBMISSION, run("running"), process(False), RUNNING, None, ("failed", None)),
+        (
+            SUBMISSION,
+            run("failed", error="RuntimeError: x"),
+            process(False),
+            RUNNING,
+            None,
+            ("failed", "RuntimeError: x"),
+        ),
+        # the task runs; the run has not started (or runs on another host)
+        (SUBMISSION, None, None, RUNNING, None, ("pending", "its task is running; the run has not started yet")),
+        (SUBMISSION, run("running"), process(False, host="node7"), RUNNING, None, ("running", None)),
+        (
+            SUBMISSION,
+            run("failed", "old"),
+            process(True, "old"),
+            RUNNING,
+            None,
+            ("pending", "its task is running; the run has not started yet"),
+        ),
+        # nothing can be said
+        (SUBMISSION, None, None, UNREACHABLE, None, ("unknown", "scheduler not answering: connection refused")),
+        # ended
+        (SUBMISSION, run("failed", error="ValueError: y"), None, ENDED, None, ("failed", "ValueError: y")),
+        (SUBMISSION, None, None, ENDED, None, ("failed", "its SLURM task ended TIMEOUT before the run finished")),
+        (
+            SUBMISSION,
+            None,
+            None,
+            SchedulerState("ended", "CANCELLED"),
+            None,
+            ("cancelled", "CANCELLED by the scheduler (scancel?)"),
+        ),
+        (
+            SUBMISSION,
+            run("running"),
+            None,
+            SchedulerState("ended", "COMPLETED"),
+            None,
+            ("failed", "its SLURM task ended but the run did not finish (see its log)"),
+        ),
+        # nobody knows it
+        (SUBMISSION, run("failed", "old", error="old error"), None, UNKNOWN, None, ("lost", None)),
+        (LOCAL, None, None, UNKNOWN, None, ("lost", None)),
+    ],
+)
 def test_run_state_table(submission, run_json, proc, live, cancelled, expected):
     state, reason = run_state(submission, run_json, proc, live, cancelled)
     assert state == expected[0]

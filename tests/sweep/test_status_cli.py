@@ -21,9 +21,15 @@ def test_watch_honours_its_number_above_the_executor_s_floor():
 
 
 def test_the_table_fits_80_columns_with_every_state_spelled_out(tmp_path, capsys, monkeypatch):
-    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-adamw", "S-bn-off", "S-narrow"), failed=[FAILED],
-                    running=[RUNNING], missing=[run_id("S-narrow", 0.1, 1e-3, 0)], lost=[run_id("S-bn-off", 0.1, 1e-3, 0)],
-                    diverged={run_id("S-adamw", 0.1, 1e-3, 0): 3})
+    sw = make_sweep(
+        tmp_path / "sweep",
+        variants=("S-core", "S-adamw", "S-bn-off", "S-narrow"),
+        failed=[FAILED],
+        running=[RUNNING],
+        missing=[run_id("S-narrow", 0.1, 1e-3, 0)],
+        lost=[run_id("S-bn-off", 0.1, 1e-3, 0)],
+        diverged={run_id("S-adamw", 0.1, 1e-3, 0): 3},
+    )
     monkeypatch.setenv("COLUMNS", "80")
     capsys.readouterr()
     assert sweep_cli(["status", str(sw.path)]) == 0
@@ -47,8 +53,9 @@ def test_watch_ends_at_once_on_a_final_sweep_with_one_json_document_per_refresh(
 
 
 def test_status_links_the_report_once_there_is_one(tmp_path, capsys, monkeypatch):
-    sweep = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), wds=(1e-3,), seeds=(0,),
-                       epochs=1, steps_per_epoch=4)
+    sweep = make_sweep(
+        tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), wds=(1e-3,), seeds=(0,), epochs=1, steps_per_epoch=4
+    )
     monkeypatch.setenv("COLUMNS", "200")
     assert sweep_cli(["status", str(sweep.path)]) == 0
     assert "report:" not in capsys.readouterr().out

@@ -54,8 +54,7 @@ ALPHA = 1e-3  # significance level of the distribution tests
 # --------------------------------------------------------------------------------------------
 
 PER_BATCH = 6  # images per data batch (the real archive has 10000)
-LABEL_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-               b"dog", b"frog", b"horse", b"ship", b"truck"]
+LABEL_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 
 
 def _rows(images: np.ndarray) -> np.ndarray:
@@ -81,21 +80,28 @@ def write_cifar_archive(root: Path, seed: int = 0) -> tuple[Path, np.ndarray, np
     labels = rng.integers(0, 10, size=5 * PER_BATCH)
     for b in range(5):
         part = slice(b * PER_BATCH, (b + 1) * PER_BATCH)
-        _pickle(staging / f"data_batch_{b + 1}", {
-            b"batch_label": f"training batch {b + 1} of 5".encode(),
-            b"labels": [int(v) for v in labels[part]],
-            b"data": _rows(images[part]),
-            b"filenames": [f"img_{b}_{i}.png".encode() for i in range(PER_BATCH)],
-        })
+        _pickle(
+            staging / f"data_batch_{b + 1}",
+            {
+                b"batch_label": f"training batch {b + 1} of 5".encode(),
+                b"labels": [int(v) for v in labels[part]],
+                b"data": _rows(images[part]),
+                b"filenames": [f"img_{b}_{i}.png".encode() for i in range(PER_BATCH)],
+            },
+        )
     test_images = rng.integers(0, 256, size=(PER_BATCH, 3, SIZE, SIZE), dtype=np.uint8)
-    _pickle(staging / "test_batch", {
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": [int(v) for v in rng.integers(0, 10, size=PER_BATCH)],
-        b"data": _rows(test_images),
-        b"filenames": [f"test_{i}.png".encode() for i in range(PER_BATCH)],
-    })
-    _pickle(staging / "batches.meta", {b"num_cases_per_batch": PER_BATCH, b"label_names": LABEL_NAMES,
-                                       b"num_vis": 3072})
+    _pickle(
+        staging / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": [int(v) for v in rng.integers(0, 10, size=PER_BATCH)],
+            b"data": _rows(test_images),
+            b"filenames": [f"test_{i}.png".encode() for i in range(PER_BATCH)],
+        },
+    )
+    _pickle(
+        staging / "batches.meta", {b"num_cases_per_batch": PER_BATCH, b"label_names": LABEL_NAMES, b"num_vis": 3072}
+    )
     archive = root / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(staging, arcname="cifar-10-batches-py")
@@ -141,8 +147,9 @@ def test_download_with_wrong_md5_fails_clearly_and_unpacks_nothing(cifar_archive
 
 def test_source_downloads_when_allowed(cifar_archive, tmp_path, monkeypatch):
     archive, md5, images, _ = cifar_archive
-    monkeypatch.setattr(data_module, "download_cifar10",
-                        functools.partial(download_cifar10, url=archive.as_uri(), md5=md5))
+    monkeypatch.setattr(
+        data_module, "download_cifar10", functools.partial(download_cifar10, url=archive.as_uri(), md5=md5)
+    )
     source = Cifar10Source(str(tmp_path / "fresh"), download=True)
     source.prepare()
     assert torch.equal(source.load()[0], torch.from_numpy(images))
@@ -228,6 +235,7 @@ def test_datamodule_on_the_archive_splits_exact_images(cifar_archive, tmp_path):
 # The split and the synthetic set
 # --------------------------------------------------------------------------------------------
 
+
 def test_split_is_fixed_for_a_seed_disjoint_and_45k_5k():
     train, val = split_indices(50_000, 5_000, split_seed=0)
     assert len(train) == 45_000 and len(val) == 5_000
@@ -268,12 +276,13 @@ def test_synthetic_is_learnable():
 # Augmentation against a per-sample reference
 # --------------------------------------------------------------------------------------------
 
+
 def reference_crop_flip(image: Tensor, top: int, left: int, flip: bool) -> Tensor:
     """torchvision RandomCrop(32, padding=4) + RandomHorizontalFlip for one CHW image, given the draws."""
     c, h, w = image.shape
     padded = torch.zeros(c, h + 2 * PAD, w + 2 * PAD, dtype=image.dtype)
-    padded[:, PAD:PAD + h, PAD:PAD + w] = image
-    out = padded[:, top:top + h, left:left + w]
+    padded[:, PAD : PAD + h, PAD : PAD + w] = image
+    out = padded[:, top : top + h, left : left + w]
     return out.flip(-1) if flip else out
 
 
@@ -318,15 +327,16 @@ def test_normalize_uses_the_cifar_mean_and_std_per_channel():
 
 
 def test_crop_flip_equals_reference_for_every_offset_and_flip():
-    draws = [(t, l, f) for t in range(2 * PAD + 1) for l in range(2 * PAD + 1) for f in (False, True)]
-    images = torch.randint(0, 256, (len(draws), 3, SIZE, SIZE), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    offsets = torch.tensor([(t, l) for t, l, _ in draws])
+    draws = [(t, left, f) for t in range(2 * PAD + 1) for left in range(2 * PAD + 1) for f in (False, True)]
+    images = torch.randint(
+        0, 256, (len(draws), 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    offsets = torch.tensor([(t, left) for t, left, _ in draws])
     flips = torch.tensor([f for _, _, f in draws])
     out = crop_flip(images, offsets, flips)
     assert out.dtype == torch.uint8 and out.shape == images.shape
-    for i, (t, l, f) in enumerate(draws):
-        assert torch.equal(out[i], reference_crop_flip(images[i], t, l, f)), (t, l, f)
+    for i, (t, left, f) in enumerate(draws):
+        assert torch.equal(out[i], reference_crop_flip(images[i], t, left, f)), (t, left, f)
 
 
 def test_marker_decoding_matches_the_reference():
@@ -343,8 +353,9 @@ def augmented_markers() -> tuple[list[Tensor], list[tuple[Tensor, Tensor, Tensor
     n = 8100
     images = marker_image().expand(n, -1, -1, -1).contiguous()
     epoch = {"value": 0}
-    loader = TensorBatchLoader(images, torch.arange(n), 1024, shuffle=True, augment=True, seed=11,
-                               epoch_fn=lambda: epoch["value"])
+    loader = TensorBatchLoader(
+        images, torch.arange(n), 1024, shuffle=True, augment=True, seed=11, epoch_fn=lambda: epoch["value"]
+    )
     per_epoch = []
     for e in (0, 1):
         epoch["value"] = e
@@ -395,8 +406,9 @@ def test_loader_matches_the_reference_distribution_on_pixels():
     """Mean augmented image of the loader vs the per-sample reference pipeline (two-sample z-test)."""
     image = torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     n = 4000
-    loader = TensorBatchLoader(image.expand(n, -1, -1, -1).contiguous(), torch.arange(n), 1000,
-                               shuffle=False, augment=True, seed=2)
+    loader = TensorBatchLoader(
+        image.expand(n, -1, -1, -1).contiguous(), torch.arange(n), 1000, shuffle=False, augment=True, seed=2
+    )
     ours = denormalize(torch.cat([b[0] for b in loader])).double()
     rng = random.Random(3)
     ref = torch.stack([reference_crop_flip(image, *reference_draw(rng)) for _ in range(n)]).double()
@@ -410,9 +422,17 @@ def test_loader_matches_the_reference_distribution_on_pixels():
 # Shuffling and the datamodule
 # --------------------------------------------------------------------------------------------
 
+
 def _order(seed: int, epoch: int, n: int = 300, batch: int = 64) -> list[int]:
-    loader = TensorBatchLoader(torch.zeros(n, 3, SIZE, SIZE, dtype=torch.uint8), torch.arange(n), batch,
-                               shuffle=True, augment=True, seed=seed, epoch_fn=lambda: epoch)
+    loader = TensorBatchLoader(
+        torch.zeros(n, 3, SIZE, SIZE, dtype=torch.uint8),
+        torch.arange(n),
+        batch,
+        shuffle=True,
+        augment=True,
+        seed=seed,
+        epoch_fn=lambda: epoch,
+    )
     return torch.cat([labels for _, labels in loader]).tolist()
 
 
@@ -427,8 +447,15 @@ def test_shuffle_is_seeded_per_run_and_epoch():
 
 def test_epoch_fn_is_read_at_each_iteration():
     epoch = {"value": 0}
-    loader = TensorBatchLoader(torch.zeros(100, 3, SIZE, SIZE, dtype=torch.uint8), torch.arange(100), 32,
-                               shuffle=True, augment=False, seed=4, epoch_fn=lambda: epoch["value"])
+    loader = TensorBatchLoader(
+        torch.zeros(100, 3, SIZE, SIZE, dtype=torch.uint8),
+        torch.arange(100),
+        32,
+        shuffle=True,
+        augment=False,
+        seed=4,
+        epoch_fn=lambda: epoch["value"],
+    )
     assert len(loader) == 4
     seen = {}
     for e in (0, 3, 0):
@@ -482,8 +509,7 @@ def test_loader_refuses_the_state_of_other_data():
 
 def test_position_fn_says_what_was_trained_not_what_was_prefetched():
     images, labels = _markers()
-    loader = TensorBatchLoader(images, labels, 16, shuffle=True, augment=False, seed=5,
-                               position_fn=lambda: (0, 2))
+    loader = TensorBatchLoader(images, labels, 16, shuffle=True, augment=False, seed=5, position_fn=lambda: (0, 2))
     batches = iter(loader)
     for _ in range(3):  # a fetcher one batch ahead of training
         next(batches)
@@ -506,8 +532,9 @@ class IdSource:
 
 def _datamodule(seed: int, **kwargs) -> tuple[CifarDataModule, Tensor]:
     source = IdSource()
-    dm = CifarDataModule(source, batch_size=kwargs.pop("batch_size", 32), val_size=40, split_seed=7,
-                         seed=seed, **kwargs)
+    dm = CifarDataModule(
+        source, batch_size=kwargs.pop("batch_size", 32), val_size=40, split_seed=7, seed=seed, **kwargs
+    )
     dm.setup()
     return dm, source.load()[0]
 
@@ -537,8 +564,7 @@ def test_train_loader_without_augmentation_is_plain_normalised_images():
 
 def test_train_loader_augments():
     dm, images = _datamodule(0)
-    changed = [not torch.equal(x[i], normalize(images[y[i]])) for x, y in dm.train_dataloader()
-               for i in range(len(y))]
+    changed = [not torch.equal(x[i], normalize(images[y[i]])) for x, y in dm.train_dataloader() for i in range(len(y))]
     assert sum(changed) / len(changed) > 0.9  # only the centred, unflipped draw (p = 1/162) is the identity
 
 
@@ -557,7 +583,7 @@ def test_fixed_batch_is_the_same_for_every_run_and_unaugmented():
 
 def test_fixed_batch_sets_up_on_demand():
     dm = CifarDataModule(IdSource(), batch_size=32, val_size=40, split_seed=7)
-    x, y = dm.fixed_batch(8, seed=0)
+    x, _y = dm.fixed_batch(8, seed=0)
     assert x.shape == (8, 3, SIZE, SIZE)
 
 
@@ -598,13 +624,20 @@ def test_lightning_sees_the_planned_epoch_each_epoch(tmp_path):
     """Inside a real fit, epoch e's batches are exactly the loader's plan for (run seed, e)."""
     dm = CifarDataModule(IdSource(), batch_size=40, val_size=40, split_seed=7, seed=3)
     model = _BatchRecorder()
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     assert sorted(model.seen) == [0, 1, 2]
     for epoch, batches in model.seen.items():
-        expected = TensorBatchLoader(*dm._train, 40, shuffle=True, augment=True, seed=3, epoch_fn=lambda: epoch)
+        expected = TensorBatchLoader(*dm._train, 40, shuffle=True, augment=True, seed=3, epoch_fn=lambda e=epoch: e)
         planned = list(expected)
         assert len(batches) == len(planned) == 4
         for (x, y), (px, py) in zip(batches, planned):

@@ -25,8 +25,9 @@ from deconcnn.runlog.run_status import RunStatusFile, read_run_status
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
     try:
@@ -44,8 +45,14 @@ def train_logged(run_dir: Path) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(run_dir / "stdout.log", "ab") as log:
-        return subprocess.run([sys.executable, "-m", "deconcnn.train", *TINY, f"hydra.run.dir={run_dir}"],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "deconcnn.train", *TINY, f"hydra.run.dir={run_dir}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        ).returncode
 
 
 @pytest.mark.slow

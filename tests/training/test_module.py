@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ def test_warmup_is_linear_from_near_zero_to_one():
     values = [warmup_cosine(s, w, total) for s in range(w)]
     assert values[0] == pytest.approx(1 / w)  # the first step already moves, by 1/w of the peak
     assert values[-1] == pytest.approx(1.0)
-    steps = [b - a for a, b in zip(values, values[1:])]
+    steps = [b - a for a, b in itertools.pairwise(values)]
     assert steps == pytest.approx([1 / w] * (w - 1))
 
 
@@ -29,7 +30,7 @@ def test_cosine_after_warmup_falls_monotonically_to_zero():
     assert after[0] == pytest.approx(1.0)
     assert warmup_cosine(w + (total - w) // 2, w, total) == pytest.approx(0.5)
     assert after[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(b <= a for a, b in zip(after, after[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(after))
     assert warmup_cosine(total + 50, w, total) == pytest.approx(0.0, abs=1e-12)  # stays at 0 past the end
     for s in range(w, total + 1):
         expected = 0.5 * (1 + math.cos(math.pi * (s - w) / (total - w)))
@@ -43,8 +44,9 @@ def test_no_warmup_starts_at_the_peak():
 
 def _scheduled_lrs(warmup_epochs: float, steps_per_epoch: int, epochs: int, lr: float = 0.2) -> list[float]:
     """lr of every optimizer step from ImageClassifier.configure_optimizers, stepped per batch."""
-    module = ImageClassifier(nn.Linear(2, 2), lambda params: torch.optim.SGD(params, lr=lr),
-                             warmup_epochs=warmup_epochs)
+    module = ImageClassifier(
+        nn.Linear(2, 2), lambda params: torch.optim.SGD(params, lr=lr), warmup_epochs=warmup_epochs
+    )
     datamodule = SimpleNamespace(train_dataloader=lambda: range(steps_per_epoch))
     module.trainer = SimpleNamespace(datamodule=datamodule, max_epochs=epochs, accumulate_grad_batches=1)
     config = module.configure_optimizers()
@@ -78,6 +80,6 @@ def test_logged_lr_of_a_real_run_follows_the_schedule(tmp_path):
     assert max(lrs) == pytest.approx(base) and lrs.index(max(lrs)) == warmup - 1
     assert lrs[warmup] == pytest.approx(base)  # the first cosine step is still the peak
     assert 0 < lrs[-1] < 0.01 * base  # last step near 0
-    assert all(b > a for a, b in zip(lrs[:warmup], lrs[1:warmup]))
-    assert all(b <= a for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))
+    assert all(b > a for a, b in itertools.pairwise(lrs))
+    assert all(b <= a for a, b in zip(lrs[warmup:], lrs[warmup + 1 :]))
     assert lrs == pytest.approx([base * warmup_cosine(s, warmup, total) for s in range(total)], rel=1e-9)

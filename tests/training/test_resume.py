@@ -83,8 +83,11 @@ SCENARIOS = {
     "right after a checkpoint": (kill(8), None, 8),
     "mid-epoch between checkpoints": (kill(11), None, 8),
     "at an epoch boundary": (kill(16), None, 16),
-    "during a checkpoint write": (["+callbacks.kill._target_=fault_callbacks.KillDuringCheckpointWrite",
-                                   "+callbacks.kill.step=12"], None, 8),
+    "during a checkpoint write": (
+        ["+callbacks.kill._target_=fault_callbacks.KillDuringCheckpointWrite", "+callbacks.kill.step=12"],
+        None,
+        8,
+    ),
     "last.ckpt half-truncated": (kill(11), truncate_last, 8),
     "every checkpoint garbage": (kill(11), garble_all, None),
 }
@@ -134,5 +137,7 @@ def test_damaged_checkpoints_are_named_in_run_json(resumed_runs):
     assert "started over from step 0" in garbage["resume_note"]
     during_write = read_status(dirs["during a checkpoint write"])
     assert during_write["resumed_from"] == "checkpoints/last.ckpt"
-    leftovers = [p.name for p in (dirs["during a checkpoint write"] / "checkpoints").iterdir() if p.name.startswith(".")]
+    leftovers = [
+        p.name for p in (dirs["during a checkpoint write"] / "checkpoints").iterdir() if p.name.startswith(".")
+    ]
     assert leftovers == []

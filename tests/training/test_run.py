@@ -77,8 +77,7 @@ def test_sigkill_mid_epoch_then_resume_logs_every_step_once(tmp_path):
     run_dir = tmp_path / "run"
     common = [*TINY, f"hydra.run.dir={run_dir}", "callbacks.loss_slope_logger.flush_every_n_steps=3"]
     # Killed at step 27: the last checkpoint is at step 24, and steps 25-26 were already flushed.
-    killed = train_cli([*common, "+callbacks.kill._target_=fault_callbacks.KillAtStep",
-                        "+callbacks.kill.step=27"])
+    killed = train_cli([*common, "+callbacks.kill._target_=fault_callbacks.KillAtStep", "+callbacks.kill.step=27"])
     assert killed.returncode == -9, killed.stderr[-2000:]
     before = read_log(run_dir)
     assert any(r["kind"] == "train" and r["step"] > 24 for r in before)
@@ -96,8 +95,7 @@ def test_sigkill_mid_epoch_then_resume_logs_every_step_once(tmp_path):
 
 
 def test_diverging_run_ends_diverged_with_its_step(tmp_path):
-    status = train(compose_run(tmp_path, ["optim.lr=1e12", "schedule.warmup_epochs=0",
-                                          "trainer.max_epochs=1"]))
+    status = train(compose_run(tmp_path, ["optim.lr=1e12", "schedule.warmup_epochs=0", "trainer.max_epochs=1"]))
     assert status == "diverged"
     run = read_status(tmp_path)
     assert run["status"] == "diverged" and run["diverged_step"] is not None
@@ -108,8 +106,15 @@ def test_diverging_run_ends_diverged_with_its_step(tmp_path):
 
 
 def test_raising_run_ends_failed_with_the_error(tmp_path):
-    cfg = compose_run(tmp_path, ["trainer.max_epochs=1", "+callbacks.boom._target_=fault_callbacks.RaiseAtStep",
-                                 "+callbacks.boom.step=3", "+callbacks.boom.message=disk on fire"])
+    cfg = compose_run(
+        tmp_path,
+        [
+            "trainer.max_epochs=1",
+            "+callbacks.boom._target_=fault_callbacks.RaiseAtStep",
+            "+callbacks.boom.step=3",
+            "+callbacks.boom.message=disk on fire",
+        ],
+    )
     with pytest.raises(RuntimeError, match="disk on fire"):
         train(cfg)
     run = read_status(tmp_path)
@@ -144,8 +149,9 @@ def test_variants_differ_as_the_experiment_says(tmp_path):
 
 @pytest.mark.slow
 def test_channels_last_and_bf16_switches_train(tmp_path):
-    status = train(compose_run(tmp_path, ["trainer.max_epochs=1", "channels_last=true",
-                                          "trainer.precision=bf16-mixed"]))
+    status = train(
+        compose_run(tmp_path, ["trainer.max_epochs=1", "channels_last=true", "trainer.precision=bf16-mixed"])
+    )
     assert status == "completed"
     assert [r["step"] for r in read_log(tmp_path) if r["kind"] == "train"] == list(range(16))
 

@@ -14,8 +14,9 @@ def render(result: CheckResult) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"pre-launch check: {result.sweep} ({'PASSED' if result.passed else 'FAILED'})",
-                  show_lines=True)
+    table = Table(
+        title=f"pre-launch check: {result.sweep} ({'PASSED' if result.passed else 'FAILED'})", show_lines=True
+    )
     table.add_column("item", style="bold", max_width=28)
     for variant in result.variants:
         table.add_column(variant, overflow="fold")
@@ -37,9 +38,11 @@ def render(result: CheckResult) -> Any:
 def shrink_summary(result: CheckResult) -> list[str]:
     schedules = {(c.schedule.steps_per_epoch, c.schedule.epochs) for c in result.checks}
     sizes = ", ".join(f"{spe} steps/epoch x {epochs} epochs" for spe, epochs in sorted(schedules))
-    lines = [f"check runs: debug={CHECK_DEBUG} (synthetic data, {sizes}), curvature period scaled to fire "
-             f"{CHECK_CURVATURE_FIRINGS} times, curvature and gradient-noise batches of {CHECK_CURVATURE_BATCH}; "
-             "schedules otherwise as configured"]
+    lines = [
+        f"check runs: debug={CHECK_DEBUG} (synthetic data, {sizes}), curvature period scaled to fire "
+        f"{CHECK_CURVATURE_FIRINGS} times, curvature and gradient-noise batches of {CHECK_CURVATURE_BATCH}; "
+        "schedules otherwise as configured"
+    ]
     for check in result.checks:
         for note in check.notes:
             lines.append(f"{check.variant}: {note}")

@@ -60,9 +60,9 @@ MEGABYTE = 1024 * 1024
 
 # ---------------------------------------------------------------- the check runs' shrink
 
-CHECK_DEBUG = "check"              # conf/debug/check.yaml: 4 epochs of 8 steps of 8 samples
-CHECK_CURVATURE_FIRINGS = 2        # curvature period = total steps / this
-CHECK_CURVATURE_BATCH = 8          # curvature and per-sample-gradient batches (cost, not schedule)
+CHECK_DEBUG = "check"  # conf/debug/check.yaml: 4 epochs of 8 steps of 8 samples
+CHECK_CURVATURE_FIRINGS = 2  # curvature period = total steps / this
+CHECK_CURVATURE_BATCH = 8  # curvature and per-sample-gradient batches (cost, not schedule)
 #: Width cap without a GPU. Measured on 2 CPU cores (other jobs running): one curvature HVP on 8
 #: samples takes ~1.1 s at width 0.125, ~2.4 s at 0.25; width 1.0 did not finish its first
 #: curvature record in 5 minutes.
@@ -111,9 +111,9 @@ class Schedule:
 
     steps_per_epoch: int
     epochs: int
-    val_check_interval: Any                  # the config's trainer.val_check_interval
-    curvature_every: int | None              # None: no curvature monitor in the config
-    noise_every_epochs: int | None           # None: no noise monitor in the config
+    val_check_interval: Any  # the config's trainer.val_check_interval
+    curvature_every: int | None  # None: no curvature monitor in the config
+    noise_every_epochs: int | None  # None: no noise monitor in the config
 
     @property
     def total_steps(self) -> int:
@@ -191,12 +191,18 @@ def check_per_batch(records: Sequence[dict[str, Any]], schedule: Schedule) -> It
         for key in PER_BATCH_KEYS:
             if not _finite(r.get(key)):
                 bad_keys[key] += 1
-        if _finite(r.get("loss_train_nats")) and _finite(r.get("loss_train_bits")) and not math.isclose(
-                r["loss_train_bits"], r["loss_train_nats"] / math.log(2), rel_tol=1e-6, abs_tol=1e-9):
+        if (
+            _finite(r.get("loss_train_nats"))
+            and _finite(r.get("loss_train_bits"))
+            and not math.isclose(r["loss_train_bits"], r["loss_train_nats"] / math.log(2), rel_tol=1e-6, abs_tol=1e-9)
+        ):
             bad_keys["loss_train_bits != nats/ln2"] += 1
         step = r.get("step")
-        if isinstance(step, int) and _number(r.get("epoch_frac")) and not math.isclose(
-                r["epoch_frac"], (step + 1) / schedule.steps_per_epoch, abs_tol=1e-9):
+        if (
+            isinstance(step, int)
+            and _number(r.get("epoch_frac"))
+            and not math.isclose(r["epoch_frac"], (step + 1) / schedule.steps_per_epoch, abs_tol=1e-9)
+        ):
             bad_keys["epoch_frac != (step+1)/steps_per_epoch"] += 1
     if bad_keys:
         problems.append("bad or absent: " + ", ".join(f"{k} ({c} records)" for k, c in bad_keys.items()))
@@ -209,20 +215,32 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
     """Validation records exactly where the config's trainer.val_check_interval (a fraction of an
     epoch that divides it) puts them; a change from the experiment's 0.25 is said, not failed."""
     interval = schedule.val_check_interval
-    if not (_number(interval) and not isinstance(interval, int) and 0 < interval <= 1
-            and math.isclose(1 / interval, round(1 / interval))):
-        return fail(f"trainer.val_check_interval={interval}: the check needs a fraction of an epoch that "
-                    "divides it (0.25, 0.5, 1.0, ...)")
-    change = (None if math.isclose(interval, DEFAULT_VAL_CHECK_INTERVAL) else
-              f"trainer.val_check_interval={interval:g} (the experiment's: {DEFAULT_VAL_CHECK_INTERVAL:g})")
+    if not (
+        _number(interval)
+        and not isinstance(interval, int)
+        and 0 < interval <= 1
+        and math.isclose(1 / interval, round(1 / interval))
+    ):
+        return fail(
+            f"trainer.val_check_interval={interval}: the check needs a fraction of an epoch that "
+            "divides it (0.25, 0.5, 1.0, ...)"
+        )
+    change = (
+        None
+        if math.isclose(interval, DEFAULT_VAL_CHECK_INTERVAL)
+        else f"trainer.val_check_interval={interval:g} (the experiment's: {DEFAULT_VAL_CHECK_INTERVAL:g})"
+    )
     per_epoch = round(1 / interval)
     expected = [k / per_epoch for k in range(1, schedule.epochs * per_epoch + 1)]
     val = _kind(records, "val")
     got = [r.get("epoch_frac") for r in val]
     if len(got) != len(expected) or not all(
-            _number(g) and math.isclose(g, e, abs_tol=1e-9) for g, e in zip(got, expected)):
-        return fail(f"val records at epoch_frac {_fracs(v for v in got if _number(v))} "
-                    f"({len(got)} records), expected {_fracs(expected)} ({len(expected)})")
+        _number(g) and math.isclose(g, e, abs_tol=1e-9) for g, e in zip(got, expected)
+    ):
+        return fail(
+            f"val records at epoch_frac {_fracs(v for v in got if _number(v))} "
+            f"({len(got)} records), expected {_fracs(expected)} ({len(expected)})"
+        )
     problems = []
     for r in val:
         missing = [k for k in VAL_KEYS if not _finite(r.get(k))]
@@ -235,20 +253,32 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
             problems.append(f"epoch_frac {r['epoch_frac']:g} stamped step {step}")
     if problems:
         return fail("; ".join(problems[:3]))
-    return ok(f"{len(val)} records at epoch_frac {_fracs(expected[:3])}, ..., {expected[-1]:g}; "
-              f"all {len(VAL_KEYS)} keys finite, grad_norm > 0", change)
+    return ok(
+        f"{len(val)} records at epoch_frac {_fracs(expected[:3])}, ..., {expected[-1]:g}; "
+        f"all {len(VAL_KEYS)} keys finite, grad_norm > 0",
+        change,
+    )
 
 
-def check_curvature(records: Sequence[dict[str, Any]], schedule: Schedule,
-                    configured_every: int | None = None) -> ItemResult:
+def check_curvature(
+    records: Sequence[dict[str, Any]], schedule: Schedule, configured_every: int | None = None
+) -> ItemResult:
     """Curvature records exactly at steps 0, n, 2n, ... < N, each with finite values and errors."""
     if schedule.curvature_every is None:
-        return ok("no curvature records expected", f"callbacks.{CURVATURE} is off (the experiment's: every "
-                  f"{DEFAULT_CURVATURE_EVERY} steps)") if not _kind(records, "curvature") else \
-            fail(f"callbacks.{CURVATURE} is off, yet the log has curvature records")
-    change = (None if configured_every in (None, DEFAULT_CURVATURE_EVERY) else
-              f"callbacks.{CURVATURE}.compute_every_n_steps={configured_every} (the experiment's: "
-              f"{DEFAULT_CURVATURE_EVERY})")
+        return (
+            ok(
+                "no curvature records expected",
+                f"callbacks.{CURVATURE} is off (the experiment's: every {DEFAULT_CURVATURE_EVERY} steps)",
+            )
+            if not _kind(records, "curvature")
+            else fail(f"callbacks.{CURVATURE} is off, yet the log has curvature records")
+        )
+    change = (
+        None
+        if configured_every in (None, DEFAULT_CURVATURE_EVERY)
+        else f"callbacks.{CURVATURE}.compute_every_n_steps={configured_every} (the experiment's: "
+        f"{DEFAULT_CURVATURE_EVERY})"
+    )
     every = schedule.curvature_every
     expected = list(range(0, schedule.total_steps, every))
     curv = _kind(records, "curvature")
@@ -267,8 +297,11 @@ def check_curvature(records: Sequence[dict[str, Any]], schedule: Schedule,
                 problems.append(f"step {r['step']}: {', '.join(absent)} absent or not finite")
     if problems:
         return fail("; ".join(problems[:3]))
-    return ok(f"{scaled}: steps {expected}; {', '.join(CURVATURE_FIELDS)} finite with "
-              f"{', '.join(e[0] for e in CURVATURE_FIELDS.values())}", change)
+    return ok(
+        f"{scaled}: steps {expected}; {', '.join(CURVATURE_FIELDS)} finite with "
+        f"{', '.join(e[0] for e in CURVATURE_FIELDS.values())}",
+        change,
+    )
 
 
 def _producer(record: dict[str, Any], value: str) -> str | None:
@@ -305,34 +338,49 @@ def check_curvature_estimators(records: Sequence[dict[str, Any]], schedule: Sche
                 labels.setdefault(value, Counter())[label] += 1
     described = "; ".join(
         f"{value}: {', '.join(f'{lab} (BackPACK)' if lab in BACKPACK_LABELS else lab for lab in c)}"
-        for value, c in labels.items())
+        for value, c in labels.items()
+    )
     backpack = sorted(v for v, c in labels.items() if any(lab in BACKPACK_LABELS for lab in c))
     where = f"BackPACK used for {', '.join(backpack)}" if backpack else "BackPACK not used"
     if unlabelled:
-        return fail("producer not recorded: " + ", ".join(f"{k} in {c} records" for k, c in unlabelled.items())
-                    + (f"; recorded: {described}" if described else ""))
+        return fail(
+            "producer not recorded: "
+            + ", ".join(f"{k} in {c} records" for k, c in unlabelled.items())
+            + (f"; recorded: {described}" if described else "")
+        )
     return ok(f"{described}; {where}")
 
 
 def check_noise(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemResult:
     """Noise records exactly after epochs 2, 4, ... with each value finite or a reason given."""
     if schedule.noise_every_epochs is None:
-        return ok("no noise records expected", f"callbacks.{NOISE} is off (the experiment's: every "
-                  f"{DEFAULT_NOISE_EVERY_EPOCHS} epochs)") if not _kind(records, "noise") else \
-            fail(f"callbacks.{NOISE} is off, yet the log has noise records")
+        return (
+            ok(
+                "no noise records expected",
+                f"callbacks.{NOISE} is off (the experiment's: every {DEFAULT_NOISE_EVERY_EPOCHS} epochs)",
+            )
+            if not _kind(records, "noise")
+            else fail(f"callbacks.{NOISE} is off, yet the log has noise records")
+        )
     every, spe = schedule.noise_every_epochs, schedule.steps_per_epoch
-    change = (None if every == DEFAULT_NOISE_EVERY_EPOCHS else
-              f"callbacks.{NOISE}.log_every_n_epochs={every} (the experiment's: {DEFAULT_NOISE_EVERY_EPOCHS})")
+    change = (
+        None
+        if every == DEFAULT_NOISE_EVERY_EPOCHS
+        else f"callbacks.{NOISE}.log_every_n_epochs={every} (the experiment's: {DEFAULT_NOISE_EVERY_EPOCHS})"
+    )
     expected = [e for e in range(1, schedule.epochs + 1) if e % every == 0]
     if not expected:
         return fail(f"every {every} epochs: never fires in the check's {schedule.epochs} epochs")
     noise = _kind(records, "noise")
     got = [r.get("step") for r in noise]
     if got != [e * spe for e in expected] or not all(
-            _number(r.get("epoch_frac")) and math.isclose(r["epoch_frac"], e) for r, e in zip(noise, expected)):
+        _number(r.get("epoch_frac")) and math.isclose(r["epoch_frac"], e) for r, e in zip(noise, expected)
+    ):
         after = [f"{r.get('epoch_frac')}" for r in noise]
-        return fail(f"noise records after epochs {after} (steps {got}), expected after epochs {expected} "
-                    f"(steps {[e * spe for e in expected]})")
+        return fail(
+            f"noise records after epochs {after} (steps {got}), expected after epochs {expected} "
+            f"(steps {[e * spe for e in expected]})"
+        )
     problems, reasons = [], set()
     for r in noise:
         for key in NOISE_KEYS:
@@ -341,14 +389,17 @@ def check_noise(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemRe
             if key in r and r.get("reason"):
                 reasons.add(str(r["reason"]))
             else:
-                problems.append(f"epoch {r['epoch_frac']:g}: {key} " + ("not finite, no reason" if key in r else "absent"))
+                problems.append(
+                    f"epoch {r['epoch_frac']:g}: {key} " + ("not finite, no reason" if key in r else "absent")
+                )
     if problems:
         return fail("; ".join(problems[:3]))
     why = f"; null with reason: {'; '.join(sorted(reasons))}" if reasons else ""
     methods = sorted({str(r["grad_noise_method"]) for r in noise if r.get("grad_noise_method")})
     by = f"; grad_var by {', '.join(methods)}" if methods else ""
-    return ok(f"after epochs {expected}; {', '.join(NOISE_KEYS)} finite{' or explained' if reasons else ''}{why}{by}",
-              change)
+    return ok(
+        f"after epochs {expected}; {', '.join(NOISE_KEYS)} finite{' or explained' if reasons else ''}{why}{by}", change
+    )
 
 
 def check_stamps(records: Sequence[dict[str, Any]]) -> ItemResult:
@@ -428,8 +479,9 @@ def check_run(run_dir: Path) -> tuple[ItemResult, list[dict[str, Any]]]:
     return ok(f"completed, {len(records)} records"), records
 
 
-def check_resources(sweep_dir: Path, variants: Sequence[str], workers_per_gpu: int | None,
-                    packs: bool = True) -> dict[str, ItemResult]:
+def check_resources(
+    sweep_dir: Path, variants: Sequence[str], workers_per_gpu: int | None, packs: bool = True
+) -> dict[str, ItemResult]:
     """Workers per GPU decided: the user's --workers-per-gpu, else a probe.json that has a choice
     for every variant of the sweep. Only where it decides something (`packs`: runs on GPUs, or any
     SLURM submission); elsewhere every run has its own CPU slot and the item does not apply."""
@@ -443,8 +495,9 @@ def check_resources(sweep_dir: Path, variants: Sequence[str], workers_per_gpu: i
 
     path = sweep_dir / PROBE_FILE
     if not path.is_file():
-        return dict.fromkeys(variants, fail(f"no {path}: run `deconcnn-sweep probe-resources` "
-                                            "or pass --workers-per-gpu"))
+        return dict.fromkeys(
+            variants, fail(f"no {path}: run `deconcnn-sweep probe-resources` or pass --workers-per-gpu")
+        )
     results = {}
     for variant in variants:
         try:
@@ -456,8 +509,9 @@ def check_resources(sweep_dir: Path, variants: Sequence[str], workers_per_gpu: i
     return results
 
 
-def check_log(records: Sequence[dict[str, Any]], schedule: Schedule, run_dir: Path,
-              configured_curvature_every: int | None = None) -> dict[str, ItemResult]:
+def check_log(
+    records: Sequence[dict[str, Any]], schedule: Schedule, run_dir: Path, configured_curvature_every: int | None = None
+) -> dict[str, ItemResult]:
     """Every log item of one run (all but `run` and `resources`)."""
     return {
         "per_batch": check_per_batch(records, schedule),

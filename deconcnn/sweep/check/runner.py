@@ -39,13 +39,13 @@ class VariantCheck:
     """One variant's check run: what it stands for, what ran, what its log must show."""
 
     variant: str
-    run_id: str                       # the sweep run it is a shrunk copy of
+    run_id: str  # the sweep run it is a shrunk copy of
     command: Command
     schedule: Schedule
     configured_curvature_every: int | None
-    shrink: list[str]                 # the overrides the check added
+    shrink: list[str]  # the overrides the check added
     notes: list[str] = field(default_factory=list)
-    outcome: str | None = None        # run.json's status once the run ended
+    outcome: str | None = None  # run.json's status once the run ended
     seconds: float | None = None
 
     @property
@@ -69,15 +69,18 @@ def prepare_checks(runs: Sequence[Any], check_dir: Path, *, gpu: bool) -> list[V
         configured_every = None
         if callbacks.get(CURVATURE) is not None:
             configured_every = int(callbacks[CURVATURE].compute_every_n_steps)
-            shrink += [f"++callbacks.{CURVATURE}.compute_every_n_steps={total // CHECK_CURVATURE_FIRINGS}",
-                       f"++callbacks.{CURVATURE}.batch_size={CHECK_CURVATURE_BATCH}"]
+            shrink += [
+                f"++callbacks.{CURVATURE}.compute_every_n_steps={total // CHECK_CURVATURE_FIRINGS}",
+                f"++callbacks.{CURVATURE}.batch_size={CHECK_CURVATURE_BATCH}",
+            ]
         if callbacks.get(NOISE) is not None:
             shrink.append(f"++callbacks.{NOISE}.grad_batch_size={CHECK_CURVATURE_BATCH}")
         width = float(cfg.model.width)
         if not gpu and width > CPU_MAX_WIDTH:
             shrink.append(f"model.width={CPU_MAX_WIDTH}")
-            notes.append(f"model.width {width:g} -> {CPU_MAX_WIDTH:g} (no GPU: the check verifies logging, "
-                         "not the model)")
+            notes.append(
+                f"model.width {width:g} -> {CPU_MAX_WIDTH:g} (no GPU: the check verifies logging, not the model)"
+            )
         overrides = (*shrunk, *shrink[1:])
         schedule = Schedule.from_config(_compose(variant, overrides))
         command = replace(run, overrides=overrides).command(check_dir / variant, run_id=f"check-{run.run_id}")
@@ -90,13 +93,14 @@ def _compose(variant: str, overrides: Sequence[str]) -> Any:
 
     try:
         return compose_run_config(list(overrides))
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  Hydra and OmegaConf raise many types; the first line says what
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckError(f"variant {variant}: the check run's config does not compose: {message}") from None
 
 
-def run_checks(checks: Sequence[VariantCheck], runner: Executor, submission: Submission,
-               on_done: Callable[[VariantCheck], None]) -> None:
+def run_checks(
+    checks: Sequence[VariantCheck], runner: Executor, submission: Submission, on_done: Callable[[VariantCheck], None]
+) -> None:
     """One pack per check run; wait for all of them (Ctrl-C cancels what is still running)."""
     handles = runner.submit([[c.command] for c in checks], submission)
     by_handle = dict(zip(handles, checks))
@@ -121,7 +125,7 @@ class CheckResult:
     code_version: str
     executor: str
     checks: list[VariantCheck]
-    items: dict[str, dict[str, ItemResult]]      # item -> variant -> result
+    items: dict[str, dict[str, ItemResult]]  # item -> variant -> result
     workers_per_gpu: int | None
     seconds: float
     path: Path | None = None
@@ -135,13 +139,21 @@ class CheckResult:
         return [c.variant for c in self.checks]
 
     def failures(self) -> list[tuple[str, str, str]]:
-        return [(item, variant, r.detail) for item, by_variant in self.items.items()
-                for variant, r in by_variant.items() if not r.passed]
+        return [
+            (item, variant, r.detail)
+            for item, by_variant in self.items.items()
+            for variant, r in by_variant.items()
+            if not r.passed
+        ]
 
     def changes(self) -> list[tuple[str, str, str]]:
         """Where a variant's config deliberately departs from the experiment's schedule."""
-        return [(item, variant, r.change) for item, by_variant in self.items.items()
-                for variant, r in by_variant.items() if r.change]
+        return [
+            (item, variant, r.change)
+            for item, by_variant in self.items.items()
+            for variant, r in by_variant.items()
+            if r.change
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,36 +165,52 @@ class CheckResult:
             "seconds": round(self.seconds, 1),
             "executor": self.executor,
             "workers_per_gpu": self.workers_per_gpu,
-            "shrink": {"debug": CHECK_DEBUG, "curvature_firings": CHECK_CURVATURE_FIRINGS,
-                       "monitor_batch": CHECK_CURVATURE_BATCH},
-            "variants": {c.variant: {"run_id": c.run_id, "check_run_dir": str(c.run_dir),
-                                     "overrides": list(c.command.args), "added": c.shrink,
-                                     "notes": c.notes, "outcome": c.outcome, "seconds": c.seconds}
-                         for c in self.checks},
-            "items": {item: {v: r.to_json() for v, r in by_variant.items()}
-                      for item, by_variant in self.items.items()},
+            "shrink": {
+                "debug": CHECK_DEBUG,
+                "curvature_firings": CHECK_CURVATURE_FIRINGS,
+                "monitor_batch": CHECK_CURVATURE_BATCH,
+            },
+            "variants": {
+                c.variant: {
+                    "run_id": c.run_id,
+                    "check_run_dir": str(c.run_dir),
+                    "overrides": list(c.command.args),
+                    "added": c.shrink,
+                    "notes": c.notes,
+                    "outcome": c.outcome,
+                    "seconds": c.seconds,
+                }
+                for c in self.checks
+            },
+            "items": {item: {v: r.to_json() for v, r in by_variant.items()} for item, by_variant in self.items.items()},
             "failures": [{"item": i, "variant": v, "detail": d} for i, v, d in self.failures()],
             "changes": [{"item": i, "variant": v, "change": c} for i, v, c in self.changes()],
         }
 
 
-def evaluate(checks: Sequence[VariantCheck], sweep_dir: Path, workers_per_gpu: int | None,
-             packs: bool) -> dict[str, dict[str, ItemResult]]:
+def evaluate(
+    checks: Sequence[VariantCheck], sweep_dir: Path, workers_per_gpu: int | None, packs: bool
+) -> dict[str, dict[str, ItemResult]]:
     """The checklist, item -> variant -> result, from the check runs' directories."""
     items: dict[str, dict[str, ItemResult]] = {item: {} for item in ITEMS}
     for check in checks:
         run_item, records = check_run(check.run_dir)
         items["run"][check.variant] = run_item
-        for item, result in check_log(records, check.schedule, check.run_dir,
-                                      check.configured_curvature_every).items():
+        for item, result in check_log(records, check.schedule, check.run_dir, check.configured_curvature_every).items():
             items[item][check.variant] = result
     items["resources"] = check_resources(sweep_dir, [c.variant for c in checks], workers_per_gpu, packs)
     return items
 
 
-def check_sweep(sweep_file: str | Path, *, out: str | Path, overrides: Sequence[str] = (),
-                executor: str = "auto", workers_per_gpu: int | None = None,
-                on_done: Callable[[VariantCheck], None] = lambda check: None) -> CheckResult:
+def check_sweep(
+    sweep_file: str | Path,
+    *,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    executor: str = "auto",
+    workers_per_gpu: int | None = None,
+    on_done: Callable[[VariantCheck], None] = lambda check: None,
+) -> CheckResult:
     """Run and check every variant; writes and returns the result (passed or not)."""
     from deconcnn.sweep.executors.local import LocalExecutor, visible_gpus
     from deconcnn.sweep.grid import plan
@@ -191,7 +219,7 @@ def check_sweep(sweep_file: str | Path, *, out: str | Path, overrides: Sequence[
     if workers_per_gpu is not None and workers_per_gpu < 1:
         raise CheckError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
     started = time.monotonic()
-    launch_plan = plan(sweep_file, out=out, overrides=overrides)   # as launch loads it: same fingerprint
+    launch_plan = plan(sweep_file, out=out, overrides=overrides)  # as launch loads it: same fingerprint
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     kind = resolve_executor(executor)
     runner: Executor
@@ -210,9 +238,17 @@ def check_sweep(sweep_file: str | Path, *, out: str | Path, overrides: Sequence[
         shutil.rmtree(check.run_dir, ignore_errors=True)
     sweep_dir.check_dir.mkdir(parents=True, exist_ok=True)
     run_checks(checks, runner, Submission(uuid.uuid4().hex[:12], f"deconcnn-{sweep.name}-check"), on_done)
-    result = CheckResult(sweep.name, sweep_dir.path, sweep.fingerprint(), code_version(), kind, checks,
-                         evaluate(checks, sweep_dir.path, workers_per_gpu, kind == "slurm" or gpu), workers_per_gpu,
-                         time.monotonic() - started)
+    result = CheckResult(
+        sweep.name,
+        sweep_dir.path,
+        sweep.fingerprint(),
+        code_version(),
+        kind,
+        checks,
+        evaluate(checks, sweep_dir.path, workers_per_gpu, kind == "slurm" or gpu),
+        workers_per_gpu,
+        time.monotonic() - started,
+    )
     result.path = sweep_dir.check_file
     write_json_atomic(result.path, result.to_json())
     return result

@@ -49,8 +49,8 @@ class Submission:
     """What a pack's processes are told about the submission that started them."""
 
     id: str
-    name: str                          # job name (SLURM), for people reading squeue
-    cancel_file: str | None = None     # cancel.jsonl of the sweep: the pack runner stops what it lists
+    name: str  # job name (SLURM), for people reading squeue
+    cancel_file: str | None = None  # cancel.jsonl of the sweep: the pack runner stops what it lists
     submitted_at: float = field(default_factory=time.time)
 
 
@@ -88,8 +88,13 @@ class Executor(ABC):
         return {}
 
 
-def wait(executor: Executor, handles: Sequence[str], on_done: Callable[[str, SchedulerState], None] = lambda h, s: None,
-         poll_s: float = POLL_S, on_poll: Callable[[], None] = lambda: None) -> dict[str, SchedulerState]:
+def wait(
+    executor: Executor,
+    handles: Sequence[str],
+    on_done: Callable[[str, SchedulerState], None] = lambda h, s: None,
+    poll_s: float = POLL_S,
+    on_poll: Callable[[], None] = lambda: None,
+) -> dict[str, SchedulerState]:
     """Poll until every handle has ended (or is unknown to the scheduler); on_done once per handle,
     on_poll at every poll. Ctrl-C (or any exception) cancels what is still live."""
     final: dict[str, SchedulerState] = {}

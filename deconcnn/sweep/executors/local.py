@@ -30,8 +30,9 @@ def visible_gpus() -> list[str]:
         return [d for d in declared.split(",") if d.strip() and d.strip() != "-1"]
     if shutil.which("nvidia-smi") is None:
         return []
-    result = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, check=False
+    )
     return result.stdout.split() if result.returncode == 0 else []
 
 
@@ -53,8 +54,9 @@ class _PackState:
 class LocalExecutor(Executor):
     kind = "local"
 
-    def __init__(self, gpus: Sequence[str] | None = None, cpu_slots: int = 1, mps: bool = False,
-                 grace_s: float = STOP_GRACE_S) -> None:
+    def __init__(
+        self, gpus: Sequence[str] | None = None, cpu_slots: int = 1, mps: bool = False, grace_s: float = STOP_GRACE_S
+    ) -> None:
         self.gpus = list(visible_gpus() if gpus is None else gpus)
         if cpu_slots < 1:
             raise ValueError(f"cpu_slots must be >= 1, got {cpu_slots}")
@@ -92,11 +94,23 @@ class LocalExecutor(Executor):
                 threads = None if slot is not None else max(1, cpus // (len(slots) * len(entry.pack)))
                 if self.mps and slot is not None:
                     with MpsDaemon() as mps_env:
-                        entry.codes = run_pack(entry.pack, submission, threads_per_run=threads,
-                                               extra_env={**env, **mps_env}, stop=entry.stop, grace_s=self.grace_s)
+                        entry.codes = run_pack(
+                            entry.pack,
+                            submission,
+                            threads_per_run=threads,
+                            extra_env={**env, **mps_env},
+                            stop=entry.stop,
+                            grace_s=self.grace_s,
+                        )
                 else:
-                    entry.codes = run_pack(entry.pack, submission, threads_per_run=threads, extra_env=env,
-                                           stop=entry.stop, grace_s=self.grace_s)
+                    entry.codes = run_pack(
+                        entry.pack,
+                        submission,
+                        threads_per_run=threads,
+                        extra_env=env,
+                        stop=entry.stop,
+                        grace_s=self.grace_s,
+                    )
             except Exception as error:  # noqa: BLE001 - reported through poll, the pool thread must not die silently
                 entry.error = f"{type(error).__name__}: {error}"
             finally:

@@ -47,9 +47,15 @@ def cancelled_since(submission: Submission) -> Callable[[], set[str]]:
     return lambda: {name for name, (when, _) in sweep_dir.cancellations().items() if when >= submission.submitted_at}
 
 
-def run_pack(commands: Sequence[Command], submission: Submission, *, threads_per_run: int | None = None,
-             extra_env: dict[str, str] | None = None, stop: threading.Event | None = None,
-             grace_s: float = STOP_GRACE_S) -> dict[str, int]:
+def run_pack(
+    commands: Sequence[Command],
+    submission: Submission,
+    *,
+    threads_per_run: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    stop: threading.Event | None = None,
+    grace_s: float = STOP_GRACE_S,
+) -> dict[str, int]:
     """Run the pack's commands concurrently; wait for all; return the exit codes of those started.
     `stop` (set by a local launch being interrupted) stops them all."""
     env = {**os.environ, **(extra_env or {}), SUBMISSION_ENV: submission.id, "PYTHONUNBUFFERED": "1"}
@@ -64,20 +70,24 @@ def run_pack(commands: Sequence[Command], submission: Submission, *, threads_per
         workdir = Path(command.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         with open(workdir / RUN_LOG, "ab") as log:
-            proc = subprocess.Popen(command.argv(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                command.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         procs[command.name] = proc
         # Says "a new attempt started" before the run itself can rewrite run.json (start-up takes
         # seconds), so status does not read a requeued run's previous failure as final.
-        write_json_atomic(workdir / PROCESS_FILE, {**processes.identity(proc.pid), "started": time.time(),
-                                                   "submission_id": submission.id})
+        write_json_atomic(
+            workdir / PROCESS_FILE,
+            {**processes.identity(proc.pid), "started": time.time(), "submission_id": submission.id},
+        )
     stopping: dict[str, threading.Thread] = {}
     while any(p.poll() is None for p in procs.values()):
         wanted = set(procs) if stop is not None and stop.is_set() else cancelled() & set(procs)
         for name in wanted - set(stopping):
             if procs[name].poll() is None:
-                stopping[name] = threading.Thread(target=processes.stop_group, args=(procs[name].pid, grace_s),
-                                                  daemon=True)
+                stopping[name] = threading.Thread(
+                    target=processes.stop_group, args=(procs[name].pid, grace_s), daemon=True
+                )
                 stopping[name].start()
         time.sleep(CHECK_EVERY_S if not stopping else 0.1)
     return {name: proc.wait() for name, proc in procs.items()}
@@ -88,8 +98,10 @@ class MpsDaemon:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="deconcnn-mps-"))
-        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(self.root / "pipe"),
-                    "CUDA_MPS_LOG_DIRECTORY": str(self.root / "log")}
+        self.env = {
+            "CUDA_MPS_PIPE_DIRECTORY": str(self.root / "pipe"),
+            "CUDA_MPS_LOG_DIRECTORY": str(self.root / "log"),
+        }
 
     def __enter__(self) -> dict[str, str]:
         if shutil.which("nvidia-cuda-mps-control") is None:
@@ -100,8 +112,7 @@ class MpsDaemon:
         return self.env
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env={**os.environ, **self.env},
-                       check=False)
+        subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env={**os.environ, **self.env}, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -119,8 +130,7 @@ class PackJob(Checkpointable):
     def __call__(self) -> dict[str, int]:
         if self.mps:
             with MpsDaemon() as mps_env:
-                return run_pack(self.commands, self.submission, threads_per_run=self.threads_per_run,
-                                extra_env=mps_env)
+                return run_pack(self.commands, self.submission, threads_per_run=self.threads_per_run, extra_env=mps_env)
         return run_pack(self.commands, self.submission, threads_per_run=self.threads_per_run)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:

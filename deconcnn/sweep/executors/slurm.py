@@ -18,13 +18,11 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from deconcnn.sweep.executors import Executor, Pack, SchedulerState, Submission
-from deconcnn.sweep.executors import slurm_cli
+from deconcnn.sweep.executors import Executor, Pack, SchedulerState, Submission, slurm_cli
 from deconcnn.sweep.executors.runner import PackJob
 from deconcnn.sweep.launcher import LauncherError, submitit_kwargs
 
-WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
-                     "CONFIGURING"})
+WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"})
 ACTIVE = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
 
 
@@ -54,13 +52,16 @@ class SlurmExecutor(Executor):
         chunk_size = slurm_cli.max_array_size()
         handles: list[str] = []
         for start in range(0, len(packs), chunk_size):
-            chunk = packs[start:start + chunk_size]
+            chunk = packs[start : start + chunk_size]
             try:
                 # submitit prints sbatch's stderr itself before raising: it is said once, below.
                 with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                    jobs = [executor.submit(PackJob(list(pack), submission, self.mps,
-                                                    max(1, cpus // len(pack)) if cpus else None))
-                            for pack in chunk]
+                    jobs = [
+                        executor.submit(
+                            PackJob(list(pack), submission, self.mps, max(1, cpus // len(pack)) if cpus else None)
+                        )
+                        for pack in chunk
+                    ]
             except (FailedJobError, FailedSubmissionError) as error:
                 if handles:
                     slurm_cli.scancel(*handles)
@@ -103,9 +104,13 @@ def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
             out[handle] = SchedulerState("pending", reason) if state in WAITING else SchedulerState("running", state)
         elif handle in accounted:
             state = accounted[handle]
-            out[handle] = (SchedulerState("pending", state) if state in WAITING
-                           else SchedulerState("running", state) if state in ACTIVE  # sacct lags squeue
-                           else SchedulerState("ended", state))
+            out[handle] = (
+                SchedulerState("pending", state)
+                if state in WAITING
+                else SchedulerState("running", state)
+                if state in ACTIVE  # sacct lags squeue
+                else SchedulerState("ended", state)
+            )
         else:
             out[handle] = SchedulerState("unknown")
     return out

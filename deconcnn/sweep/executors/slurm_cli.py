@@ -15,6 +15,7 @@ Functions:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -55,9 +56,7 @@ class SlurmError(RuntimeError):
 def _run(cmd: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> str:
     """Run ``cmd``; return its stdout, or raise SlurmError with its stderr."""
     try:
-        proc = subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
         raise SlurmError(cmd, f"command not found: {exc.filename or cmd[0]}") from exc
     except subprocess.TimeoutExpired as exc:
@@ -227,8 +226,15 @@ def partition_nodes(partition: str | None) -> list[NodeResources]:
         if not partition and not fields[5].endswith("*"):  # the default partition is starred
             continue
         memory = fields[2].rstrip("+")
-        nodes.append(NodeResources(fields[0], int(fields[1].rstrip("+")), int(memory) if memory.isdigit() else 0,
-                                   _gpus(fields[3]), _minutes(fields[4])))
+        nodes.append(
+            NodeResources(
+                fields[0],
+                int(fields[1].rstrip("+")),
+                int(memory) if memory.isdigit() else 0,
+                _gpus(fields[3]),
+                _minutes(fields[4]),
+            )
+        )
     return nodes
 
 
@@ -250,19 +256,15 @@ def scancel(*job_ids: str) -> None:
     ids = [str(j) for j in job_ids]
     tasks = [j for j in ids if _ARRAY_TASK.match(j)]
     if tasks:
-        try:
+        with contextlib.suppress(SlurmError):  # running, finished or unknown: nothing to split
             _run(["scontrol", "hold", ",".join(tasks)])
-        except SlurmError:
-            pass  # running, finished or unknown: nothing to split
     cmd = ["scancel", "--verbose", *ids]  # without --verbose an unknown id is silent
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEFAULT_TIMEOUT_S)
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         raise SlurmError(cmd, str(exc)) from exc
     errors = [
-        line
-        for line in proc.stderr.splitlines()
-        if "error:" in line and "already completing or completed" not in line
+        line for line in proc.stderr.splitlines() if "error:" in line and "already completing or completed" not in line
     ]
     if proc.returncode != 0 or errors:
         raise SlurmError(cmd, "\n".join(errors) or proc.stderr, proc.returncode)
@@ -298,9 +300,7 @@ def requeue(job_id: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while "COMPLETING" in _job_states_from_controller(job_id):
         if time.monotonic() > deadline:
-            raise SlurmError(
-                ["scontrol", "requeue", job_id], f"job still COMPLETING after {timeout:g}s"
-            )
+            raise SlurmError(["scontrol", "requeue", job_id], f"job still COMPLETING after {timeout:g}s")
         time.sleep(0.2)
     time.sleep(1.05 - time.time() % 1.0)  # into the next second
     _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])

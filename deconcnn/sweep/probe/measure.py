@@ -11,6 +11,7 @@ printing a line per trial (the waiting command shows them) and writing the resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -66,10 +67,25 @@ def host_memory_limit_mb() -> float | None:
 
 
 def _worker_argv(spec: VariantSpec, settings: ProbeSettings, sync: Path, index: int) -> list[str]:
-    return [sys.executable, "-m", WORKER_MODULE, "--steps", str(settings.steps), "--warmup",
-            str(settings.warmup), "--sync", str(sync), "--index", str(index),
-            "--run-dir", str(sync / f"w{index}"), "--out", str(sync / f"result.{index}.json"),
-            "--", *spec.overrides]
+    return [
+        sys.executable,
+        "-m",
+        WORKER_MODULE,
+        "--steps",
+        str(settings.steps),
+        "--warmup",
+        str(settings.warmup),
+        "--sync",
+        str(sync),
+        "--index",
+        str(index),
+        "--run-dir",
+        str(sync / f"w{index}"),
+        "--out",
+        str(sync / f"result.{index}.json"),
+        "--",
+        *spec.overrides,
+    ]
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -79,8 +95,9 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_trial(spec: VariantSpec, k: int, settings: ProbeSettings, scratch: Path, gpu: str | None,
-              cpus: int) -> list[dict[str, Any]]:
+def run_trial(
+    spec: VariantSpec, k: int, settings: ProbeSettings, scratch: Path, gpu: str | None, cpus: int
+) -> list[dict[str, Any]]:
     """Start k workers of `spec` together, wait for them; one result dict per worker."""
     sync = scratch / spec.variant / f"k{k}"
     sync.mkdir(parents=True)
@@ -91,8 +108,15 @@ def run_trial(spec: VariantSpec, k: int, settings: ProbeSettings, scratch: Path,
     procs = []
     for i in range(k):
         with open(sync / f"worker.{i}.log", "wb") as log:
-            procs.append(subprocess.Popen(_worker_argv(spec, settings, sync, i), stdout=log,
-                                          stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    _worker_argv(spec, settings, sync, i),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
     results = [sync / f"result.{i}.json" for i in range(k)]
     deadline = time.monotonic() + settings.trial_timeout_s
     flags: set[str] = set()
@@ -120,10 +144,8 @@ def run_trial(spec: VariantSpec, k: int, settings: ProbeSettings, scratch: Path,
         flag("stop")
         for p in procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=0 if timed_out else 120)
-                except subprocess.TimeoutExpired:
-                    pass
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
@@ -159,20 +181,29 @@ def summarize_trial(k: int, workers: list[dict[str, Any]], host_limit_mb: float 
     else:
         status = "failed"
     # A worker aborted because a sibling died is not the cause: report the first real error.
-    culprit = next((w for w in workers if w.get("status") not in ("ok", "aborted")), None) or \
-        next((w for w in workers if w.get("status") != "ok"), None)
-    row: dict[str, Any] = {"k": k, "status": status, "error": culprit.get("error") if culprit else None,
-                           "log_tail": culprit.get("log_tail") if culprit else None}
+    culprit = next((w for w in workers if w.get("status") not in ("ok", "aborted")), None) or next(
+        (w for w in workers if w.get("status") != "ok"), None
+    )
+    row: dict[str, Any] = {
+        "k": k,
+        "status": status,
+        "error": culprit.get("error") if culprit else None,
+        "log_tail": culprit.get("log_tail") if culprit else None,
+    }
     device = next((w["device"] for w in workers if w.get("device")), None)
     if status == "ok":
         per_run = [w["samples_per_s"] for w in ok]
         rss = [w["peak_rss_mb"] for w in ok]
         row.update(
-            aggregate_samples_per_s=sum(per_run), per_run_samples_per_s=per_run,
+            aggregate_samples_per_s=sum(per_run),
+            per_run_samples_per_s=per_run,
             mean_per_run_samples_per_s=sum(per_run) / len(per_run),
-            cpu_util=[w["cpu_util"] for w in ok], threads_per_run=ok[0].get("threads"),
-            wall_s=max(w["wall_s"] for w in ok), peak_rss_mb=max(rss),
-            host_memory_mb=sum(rss), host_memory_limit_mb=host_limit_mb,
+            cpu_util=[w["cpu_util"] for w in ok],
+            threads_per_run=ok[0].get("threads"),
+            wall_s=max(w["wall_s"] for w in ok),
+            peak_rss_mb=max(rss),
+            host_memory_mb=sum(rss),
+            host_memory_limit_mb=host_limit_mb,
         )
         if device and device.get("kind") == "cuda":
             reserved = [w["max_reserved_mb"] for w in ok]
@@ -182,14 +213,23 @@ def summarize_trial(k: int, workers: list[dict[str, Any]], host_limit_mb: float 
             # what the device holds beyond the k caching allocators, split evenly.
             context = max(0.0, (device_used - sum(reserved)) / k)
             per_process = [s if s is not None else r + context for s, r in zip(smi, reserved)]
-            row.update(memory_per_process_mb=max(per_process), max_reserved_mb=max(reserved),
-                       context_mb=None if None in smi else max(s - r for s, r in zip(smi, reserved)),
-                       memory_total_mb=device_used, memory_limit_mb=device["memory_total_mb"],
-                       memory_source="nvidia-smi per process" if None not in smi else
-                       "reserved + (device used - reserved) / k")
+            row.update(
+                memory_per_process_mb=max(per_process),
+                max_reserved_mb=max(reserved),
+                context_mb=None if None in smi else max(s - r for s, r in zip(smi, reserved)),
+                memory_total_mb=device_used,
+                memory_limit_mb=device["memory_total_mb"],
+                memory_source="nvidia-smi per process"
+                if None not in smi
+                else "reserved + (device used - reserved) / k",
+            )
         else:
-            row.update(memory_per_process_mb=max(rss), memory_total_mb=sum(rss),
-                       memory_limit_mb=host_limit_mb, memory_source="peak RSS")
+            row.update(
+                memory_per_process_mb=max(rss),
+                memory_total_mb=sum(rss),
+                memory_limit_mb=host_limit_mb,
+                memory_source="peak RSS",
+            )
     return row
 
 
@@ -203,8 +243,9 @@ def gpu_for_probe() -> str | None:
     return gpus[0] if gpus else None
 
 
-def measure(specs: Sequence[VariantSpec], settings: ProbeSettings,
-            report: Callable[[str], None] | None = None) -> dict[str, Any]:
+def measure(
+    specs: Sequence[VariantSpec], settings: ProbeSettings, report: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Probe every variant on this machine (one GPU, or the CPUs); the measurements and choices."""
     report = report or (lambda line: print(line, flush=True))
     gpu, cpus, host_limit = gpu_for_probe(), cpu_budget(), host_memory_limit_mb()
@@ -222,20 +263,32 @@ def measure(specs: Sequence[VariantSpec], settings: ProbeSettings,
                 samples = samples or next((w["samples_per_run"] for w in workers if w.get("samples_per_run")), None)
                 rows.append(summarize_trial(k, workers, host_limit))
                 report(f"{spec.variant}: {format_row(rows[-1])}")
-                stopped = stop_reason(rows, max_workers=settings.max_workers,
-                                      memory_fraction=settings.memory_fraction, min_gain=settings.min_gain)
+                stopped = stop_reason(
+                    rows,
+                    max_workers=settings.max_workers,
+                    memory_fraction=settings.memory_fraction,
+                    min_gain=settings.min_gain,
+                )
                 if stopped:
                     break
-            choice = choose_k(rows, target_fraction=settings.target_fraction,
-                              memory_fraction=settings.memory_fraction)
+            choice = choose_k(rows, target_fraction=settings.target_fraction, memory_fraction=settings.memory_fraction)
             report(f"{spec.variant}: stopped ({stopped}); choice {choice['reason']}")
-            variants[spec.variant] = {"run_id": spec.run_id, "overrides": list(spec.overrides),
-                                      "measurements": rows, "stopped": stopped, "choice": choice,
-                                      "samples_per_run": samples}
+            variants[spec.variant] = {
+                "run_id": spec.run_id,
+                "overrides": list(spec.overrides),
+                "measurements": rows,
+                "stopped": stopped,
+                "choice": choice,
+                "samples_per_run": samples,
+            }
     return {
-        "device": {**(device or {"kind": "unknown", "name": None, "memory_total_mb": None}),
-                   "host": socket.gethostname(), "cpus": cpus, "host_memory_limit_mb": host_limit,
-                   "gpu_index": gpu},
+        "device": {
+            **(device or {"kind": "unknown", "name": None, "memory_total_mb": None}),
+            "host": socket.gethostname(),
+            "cpus": cpus,
+            "host_memory_limit_mb": host_limit,
+            "gpu_index": gpu,
+        },
         "settings": asdict(settings),
         "variants": variants,
     }
@@ -245,10 +298,12 @@ def format_row(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"k={row['k']} {row['status'].upper()}: {(row.get('error') or '').splitlines()[0][:160]}"
     cpu = sum(row["cpu_util"]) / len(row["cpu_util"])
-    return (f"k={row['k']} {row['aggregate_samples_per_s']:8.1f} samples/s aggregate, "
-            f"{row['mean_per_run_samples_per_s']:7.1f} per run, "
-            f"{row['memory_per_process_mb']:6.0f} MB per process ({row['memory_source']}), "
-            f"CPU {cpu:.0%} per process")
+    return (
+        f"k={row['k']} {row['aggregate_samples_per_s']:8.1f} samples/s aggregate, "
+        f"{row['mean_per_run_samples_per_s']:7.1f} per run, "
+        f"{row['memory_per_process_mb']:6.0f} MB per process ({row['memory_source']}), "
+        f"CPU {cpu:.0%} per process"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,9 +31,9 @@ from typing import Any
 from deconcnn.sweep.errors import SweepError
 
 PROBE_VERSION = 1
-MEMORY_FRACTION = 0.85   # never choose a k whose memory exceeds this share of the device (or RAM)
-TARGET_FRACTION = 0.90   # the smallest k reaching this share of the best aggregate throughput
-MIN_GAIN = 0.05          # stop when k adds less than this to the best aggregate throughput so far
+MEMORY_FRACTION = 0.85  # never choose a k whose memory exceeds this share of the device (or RAM)
+TARGET_FRACTION = 0.90  # the smallest k reaching this share of the best aggregate throughput
+MIN_GAIN = 0.05  # stop when k adds less than this to the best aggregate throughput so far
 WORKER_MODULE = "deconcnn.training.throughput"
 MB = 2**20
 
@@ -71,15 +71,21 @@ class VariantSpec:
 
 def within_memory(m: dict[str, Any], fraction: float = MEMORY_FRACTION) -> bool:
     """True when the trial's memory (device, and host) stayed within `fraction` of its limit."""
-    for used, limit in ((m.get("memory_total_mb"), m.get("memory_limit_mb")),
-                        (m.get("host_memory_mb"), m.get("host_memory_limit_mb"))):
+    for used, limit in (
+        (m.get("memory_total_mb"), m.get("memory_limit_mb")),
+        (m.get("host_memory_mb"), m.get("host_memory_limit_mb")),
+    ):
         if used is not None and limit and used > fraction * limit:
             return False
     return True
 
 
-def choose_k(measurements: Sequence[dict[str, Any]], *, target_fraction: float = TARGET_FRACTION,
-             memory_fraction: float = MEMORY_FRACTION) -> dict[str, Any]:
+def choose_k(
+    measurements: Sequence[dict[str, Any]],
+    *,
+    target_fraction: float = TARGET_FRACTION,
+    memory_fraction: float = MEMORY_FRACTION,
+) -> dict[str, Any]:
     """The smallest k whose aggregate samples/s reaches `target_fraction` of the best k's, among the
     k that ran without OOM or failure and within `memory_fraction` of the memory limit.
 
@@ -89,24 +95,37 @@ def choose_k(measurements: Sequence[dict[str, Any]], *, target_fraction: float =
     eligible = [m for m in usable if within_memory(m, memory_fraction)]
     if not eligible:
         first = min(measurements, key=lambda m: m["k"], default=None)
-        why = "nothing was measured" if first is None else (
-            f"k={first['k']} {first.get('status')}: {first.get('error') or 'over the memory limit'}"
-            if first.get("status") != "ok" else f"k={first['k']} is over the memory limit")
+        why = (
+            "nothing was measured"
+            if first is None
+            else (
+                f"k={first['k']} {first.get('status')}: {first.get('error') or 'over the memory limit'}"
+                if first.get("status") != "ok"
+                else f"k={first['k']} is over the memory limit"
+            )
+        )
         return {"k": 1, "ok": False, "reason": f"no k ran within the limits ({why}); defaulting to 1"}
     best = max(eligible, key=lambda m: m["aggregate_samples_per_s"])
     threshold = target_fraction * best["aggregate_samples_per_s"]
     chosen = min((m for m in eligible if m["aggregate_samples_per_s"] >= threshold), key=lambda m: m["k"])
-    reason = (f"k={chosen['k']}: {chosen['aggregate_samples_per_s']:.1f} samples/s, "
-              f"{chosen['aggregate_samples_per_s'] / best['aggregate_samples_per_s']:.0%} of the best "
-              f"(k={best['k']}, {best['aggregate_samples_per_s']:.1f})")
+    reason = (
+        f"k={chosen['k']}: {chosen['aggregate_samples_per_s']:.1f} samples/s, "
+        f"{chosen['aggregate_samples_per_s'] / best['aggregate_samples_per_s']:.0%} of the best "
+        f"(k={best['k']}, {best['aggregate_samples_per_s']:.1f})"
+    )
     skipped = sorted(m["k"] for m in usable if m not in eligible)
     if skipped:
         reason += f"; over {memory_fraction:.0%} of memory: k={','.join(map(str, skipped))}"
     return {"k": chosen["k"], "ok": True, "reason": reason}
 
 
-def stop_reason(measurements: Sequence[dict[str, Any]], *, max_workers: int,
-                memory_fraction: float = MEMORY_FRACTION, min_gain: float = MIN_GAIN) -> str | None:
+def stop_reason(
+    measurements: Sequence[dict[str, Any]],
+    *,
+    max_workers: int,
+    memory_fraction: float = MEMORY_FRACTION,
+    min_gain: float = MIN_GAIN,
+) -> str | None:
     """Why not to measure k+1 after the last measurement, or None to go on."""
     last = measurements[-1]
     k = last["k"]
@@ -116,15 +135,20 @@ def stop_reason(measurements: Sequence[dict[str, Any]], *, max_workers: int,
         return f"k={k} {last['status']}"
     if not within_memory(last, memory_fraction):
         return f"memory limit: k={k} is over {memory_fraction:.0%} ({_memory_text(last)})"
-    earlier = [m["aggregate_samples_per_s"] for m in measurements[:-1]
-               if m["status"] == "ok" and m.get("aggregate_samples_per_s")]
+    earlier = [
+        m["aggregate_samples_per_s"]
+        for m in measurements[:-1]
+        if m["status"] == "ok" and m.get("aggregate_samples_per_s")
+    ]
     if earlier and last["aggregate_samples_per_s"] < (1 + min_gain) * max(earlier):
         gain = last["aggregate_samples_per_s"] / max(earlier) - 1
         return f"throughput stopped rising: {gain:+.0%} at k={k} (< +{min_gain:.0%})"
     if k >= max_workers:
         return f"--max-workers {max_workers} reached"
-    grown = {**last, **{key: last[key] * (k + 1) / k for key in ("memory_total_mb", "host_memory_mb")
-                        if last.get(key) is not None}}
+    grown = {
+        **last,
+        **{key: last[key] * (k + 1) / k for key in ("memory_total_mb", "host_memory_mb") if last.get(key) is not None},
+    }
     if not within_memory(grown, memory_fraction):
         return f"memory limit: k={k + 1} would be over {memory_fraction:.0%} ({_memory_text(grown)})"
     return None
@@ -132,8 +156,10 @@ def stop_reason(measurements: Sequence[dict[str, Any]], *, max_workers: int,
 
 def _memory_text(m: dict[str, Any]) -> str:
     parts = []
-    for used, limit, label in (("memory_total_mb", "memory_limit_mb", "device"),
-                               ("host_memory_mb", "host_memory_limit_mb", "host")):
+    for used, limit, label in (
+        ("memory_total_mb", "memory_limit_mb", "device"),
+        ("host_memory_mb", "host_memory_limit_mb", "host"),
+    ):
         if m.get(used) is not None and m.get(limit):
             parts.append(f"{label} {m[used]:.0f} of {m[limit]:.0f} MB")
     return ", ".join(parts)
@@ -158,8 +184,9 @@ def read_probe_choice(probe_path: str | Path, variants: set[str] | Sequence[str]
         raise ProbeFileError(f"probe file {path} is corrupt (no 'variants' mapping); {rerun}")
     missing = sorted(set(variants) - set(measured))
     if missing:
-        raise ProbeFileError(f"probe file {path} was measured for variants {sorted(measured)}, not for "
-                             f"{missing} of this sweep; {rerun}")
+        raise ProbeFileError(
+            f"probe file {path} was measured for variants {sorted(measured)}, not for {missing} of this sweep; {rerun}"
+        )
     choice = {}
     for variant in variants:
         k = (measured[variant].get("choice") or {}).get("k") if isinstance(measured[variant], dict) else None

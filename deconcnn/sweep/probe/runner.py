@@ -50,10 +50,17 @@ class LogFollower:
             self.report(line)
 
 
-def probe_resources(sweep_file: str | Path, *, executor: str = "auto", settings: ProbeSettings = ProbeSettings(),
-                    out: str | Path = DEFAULT_OUT, file: str | Path | None = None, only: str | None = None,
-                    overrides: Sequence[str] = (),
-                    report: Callable[[str], None] = lambda line: None) -> tuple[Path, dict[str, Any]]:
+def probe_resources(
+    sweep_file: str | Path,
+    *,
+    executor: str = "auto",
+    settings: ProbeSettings = ProbeSettings(),
+    out: str | Path = DEFAULT_OUT,
+    file: str | Path | None = None,
+    only: str | None = None,
+    overrides: Sequence[str] = (),
+    report: Callable[[str], None] = lambda line: None,
+) -> tuple[Path, dict[str, Any]]:
     """Probe a sweep's variants in one job; write probe.json (+ .png); return both."""
     from deconcnn.sweep.grid import plan
     from deconcnn.sweep.launcher import check_feasible, compose_launcher
@@ -83,22 +90,30 @@ def probe_resources(sweep_file: str | Path, *, executor: str = "auto", settings:
     request, result_file = workdir / "request.json", workdir / "result.json"
     result_file.unlink(missing_ok=True)
     write_json_atomic(request, {"specs": [asdict(s) for s in specs], "settings": asdict(settings)})
-    header = {"version": PROBE_VERSION, "sweep": launch_plan.sweep.name,
-              "sweep_file": str(Path(sweep_file).resolve()), "fingerprint": launch_plan.sweep.fingerprint(),
-              "overrides": list(overrides), "executor": kind, "created": time.time()}
+    header = {
+        "version": PROBE_VERSION,
+        "sweep": launch_plan.sweep.name,
+        "sweep_file": str(Path(sweep_file).resolve()),
+        "fingerprint": launch_plan.sweep.fingerprint(),
+        "overrides": list(overrides),
+        "executor": kind,
+        "created": time.time(),
+    }
     command = Command("probe", MEASURE_MODULE, ("--request", str(request), "--out", str(result_file)), str(workdir))
     [handle] = runner.submit([[command]], Submission(uuid.uuid4().hex[:12], f"deconcnn-{launch_plan.sweep.name}-probe"))
     header["job_id"] = handle if kind == "slurm" else None
-    report(f"probe running as {'SLURM job ' + handle if kind == 'slurm' else 'a local process'} "
-           f"(log: {workdir / RUN_LOG})")
+    report(
+        f"probe running as {'SLURM job ' + handle if kind == 'slurm' else 'a local process'} (log: {workdir / RUN_LOG})"
+    )
     follow = LogFollower(workdir / RUN_LOG, report)
     final = wait(runner, [handle], on_poll=follow, poll_s=2.0)[handle]
     follow()
     try:
         data = json.loads(result_file.read_text())
     except (OSError, ValueError):
-        raise ProbeFailed(f"the probe job ended ({final.detail or final.state}) without a result: see "
-                          f"{workdir / RUN_LOG}") from None
+        raise ProbeFailed(
+            f"the probe job ended ({final.detail or final.state}) without a result: see {workdir / RUN_LOG}"
+        ) from None
     result = {**header, **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)
