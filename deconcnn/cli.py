@@ -184,14 +184,18 @@ def _launch(args: argparse.Namespace) -> int:
     if args.json and not args.dry_run:
         raise SweepError("--json goes with --dry-run")
     launch_plan = plan(args.sweep_file, out=args.out, smoke=args.smoke, only=args.only, overrides=args.overrides)
-    for note in launch_plan.notes:
-        print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
+
+    def print_notes() -> None:  # only once the launch is accepted: a refusal is one line
+        for note in launch_plan.notes:
+            print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
+
     if args.dry_run:
         kind = "slurm" if args.executor == "slurm" else resolve_executor(args.executor)
         # The launcher settings are checked even without a cluster: a typo must not wait for sbatch.
         launcher = compose_launcher(launch_plan.sweep.runs[0].overrides[:1], launch_plan.sweep.launcher_overrides)
         if kind == "slurm":
             check_feasible(launcher)
+        print_notes()
         rows = launch_plan.dry_run_rows()
         if args.json:
             print(json.dumps(rows, indent=1))
@@ -214,6 +218,7 @@ def _launch(args: argparse.Namespace) -> int:
         cpu_slots=args.parallel,
         grace_s=args.grace,
         on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
+        on_submitted=print_notes,
     )
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")

@@ -179,7 +179,9 @@ def launch(
     cpu_slots: int | None = None,
     grace_s: float = STOP_GRACE_S,
     on_run_done: Callable[[str, str], None] = lambda run_id, state: None,
+    on_submitted: Callable[[], None] = lambda: None,
 ) -> LaunchResult:
+    """Submit the plan's runs that are not final; `on_submitted` runs once the executor took them."""
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     check_options(workers_per_gpu, cpu_slots, grace_s)
     kind = resolve_executor(executor)
@@ -192,7 +194,16 @@ def launch(
     _ensure_writable(sweep_dir.path)
     try:
         return _launch_locked(
-            launch_plan, kind, launcher, workers_per_gpu, skip_check, mps, cpu_slots, grace_s, on_run_done
+            launch_plan,
+            kind,
+            launcher,
+            workers_per_gpu,
+            skip_check,
+            mps,
+            cpu_slots,
+            grace_s,
+            on_run_done,
+            on_submitted,
         )
     except SweepError:
         if fresh:  # refused before anything was recorded: leave no trace of the attempt
@@ -210,6 +221,7 @@ def _launch_locked(
     cpu_slots: int | None,
     grace_s: float,
     on_run_done: Callable[[str, str], None],
+    on_submitted: Callable[[], None],
 ) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     with sweep_dir.lock():
@@ -271,6 +283,7 @@ def _launch_locked(
                 local.cpu_slots = cpu_slots or max(per_pack.values())
             runner = local
         handles = runner.submit(packs, submission)
+        on_submitted()
         record.update(runner.describe(handles))
         for pack, handle in zip(packs, handles):
             log = runner.log_of(handle) if kind == "slurm" else None  # type: ignore[attr-defined]

@@ -32,13 +32,12 @@ from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
 REPO = CONF_DIR.parent
 SUPPORT = REPO / "tests" / "support"
 STEPS = 48
-# 12 epochs x 4 steps, each at least 0.1 s: long enough to be hit mid-training, quick to finish.
+# 12 epochs x 4 steps, each at least 0.1 s by default: long enough to be hit mid-training, quick to finish.
 FAULT_RUN = [
     "callbacks=default",
     "trainer.val_check_interval=1.0",
     "trainer.max_epochs=12",
     "+callbacks.slow._target_=fault_callbacks.SleepEachStep",
-    "+callbacks.slow.seconds=0.1",
 ]
 SLURM_STATE = Path(os.environ.get("DECONCNN_SLURM_STATE", "/tmp/deconcnn-slurm"))
 
@@ -51,8 +50,9 @@ def fault_callbacks_importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])))
 
 
-def sweep(tmp_path: Path, seeds: str = "0,1,2", name: str = "faults") -> tuple[Path, Path]:
-    return write_sweep(tmp_path / f"{name}.yaml", seeds=seeds, name=name, extra=FAULT_RUN), tmp_path / "out" / name
+def sweep(tmp_path: Path, seeds: str = "0,1,2", name: str = "faults", step_seconds: float = 0.1) -> tuple[Path, Path]:
+    extra = [*FAULT_RUN, f"+callbacks.slow.seconds={step_seconds}"]
+    return write_sweep(tmp_path / f"{name}.yaml", seeds=seeds, name=name, extra=extra), tmp_path / "out" / name
 
 
 def launcher(sweep_file: Path, out: Path, *args: str) -> subprocess.Popen[str]:
@@ -263,7 +263,8 @@ def test_slurmctld_killed_and_restarted_mid_sweep(tmp_path, capsys):
 def test_cancel_one_run_of_a_packed_task_then_the_rest_then_relaunch(tmp_path, capsys):
     from deconcnn.cli import run as sweep_cli
 
-    sweep_file, sweep_dir = sweep(tmp_path)
+    # 48 steps of 0.4 s: the sibling must still train after its pack-mate is stopped, on a loaded machine too
+    sweep_file, sweep_dir = sweep(tmp_path, step_seconds=0.4)
     one_gpu = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
     assert (
         launch_json(
