@@ -254,11 +254,12 @@ def watch_interval(requested: float, executor: str) -> float:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from deconcnn.sweep.state import RunState
     from deconcnn.sweep.status import all_final, current_states, executor_of, render, status_json
 
     console = Console()
 
-    def show(states: list) -> None:  # type: ignore[type-arg]
+    def show(states: list[RunState]) -> None:
         if args.json:  # one document per line, so a watcher can read them as they come
             print(json.dumps(status_json(args.sweep_dir, states), indent=None if args.watch else 1), flush=True)
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -80,13 +81,13 @@ def debug_settings(name: str, config_dir: Path = CONF_DIR) -> tuple[set[str], se
     while todo:
         path = config_dir / DEBUG_GROUP / f"{todo.pop()}.yaml"
         node = OmegaConf.load(path)
+        assert isinstance(node, DictConfig), f"{path}: a debug config is a mapping"
         for entry in node.get("defaults", []):
             if isinstance(entry, str):
                 todo.append(entry)
             else:
                 groups.update(str(k).removeprefix("override ").lstrip("/") for k in entry)
-        body = OmegaConf.to_container(node)
-        assert isinstance(body, dict)
+        body = cast(dict[str, Any], OmegaConf.to_container(node))  # node is a DictConfig: a dict of config keys
         body.pop("defaults", None)
         stack: list[tuple[str, object]] = list(body.items())
         while stack:

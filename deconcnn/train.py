@@ -168,7 +168,7 @@ def output_in(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / RUN_LOG, "a", encoding="utf-8") as log:
         stdout, stderr = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)  # type: ignore[assignment]
+        sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             yield
         finally:

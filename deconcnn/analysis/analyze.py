@@ -228,7 +228,7 @@ def analyze(
     result = AnalyzeResult(source.path, out_dir)
     curves, spe = read_runs(res)
     noise = _noise_summaries(res)
-    identity = {
+    identity: dict[str, dict[str, Any]] = {
         r.run_id: {
             "run_id": r.run_id,
             "variant": r.variant,

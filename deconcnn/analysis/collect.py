@@ -268,7 +268,7 @@ def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
     n_nokind = 0
     for rec in reader.records():
         kind = rec.pop("kind", None)
-        slot = tables.get(kind)  # type: ignore[arg-type]
+        slot = tables.get(kind)
         if slot is None:
             if not isinstance(kind, str) or not _KIND_RE.match(kind):
                 n_nokind += 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -187,7 +187,7 @@ def report(
 
 
 def _run_lists(runs: list[Run]) -> list[tuple[str, list[tuple[str, str]]]]:
-    def lst(pred, detail) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    def lst(pred: Callable[[Run], bool], detail: Callable[[Run], str]) -> list[tuple[str, str]]:
         return [(r.run_id, detail(r)) for r in runs if pred(r)]
 
     def reason(r: Run) -> str:

@@ -120,7 +120,7 @@ def _sweep_source(path: Path) -> SweepSource:
 
 
 def _multirun_source(path: Path) -> SweepSource:
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     runs = []
     jobs = sorted(
@@ -133,8 +133,9 @@ def _multirun_source(path: Path) -> SweepSource:
         for line in overrides:
             key, _, value = line.partition("=")
             params[key.lstrip("+~")] = _scalar(value)
-        config = OmegaConf.load(job / HYDRA_DIR / "config.yaml") if (job / HYDRA_DIR / "config.yaml").is_file() else {}
-        variant = config.get("variant") if hasattr(config, "get") else None
+        config_file = job / HYDRA_DIR / "config.yaml"
+        config = OmegaConf.load(config_file) if config_file.is_file() else None
+        variant = config.get("variant") if isinstance(config, DictConfig) else None  # a list has no keys
         status = (read_run_status(job) or {}).get("status", "missing")
         runs.append(RunInfo(job.name, job, str(variant or DEFAULT_VARIANT), params, status, None, True, overrides))
     keys = _first_seen([k for r in runs for k in r.params])

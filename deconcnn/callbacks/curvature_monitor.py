@@ -28,7 +28,7 @@ for records a few dozen steps apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -44,6 +44,19 @@ from deconcnn.metrics.curvature import (
     curvature_estimates,
     ggn_trace,
 )
+
+
+class _EstimatorSettings(TypedDict):
+    """The monitor's settings that go to ``curvature_estimates`` as they are."""
+
+    eig_tol: float
+    eig_max_iter: int
+    trace_method: TraceMethod
+    trace_rel_tol: float
+    trace_min_probes: int
+    trace_max_probes: int
+    trace_pilot_probes: int
+    hvp: HvpEngine
 
 
 class CurvatureMonitor(Callback):
@@ -114,7 +127,7 @@ class CurvatureMonitor(Callback):
             raise ValueError(f"bn_mode must be 'train' or 'eval', got {bn_mode!r}")
         self.every = int(compute_every_n_steps)
         self.batch_size, self.seed, self.bn_mode = int(batch_size), int(seed), bn_mode
-        self.estimator_kwargs = {
+        self.estimator_kwargs: _EstimatorSettings = {
             "eig_tol": eig_tol,
             "eig_max_iter": eig_max_iter,
             "trace_method": trace_method,

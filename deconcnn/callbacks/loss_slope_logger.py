@@ -40,9 +40,12 @@ def loss_and_accuracy(outputs: Any) -> tuple[Tensor | None, Any]:
 
 
 def validates_after(trainer: pl.Trainer, batch_idx: int) -> bool:
-    """Whether Lightning validates after this training batch (val_check_interval or epoch end)."""
+    """Whether Lightning validates after this training batch (val_check_interval or epoch end); always
+    True for a time-based val_check_interval, since the clock may end any batch."""
     done = batch_idx + 1
     every = trainer.val_check_batch
+    if every is None:  # a time-based val_check_interval: Lightning validates on the clock, after any batch
+        return True
     return done == trainer.num_training_batches or (every != float("inf") and done % int(every) == 0)
 
 

@@ -191,7 +191,7 @@ def log_record(
     for log in metrics_logs(trainer):
         log.record(kind, trainer, step=step, batches_done_in_epoch=batches_done_in_epoch, **metrics)
     others = [logger for logger in trainer.loggers if not isinstance(logger, MetricsJsonlLogger)]
-    every = trainer.log_every_n_steps
+    every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's LoggerConnector, undeclared
     if not others or (per_batch and (every <= 0 or (step + 1) % every != 0)):
         return
     values = {f"{kind}/{key}": value for key, value in metrics.items() if isinstance(value, (Real, Tensor))}

@@ -26,6 +26,7 @@ deconcnn.callbacks.metrics_logger): whole to a ``MetricsJsonlLogger``, as ``nois
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -161,7 +162,9 @@ class NoiseMonitor(Callback):
             "noise_seconds": grads.get("grad_noise_seconds"),
             "reason": "; ".join(reasons) or None,
         }
-        log_record(trainer, "noise", batches_done_in_epoch=trainer.num_training_batches, **record)
+        # Every batch of the epoch is done; an unsized loader has inf of them, and its epoch_frac is the epoch.
+        done = trainer.num_training_batches
+        log_record(trainer, "noise", batches_done_in_epoch=None if math.isinf(done) else int(done), **record)
 
     def _gradient_noise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         return gradient_noise(

@@ -869,7 +869,7 @@ def ggn_trace(
         loss = loss_mod(ext_model(x), y)
         with backpack(DiagGGNExact()):
             loss.backward()
-    total = torch.stack([p.diag_ggn_exact.sum() for p in params]).sum()
+    total = torch.stack([p.diag_ggn_exact.sum() for p in params]).sum()  # type: ignore[attr-defined]  # BackPACK's
     return {
         "ggn_trace": float(total),
         "ggn_trace_stderr": 0.0,

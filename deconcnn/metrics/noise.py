@@ -49,7 +49,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 GradBNMode = Literal["batch_stats_frozen", "eval"]
 GradMethod = Literal["backpack", "vmap"]
+Series: TypeAlias = Sequence[float] | np.ndarray  # numbers in order: a list or a 1-D array
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 LOSS_NOISE_KEYS = (
@@ -76,7 +77,7 @@ LOSS_NOISE_KEYS = (
 # --------------------------------------------------------------------------------------------
 # Loss-curve noise
 # --------------------------------------------------------------------------------------------
-def detrend_power_law(steps: Sequence[float], losses: Sequence[float]) -> dict[str, Any]:
+def detrend_power_law(steps: Series, losses: Series) -> dict[str, Any]:
     """Least-squares fit ``log L = a + b log t``; returns residual, slope ``b``, intercept ``a``.
 
     Requires ``len >= 3``, all losses > 0 and finite, steps > 0, and at least two distinct steps;
@@ -102,14 +103,14 @@ def detrend_power_law(steps: Sequence[float], losses: Sequence[float]) -> dict[s
     return {"residual": resid, "slope": float(slope), "intercept": float(intercept)}
 
 
-def resid_power(residual: Sequence[float]) -> float:
+def resid_power(residual: Series) -> float:
     """Variance of the detrended log-loss residual (mean of squares about its mean)."""
     r = np.asarray(residual, dtype=np.float64)
     return float(np.var(r))
 
 
 def psd_tail(
-    residual: Sequence[float],
+    residual: Series,
     *,
     tail_fraction: float = 0.25,
     nperseg: int | None = None,
@@ -153,8 +154,8 @@ def psd_tail(
 
 
 def loss_noise_metrics(
-    steps: Sequence[float],
-    losses: Sequence[float],
+    steps: Series,
+    losses: Series,
     *,
     min_points: int = 32,
     tail_fraction: float = 0.25,
@@ -266,8 +267,12 @@ def _sums_backpack(model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module)
         with backpack(SumGradSquared()):
             loss.backward()
     # reduction="sum": .grad = sum_n g_n, .sum_grad_squared = sum_n g_n^2 (elementwise)
-    g_sum = torch.cat([p.grad.reshape(-1) for p in params])
-    sq_sum = torch.cat([p.sum_grad_squared.reshape(-1) for p in params])
+    grads, squares = [], []
+    for p in params:
+        assert p.grad is not None, "every trainable parameter takes part in the loss"
+        grads.append(p.grad.reshape(-1))
+        squares.append(p.sum_grad_squared.reshape(-1))  # type: ignore[attr-defined]  # BackPACK's, set by backward
+    g_sum, sq_sum = torch.cat(grads), torch.cat(squares)
     return g_sum, sq_sum, g_sum.numel()
 
 

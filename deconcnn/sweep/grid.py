@@ -116,7 +116,8 @@ def _axis_overrides(axes: Any, where: str) -> list[str]:
     if not isinstance(axes, (dict, DictConfig)):
         raise SweepFileError(f"{where} must map config keys to sweep values")
     lines = []
-    for key, value in axes.items():
+    for name, value in axes.items():
+        key = str(name)  # YAML keys may be numbers
         if isinstance(value, (list, ListConfig)):
             value = ",".join(str(v) for v in value)
         elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -158,7 +159,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         raise SweepFileError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
     if not isinstance(spec, DictConfig):
         raise SweepFileError(f"{path}: expected a mapping with name, axes and variants")
-    unknown = set(spec.keys()) - {"name", "run_id", "overrides", "axes", "variants", "launcher"}
+    unknown = {str(k) for k in spec} - {"name", "run_id", "overrides", "axes", "variants", "launcher"}
     if unknown:
         raise SweepFileError(f"{path}: unknown top-level keys {sorted(unknown)}")
     name = spec.get("name") or path.stem
@@ -173,9 +174,10 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
     parser = OverridesParser.create()
     runs: list[RunSpec] = []
     axis_names = [line.split("=", 1)[0] for line in shared_axes]
-    for variant, body in variants.items():
-        if not NAME_PATTERN.match(str(variant)) or not isinstance(body, DictConfig):
-            raise SweepFileError(f"{path}: variant {variant!r} must be a name mapping to {{experiment: ...}}")
+    for key, body in variants.items():
+        variant = str(key)
+        if not NAME_PATTERN.match(variant) or not isinstance(body, DictConfig):
+            raise SweepFileError(f"{path}: variant {key!r} must be a name mapping to {{experiment: ...}}")
         if not isinstance(body.get("experiment"), str):
             raise SweepFileError(f"{path}: variant {variant} needs 'experiment: <conf/experiment file>'")
         axes = {line.split("=", 1)[0]: line for line in shared_axes}
@@ -194,11 +196,9 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         ]
         for combo in combos or [[]]:
             params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
-            run_id = _run_id(template or default_template(params), str(variant), params)
+            run_id = _run_id(template or default_template(params), variant, params)
             overrides = (*fixed, *combo, *extra_overrides)
-            runs.append(
-                RunSpec(run_id, str(variant), with_debug(overrides, SMOKE_DEBUG)[0] if smoke else overrides, params)
-            )
+            runs.append(RunSpec(run_id, variant, with_debug(overrides, SMOKE_DEBUG)[0] if smoke else overrides, params))
     seen: dict[str, RunSpec] = {}
     for run in runs:
         if run.run_id in seen:
@@ -230,7 +230,8 @@ def validate_runs(runs: Iterable[RunSpec]) -> dict[str, str]:
                 probe = compose_run_config([run.overrides[0]], hydra_config=True)
                 groups = set(probe.hydra.runtime.choices.keys())
             is_group = [o.key_or_group in groups for o in parsed]
-            group_lines = tuple(o.input_line for o, g in zip(parsed, is_group) if g)
+            # One Override per line, in order; its input_line is that line (Optional only in its type).
+            group_lines = tuple(line for line, g in zip(run.overrides, is_group) if g)
             if group_lines not in bases:
                 bases[group_lines] = compose_run_config(list(group_lines))
             cfg = copy.deepcopy(bases[group_lines])

@@ -94,7 +94,7 @@ def describe_changes(manifest: dict[str, Any], runs: list[RunSpec]) -> str | Non
 
 def make_packs(commands_by_variant: dict[str, list[Command]], per_pack: dict[str, int]) -> list[list[Command]]:
     """Group runs of the same variant k at a time (the probe measures k per variant)."""
-    packs = []
+    packs: list[list[Command]] = []
     for variant, commands in commands_by_variant.items():
         k = max(1, per_pack.get(variant, 1))
         packs.extend(commands[i : i + k] for i in range(0, len(commands), k))
@@ -286,7 +286,7 @@ def _launch_locked(
         on_submitted()
         record.update(runner.describe(handles))
         for pack, handle in zip(packs, handles):
-            log = runner.log_of(handle) if kind == "slurm" else None  # type: ignore[attr-defined]
+            log = runner.log_of(handle)
             for command in pack:
                 entry = manifest["runs"][command.name]
                 entry["attempts"] += 1

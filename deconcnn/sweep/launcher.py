@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
@@ -61,7 +61,7 @@ def compose_launcher(run_overrides: Sequence[str], launcher_overrides: Sequence[
     overrides = [*([] if chosen else [f"hydra/launcher={DEFAULT_LAUNCHER}"]), *launcher_overrides]
     try:
         cfg = compose_run_config([*run_overrides, *overrides], hydra_config=True)
-        values = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+        values = cast(dict[str, Any], OmegaConf.to_container(cfg.hydra.launcher, resolve=False))
     except Exception as error:  # noqa: BLE001  Hydra's message names the key and the value
         raise LauncherError(f"launcher settings: {config_error_text(error)}") from None
     assert isinstance(values, dict)

@@ -92,11 +92,11 @@ def run_state(
     if live.state == "running" and live.detail == "COMPLETING":  # a requeue passes through it too
         return "running", "its SLURM task is completing"
     if process_alive is False:
+        assert ours is not None  # only a process record of ours is asked whether it is alive
         if attempt and attempt.get("status") == "failed":
             return "failed", attempt.get("error") or "failed"
         return "failed", (
-            f"its process (pid {ours['pid']} on {ours['host']}) is gone but run.json says running "  # type: ignore[index]
-            "(killed?)"
+            f"its process (pid {ours['pid']} on {ours['host']}) is gone but run.json says running (killed?)"
         )
     if live.state == "running":
         if attempt and attempt.get("status") == "failed":
@@ -150,7 +150,7 @@ def sweep_states(
                 reason,
                 entry.get("attempts", 0),
                 submission.get("job_id") if submission else None,
-                (live.get(handle).detail if handle and handle in live else None),  # type: ignore[union-attr]
+                (live[handle].detail if handle and handle in live else None),
                 str(run_dir),
                 str(log) if log.exists() else (submission or {}).get("log"),
             )

@@ -116,7 +116,10 @@ def download_cifar10(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_
         raise DataNotFoundError(f"{archive} has MD5 {digest}, expected {md5}: delete it and retry")
     with tarfile.open(archive, "r:gz") as tar:
         # The "data" filter refuses links and paths outside data_dir; Pythons before 3.10.12 lack it.
-        tar.extractall(data_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(data_dir, filter="data")
+        else:
+            tar.extractall(data_dir)
 
 
 class SyntheticSource:

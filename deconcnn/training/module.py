@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -33,7 +33,9 @@ class ImageClassifier(pl.LightningModule):
         self, model: nn.Module, optimizer: OptimizerFactory, warmup_epochs: float = 5.0, channels_last: bool = False
     ) -> None:
         super().__init__()
-        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        if channels_last:  # Module.to takes memory_format; torch's overloads of it leave it out
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
         self.channels_last = channels_last
         self.optimizer_factory = optimizer
         self.warmup_epochs = warmup_epochs
@@ -62,7 +64,7 @@ class ImageClassifier(pl.LightningModule):
         self.log("loss_val_nats", loss, on_epoch=True, batch_size=n)
         self.log("acc_val", acc, on_epoch=True, batch_size=n)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self.parameters())
         per_epoch = self._steps_per_epoch()
         total = per_epoch * max(1, self.trainer.max_epochs or 1)
@@ -74,7 +76,7 @@ class ImageClassifier(pl.LightningModule):
         # Not trainer.estimated_stepping_batches: that builds the training loader and starts iterating
         # it here, before Lightning restores a checkpoint, and Lightning then never applies the
         # loader's saved position, so a run resumed mid-epoch would start its epoch over.
-        datamodule = self.trainer.datamodule
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's DataConnector, undeclared
         if datamodule is None:
             raise RuntimeError("ImageClassifier needs a datamodule (trainer.fit(module, datamodule=...))")
         return -(-len(datamodule.train_dataloader()) // self.trainer.accumulate_grad_batches)

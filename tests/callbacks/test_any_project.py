@@ -123,3 +123,30 @@ def test_no_logger_at_all_trains(tmp_path):
 def test_a_monitor_without_a_batch_says_how_to_give_one(tmp_path):
     with pytest.raises(RuntimeError, match=r"batch=\(inputs, labels\).*fixed_batch\(size, seed\)"):
         fit(tmp_path, [CSVLogger(tmp_path)], monitor_batch=None)
+
+
+class ValidatedClassifier(PlainClassifier):
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("loss_val_nats", nn.functional.cross_entropy(self(x), y))
+
+
+def test_time_based_validation_gets_a_grad_norm(tmp_path):
+    # Lightning leaves val_check_batch None for a time-based interval; the logger used to take int(None).
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(64, 3, 2, 2), torch.randint(0, 3, (64,))), batch_size=8)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        logger=[MetricsJsonlLogger(tmp_path / "run")],
+        max_epochs=1,
+        val_check_interval="00:00:00:00",  # as often as the clock allows: after every batch
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LossSlopeLogger()],
+    )
+    trainer.fit(ValidatedClassifier(), loader, loader)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"]
+    assert val and all(r["grad_norm"] > 0 for r in val)

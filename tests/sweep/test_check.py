@@ -139,6 +139,15 @@ def test_duplicated_step_fails_naming_it(tmp_path):
     assert not result.passed and "more than once: 7" in result.detail
 
 
+def test_steps_outside_the_run_and_absent_steps_fail_together(tmp_path):
+    # Used to raise TypeError: None does not sort with the integers.
+    records = fabricate(tmp_path)
+    records.append({**next(r for r in records if r["kind"] == "train"), "step": SCHEDULE.total_steps + 3})
+    del next(r for r in records if r["kind"] == "train" and r["step"] == 2)["step"]
+    result = check_per_batch(records, SCHEDULE)
+    assert not result.passed and f"steps outside 0..{SCHEDULE.total_steps - 1}: [35, None]" in result.detail
+
+
 def test_absent_per_batch_key_fails(tmp_path):
     records = fabricate(tmp_path)
     del next(r for r in records if r["kind"] == "train")["wd"]

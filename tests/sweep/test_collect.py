@@ -16,6 +16,7 @@ import pytest
 from fake_sweep import KINDS, LR, WD, make_sweep, run_id
 
 from deconcnn.analysis.collect import collect
+from deconcnn.analysis.sources import DEFAULT_VARIANT, read_source
 from deconcnn.sweep.sweepdir import NotASweep
 from sweeps import status_of
 
@@ -343,3 +344,15 @@ def test_a_hydra_multirun_directory_is_a_sweep(tmp_path):
     ]
     assert "seed" not in runs[0]  # the same for every job: a setting, not an axis
     assert res.rows["train"] == src.total("train")
+
+
+def test_a_multirun_job_whose_config_is_a_list_gets_the_default_variant(tmp_path):
+    # Used to raise: a ListConfig has a get() too, and it takes an index.
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for i, config in enumerate(("variant: S-core\n", "- not a mapping\n")):
+        hydra = tmp_path / str(i) / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "overrides.yaml").write_text(f"- seed={i}\n")
+        (hydra / "config.yaml").write_text(config)
+    source = read_source(tmp_path)
+    assert [(r.run_id, r.variant) for r in source.runs] == [("0", "S-core"), ("1", DEFAULT_VARIANT)]

@@ -68,6 +68,10 @@ def _sweep_file(tmp_path: Path, body: str) -> Path:
         ("name: x\nvariants: [a, b\n", "not valid YAML"),
         ("name: x\naxes: {seed: 0}\n", "'variants' must map"),
         ("name: x\nvariants: {S-core: {experiment: loss_lin_slope_base}}\nbogus: 1\n", "unknown top-level keys"),
+        (  # a number as a key used to end in a TypeError: it does not sort with the strings
+            "name: x\nvariants: {S-core: {experiment: loss_lin_slope_base}}\nbogus: 1\n2: two\n",
+            r"unknown top-level keys \['2', 'bogus'\]",
+        ),
         ("name: x\naxes: {seed: 'range(0,'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n", "bad axis"),
         (
             "name: x\nrun_id: '{variant}'\naxes: {seed: '0,1'}\n"

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from deconcnn.runlog import schema
 from deconcnn.runlog.metrics_log import METRICS_FILE
@@ -138,11 +138,11 @@ class Schedule:
 # ---------------------------------------------------------------- the checks: records -> ItemResult
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return _number(value) and math.isfinite(value)
 
 
@@ -152,16 +152,13 @@ def _kind(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def _ranges(values: Iterable[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (first 6 runs)."""
-    values = sorted(set(values))
-    parts: list[str] = []
-    start = prev = None
-    for v in [*values, None]:
-        if start is not None and (v is None or v != prev + 1):
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if v is not None and start is None:
-            start = v
-        prev = v
+    runs: list[tuple[int, int]] = []  # (first, last) of each run of consecutive values
+    for v in sorted(set(values)):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    parts = [str(first) if first == last else f"{first}-{last}" for first, last in runs]
     return ", ".join(parts[:6]) + (", ..." if len(parts) > 6 else "")
 
 
@@ -178,7 +175,9 @@ def check_per_batch(records: Sequence[dict[str, Any]], schedule: Schedule) -> It
     counts = Counter(r.get("step") for r in train)
     missing = [s for s in range(n) if counts[s] == 0]
     duplicated = sorted(s for s, c in counts.items() if isinstance(s, int) and c > 1)
-    extra = sorted(s for s in counts if not isinstance(s, int) or not 0 <= s < n)
+    # Steps that are not integers (absent, null, strings) do not sort with the integers: listed after them.
+    extra: list[Any] = sorted(s for s in counts if isinstance(s, int) and not 0 <= s < n)
+    extra += [s for s in counts if not isinstance(s, int)]
     problems = []
     if missing:
         problems.append(f"steps missing: {_ranges(missing)}")

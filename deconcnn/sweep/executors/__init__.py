@@ -87,6 +87,10 @@ class Executor(ABC):
         """What the manifest keeps about a submission (job ids, pids); JSON-serialisable."""
         return {}
 
+    def log_of(self, handle: str) -> str | None:
+        """The file a submitted pack writes its stdout to, where the executor gives it one (SLURM)."""
+        return None
+
 
 def wait(
     executor: Executor,

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from deconcnn.sweep import processes
-from deconcnn.sweep.executors import STOP_GRACE_S, Executor, Pack, SchedulerState, Submission
+from deconcnn.sweep.executors import STOP_GRACE_S, Executor, LiveState, Pack, SchedulerState, Submission
 from deconcnn.sweep.executors.runner import MpsDaemon, run_pack
 
 PREFIX = "local"
@@ -46,7 +46,7 @@ def launcher_of(handle: str) -> dict[str, object]:
 class _PackState:
     pack: Pack
     stop: threading.Event = field(default_factory=threading.Event)
-    state: str = "pending"
+    state: LiveState = "pending"
     codes: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
@@ -131,7 +131,7 @@ class LocalExecutor(Executor):
         for handle in handles:
             own = self._packs.get(handle)
             if own is not None:
-                out[handle] = SchedulerState(own.state, own.error)  # type: ignore[arg-type]
+                out[handle] = SchedulerState(own.state, own.error)
             else:
                 out.update(poll_handles([handle]))
         return out
