@@ -28,6 +28,7 @@ from deconcnn.analysis.plots import (
     plain_log_ticks,
 )
 from deconcnn.analysis.sources import SweepSource
+from deconcnn.runlog.schema import is_finite
 
 ANALYSIS_PLOTS = {
     "fits_mosaic.png": "Loss curves with their selected fits (log-log), one panel per cell",
@@ -54,10 +55,6 @@ def _variant_colour(layout: Layout) -> dict[str, Any]:
 
     cmap = colormaps[VARIANT_COLOURS]
     return {v: cmap(i % 10) for i, v in enumerate(layout.variants)}
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def mosaic(path: Path, layout: Layout, fit_rows: list[dict[str, Any]], curves: dict[str, Any]) -> None:
@@ -118,7 +115,7 @@ def mosaic(path: Path, layout: Layout, fit_rows: list[dict[str, Any]], curves: d
 def r2_histogram(path: Path, fit_rows: list[dict[str, Any]]) -> None:
     fig, axes = new_figure(1, len(MODELS), 3.6, 3.0)
     for ax, model in zip(axes.flat, MODELS):
-        r2 = np.array([r["r2"] for r in fit_rows if r["model"] == model and r.get("ok") and _finite(r["r2"])])
+        r2 = np.array([r["r2"] for r in fit_rows if r["model"] == model and r.get("ok") and is_finite(r["r2"])])
         if len(r2):
             ax.hist(np.clip(r2, -1, 1), bins=np.linspace(min(0.0, r2.min()), 1, 30), color="0.4")
             ax.axvline(np.median(r2), color="crimson", lw=1.5)
@@ -139,7 +136,7 @@ def alpha_vs_final(path: Path, layout: Layout) -> None:
         n = 0
         for run in layout.runs:
             x, y = run.row.get("final_loss_nats"), run.row.get(key)
-            if run.status == "completed" and _finite(x) and _finite(y):
+            if run.status == "completed" and is_finite(x) and is_finite(y):
                 ax.plot(x, y, "o", ms=4, color=colours[run.variant], alpha=0.8)
                 n += 1
         if not n:
@@ -158,7 +155,7 @@ def window_scan_figure(path: Path, layout: Layout, window_rows: list[dict[str, A
 
     starts = sorted({r["start_epoch"] for r in window_rows})
     ends = sorted({r["end_epoch"] for r in window_rows})
-    values = [r["alpha_median"] for r in window_rows if _finite(r["alpha_median"])]
+    values = [r["alpha_median"] for r in window_rows if is_finite(r["alpha_median"])]
     norm = Normalize(*(min(values), max(values)) if values else (0, 1))
     cmap = colormaps["magma"]
     fig, axes = new_figure(1, max(1, len(layout.variants)), 3.6, 3.4)
@@ -203,8 +200,8 @@ def knee_vs_plateau(path: Path, layout: Layout) -> None:
         (r.row["lambda_max_plateau_epoch"], r.row["knee_epoch"], r.variant)
         for r in layout.runs
         if r.status == "completed"
-        and _finite(r.row.get("lambda_max_plateau_epoch"))
-        and _finite(r.row.get("knee_epoch"))
+        and is_finite(r.row.get("lambda_max_plateau_epoch"))
+        and is_finite(r.row.get("knee_epoch"))
     ]
     for x, y, variant in points:
         ax.plot(x, y, "o", ms=5, color=colours[variant], alpha=0.8)
@@ -212,7 +209,17 @@ def knee_vs_plateau(path: Path, layout: Layout) -> None:
         top = max(max(p[0] for p in points), max(p[1] for p in points)) * 1.05
         ax.plot([0, top], [0, top], color="0.6", lw=1, ls="--")
     else:
-        no_data(ax, "no completed run has both a knee and a lambda_max plateau")
+        done = [r for r in layout.runs if r.status == "completed"]
+        counts = {
+            key: sum(is_finite(r.row.get(key)) for r in done) for key in ("knee_epoch", "lambda_max_plateau_epoch")
+        }
+        reasons = [r.row.get("lambda_max_plateau_reason") for r in done if r.row.get("lambda_max_plateau_reason")]
+        commonest = f"\nplateau: {max(set(reasons), key=reasons.count)}" if reasons else ""
+        no_data(
+            ax,
+            f"no completed run has both a knee and a lambda_max plateau\n(of {len(done)} completed: "
+            f"{counts['knee_epoch']} with a knee, {counts['lambda_max_plateau_epoch']} with a plateau){commonest}",
+        )
     ax.set_xlabel("lambda_max plateau (epoch)")
     ax.set_ylabel("knee (epoch)")
     ax.grid(alpha=0.3)
@@ -233,7 +240,13 @@ def write_plots(
     mosaic(out_dir / "fits_mosaic.png", layout, fit_rows, curves)
     r2_histogram(out_dir / "r2_hist.png", fit_rows)
     alpha_vs_final(out_dir / "alpha_vs_final_loss.png", layout)
-    grids = heat_grids(layout, layout.colour_axis, layout.style_axis, lambda r: r.row.get("alpha_early"))
+    grids = heat_grids(
+        layout,
+        layout.colour_axis,
+        layout.style_axis,
+        lambda r: r.row.get("alpha_early"),
+        lambda r: r.row.get("alpha_early_reason"),
+    )
     heatmap_figure(
         out_dir / "heatmap_alpha_early.png",
         ANALYSIS_PLOTS["heatmap_alpha_early.png"],

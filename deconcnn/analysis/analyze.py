@@ -48,7 +48,7 @@ from deconcnn.analysis.per_run import (
 )
 from deconcnn.analysis.stats import correlation
 from deconcnn.runlog.atomic import tmp_path, write_text_atomic
-from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
+from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS, is_finite
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR
 
 FORMATS = ("parquet", "csv")
@@ -340,16 +340,13 @@ def _correlations(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[d
     return out
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
-
-
 def _median_text(rows: list[dict[str, Any]], key: str) -> str:
-    values = [r[key] for r in rows if r["status"] == "completed" and _finite(r.get(key))]
+    values = [r[key] for r in rows if r["status"] == "completed" and is_finite(r.get(key))]
     if not values:
         return "-"
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
-    return f"{q50:.3f} [{q25:.3f}, {q75:.3f}]"
+    done = sum(r["status"] == "completed" for r in rows)
+    return f"{q50:.3f} [{q25:.3f}, {q75:.3f}]" + (f" (n={len(values)})" if len(values) < done else "")
 
 
 def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str, Any]], result: AnalyzeResult) -> str:
@@ -361,7 +358,8 @@ def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str,
         "## Loss-curve analysis",
         "",
         f"`alpha_early`: power-law exponent over epochs {e0:g}-{e1:g}; `alpha_full`: from the knee (burn-in "
-        "end, by AICc) to the end; medians over completed runs [quartiles]. Rules and columns: "
+        "end, by AICc) to the end; medians over completed runs [quartiles] (n: runs with a value, when not all). "
+        "Rules and columns: "
         "docs/analysis.md; tables: " + ", ".join(f"[{p.name}]({p.name})" for p in result.files.values()) + ".",
         "",
         "| variant | completed / runs | alpha_early | alpha_full | knee epoch | final loss (nats) |",
@@ -378,7 +376,7 @@ def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str,
     lines += [""]
     for name, title in ANALYSIS_PLOTS.items():
         lines += [f"### {title}", "", f"[![{title}]({name})]({name})", ""]
-    unfit = [r for r in run_rows if r["status"] == "completed" and not _finite(r.get("alpha_full"))]
+    unfit = [r for r in run_rows if r["status"] == "completed" and not is_finite(r.get("alpha_full"))]
     if unfit:
         lines += [f"Completed runs without an alpha_full ({len(unfit)}):", ""]
         lines += [f"- `{r['run_id']}`: {r.get('reason') or r.get('alpha_full_reason')}" for r in unfit[:20]]

@@ -234,10 +234,6 @@ def _column(name: str, values: list[Any]) -> pa.Array:
     return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], type=pa.string())
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _record_name(key: str, identity: set[str]) -> str:
     return f"{key}_logged" if key in identity else key
 
@@ -356,13 +352,13 @@ def _stats(tables: dict[str, list[Any]]) -> dict[str, Any]:
         out["final_loss_val_nats"] = _float(loss[last])
         out["final_acc_val"] = _float(acc[last])
         out["final_epoch_frac"] = _float(ef[last])
-        good = [i for i, v in enumerate(loss) if _finite(v)]
+        good = [i for i, v in enumerate(loss) if schema.is_finite(v)]
         if good:
             b = min(good, key=lambda i: (loss[i], _nz(_float(steps[i]))))
             out["best_loss_val_nats"] = float(loss[b])
             out["best_epoch_frac"] = _float(ef[b])
             out["best_step"] = _int(steps[b])
-        accs = [a for a in acc if _finite(a)]
+        accs = [a for a in acc if schema.is_finite(a)]
         out["best_acc_val"] = float(max(accs)) if accs else None
     return out
 
@@ -374,7 +370,7 @@ def _floats(values: list[Any] | None) -> np.ndarray:
     try:
         return np.array(values, dtype=float)  # None -> nan
     except (TypeError, ValueError):
-        return np.array([float(v) if _finite(v) else np.nan for v in values], dtype=float)
+        return np.array([float(v) if schema.is_finite(v) else np.nan for v in values], dtype=float)
 
 
 def _nanmax(values: list[Any] | None) -> float | None:

@@ -578,7 +578,8 @@ def alpha_window(
     n_boot: int = 0,
     seed: int = 0,
 ) -> Fit:
-    """Power-law exponent on the window ``t_start <= t <= t_end`` (binned within the window).
+    """Power-law exponent on the window ``t_start <= t <= t_end`` (binned within the window); a
+    curve that ends before ``t_end`` gets none.
 
     ``c=None``: ``c`` free (model ``power_law``, 3 parameters). A short window (e.g. epochs
     5-15, half a decade) barely constrains the floor, and ``alpha`` and ``c`` trade off, so the
@@ -600,6 +601,9 @@ def alpha_window(
         return failed_fit(model, problem)
     if not t_end > t_start:
         return failed_fit(model, f"empty window [{t_start}, {t_end}]")
+    t_last = float(np.max(np.asarray(t, dtype=np.float64)))
+    if t_last < t_end:  # alpha over part of the window is another quantity, not comparable
+        return failed_fit(model, f"the curve ends at t={t_last:g}, before the window's end (t={t_end:g})")
     curve = log_bins(t, y, bins_per_decade, min_t=t_start, max_t=t_end)
     if c is None:
         return _fit(POWER_LAW, curve, n_boot, seed)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from deconcnn.runlog.schema import is_finite
 
 N_BINS = 160
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -95,9 +98,10 @@ class Layout:
         return tuple(run.params.get(a) for a in (self.colour_axis, self.style_axis, *self.facet_axes) if a)
 
     def facets(self) -> list[tuple[str, dict[str, Any]]]:
-        """(variant, {facet axis: value}) for every panel, in the sweep's order."""
-        combos = list(itertools.product(*(self.values(a) for a in self.facet_axes)))
-        return [(v, dict(zip(self.facet_axes, c))) for v in self.variants for c in combos]
+        """(variant, {facet axis: value}) for every panel, in the sweep's order: the cells a variant
+        has runs in (a variant may carry its own axis values), all of them for a variant without runs."""
+        combos = [dict(zip(self.facet_axes, c)) for c in itertools.product(*map(self.values, self.facet_axes))]
+        return [(v, c) for v in self.variants for c in [c for c in combos if self.runs_of(v, c)] or combos]
 
     def runs_of(self, variant: str, fixed: dict[str, Any]) -> list[Run]:
         return [r for r in self.runs if r.variant == variant and all(r.params.get(a) == v for a, v in fixed.items())]
@@ -269,12 +273,10 @@ def _robust_limits(values: list[np.ndarray], log: bool) -> tuple[float, float] |
 
 
 def no_data(ax: Any, why: str) -> None:
-    import textwrap
-
     ax.text(
         0.5,
         0.5,
-        "no data\n" + textwrap.fill(why, 40),
+        "\n".join(["no data", *(textwrap.fill(line, 40) for line in why.splitlines())]),
         transform=ax.transAxes,
         ha="center",
         va="center",
@@ -501,6 +503,7 @@ def variants_figure(path: Path, title: str, layout: Layout, centers: np.ndarray,
 class Cell:
     runs: list[Run]
     values: list[float]  # of completed runs
+    reasons: list[str] = field(default_factory=list)  # why completed runs have no value
 
     @property
     def median(self) -> float | None:
@@ -510,12 +513,19 @@ class Cell:
         return sum(r.status == status for r in self.runs)
 
     def why_empty(self) -> str:
+        """Why a cell has no value: its runs by status, and for completed runs the commonest reason."""
         if not self.runs:
             return "not in grid"
         counts: dict[str, int] = defaultdict(int)
         for r in self.runs:
             counts[r.status] += 1
-        return "\n".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        lines = [
+            f"{n} {s}" + (", no value" if s == "completed" else "")
+            for s, n in sorted(counts.items(), key=lambda kv: -kv[1])
+        ]
+        if self.reasons:
+            lines.append(textwrap.shorten(max(set(self.reasons), key=self.reasons.count), 60))
+        return "\n".join(lines)
 
 
 @dataclass
@@ -526,8 +536,15 @@ class HeatGrid:
     cells: dict[tuple[Any, Any], Cell]
 
 
-def heat_grids(layout: Layout, row_axis: str | None, col_axis: str | None, value: Any) -> list[HeatGrid]:
-    """One grid per panel: `value(run)` of the completed runs, by (row value, column value)."""
+def heat_grids(
+    layout: Layout,
+    row_axis: str | None,
+    col_axis: str | None,
+    value: Callable[[Run], float | None],
+    reason: Callable[[Run], str | None] = lambda run: None,
+) -> list[HeatGrid]:
+    """One grid per panel: `value(run)` of the completed runs, by (row value, column value);
+    `reason(run)` says why a completed run has no value."""
     out = []
     others = [
         a for a in (layout.colour_axis, layout.style_axis, *layout.facet_axes) if a and a not in (row_axis, col_axis)
@@ -546,14 +563,9 @@ def heat_grids(layout: Layout, row_axis: str | None, col_axis: str | None, value
                     if (row_axis is None or r.params.get(row_axis) == rv)
                     and (col_axis is None or r.params.get(col_axis) == cv)
                 ]
-                vals = [
-                    v
-                    for r in members
-                    if r.status == "completed"
-                    for v in [value(r)]
-                    if v is not None and math.isfinite(v)
-                ]
-                cells[(rv, cv)] = Cell(members, vals)
+                vals = [v for r in members if r.status == "completed" and is_finite(v := value(r))]
+                missing = [r for r in members if r.status == "completed" and not is_finite(value(r))]
+                cells[(rv, cv)] = Cell(members, vals, [why for r in missing if (why := reason(r))])
         out.append(HeatGrid(Layout.title(variant, fixed), rows, cols, cells))
     return out
 
@@ -611,12 +623,12 @@ def heatmap_figure(
                 if others:
                     txt += "\n" + ", ".join(f"{c.count(s)} {s}" for s in others)
                 ax.text(b, a, txt, ha="center", va="center", fontsize=8, color="black" if lum > 0.5 else "white")
-        ax.set_xticks(range(len(g.cols)), [fmt(v) for v in g.cols])
-        ax.set_yticks(range(len(g.rows)), [fmt(v) for v in g.rows])
+        ax.set_xticks(range(len(g.cols)) if col_axis else [], [fmt(v) for v in g.cols] if col_axis else [])
+        ax.set_yticks(range(len(g.rows)) if row_axis else [], [fmt(v) for v in g.rows] if row_axis else [])
         ax.set_xlabel(col_axis or "")
         ax.set_ylabel(row_axis or "")
     for ax in list(axes.flat)[len(grids) :]:
         ax.set_visible(False)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.8, label=label)
-    fig.suptitle(title + "\n(hatched: no completed run in that cell)", fontsize=12)
+    fig.suptitle(title + "\n(hatched: no value in that cell; the text says why)", fontsize=12)
     fig.savefig(path, dpi=110)

@@ -262,7 +262,7 @@ def heat_tables(
                     else (
                         f"{value_format.format(c.median)} ({len(c.values)}/{len(c.runs)})"
                         if c.median is not None
-                        else "no completed run (" + c.why_empty().replace("\n", ", ") + ")"
+                        else "no value (" + c.why_empty().replace("\n", ", ") + ")"
                     )
                 )
             body.append(row)

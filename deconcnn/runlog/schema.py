@@ -11,7 +11,9 @@ saying why. An optional key appears only when its feature is on (e.g. `ggn_trace
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 FLOAT, INT, STR, BOOL = "float", "int", "str", "bool"
 
@@ -139,6 +141,15 @@ KINDS: dict[str, RecordKind] = {k.name: k for k in (TRAIN, VAL, CHECKPOINT, CURV
 #: The values the experiment studies: what check requires, the report plots, analyze correlates.
 NOISE_METRICS = ("psd_tail", "resid_power", "grad_var", "noise_scale")
 CURVATURE_METRICS = ("lambda_max", "hessian_trace")
+
+
+def is_number(value: Any) -> TypeGuard[float]:
+    """A record's number (JSON has no bool/int distinction Python keeps: True is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite(value: Any) -> TypeGuard[float]:
+    return is_number(value) and math.isfinite(value)
 
 
 def problems(record: dict[str, object]) -> list[str]:

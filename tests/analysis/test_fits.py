@@ -272,7 +272,7 @@ def test_window_scan_grid() -> None:
     ],
 )
 def test_bad_input_gives_failed_fits_not_exceptions(t: np.ndarray, y: np.ndarray, reason: str) -> None:
-    w = F.alpha_window(t, y, 1.0, 20_000.0)
+    w = F.alpha_window(t, y, 1.0, float(np.max(t)))
     assert not w.ok and reason in w.reason and math.isnan(w.aic)
     assert math.isnan(w.as_row()["alpha"]) and w.as_row()["reason"] == w.reason
     knee = F.knee_by_aic(t, y, CANDIDATES)
@@ -293,3 +293,13 @@ def test_too_short_for_the_broken_model_only() -> None:
     assert F.select_model(fits)["chosen"] in (F.POWER_LAW, F.EXPONENTIAL)
     empty = F.alpha_window(T, y, 500.0, 400.0)
     assert not empty.ok and "empty window" in empty.reason
+
+
+def test_a_window_past_the_end_of_the_curve_has_no_alpha() -> None:
+    y = TRUTH[F.POWER_LAW]
+    past = float(T.max()) + 1
+    fit = F.alpha_window(T, y, 300.0, past, c=C)
+    assert not fit.ok and fit.reason.startswith(f"the curve ends at t={T.max():g}")
+    assert F.alpha_window(T, y, 300.0, float(T.max()), c=C).ok  # a window ending at the last step is whole
+    grid = F.window_scan(T, y, [300.0], [3000.0, past], c=C)
+    assert np.isfinite(grid["alpha"][0, 0]) and np.isnan(grid["alpha"][0, 1])

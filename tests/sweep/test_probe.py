@@ -269,7 +269,7 @@ def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
             assert all(0 < u <= m["threads_per_run"] + 0.5 for u in m["cpu_util"])
         assert entry["choice"]["ok"] and entry["choice"]["k"] in (1, 2)
         assert entry["stopped"]
-        assert entry["samples_per_run"] == 1024 * 4  # the demo: 1024 training images, 4 epochs
+        assert entry["samples_per_run"] == 512 * 16  # the demo: 512 training images, 16 epochs
     assert sorted(probe_hours_per_run(out)) == sorted(result["variants"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per GPU" in captured.out and "probe: " in captured.out

@@ -59,7 +59,7 @@ def test_report_with_absent_kinds_and_custom_dirs(tmp_path):
     md = (out / "index.md").read_text()
     assert "### Failed (1)" in md and "RuntimeError: CUDA error" in md
     assert "### Missing (never submitted) (1)" in md
-    assert "no completed run (1 missing)" in md  # the heat-map table marks the empty cell
+    assert "no value (1 missing)" in md  # the heat-map table marks the empty cell, with why
 
 
 def test_layout_follows_the_sweep_s_axes(tmp_path):
@@ -83,6 +83,13 @@ def test_layout_follows_the_sweep_s_axes(tmp_path):
         "S-wide width=0.5",
         "S-wide width=1",
     ]
+    # a variant with its own axis values gets panels for those only
+    s_wide_at_half = [r for r in runs if r.variant != "S-wide" or r.params["model.width"] == 0.5]
+    assert [Layout.title(v, f) for v, f in Layout.of(s_wide_at_half, variants, axes).facets()] == [
+        "S-core width=0.5",
+        "S-core width=1",
+        "S-wide width=0.5",
+    ]
     out = report(sw.path, heatmap=["model.width", LR])
     assert "Median best validation loss, model.width x optim.lr" in (out / "index.md").read_text()
     with pytest.raises(ReportError, match="--heatmap takes two of the sweep's axes"):
@@ -101,3 +108,21 @@ def test_a_no_data_panel_says_why(tmp_path):
     assert why.startswith("only 4 losses in the buffer")
     assert "no curvature records" in why_empty(runs, {}, res.files["curvature"], "curvature")
     assert why_empty([], {}, None, "val") == "no runs in this panel"
+
+
+def test_an_empty_heat_cell_says_why():
+    from deconcnn.analysis.plots import Run, heat_grids
+
+    why = "the curve ends at t=64, before the window's end (t=240)"
+    runs = [
+        Run("a", "S-core", {}, "completed", {"alpha_early": None, "alpha_early_reason": why}),
+        Run("b", "S-core", {}, "failed", {}),
+    ]
+    (grid,) = heat_grids(
+        Layout.of(runs, ["S-core"], []),
+        None,
+        None,
+        lambda r: r.row.get("alpha_early"),
+        lambda r: r.row.get("alpha_early_reason"),
+    )
+    assert grid.cells[(None, None)].why_empty() == f"1 completed, no value\n1 failed\n{why}"

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from deconcnn.runlog import schema
 from deconcnn.runlog.metrics_log import METRICS_FILE
@@ -138,14 +138,6 @@ class Schedule:
 # ---------------------------------------------------------------- the checks: records -> ItemResult
 
 
-def _number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite(value: Any) -> TypeGuard[float]:
-    return _number(value) and math.isfinite(value)
-
-
 def _kind(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get("kind") == kind]
 
@@ -188,18 +180,18 @@ def check_per_batch(records: Sequence[dict[str, Any]], schedule: Schedule) -> It
     bad_keys: Counter[str] = Counter()
     for r in train:
         for key in PER_BATCH_KEYS:
-            if not _finite(r.get(key)):
+            if not schema.is_finite(r.get(key)):
                 bad_keys[key] += 1
         if (
-            _finite(r.get("loss_train_nats"))
-            and _finite(r.get("loss_train_bits"))
+            schema.is_finite(r.get("loss_train_nats"))
+            and schema.is_finite(r.get("loss_train_bits"))
             and not math.isclose(r["loss_train_bits"], r["loss_train_nats"] / math.log(2), rel_tol=1e-6, abs_tol=1e-9)
         ):
             bad_keys["loss_train_bits != nats/ln2"] += 1
         step = r.get("step")
         if (
             isinstance(step, int)
-            and _number(r.get("epoch_frac"))
+            and schema.is_number(r.get("epoch_frac"))
             and not math.isclose(r["epoch_frac"], (step + 1) / schedule.steps_per_epoch, abs_tol=1e-9)
         ):
             bad_keys["epoch_frac != (step+1)/steps_per_epoch"] += 1
@@ -215,7 +207,7 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
     epoch that divides it) puts them; a change from the experiment's 0.25 is said, not failed."""
     interval = schedule.val_check_interval
     if not (
-        _number(interval)
+        schema.is_number(interval)
         and not isinstance(interval, int)
         and 0 < interval <= 1
         and math.isclose(1 / interval, round(1 / interval))
@@ -234,15 +226,15 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
     val = _kind(records, "val")
     got = [r.get("epoch_frac") for r in val]
     if len(got) != len(expected) or not all(
-        _number(g) and math.isclose(g, e, abs_tol=1e-9) for g, e in zip(got, expected)
+        schema.is_number(g) and math.isclose(g, e, abs_tol=1e-9) for g, e in zip(got, expected)
     ):
         return fail(
-            f"val records at epoch_frac {_fracs(v for v in got if _number(v))} "
+            f"val records at epoch_frac {_fracs(v for v in got if schema.is_number(v))} "
             f"({len(got)} records), expected {_fracs(expected)} ({len(expected)})"
         )
     problems = []
     for r in val:
-        missing = [k for k in VAL_KEYS if not _finite(r.get(k))]
+        missing = [k for k in VAL_KEYS if not schema.is_finite(r.get(k))]
         if missing:
             problems.append(f"epoch_frac {r['epoch_frac']:g}: {', '.join(missing)} absent or not finite")
         elif r["grad_norm"] <= 0:
@@ -290,8 +282,8 @@ def check_curvature(
     problems = []
     for r in curv:
         for value, errors in CURVATURE_FIELDS.items():
-            absent = [k for k in (value, errors[0]) if not _finite(r.get(k))]
-            absent += [k for k in errors[1:] if not _number(r.get(k))]
+            absent = [k for k in (value, errors[0]) if not schema.is_finite(r.get(k))]
+            absent += [k for k in errors[1:] if not schema.is_number(r.get(k))]
             if absent:
                 problems.append(f"step {r['step']}: {', '.join(absent)} absent or not finite")
     if problems:
@@ -373,7 +365,7 @@ def check_noise(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemRe
     noise = _kind(records, "noise")
     got = [r.get("step") for r in noise]
     if got != [e * spe for e in expected] or not all(
-        _number(r.get("epoch_frac")) and math.isclose(r["epoch_frac"], e) for r, e in zip(noise, expected)
+        schema.is_number(r.get("epoch_frac")) and math.isclose(r["epoch_frac"], e) for r, e in zip(noise, expected)
     ):
         after = [f"{r.get('epoch_frac')}" for r in noise]
         return fail(
@@ -383,7 +375,7 @@ def check_noise(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemRe
     problems, reasons = [], set()
     for r in noise:
         for key in NOISE_KEYS:
-            if _finite(r.get(key)):
+            if schema.is_finite(r.get(key)):
                 continue
             if key in r and r.get("reason"):
                 reasons.add(str(r["reason"]))
@@ -416,13 +408,13 @@ def check_stamps(records: Sequence[dict[str, Any]]) -> ItemResult:
             continue
         if not (isinstance(step, int) and step >= 0 and isinstance(epoch, int) and epoch >= 0):
             problems[f"{kind}: step/epoch not a non-negative integer"] += 1
-        if not (_finite(frac) and _finite(t)):
+        if not (schema.is_finite(frac) and schema.is_finite(t)):
             problems[f"{kind}: epoch_frac/time not a finite number"] += 1
         elif isinstance(epoch, int) and not epoch <= frac <= epoch + 1:
             problems[f"{kind}: epoch_frac {frac:g} outside epoch {epoch}"] += 1
         elif t < last_time:
             problems[f"{kind}: time goes backwards"] += 1
-        if _finite(t):
+        if schema.is_finite(t):
             last_time = max(last_time, t)
     if problems:
         return fail("; ".join(f"{k} ({c} records)" for k, c in problems.most_common(3)))
@@ -447,7 +439,7 @@ def check_checkpoints(records: Sequence[dict[str, Any]], run_dir: Path) -> ItemR
         present += 1
         size = r.get("checkpoint_size_mb")
         on_disk = path.stat().st_size
-        if not _finite(size) or abs(size * MEGABYTE - on_disk) > 0.5:
+        if not schema.is_finite(size) or abs(size * MEGABYTE - on_disk) > 0.5:
             problems.append(f"{rel}: logged {size} MB, file {on_disk / MEGABYTE:.6f} MB")
     run_dir_ckpts = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.ckpt")}
     unlogged = sorted(run_dir_ckpts - set(last))
