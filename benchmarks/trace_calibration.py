@@ -48,6 +48,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+
+from models import two_conv_bn_cnn  # tests/support: the test's model
 
 from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
@@ -65,20 +68,6 @@ from deconcnn.training.data import SyntheticSource, normalize
 from deconcnn.training.resnet import CifarResNet18
 
 RULES = {"two-stage": {"trace_pilot_probes": 1}, "sequential": {"trace_pilot_probes": 0}}
-
-
-def bn_cnn(channels: int = 6) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(2 * channels),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2 * channels, 10),
-    )
 
 
 def data(seed: int, size: int, n: int, signal: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,7 +223,7 @@ def main() -> None:
     for mseed in args.model_seeds:
         x, y = data(mseed, size, args.samples, args.signal, dtype)
         torch.manual_seed(mseed)
-        model = (bn_cnn() if args.model == "cnn" else CifarResNet18(width=args.width)).to(dtype)
+        model = (two_conv_bn_cnn() if args.model == "cnn" else CifarResNet18(width=args.width)).to(dtype)
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
         gen = torch.Generator().manual_seed(1)
         batch, done = (x[: args.batch], y[: args.batch]), 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
-from deconcnn.sweep.sweepdir import DEFAULT_OUT
+from deconcnn.sweep.sweepdir import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
 
 EXIT_USAGE = 2
 #: --watch floors: each refresh of a SLURM sweep asks squeue and sacct (a load on the cluster's
@@ -130,23 +130,27 @@ def _parser() -> argparse.ArgumentParser:
     check = sweep_file_command("check", "the pre-launch checklist, verified on a short real run of each variant")
     check.add_argument("--workers-per-gpu", type=int, metavar="K", help="the packing decision, instead of a probe")
 
-    def result_command(name: str, help_: str) -> argparse.ArgumentParser:
+    def result_command(name: str, help_: str, out: str, tables: bool) -> argparse.ArgumentParser:
+        """A command that reads a sweep directory and writes into `<sweep dir>/<out>`."""
         command = sub.add_parser(name, help=help_, description=help_)
         command.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
+        command.add_argument("--out", type=Path, help=f"the folder results go in (default <sweep dir>/{out})")
+        if tables:
+            command.add_argument(
+                "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
+            )
         return command
 
-    collect = result_command(
+    result_command(
         "collect",
         "one table per record kind (train, val, curvature, noise, checkpoint) and "
         "one row per run, with the sweep's axes as columns",
+        COLLECTED_DIR,
+        tables=True,
     )
-    collect.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/collected)")
-    collect.add_argument(
-        "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
+    report = result_command(
+        "report", "the plots a researcher looks at first, with an index page", REPORT_DIR, tables=False
     )
-
-    report = result_command("report", "the plots a researcher looks at first, with an index page")
-    report.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/report)")
     report.add_argument(
         "--heatmap",
         metavar="ROW,COL",
@@ -157,10 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         "analyze",
         "fit every run's loss curve (knee, alpha_early, alpha_full) and compare "
         "runs across the sweep; tables, plots and a report section",
-    )
-    analyze.add_argument("--out", type=Path, help="the folder results go in (default <sweep dir>/analysis)")
-    analyze.add_argument(
-        "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
+        ANALYSIS_DIR,
+        tables=True,
     )
     analyze.add_argument("--workers", type=int, help="processes fitting runs (default: one per core)")
     analyze.add_argument(

@@ -133,43 +133,27 @@ def report(
         markers=False,
     )
     variants_figure(out_dir / "variants.png", PLOTS["variants.png"], layout, centers, means)
-    val = read_series(res.files.get("val"), "epoch_frac", ["loss_val_nats"])
-    curve_figure(
-        out_dir / "val_loss.png",
-        PLOTS["val_loss.png"],
-        layout,
-        [("loss_val_nats", "validation loss (nats)", val, "epoch_frac")],
-        res.files.get("val"),
-        "val",
-        "epoch",
-        False,
-        markers=True,
+    # (plot, record kind, x column, x label, [(metric, panel label)]); sparse series: markers on
+    sparse = (
+        ("val_loss.png", "val", "epoch_frac", "epoch", [("loss_val_nats", "validation loss (nats)")]),
+        ("curvature.png", "curvature", "step", "step", [(m, m) for m in CURVATURE_METRICS]),
+        ("noise.png", "noise", "epoch_frac", "epoch", [(m, m) for m in NOISE_METRICS]),
     )
-    curv = read_series(res.files.get("curvature"), "step", list(CURVATURE_METRICS))
-    curve_figure(
-        out_dir / "curvature.png",
-        PLOTS["curvature.png"],
-        layout,
-        [("lambda_max", "lambda_max", curv, "step"), ("hessian_trace", "Hessian trace", curv, "step")],
-        res.files.get("curvature"),
-        "curvature",
-        "step",
-        False,
-        markers=True,
-    )
-    noise = read_series(res.files.get("noise"), "epoch_frac", list(NOISE_METRICS))
-    curve_figure(
-        out_dir / "noise.png",
-        PLOTS["noise.png"],
-        layout,
-        [(m, m, noise, "epoch_frac") for m in NOISE_METRICS],
-        res.files.get("noise"),
-        "noise",
-        "epoch",
-        False,
-        markers=True,
-        run_reasons=reasons(res.files.get("noise")),
-    )
+    for plot, kind, xcol, xlabel, metrics in sparse:
+        table = res.files.get(kind)
+        series = read_series(table, xcol, [m for m, _ in metrics])
+        curve_figure(
+            out_dir / plot,
+            PLOTS[plot],
+            layout,
+            [(m, label, series, xcol) for m, label in metrics],
+            table,
+            kind,
+            xlabel,
+            False,
+            markers=True,
+            run_reasons=reasons(table),  # why a record's value is null, where the kind says
+        )
     grids = heat_grids(layout, row_axis, col_axis, lambda r: r.row.get("best_loss_val_nats"))
     heatmap_figure(
         out_dir / "heatmap_best_val.png",

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from hessian_eigenthings import CurvatureOperator, lanczos
+from models import tiny_bn_cnn
 from torch import nn
 from torch.func import functional_call
 
@@ -26,18 +27,6 @@ from deconcnn.training.resnet import CifarResNet18
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
-
-
-def _bn_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16, 3),
-    ).double()
 
 
 def _mlp_batch():
@@ -76,7 +65,7 @@ def test_lambda_max_matches_exact_top_eigenvalue(which):
     if which == "mlp":
         model, batch, mode = _mlp(), _mlp_batch(), "train"
     else:
-        model, batch, mode = _bn_cnn(), _img_batch(), which.rsplit("_", 1)[1]
+        model, batch, mode = tiny_bn_cnn().double(), _img_batch(), which.rsplit("_", 1)[1]
     h = exact_hessian(model, *batch, mode=mode)
     exact_top = torch.linalg.eigvalsh(h).max().item()
     res = curvature_estimates(model, batch, bn_mode=mode, eig_tol=1e-5, eig_max_iter=80, seed=0)
@@ -91,7 +80,7 @@ def test_lambda_max_matches_exact_top_eigenvalue(which):
 
 @pytest.mark.parametrize("method", ["deflated", "hutchinson"])
 def test_trace_within_three_stderr_of_exact(method):
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     h = exact_hessian(model, *batch, mode="train")
     exact = torch.trace(h).item()
     # loose eigen tolerance so the Krylov basis does not span the whole (small) space
@@ -132,7 +121,7 @@ def test_trace_many_seeds_coverage():
 def test_trace_stderr_is_the_rademacher_variance_bound(deflate):
     """stderr^2 * probes estimates 2 ||B||_F^2 (B = P H P), which bounds the exact probe variance
     2 (||B||_F^2 - sum B_ii^2); a single probe already carries it."""
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     h = exact_hessian(model, *batch)
     with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
         basis, exact_part = [], 0.0
@@ -157,7 +146,7 @@ def test_trace_stderr_is_the_rademacher_variance_bound(deflate):
 
 
 def test_cold_lanczos_start_is_a_rademacher_probe_reused_by_the_trace():
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     h = exact_hessian(model, *batch)
     with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
         eig = lanczos_top_eig(op, tol=0.5, max_iter=3, seed=4)
@@ -194,7 +183,7 @@ def test_deflated_trace_exact_when_basis_spans_space():
 
 
 def test_matches_hessian_eigenthings_lanczos_and_operator_engine():
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     loss_fn = cross_entropy_loss_fn()
     with bn_mode_context(model, "train"):
         op = SharedGraphHessian(model, batch, loss_fn)
@@ -207,7 +196,7 @@ def test_matches_hessian_eigenthings_lanczos_and_operator_engine():
 
 
 def test_warm_start_converges_in_fewer_products():
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     cold = curvature_estimates(model, batch, eig_tol=1e-4, eig_max_iter=80)
     with torch.no_grad():  # a small step: the top eigenvector moves a little
         for p in model.parameters():
@@ -228,7 +217,7 @@ def test_bad_warm_start_falls_back_to_random():
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_bn_running_stats_flags_grads_and_rng_untouched(mode):
-    model = _bn_cnn()
+    model = tiny_bn_cnn().double()
     bn = model[1]
     with torch.no_grad():
         bn.running_mean.fill_(0.3)
@@ -251,7 +240,7 @@ def test_bn_running_stats_flags_grads_and_rng_untouched(mode):
 
 
 def test_bn_modes_differ_and_train_mode_uses_batch_stats():
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     with torch.no_grad():
         model[1].running_var.fill_(50.0)  # stale running statistics
     tr = curvature_estimates(model, batch, bn_mode="train", eig_tol=1e-4)
@@ -300,7 +289,7 @@ def test_ggn_trace_matches_exact_ggn_on_bn_free_resnet():
 
 def test_ggn_trace_refuses_bn_in_train_mode():
     with pytest.raises(ValueError, match="BatchNorm"):
-        ggn_trace(_bn_cnn(), _img_batch(), bn_mode="train")
+        ggn_trace(tiny_bn_cnn().double(), _img_batch(), bn_mode="train")
 
 
 class _TinyReluResNet(nn.Module):
@@ -331,7 +320,7 @@ def test_hessian_trace_equals_ggn_trace_for_bn_free_relu_net():
 
 
 def test_batched_probes_match_sequential_probes():
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     with bn_mode_context(model, "train"):
         op = SharedGraphHessian(model, batch, cross_entropy_loss_fn())
         vs = torch.randn(3, op.size, dtype=torch.float64)
@@ -351,8 +340,8 @@ def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
     x, y = _img_batch(n=8)
     x = x.float()
     assert piecewise_linear_in_each_weight(relu_net)
-    assert not piecewise_linear_in_each_weight(_bn_cnn(), "train")
-    assert piecewise_linear_in_each_weight(_bn_cnn(), "eval")
+    assert not piecewise_linear_in_each_weight(tiny_bn_cnn().double(), "train")
+    assert piecewise_linear_in_each_weight(tiny_bn_cnn().double(), "eval")
     assert not piecewise_linear_in_each_weight(_mlp())  # tanh
     res = curvature_estimates(relu_net, (x, y), trace_method="auto")
     rec = res.record()
@@ -360,10 +349,10 @@ def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
     assert rec["hessian_trace_n_hvp"] == 0
     exact = torch.trace(exact_hessian(relu_net.double(), x.double(), y)).item()
     assert rec["hessian_trace"] == pytest.approx(exact, rel=1e-4)
-    bn = curvature_estimates(_bn_cnn(), _img_batch(), trace_method="auto").record()
+    bn = curvature_estimates(tiny_bn_cnn().double(), _img_batch(), trace_method="auto").record()
     assert bn["hessian_trace_method"] == "deflated"
     with pytest.raises(ValueError, match="linear in each"):
-        curvature_estimates(_bn_cnn(), _img_batch(), trace_method="ggn_exact")
+        curvature_estimates(tiny_bn_cnn().double(), _img_batch(), trace_method="ggn_exact")
 
 
 class _Dense(CurvatureOperator):
@@ -424,7 +413,7 @@ def test_two_stage_rule_pilot_sets_the_count_and_fresh_probes_give_the_estimate(
 
 def test_same_seed_reproduces_the_record_exactly():
     """The monitor seeds each record with seed + step: a resumed run writes the same records."""
-    model, batch = _bn_cnn(), _img_batch()
+    model, batch = tiny_bn_cnn().double(), _img_batch()
     a, b = (curvature_estimates(model, batch, seed=1500, **CURVATURE_DEFAULTS).record() for _ in range(2))
     c = curvature_estimates(model, batch, seed=1501, **CURVATURE_DEFAULTS).record()
     drop = ("curv_seconds",)

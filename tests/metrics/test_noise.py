@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from models import tiny_bn_cnn
 from torch import nn
 
 from deconcnn.metrics.noise import (
@@ -112,25 +113,13 @@ def test_gradient_variance_of_linear_regression_matches_its_closed_form(method):
     assert out["noise_scale_biased"] == pytest.approx(var.sum() / g2, rel=1e-4)
 
 
-def _bn_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16, 3),
-    )
-
-
 def _img_batch(n=12):
     g = torch.Generator().manual_seed(3)
     return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
 def test_frozen_batch_stats_forward_equals_train_forward_and_restores_everything():
-    model = _bn_cnn()
+    model = tiny_bn_cnn()
     x, _ = _img_batch()
     bn = model[1]
     with torch.no_grad():
@@ -164,7 +153,7 @@ class bn_ctx_train:  # noqa: N801 - a train-mode forward that does not update ru
 
 @pytest.mark.parametrize("bn_mode", ["batch_stats_frozen", "eval"])
 def test_gradient_noise_backpack_equals_vmap_on_bn_net_and_leaves_model_untouched(bn_mode):
-    model = _bn_cnn()
+    model = tiny_bn_cnn()
     batch = _img_batch()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()

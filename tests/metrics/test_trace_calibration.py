@@ -28,6 +28,7 @@ import statistics
 
 import pytest
 import torch
+from models import two_conv_bn_cnn
 from torch import nn
 
 from deconcnn.metrics.curvature import (
@@ -44,20 +45,6 @@ STEPS = (30, 100, 300)
 RECORD_SEEDS = 24  # records per state: 3 x 3 x 24 = 216 (a record costs ~0.05 s, an exact trace 1.5 s)
 BIAS_LIMIT = 0.5  # |mean z| per stratum (~60 records each: sampling std. ~0.13)
 SPLIT_LIMIT = 0.75  # |mean z early - mean z late| (sampling std. ~0.19)
-
-
-def _bn_cnn(channels: int = 6) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(2 * channels),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2 * channels, 10),
-    ).double()
 
 
 def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +77,7 @@ def states(one_thread) -> list[tuple[nn.Module, tuple, float]]:
     for mseed in MODEL_SEEDS:
         x, y = _data(mseed)
         torch.manual_seed(mseed)
-        model = _bn_cnn()
+        model = two_conv_bn_cnn().double()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         gen = torch.Generator().manual_seed(1)
         batch, done = (x[:32], y[:32]), 0

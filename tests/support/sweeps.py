@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from deconcnn.cli import run as sweep_cli
 
@@ -14,6 +17,11 @@ LOCAL_SLURM = [
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=10",
 ]
+# One fake GPU per task (the node has gpu:2, File=/dev/null,/dev/zero), so SLURM sets
+# CUDA_VISIBLE_DEVICES; torch finds no CUDA there and trains on the CPU.
+ONE_GPU_TASK = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
+# Two runs per array task, on that one GPU.
+PACKED = ("--workers-per-gpu", "2", *ONE_GPU_TASK)
 
 
 def write_sweep(
@@ -33,7 +41,58 @@ def launch_json(*args: str) -> int:
     return sweep_cli(["launch", *map(str, args)])
 
 
+def slurm_launch(sweep_file: Path, out: Path, *extra: str) -> int:
+    """`launch --executor slurm` of a test sweep; `extra` are options or launcher overrides (or PACKED)."""
+    launcher = [] if "--workers-per-gpu" in extra else LOCAL_SLURM
+    return launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", out, *launcher, *extra)
+
+
 def status_of(sweep_dir: Path, capsys) -> dict:
     capsys.readouterr()
     assert sweep_cli(["status", str(sweep_dir), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 240, interval: float = 0.5) -> T:
+    """`check()`'s first truthy value; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def settle(sweep_dir: Path, capsys, timeout: float = 240) -> dict:
+    """`status --json` once no run is pending, running or unknown."""
+
+    def settled() -> dict | None:
+        status = status_of(sweep_dir, capsys)
+        return status if not {"pending", "running", "unknown"} & {r["state"] for r in status["runs"]} else None
+
+    return wait_for("the sweep to settle", settled, timeout=timeout, interval=1.0)
+
+
+def states_of(status: dict) -> dict[str, str]:
+    return {r["run_id"]: r["state"] for r in status["runs"]}
+
+
+def train_steps(run_dir: Path) -> list[int]:
+    """The steps of the run's train records so far (a line being written is skipped)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    steps = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("kind") == "train":
+            steps.append(record["step"])
+    return steps

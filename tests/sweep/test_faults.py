@@ -10,12 +10,10 @@ test_packing_slurm.py and test_launch_slurm.py.)
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from deconcnn.sweep.executors import slurm_cli
 from deconcnn.sweep.executors.local import launcher_of
 from deconcnn.sweep.state import last_submission, read_process
 from deconcnn.sweep.sweepdir import SweepDir
-from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
+from sweeps import PACKED, launch_json, settle, slurm_launch, states_of, status_of, train_steps, wait_for, write_sweep
 
 REPO = CONF_DIR.parent
 SUPPORT = REPO / "tests" / "support"
@@ -80,32 +78,6 @@ def launcher(sweep_file: Path, out: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def train_steps(run_dir: Path) -> list[int]:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    steps = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("kind") == "train":
-            steps.append(record["step"])
-    return steps
-
-
-def wait_for(what: str, check, timeout: float = 180, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
 def training(sweep_dir: Path, run_id: str, steps: int = 8) -> bool:
     return len(train_steps(SweepDir(sweep_dir).run_dir(run_id))) >= steps
 
@@ -123,22 +95,14 @@ def something_behind(sweep_dir: Path, run_id: str) -> bool:
 
 
 def assert_no_phantoms(sweep_dir: Path, capsys) -> dict[str, str]:
-    states = {r["run_id"]: r["state"] for r in status_of(sweep_dir, capsys)["runs"]}
+    states = states_of(status_of(sweep_dir, capsys))
     phantoms = [r for r, s in states.items() if s in ("pending", "running") and not something_behind(sweep_dir, r)]
     assert not phantoms, (phantoms, states)
     return states
 
 
-def settle(sweep_dir: Path, capsys, timeout: float = 240) -> dict[str, str]:
-    def done() -> dict[str, str] | None:
-        states = {r["run_id"]: r["state"] for r in status_of(sweep_dir, capsys)["runs"]}
-        return states if not {"pending", "running", "unknown"} & set(states.values()) else None
-
-    return wait_for("the sweep to settle", done, timeout=timeout, interval=1.0)
-
-
 def assert_every_step_once(sweep_dir: Path, capsys) -> None:
-    states = settle(sweep_dir, capsys)
+    states = states_of(settle(sweep_dir, capsys))
     assert set(states.values()) == {"completed"}, states
     for run_id in states:
         steps = Counter(train_steps(SweepDir(sweep_dir).run_dir(run_id)))
@@ -208,10 +172,6 @@ def test_cancel_during_a_local_launch_then_relaunch(tmp_path, capsys):
 # ---------------------------------------------------------------- SLURM
 
 
-def slurm_launch(sweep_file: Path, out: Path, *extra: str) -> int:
-    return launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", out, *LOCAL_SLURM, *extra)
-
-
 def task_of(sweep_dir: Path, run_id: str) -> str:
     return last_submission(SweepDir(sweep_dir).read_manifest()["runs"][run_id])["handle"]
 
@@ -252,7 +212,7 @@ def test_slurmctld_killed_and_restarted_mid_sweep(tmp_path, capsys):
                 assert processes.alive(read_process(SweepDir(sweep_dir).run_dir(run_id)))
     finally:
         subprocess.run([str(REPO / "scripts" / "slurm_start.sh")], check=True, capture_output=True)
-    states = settle(sweep_dir, capsys)
+    states = states_of(settle(sweep_dir, capsys))
     if set(states.values()) != {"completed"}:  # at most one relaunch
         assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert_every_step_once(sweep_dir, capsys)
@@ -265,21 +225,7 @@ def test_cancel_one_run_of_a_packed_task_then_the_rest_then_relaunch(tmp_path, c
 
     # 48 steps of 0.4 s: the sibling must still train after its pack-mate is stopped, on a loaded machine too
     sweep_file, sweep_dir = sweep(tmp_path, step_seconds=0.4)
-    one_gpu = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
-    assert (
-        launch_json(
-            sweep_file,
-            "--executor",
-            "slurm",
-            "--skip-check",
-            "--out",
-            tmp_path / "out",
-            "--workers-per-gpu",
-            "2",
-            *one_gpu,
-        )
-        == 0
-    )
+    assert slurm_launch(sweep_file, tmp_path / "out", *PACKED) == 0
     assert task_of(sweep_dir, "S-core_s0") == task_of(sweep_dir, "S-core_s1")
     wait_for("the packed runs to train", lambda: training(sweep_dir, "S-core_s0") and training(sweep_dir, "S-core_s1"))
     capsys.readouterr()
@@ -300,18 +246,5 @@ def test_cancel_one_run_of_a_packed_task_then_the_rest_then_relaunch(tmp_path, c
     )
     states = assert_no_phantoms(sweep_dir, capsys)
     assert set(states.values()) <= {"cancelled", "completed"}, states
-    assert (
-        launch_json(
-            sweep_file,
-            "--executor",
-            "slurm",
-            "--skip-check",
-            "--out",
-            tmp_path / "out",
-            "--workers-per-gpu",
-            "2",
-            *one_gpu,
-        )
-        == 0
-    )
+    assert slurm_launch(sweep_file, tmp_path / "out", *PACKED) == 0
     assert_every_step_once(sweep_dir, capsys)

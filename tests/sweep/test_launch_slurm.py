@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,24 +10,9 @@ import pytest
 
 from deconcnn.sweep.executors import slurm_cli as slurm
 from deconcnn.sweep.sweepdir import SweepDir
-from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
+from sweeps import settle, slurm_launch, train_steps, wait_for, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
-
-
-def wait_until_settled(sweep_dir: Path, capsys, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = status_of(sweep_dir, capsys)
-        counts = status["counts"]["all"]
-        if counts["pending"] == 0 and counts["running"] == 0:
-            return status
-        assert time.monotonic() < deadline, f"sweep not settled: {counts}"
-        time.sleep(2)
-
-
-def slurm_launch(sweep_file: Path, out: Path, *extra: str) -> int:
-    return launch_json(sweep_file, "--executor", "slurm", "--skip-check", "--out", out, *LOCAL_SLURM, *extra)
 
 
 def test_array_submission_runs_to_completion_and_relaunch_submits_nothing(tmp_path, capsys):
@@ -42,7 +26,7 @@ def test_array_submission_runs_to_completion_and_relaunch_submits_nothing(tmp_pa
     assert len({j.split("_")[0] for j in jobs}) == 1 and len(set(jobs)) == 3  # one array, 3 tasks
     assert manifest["submissions"][-1]["skip_check"] is True
 
-    status = wait_until_settled(sweep_dir, capsys)
+    status = settle(sweep_dir, capsys)
     assert status["counts"]["all"]["completed"] == 3, status
     for run in status["runs"]:
         assert (Path(run["run_dir"]) / "metrics.jsonl").stat().st_size > 0
@@ -59,7 +43,7 @@ def test_cancelled_task_shows_cancelled_and_only_it_is_resubmitted(tmp_path, cap
     manifest = SweepDir(sweep_dir).read_manifest()
     victim = "S-core_s2"
     slurm.scancel(manifest["runs"][victim]["submissions"][-1]["job_id"])
-    status = wait_until_settled(sweep_dir, capsys)
+    status = settle(sweep_dir, capsys)
     states = {r["run_id"]: (r["state"], r["reason"]) for r in status["runs"]}
     assert states[victim] == ("cancelled", "CANCELLED by the scheduler (scancel?)")
     assert Counter(s for s, _ in states.values()) == {"completed": 2, "cancelled": 1}
@@ -69,7 +53,7 @@ def test_cancelled_task_shows_cancelled_and_only_it_is_resubmitted(tmp_path, cap
     assert "1 runs submitted, skipped: 2 completed" in capsys.readouterr().out
     manifest = SweepDir(sweep_dir).read_manifest()
     assert manifest["runs"][victim]["attempts"] == 2
-    assert wait_until_settled(sweep_dir, capsys)["counts"]["all"]["completed"] == 3
+    assert settle(sweep_dir, capsys)["counts"]["all"]["completed"] == 3
 
 
 def test_requeued_run_resumes_from_its_checkpoint_logging_every_step_once(tmp_path, capsys):
@@ -88,23 +72,15 @@ def test_requeued_run_resumes_from_its_checkpoint_logging_every_step_once(tmp_pa
     sweep_dir = tmp_path / "long"
     run_dir = SweepDir(sweep_dir).run_dir("S-core_s0")
     job_id = SweepDir(sweep_dir).read_manifest()["runs"]["S-core_s0"]["submissions"][-1]["job_id"]
-    deadline = time.monotonic() + 120
-    while not ((run_dir / "checkpoints" / "last.ckpt").exists() and _train_steps(run_dir) >= 12):
-        assert time.monotonic() < deadline, "run never got going"
-        time.sleep(0.5)
+    wait_for(
+        "the run to get going",
+        lambda: (run_dir / "checkpoints" / "last.ckpt").exists() and len(train_steps(run_dir)) >= 12,
+        timeout=120,
+    )
     slurm.requeue(job_id)  # what preemption with requeue does: kill now, run again later
-    status = wait_until_settled(sweep_dir, capsys)
+    status = settle(sweep_dir, capsys)
     assert status["counts"]["all"]["completed"] == 1, status
     run = json.loads((run_dir / "run.json").read_text())
     assert run["attempt"] == 2 and run["resumed_from_step"] is not None and run["resumed_from_step"] > 0
-    steps = Counter(
-        r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
-    )
+    steps = Counter(train_steps(run_dir))
     assert sorted(steps) == list(range(30)) and set(steps.values()) == {1}
-
-
-def _train_steps(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.jsonl").read_text().count('"kind": "train"')
-    except FileNotFoundError:
-        return 0

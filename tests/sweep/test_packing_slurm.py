@@ -7,37 +7,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from deconcnn.sweep.sweepdir import SweepDir
-from sweeps import LOCAL_SLURM, launch_json, status_of, write_sweep
+from sweeps import PACKED, settle, slurm_launch, status_of, wait_for, write_sweep
 
-# One fake GPU per task (the node has gpu:2, File=/dev/null,/dev/zero), so SLURM sets
-# CUDA_VISIBLE_DEVICES; torch finds no CUDA there and trains on the CPU.
-ONE_GPU_TASK = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
 # Long enough (128 steps) that a run is still training when its sibling is killed.
 LONGER = ["data.source.num_samples=1056", "data.val_size=32", "trainer.max_epochs=2"]
 STEPS = 128
-
-
-def wait_for(what: str, check, timeout: float = 240, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
-def settled(sweep_dir: Path, capsys) -> dict | None:
-    status = status_of(sweep_dir, capsys)
-    counts = status["counts"]["all"]
-    return status if counts["pending"] == 0 and counts["running"] == 0 else None
 
 
 def running_pid(run_dir: Path) -> int | None:
@@ -61,20 +41,7 @@ def environ(pid: int) -> dict[str, str]:
 @pytest.mark.usefixtures("slurm_cluster")
 def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(tmp_path, capsys):
     sweep_file = write_sweep(tmp_path / "packed.yaml", name="packed", seeds="0,1,2,3", extra=LONGER)
-    assert (
-        launch_json(
-            sweep_file,
-            "--executor",
-            "slurm",
-            "--skip-check",
-            "--out",
-            tmp_path,
-            "--workers-per-gpu",
-            "2",
-            *ONE_GPU_TASK,
-        )
-        == 0
-    )
+    assert slurm_launch(sweep_file, tmp_path, *PACKED) == 0
     out = capsys.readouterr().out
     assert "4 runs submitted" in out and "1 sbatch call(s)" in out
     sweep_dir = tmp_path / "packed"
@@ -112,7 +79,7 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
     assert runs[sibling]["state"] == "running" and running_pid(sibling_dir) == pids[1]
     assert runs[victim]["job_id"] == runs[sibling]["job_id"] == task
 
-    status = wait_for("the sweep to settle", lambda: settled(sweep_dir, capsys))
+    status = settle(sweep_dir, capsys)
     runs = {r["run_id"]: r for r in status["runs"]}
     assert status["counts"]["all"]["completed"] == 3 and status["counts"]["all"]["failed"] == 1, status
     assert runs[victim]["state"] == "failed" and runs[victim]["reason"]
@@ -130,26 +97,13 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
     assert sibling_run["slurm_job_id"] == task
 
     capsys.readouterr()
-    assert (
-        launch_json(
-            sweep_file,
-            "--executor",
-            "slurm",
-            "--skip-check",
-            "--out",
-            tmp_path,
-            "--workers-per-gpu",
-            "2",
-            *ONE_GPU_TASK,
-        )
-        == 0
-    )
+    assert slurm_launch(sweep_file, tmp_path, *PACKED) == 0
     assert "1 runs submitted, skipped: 3 completed" in capsys.readouterr().out
     manifest = SweepDir(sweep_dir).read_manifest()
     assert manifest["runs"][victim]["attempts"] == 2
     assert manifest["runs"][victim]["submissions"][-1]["pack"] == [victim]
     assert all(manifest["runs"][r]["attempts"] == 1 for r in manifest["runs"] if r != victim)
 
-    status = wait_for("the relaunch to settle", lambda: settled(sweep_dir, capsys))
+    status = settle(sweep_dir, capsys)
     assert status["counts"]["all"]["completed"] == 4, status
     assert json.loads((victim_dir / "run.json").read_text())["attempt"] == 2

@@ -9,28 +9,16 @@ runs in a final state that the next relaunch would act on.
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runconfig import CONF_DIR
-from sweeps import LOCAL_SLURM, launch_json, status_of
+from sweeps import LOCAL_SLURM, launch_json, settle
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 VARIANTS = ("S-core", "S-adamw", "S-bn-off", "S-narrow")
-
-
-def wait_until_settled(sweep_dir, capsys, minutes: float) -> dict:
-    deadline = time.monotonic() + minutes * 60
-    while True:
-        status = status_of(sweep_dir, capsys)
-        counts = status["counts"]["all"]
-        if counts["pending"] == 0 and counts["running"] == 0:
-            return status
-        assert time.monotonic() < deadline, counts
-        time.sleep(5)
 
 
 def test_every_cell_of_the_216_run_grid_trains_through_slurm_and_the_rest_is_submitted_in_one_call(tmp_path, capsys):
@@ -41,7 +29,7 @@ def test_every_cell_of_the_216_run_grid_trains_through_slurm_and_the_rest_is_sub
     assert "36 runs submitted" in out and "1 sbatch call(s)" in out
     sweep_dir = tmp_path / "loss_lin_slope-smoke"
 
-    status = wait_until_settled(sweep_dir, capsys, minutes=20)
+    status = settle(sweep_dir, capsys, timeout=20 * 60)
     seed0 = {r["run_id"]: r for r in status["runs"] if r["run_id"].endswith("_s0")}
     cells = {f"{v}_lr{lr}_wd{wd}_s0" for v, lr, wd in itertools.product(VARIANTS, (0.05, 0.1, 0.2), (1e-4, 1e-3, 1e-2))}
     assert set(seed0) == cells
@@ -58,7 +46,7 @@ def test_every_cell_of_the_216_run_grid_trains_through_slurm_and_the_rest_is_sub
     out = capsys.readouterr().out
     assert "180 runs submitted" in out and "1 sbatch call(s)" in out
     assert sweep_cli(["cancel", str(sweep_dir)]) == 0
-    status = wait_until_settled(sweep_dir, capsys, minutes=5)
+    status = settle(sweep_dir, capsys, timeout=5 * 60)
     counts = status["counts"]
     assert counts["all"]["total"] == 216
     for variant in VARIANTS:
