@@ -283,10 +283,11 @@ def _write_index(
     rows_line = ", ".join(f"{k} {n}" for k, n in res.rows.items())
     layout = Layout.of(runs, variants, res.source.axes if res.source else [])
     note = (
-        f"Panels per variant; colour = {layout.colour_axis or 'none'}, line style = {layout.style_axis or 'none'}; thin "
-        "lines are single runs (training loss: mean over log-spaced step bins), bold lines the median over "
-        "the seeds of a group; x marks a diverged run's last finite value. The heat map and its tables use "
-        "only completed runs (best validation loss per run, median over seeds)."
+        f"Panels per variant; colour = {layout.colour_axis or 'none'}, "
+        f"line style = {layout.style_axis or 'none'}; thin lines are single runs (training loss: mean over "
+        "log-spaced step bins), bold lines the median over the seeds of a group; x marks a diverged run's "
+        "last finite value. The heat map and its tables use only completed runs (best validation loss per "
+        "run, median over seeds)."
     )
     md = [
         f"# Sweep report: {res.sweep_name}",
