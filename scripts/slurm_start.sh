@@ -308,6 +308,13 @@ else
     log "slurmd started"
 fi
 
+# A controller killed mid-launch drains the node on restart ("Duplicate jobid"); on this one-node
+# test cluster nobody else would resume it, so say why and resume it.
+node=$(sinfo -h -N -n localhost -o '%t|%E' 2>/dev/null || true)
+if [[ "${node%%|*}" =~ ^(drain|drng|down|fail) ]]; then
+    log "node localhost was ${node%%|*} (${node#*|}): resuming it"
+    scontrol update NodeName=localhost State=RESUME || true
+fi
 wait_for "node localhost to become idle (logs $LOGD)" node_ready
 log "node localhost: $(sinfo -h -N -n localhost -o '%t')"
 wait_for "sacct to answer (log $LOGD/slurmdbd.log)" sacct_ok

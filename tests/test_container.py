@@ -128,7 +128,6 @@ def test_the_stack_check_names_a_dependency_that_does_not_import(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
 def test_the_def_files_install_steps_give_a_venv_where_the_whole_stack_imports(tmp_path):
     recipe = parse_def(CONTAINERS / "deconcnn.def")
     checkout = tmp_path / "opt" / "deconcnn"

@@ -18,7 +18,10 @@
 (1) pending until its process starts. (2) with the SLURM state as its error; cancelled for CANCELLED.
 
 "This submission": run.json and process.json carry the id of the submission that started them
-(DECONCNN_SUBMISSION_ID), so a previous attempt's files never speak for a newer submission. SLURM
+(DECONCNN_SUBMISSION_ID), so a previous attempt's files never speak for a newer submission. A
+requeued task keeps its submission: while it runs again, a process.json from before its current
+start (squeue's StartTime) is its previous run's, and the table is read as if it and run.json were
+absent (pending until the run restarts, not failed by the SIGTERM of the requeue). SLURM
 reports a job that raised as COMPLETED (hydra #1928): run.json is trusted over it. A process is
 judged alive by pid and start time, only on the host that runs it.
 """
@@ -77,16 +80,25 @@ def run_state(
     if submission is None:
         return "missing", None
     sid = submission.get("id")
+    live = live or SchedulerState("unknown")
     ours = process if process and process.get("submission_id") == sid else None
     attempt = run if run and run.get("submission_id") == sid else None
     process_alive = processes.alive(ours) if ours else None
+    requeued = (
+        ours is not None
+        and process_alive is False
+        and live.state == "running"
+        and live.since is not None
+        and ours.get("started", live.since) < live.since
+    )
+    if requeued:  # a requeue keeps the submission; the files of the task's previous run are history
+        ours = attempt = process_alive = None
     if cancelled and cancelled[0] >= submission.get("time", 0):
         if process_alive:
             return "running", f"stopping: cancelled by {cancelled[1]}"
         return "cancelled", f"cancelled by {cancelled[1]}"
     if process_alive:
         return "running", None
-    live = live or SchedulerState("unknown")
     if live.state == "pending":
         return "pending", live.detail
     if live.state == "running" and live.detail == "COMPLETING":  # a requeue passes through it too
@@ -101,7 +113,9 @@ def run_state(
     if live.state == "running":
         if attempt and attempt.get("status") == "failed":
             return "failed", attempt.get("error") or "failed"
-        return ("running", None) if ours else ("pending", "its task is running; the run has not started yet")
+        if ours:
+            return "running", None
+        return "pending", f"its task {'was requeued and ' if requeued else ''}is running; the run has not started yet"
     if live.state == "unreachable":
         return "unknown", f"scheduler not answering: {live.detail}"
     if attempt and attempt.get("status") == "failed":

@@ -1,17 +1,39 @@
-"""Fixtures for tests that need the local SLURM cluster (scripts/slurm_start.sh)."""
+"""Fixtures for tests that need the local SLURM cluster (scripts/slurm_start.sh).
+
+The cluster is shared by every SLURM test of the session, so each test starts on an empty queue and
+a usable node, and leaves no job behind: one failed test must not leave jobs or a drained node that
+make every later test wait out its timeouts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from cluster import clear_queue, cluster_report, resume_node
 
 from deconcnn.sweep.executors.slurm_cli import slurm_available
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    """Skip, with the reason shown, unless a SLURM controller answers `scontrol ping`."""
+@pytest.fixture
+def slurm_cluster() -> Iterator[None]:
+    """Skip, with the reason shown, unless a SLURM controller answers `scontrol ping`; otherwise an
+    empty queue and a usable node before the test, and an empty queue after it."""
     if not slurm_available():
         pytest.skip(
             "no SLURM cluster: sbatch/squeue not on PATH or `scontrol ping` not UP "
             "(start one with `sudo scripts/slurm_start.sh`; needs root on Debian)"
         )
+    clear_queue()
+    resume_node()
+    yield
+    clear_queue()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed SLURM test's report ends with the node's state and the queue at the moment it failed."""
+    report = yield
+    if report.failed and item.get_closest_marker("slurm") and call.when == "call":
+        report.sections.append(("SLURM cluster at the failure", cluster_report()))
+    return report

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cluster import resume_node
 
 from deconcnn.runconfig import CONF_DIR
 from deconcnn.sweep import processes
@@ -214,6 +215,7 @@ def test_slurmctld_killed_and_restarted_mid_sweep(tmp_path, capsys):
         subprocess.run([str(REPO / "scripts" / "slurm_start.sh")], check=True, capture_output=True)
     states = states_of(settle(sweep_dir, capsys))
     if set(states.values()) != {"completed"}:  # at most one relaunch
+        resume_node()  # the restarted controller may have drained it (cluster.py), as an admin would
         assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert_every_step_once(sweep_dir, capsys)
 

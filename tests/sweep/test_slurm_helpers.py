@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,18 @@ def test_sacct_states_parses_one_call(monkeypatch: pytest.MonkeyPatch, tmp_path:
     lines = calls.read_text().splitlines()
     assert len(lines) == 1
     assert "--parsable2 --noheader -X --format=JobID,State --jobs 7,8" in lines[0]
+
+
+def test_squeue_states_reads_state_reason_and_start_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "squeue"
+    fake.write_text(
+        "#!/bin/sh\ncat <<'EOF'\n9_0|RUNNING|2026-11-30T14:24:48|None\n9_[1-2%1]|PENDING|N/A|JobArrayTaskLimit\nEOF\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    states = slurm.squeue_states(["9_0", "9_1"])
+    assert states["9_0"] == ("RUNNING", "None", time.mktime((2026, 11, 30, 14, 24, 48, 0, 0, -1)))
+    assert states["9_1"] == states["9_2"] == ("PENDING", "JobArrayTaskLimit", None)
 
 
 def test_errors_carry_stderr(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -80,6 +80,24 @@ UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", 
             None,
             ("failed", "RuntimeError: x"),
         ),
+        # a requeued task runs again: its previous run's SIGTERM is history, not a failure
+        (
+            SUBMISSION,
+            run("failed", error="terminated by SIGTERM"),
+            {**process(False), "started": NOW - 60},
+            SchedulerState("running", "RUNNING", since=NOW - 5),
+            None,
+            ("pending", "its task was requeued and is running; the run has not started yet"),
+        ),
+        # ... but a run that died in the task's current run (beside its pack siblings) failed
+        (
+            SUBMISSION,
+            run("failed", error="RuntimeError: x"),
+            {**process(False), "started": NOW - 3},
+            SchedulerState("running", "RUNNING", since=NOW - 5),
+            None,
+            ("failed", "RuntimeError: x"),
+        ),
         # the task runs; the run has not started (or runs on another host)
         (SUBMISSION, None, None, RUNNING, None, ("pending", "its task is running; the run has not started yet")),
         (SUBMISSION, run("running"), process(False, host="node7"), RUNNING, None, ("running", None)),

@@ -61,10 +61,12 @@ class SchedulerState:
     pending: it will run (SLURM PENDING/REQUEUED; queued in a live local launch); running: a live
     owner runs it (SLURM RUNNING; a live local launch); ended: `detail` says how (SLURM state);
     unknown: neither the scheduler nor a live launcher knows it; unreachable: the scheduler did
-    not answer, so nothing can be said."""
+    not answer, so nothing can be said. `since`: when a running SLURM task's current run began
+    (a requeue starts a new one), if known."""
 
     state: LiveState
     detail: str | None = None
+    since: float | None = None
 
 
 class Executor(ABC):

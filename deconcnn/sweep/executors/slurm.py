@@ -100,8 +100,10 @@ def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
     out = {}
     for handle in handles:
         if handle in live:
-            state, reason = live[handle]
-            out[handle] = SchedulerState("pending", reason) if state in WAITING else SchedulerState("running", state)
+            state, reason, started = live[handle]
+            out[handle] = (
+                SchedulerState("pending", reason) if state in WAITING else SchedulerState("running", state, started)
+            )
         elif handle in accounted:
             state = accounted[handle]
             out[handle] = (

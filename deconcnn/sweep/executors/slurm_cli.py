@@ -6,7 +6,7 @@ with a timeout; a failing command raises :class:`SlurmError` carrying its stderr
 Functions:
     slurm_available()          -> bool: sbatch/squeue on PATH and `scontrol ping` says UP
     max_array_size()           -> int: MaxArraySize from one `scontrol show config`
-    squeue_states(job_ids)     -> {task id: (state, reason)} of live jobs, one squeue call
+    squeue_states(job_ids)     -> {task id: QueueEntry(state, reason, started)}, one squeue call
     sacct_states(job_ids)      -> {job id: normalised state}, one sacct call for all ids
     partition_nodes(partition) -> [NodeResources] of the partition (default partition if None)
     scancel(*job_ids)          -> None, one scancel call
@@ -22,9 +22,11 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "NodeResources",
+    "QueueEntry",
     "SlurmError",
     "expand_array_id",
     "max_array_size",
@@ -158,8 +160,17 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     return states
 
 
-def squeue_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """(state, reason) of every live job or array task among ``job_ids``, from ONE squeue call.
+class QueueEntry(NamedTuple):
+    state: str
+    reason: str
+    #: squeue's StartTime in epoch seconds (whole seconds), None for N/A: when the current run of a
+    #: running task began (a requeued task's is later than its previous run's), or the expected
+    #: start of a pending one.
+    started: float | None
+
+
+def squeue_states(job_ids: Iterable[str]) -> dict[str, QueueEntry]:
+    """The queue entry of every live job or array task among ``job_ids``, from ONE squeue call.
 
     Array tasks still pending as a range (``'123_[2-5]'``) are expanded; a job squeue does not list
     has ended (or was never known). Array job ids (``'123'``) stand for all their tasks.
@@ -169,19 +180,28 @@ def squeue_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         return {}
     # --states=all would list recently ended jobs too; the default lists pending and running ones.
     try:
-        out = _run(["squeue", "--array", "--noheader", "--format=%i|%T|%r", "--jobs", ",".join(arrays)])
+        out = _run(["squeue", "--array", "--noheader", "--format=%i|%T|%S|%r", "--jobs", ",".join(arrays)])
     except SlurmError as error:
         if "Invalid job id" in error.stderr:  # every id has ended and been purged
             return {}
         raise
-    states: dict[str, tuple[str, str]] = {}
+    states: dict[str, QueueEntry] = {}
     for line in out.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) < 3:
+        fields = line.strip().split("|", 3)  # the reason comes last: it is free text
+        if len(fields) < 4:
             continue
+        entry = QueueEntry(normalise_state(fields[1]), fields[3].strip(), _slurm_time(fields[2]))
         for task_id in expand_array_id(fields[0].strip()):
-            states[task_id] = (normalise_state(fields[1]), fields[2].strip())
+            states[task_id] = entry
     return states
+
+
+def _slurm_time(text: str) -> float | None:
+    """squeue's local-time timestamp ('2026-11-30T14:24:48') in epoch seconds; None for N/A."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
