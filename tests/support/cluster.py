@@ -11,6 +11,7 @@ import subprocess
 import time
 
 NODE = "localhost"
+CLUSTER = "deconcnn"  # ClusterName in scripts/slurm_start.sh
 USABLE = {"idle", "mix", "alloc", "comp"}
 SETTLE_S = 60
 
@@ -23,6 +24,14 @@ def node_state() -> tuple[str, str]:
     """(sinfo's short state, the reason SLURM gives) of the one node."""
     state, _, reason = _out("sinfo", "-h", "-N", "-n", NODE, "-o", "%t|%E").partition("|")
     return state.rstrip("*~#!%$@^-"), reason
+
+
+def cluster_name() -> str:
+    for line in _out("scontrol", "show", "config").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ClusterName":
+            return value.strip()
+    return "?"
 
 
 def cluster_report() -> str:

@@ -10,20 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cluster import clear_queue, cluster_report, resume_node
+from cluster import CLUSTER, clear_queue, cluster_name, cluster_report, resume_node
 
 from deconcnn.sweep.executors.slurm_cli import slurm_available
 
 
 @pytest.fixture
 def slurm_cluster() -> Iterator[None]:
-    """Skip, with the reason shown, unless a SLURM controller answers `scontrol ping`; otherwise an
-    empty queue and a usable node before the test, and an empty queue after it."""
+    """Skip, with the reason shown, unless the local test cluster answers `scontrol ping`; otherwise
+    an empty queue and a usable node before the test, and an empty queue after it."""
     if not slurm_available():
         pytest.skip(
             "no SLURM cluster: sbatch/squeue not on PATH or `scontrol ping` not UP "
             "(start one with `sudo scripts/slurm_start.sh`; needs root on Debian)"
         )
+    if (name := cluster_name()) != CLUSTER:
+        pytest.skip(f"SLURM cluster {name!r} is not the local test cluster {CLUSTER!r}: these tests cancel every job")
     clear_queue()
     resume_node()
     yield

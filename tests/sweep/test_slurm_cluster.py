@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cluster import node_state
 
 from deconcnn.sweep.executors.slurm_cli import (
     SlurmError,
@@ -22,8 +23,10 @@ from deconcnn.sweep.executors.slurm_cli import (
     requeue,
     sacct_states,
     scancel,
+    squeue_states,
 )
 
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
@@ -114,6 +117,7 @@ def test_requeue_restarts_at_once(tmp_path: Path, jobs: list[str]) -> None:
     while not (starts.exists() and starts.read_text().count("start") == 1):
         assert time.monotonic() < deadline, "job did not start"
         time.sleep(0.2)
+    first_start = squeue_states([job])[job].started
     requeue(job)
     # Left alone, a requeued job waits ~120 s, and a start missed by the event-driven scheduler
     # waits for the periodic one (18-60 s here): 10 s catches both.
@@ -121,7 +125,19 @@ def test_requeue_restarts_at_once(tmp_path: Path, jobs: list[str]) -> None:
     while starts.read_text().count("start") < 2:
         assert time.monotonic() < deadline, "requeued job did not start again within 10 s"
         time.sleep(0.2)
+    # How status tells the requeued run's previous process.json from its new one (sweep/state.py).
+    again = squeue_states([job])[job]
+    assert again.state == "RUNNING" and first_start is not None and again.started > first_start
     scancel(job)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/slurm_start.sh runs as root")
+def test_slurm_start_resumes_a_drained_node_and_says_why() -> None:
+    subprocess.run(["scontrol", "update", "NodeName=localhost", "State=DRAIN", "Reason=deconcnn-test"], check=True)
+    assert node_state() == ("drain", "deconcnn-test")
+    done = subprocess.run([str(SCRIPTS / "slurm_start.sh")], capture_output=True, text=True, check=True, timeout=120)
+    assert "node localhost was drain (deconcnn-test): resuming it" in done.stdout
+    assert node_state()[0] == "idle"
 
 
 def _add_and_report(a: int, b: int) -> tuple[int, str, str]:
