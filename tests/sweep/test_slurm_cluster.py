@@ -1,7 +1,8 @@
 """Tests against the real one-node SLURM cluster started by scripts/slurm_start.sh.
 
 They skip (with the reason shown) when no controller answers; `make test` starts the cluster first
-when run as root on Debian. Each test polls with a timeout and cleans up its jobs.
+when run as root on Debian. Each test polls with a timeout; the slurm_cluster fixture
+(conftest.py) cancels what a test leaves in the queue.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cluster import node_state
+from cluster import CLUSTER, node_state
 
 from deconcnn.sweep.executors.slurm_cli import (
     SlurmError,
@@ -55,19 +56,9 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s; last sacct states {states}")
 
 
-@pytest.fixture
-def jobs() -> Iterator[list[str]]:
-    """Job ids a test submits; whatever is left is cancelled afterwards."""
-    ids: list[str] = []
-    yield ids
-    for job_id in ids:
-        subprocess.run(["scancel", job_id], capture_output=True, check=False)
-
-
-def test_array_of_three_completes(tmp_path: Path, jobs: list[str]) -> None:
+def test_array_of_three_completes(tmp_path: Path) -> None:
     out = f"{tmp_path}/%A_%a.out"
     job = sbatch("--array=0-2", "-o", out, "--wrap", "echo task=$SLURM_ARRAY_TASK_ID")
-    jobs.append(job)
     want = {f"{job}_{i}" for i in range(3)}
     states = wait_until([job], lambda s: want <= s.keys() and all(s[k] == "COMPLETED" for k in want))
     assert {k: states[k] for k in want} == dict.fromkeys(want, "COMPLETED")
@@ -78,10 +69,9 @@ def test_array_of_three_completes(tmp_path: Path, jobs: list[str]) -> None:
     assert sacct_states(tasks) == dict.fromkeys(tasks, "COMPLETED")
 
 
-def test_scancel_running_and_pending_tasks(jobs: list[str]) -> None:
+def test_scancel_running_and_pending_tasks() -> None:
     # %1: task 0 runs, task 1 stays pending inside the array's pending range.
     job = sbatch("--array=0-1%1", "-o", "/dev/null", "--wrap", "sleep 300")
-    jobs.append(job)
     running, pending = f"{job}_0", f"{job}_1"
     wait_until([job], lambda s: s.get(running) == "RUNNING")
     scancel(pending)
@@ -99,20 +89,18 @@ def test_max_array_size_is_configured() -> None:
     assert max_array_size() == 1001
 
 
-def test_fake_gpu_sets_cuda_visible_devices(tmp_path: Path, jobs: list[str]) -> None:
+def test_fake_gpu_sets_cuda_visible_devices(tmp_path: Path) -> None:
     out = tmp_path / "gpu.out"
     script = 'echo "CVD=${CUDA_VISIBLE_DEVICES:-unset}"'
     job = sbatch("--gpus-per-node=1", "-o", str(out), "--wrap", script)
-    jobs.append(job)
     wait_until([job], lambda s: s.get(job) in TERMINAL)
     assert sacct_states([job]) == {job: "COMPLETED"}
     assert re.fullmatch(r"CVD=[01]", out.read_text().strip()), out.read_text()
 
 
-def test_requeue_restarts_at_once(tmp_path: Path, jobs: list[str]) -> None:
+def test_requeue_restarts_at_once(tmp_path: Path) -> None:
     starts = tmp_path / "starts"
     job = sbatch("-o", "/dev/null", "--wrap", f"echo start >> {starts}; sleep 300")
-    jobs.append(job)
     deadline = time.monotonic() + 15
     while not (starts.exists() and starts.read_text().count("start") == 1):
         assert time.monotonic() < deadline, "job did not start"
@@ -160,7 +148,7 @@ def test_submitit_autoexecutor_roundtrip(tmp_path: Path) -> None:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert total == 5
     assert job_id == job.job_id
-    assert cluster == "deconcnn"
+    assert cluster == CLUSTER
     # result() reads the result file, which can exist before sacct knows the job ended: poll.
     deadline = time.monotonic() + 15
     while job.watcher.get_state(job.job_id, mode="force") != "COMPLETED":
