@@ -18,16 +18,15 @@ Logging: one ``curvature`` record per schedule point through ``log_record`` (see
 deconcnn.callbacks.metrics_logger): whole to a ``MetricsJsonlLogger``, as ``curvature/<key>`` floats
 (bools 0/1, strings left out) to every other logger in ``trainer.loggers``, unthinned.
 
-Warm start (``warm_start: true``, off by default): the top eigenvector of the previous record seeds
-the next Lanczos run (kept on the device; not checkpointed, so a resumed run starts cold once --
-``lambda_max_warm_start`` says so). Off because, measured with benchmarks/curvature_overhead.py,
-500 steps apart it saved 0-2 of 8-10 products mid-training, and once it converged to the previous
-top direction after the top eigenvalue had moved on (10% low, with a small residual); it pays off
-for records a few dozen steps apart.
+Estimator state carried from record to record (and checkpointed, so a resumed run writes the
+records the uninterrupted run writes, bit for bit on CPU): the previous record's ``rel_var`` (one
+trace probe's relative variance), which plans the next record's probe count without a pilot
+probe, and with ``warm_start: true`` its top eigenvector, the next Lanczos start (docs/metrics.md).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypedDict
 
 import pytorch_lightning as pl
@@ -39,7 +38,6 @@ from deconcnn.callbacks.metrics_logger import log_record
 from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
     BNMode,
-    HvpEngine,
     TraceMethod,
     curvature_estimates,
     ggn_trace,
@@ -55,8 +53,6 @@ class _EstimatorSettings(TypedDict):
     trace_rel_tol: float
     trace_min_probes: int
     trace_max_probes: int
-    trace_pilot_probes: int
-    hvp: HvpEngine
 
 
 class CurvatureMonitor(Callback):
@@ -76,10 +72,8 @@ class CurvatureMonitor(Callback):
         trace_rel_tol: float = DEFAULTS["trace_rel_tol"],
         trace_min_probes: int = DEFAULTS["trace_min_probes"],
         trace_max_probes: int = DEFAULTS["trace_max_probes"],
-        trace_pilot_probes: int = DEFAULTS["trace_pilot_probes"],
         probe_batch: int | None = None,
         warm_start: bool = False,
-        hvp: HvpEngine = "shared_graph",
         with_ggn_trace: bool = False,
         batch: BatchSource | None = None,
         model_attr: str | None = "model",
@@ -99,16 +93,14 @@ class CurvatureMonitor(Callback):
             eig_max_iter: at most this many Lanczos iterations, i.e. Hessian-vector products
                 (default 30).
             trace_method: "auto" (default: exact GGN trace for BN-free ReLU nets, else
-                "deflated"), "deflated", "hutchinson", "hutch++" or "ggn_exact".
-            trace_rel_tol: Hutchinson stops when stderr <= trace_rel_tol * |trace| (relative,
-                default 0.1).
-            trace_min_probes: at least this many Hutchinson probes (default 1).
+                "deflated"), "deflated", "hutchinson" or "ggn_exact".
+            trace_rel_tol: target relative standard error of the trace: the probe count is
+                planned for it from the previous record (default 0.1).
+            trace_min_probes: at least this many Hutchinson probes (default 2).
             trace_max_probes: at most this many Hutchinson probes (default 16).
             probe_batch: trace probes per batched Hessian-vector product; None (default) = 3 on
                 CUDA, 1 elsewhere.
-            warm_start: start Lanczos from the previous record's top eigenvector (default False).
-            hvp: "shared_graph" (default: one gradient graph for all products) or "operator"
-                (hessian-eigenthings' operator, rebuilds it per product).
+            warm_start: start Lanczos from the previous record's top eigenvector (checkpointed).
             with_ggn_trace: also log BackPACK's exact GGN trace, ``ggn_*`` keys (default False).
             batch: the curvature batch, ``(inputs, labels)`` or a callable ``(batch_size, seed) ->
                 (inputs, labels)``; None (default) = ``trainer.datamodule.fixed_batch(batch_size,
@@ -134,8 +126,6 @@ class CurvatureMonitor(Callback):
             "trace_rel_tol": trace_rel_tol,
             "trace_min_probes": trace_min_probes,
             "trace_max_probes": trace_max_probes,
-            "trace_pilot_probes": trace_pilot_probes,
-            "hvp": hvp,
         }
         # Trace probes per batched HVP: None = 3 on CUDA (measured 12-15% cheaper per record on an
         # H100), 1 elsewhere (batched double-backward was slower on CPU).
@@ -143,7 +133,8 @@ class CurvatureMonitor(Callback):
         self.warm_start, self.with_ggn_trace = warm_start, with_ggn_trace
         self._batch = FixedBatch(self.batch_size, self.seed, "CurvatureMonitor", batch)
         self.model_attr, self.criterion = model_attr, criterion
-        self._v0: Tensor | None = None
+        self._v0: Tensor | None = None  # previous record's top eigenvector (warm start)
+        self._trace_rel_var: float | None = None  # previous record's trace rel_var (probe count)
         self._last_step: int | None = None
 
     def on_train_batch_start(
@@ -163,6 +154,7 @@ class CurvatureMonitor(Callback):
             measured_criterion(pl_module, self.criterion),
             bn_mode=self.bn_mode,
             v0=self._v0 if self.warm_start else None,
+            trace_rel_var=self._trace_rel_var,
             seed=self.seed + step,
             probe_batch=self.probe_batch
             if self.probe_batch is not None
@@ -171,6 +163,8 @@ class CurvatureMonitor(Callback):
         )
         if self.warm_start:
             self._v0 = res.eig.eigenvector
+        if res.trace.n_probes and math.isfinite(res.trace.rel_var):
+            self._trace_rel_var = res.trace.rel_var
         metrics = res.record()
         if self.with_ggn_trace:
             try:
@@ -183,7 +177,13 @@ class CurvatureMonitor(Callback):
         log_record(trainer, "curvature", step=step, batches_done_in_epoch=batch_idx, **metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step}
+        return {
+            "last_step": self._last_step,
+            "trace_rel_var": self._trace_rel_var,
+            "warm_vector": None if self._v0 is None else self._v0.detach().cpu(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict.get("last_step")
+        self._trace_rel_var = state_dict.get("trace_rel_var")
+        self._v0 = state_dict.get("warm_vector")  # moved to the model's device by lanczos_top_eig

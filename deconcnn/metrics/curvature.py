@@ -23,22 +23,16 @@ Estimators
     ``Var(g^T B g) = 2 (||B||_F^2 - sum_i B_ii^2) <= 2 ||B||_F^2`` and ``||B g||^2`` is an
     unbiased estimate of ``||B||_F^2``; ``B g`` is the product the probe already paid for, so every
     probe also estimates this variance bound, and ``stderr = sqrt(2 mean_i ||B g_i||^2 / m)``
-    exists from the first probe (the sample standard error of 2-3 probe values has 1-2 degrees
-    of freedom: too noisy to stop on; it is reported beside it as ``sample_stderr``). Measured on
-    ResNet-18 x0.25 with BN: bound / sample variance of 16 probes 0.85 (the diagonal term is
-    negligible) and ``||B g||^2`` varies by 3% between probes. How many probes: see "Trace
-    stopping rule" below (a pilot probe sets the count, fresh probes give the estimate).
+    exists from the first probe. How many probes, and the interval: "Trace interval" below.
     ``trace_method="deflated"`` (what ``"auto"`` picks for BN models; Hutch++ with a Krylov
     sketch): the Lanczos basis Q is the sketch, ``tr(Q^T H Q) = sum(alpha_i)`` exactly, and
     projected probes estimate ``tr(P H P)``, ``P = I - Q Q^T`` (B = P H P above; unbiased given Q).
-    ``"hutchinson"``: no deflation, and the cold Lanczos run's Rademacher start is its first
-    probe (``g^T H g = n alpha_1``, ``||H g||^2 = n ||H q_1||^2``), so that probe costs no
-    product. Measured on ResNet-18 x0.25 with BN (one probe's relative standard error, plain vs
-    deflated): after 30 steps 6.0% vs 6.0% (Krylov part 0.3% of the trace: one probe suffices and
-    plain saves it), after 530 steps 20.3% vs 18.8% (Krylov part 8%; 4 products either way),
-    after 1530 steps 30.7% vs 26.2% (Krylov part 24%; 9 vs 7 products for 10%). Most records
-    come late in a run, so deflation is the default. ``"hutch++"`` calls
-    ``hessian_eigenthings.hutch_plus_plus`` with a fixed budget.
+    ``"hutchinson"``: no deflation, and the cold Lanczos run's Rademacher start is a probe
+    (``g^T H g = n alpha_1``, ``||H g||^2 = n ||H q_1||^2``) that costs no product. Measured on
+    ResNet-18 x0.25 with BN (one probe's relative standard error, plain vs deflated): after 30
+    steps 6.0% vs 6.0% (Krylov part 0.3% of the trace), after 530 steps 20.3% vs 18.8% (Krylov
+    part 8%), after 1530 steps 30.7% vs 26.2% (Krylov part 24%; 9 vs 7 products for 10%). Most
+    records come late in a run, so deflation is the default; both are supported.
     ``"ggn_exact"``: for networks that are linear in each single weight (ReLU convnets with
     residual sums and no BN, or BN in eval mode; see :func:`piecewise_linear_in_each_weight`)
     ``d^2 f / d w_i^2 = 0``, so diag(Hessian) = diag(GGN) and BackPACK's exact GGN diagonal gives
@@ -54,48 +48,20 @@ Estimators
     derivatives, and is PSD); it exists only where BackPACK supports the model: the BN-free
     ResNet, or BN in eval mode. BackPACK cannot give the Hessian diagonal of a residual network.
 
-Trace stopping rule
--------------------
-The rule before (``trace_pilot_probes=0``, kept for comparison): draw probes until
-``stderr <= trace_rel_tol * |estimate|``, both from the same probes. Because the variance bound
-hardly moves between probes, this stops as soon as ``|mean|`` happens to be large: the count
-selects on the estimate's own error. A record that stopped early reads too far from zero, one
-that ran long too close to it. Over all records about 95% still lie within 2 SE (errors of both
-signs average out), but each record's error is predictable from its probe count. Records that
-stopped before their state's median count were on average +0.76 SE off and those after it -0.87
-SE on small BN models with the exact trace; +0.83 / -0.62 on ResNet-18 x0.0625 (400-probe
-references); +0.98 / -1.05 on ResNet-18 x0.25 (CIFAR-sized synthetic data, batch 128, steps 530
-and 1030, replayed on 200-probe pools). All measured with benchmarks/trace_calibration.py. The
-1.45-1.9 SE misses users saw are of this kind.
-
-Two-stage rule (Stein 1945; default ``trace_pilot_probes=1``): stage 1 draws the pilot probe(s);
-their estimate ``t`` and variance bound ``v = 2 mean ||B g||^2`` only choose the count
-``m = ceil(v / (trace_rel_tol * t)^2)``, clipped to ``[trace_min_probes, trace_max_probes]``.
-Stage 2 draws ``m`` fresh probes and the estimate is their mean alone (plus the exact Krylov
-part). Given the Lanczos basis, the stage-2 probes are independent of the pilot, hence of ``m``:
-the estimate is unbiased whatever count was chosen, and ``stderr = sqrt(2 mean ||B g||^2 / m)``
-(mean over pilot and stage-2 probes: all estimate the same ``||B||_F^2``) is its standard error.
-``min == max`` fixes the count in advance (no pilot). With ``trace_method="hutchinson"`` the cold
-Lanczos start is the pilot, at no product. The tolerance becomes a target rather than a
-guarantee: the pilot's ``t`` is noisy, so about a third of the records end somewhat above it
-(median relative SE 9.3% for a 10% target, measured); ``hessian_trace_rel_stderr`` reports what
-each record achieved and ``converged`` that ``m`` fit under the cap.
-Cost, measured with benchmarks/trace_calibration.py in one run per model on the same seeds (trace
-products per record, two-stage vs sequential; coverage within 2 SE; mean error in SE of the early
-/ late stoppers):
-
-================================  ===========  =============  ==========================
-states                            trace HVPs   within 2 SE    early / late (two-stage)
-================================  ===========  =============  ==========================
-small BN CNN, exact trace         4.86 / 3.74  95.8% / 96.8%  -0.10 / -0.07
-ResNet-18 x0.0625, 16x16          12.0 / 11.4  95.8% / 94.9%  -0.01 / -0.03
-ResNet-18 x0.25, step 530 (pool)  5.52 / 4.21  96.7% / 96.6%  -0.05 / +0.04 (both steps)
-ResNet-18 x0.25, step 1030        8.42 / 6.72
-================================  ===========  =============  ==========================
-
-That is the pilot probe plus ~10-20% more probes, since ``1/t^2`` overshoots on average when
-``t`` is noisy: +0.6 to +1.7 products, +3% to +11% of a whole record (14.0 vs 12.9 products on
-the small CNN, 19.8 vs 19.2 on ResNet x0.0625).
+Trace interval
+--------------
+The record logs ``trace_lo``/``trace_hi``, a 95% Student-t interval (:func:`trace_interval`):
+``estimate +/- t_{0.975, df} * stderr``, ``df`` the Satterthwaite degrees of freedom of the
+variance estimate (a mean of ``||B g||^2`` samples, so ``df = 2 k mean^2 / var``): large where
+``||B g||^2`` barely moves between probes, small where a few undeflated eigenvalues dominate.
+The count ``m = ceil(rel_var / trace_rel_tol^2)`` (in ``[trace_min_probes, trace_max_probes]``)
+is planned from probes that are not in the estimate -- the previous record's ``rel_var`` (the
+monitor carries it, and checkpoints it), or a pilot probe for the first record -- so the
+estimate's probes are independent of ``m`` and the estimate is unbiased given the Lanczos basis.
+(A rule that stops when the running ``stderr <= tol |estimate|`` selects on the estimate's own
+error; it was removed: records that stopped early read +0.8 to +1.0 SE off, late ones -0.6 to
+-1.0 SE, measured with benchmarks/trace_calibration.py before commit 6d17d5d.)
+Coverage and bias measured with benchmarks/trace_coverage.py (docs/metrics.md).
 
 BatchNorm
 ---------
@@ -110,10 +76,10 @@ every record.
 
 HVP engine
 ----------
-``hvp="shared_graph"`` (default): one forward + one ``create_graph=True`` gradient per record;
-every HVP is one double-backward through that retained graph (``retain_graph=True``), shared by
-the eigenvalue and the trace. ``hvp="operator"``: ``hessian_eigenthings.HessianOperator`` on a
-one-batch list, which rebuilds forward + gradient graph for every product.
+One forward + one ``create_graph=True`` gradient per record (:class:`SharedGraphHessian`); every
+HVP is one double-backward through that retained graph (``retain_graph=True``), shared by the
+eigenvalue and the trace (hessian-eigenthings' ``HessianOperator`` rebuilds the graph per
+product: 3.24 vs 2.24 training steps per product at width 1.0 on CPU, so it is not used).
 """
 
 from __future__ import annotations
@@ -127,17 +93,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import scipy.stats
 import torch
-from hessian_eigenthings import CurvatureOperator, HessianOperator, hutch_plus_plus, supervised_loss
+from hessian_eigenthings import CurvatureOperator, supervised_loss
 from torch import Tensor, nn
 
 BNMode = Literal["train", "eval"]
-TraceMethod = Literal["auto", "deflated", "hutchinson", "hutch++", "ggn_exact"]
-HvpEngine = Literal["shared_graph", "operator"]
+TraceMethod = Literal["auto", "deflated", "hutchinson", "ggn_exact"]
 LossFn = Callable[[nn.Module, Any], Tensor]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _EPS = 1e-30
+#: Coverage of the logged trace interval ``[trace_lo, trace_hi]``.
+TRACE_LEVEL = 0.95
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -274,30 +242,6 @@ class SharedGraphHessian(CurvatureOperator):
         self.release()
 
 
-class CountingOperator(CurvatureOperator):
-    """Wrap any CurvatureOperator and count its products (for ``HessianOperator``)."""
-
-    def __init__(self, inner: CurvatureOperator) -> None:
-        self.inner, self.n_matvec = inner, 0
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.inner.dtype
-
-    def matvec(self, v: Tensor) -> Tensor:
-        self.n_matvec += 1
-        with torch.enable_grad():
-            return self.inner.matvec(v).detach()
-
-
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     gen = torch.Generator(device=device if device.type != "mps" else "cpu")
     gen.manual_seed(int(seed))
@@ -427,12 +371,12 @@ def lanczos_top_eig(
 # --------------------------------------------------------------------------------------------
 @dataclass
 class TraceEstimate:
-    """Trace estimate with ``stderr`` (standard error; for Hutchinson the Rademacher variance
-    bound, see the module doc), ``sample_stderr`` (sample std of the probe values / sqrt(probes);
-    None below 2 probes), ``n_hvp`` products (pilot included), ``n_probes`` (probes averaged in
-    the estimate), ``n_pilot`` (probes that only chose ``n_probes``; not in the estimate),
-    ``exact_part`` (trace of the deflated subspace, exact) and ``converged``: the two-stage
-    rule's planned count fit under the cap (sequential/fixed count: the stderr rule was met)."""
+    """Trace estimate with its standard error ``stderr`` (Hutchinson: from the Rademacher variance
+    bound, module doc), the 95% interval ``[lo, hi]`` with ``df`` degrees of freedom
+    (:func:`trace_interval`; ``lo == hi`` and ``df`` inf for an exact trace), ``n_hvp`` products
+    (pilot included), ``n_probes`` (probes averaged in the estimate), ``n_pilot`` (probes that only
+    planned ``n_probes``; not in the estimate), ``exact_part`` (trace of the deflated subspace,
+    exact) and ``converged``: the planned count fit under the cap."""
 
     estimate: float
     stderr: float
@@ -440,9 +384,11 @@ class TraceEstimate:
     n_probes: int
     converged: bool
     method: str
+    lo: float = math.nan
+    hi: float = math.nan
+    df: float = math.inf
     exact_part: float = 0.0
     deflation_rank: int = 0
-    sample_stderr: float | None = None
     n_pilot: int = 0
 
     @property
@@ -451,31 +397,69 @@ class TraceEstimate:
             return math.inf
         return self.stderr / max(abs(self.estimate), _EPS)
 
+    @property
+    def rel_var(self) -> float:
+        """One probe's variance over the squared trace, ``n_probes * rel_stderr^2``: what the next
+        record plans its probe count from (:func:`plan_trace_probes`)."""
+        return self.n_probes * self.rel_stderr**2
 
-def _plan_probes(
-    pilot_values: Sequence[float],
-    pilot_sq_norms: Sequence[float],
-    exact_part: float,
-    rel_tol: float,
-    min_probes: int,
-    max_probes: int,
-) -> tuple[int, bool]:
-    """Stage-1 decision of the two-stage rule: the probe count ``m`` that the pilot predicts for
-    ``stderr <= rel_tol * |trace|``, i.e. ``ceil(v / (rel_tol * |t|)^2)`` with ``t`` the pilot's
-    trace estimate and ``v = 2 mean ||B g||^2`` its variance bound per probe, clipped to
-    ``[min_probes, max_probes]``; and whether it fit under ``max_probes``."""
-    t = exact_part + math.fsum(pilot_values) / len(pilot_values)
-    v = 2.0 * math.fsum(pilot_sq_norms) / len(pilot_sq_norms)
-    target = (rel_tol * abs(t)) ** 2
-    if v <= 0.0:
-        need = 1.0
-    elif target <= 0.0 or not math.isfinite(target):
-        need = math.inf
-    else:
-        need = v / target
+
+def plan_trace_probes(rel_var: float, rel_tol: float, min_probes: int, max_probes: int) -> tuple[int, bool]:
+    """Probes ``m`` for a relative standard error of ``rel_tol``: ``ceil(rel_var / rel_tol^2)``,
+    clipped to ``[min_probes, max_probes]``, and whether it fit under ``max_probes``.
+    ``rel_var`` is one probe's variance over the squared trace, ``v / t^2``, measured by an earlier,
+    independent set of probes (the previous record, or a pilot probe): the count must not depend
+    on the probes that make the estimate (module doc, "Trace interval")."""
+    need = rel_var / rel_tol**2 if rel_tol > 0 and math.isfinite(rel_var) else math.inf
     fits = need <= max_probes
     m = max_probes if not fits else max(min_probes, math.ceil(need - 1e-9))
     return min(m, max_probes), fits
+
+
+@dataclass(frozen=True)
+class TraceInterval:
+    """``estimate`` with its standard error ``se``, the ``level`` interval ``[lo, hi]`` and the
+    degrees of freedom ``df`` of the variance estimate behind ``se`` (inf: known exactly)."""
+
+    estimate: float
+    se: float
+    lo: float
+    hi: float
+    df: float
+    level: float = TRACE_LEVEL
+
+
+def trace_interval(
+    values: Sequence[float],
+    sq_norms: Sequence[float],
+    exact_part: float = 0.0,
+    level: float = TRACE_LEVEL,
+) -> TraceInterval:
+    """Student-t interval for the trace from Rademacher probe values ``g^T B g`` (the estimate is
+    ``exact_part`` + their mean) and the ``||B g||^2`` of every probe drawn for the variance
+    (the estimate's own and any pilot's).
+
+    ``se = sqrt(2 mean(||B g||^2) / m)``: one probe's variance is ``2 (||B||_F^2 - sum B_ii^2) <=
+    2 ||B||_F^2`` and ``||B g||^2`` is unbiased for ``||B||_F^2``. Degrees of freedom of that
+    variance estimate (a mean of k samples of ``||B g||^2``), by Satterthwaite:
+    ``df = 2 k mean^2 / var`` over those samples (``var`` the sample variance): large when
+    ``||B g||^2`` hardly moves between probes (the bulk of the spectrum dominates ``||B||_F``),
+    small when a few undeflated eigenvalues dominate it, and then the t quantile widens the
+    interval. One sample: ``df = 1``.
+    """
+    m, k = len(values), len(sq_norms)
+    if m < 1 or k < 1:
+        raise ValueError("trace_interval needs at least one probe value and one ||B g||^2")
+    estimate = exact_part + math.fsum(values) / m
+    mean_sq = math.fsum(sq_norms) / k
+    se = math.sqrt(2.0 * mean_sq / m)
+    if k < 2:
+        df = 1.0
+    else:
+        var_sq = math.fsum((s - mean_sq) ** 2 for s in sq_norms) / (k - 1)
+        df = max(1.0, 2.0 * k * mean_sq**2 / var_sq) if var_sq > 0 else math.inf
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, df)) * se if se > 0 else 0.0
+    return TraceInterval(estimate, se, estimate - half, estimate + half, df, level)
 
 
 def hutchinson_trace(
@@ -484,37 +468,31 @@ def hutchinson_trace(
     basis: Sequence[Tensor] = (),
     exact_part: float = 0.0,
     rel_tol: float = 0.05,
-    min_probes: int = 8,
+    min_probes: int = 2,
     max_probes: int = 64,
+    rel_var_prior: float | None = None,
     seed: int = 0,
     probe_batch: int = 1,
     start_probe: tuple[float, float] | None = None,
-    pilot_probes: int = 1,
 ) -> TraceEstimate:
-    """Hutchinson estimate of ``tr(A)``, optionally deflated by an orthonormal ``basis`` Q.
+    """Hutchinson estimate of ``tr(A)``, optionally deflated by an orthonormal ``basis`` Q, with its
+    95% interval (:func:`trace_interval`).
 
     With ``basis`` given, ``exact_part`` must be ``tr(Q^T A Q)``; probes are projected,
-    ``g <- (I - Q Q^T) g``, and the estimate is ``exact_part + mean(g^T A g)``. Rademacher probes;
-    ``stderr`` is the variance-bound standard error ``sqrt(2 mean ||B g||^2 / probes)``,
-    ``B = (I - QQ^T) A (I - QQ^T)`` (module doc).
+    ``g <- (I - Q Q^T) g``, and the estimate is ``exact_part + mean(g^T A g)`` over Rademacher g.
 
-    Probe count (module doc, "Trace stopping rule"): with ``pilot_probes >= 1`` (default) a two-stage
-    rule. Stage 1 draws ``pilot_probes`` probes whose trace estimate and variance bound only
-    choose ``m = ceil(v / (rel_tol * |t|)^2)`` in ``[min_probes, max_probes]``; stage 2 draws
-    ``m`` fresh probes, and the estimate is their mean alone, so its error is independent of the
-    decision. ``stderr`` uses the variance-bound samples of both stages (all estimate the same
-    ``||B||_F^2``) over the ``m`` estimate probes. ``converged``: ``m`` fit under ``max_probes``.
-    ``min_probes == max_probes`` fixes the count in advance: no pilot is drawn.
-    ``pilot_probes=0`` is the old sequential rule (stop at the first probe count with
-    ``stderr <= rel_tol * |estimate|``), kept for comparison: the estimate that meets the rule
-    early is biased away from zero, one that meets it late towards it (see
-    benchmarks/trace_calibration.py).
+    Probe count (module doc, "Trace interval"): ``m = ceil(rel_var / rel_tol^2)`` in ``[min_probes,
+    max_probes]`` (:func:`plan_trace_probes`), where ``rel_var`` (one probe's variance over the
+    squared trace) comes from probes that are not in the estimate: ``rel_var_prior`` (the previous
+    record's, as the monitor passes it) or, without one, a pilot probe drawn here and left out of
+    the estimate (its ``||B g||^2`` still enters the variance). ``min_probes == max_probes`` fixes
+    the count: nothing is planned. Either way the estimate's probes are independent of ``m``.
+    ``converged``: the planned count fit under ``max_probes``.
 
     ``probe_batch > 1`` applies that many probes per call of ``operator.matmat`` (batched HVPs,
     if the operator has it). ``start_probe`` ``(g^T A g, ||A g||^2)`` of a Rademacher probe
-    already applied (Lanczos' cold start, see :class:`EigResult`) is a free probe: the first pilot
-    probe (or, with the sequential rule, the first probe); only without deflation (a projected
-    probe is a different sample).
+    already applied (Lanczos' cold start, see :class:`EigResult`) is a free pilot; only without
+    deflation (a projected probe is a different sample).
     """
     if start_probe is not None and len(basis):
         raise ValueError("start_probe is an undeflated sample: it cannot be combined with a basis")
@@ -522,9 +500,8 @@ def hutchinson_trace(
     gen = _generator(device if device.type == "cuda" else torch.device("cpu"), seed + 7919)
     qmat = torch.stack(list(basis)) if len(basis) else None
     max_probes = max(1, int(max_probes))
-    min_probes = min(max(1, int(min_probes)), max_probes)  # the cap wins, as it always did
+    min_probes = min(max(1, int(min_probes)), max_probes)  # the cap wins
     probe_batch = max(1, int(probe_batch))
-    pilot_probes = max(0, int(pilot_probes))
     matmat = getattr(operator, "matmat", None)
     n_hvp = 0
 
@@ -549,76 +526,36 @@ def hutchinson_trace(
         return values, sq_norms
 
     free = ([start_probe[0]], [start_probe[1]]) if start_probe is not None else ([], [])
-    samples: list[float]
-    sq_norms: list[float]  # ||B g||^2, unbiased for ||B||_F^2
     pilot_sq: list[float] = []
-    n_pilot = 0
-    if pilot_probes and min_probes < max_probes:
-        # Two-stage rule: the pilot only decides how many probes the estimate gets.
-        pv, ps = draw(max(0, pilot_probes - len(free[0])))
-        pilot_values, pilot_sq = free[0] + pv, free[1] + ps
-        n_pilot = len(pilot_values)
-        m, converged = _plan_probes(pilot_values, pilot_sq, exact_part, rel_tol, min_probes, max_probes)
-        samples, sq_norms = draw(m)
-        estimate = exact_part + math.fsum(samples) / m
-        stderr = math.sqrt(2.0 * math.fsum(pilot_sq + sq_norms) / (len(pilot_sq) + m) / m)
-    elif pilot_probes:
-        # Count fixed in advance (min == max): nothing to decide, the free probe is a sample.
-        samples, sq_norms = list(free[0]), list(free[1])
-        v, s = draw(max_probes - len(samples))
-        samples, sq_norms = samples + v, sq_norms + s
-        estimate = exact_part + math.fsum(samples) / len(samples)
-        stderr = math.sqrt(2.0 * math.fsum(sq_norms) / len(samples) / len(samples))
-        converged = stderr <= rel_tol * abs(estimate)
+    if min_probes == max_probes or rel_var_prior is not None:
+        m, converged = (
+            (max_probes, True)
+            if rel_var_prior is None
+            else plan_trace_probes(rel_var_prior, rel_tol, min_probes, max_probes)
+        )
+        values, sq_norms = free  # the count does not depend on it: the free probe is a sample
     else:
-        # Sequential rule (comparison only): stop at the first count that meets the tolerance.
-        samples, sq_norms = list(free[0]), list(free[1])
-        estimate, stderr, converged = exact_part, math.inf, False
-        while True:
-            k = len(samples)
-            if k:
-                estimate = exact_part + math.fsum(samples) / k
-                stderr = math.sqrt(2.0 * math.fsum(sq_norms) / k / k)
-                if k >= min_probes and stderr <= rel_tol * abs(estimate):
-                    converged = True
-                    break
-            if k >= max_probes:
-                break
-            v, s = draw(min(probe_batch, max_probes - k))
-            samples, sq_norms = samples + v, sq_norms + s
-    sample_stderr = None
-    if len(samples) >= 2:
-        k = len(samples)
-        mean = math.fsum(samples) / k
-        sample_stderr = math.sqrt(math.fsum((s - mean) ** 2 for s in samples) / (k - 1) / k)
+        pilot_values, pilot_sq = free if start_probe is not None else draw(1)
+        t = exact_part + pilot_values[0]
+        rel_var = 2.0 * pilot_sq[0] / t**2 if t != 0 else math.inf
+        m, converged = plan_trace_probes(rel_var, rel_tol, min_probes, max_probes)
+        values, sq_norms = [], []
+    more_values, more_sq = draw(m - len(values))
+    values, sq_norms = values + more_values, sq_norms + more_sq
+    interval = trace_interval(values, pilot_sq + sq_norms, exact_part)
     return TraceEstimate(
-        estimate=estimate,
-        stderr=stderr,
+        estimate=interval.estimate,
+        stderr=interval.se,
+        lo=interval.lo,
+        hi=interval.hi,
+        df=interval.df,
         n_hvp=n_hvp,
-        n_probes=len(samples),
+        n_probes=m,
         converged=converged,
         method="deflated" if qmat is not None else "hutchinson",
         exact_part=exact_part,
         deflation_rank=0 if qmat is None else qmat.shape[0],
-        sample_stderr=sample_stderr,
-        n_pilot=n_pilot,
-    )
-
-
-def hutchpp_trace(
-    operator: CurvatureOperator, *, num_matvecs: int = 30, seed: int = 0, rel_tol: float = 0.05
-) -> TraceEstimate:
-    """``hessian_eigenthings.hutch_plus_plus`` with a fixed budget (for comparison)."""
-    res = hutch_plus_plus(operator, num_matvecs=num_matvecs, seed=seed)
-    m_per = max(1, num_matvecs // 3)
-    n_hvp = 3 * m_per if operator.size >= m_per else 2 * m_per + operator.size
-    return TraceEstimate(
-        estimate=float(res.estimate),
-        stderr=float(res.stderr),
-        n_hvp=n_hvp,
-        n_probes=m_per,
-        converged=float(res.stderr) <= rel_tol * abs(float(res.estimate)),
-        method="hutch++",
+        n_pilot=len(pilot_sq),
     )
 
 
@@ -626,16 +563,14 @@ def hutchpp_trace(
 # One curvature record
 # --------------------------------------------------------------------------------------------
 #: Estimator settings used by CurvatureMonitor unless configured otherwise; chosen by measurement
-#: with benchmarks/curvature_overhead.py and benchmarks/trace_calibration.py (docs/metrics.md).
-#: ``trace_pilot_probes`` 1: the two-stage trace rule (module doc); 0 is the old, biased one.
+#: with benchmarks/curvature_overhead.py and benchmarks/trace_coverage.py (docs/metrics.md).
 CURVATURE_DEFAULTS: dict[str, Any] = {
     "eig_tol": 2e-2,
     "eig_max_iter": 30,
     "trace_method": "auto",
     "trace_rel_tol": 0.1,
-    "trace_min_probes": 1,
+    "trace_min_probes": 2,
     "trace_max_probes": 16,
-    "trace_pilot_probes": 1,
     "probe_batch": 1,
 }
 
@@ -649,7 +584,6 @@ class CurvatureResult:
     batch_size: int
     n_hvp: int
     seconds: float
-    hvp_engine: str
 
     def record(self) -> dict[str, Any]:
         """Flat dict of python scalars: the ``curvature`` record body (keys in docs/metrics.md)."""
@@ -662,11 +596,13 @@ class CurvatureResult:
             "lambda_max_converged": bool(self.eig.converged),
             "lambda_max_warm_start": bool(self.eig.warm_start),
             "hessian_trace": self.trace.estimate,
-            "hessian_trace_stderr": self.trace.stderr,
+            "trace_se": self.trace.stderr,
+            "trace_lo": self.trace.lo,
+            "trace_hi": self.trace.hi,
+            "trace_df": self.trace.df,
+            "trace_probes": self.trace.n_probes,
             "hessian_trace_rel_stderr": self.trace.rel_stderr,
-            "hessian_trace_sample_stderr": self.trace.sample_stderr,
             "hessian_trace_n_hvp": self.trace.n_hvp,
-            "hessian_trace_n_probes": self.trace.n_probes,
             "hessian_trace_pilot_probes": self.trace.n_pilot,
             "hessian_trace_converged": bool(self.trace.converged),
             "hessian_trace_method": self.trace.method,
@@ -727,19 +663,18 @@ def curvature_estimates(
     trace_rel_tol: float = 0.05,
     trace_min_probes: int = 8,
     trace_max_probes: int = 48,
-    trace_pilot_probes: int = 1,
-    hutchpp_matvecs: int = 30,
+    trace_rel_var: float | None = None,
     seed: int = 0,
-    hvp: HvpEngine = "shared_graph",
     probe_batch: int = 1,
 ) -> CurvatureResult:
     """``lambda_max`` and Hessian trace of ``criterion(model(x), y)`` on one batch.
 
     ``batch`` must already be on the model's device. The model's parameters, gradients (``.grad``
     is never written: products use ``torch.autograd.grad``), BN running statistics and the global
-    RNG are left untouched (probes use private generators seeded with ``seed``).
-    Hutchinson's probe count follows the two-stage rule with ``trace_pilot_probes`` pilot probes
-    (0: the old sequential rule; module doc, "Trace stopping rule").
+    RNG are left untouched (probes use private generators seeded with ``seed``). ``v0``: Lanczos
+    start (the previous record's top eigenvector). ``trace_rel_var``: the previous record's
+    ``trace.rel_var``, which plans this record's probe count (None: a pilot probe plans it; module
+    doc, "Trace interval").
     """
     loss_fn = cross_entropy_loss_fn(criterion)
     if trace_method == "auto":
@@ -749,66 +684,45 @@ def curvature_estimates(
             "trace_method='ggn_exact' is the Hessian trace only for nets that are linear in each "
             "single weight (Conv/Linear/ReLU/avg-pool/residual sums, BN only in eval mode)"
         )
+    elif trace_method not in ("deflated", "hutchinson", "ggn_exact"):
+        raise ValueError(f"unknown trace_method {trace_method!r}")
     t0 = time.perf_counter()
-    with bn_mode_context(model, bn_mode):
-        if hvp == "shared_graph":
-            op: Any = SharedGraphHessian(model, batch, loss_fn)
-            loss = float(op.loss)
-        elif hvp == "operator":
-            op = CountingOperator(HessianOperator(model, [batch], loss_fn, full_dataset=True))
-            with torch.no_grad():
-                loss = float(loss_fn(model, batch))
-        else:
-            raise ValueError(f"hvp must be 'shared_graph' or 'operator', got {hvp!r}")
-        try:
-            eig = lanczos_top_eig(op, v0=v0, tol=eig_tol, max_iter=eig_max_iter, seed=seed)
-            if trace_method in ("deflated", "hutchinson"):
-                # deflated: the Lanczos basis's part of the trace is exact, probes estimate the
-                # rest; hutchinson: Lanczos' cold Rademacher start is already the first probe
-                from_lanczos = (
-                    {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)}
-                    if trace_method == "deflated"
-                    else {"start_probe": eig.start_probe}
-                )
-                tr = hutchinson_trace(
-                    op,
-                    **from_lanczos,
-                    rel_tol=trace_rel_tol,
-                    min_probes=trace_min_probes,
-                    max_probes=trace_max_probes,
-                    pilot_probes=trace_pilot_probes,
-                    seed=seed,
-                    probe_batch=probe_batch,
-                )
-            elif trace_method == "hutch++":
-                tr = hutchpp_trace(op, num_matvecs=hutchpp_matvecs, seed=seed, rel_tol=trace_rel_tol)
-            elif trace_method != "ggn_exact":
-                raise ValueError(f"unknown trace_method {trace_method!r}")
-        finally:
-            if isinstance(op, SharedGraphHessian):
-                op.release()
+    with bn_mode_context(model, bn_mode), SharedGraphHessian(model, batch, loss_fn) as op:
+        eig = lanczos_top_eig(op, v0=v0, tol=eig_tol, max_iter=eig_max_iter, seed=seed)
+        if trace_method != "ggn_exact":
+            # deflated: the Lanczos basis's part of the trace is exact, probes estimate the
+            # rest; hutchinson: Lanczos' cold Rademacher start is already a (pilot) probe
+            from_lanczos = (
+                {"basis": eig.basis, "exact_part": math.fsum(eig.alphas)}
+                if trace_method == "deflated"
+                else {"start_probe": eig.start_probe}
+            )
+            tr = hutchinson_trace(
+                op,
+                **from_lanczos,
+                rel_tol=trace_rel_tol,
+                min_probes=trace_min_probes,
+                max_probes=trace_max_probes,
+                rel_var_prior=trace_rel_var,
+                seed=seed,
+                probe_batch=probe_batch,
+            )
+        n_hvp, loss = op.n_matvec, float(op.loss)
     eig.basis, eig.alphas = [], []  # free the Krylov basis (m x n floats)
     if trace_method == "ggn_exact":
         # diag(H) = diag(GGN) for nets that are linear in each single weight (checked above).
-        ggn = ggn_trace(model, batch, bn_mode=bn_mode)
+        exact = ggn_trace(model, batch, bn_mode=bn_mode)["ggn_trace"]
         tr = TraceEstimate(
-            estimate=ggn["ggn_trace"],
-            stderr=0.0,
-            n_hvp=0,
-            n_probes=0,
-            converged=True,
-            method="ggn_exact",
+            estimate=exact, stderr=0.0, lo=exact, hi=exact, n_hvp=0, n_probes=0, converged=True, method="ggn_exact"
         )
-    seconds = time.perf_counter() - t0
     return CurvatureResult(
         eig=eig,
         trace=tr,
         loss=loss,
         bn_mode=bn_mode,
         batch_size=int(batch[0].shape[0]),
-        n_hvp=int(op.n_matvec),
-        seconds=seconds,
-        hvp_engine=hvp,
+        n_hvp=int(n_hvp),
+        seconds=time.perf_counter() - t0,
     )
 
 

@@ -20,6 +20,8 @@ from deconcnn.metrics.curvature import (
     ggn_trace,
     hutchinson_trace,
     lanczos_top_eig,
+    plan_trace_probes,
+    trace_interval,
 )
 from deconcnn.training.resnet import CifarResNet18
 
@@ -97,6 +99,7 @@ def test_trace_within_three_stderr_of_exact(method):
     tr = res.trace
     assert tr.stderr > 0 and math.isfinite(tr.stderr)
     assert abs(tr.estimate - exact) <= 3 * tr.stderr
+    assert tr.lo < exact < tr.hi and tr.lo < tr.estimate < tr.hi
     # one pilot probe chose the count; plain Hutchinson's pilot is Lanczos' cold start: free
     assert tr.n_pilot == 1
     assert tr.n_hvp == tr.n_probes + tr.n_pilot - (method == "hutchinson")
@@ -139,9 +142,8 @@ def test_trace_stderr_is_the_rademacher_variance_bound(deflate):
         one = hutchinson_trace(op, basis=basis, exact_part=exact_part, rel_tol=10.0, min_probes=1, max_probes=8, seed=1)
     assert many.stderr**2 * many.n_probes == pytest.approx(bound, rel=0.15)
     assert many.stderr**2 * many.n_probes >= 0.85 * exact_var
-    assert many.sample_stderr is not None and many.sample_stderr > 0
     assert abs(many.estimate - torch.trace(h).item()) <= 3 * many.stderr
-    assert one.n_probes == 1 and one.converged and one.sample_stderr is None
+    assert one.n_probes == 1 and one.converged
     assert math.isfinite(one.stderr) and one.stderr > 0
 
 
@@ -159,8 +161,8 @@ def test_cold_lanczos_start_is_a_rademacher_probe_reused_by_the_trace():
         tr = hutchinson_trace(op, rel_tol=100.0, min_probes=1, max_probes=4, start_probe=eig.start_probe)
         assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (1, 1, 1, spent + 1)
         assert tr.estimate != eig.start_probe[0]
-        # sequential rule (pilot_probes=0) and a count fixed in advance: it is the first sample
-        for kw in ({"pilot_probes": 0, "min_probes": 1, "max_probes": 4}, {"min_probes": 1, "max_probes": 1}):
+        # a count planned from the previous record, or fixed in advance: it is the first sample
+        for kw in ({"rel_var_prior": 1e-6, "min_probes": 1, "max_probes": 4}, {"min_probes": 1, "max_probes": 1}):
             spent = op.n_matvec
             tr = hutchinson_trace(op, rel_tol=100.0, start_probe=eig.start_probe, **kw)
             assert (tr.n_pilot, tr.n_probes, tr.n_hvp, op.n_matvec) == (0, 1, 0, spent)
@@ -182,17 +184,15 @@ def test_deflated_trace_exact_when_basis_spans_space():
     assert tr.estimate == pytest.approx(torch.trace(h).item(), rel=1e-6)
 
 
-def test_matches_hessian_eigenthings_lanczos_and_operator_engine():
+def test_matches_hessian_eigenthings_lanczos():
     model, batch = tiny_bn_cnn().double(), _img_batch()
     loss_fn = cross_entropy_loss_fn()
     with bn_mode_context(model, "train"):
         op = SharedGraphHessian(model, batch, loss_fn)
         ref = lanczos(op, k=1, max_iter=60, which="LA", seed=0).eigenvalues[0].item()
-    a = curvature_estimates(model, batch, eig_tol=1e-6, eig_max_iter=60, hvp="shared_graph")
-    b = curvature_estimates(model, batch, eig_tol=1e-6, eig_max_iter=60, hvp="operator")
+    a = curvature_estimates(model, batch, eig_tol=1e-6, eig_max_iter=60)
     assert a.eig.eigenvalue == pytest.approx(ref, rel=1e-6)
-    assert b.eig.eigenvalue == pytest.approx(ref, rel=1e-6)
-    assert a.n_hvp == a.eig.n_hvp + a.trace.n_hvp and b.n_hvp == b.eig.n_hvp + b.trace.n_hvp
+    assert a.n_hvp == a.eig.n_hvp + a.trace.n_hvp
 
 
 def test_warm_start_converges_in_fewer_products():
@@ -345,7 +345,8 @@ def test_auto_trace_uses_exact_ggn_only_where_it_equals_the_hessian_trace():
     assert not piecewise_linear_in_each_weight(_mlp())  # tanh
     res = curvature_estimates(relu_net, (x, y), trace_method="auto")
     rec = res.record()
-    assert rec["hessian_trace_method"] == "ggn_exact" and rec["hessian_trace_stderr"] == 0.0
+    assert rec["hessian_trace_method"] == "ggn_exact" and rec["trace_se"] == 0.0
+    assert rec["trace_lo"] == rec["trace_hi"] == rec["hessian_trace"]
     assert rec["hessian_trace_n_hvp"] == 0
     exact = torch.trace(exact_hessian(relu_net.double(), x.double(), y)).item()
     assert rec["hessian_trace"] == pytest.approx(exact, rel=1e-4)
@@ -386,7 +387,7 @@ def _probe_stream(n: int, seed: int, count: int) -> torch.Tensor:
     )
 
 
-def test_two_stage_rule_pilot_sets_the_count_and_fresh_probes_give_the_estimate():
+def test_probe_count_is_planned_from_probes_outside_the_estimate():
     g = torch.Generator().manual_seed(0)
     m0 = torch.randn(40, 40, generator=g, dtype=torch.float64)
     a = (m0 + m0.T) / 2 + 2.0 * torch.eye(40, dtype=torch.float64)  # trace ~80, one probe's SE ~ 40
@@ -409,6 +410,34 @@ def test_two_stage_rule_pilot_sets_the_count_and_fresh_probes_give_the_estimate(
     fixed = hutchinson_trace(_Dense(a), rel_tol=0.15, min_probes=4, max_probes=4, seed=5)
     assert (fixed.n_pilot, fixed.n_probes, fixed.n_hvp) == (0, 4, 4)
     assert fixed.estimate == pytest.approx(sum(vals[:4]) / 4, rel=1e-12)
+    # the previous record's rel_var plans the count: no pilot, every probe is in the estimate
+    prior = hutchinson_trace(_Dense(a), rel_tol=0.15, min_probes=2, max_probes=64, rel_var_prior=tr.rel_var, seed=5)
+    want = math.ceil(tr.rel_var / 0.15**2 - 1e-9)
+    assert (prior.n_pilot, prior.n_probes, prior.n_hvp) == (0, want, want)
+    assert prior.estimate == pytest.approx(sum(vals[:want]) / want, rel=1e-12)
+    assert tr.rel_var == pytest.approx(tr.n_probes * (tr.stderr / tr.estimate) ** 2)
+    assert plan_trace_probes(0.5, 0.1, 2, 16) == (16, False)  # 50 needed
+    assert plan_trace_probes(0.05, 0.1, 2, 16) == (5, True)
+    assert plan_trace_probes(0.001, 0.1, 2, 16) == (2, True)
+
+
+def test_trace_interval_uses_student_t_with_satterthwaite_df():
+    from scipy import stats
+
+    # ||Bg||^2 identical across probes: the variance is known, df inf, the normal quantile
+    iv = trace_interval([1.0, 3.0], [8.0, 8.0], exact_part=10.0)
+    assert iv.estimate == 12.0 and iv.se == pytest.approx(math.sqrt(2 * 8.0 / 2))
+    assert iv.df == math.inf and iv.hi - iv.estimate == pytest.approx(stats.norm.ppf(0.975) * iv.se)
+    # spread ||Bg||^2: df = 2 k mean^2 / var, the t quantile widens the interval
+    sq = [4.0, 8.0, 12.0]
+    iv = trace_interval([1.0, 2.0, 3.0], sq)
+    df = 2 * 3 * 8.0**2 / 16.0
+    assert iv.df == pytest.approx(df)
+    assert iv.hi - iv.estimate == pytest.approx(stats.t.ppf(0.975, df) * iv.se)
+    assert iv.estimate - iv.lo == pytest.approx(iv.hi - iv.estimate)
+    assert trace_interval([5.0], [3.0]).df == 1.0  # one sample: no variance of the variance
+    with pytest.raises(ValueError):
+        trace_interval([], [])
 
 
 def test_same_seed_reproduces_the_record_exactly():
@@ -419,5 +448,5 @@ def test_same_seed_reproduces_the_record_exactly():
     drop = ("curv_seconds",)
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
     assert a["hessian_trace_pilot_probes"] == 1
-    assert a["hessian_trace_n_hvp"] == a["hessian_trace_n_probes"] + 1
+    assert a["hessian_trace_n_hvp"] == a["trace_probes"] + 1
     assert c["hessian_trace"] != a["hessian_trace"]

@@ -63,8 +63,8 @@ def fabricate(run_dir: Path, s: Schedule = SCHEDULE, *, trace_method: str = "hut
                 lambda_max_n_hvp=8,
                 lambda_max_method="lanczos",
                 hessian_trace=50.0,
-                hessian_trace_stderr=2.0,
-                hessian_trace_n_probes=4,
+                trace_se=2.0,
+                trace_probes=4,
                 hessian_trace_method=trace_method,
             )
         loss = 2.0 / (1 + step)
@@ -203,9 +203,9 @@ def test_curvature_off_its_period_or_not_finite_fails(tmp_path):
     assert "configured 500" in check_curvature(records, SCHEDULE, 500).detail
     shifted = Schedule(8, 4, 0.25, 8, 2)
     assert "expected [0, 8, 16, 24]" in check_curvature(records, shifted).detail
-    next(r for r in records if r["kind"] == "curvature")["hessian_trace_stderr"] = None
+    next(r for r in records if r["kind"] == "curvature")["trace_se"] = None
     result = check_curvature(records, SCHEDULE)
-    assert not result.passed and "hessian_trace_stderr" in result.detail
+    assert not result.passed and "trace_se" in result.detail
 
 
 def test_curvature_records_must_name_their_estimator_and_say_where_backpack_was_used(tmp_path):

@@ -3,7 +3,9 @@
 Every scenario trains the same tiny monitored run (2 epochs x 16 steps, validation and a checkpoint
 every 4 steps, curvature every 6 steps, noise every epoch) in a fresh process, kills it, resumes it
 with the same command, and compares the whole metric log (every value but wall-clock times) and the
-final weights with an uninterrupted run.
+final weights with an uninterrupted run. The curvature records after a resume depend on the state
+the monitor carries (the previous record's eigenvector, warm start, and its trace variance, which
+plans the probe count): they match only if that state is checkpointed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MONITORED = [
     "callbacks=loss_lin_slope_monitors",
     "callbacks.curvature_monitor.compute_every_n_steps=6",
     "callbacks.curvature_monitor.batch_size=8",
+    "callbacks.curvature_monitor.warm_start=true",  # the warm-start vector must survive a resume
     "callbacks.noise_monitor.log_every_n_epochs=1",
     "callbacks.noise_monitor.grad_batch_size=8",
     "callbacks.noise_monitor.min_points=4",

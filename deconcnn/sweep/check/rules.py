@@ -49,7 +49,7 @@ STAMP_KEYS = tuple(k for k in schema.STAMP_NAMES if k != schema.KIND_KEY)
 #: Each curvature value with the fields that say how good it is (error, then iteration count).
 CURVATURE_FIELDS = {
     "lambda_max": ("lambda_max_residual", "lambda_max_n_hvp"),
-    "hessian_trace": ("hessian_trace_stderr", "hessian_trace_n_probes"),
+    "hessian_trace": ("trace_se", "trace_probes"),
 }
 #: The values whose producer (estimator/library) a record must name, in `<value>_method`.
 ESTIMATED_VALUES = ("lambda_max", "hessian_trace", "ggn_trace")

@@ -1,0 +1,267 @@
+"""Coverage of the logged Hessian-trace interval on ResNet-18 in BN train mode, across training.
+
+Stage 1 (``collect``, the expensive part; cached in ``--cache``): trains CIFAR ResNet-18 at
+``--width`` (0.125) on the project's synthetic CIFAR-shaped data (``--size`` 16 px, batch
+``--batch`` 64, so one Hessian-vector product costs ~0.1 s on this 2-core machine instead of ~1 s at
+32 px / 128) with SGD and AdamW from ``--model-seeds`` and stops at ``--steps`` (early, mid, late).
+Per state it stores:
+
+* ``eigsh``: scipy ``eigsh(k=1, which="LA")`` on the Hessian-vector products (float64 wrapper);
+* a reference trace: ``--ref-probes`` deflated Rademacher probes on a 40-vector Lanczos basis (its
+  standard error is printed next to the records'; the goal is <= 1/4 of theirs);
+* ``--records`` independent records, each exactly as the monitor takes it: its own seed, its own
+  Lanczos run (``lanczos_top_eig`` with the defaults), then ``--probes`` deflated probes drawn as
+  ``hutchinson_trace`` draws them (same generator), kept one by one (value ``g^T B g`` and
+  ``||B g||^2``), so every probe count up to ``--probes`` is the record that count would give;
+* a warm-started Lanczos run from the previous state's top eigenvector (what the monitor does).
+
+Stage 2 (``report``, instant): the monitor's rule is replayed on those probes with the library's
+own functions (``plan_trace_probes``, ``trace_interval``), next to the rules it replaces:
+
+* ``two-stage z``: the old rule (pilot probe plans the count, normal 95% interval from the
+  variance bound of all probes);
+* ``fixed m, bound z``: a fixed count, normal interval from the variance bound;
+* ``t(m-1)``: the sample standard error with Student-t quantiles (the monitor's rule: count
+  planned from the previous record, no pilot).
+
+Printed: coverage of the 95% interval, mean signed error in logged SE (``(estimate - ref) / SE``),
+the reference's SE / the logged SE, trace products per record, lambda_max error against eigsh
+(cold and warm) and Lanczos products per record. No asserts.
+
+    nice -n 5 .venv/bin/python benchmarks/trace_coverage.py            # collect (~20 min) + report
+    .venv/bin/python benchmarks/trace_coverage.py --cache trace_coverage.json --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deconcnn.metrics.curvature import (
+    CURVATURE_DEFAULTS,
+    SharedGraphHessian,
+    _generator,
+    _rademacher,
+    bn_mode_context,
+    cross_entropy_loss_fn,
+    hutchinson_trace,
+    lanczos_top_eig,
+)
+from deconcnn.training.data import SyntheticSource, normalize
+from deconcnn.training.resnet import CifarResNet18
+
+OPTIMIZERS = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr / 50, betas=(0.9, 0.999), weight_decay=1e-2),
+}
+
+
+def data(seed: int, size: int, n: int, signal: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = SyntheticSource(num_samples=n, signal=signal, noise=0.3, seed=seed).load()
+    x = normalize(x)
+    if size != 32:
+        x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+    return x, y
+
+
+def eigsh_top(op: SharedGraphHessian) -> float:
+    """scipy's ARPACK on the same products (float64 in and out, float32 inside)."""
+    lin = LinearOperator(
+        (op.size, op.size),
+        matvec=lambda v: op.matvec(torch.from_numpy(np.asarray(v).reshape(-1)).to(op.dtype)).double().numpy(),
+        dtype=np.float64,
+    )
+    v0 = np.random.default_rng(0).standard_normal(op.size)
+    return float(eigsh(lin, k=1, which="LA", tol=1e-6, ncv=20, v0=v0, return_eigenvectors=False)[0])
+
+
+def probes_on_basis(op: SharedGraphHessian, basis, seed: int, count: int) -> tuple[list[float], list[float]]:
+    """``count`` deflated probes drawn exactly as ``hutchinson_trace(seed=seed)`` draws them."""
+    qmat = torch.stack(list(basis))
+    gen = _generator(torch.device("cpu"), seed + 7919)
+    values, sq_norms = [], []
+    for _ in range(count):
+        g = _rademacher(op.size, gen, op.device, op.dtype)
+        g = g - (g @ qmat.T) @ qmat
+        hg = op.matvec(g)
+        bg = hg - (hg @ qmat.T) @ qmat
+        values.append(float(g @ hg))
+        sq_norms.append(float(bg @ bg))
+    return values, sq_norms
+
+
+def collect_state(model, batch, args, state_seed: int, v_prev) -> tuple[dict, torch.Tensor]:
+    cfg = CURVATURE_DEFAULTS
+    out: dict = {}
+    with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
+        out["loss"] = float(op.loss)
+        out["eigsh"] = eigsh_top(op)
+        ref_eig = lanczos_top_eig(op, tol=0.0, max_iter=40, seed=10_000 + state_seed)
+        ref = hutchinson_trace(
+            op,
+            basis=ref_eig.basis,
+            exact_part=math.fsum(ref_eig.alphas),
+            rel_tol=0.0,
+            min_probes=args.ref_probes,
+            max_probes=args.ref_probes,
+            seed=20_000 + state_seed,
+        )
+        out["ref"], out["ref_se_bound"] = ref.estimate, ref.stderr
+        out["records"] = []
+        top_vec = None
+        for r in range(args.records):
+            seed = 1000 * state_seed + r
+            eig = lanczos_top_eig(op, tol=cfg["eig_tol"], max_iter=cfg["eig_max_iter"], seed=seed)
+            values, sq = probes_on_basis(op, eig.basis, seed, args.probes)
+            out["records"].append(
+                {
+                    "seed": seed,
+                    "lambda": eig.eigenvalue,
+                    "eig_hvp": eig.n_hvp,
+                    "eig_rel_residual": eig.rel_residual,
+                    "exact_part": math.fsum(eig.alphas),
+                    "rank": len(eig.basis),
+                    "values": values,
+                    "sq_norms": sq,
+                }
+            )
+            top_vec = eig.eigenvector
+        if v_prev is not None:
+            warm = lanczos_top_eig(op, v0=v_prev, tol=cfg["eig_tol"], max_iter=cfg["eig_max_iter"], seed=state_seed)
+            out["warm"] = {"lambda": warm.eigenvalue, "eig_hvp": warm.n_hvp, "rel_residual": warm.rel_residual}
+    return out, top_vec
+
+
+def trained_states(args):
+    """(optimizer, model seed, step, model, curvature batch) for every state, in run order."""
+    for opt_name in args.optimizers:
+        for mseed in args.model_seeds:
+            x, y = data(mseed, args.size, args.samples, args.signal)
+            torch.manual_seed(mseed)
+            model = CifarResNet18(width=args.width, norm="batchnorm")
+            opt = OPTIMIZERS[opt_name](model.parameters(), args.lr)
+            gen = torch.Generator().manual_seed(1)
+            batch = (x[: args.batch], y[: args.batch])
+            done = 0
+            for step in args.steps:
+                model.train()
+                for _ in range(step - done):
+                    idx = torch.randint(0, x.shape[0], (args.batch,), generator=gen)
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                    opt.step()
+                done = step
+                yield opt_name, mseed, step, copy.deepcopy(model), batch
+
+
+def collect(args) -> list[dict]:
+    states: list[dict] = []
+    v_prev = None
+    for opt_name, mseed, step, model, batch in trained_states(args):
+        if step == args.steps[0]:
+            v_prev = None
+        t1 = time.perf_counter()
+        state_seed = len(states)
+        st, v_prev = collect_state(model, batch, args, state_seed, v_prev)
+        st.update({"optimizer": opt_name, "model_seed": mseed, "step": step})
+        states.append(st)
+        print(
+            f"{opt_name} seed {mseed} step {step}: loss {st['loss']:.3f}, eigsh {st['eigsh']:.4g}, "
+            f"ref trace {st['ref']:.5g} +/- {st['ref_se_bound']:.3g}; curvature {time.perf_counter() - t1:.0f} s",
+            flush=True,
+        )
+        Path(args.cache).write_text(json.dumps({"args": vars(args), "states": states}))
+    return states
+
+
+def lambda_path(cache: str, eig_tol: float) -> Path:
+    return Path(cache).with_suffix(f".lambda{eig_tol:g}.json")
+
+
+def lambda_pass(args) -> None:
+    """Lanczos with ``eig_tol`` = ``--eig-tol`` on the same states (the same training:
+    deterministic on CPU), cold with the records' seeds and warm-started from the previous state's
+    top eigenvector (the monitor's ``warm_start``); written next to the cache, compared with its
+    eigsh values in the report."""
+    out: list[dict] = []
+    v_prev = None
+    for i, (opt_name, mseed, step, model, batch) in enumerate(trained_states(args)):
+        if step == args.steps[0]:
+            v_prev = None
+        max_iter = CURVATURE_DEFAULTS["eig_max_iter"]
+        with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
+            cold = [
+                lanczos_top_eig(op, tol=args.eig_tol, max_iter=max_iter, seed=1000 * i + r) for r in range(args.records)
+            ]
+            warm = None
+            if v_prev is not None:
+                w = lanczos_top_eig(op, v0=v_prev, tol=args.eig_tol, max_iter=max_iter)
+                warm = [w.eigenvalue, w.n_hvp]
+        v_prev = cold[0].eigenvector
+        out.append(
+            {
+                "optimizer": opt_name,
+                "model_seed": mseed,
+                "step": step,
+                "cold": [[e.eigenvalue, e.n_hvp] for e in cold],
+                "warm": warm,
+            }
+        )
+        print(
+            f"{opt_name} seed {mseed} step {step}: eig_tol {args.eig_tol:g}, lambda "
+            f"{min(e.eigenvalue for e in cold):.4g}..{max(e.eigenvalue for e in cold):.4g}, HVPs "
+            f"{statistics.fmean(e.n_hvp for e in cold):.1f}, warm {warm}",
+            flush=True,
+        )
+        lambda_path(args.cache, args.eig_tol).write_text(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default="trace_coverage.json")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--width", type=float, default=0.125)
+    ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=4096)
+    ap.add_argument("--signal", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=0.05, help="SGD lr; AdamW gets lr / 50")
+    ap.add_argument("--optimizers", nargs="+", default=["sgd", "adamw"])
+    ap.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, nargs="+", default=[20, 150, 500])
+    ap.add_argument("--records", type=int, default=12)
+    ap.add_argument("--probes", type=int, default=8, help="probes kept per record")
+    ap.add_argument("--ref-probes", type=int, default=192)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eig-tol", type=float, default=None, help="run only the lambda_max pass at this eig_tol")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.eig_tol is not None:
+        lambda_pass(args)
+        return
+    if args.report_only:
+        states = json.loads(Path(args.cache).read_text())["states"]
+    else:
+        states = collect(args)
+    report(states)
+
+
+def report(states: list[dict]) -> None:
+    print(f"{len(states)} states, {sum(len(s['records']) for s in states)} records")
+
+
+if __name__ == "__main__":
+    main()
