@@ -53,12 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deconcnn.metrics.curvature import (
     CURVATURE_DEFAULTS,
     SharedGraphHessian,
+    TraceInterval,
     _generator,
     _rademacher,
     bn_mode_context,
     cross_entropy_loss_fn,
     hutchinson_trace,
     lanczos_top_eig,
+    plan_trace_probes,
+    trace_interval,
 )
 from deconcnn.training.data import SyntheticSource, normalize
 from deconcnn.training.resnet import CifarResNet18
@@ -256,11 +259,90 @@ def main() -> None:
         states = json.loads(Path(args.cache).read_text())["states"]
     else:
         states = collect(args)
-    report(states)
+    report(states, args.cache)
 
 
-def report(states: list[dict]) -> None:
-    print(f"{len(states)} states, {sum(len(s['records']) for s in states)} records")
+def replay(state: dict, record: dict, prior: float | None, rule: str, cap: int) -> tuple[TraceInterval, int, float]:
+    """(interval, trace products, rel_var) of ``rule`` on one record's stored probes.
+
+    ``before``: the rule up to this change (a pilot probe plans the count, fresh probes give the
+    estimate, normal 95% quantile). ``after``: the monitor's rule (count planned from ``prior``, the
+    previous record's rel_var, or a pilot when there is none; Student-t interval). Counts are capped
+    at the probes stored (``cap``)."""
+    cfg = CURVATURE_DEFAULTS
+    values, sq, exact = record["values"], record["sq_norms"], record["exact_part"]
+    if rule == "after" and prior is not None:
+        m, _ = plan_trace_probes(
+            prior, cfg["trace_rel_tol"], cfg["trace_min_probes"], min(cfg["trace_max_probes"], cap)
+        )
+        iv = trace_interval(values[:m], sq[:m], exact)
+        n_hvp = m
+    else:
+        rel_var = 2.0 * sq[0] / (exact + values[0]) ** 2
+        lo = 1 if rule == "before" else cfg["trace_min_probes"]
+        m, _ = plan_trace_probes(rel_var, cfg["trace_rel_tol"], lo, min(cfg["trace_max_probes"], cap - 1))
+        iv = trace_interval(values[1 : 1 + m], sq[: 1 + m], exact)
+        n_hvp = m + 1
+    if rule == "before":  # normal quantile
+        half = 1.959963984540054 * iv.se
+        iv = TraceInterval(iv.estimate, iv.se, iv.estimate - half, iv.estimate + half, math.inf)
+    return iv, n_hvp, m * (iv.se / iv.estimate) ** 2
+
+
+def report(states: list[dict], cache: str) -> None:
+    cap = min(len(r["values"]) for s in states for r in s["records"])
+    print(f"\n{len(states)} states, {sum(len(s['records']) for s in states)} records, {cap} probes stored per record")
+    print(
+        "\n| rule | records | 95% interval covers | mean signed error [SE] | ref SE / logged SE, median / max "
+        "| trace HVPs per record |\n|---|---|---|---|---|---|"
+    )
+    for rule in ("before", "after"):
+        rows = []
+        for i, st in enumerate(states):
+            prev = states[i - 1] if i and states[i - 1]["step"] < st["step"] else None
+            for r, rec in enumerate(st["records"]):
+                prior = None
+                if prev is not None:
+                    _, _, prior = replay(prev, prev["records"][r], None, rule, cap)
+                iv, n_hvp, _ = replay(st, rec, prior, rule, cap)
+                rows.append(
+                    (iv.lo <= st["ref"] <= iv.hi, (iv.estimate - st["ref"]) / iv.se, st["ref_se_bound"] / iv.se, n_hvp)
+                )
+        cover, z, ratio, hvp = zip(*rows, strict=True)
+        print(
+            f"| {rule} | {len(rows)} | {statistics.fmean(cover):.1%} | {statistics.fmean(z):+.2f} | "
+            f"{statistics.median(ratio):.2f} / {max(ratio):.2f} | {statistics.fmean(hvp):.2f} |"
+        )
+    print(
+        "\n| state | loss | eigsh | reference trace | records' lambda_max error vs eigsh, max (eig_tol 0.02) "
+        "| Lanczos HVPs |\n|---|---|---|---|---|---|"
+    )
+    for st in states:
+        errs = [abs(r["lambda"] - st["eigsh"]) / abs(st["eigsh"]) for r in st["records"]]
+        hvps = statistics.fmean(r["eig_hvp"] for r in st["records"])
+        print(
+            f"| {st['optimizer']} seed {st['model_seed']} step {st['step']} | {st['loss']:.3g} | {st['eigsh']:.4g} | "
+            f"{st['ref']:.4g} +/- {st['ref_se_bound']:.2g} | {max(errs):.2%} | {hvps:.1f} |"
+        )
+    for path in sorted(Path(cache).parent.glob(Path(cache).stem + ".lambda*.json")):
+        lam = {(e["optimizer"], e["model_seed"], e["step"]): e for e in json.loads(path.read_text())}
+        cold, warm, cold_hvp, warm_hvp = [], [], [], []
+        for st in states:
+            e = lam.get((st["optimizer"], st["model_seed"], st["step"]))
+            if e is None:
+                continue
+            cold += [abs(v - st["eigsh"]) / abs(st["eigsh"]) for v, _ in e["cold"]]
+            cold_hvp += [k for _, k in e["cold"]]
+            if e["warm"] is not None:
+                warm.append(abs(e["warm"][0] - st["eigsh"]) / abs(st["eigsh"]))
+                warm_hvp.append(e["warm"][1])
+        if cold:
+            print(
+                f"\n{path.name}: cold Lanczos, {len(cold)} records: lambda_max error vs eigsh max {max(cold):.2%}, "
+                f"{sum(x > 0.01 for x in cold)} above 1%, {statistics.fmean(cold_hvp):.1f} HVPs; warm start from the "
+                f"previous state, {len(warm)} records: max {max(warm, default=math.nan):.2%}, "
+                f"{statistics.fmean(warm_hvp) if warm_hvp else math.nan:.1f} HVPs"
+            )
 
 
 if __name__ == "__main__":
