@@ -89,7 +89,7 @@ class CurvatureMonitor(Callback):
             bn_mode: "train" (default: BatchNorm normalises by the curvature batch's statistics,
                 the trained objective; running statistics untouched) or "eval" (running statistics).
             eig_tol: Lanczos stops when ``||Hv - lambda v|| <= eig_tol * |lambda|`` (relative,
-                default 0.02).
+                default 0.01).
             eig_max_iter: at most this many Lanczos iterations, i.e. Hessian-vector products
                 (default 30).
             trace_method: "auto" (default: exact GGN trace for BN-free ReLU nets, else

@@ -565,7 +565,7 @@ def hutchinson_trace(
 #: Estimator settings used by CurvatureMonitor unless configured otherwise; chosen by measurement
 #: with benchmarks/curvature_overhead.py and benchmarks/trace_coverage.py (docs/metrics.md).
 CURVATURE_DEFAULTS: dict[str, Any] = {
-    "eig_tol": 2e-2,
+    "eig_tol": 1e-2,
     "eig_max_iter": 30,
     "trace_method": "auto",
     "trace_rel_tol": 0.1,
