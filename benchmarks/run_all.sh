@@ -25,8 +25,9 @@ TABLES='^\|'
 bench "orchestration (216 runs)" "$TABLES" "$PY" benchmarks/orchestration.py
 bench "logging overhead (width 0.25, CPU)" "$TABLES" "$PY" benchmarks/logging_overhead.py --steps 24 --reps 3
 bench "data pipeline (CPU)" "$TABLES" "$PY" benchmarks/data_pipeline.py --device cpu --quick
-bench "curvature overhead (width 0.25, CPU)" "$TABLES|^(ours|naive|record)" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick
-bench "trace stderr calibration, two-stage vs sequential rule (small BN CNN, exact trace)" "$TABLES" "$PY" benchmarks/trace_calibration.py
+bench "curvature overhead (width 0.25, CPU)" "$TABLES" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick
+bench "trace interval coverage (ResNet-18 x0.125, one SGD run)" "$TABLES" "$PY" benchmarks/trace_coverage.py \
+    --cache "$OUT/trace_coverage.json" --optimizers sgd --model-seeds 0 --steps 20 150 --records 6 --ref-probes 96
 bench "collect, report and analyze at scale (36 runs)" '.' "$PY" benchmarks/collect_scale.py --runs 36 --report --analyze
 rm -f "$OUT/last.log"
 echo "wrote $summary" >&2

@@ -60,7 +60,7 @@ monitor carries it, and checkpoints it), or a pilot probe for the first record -
 estimate's probes are independent of ``m`` and the estimate is unbiased given the Lanczos basis.
 (A rule that stops when the running ``stderr <= tol |estimate|`` selects on the estimate's own
 error; it was removed: records that stopped early read +0.8 to +1.0 SE off, late ones -0.6 to
--1.0 SE, measured with benchmarks/trace_calibration.py before commit 6d17d5d.)
+-1.0 SE, measured with the benchmark trace_calibration.py, removed here.)
 Coverage and bias measured with benchmarks/trace_coverage.py (docs/metrics.md).
 
 BatchNorm
