@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -99,3 +100,27 @@ def test_noise_records_after_epochs_2_and_4_of_a_5_epoch_run(tmp_path):
     for key in ("resid_power", "psd_tail", "psd_tail_ratio", "psd_total"):
         assert math.isfinite(second[key]) and second[key] >= 0, key
     assert second["psd_band_lo"] == pytest.approx(0.375) and second["psd_band_hi"] == 0.5
+
+
+def test_curvature_monitor_checkpoints_the_state_the_next_record_depends_on():
+    """The previous record's eigenvector (warm start) and trace variance (probe count) go into the
+    checkpoint on the CPU and come back: the resumed run's next record is the uninterrupted one's
+    (end to end: tests/training/test_resume.py, which runs with warm_start on)."""
+    from deconcnn.callbacks.curvature_monitor import CurvatureMonitor
+
+    mon = CurvatureMonitor(warm_start=True)
+    assert mon.state_dict() == {"last_step": None, "trace_rel_var": None, "warm_vector": None}
+    mon._last_step, mon._trace_rel_var, mon._v0 = 500, 0.37, torch.linspace(-1, 1, 7)
+    state = mon.state_dict()
+    assert state["warm_vector"].device.type == "cpu"
+    back = CurvatureMonitor(warm_start=True)
+    back.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert back._last_step == 500 and back._trace_rel_var == 0.37
+    assert torch.equal(back._v0, mon._v0)
+
+
+def _saved(obj) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
