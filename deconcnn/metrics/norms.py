@@ -15,12 +15,12 @@ from torch import Tensor
 def _global_norm(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(())
-    # torch._foreach_norm batches the per-tensor norms in one kernel per dtype/device group;
-    # the final norm of norms equals the L2 norm of the concatenation.
-    device = tensors[0].device
-    norms = torch._foreach_norm([t.detach() for t in tensors], 2.0)
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
-    return torch.linalg.vector_norm(stacked, 2.0)
+    # One fused norm kernel per device/dtype group, then the norm of the norms (= the L2 norm of
+    # the concatenation); float32 at least, so half-precision tensors do not overflow the sum.
+    detached = [
+        t.detach() if t.dtype.is_floating_point and t.dtype.itemsize >= 4 else t.detach().float() for t in tensors
+    ]
+    return torch.nn.utils.get_total_norm(detached, 2.0)
 
 
 def global_grad_norm(parameters: Iterable[Tensor]) -> Tensor:
