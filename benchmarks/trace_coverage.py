@@ -18,11 +18,13 @@ Per state it stores:
 Stage 2 (``report``, instant): the monitor's rule is replayed on those probes with the library's
 own functions (``plan_trace_probes``, ``trace_interval``), next to the rules it replaces:
 
-* ``two-stage z``: the old rule (pilot probe plans the count, normal 95% interval from the
-  variance bound of all probes);
-* ``fixed m, bound z``: a fixed count, normal interval from the variance bound;
-* ``t(m-1)``: the sample standard error with Student-t quantiles (the monitor's rule: count
-  planned from the previous record, no pilot).
+* ``before``: the rule up to this change (a pilot probe per record plans the count, normal 95%
+  quantile on the variance-bound SE);
+* ``after``: the monitor's rule (count planned from the previous record, i.e. the same record
+  index at the run's previous state; a pilot at a run's first state; Student-t interval with
+  Satterthwaite df);
+* ``fixed m``: every record with its first m probes, normal quantile vs the monitor's t interval
+  (is the variance-bound SE itself honest at 1-8 probes?).
 
 Printed: coverage of the 95% interval, mean signed error in logged SE (``(estimate - ref) / SE``),
 the reference's SE / the logged SE, trace products per record, lambda_max error against eigsh
@@ -313,6 +315,20 @@ def report(states: list[dict], cache: str) -> None:
             f"| {rule} | {len(rows)} | {statistics.fmean(cover):.1%} | {statistics.fmean(z):+.2f} | "
             f"{statistics.median(ratio):.2f} / {max(ratio):.2f} | {statistics.fmean(hvp):.2f} |"
         )
+    for m in (1, 2, 4, cap):
+        for label in ("normal", "t"):
+            rows = []
+            for st in states:
+                for rec in st["records"]:
+                    iv = trace_interval(rec["values"][:m], rec["sq_norms"][:m], rec["exact_part"])
+                    half = 1.959963984540054 * iv.se if label == "normal" else iv.hi - iv.estimate
+                    z = (iv.estimate - st["ref"]) / iv.se
+                    rows.append((abs(iv.estimate - st["ref"]) <= half, z, st["ref_se_bound"] / iv.se, m))
+            cover, z, ratio, hvp = zip(*rows, strict=True)
+            print(
+                f"| fixed {m}, {label} | {len(rows)} | {statistics.fmean(cover):.1%} | {statistics.fmean(z):+.2f} | "
+                f"{statistics.median(ratio):.2f} / {max(ratio):.2f} | {m} |"
+            )
     print(
         "\n| state | loss | eigsh | reference trace | records' lambda_max error vs eigsh, max (eig_tol 0.02) "
         "| Lanczos HVPs |\n|---|---|---|---|---|---|"
