@@ -201,11 +201,16 @@ def lambda_pass(args) -> None:
     deterministic on CPU), cold with the records' seeds and warm-started from the previous state's
     top eigenvector (the monitor's ``warm_start``); written next to the cache, compared with its
     eigsh values in the report."""
-    out: list[dict] = []
+    path = lambda_path(args.cache, args.eig_tol)
+    out: list[dict] = json.loads(path.read_text()) if path.exists() else []  # resumable
+    done = {(e["optimizer"], e["model_seed"], e["step"]) for e in out}
     v_prev = None
     for i, (opt_name, mseed, step, model, batch) in enumerate(trained_states(args)):
         if step == args.steps[0]:
             v_prev = None
+        if (opt_name, mseed, step) in done:
+            v_prev = None  # not kept: the next state of this run starts its warm record cold
+            continue
         max_iter = CURVATURE_DEFAULTS["eig_max_iter"]
         with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
             cold = [
@@ -231,7 +236,7 @@ def lambda_pass(args) -> None:
             f"{statistics.fmean(e.n_hvp for e in cold):.1f}, warm {warm}",
             flush=True,
         )
-        lambda_path(args.cache, args.eig_tol).write_text(json.dumps(out))
+        path.write_text(json.dumps(out))
 
 
 def main() -> None:
