@@ -20,7 +20,7 @@ and the floor that price sets, lambda_max error against eigsh, the trace with it
 ``--coverage CACHE`` it also prints the interval coverage that benchmarks/trace_coverage.py measured
 (from its cache). No asserts.
 
-    nice -n 5 .venv/bin/python benchmarks/curvature_overhead.py --coverage trace_coverage.json
+    nice -n 5 .venv/bin/python benchmarks/curvature_overhead.py --coverage benchmarks/results/trace_coverage.json
     .venv/bin/python benchmarks/curvature_overhead.py --quick      # width 0.25, batch 32: a minute
     python benchmarks/curvature_overhead.py --device cuda
 """

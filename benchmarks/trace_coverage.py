@@ -30,8 +30,11 @@ Printed: coverage of the 95% interval, mean signed error in logged SE (``(estima
 the reference's SE / the logged SE, trace products per record, lambda_max error against eigsh
 (cold and warm) and Lanczos products per record. No asserts.
 
-    nice -n 5 .venv/bin/python benchmarks/trace_coverage.py            # collect (~20 min) + report
-    .venv/bin/python benchmarks/trace_coverage.py --cache trace_coverage.json --report-only
+    nice -n 5 .venv/bin/python benchmarks/trace_coverage.py               # collect (30-60 min) + report
+    .venv/bin/python benchmarks/trace_coverage.py --report-only
+    nice -n 5 .venv/bin/python benchmarks/trace_coverage.py --eig-tol 0.01  # lambda_max pass
+
+The cache defaults to benchmarks/results/trace_coverage.json (git-ignored).
 """
 
 from __future__ import annotations
@@ -241,7 +244,7 @@ def lambda_pass(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default="trace_coverage.json")
+    ap.add_argument("--cache", default="benchmarks/results/trace_coverage.json")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--width", type=float, default=0.125)
     ap.add_argument("--size", type=int, default=16)
@@ -259,6 +262,7 @@ def main() -> None:
     ap.add_argument("--eig-tol", type=float, default=None, help="run only the lambda_max pass at this eig_tol")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     if args.eig_tol is not None:
         lambda_pass(args)
         return
