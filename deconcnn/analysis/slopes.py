@@ -1,0 +1,220 @@
+"""Run-level loss-curve rules: the knee (burn-in), ``alpha_full`` and the local ``alpha_early``,
+with intervals that survive autocorrelated, heteroscedastic, spiky per-batch noise.
+
+Every fit is made on the log-binned curve (:mod:`curves`, :mod:`fits`), on a time axis ``x``
+(steps + 1, or the effective time ``tau``: :func:`curves.time_axis`). The rules here add three
+things the bin-level fits cannot see (formulas: ``docs/analysis.md`` sections 6-7):
+
+* **HAC intervals** (:func:`hac_se`). Per-batch losses are autocorrelated (slow drift of the
+  weights, AR(1)-like) and their scatter changes over training, so bin means are neither
+  independent nor do their within-bin standard errors hold. A weighted least-squares estimate is
+  to first order a linear function of the bin means, ``p - p0 = sum_i g_i (ybar_i - f_i)`` (``g``
+  = :attr:`fits.Fit.influence`), i.e. a sum over steps of ``psi_j = g_{bin(j)} r_j / n_{bin(j)}``
+  with ``r_j`` the step's residual from the fit. Its variance is estimated from the data, not
+  from a noise model: ``psi`` is summed over blocks of ``block`` consecutive steps (default one
+  epoch) and ``var = G/(G-1) [sum_b z_b^2 + sum_b z_b z_{b+1}]`` (Newey-West with a Bartlett
+  kernel over blocks; ``G`` blocks). Interval ``p +- t_{0.975, G-1} se``. This is the sandwich
+  ``H^-1 J'W Sigma W J H^-1`` with a block-HAC ``Sigma``, the linearised form of a dependent
+  wild bootstrap over steps (Shao 2010), without refits: it costs one pass over the steps.
+* **The knee** (:func:`knee_test`): a broken power law is fitted once from the first candidate
+  to the end, its breakpoint restricted to the candidate range; the burn-in is there iff the
+  HAC Wald statistic ``z = (alpha1 - alpha2) / se(alpha1 - alpha2)`` exceeds ``KNEE_Z``, a
+  critical value calibrated by simulation of the no-knee null (pure power laws under every noise
+  model of the known-answer benchmark), so the false-alarm rate is stated, not assumed.
+* **alpha_early is local**: its floor comes from the power law fitted from the knee to the
+  window's end (never past it), and its standard error includes the floor's through the chain
+  rule on the influence functions; the curve after the window cannot move it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from deconcnn.analysis import fits as F
+from deconcnn.analysis.curves import Binned, FloatArray, bin_index
+
+# |z| above which a break is a burn-in. Calibrated with ``benchmarks/analysis_known_answer.py
+# --calibrate``: the 95th percentile of |z| over pure power laws (steps and tau axes, noise 1-30%
+# iid, AR(1) phi 0.98, heteroscedastic, spiky), i.e. a 5% false-alarm rate on those nulls.
+KNEE_Z = 3.0
+KNEE_MIN_BINS = F.KNEE_MIN_BINS
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A parameter with its HAC standard error and 95% interval (NaN with ``reason`` if none)."""
+
+    value: float
+    se: float
+    lo: float
+    hi: float
+    dof: int
+    reason: str = ""
+
+
+NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, math.nan, 0)
+
+
+def step_influence(x: FloatArray, y: FloatArray, curve: Binned, fit: F.Fit, grad: FloatArray) -> FloatArray:
+    """Per-step ``psi_j = grad_{bin(j)} (y_j - f(x_j)) / n_{bin(j)}`` (0 outside ``curve``'s bins).
+
+    ``grad`` holds one value per bin of ``curve`` (the bins the fit used); ``x`` and ``y`` are
+    the run's per-step axis and losses in time order, binned as ``curve`` was (same
+    ``bins_per_decade``).
+    """
+    psi = np.zeros(x.size)
+    if not len(curve):
+        return psi
+    bpd = round(1.0 / math.log10(curve.hi[0] / curve.lo[0]))
+    k_curve = bin_index(curve.lo, bpd)
+    k = _safe_bin_index(x, bpd)
+    pos = np.clip(np.searchsorted(k_curve, k), 0, len(curve) - 1)
+    inside = (k_curve[pos] == k) & (x >= curve.t_first[pos]) & (x <= curve.t_last[pos])
+    p = pos[inside]
+    psi[inside] = grad[p] * (y[inside] - F.model_curve(fit, x[inside])) / curve.count[p]
+    return psi
+
+
+def _safe_bin_index(x: FloatArray, bpd: int) -> np.ndarray:
+    """Bin numbers with a sentinel for ``x <= 0`` (never binned)."""
+    out = np.full(x.size, np.iinfo(np.int64).min // 2, dtype=np.int64)
+    pos = x > 0
+    out[pos] = bin_index(x[pos], bpd)
+    return out
+
+
+def hac_se(psi: FloatArray, block: int) -> tuple[float, int]:
+    """Standard error of ``sum(psi)`` (steps in time order) and the number of blocks ``G``.
+
+    Blocks of ``block`` consecutive steps; Newey-West (Bartlett) over the block sums with lag 1,
+    small-sample factor ``G / (G - 1)``. Blocks without a nonzero ``psi`` are left out.
+    """
+    block = max(int(block), 1)
+    z = np.add.reduceat(psi, np.arange(0, psi.size, block)) if psi.size else np.zeros(0)
+    used = np.flatnonzero(z != 0)
+    if used.size < 3:
+        return math.nan, int(used.size)
+    z = z[used[0] : used[-1] + 1]
+    g = used.size
+    var = float(np.sum(z**2) + np.sum(z[1:] * z[:-1])) * g / (g - 1)
+    return math.sqrt(max(var, 0.0)), g
+
+
+def estimate(value: float, psi: FloatArray, block: int) -> Estimate:
+    """``value`` with its HAC standard error and ``t_{0.975, G-1}`` interval."""
+    se, g = hac_se(psi, block)
+    if not math.isfinite(se):
+        return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few blocks for an interval ({g})")
+    q = float(sps.t.ppf(0.975, g - 1))
+    return Estimate(value, se, value - q * se, value + q * se, g - 1)
+
+
+def fit_estimate(fit: F.Fit, param: str, x: FloatArray, y: FloatArray, curve: Binned, block: int) -> Estimate:
+    """One parameter of ``fit`` (made on ``curve``) with its HAC interval."""
+    if not fit.ok:
+        return dataclasses.replace(NO_ESTIMATE, reason=fit.reason)
+    return estimate(fit.params[param], step_influence(x, y, curve, fit, fit.influence[param]), block)
+
+
+@dataclass(frozen=True)
+class KneeTest:
+    """The burn-in by a calibrated break test. Positions in ``x`` (the fit's time axis).
+
+    ``knee_x`` is the breakpoint when ``detected``, else the first candidate (no burn-in);
+    ``lo``/``hi`` its 95% interval (the breakpoint's, on ``ln t_b``; without a detection
+    ``[first, upper end of the breakpoint's interval]``: a burn-in up to there is not excluded).
+    """
+
+    knee_x: float
+    lo: float
+    hi: float
+    detected: bool
+    z: float
+    broken: F.Fit
+    power_law: F.Fit
+    reason: str = ""
+
+
+def knee_test(
+    x: FloatArray,
+    y: FloatArray,
+    curve: Binned,
+    first: float,
+    break_range: tuple[float, float],
+    block: int,
+    z_crit: float = KNEE_Z,
+) -> KneeTest:
+    """Fit a power law and a broken power law (breakpoint in ``break_range``) on ``curve``'s
+    bins from ``first`` on; the knee is the breakpoint iff ``|z| > z_crit`` (module doc)."""
+    window = curve.window(first)
+    pl = F.fit_power_law(window)
+    if len(window) < KNEE_MIN_BINS:
+        reason = f"window has {len(window)} < {KNEE_MIN_BINS} bins"
+        return KneeTest(math.nan, math.nan, math.nan, False, math.nan, F.failed_fit(F.BROKEN, reason), pl, reason)
+    first_x = float(window.t_first[0])
+    broken = F.fit_broken_power_law(window, break_range=break_range)
+    if not broken.ok:
+        return KneeTest(first_x, first_x, first_x, False, math.nan, broken, pl, f"no break test: {broken.reason}")
+    infl = broken.influence
+    diff = step_influence(x, y, window, broken, infl["alpha1"] - infl["alpha2"])
+    se, g = hac_se(diff, block)
+    z = (broken.params["alpha1"] - broken.params["alpha2"]) / se if se > 0 else math.nan
+    t_b = broken.params["t_b"]
+    se_ln = hac_se(step_influence(x, y, window, broken, infl["t_b"] / t_b), block)[0]
+    q = float(sps.t.ppf(0.975, max(g - 1, 1)))
+    b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
+    if math.isfinite(z) and abs(z) > z_crit:
+        return KneeTest(t_b, b_lo, b_hi, True, z, broken, pl)
+    hi = b_hi if math.isfinite(b_hi) else first_x
+    return KneeTest(first_x, first_x, max(first_x, min(hi, break_range[1])), False, z, broken, pl)
+
+
+@dataclass(frozen=True)
+class EarlySlope:
+    """``alpha_early`` on ``[x0, x1]`` with the floor from the power law on ``[start, x1]``."""
+
+    alpha: Estimate
+    c: Estimate
+    n_bins: int
+    floor_fit: F.Fit
+    window_fit: F.Fit
+    exponential: F.Fit
+    reason: str = ""
+
+
+def early_slope(
+    x: FloatArray, y: FloatArray, curve: Binned, start: float, x0: float, x1: float, block: int
+) -> EarlySlope:
+    """Local power-law exponent on the window ``[x0, x1]`` (module doc).
+
+    The floor ``c`` is the power law's on ``[start, x1]`` (``start`` = the knee, at most
+    ``x0``): the same curve before and inside the window, never after it. alpha is then fitted
+    on the window's bins with ``c`` fixed; its influence is ``g_alpha + (d alpha / d c) g_c``
+    with ``d alpha / d c = -sum_i g_alpha,i`` (raising the floor = lowering every bin).
+    ``exponential``: the exponential on ``[start, x1]``, for the model check.
+    """
+    span = curve.window(start, x1)
+    win = curve.window(x0, x1)
+    floor = F.fit_power_law(span)
+    expo = F.fit_exponential(span)
+    if float(np.max(x)) < x1:
+        reason = f"the curve ends at x={float(np.max(x)):g}, before the window's end (x={x1:g})"
+        return EarlySlope(NO_ESTIMATE, NO_ESTIMATE, len(win), floor, F.failed_fit(F.POWER_LAW_FIXED_C, reason), expo, reason)
+    if not floor.ok:
+        reason = f"floor fit failed: {floor.reason}"
+        return EarlySlope(NO_ESTIMATE, NO_ESTIMATE, len(win), floor, F.failed_fit(F.POWER_LAW_FIXED_C, reason), expo, reason)
+    c = floor.params["c"]
+    wfit = F.fit_power_law_fixed_c(win, c)
+    c_est = fit_estimate(floor, "c", x, y, span, block)
+    if not wfit.ok:
+        return EarlySlope(NO_ESTIMATE, c_est, len(win), floor, wfit, expo, wfit.reason)
+    g_alpha = wfit.influence["alpha"]
+    psi = step_influence(x, y, win, wfit, g_alpha) - float(np.sum(g_alpha)) * step_influence(
+        x, y, span, floor, floor.influence["c"]
+    )
+    return EarlySlope(estimate(wfit.params["alpha"], psi, block), c_est, len(win), floor, wfit, expo)
