@@ -9,12 +9,15 @@ burn-in). Noise is multiplicative and mean-preserving per batch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import signal
 
+from deconcnn.analysis.per_run import analyze_run
 from deconcnn.training.module import warmup_cosine
 
 SPE = 352  # 45k images / batch 128
@@ -24,6 +27,7 @@ WARMUP_EPOCHS = 5
 ALPHA, C, A = 0.6, 0.02, 2.0
 
 
+@functools.cache
 def schedule(kind: str, n_steps: int = N_STEPS, spe: int = SPE) -> np.ndarray:
     """Per-step LR multiplier: the sweep's warm-up + cosine (its own code), a step schedule
     (x0.1 at epochs 25 and 40), or constant."""
@@ -108,7 +112,76 @@ def noise(kind: str, level: float, n: int, rng: np.random.Generator) -> np.ndarr
 
 def draw(sc: Scenario, kind: str, level: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(steps, lr, loss)`` of one noisy run (lr in absolute units: peak 0.1)."""
-    lr = schedule(sc.sched)
+    lr = schedule(sc.sched).copy()
     rng = np.random.default_rng(seed)
     loss = clean_curve(sc, lr) * noise(kind, level, lr.size, rng)
     return np.arange(lr.size), 0.1 * lr, loss
+
+
+# ------------------------------------------------------------------------------ Monte Carlo
+def analyse_draw(sc: Scenario, kind: str, level: float, seed: int) -> dict[str, Any]:
+    """One draw through ``analyze_run`` (defaults of the ``analyze`` command, no bootstrap)."""
+    steps, lr, loss = draw(sc, kind, level, seed)
+    run = analyze_run(steps, loss, SPE, lr=lr)["run"]
+    return {k: run[k] for k in _KEEP}
+
+
+_KEEP = (
+    "alpha_early",
+    "alpha_early_lo",
+    "alpha_early_hi",
+    "alpha_early_flag",
+    "alpha_full",
+    "alpha_full_lo",
+    "alpha_full_hi",
+    "alpha_full_flag",
+    "knee_epoch",
+    "knee_epoch_lo",
+    "knee_epoch_hi",
+    "knee_detected",
+    "selected_model",
+)
+
+
+def summarise(sc: Scenario, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per scenario: for alpha_early and alpha_full, bias (% of the planted alpha, mean over the
+    unflagged finite values), 95% coverage and median width (same values), the fraction left
+    unflagged; knee: median error (epochs; against the planted break, or 'found at the first
+    candidate' when none was planted), the share detected; the modal model from the knee."""
+    out: dict[str, Any] = {"n": len(rows)}
+    for key, truth in (("alpha_early", sc.alpha_early), ("alpha_full", sc.alpha_full)):
+        ok = [r for r in rows if not r[f"{key}_flag"] and math.isfinite(r[key])]
+        out[f"{key}_unflagged"] = len(ok) / len(rows)
+        if math.isfinite(truth) and ok:
+            v = np.array([r[key] for r in ok])
+            lo = np.array([r[f"{key}_lo"] for r in ok])
+            hi = np.array([r[f"{key}_hi"] for r in ok])
+            out[f"{key}_bias_pct"] = 100 * (float(np.mean(v)) - truth) / truth
+            out[f"{key}_coverage"] = float(np.mean((lo <= truth) & (truth <= hi)))
+            out[f"{key}_width"] = float(np.median(hi - lo))
+        else:
+            out |= {f"{key}_{s}": math.nan for s in ("bias_pct", "coverage", "width")}
+    knee = np.array([r["knee_epoch"] for r in rows])
+    det = np.array([r["knee_detected"] for r in rows])
+    out["knee_detected"] = float(np.mean(det))
+    if math.isfinite(sc.break_epoch):
+        out["knee_err"] = float(np.nanmedian(np.abs(knee - sc.break_epoch)))
+        out["knee_within_1"] = float(np.mean(np.abs(knee - sc.break_epoch) <= 1.0))
+    else:
+        out["knee_err"] = float(np.nanmedian(knee - 0.5))  # the first candidate is epoch 0.5
+        out["knee_within_1"] = float(np.mean(~det))
+    models = [r["selected_model"] for r in rows]
+    top = max(set(models), key=models.count, default=None)
+    out["model"] = f"{top} {models.count(top) / len(rows):.0%}" if top else "none"
+    return out
+
+
+def grid() -> list[tuple[str, str, float]]:
+    """``(scenario, noise, level)`` of the Monte Carlo: every noise and level on the power law
+    under the sweep's schedule; 10% of each noise kind on the others; 1-30% iid on the offset
+    curve (the knee's stability as the noise grows)."""
+    out = [("power_law_tau", k, lv) for k in NOISES for lv in LEVELS]
+    others = [n for n in SCENARIOS if n not in ("power_law_tau", "offset")]
+    out += [(n, k, 0.1) for n in others for k in NOISES]
+    out += [("offset", "iid", lv) for lv in LEVELS]
+    return out
