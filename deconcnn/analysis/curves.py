@@ -142,6 +142,20 @@ def bin_index(t: ArrayLike, bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> N
     return np.floor(np.log10(ta) * bins_per_decade + 1e-9).astype(np.int64)
 
 
+def bin_sigma(ss: ArrayLike, count: ArrayLike, ybar: ArrayLike) -> FloatArray:
+    """Each bin's fit error from its within-bin sum of squares ``ss``, ``count`` and mean
+    (module docstring: shrunk towards the pooled relative variance, ``PRIOR_DOF``)."""
+    ss, n, yb = (np.asarray(v, dtype=np.float64) for v in (ss, count, ybar))
+    dof = n - 1
+    multi = dof > 0
+    rel_ss = float(np.sum(ss[multi] / yb[multi] ** 2))
+    pooled_dof = float(np.sum(dof[multi]))
+    r0_sq = rel_ss / pooled_dof if pooled_dof > 0 else 0.0
+    if r0_sq > 0:
+        return np.asarray(np.sqrt((ss + PRIOR_DOF * r0_sq * yb**2) / (dof + PRIOR_DOF) / n))
+    return np.full(yb.shape, float(np.mean(np.abs(yb))) if yb.size else 1.0)
+
+
 def log_bins(
     t: ArrayLike,
     y: ArrayLike,
@@ -181,14 +195,7 @@ def log_bins(
         var = np.where(dof > 0, ss / np.maximum(dof, 1), np.nan)
     std = np.sqrt(var)
     sem = std / np.sqrt(count)
-    multi = dof > 0
-    rel_ss = float(np.sum(ss[multi] / ybar[multi] ** 2))
-    pooled_dof = float(np.sum(dof[multi]))
-    r0_sq = rel_ss / pooled_dof if pooled_dof > 0 else 0.0
-    if r0_sq > 0:
-        sigma = np.sqrt((ss + PRIOR_DOF * r0_sq * ybar**2) / (dof + PRIOR_DOF) / count)
-    else:
-        sigma = np.full(ybar.shape, float(np.mean(np.abs(ybar))) if ybar.size else 1.0)
+    sigma = bin_sigma(ss, count, ybar)
     kb = k[starts].astype(np.float64)
     return Binned(
         t=tgeo,

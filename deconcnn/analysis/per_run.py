@@ -319,7 +319,7 @@ def analyze_run(
     start = kt.knee_x if math.isfinite(kt.knee_x) else first
     start_rule = "knee" if kt.detected else "first_candidate"
     run |= {"fit_start_step": step_of(start), "start_rule": start_rule}
-    window = curve.window(start)
+    alpha, c_est, window = S.full_slope(x, y, start, bins_per_decade, block)
     fits = F.fit_models(window, n_boot=n_boot, seed=seed)
     sel = F.select_model(fits, threshold)
     run |= {"selected_model": sel["chosen"], "best_aicc_model": sel["best"]}
@@ -327,9 +327,8 @@ def analyze_run(
         run[f"weight_{m}"] = sel["weight"].get(m, math.nan)
     pl, ex = fits[F.POWER_LAW], fits[F.EXPONENTIAL]
     full_flag = run[CURVE_FLAG]
+    run["alpha_full_reason"] = alpha.reason
     if pl.ok:
-        alpha = S.fit_estimate(pl, "alpha", x, y, window, block)
-        c_est = S.fit_estimate(pl, "c", x, y, window, block)
         run |= {
             "alpha_full": alpha.value,
             "alpha_full_se": alpha.se,
@@ -339,14 +338,11 @@ def analyze_run(
             "c_full": c_est.value,
             "c_full_se": c_est.se,
             "r2_full": pl.r2,
-            "alpha_full_reason": alpha.reason,
         }
         if ex.ok and ex.aicc < pl.aicc:
             full_flag = _join(full_flag, "exponential fits better")
         if len(window) < F.KNEE_MIN_BINS:
             full_flag = _join(full_flag, f"{len(window)} < {F.KNEE_MIN_BINS} bins")
-    else:
-        run["alpha_full_reason"] = pl.reason
     run[ALPHA_FULL_FLAG] = full_flag
 
     e0, e1 = early_epochs
@@ -355,7 +351,7 @@ def analyze_run(
     if kt.detected and kt.knee_x > x0:
         early_flag = _join(early_flag, f"break at epoch {run['knee_epoch']:.2f}, inside or after the window's start")
     if math.isfinite(x1):
-        es = S.early_slope(x, y, curve, start if start <= x0 else first, x0, x1, block)
+        es = S.early_slope(x, y, start if start <= x0 else first, x0, x1, bins_per_decade, block)
         run |= {
             "alpha_early": es.alpha.value,
             "alpha_early_se": es.alpha.se,
@@ -379,11 +375,11 @@ def analyze_run(
     start_bits = kt_bits.knee_x if math.isfinite(kt_bits.knee_x) else first
     pl_bits = F.fit_power_law(curve_bits.window(start_bits))
     # knees compared as steps: the two fits' breakpoints differ by rounding only
-    knee_steps = [
+    k_nats, k_bits = (
         F.Knee(step_of(k.knee_x) if math.isfinite(k.knee_x) else None, None, None, math.nan, k.reason, ())
         for k in (kt, kt_bits)
-    ]
-    units = F.compare_units(*knee_steps, pl, pl_bits, units_rtol)
+    )
+    units = F.compare_units(k_nats, k_bits, pl, pl_bits, units_rtol)
     run |= {
         "units_alpha_nats": units["alpha_nats"],
         "units_alpha_bits": units["alpha_bits"],

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import stats as sps
 
 from deconcnn.analysis import fits as F
-from deconcnn.analysis.curves import Binned, FloatArray, bin_index
+from deconcnn.analysis.curves import Binned, FloatArray, bin_index, log_bins
 
 # F above which a break is a burn-in. Calibrated with ``benchmarks/analysis_known_answer.py
 # --calibrate`` on 900 null draws (pure power laws in steps and in tau under the warm-up + cosine
@@ -93,45 +93,46 @@ def _safe_bin_index(x: FloatArray, bpd: int) -> np.ndarray:
     return out
 
 
-def hac_se(psi: FloatArray, block: int) -> tuple[float, int]:
-    """Standard error of ``sum(psi)`` (steps in time order) and the number of blocks ``G`` it
-    spans.
+def hac_se(psi: FloatArray, block: int, k: int = 1) -> tuple[float, int]:
+    """Standard error of ``sum(psi)`` (steps in time order) and its degrees of freedom.
 
-    Newey-West with a Bartlett kernel of bandwidth ``M = 2 block`` steps over the per-step
-    series: ``var = sum_|k|<M (1 - |k|/M) sum_j psi_j psi_{j+k}`` (autocovariances by FFT; the
-    kernel keeps it >= 0). Estimated from products within ``M`` steps, not from one sum per
-    block, so a parameter that rests on a few early bins still gets a stable variance. ``G``:
-    blocks of ``block`` steps between the first and last nonzero ``psi``, the degrees of freedom
-    of the interval's t quantile (``G - 1``).
+    ``psi`` is summed over blocks of ``block`` consecutive steps (``z_b``)::
+
+        var = G / (G - k) [sum_b z_b^2 + sum_b z_b z_{b+1}]
+
+    Newey-West with a Bartlett kernel over blocks (lag 1: correlation reaching into the next
+    block), and the small-sample factor of a cluster-robust sandwich with ``k`` fitted
+    parameters (residuals of a fit are orthogonal to its gradient, which shrinks ``sum z_b^2``
+    by about ``k / G``), ``G`` the blocks between the first and the last nonzero ``psi``.
+    Degrees of freedom ``G - k``.
     """
+    block = max(int(block), 1)
     nz = np.flatnonzero(psi)
     if nz.size < 2:
         return math.nan, 0
     p = psi[nz[0] : nz[-1] + 1]
-    g = max(math.ceil(p.size / max(block, 1)), 1)
-    m = min(2 * max(int(block), 1), p.size)
-    f = np.fft.rfft(p, n=2 * p.size)
-    acov = np.fft.irfft(f * np.conj(f))[:m]
-    var = float(acov[0] + 2 * np.sum((1 - np.arange(1, m) / m) * acov[1:m]))
-    if g < 2:
-        return math.nan, g
-    return math.sqrt(max(var, 0.0)), g
+    z = np.add.reduceat(p, np.arange(0, p.size, block))
+    g = z.size
+    if g - k < 2:
+        return math.nan, 0
+    var = float(np.sum(z**2) + np.sum(z[1:] * z[:-1])) * g / (g - k)
+    return math.sqrt(max(var, 0.0)), g - k
 
 
-def estimate(value: float, psi: FloatArray, block: int) -> Estimate:
-    """``value`` with its HAC standard error and ``t_{0.975, G-1}`` interval."""
-    se, g = hac_se(psi, block)
+def estimate(value: float, psi: FloatArray, block: int, k: int) -> Estimate:
+    """``value`` with its HAC standard error (``k`` fitted parameters) and t interval."""
+    se, dof = hac_se(psi, block, k)
     if not math.isfinite(se):
-        return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few blocks for an interval ({g})")
-    q = float(sps.t.ppf(0.975, g - 1))
-    return Estimate(value, se, value - q * se, value + q * se, g - 1)
+        return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few blocks for an interval ({dof} dof)")
+    q = float(sps.t.ppf(0.975, dof))
+    return Estimate(value, se, value - q * se, value + q * se, dof)
 
 
 def fit_estimate(fit: F.Fit, param: str, x: FloatArray, y: FloatArray, curve: Binned, block: int) -> Estimate:
     """One parameter of ``fit`` (made on ``curve``) with its HAC interval."""
     if not fit.ok:
         return dataclasses.replace(NO_ESTIMATE, reason=fit.reason)
-    return estimate(fit.params[param], step_influence(x, y, curve, fit, fit.influence[param]), block)
+    return estimate(fit.params[param], step_influence(x, y, curve, fit, fit.influence[param]), block, fit.k)
 
 
 @dataclass(frozen=True)
@@ -177,13 +178,20 @@ def knee_test(
     n = broken.n
     stat = (pl.rss - broken.rss) / (broken.rss / (n - broken.k)) if pl.ok and broken.rss > 0 else math.nan
     t_b = broken.params["t_b"]
-    se_ln, g = hac_se(step_influence(x, y, window, broken, broken.influence["t_b"] / t_b), block)
-    q = float(sps.t.ppf(0.975, max(g - 1, 1)))
+    se_ln, dof = hac_se(step_influence(x, y, window, broken, broken.influence["t_b"] / t_b), block, broken.k)
+    q = float(sps.t.ppf(0.975, max(dof, 1)))
     b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
     if stat > stat_crit:
         return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
     hi = b_hi if math.isfinite(b_hi) else first_x
     return KneeTest(first_x, first_x, max(first_x, min(hi, break_range[1])), False, stat, broken, pl)
+
+
+def full_slope(x: FloatArray, y: FloatArray, start: float, bpd: int, block: int) -> tuple[Estimate, Estimate, Binned]:
+    """alpha and c of the power law on the steps with ``x >= start``, HAC intervals."""
+    curve = log_bins(x, y, bpd, min_t=start)
+    fit = F.fit_power_law(curve)
+    return fit_estimate(fit, "alpha", x, y, curve, block), fit_estimate(fit, "c", x, y, curve, block), curve
 
 
 @dataclass(frozen=True)
@@ -199,19 +207,19 @@ class EarlySlope:
     reason: str = ""
 
 
-def early_slope(
-    x: FloatArray, y: FloatArray, curve: Binned, start: float, x0: float, x1: float, block: int
-) -> EarlySlope:
+def early_slope(x: FloatArray, y: FloatArray, start: float, x0: float, x1: float, bpd: int, block: int) -> EarlySlope:
     """Local power-law exponent on the window ``[x0, x1]`` (module doc).
 
-    The floor ``c`` is the power law's on ``[start, x1]`` (``start`` = the knee, at most
-    ``x0``): the same curve before and inside the window, never after it. alpha is then fitted
-    on the window's bins with ``c`` fixed; its influence is ``g_alpha + (d alpha / d c) g_c``
-    with ``d alpha / d c = -sum_i g_alpha,i`` (raising the floor = lowering every bin).
-    ``exponential``: the exponential on ``[start, x1]``, for the model check.
+    The floor ``c`` is the power law's on the steps with ``start <= x <= x1`` (``start`` = the
+    knee, at most ``x0``): the same curve before and inside the window, never after it. alpha
+    is then fitted on the window's bins (those starting at or after ``x0``) with ``c`` fixed.
+    Its influence is ``g_alpha + (d alpha / d c) g_c`` with ``d alpha / d c = -sum_i g_alpha,i``
+    (raising the floor = lowering every bin), so the interval carries the floor's uncertainty;
+    ``k`` = 5 fitted parameters in all. ``exponential``: the exponential on ``[start, x1]``, for
+    the model check.
     """
-    span = curve.window(start, x1)
-    win = curve.window(x0, x1)
+    span = log_bins(x, y, bpd, min_t=start, max_t=x1)
+    win = span.window(x0)
     floor = F.fit_power_law(span)
     expo = F.fit_exponential(span)
     reason = ""
@@ -222,8 +230,7 @@ def early_slope(
     if reason:
         failed = F.failed_fit(F.POWER_LAW_FIXED_C, reason)
         return EarlySlope(NO_ESTIMATE, NO_ESTIMATE, len(win), floor, failed, expo, reason)
-    c = floor.params["c"]
-    wfit = F.fit_power_law_fixed_c(win, c)
+    wfit = F.fit_power_law_fixed_c(win, floor.params["c"])
     c_est = fit_estimate(floor, "c", x, y, span, block)
     if not wfit.ok:
         return EarlySlope(NO_ESTIMATE, c_est, len(win), floor, wfit, expo, wfit.reason)
@@ -231,4 +238,5 @@ def early_slope(
     psi = step_influence(x, y, win, wfit, g_alpha) - float(np.sum(g_alpha)) * step_influence(
         x, y, span, floor, floor.influence["c"]
     )
-    return EarlySlope(estimate(wfit.params["alpha"], psi, block), c_est, len(win), floor, wfit, expo)
+    alpha = estimate(wfit.params["alpha"], psi, block, floor.k + wfit.k)
+    return EarlySlope(alpha, c_est, len(win), floor, wfit, expo)
