@@ -315,7 +315,11 @@ def analyze(
     for name, (rows, cols) in tables.items():
         result.files[name] = out_dir / f"{name}.{ext}"
         result.rows[name] = _write(rows, result.files[name], fmt, cols)
-    result.plots = write_plots(out_dir, source, run_rows, fit_rows, curves, window_rows)
+    # the plots draw what analyze_run fitted: each curve before its first unusable value
+    shown = {
+        rid: RunData(*(v[: truncation(r.losses, r.lr)[0]] for v in (r.steps, r.losses))) for rid, r in curves.items()
+    }
+    result.plots = write_plots(out_dir, source, run_rows, fit_rows, shown, window_rows)
     write_text_atomic(out_dir / SECTION_FILE, section(source, summary, run_rows, result), fsync=False)
     if write_report:
         report(source.path, collected=res.out_dir)

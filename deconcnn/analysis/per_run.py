@@ -373,7 +373,7 @@ def analyze_run(
     curve_bits = log_bins(x, y_bits, bins_per_decade)
     kt_bits = S.knee_test(x, y_bits, curve_bits, first, (first, x_at(knee_epochs[1])), block, knee_stat)
     start_bits = kt_bits.knee_x if math.isfinite(kt_bits.knee_x) else first
-    pl_bits = F.fit_power_law(curve_bits.window(start_bits))
+    pl_bits = F.fit_power_law(log_bins(x, y_bits, bins_per_decade, min_t=start_bits))
     # knees compared as steps: the two fits' breakpoints differ by rounding only
     k_nats, k_bits = (
         F.Knee(step_of(k.knee_x) if math.isfinite(k.knee_x) else None, None, None, math.nan, k.reason, ())

@@ -234,7 +234,7 @@ def _write_run(
         counts["train"] += 1
         after = step + 1  # the weights after this batch's update
         if done % quarter == 0:
-            vl = loss_at(step, 0.02) * 1.2 + 0.1
+            vl = loss_at(step, tau, 0.02) * 1.2 + 0.1
             lines.append(
                 _fmt(
                     _record(
