@@ -282,6 +282,8 @@ def analyze_run(
         return {"run": run, "fits": failed, "knee_table": []}
 
     x, axis, axis_why = C.time_axis(s, r, time_axis)
+    moved = x > 0  # steps before the first nonzero lr have no place on a log axis
+    s, x, y = s[moved], x[moved], y[moved]
     run["time_axis"] = axis
     run[CURVE_FLAG] = _join(flag, axis_why if lr is not None else "")
     n_final = int(final_n or round(spe))
@@ -293,6 +295,8 @@ def analyze_run(
         return float(x[min(round(epoch * spe), x.size - 1)])
 
     def step_of(xv: float) -> float:
+        if not math.isfinite(xv):
+            return math.nan
         return float(s[min(int(np.searchsorted(x, xv - 1e-9)), s.size - 1)])
 
     curve = log_bins(x, y, bins_per_decade)

@@ -228,3 +228,11 @@ def test_predict_draws_each_selected_model_through_its_bins():
             curve = predict(row, steps[inside])
             rel = np.median(np.abs(curve - loss[inside]) / loss[inside])
             assert rel < 0.06, (row["model"], rel)  # the noise is 5%: the curve goes through the data
+
+
+def test_steps_before_the_first_nonzero_lr_are_left_off_the_log_axis() -> None:
+    lr = np.r_[np.zeros(10), np.full(STEPS.size - 10, 0.1)]
+    out = analyze_run(STEPS, broken_run(6), SPE, lr=lr)
+    run = out["run"]
+    assert run["reason"] == "" and run["time_axis"] == "tau" and run[CURVE_FLAG] == ""
+    assert math.isfinite(run["alpha_full"]) and math.isfinite(run["alpha_early"])
