@@ -352,8 +352,8 @@ def analyze_run(
     e0, e1 = early_epochs
     x0, x1 = x_at(e0), float(x[round(e1 * spe) - 1]) if e1 * spe <= x.size else math.inf
     early_flag = run[CURVE_FLAG]
-    if kt.detected and kt.knee_x > x0:
-        early_flag = _join(early_flag, f"break at epoch {run['knee_epoch']:.2f}, inside or after the window's start")
+    if kt.detected and x0 < kt.knee_x <= x1:
+        early_flag = _join(early_flag, f"break at epoch {run['knee_epoch']:.2f}, inside the window")
     if math.isfinite(x1):
         es = S.early_slope(x, y, start if start <= x0 else first, x0, x1, bins_per_decade, block)
         run |= {
