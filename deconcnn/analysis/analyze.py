@@ -3,8 +3,8 @@
     result = analyze("results/loss_lin_slope")    # -> <sweep>/analysis/*.parquet, *.png, section.md
 
 Collects first (incremental), then for every run analyses its per-batch training loss
-(deconcnn.analysis.per_run.analyze_run, in worker processes: knee by AIC, power-law / exponential /
-broken power-law fits, alpha_early over epochs 5-15, alpha_full from the knee to the end, the
+(deconcnn.analysis.per_run.analyze_run, in worker processes, on the effective time from the logged
+lr: knee by a calibrated break test, power-law / exponential / broken power-law fits, alpha_early over epochs 5-15, alpha_full from the knee to the end, the
 units check, the lambda_max plateau) and a window-robustness scan of alpha; then across runs: per
 cell (variant x every non-seed axis) medians and spreads over seeds, each variant against the
 first one with effect sizes and tests over seeds, and correlations of alpha with the noise metrics
@@ -12,7 +12,7 @@ and the curvature. Every run of the sweep gets a row: failed, diverged, missing 
 are carried through with their status and the reason, never dropped.
 
 Outputs (``--out``, default ``<sweep>/analysis``; parquet or csv): ``runs`` (one row per run),
-``fits`` (one row per run and model), ``knees`` (every knee candidate of every run),
+``fits`` (one row per run and model), ``knees`` (the knee test of every run),
 ``summary`` (per cell), ``comparisons``, ``correlations``, ``window_scan`` (median alpha per
 variant and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
 report/index.html (the report is rewritten at the end). Columns and rules: docs/analysis.md.

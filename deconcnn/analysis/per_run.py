@@ -1,9 +1,10 @@
 """One run's loss-curve analysis as flat rows, and summaries over runs (cells, variants).
 
-Step axis: the per-batch records carry ``step`` = optimizer steps completed before the batch,
-starting at 0; the fits need ``t > 0`` on a log axis, so ``t = step + 1`` (the batch's update
-number). Every column that says ``step`` is converted back (``step = t - 1``); ``epoch`` columns
-are ``step / steps_per_epoch``. Column meanings: ``docs/analysis.md``.
+Time axis: the per-batch records carry ``step`` = optimizer steps completed before the batch,
+starting at 0; the fits run on ``x > 0``: the effective time ``tau`` from the logged ``lr`` by
+default, or ``step + 1`` (:func:`curves.time_axis`). Run-table columns that say ``step`` are the
+step at which ``x`` reaches the value; ``epoch`` columns are ``step / steps_per_epoch``; the fits
+table's positions stay on the time axis (``x - 1``). Column meanings: ``docs/analysis.md``.
 """
 
 from __future__ import annotations
