@@ -6,8 +6,9 @@ Collects first (incremental), then for every run analyses its per-batch training
 (deconcnn.analysis.per_run.analyze_run, in worker processes, on the effective time from the logged
 lr: knee by a calibrated break test, power-law / exponential / broken power-law fits, alpha_early
 over epochs 5-15, alpha_full from the knee to the end, flags, the units check, the lambda_max
-plateau) and a window-robustness scan of alpha; then across runs: per cell (variant x every non-seed axis) medians and spreads over seeds, each variant against the
-first one with effect sizes and tests over seeds, and correlations of alpha with the noise metrics
+plateau) and a window-robustness scan of alpha; then across runs: per cell (variant x every
+non-seed axis) medians and spreads over seeds, each variant against the first one with effect
+sizes and tests over seeds, and correlations of alpha with the noise metrics
 and the curvature. Every run of the sweep gets a row: failed, diverged, missing and too-short runs
 are carried through with their status and the reason, never dropped.
 
