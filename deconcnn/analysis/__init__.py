@@ -3,7 +3,7 @@
 Rules, formulas and output columns: ``docs/analysis.md``.
 """
 
-from deconcnn.analysis.curves import Binned, curve_problem, log_bins
+from deconcnn.analysis.curves import Binned, curve_problem, log_bins, time_axis
 from deconcnn.analysis.fits import (
     Fit,
     Knee,
@@ -18,10 +18,28 @@ from deconcnn.analysis.fits import (
     units_check,
     window_scan,
 )
-from deconcnn.analysis.per_run import analyze_run, compare_variants, summarize_cells
+from deconcnn.analysis.per_run import (
+    ALPHA_EARLY_FLAG,
+    ALPHA_FULL_FLAG,
+    CURVE_FLAG,
+    FLAG_COLUMNS,
+    FLAGGED_VALUES,
+    KNEE_FLAG,
+    analyze_run,
+    compare_variants,
+    summarize_cells,
+)
+from deconcnn.analysis.slopes import KNEE_STAT, early_slope, full_slope, hac_se, knee_test
 from deconcnn.analysis.stats import correlation, effect_size, median_spread, plateau_step
 
 __all__ = [
+    "ALPHA_EARLY_FLAG",
+    "ALPHA_FULL_FLAG",
+    "CURVE_FLAG",
+    "FLAGGED_VALUES",
+    "FLAG_COLUMNS",
+    "KNEE_FLAG",
+    "KNEE_STAT",
     "Binned",
     "Fit",
     "Knee",
@@ -31,17 +49,22 @@ __all__ = [
     "compare_variants",
     "correlation",
     "curve_problem",
+    "early_slope",
     "effect_size",
     "fit_broken_power_law",
     "fit_exponential",
     "fit_models",
     "fit_power_law",
+    "full_slope",
+    "hac_se",
     "knee_by_aic",
+    "knee_test",
     "log_bins",
     "median_spread",
     "plateau_step",
     "select_model",
     "summarize_cells",
+    "time_axis",
     "units_check",
     "window_scan",
 ]

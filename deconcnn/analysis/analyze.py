@@ -3,16 +3,17 @@
     result = analyze("results/loss_lin_slope")    # -> <sweep>/analysis/*.parquet, *.png, section.md
 
 Collects first (incremental), then for every run analyses its per-batch training loss
-(deconcnn.analysis.per_run.analyze_run, in worker processes: knee by AIC, power-law / exponential /
-broken power-law fits, alpha_early over epochs 5-15, alpha_full from the knee to the end, the
-units check, the lambda_max plateau) and a window-robustness scan of alpha; then across runs: per
-cell (variant x every non-seed axis) medians and spreads over seeds, each variant against the
-first one with effect sizes and tests over seeds, and correlations of alpha with the noise metrics
+(deconcnn.analysis.per_run.analyze_run, in worker processes, on the effective time from the logged
+lr: knee by a calibrated break test, power-law / exponential / broken power-law fits, alpha_early
+over epochs 5-15, alpha_full from the knee to the end, flags, the units check, the lambda_max
+plateau) and a window-robustness scan of alpha; then across runs: per cell (variant x every
+non-seed axis) medians and spreads over seeds, each variant against the first one with effect
+sizes and tests over seeds, and correlations of alpha with the noise metrics
 and the curvature. Every run of the sweep gets a row: failed, diverged, missing and too-short runs
 are carried through with their status and the reason, never dropped.
 
 Outputs (``--out``, default ``<sweep>/analysis``; parquet or csv): ``runs`` (one row per run),
-``fits`` (one row per run and model), ``knees`` (every knee candidate of every run),
+``fits`` (one row per run and model), ``knees`` (the knee test of every run),
 ``summary`` (per cell), ``comparisons``, ``correlations``, ``window_scan`` (median alpha per
 variant and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
 report/index.html (the report is rewritten at the end). Columns and rules: docs/analysis.md.
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 
 from deconcnn.analysis import fits as F
 from deconcnn.analysis.collect import CollectResult, collect
+from deconcnn.analysis.curves import time_axis
 from deconcnn.analysis.per_run import (
     EARLY_EPOCHS,
     FIT_COLUMNS,
@@ -45,6 +47,7 @@ from deconcnn.analysis.per_run import (
     analyze_run,
     compare_variants,
     summarize_cells,
+    truncation,
 )
 from deconcnn.analysis.stats import correlation
 from deconcnn.runlog.atomic import tmp_path, write_text_atomic
@@ -58,6 +61,7 @@ SUMMARY_VALUES = ("alpha_early", "alpha_full", "knee_epoch", "final_loss_nats")
 SCAN_STARTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
 SCAN_ENDS = (10.0, 15.0, 20.0, 30.0, 40.0, 50.0)
 DEFAULT_BOOT = 20
+TRAIN_COLUMNS = ("step", "epoch_frac", "loss_train_nats", "lr")  # read per run; lr gives the time axis
 SECTION_FILE = "section.md"
 
 
@@ -67,6 +71,7 @@ class RunData:
 
     steps: np.ndarray
     losses: np.ndarray
+    lr: np.ndarray | None = None
     curvature_steps: np.ndarray | None = None
     lambda_max: np.ndarray | None = None
 
@@ -103,12 +108,9 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
     if train is not None and train.exists() and pq.read_metadata(train).num_rows:
         pf = pq.ParquetFile(train)
         for i in range(pf.metadata.num_row_groups):
-            t = pf.read_row_group(i, columns=["run_id", "step", "epoch_frac", "loss_train_nats"])
+            t = pf.read_row_group(i, columns=["run_id", *TRAIN_COLUMNS])
             ids = np.asarray(t.column("run_id").to_pylist(), dtype=object)
-            cols = {
-                c: t.column(c).to_numpy(zero_copy_only=False).astype(float)
-                for c in ("step", "epoch_frac", "loss_train_nats")
-            }
+            cols = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in TRAIN_COLUMNS}
             for rid in dict.fromkeys(ids):
                 m = ids == rid
                 for c, v in cols.items():
@@ -116,11 +118,9 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
     runs: dict[str, RunData] = {}
     spe: dict[str, float] = {}
     for rid, cols in data.items():
-        steps, frac, loss = (np.concatenate(cols[c]) for c in ("step", "epoch_frac", "loss_train_nats"))
-        # A run that diverged stops being a power law: the fits take the finite part before it.
-        finite = np.isfinite(loss)
-        last = np.flatnonzero(~finite)[0] if (~finite).any() else len(loss)
-        runs[rid] = RunData(steps[:last], loss[:last])
+        steps, frac, loss, lr = (np.concatenate(cols[c]) for c in TRAIN_COLUMNS)
+        # analyze_run cuts a diverged run before its first non-finite value and flags it
+        runs[rid] = RunData(steps, loss, lr)
         spe[rid] = steps_per_epoch(steps, frac)
     curv = res.files.get("curvature")
     if curv is not None and curv.exists() and pq.read_metadata(curv).num_rows:
@@ -141,22 +141,25 @@ def _one_run(rid: str, run: RunData, spe: float, n_boot: int, seed: int) -> tupl
         run.steps,
         run.losses,
         spe,
+        lr=run.lr,
         curvature_steps=run.curvature_steps,
         lambda_max=run.lambda_max,
         n_boot=n_boot,
-        knee_boot=n_boot // 2,
         seed=seed,
     )
     scan: dict[str, Any] = {}
-    if math.isfinite(spe) and spe > 0 and len(run.steps) > 1:
-        c = out["run"]["c_full"]
+    if math.isfinite(spe) and spe > 0 and len(run.steps) > 1 and not out["run"]["reason"]:
+        # the same time axis and floor as alpha_early, on the part of the curve analyze_run used
+        cut = len(run.steps) if len(run.steps) != len(run.losses) else truncation(run.losses, run.lr)[0]
+        x, _, _ = time_axis(run.steps[:cut], None if run.lr is None else run.lr[:cut])
+        c = out["run"]["alpha_early_c"]
         scan = F.window_scan(
-            run.steps + 1,
-            run.losses,
-            [s * spe + 1 for s in SCAN_STARTS],
-            [e * spe for e in SCAN_ENDS],
+            x,
+            run.losses[:cut],
+            [x[min(round(s * spe), cut - 1)] for s in SCAN_STARTS],
+            [x[min(round(e * spe), cut) - 1] if e * spe <= cut else math.inf for e in SCAN_ENDS],
             c=c if math.isfinite(c) else None,
-            c_se=out["run"]["c_full_se"] if math.isfinite(c) else 0.0,
+            c_se=out["run"]["alpha_early_c_se"] if math.isfinite(c) else 0.0,
         )
     return rid, out, scan
 
@@ -313,7 +316,11 @@ def analyze(
     for name, (rows, cols) in tables.items():
         result.files[name] = out_dir / f"{name}.{ext}"
         result.rows[name] = _write(rows, result.files[name], fmt, cols)
-    result.plots = write_plots(out_dir, source, run_rows, fit_rows, curves, window_rows)
+    # the plots draw what analyze_run fitted: each curve before its first unusable value
+    shown = {
+        rid: RunData(*(v[: truncation(r.losses, r.lr)[0]] for v in (r.steps, r.losses))) for rid, r in curves.items()
+    }
+    result.plots = write_plots(out_dir, source, run_rows, fit_rows, shown, window_rows)
     write_text_atomic(out_dir / SECTION_FILE, section(source, summary, run_rows, result), fsync=False)
     if write_report:
         report(source.path, collected=res.out_dir)

@@ -97,6 +97,41 @@ def curve_problem(t: ArrayLike, y: ArrayLike) -> str:
     return ""
 
 
+TAU = "tau"
+STEPS = "steps"
+TIME_AXES = (TAU, STEPS)
+
+
+def time_axis(steps: ArrayLike, lr: ArrayLike | None = None, kind: str = TAU) -> tuple[FloatArray, str, str]:
+    """The fits' time axis per step: ``(x, kind used, why it is not the one asked for)``.
+
+    ``steps``: ``x = step + 1`` (the batch's update number). ``tau`` (effective time):
+    ``x_s = sum_{j <= s} lr_j / max(lr)``, the cumulative learning rate in units of steps at the
+    peak LR (so ``tau = steps`` under a constant LR). SGD moves the weights by ``lr`` per step,
+    so a loss that falls as a power law of the distance travelled is a power law in ``tau``:
+    warm-up (``tau ~ s^2``) and the cosine's end (``tau`` saturates) stop bending it. Falls back
+    to ``steps`` (with the reason) when ``lr`` is absent, of another length, non-finite,
+    negative, or all zero. ``steps`` must be sorted.
+    """
+    s = np.asarray(steps, dtype=np.float64).reshape(-1)
+    if kind not in TIME_AXES:
+        raise ValueError(f"time axis must be one of {TIME_AXES}, got {kind!r}")
+    if kind == STEPS:
+        return s + 1, STEPS, ""
+    if lr is None:
+        return s + 1, STEPS, "no lr column: time axis = steps"
+    r = np.asarray(lr, dtype=np.float64).reshape(-1)
+    if r.shape != s.shape:
+        why = f"lr ({r.size}) and steps ({s.size}) differ in length"
+    elif not np.all(np.isfinite(r)):
+        why = "non-finite lr"
+    elif np.any(r < 0) or not np.max(r, initial=0.0) > 0:
+        why = "negative or all-zero lr"
+    else:
+        return np.cumsum(r) / float(np.max(r)), TAU, ""
+    return s + 1, STEPS, f"{why}: time axis = steps"
+
+
 def bin_index(t: ArrayLike, bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> NDArray[np.int64]:
     """Bin number ``k = floor(B log10 t)`` of each ``t`` (``B`` = ``bins_per_decade``).
 
@@ -105,6 +140,20 @@ def bin_index(t: ArrayLike, bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> N
     """
     ta = np.asarray(t, dtype=np.float64)
     return np.floor(np.log10(ta) * bins_per_decade + 1e-9).astype(np.int64)
+
+
+def bin_sigma(ss: ArrayLike, count: ArrayLike, ybar: ArrayLike) -> FloatArray:
+    """Each bin's fit error from its within-bin sum of squares ``ss``, ``count`` and mean
+    (module docstring: shrunk towards the pooled relative variance, ``PRIOR_DOF``)."""
+    ss, n, yb = (np.asarray(v, dtype=np.float64) for v in (ss, count, ybar))
+    dof = n - 1
+    multi = dof > 0
+    rel_ss = float(np.sum(ss[multi] / yb[multi] ** 2))
+    pooled_dof = float(np.sum(dof[multi]))
+    r0_sq = rel_ss / pooled_dof if pooled_dof > 0 else 0.0
+    if r0_sq > 0:
+        return np.asarray(np.sqrt((ss + PRIOR_DOF * r0_sq * yb**2) / (dof + PRIOR_DOF) / n))
+    return np.full(yb.shape, float(np.mean(np.abs(yb))) if yb.size else 1.0)
 
 
 def log_bins(
@@ -146,14 +195,7 @@ def log_bins(
         var = np.where(dof > 0, ss / np.maximum(dof, 1), np.nan)
     std = np.sqrt(var)
     sem = std / np.sqrt(count)
-    multi = dof > 0
-    rel_ss = float(np.sum(ss[multi] / ybar[multi] ** 2))
-    pooled_dof = float(np.sum(dof[multi]))
-    r0_sq = rel_ss / pooled_dof if pooled_dof > 0 else 0.0
-    if r0_sq > 0:
-        sigma = np.sqrt((ss + PRIOR_DOF * r0_sq * ybar**2) / (dof + PRIOR_DOF) / count)
-    else:
-        sigma = np.full(ybar.shape, float(np.mean(np.abs(ybar))) if ybar.size else 1.0)
+    sigma = bin_sigma(ss, count, ybar)
     kb = k[starts].astype(np.float64)
     return Binned(
         t=tgeo,

@@ -146,6 +146,8 @@ class Fit:
     aic: float = math.nan
     aicc: float = math.nan
     bic: float = math.nan
+    # d(reported parameter) / d(bin mean), per bin: the linearised estimator, for HAC intervals
+    influence: dict[str, FloatArray] = field(default_factory=dict, repr=False)
 
     def as_row(self) -> dict[str, Any]:
         """Flat dict: fit columns plus ``<p>, <p>_se, <p>_lo, <p>_hi, <p>_boot_lo, <p>_boot_hi``."""
@@ -363,6 +365,8 @@ def _summarise(
     lo = spec.to_report(p - q * se_int, scale)
     hi = spec.to_report(p + q * se_int, scale)
     se = np.abs(spec.slope(p, scale)) * se_int
+    with np.errstate(all="ignore"):
+        infl = np.linalg.pinv(jw.T @ jw) @ (jw / sg[:, None]).T * (spec.slope(p, scale) / scale)[:, None]
     boot = None
     if n_boot > 0:
         rng = np.random.default_rng(seed)
@@ -399,6 +403,7 @@ def _summarise(
         aic=ll_term + 2 * k,
         aicc=ll_term + 2 * k + 2 * k * (k + 1) / (n - k - 1),
         bic=ll_term + k * math.log(n),
+        influence={nm: infl[i] for i, nm in enumerate(names)},
     )
 
 
@@ -417,7 +422,7 @@ def _check(curve: Binned, k: int) -> str:
     return ""
 
 
-def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray) -> FloatArray:
+def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray, xb_lo: float, xb_hi: float) -> FloatArray:
     """Starting values ``(a, alpha1, alpha2, ln(t_b / t_ref), c)`` over a breakpoint x floor grid.
 
     For each floor ``c`` (every other value of the grid) and breakpoint ``x_b`` (an admissible
@@ -426,6 +431,7 @@ def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray) -> FloatArray:
     """
     m = _BREAK_MARGIN
     xb = x[m : x.size - m]
+    xb = xb[(xb >= xb_lo) & (xb <= xb_hi)]
     c = _C_GRID[::2] * float(np.min(y))
     ex = y[None, :] - c[:, None]  # (C, n)
     z = np.log(ex)
@@ -442,7 +448,12 @@ def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray) -> FloatArray:
 
 
 def _prepare(
-    model: str, curve: Binned, y: FloatArray, sg: FloatArray, c_fixed: float | None
+    model: str,
+    curve: Binned,
+    y: FloatArray,
+    sg: FloatArray,
+    c_fixed: float | None,
+    break_range: tuple[float, float] | None = None,
 ) -> tuple[_Spec, FloatArray, float, FloatArray] | str:
     """Model spec, its time axis ``x``, ``t_ref`` and candidate starting values (rows)."""
     t = curve.t
@@ -461,8 +472,13 @@ def _prepare(
         return _power_law_spec(), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
     if model == BROKEN:
         m = _BREAK_MARGIN
-        spec = _broken_spec(t_ref, float(x[m]), float(x[-1 - m]))
-        return spec, x, t_ref, _broken_starts(x, y, sg)
+        lb_lo, lb_hi = float(x[m]), float(x[-1 - m])
+        if break_range is not None:
+            lb_lo = max(lb_lo, math.log(break_range[0] / t_ref))
+            lb_hi = min(lb_hi, math.log(break_range[1] / t_ref))
+        if not lb_lo < lb_hi:
+            return "no admissible breakpoint (the break range leaves fewer than 2 bins on a side)"
+        return _broken_spec(t_ref, lb_lo, lb_hi), x, t_ref, _broken_starts(x, y, sg, lb_lo, lb_hi)
     assert c_fixed is not None
     ex = y - c_fixed
     above = ex > 0
@@ -472,7 +488,14 @@ def _prepare(
     return _fixed_c_spec(c_fixed), x, t_ref, np.array([[np.exp(b0), -b1]])
 
 
-def _fit(model: str, curve: Binned, n_boot: int = 0, seed: int = 0, c_fixed: float | None = None) -> Fit:
+def _fit(
+    model: str,
+    curve: Binned,
+    n_boot: int = 0,
+    seed: int = 0,
+    c_fixed: float | None = None,
+    break_range: tuple[float, float] | None = None,
+) -> Fit:
     """Checks, scaling, starting values, refinement from the best start(s), summary.
 
     Never raises. The broken power law is refined from the best start of each of the
@@ -486,7 +509,7 @@ def _fit(model: str, curve: Binned, n_boot: int = 0, seed: int = 0, c_fixed: flo
     scale = float(np.median(curve.y))
     y, sg = curve.y / scale, curve.sigma / scale
     try:
-        prep = _prepare(model, curve, y, sg, None if c_fixed is None else c_fixed / scale)
+        prep = _prepare(model, curve, y, sg, None if c_fixed is None else c_fixed / scale, break_range)
         if isinstance(prep, str):
             return failed_fit(model, prep, curve)
         spec, x, t_ref, cands = prep
@@ -520,9 +543,34 @@ def fit_exponential(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
     return _fit(EXPONENTIAL, curve, n_boot, seed)
 
 
-def fit_broken_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
-    """``L = c + a (t / t_b)^-alpha1`` before ``t_b``, ``^-alpha2`` after (continuous)."""
-    return _fit(BROKEN, curve, n_boot, seed)
+def fit_broken_power_law(
+    curve: Binned, *, n_boot: int = 0, seed: int = 0, break_range: tuple[float, float] | None = None
+) -> Fit:
+    """``L = c + a (t / t_b)^-alpha1`` before ``t_b``, ``^-alpha2`` after (continuous).
+
+    ``break_range`` ``(lo, hi)`` (in ``t``) further restricts ``t_b``.
+    """
+    return _fit(BROKEN, curve, n_boot, seed, break_range=break_range)
+
+
+def fit_power_law_fixed_c(curve: Binned, c: float) -> Fit:
+    """``L = c + a (t / t_ref)^-alpha`` with the floor ``c`` given (2 fitted parameters)."""
+    fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c)
+    return dataclasses.replace(fit, params={**fit.params, "c": float(c)}) if fit.ok else fit
+
+
+def model_curve(fit: Fit, t: ArrayLike) -> FloatArray:
+    """The fitted model's loss at ``t`` (NaN for a failed fit)."""
+    ta = np.asarray(t, dtype=np.float64)
+    if not fit.ok:
+        return np.full(ta.shape, np.nan)
+    p = fit.params
+    if fit.model == EXPONENTIAL:
+        return p["c"] + p["a"] * np.exp(-(ta - fit.t_ref) / p["tau"])
+    if fit.model == BROKEN:
+        u = np.log(ta / p["t_b"])
+        return p["c"] + p["a"] * np.exp(-p["alpha1"] * np.minimum(u, 0) - p["alpha2"] * np.maximum(u, 0))
+    return p["c"] + p["a"] * (ta / fit.t_ref) ** -p["alpha"]
 
 
 def fit_models(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> dict[str, Fit]:

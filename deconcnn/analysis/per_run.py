@@ -1,9 +1,10 @@
 """One run's loss-curve analysis as flat rows, and summaries over runs (cells, variants).
 
-Step axis: the per-batch records carry ``step`` = optimizer steps completed before the batch,
-starting at 0; the fits need ``t > 0`` on a log axis, so ``t = step + 1`` (the batch's update
-number). Every column that says ``step`` is converted back (``step = t - 1``); ``epoch`` columns
-are ``step / steps_per_epoch``. Column meanings: ``docs/analysis.md``.
+Time axis: the per-batch records carry ``step`` = optimizer steps completed before the batch,
+starting at 0; the fits run on ``x > 0``: the effective time ``tau`` from the logged ``lr`` by
+default, or ``step + 1`` (:func:`curves.time_axis`). Run-table columns that say ``step`` are the
+step at which ``x`` reaches the value; ``epoch`` columns are ``step / steps_per_epoch``; the fits
+table's positions stay on the time axis (``x - 1``). Column meanings: ``docs/analysis.md``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from deconcnn.analysis import curves as C
 from deconcnn.analysis import fits as F
-from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, curve_problem, log_bins
+from deconcnn.analysis import slopes as S
+from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, TAU, log_bins
 from deconcnn.analysis.stats import effect_size, median_spread, plateau_step
 from deconcnn.sweep.state import STATES
 
@@ -52,10 +55,22 @@ FIT_COLUMNS: tuple[str, ...] = (
         for sfx in _PARAM_SUFFIXES
     ),
 )
+# Flag columns: "" when the value can be used, else short reasons joined by "; ". They are the
+# interface with the summaries, heat maps and comparisons, which leave flagged values out.
+ALPHA_EARLY_FLAG = "alpha_early_flag"
+ALPHA_FULL_FLAG = "alpha_full_flag"
+KNEE_FLAG = "knee_flag"
+CURVE_FLAG = "curve_flag"
+FLAG_COLUMNS = (ALPHA_EARLY_FLAG, ALPHA_FULL_FLAG, KNEE_FLAG, CURVE_FLAG)
+# the flag that marks each run value (a curve flag is copied into each of them)
+FLAGGED_VALUES = {"alpha_early": ALPHA_EARLY_FLAG, "alpha_full": ALPHA_FULL_FLAG, "knee_epoch": KNEE_FLAG}
+
 RUN_COLUMNS: tuple[str, ...] = (
     "reason",
     "n_steps",
     "steps_per_epoch",
+    "time_axis",
+    CURVE_FLAG,
     "final_loss_nats",
     "final_loss_n",
     "knee_step",
@@ -64,7 +79,9 @@ RUN_COLUMNS: tuple[str, ...] = (
     "knee_step_hi",
     "knee_epoch_lo",
     "knee_epoch_hi",
-    "knee_boot_found",
+    "knee_detected",
+    "knee_stat",
+    KNEE_FLAG,
     "knee_reason",
     "fit_start_step",
     "start_rule",
@@ -77,19 +94,21 @@ RUN_COLUMNS: tuple[str, ...] = (
     "alpha_full_se",
     "alpha_full_lo",
     "alpha_full_hi",
-    "alpha_full_boot_lo",
-    "alpha_full_boot_hi",
+    "alpha_full_dof",
     "c_full",
     "c_full_se",
     "r2_full",
+    ALPHA_FULL_FLAG,
     "alpha_full_reason",
     "alpha_early",
     "alpha_early_se",
     "alpha_early_lo",
     "alpha_early_hi",
+    "alpha_early_dof",
     "alpha_early_c",
-    "alpha_early_c_mode",
+    "alpha_early_c_se",
     "alpha_early_n_bins",
+    ALPHA_EARLY_FLAG,
     "alpha_early_reason",
     "units_alpha_nats",
     "units_alpha_bits",
@@ -103,15 +122,20 @@ RUN_COLUMNS: tuple[str, ...] = (
     "lambda_max_plateau_reason",
 )
 KNEE_TABLE_COLUMNS: tuple[str, ...] = (
-    "candidate_step",
-    "candidate_epoch",
-    "n_bins",
+    "break_step",
+    "break_epoch",
+    "break_epoch_lo",
+    "break_epoch_hi",
+    "alpha1",
+    "alpha2",
+    "stat",
+    "stat_crit",
+    "detected",
     "aicc_power_law",
-    "aicc_exponential",
     "aicc_broken_power_law",
-    "chosen",
     "reason",
 )
+SHORT_RUN_EPOCHS = 3.0  # shorter runs get the curve flag's reason and no numbers
 
 
 def _nan_if_none(v: float | None) -> float:
@@ -141,51 +165,67 @@ def _fit_row(fit: F.Fit, steps_per_epoch: float, sel: Mapping[str, Any], start_r
     return row
 
 
+def truncation(y: np.ndarray, lr: np.ndarray | None) -> tuple[int, str]:
+    """Index of the first unusable step (non-finite or non-positive loss, non-finite lr), why."""
+    bad_loss = ~np.isfinite(y) | (y <= 0)
+    bad_lr = ~np.isfinite(lr) if lr is not None else np.zeros(y.size, bool)
+    bad = bad_loss | bad_lr
+    if not bad.any():
+        return y.size, ""
+    i = int(np.argmax(bad))
+    what = "non-finite loss" if not np.isfinite(y[i]) else "non-positive loss" if y[i] <= 0 else "non-finite lr"
+    return i, what
+
+
+def _join(*reasons: str) -> str:
+    return "; ".join(dict.fromkeys(r for r in reasons if r))
+
+
 def analyze_run(
     steps: ArrayLike,
     loss_nats: ArrayLike,
     steps_per_epoch: float,
     *,
+    lr: ArrayLike | None = None,
+    time_axis: str = TAU,
     curvature_steps: ArrayLike | None = None,
     lambda_max: ArrayLike | None = None,
     bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
     knee_epochs: tuple[float, float] = KNEE_EPOCHS,
-    knee_per_decade: int = 10,
     early_epochs: tuple[float, float] = EARLY_EPOCHS,
     final_n: int | None = None,
     threshold: float = F.AIC_THRESHOLD,
-    n_boot: int = 50,
-    knee_boot: int = 30,
+    n_boot: int = 0,
+    knee_stat: float = S.KNEE_STAT,
+    block_steps: int | None = None,
     units_rtol: float = 1e-6,
     plateau_band: float = 0.10,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Analyse one run's per-batch training loss (nats); never raises.
 
-    Returns ``{"run": dict, "fits": [dict, dict, dict], "knee_table": [dict, ...]}`` with keys
+    Returns ``{"run": dict, "fits": [dict, dict, dict], "knee_table": [dict]}`` with keys
     ``RUN_COLUMNS``, ``FIT_COLUMNS`` and ``KNEE_TABLE_COLUMNS`` (``docs/analysis.md``):
 
-    1. Bin ``t = step + 1`` (``bins_per_decade``).
-    2. Knee: :func:`fits.knee_by_aic` with candidate starts ``10^(j / knee_per_decade)``
-       (moved up to bin edges) between ``knee_epochs`` (default epochs 0.5-20; windows shorter
-       than ``fits.KNEE_MIN_BINS`` bins are skipped), and ``knee_boot`` bootstrap resamples for
-       its interval.
-    3. The three models on the bins from the knee to the end (from the first candidate, and
-       ``start_rule = "first_candidate"``, when there is no knee), with ``n_boot``
-       wild-bootstrap intervals; selection by AICc, threshold ``threshold``.
-    4. ``alpha_full``: the power law's alpha there (NaN without a knee). ``alpha_early``:
-       :func:`fits.alpha_window` on ``early_epochs`` (default 5-15) with the floor ``c`` (and its
-       standard error) of that power-law fit, or ``c`` free when that fit failed.
-    5. Units check: knee and alpha again on ``loss / ln 2`` (no bootstrap), tolerance
-       ``units_rtol``.
-    6. ``lambda_max`` plateau (:func:`stats.plateau_step`, band ``plateau_band``) if given.
-    7. ``final_loss_nats``: mean of the last ``final_n`` losses (default one epoch:
-       ``steps_per_epoch``).
+    1. Time axis ``x`` (:func:`curves.time_axis`: effective time ``tau`` from ``lr`` by default,
+       ``steps`` on request or without a usable ``lr``), binned (``bins_per_decade``). The curve
+       is cut before its first non-finite or non-positive value (``curve_flag`` says where).
+    2. Knee: :func:`slopes.knee_test` from the first candidate (``knee_epochs[0]``), breakpoint
+       within ``knee_epochs``, critical ``F`` ``knee_stat``, HAC blocks of ``block_steps``
+       (default one epoch).
+    3. The three models on the bins from the knee to the end (``n_boot`` wild-bootstrap
+       intervals in the fits table); ``alpha_full`` = the power law's alpha there, HAC interval.
+    4. ``alpha_early``: :func:`slopes.early_slope` on ``early_epochs`` (default 5-15), floor from
+       the knee (or the first candidate when the knee is past the window's start) to its end.
+    5. Flags (``FLAG_COLUMNS``), units check (knee and alpha again on ``loss / ln 2``),
+       ``lambda_max`` plateau, ``final_loss_nats`` (mean of the last ``final_n`` losses, default
+       one epoch).
     """
     run: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, math.nan)
     run |= {
         "reason": "",
         "steps_per_epoch": float(steps_per_epoch),
+        "time_axis": "",
         "knee_reason": "",
         "alpha_full_reason": "",
         "alpha_early_reason": "",
@@ -194,136 +234,184 @@ def analyze_run(
         "start_rule": "",
         "selected_model": None,
         "best_aicc_model": None,
-        "alpha_early_c_mode": "",
+        "knee_detected": False,
         "units_agree": False,
+        **dict.fromkeys(FLAG_COLUMNS, ""),
     }
     s = np.asarray(steps, dtype=np.float64).reshape(-1)
     y = np.asarray(loss_nats, dtype=np.float64).reshape(-1)
+    r = None if lr is None else np.asarray(lr, dtype=np.float64).reshape(-1)
     run["n_steps"] = int(y.size)
-    spe_ok = steps_per_epoch > 0
+    spe = float(steps_per_epoch)
+    spe_ok = spe > 0
     if curvature_steps is not None and lambda_max is not None:
         plat = plateau_step(curvature_steps, lambda_max, rel_band=plateau_band)
         run["lambda_max_plateau_reason"] = plat["reason"]
         if plat["plateau_step"] is not None:
             run["lambda_max_plateau_step"] = plat["plateau_step"]
-            run["lambda_max_plateau_epoch"] = plat["plateau_step"] / steps_per_epoch if spe_ok else math.nan
+            run["lambda_max_plateau_epoch"] = plat["plateau_step"] / spe if spe_ok else math.nan
             run["lambda_max_plateau_value"] = plat["plateau_value"]
-    problem = curve_problem(s + 1, y) if spe_ok else "steps_per_epoch must be > 0"
+
+    problem, flag = "", ""
+    if not spe_ok:
+        problem = "steps_per_epoch must be > 0"
+    elif s.size != y.size or (r is not None and r.size != y.size):
+        problem = flag = f"different lengths: steps {s.size}, loss {y.size}" + ("" if r is None else f", lr {r.size}")
+    else:
+        order = np.argsort(s, kind="stable")
+        s, y = s[order], y[order]
+        r = None if r is None else r[order]
+        cut, why = truncation(y, r)
+        if cut < y.size:
+            flag = f"truncated at epoch {s[cut] / spe:.2f} ({why})" if cut else f"no usable values ({why})"
+            s, y, r = s[:cut], y[:cut], None if r is None else r[:cut]
+        epochs = s.size / spe
+        if not s.size:
+            problem = flag
+        elif epochs < SHORT_RUN_EPOCHS:
+            flag = _join(flag, f"short run: {epochs:.2f} epochs")
+            problem = f"short run: {epochs:.2f} < {SHORT_RUN_EPOCHS:g} epochs"
+        elif epochs < early_epochs[1]:
+            flag = _join(flag, f"short run: {epochs:.2f} epochs")
+    run[CURVE_FLAG] = flag
     if problem:
         run |= {
-            "reason": problem,
-            "knee_reason": problem,
-            "alpha_full_reason": problem,
-            "alpha_early_reason": problem,
-            "units_reason": problem,
+            k: problem for k in ("reason", "knee_reason", "alpha_full_reason", "alpha_early_reason", "units_reason")
         }
         no_sel: dict[str, Any] = {"delta": {}, "weight": {}, "chosen": None}
-        failed = [
-            _fit_row(F.failed_fit(m, problem), steps_per_epoch if spe_ok else math.nan, no_sel, "") for m in F.MODELS
-        ]
+        failed = [_fit_row(F.failed_fit(m, problem), spe if spe_ok else math.nan, no_sel, "") for m in F.MODELS]
         return {"run": run, "fits": failed, "knee_table": []}
 
-    t = s + 1
-    order = np.argsort(t, kind="stable")
-    t, y = t[order], y[order]
-    n_final = int(final_n or round(steps_per_epoch))
+    x, axis, axis_why = C.time_axis(s, r, time_axis)
+    moved = x > 0  # steps before the first nonzero lr have no place on a log axis
+    s, x, y = s[moved], x[moved], y[moved]
+    run["time_axis"] = axis
+    run[CURVE_FLAG] = _join(flag, axis_why if lr is not None else "")
+    n_final = int(final_n or round(spe))
     run["final_loss_nats"] = float(np.mean(y[-n_final:]))
     run["final_loss_n"] = min(n_final, int(y.size))
+    block = int(block_steps or round(spe))
 
-    curve = log_bins(t, y, bins_per_decade)
-    lo_t, hi_t = (e * steps_per_epoch + 1 for e in knee_epochs)
-    j = np.arange(math.ceil(knee_per_decade * math.log10(lo_t)), math.floor(knee_per_decade * math.log10(hi_t)) + 1)
-    candidates = 10.0 ** (j / knee_per_decade)
-    knee = F.knee_by_aic(
-        t, y, candidates, threshold=threshold, bins_per_decade=bins_per_decade, n_boot=knee_boot, seed=seed
-    )
-    run["knee_reason"] = knee.reason
-    if knee.knee_t is not None:
-        k_step = knee.knee_t - 1
-        run |= {"knee_step": k_step, "knee_epoch": k_step / steps_per_epoch, "knee_boot_found": knee.boot_found}
-        if knee.lo is not None and knee.hi is not None:
-            run |= {
-                "knee_step_lo": knee.lo - 1,
-                "knee_step_hi": knee.hi - 1,
-                "knee_epoch_lo": (knee.lo - 1) / steps_per_epoch,
-                "knee_epoch_hi": (knee.hi - 1) / steps_per_epoch,
-            }
-    start_rule = "knee" if knee.knee_t is not None else "first_candidate"
-    first = knee.table[0]["t_start"] if knee.table else lo_t
-    start = knee.knee_t if knee.knee_t is not None else first
-    run |= {"fit_start_step": start - 1, "start_rule": start_rule}
+    def x_at(epoch: float) -> float:
+        return float(x[min(round(epoch * spe), x.size - 1)])
 
-    fits = F.fit_models(curve.window(start), n_boot=n_boot, seed=seed)
+    def step_of(xv: float) -> float:
+        if not math.isfinite(xv):
+            return math.nan
+        return float(s[min(int(np.searchsorted(x, xv - 1e-9)), s.size - 1)])
+
+    curve = log_bins(x, y, bins_per_decade)
+    kt = S.knee_test(x, y, curve, x_at(knee_epochs[0]), (x_at(knee_epochs[0]), x_at(knee_epochs[1])), block, knee_stat)
+    knee_flag = run[CURVE_FLAG]
+    if math.isfinite(kt.knee_x):
+        k_step = step_of(kt.knee_x)
+        lo, hi = step_of(kt.lo), step_of(kt.hi)
+        run |= {
+            "knee_step": k_step,
+            "knee_epoch": k_step / spe,
+            "knee_step_lo": lo,
+            "knee_step_hi": hi,
+            "knee_epoch_lo": lo / spe,
+            "knee_epoch_hi": hi / spe,
+        }
+        if kt.detected and not (x_at(knee_epochs[0]) < kt.knee_x < x_at(knee_epochs[1]) * 0.999):
+            knee_flag = _join(knee_flag, "break at the end of the candidate range")
+    else:
+        knee_flag = _join(knee_flag, kt.reason)
+    run |= {"knee_detected": kt.detected, "knee_stat": kt.stat, "knee_reason": kt.reason, KNEE_FLAG: knee_flag}
+
+    first = x_at(knee_epochs[0])
+    start = kt.knee_x if math.isfinite(kt.knee_x) else first
+    start_rule = "knee" if kt.detected else "first_candidate"
+    run |= {"fit_start_step": step_of(start), "start_rule": start_rule}
+    alpha, c_est, window = S.full_slope(x, y, start, bins_per_decade, block)
+    fits = F.fit_models(window, n_boot=n_boot, seed=seed)
     sel = F.select_model(fits, threshold)
     run |= {"selected_model": sel["chosen"], "best_aicc_model": sel["best"]}
     for m in F.MODELS:
         run[f"weight_{m}"] = sel["weight"].get(m, math.nan)
-    pl = fits[F.POWER_LAW]
+    pl, ex = fits[F.POWER_LAW], fits[F.EXPONENTIAL]
+    full_flag = run[CURVE_FLAG]
+    run["alpha_full_reason"] = alpha.reason
     if pl.ok:
-        run |= {"c_full": pl.params["c"], "c_full_se": pl.stderr["c"], "r2_full": pl.r2}
-    if knee.knee_t is None:
-        run["alpha_full_reason"] = f"no knee: {knee.reason}"
-    elif not pl.ok:
-        run["alpha_full_reason"] = pl.reason
-    else:
-        lo, hi = pl.ci["alpha"]
-        blo, bhi = (pl.boot_ci or {}).get("alpha", (math.nan, math.nan))
         run |= {
-            "alpha_full": pl.params["alpha"],
-            "alpha_full_se": pl.stderr["alpha"],
-            "alpha_full_lo": lo,
-            "alpha_full_hi": hi,
-            "alpha_full_boot_lo": blo,
-            "alpha_full_boot_hi": bhi,
+            "alpha_full": alpha.value,
+            "alpha_full_se": alpha.se,
+            "alpha_full_lo": alpha.lo,
+            "alpha_full_hi": alpha.hi,
+            "alpha_full_dof": alpha.dof,
+            "c_full": c_est.value,
+            "c_full_se": c_est.se,
+            "r2_full": pl.r2,
         }
+        if ex.ok and ex.aicc < pl.aicc:
+            full_flag = _join(full_flag, "exponential fits better")
+        if len(window) < F.KNEE_MIN_BINS:
+            full_flag = _join(full_flag, f"{len(window)} < {F.KNEE_MIN_BINS} bins")
+    run[ALPHA_FULL_FLAG] = full_flag
 
     e0, e1 = early_epochs
-    c_mode = "full_fit" if pl.ok else "free"
-    early = F.alpha_window(
-        t,
-        y,
-        e0 * steps_per_epoch + 1,
-        e1 * steps_per_epoch,
-        c=pl.params["c"] if pl.ok else None,
-        c_se=pl.stderr["c"] if pl.ok else 0.0,
-        bins_per_decade=bins_per_decade,
-    )
-    run |= {"alpha_early_c_mode": c_mode, "alpha_early_n_bins": early.n, "alpha_early_reason": early.reason}
-    if early.ok:
-        lo, hi = early.ci["alpha"]
+    x0, x1 = x_at(e0), float(x[round(e1 * spe) - 1]) if e1 * spe <= x.size else math.inf
+    early_flag = run[CURVE_FLAG]
+    if kt.detected and x0 < kt.knee_x <= x1:
+        early_flag = _join(early_flag, f"break at epoch {run['knee_epoch']:.2f}, inside the window")
+    if math.isfinite(x1):
+        es = S.early_slope(x, y, start if start <= x0 else first, x0, x1, bins_per_decade, block)
         run |= {
-            "alpha_early": early.params["alpha"],
-            "alpha_early_se": early.stderr["alpha"],
-            "alpha_early_lo": lo,
-            "alpha_early_hi": hi,
-            "alpha_early_c": early.params["c"],
+            "alpha_early": es.alpha.value,
+            "alpha_early_se": es.alpha.se,
+            "alpha_early_lo": es.alpha.lo,
+            "alpha_early_hi": es.alpha.hi,
+            "alpha_early_dof": es.alpha.dof,
+            "alpha_early_c": es.c.value,
+            "alpha_early_c_se": es.c.se,
+            "alpha_early_n_bins": es.n_bins,
+            "alpha_early_reason": es.reason or es.alpha.reason,
         }
+        if es.exponential.ok and es.floor_fit.ok and es.exponential.aicc < es.floor_fit.aicc:
+            early_flag = _join(early_flag, "exponential fits better")
+    else:
+        run["alpha_early_reason"] = f"the curve ends at epoch {s.size / spe:.2f}, before the window's end ({e1:g})"
+    run[ALPHA_EARLY_FLAG] = early_flag
 
     y_bits = y / math.log(2.0)
-    knee_bits = F.knee_by_aic(t, y_bits, candidates, threshold=threshold, bins_per_decade=bins_per_decade)
-    start_bits = knee_bits.knee_t if knee_bits.knee_t is not None else start
-    pl_bits = F.fit_power_law(log_bins(t, y_bits, bins_per_decade).window(start_bits))
-    units = F.compare_units(knee, knee_bits, pl, pl_bits, units_rtol)
+    curve_bits = log_bins(x, y_bits, bins_per_decade)
+    kt_bits = S.knee_test(x, y_bits, curve_bits, first, (first, x_at(knee_epochs[1])), block, knee_stat)
+    start_bits = kt_bits.knee_x if math.isfinite(kt_bits.knee_x) else first
+    pl_bits = F.fit_power_law(log_bins(x, y_bits, bins_per_decade, min_t=start_bits))
+    # knees compared as steps: the two fits' breakpoints differ by rounding only
+    k_nats, k_bits = (
+        F.Knee(step_of(k.knee_x) if math.isfinite(k.knee_x) else None, None, None, math.nan, k.reason, ())
+        for k in (kt, kt_bits)
+    )
+    units = F.compare_units(k_nats, k_bits, pl, pl_bits, units_rtol)
     run |= {
         "units_alpha_nats": units["alpha_nats"],
         "units_alpha_bits": units["alpha_bits"],
         "units_alpha_rel_diff": units["alpha_rel_diff"],
-        "units_knee_step_bits": _nan_if_none(knee_bits.knee_t) - 1,
+        "units_knee_step_bits": step_of(kt_bits.knee_x) if math.isfinite(kt_bits.knee_x) else math.nan,
         "units_agree": units["agree"],
         "units_reason": units["reason"],
     }
 
-    rows = [_fit_row(fits[m], steps_per_epoch, sel, start_rule) for m in F.MODELS]
+    rows = [_fit_row(fits[m], spe, sel, start_rule) for m in F.MODELS]
+    b = kt.broken
+    bstep = step_of(b.params["t_b"]) if b.ok else math.nan
     table = [
         {
-            "candidate_step": r["t_start"] - 1,
-            "candidate_epoch": (r["t_start"] - 1) / steps_per_epoch,
-            "n_bins": r["n_bins"],
-            **{f"aicc_{m}": r[f"aicc_{m}"] for m in F.MODELS},
-            "chosen": r["chosen"],
-            "reason": r["reason"],
+            "break_step": bstep,
+            "break_epoch": bstep / spe,
+            "break_epoch_lo": run["knee_epoch_lo"] if kt.detected else math.nan,
+            "break_epoch_hi": run["knee_epoch_hi"] if kt.detected else math.nan,
+            "alpha1": b.params.get("alpha1", math.nan),
+            "alpha2": b.params.get("alpha2", math.nan),
+            "stat": kt.stat,
+            "stat_crit": knee_stat,
+            "detected": kt.detected,
+            "aicc_power_law": kt.power_law.aicc,
+            "aicc_broken_power_law": b.aicc,
+            "reason": kt.reason,
         }
-        for r in knee.table
     ]
     return {"run": run, "fits": rows, "knee_table": table}
 

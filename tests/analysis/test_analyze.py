@@ -65,8 +65,8 @@ def test_a_too_short_curve_gets_a_row_with_the_reason(tmp_path):
     result = analyze(sw.path, n_boot=0, workers=1, progress=False, write_report=False)
     (run,) = rows(result.files["runs"])
     assert run["status"] == "completed" and math.isnan(run["alpha_full"])
-    assert "no candidate window" in run["alpha_full_reason"]
-    assert run["alpha_early_reason"] == "the curve ends at t=4, before the window's end (t=60)"
+    assert run["reason"] == run["alpha_full_reason"] == run["alpha_early_reason"] == "short run: 1.00 < 3 epochs"
+    assert run["curve_flag"] == "short run: 1.00 epochs"
     assert all(not r["ok"] and r["reason"] for r in rows(result.files["fits"]))
 
 

@@ -2,7 +2,8 @@
 
 The manifest is made by the launcher's own code (`new_manifest` over real `RunSpec`s, with a
 submission per run), records carry exactly the schema's keys (deconcnn.runlog.schema), and each run's
-training loss follows a planted power law, `L = c + a (step + 1)^-alpha` with multiplicative noise,
+training loss follows a planted power law in effective time, `L = c + a tau^-alpha` with
+`tau` = the cumulative logged `lr` over its peak (steps at the peak LR) and multiplicative noise,
 so the analysis has a known answer. Used by the collect, report, status and analyze tests, and by
 hand to look at a realistic report:
 
@@ -202,18 +203,20 @@ def _write_run(
     quarter = max(1, spe // 4)
     last = n_steps if div_step is None else min(n_steps, div_step + 3)
 
-    def loss_at(step: int, jitter: float) -> float:
+    def loss_at(step: int, tau: float, jitter: float) -> float:
         if div_step is not None and step >= div_step:
             return math.nan if step > div_step else 1e4
-        return (c + 2.3 * (step + 1) ** -alpha) * math.exp(jitter * rng.gauss(0, 1))
+        return (c + 2.3 * tau**-alpha) * math.exp(jitter * rng.gauss(0, 1))
 
     def stamps(step: int, done_in_epoch: int, epoch: int) -> dict:
         return {"step": step, "epoch": epoch, "epoch_frac": epoch + done_in_epoch / spe, "time": t0 + 0.05 * step}
 
+    tau = 0.0
     for step in range(last):
         epoch, done = step // spe, step % spe + 1
         lrt = lr * 0.5 * (1 + math.cos(math.pi * step / n_steps))
-        loss = loss_at(step, noise)
+        tau += lrt / lr  # the analysis's effective time (curves.time_axis)
+        loss = loss_at(step, tau, noise)
         lines.append(
             _fmt(
                 _record(
@@ -231,7 +234,7 @@ def _write_run(
         counts["train"] += 1
         after = step + 1  # the weights after this batch's update
         if done % quarter == 0:
-            vl = loss_at(step, 0.02) * 1.2 + 0.1
+            vl = loss_at(step, tau, 0.02) * 1.2 + 0.1
             lines.append(
                 _fmt(
                     _record(

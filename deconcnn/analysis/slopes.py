@@ -1,0 +1,242 @@
+"""Run-level loss-curve rules: the knee (burn-in), ``alpha_full`` and the local ``alpha_early``,
+with intervals that survive autocorrelated, heteroscedastic, spiky per-batch noise.
+
+Every fit is made on the log-binned curve (:mod:`curves`, :mod:`fits`), on a time axis ``x``
+(steps + 1, or the effective time ``tau``: :func:`curves.time_axis`). The rules here add three
+things the bin-level fits cannot see (formulas: ``docs/analysis.md`` sections 6-7):
+
+* **HAC intervals** (:func:`hac_se`). Per-batch losses are autocorrelated (slow drift of the
+  weights, AR(1)-like) and their scatter changes over training, so bin means are neither
+  independent nor do their within-bin standard errors hold. A weighted least-squares estimate is
+  to first order a linear function of the bin means, ``p - p0 = sum_i g_i (ybar_i - f_i)`` (``g``
+  = :attr:`fits.Fit.influence`), i.e. a sum over steps of ``psi_j = g_{bin(j)} r_j / n_{bin(j)}``
+  with ``r_j`` the step's residual from the fit. Its variance is estimated from the data, not
+  from a noise model: Newey-West (Bartlett kernel, bandwidth two blocks of ``block`` steps,
+  default one epoch each) on the series ``psi``; interval ``p +- t_{0.975, G-1} se`` with ``G``
+  the blocks it spans. This is the sandwich ``H^-1 J'W Sigma W J H^-1`` with a HAC ``Sigma``,
+  the linearised form of a dependent wild bootstrap over steps (Shao 2010), without refits: it
+  costs one FFT over the steps.
+* **The knee** (:func:`knee_test`): a power law and a broken power law are fitted once from the
+  first candidate to the end, the breakpoint restricted to the candidate range; the burn-in is
+  there iff ``F = (RSS_pl - RSS_broken) / (RSS_broken / (n - 5))`` exceeds ``KNEE_STAT``. The
+  residual scale in the denominator cancels a common misstatement of the bin errors
+  (autocorrelation inflates every large bin's variance alike); the breakpoint is chosen to fit,
+  so ``F`` has no textbook null law (Davies' problem) and ``KNEE_STAT`` is calibrated by
+  simulation of the no-knee null (pure power laws under every noise model of the known-answer
+  benchmark): the false-alarm rate is stated, not assumed. (A HAC Wald test of
+  ``alpha1 - alpha2`` was tried and dropped: heavy-tailed under the null, no power under AR(1).)
+* **alpha_early is local**: its floor comes from the power law fitted from the knee to the
+  window's end (never past it), and its standard error includes the floor's through the chain
+  rule on the influence functions; the curve after the window cannot move it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from deconcnn.analysis import fits as F
+from deconcnn.analysis.curves import Binned, FloatArray, bin_index, log_bins
+
+# F above which a break is a burn-in. Calibrated with ``benchmarks/analysis_known_answer.py
+# --calibrate`` on 900 null draws (pure power laws in steps and in tau under the warm-up + cosine
+# and the step schedule, noise 1-30% iid, AR(1) phi 0.98, heteroscedastic, spiky): its 99th
+# percentile was 22.7 (95th: 14.1), so a 1% false-alarm rate pooled over those nulls.
+KNEE_STAT = 23.0
+KNEE_MIN_BINS = F.KNEE_MIN_BINS
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A parameter with its HAC standard error and 95% interval (NaN with ``reason`` if none)."""
+
+    value: float
+    se: float
+    lo: float
+    hi: float
+    dof: int
+    reason: str = ""
+
+
+NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, math.nan, 0)
+
+
+def step_influence(x: FloatArray, y: FloatArray, curve: Binned, fit: F.Fit, grad: FloatArray) -> FloatArray:
+    """Per-step ``psi_j = grad_{bin(j)} (y_j - f(x_j)) / n_{bin(j)}`` (0 outside ``curve``'s bins).
+
+    ``grad`` holds one value per bin of ``curve`` (the bins the fit used); ``x`` and ``y`` are
+    the run's per-step axis and losses in time order, binned as ``curve`` was (same
+    ``bins_per_decade``).
+    """
+    psi = np.zeros(x.size)
+    if not len(curve):
+        return psi
+    bpd = round(1.0 / math.log10(curve.hi[0] / curve.lo[0]))
+    k_curve = bin_index(curve.lo, bpd)
+    k = _safe_bin_index(x, bpd)
+    pos = np.clip(np.searchsorted(k_curve, k), 0, len(curve) - 1)
+    inside = (k_curve[pos] == k) & (x >= curve.t_first[pos]) & (x <= curve.t_last[pos])
+    p = pos[inside]
+    psi[inside] = grad[p] * (y[inside] - F.model_curve(fit, x[inside])) / curve.count[p]
+    return psi
+
+
+def _safe_bin_index(x: FloatArray, bpd: int) -> np.ndarray:
+    """Bin numbers with a sentinel for ``x <= 0`` (never binned)."""
+    out = np.full(x.size, np.iinfo(np.int64).min // 2, dtype=np.int64)
+    pos = x > 0
+    out[pos] = bin_index(x[pos], bpd)
+    return out
+
+
+def hac_se(psi: FloatArray, block: int, k: int = 1) -> tuple[float, int]:
+    """Standard error of ``sum(psi)`` (steps in time order) and its degrees of freedom.
+
+    ``psi`` is summed over blocks of ``block`` consecutive steps (``z_b``)::
+
+        var = G / (G - k) [sum_b z_b^2 + sum_b z_b z_{b+1}]
+
+    Newey-West with a Bartlett kernel over blocks (lag 1: correlation reaching into the next
+    block), and the small-sample factor of a cluster-robust sandwich with ``k`` fitted
+    parameters (residuals of a fit are orthogonal to its gradient, which shrinks ``sum z_b^2``
+    by about ``k / G``), ``G`` the blocks between the first and the last nonzero ``psi``.
+    Degrees of freedom ``G - k``.
+    """
+    block = max(int(block), 1)
+    nz = np.flatnonzero(psi)
+    if nz.size < 2:
+        return math.nan, 0
+    p = psi[nz[0] : nz[-1] + 1]
+    z = np.add.reduceat(p, np.arange(0, p.size, block))
+    g = z.size
+    if g - k < 2:
+        return math.nan, 0
+    var = float(np.sum(z**2) + np.sum(z[1:] * z[:-1])) * g / (g - k)
+    return math.sqrt(max(var, 0.0)), g - k
+
+
+def estimate(value: float, psi: FloatArray, block: int, k: int) -> Estimate:
+    """``value`` with its HAC standard error (``k`` fitted parameters) and t interval."""
+    se, dof = hac_se(psi, block, k)
+    if not math.isfinite(se):
+        return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few blocks for an interval ({dof} dof)")
+    q = float(sps.t.ppf(0.975, dof))
+    return Estimate(value, se, value - q * se, value + q * se, dof)
+
+
+def fit_estimate(fit: F.Fit, param: str, x: FloatArray, y: FloatArray, curve: Binned, block: int) -> Estimate:
+    """One parameter of ``fit`` (made on ``curve``) with its HAC interval."""
+    if not fit.ok:
+        return dataclasses.replace(NO_ESTIMATE, reason=fit.reason)
+    return estimate(fit.params[param], step_influence(x, y, curve, fit, fit.influence[param]), block, fit.k)
+
+
+@dataclass(frozen=True)
+class KneeTest:
+    """The burn-in by a calibrated break test. Positions in ``x`` (the fit's time axis).
+
+    ``knee_x`` is the breakpoint when ``detected``, else the first candidate (no burn-in);
+    ``lo``/``hi`` its 95% interval (the breakpoint's, on ``ln t_b``; without a detection
+    ``[first, upper end of the breakpoint's interval]``: a burn-in up to there is not excluded).
+    """
+
+    knee_x: float
+    lo: float
+    hi: float
+    detected: bool
+    stat: float
+    broken: F.Fit
+    power_law: F.Fit
+    reason: str = ""
+
+
+def knee_test(
+    x: FloatArray,
+    y: FloatArray,
+    curve: Binned,
+    first: float,
+    break_range: tuple[float, float],
+    block: int,
+    stat_crit: float = KNEE_STAT,
+) -> KneeTest:
+    """Fit a power law and a broken power law (breakpoint in ``break_range``) on ``curve``'s
+    bins from ``first`` on; the knee is the breakpoint iff ``stat > stat_crit`` (module doc)."""
+    window = curve.window(first)
+    pl = F.fit_power_law(window)
+    if len(window) < KNEE_MIN_BINS:
+        reason = f"window has {len(window)} < {KNEE_MIN_BINS} bins"
+        failed = F.failed_fit(F.BROKEN, reason)
+        return KneeTest(math.nan, math.nan, math.nan, False, math.nan, failed, pl, reason)
+    first_x = float(window.t_first[0])
+    broken = F.fit_broken_power_law(window, break_range=break_range)
+    if not broken.ok:
+        return KneeTest(first_x, first_x, first_x, False, math.nan, broken, pl, f"no break test: {broken.reason}")
+    n = broken.n
+    stat = (pl.rss - broken.rss) / (broken.rss / (n - broken.k)) if pl.ok and broken.rss > 0 else math.nan
+    t_b = broken.params["t_b"]
+    se_ln, dof = hac_se(step_influence(x, y, window, broken, broken.influence["t_b"] / t_b), block, broken.k)
+    q = float(sps.t.ppf(0.975, max(dof, 1)))
+    b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
+    if stat > stat_crit:
+        return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
+    hi = b_hi if math.isfinite(b_hi) else first_x
+    return KneeTest(first_x, first_x, max(first_x, min(hi, break_range[1])), False, stat, broken, pl)
+
+
+def full_slope(x: FloatArray, y: FloatArray, start: float, bpd: int, block: int) -> tuple[Estimate, Estimate, Binned]:
+    """alpha and c of the power law on the steps with ``x >= start``, HAC intervals."""
+    curve = log_bins(x, y, bpd, min_t=start)
+    fit = F.fit_power_law(curve)
+    return fit_estimate(fit, "alpha", x, y, curve, block), fit_estimate(fit, "c", x, y, curve, block), curve
+
+
+@dataclass(frozen=True)
+class EarlySlope:
+    """``alpha_early`` on ``[x0, x1]`` with the floor from the power law on ``[start, x1]``."""
+
+    alpha: Estimate
+    c: Estimate
+    n_bins: int
+    floor_fit: F.Fit
+    window_fit: F.Fit
+    exponential: F.Fit
+    reason: str = ""
+
+
+def early_slope(x: FloatArray, y: FloatArray, start: float, x0: float, x1: float, bpd: int, block: int) -> EarlySlope:
+    """Local power-law exponent on the window ``[x0, x1]`` (module doc).
+
+    The floor ``c`` is the power law's on the steps with ``start <= x <= x1`` (``start`` = the
+    knee, at most ``x0``): the same curve before and inside the window, never after it. alpha
+    is then fitted on the window's bins (those starting at or after ``x0``) with ``c`` fixed.
+    Its influence is ``g_alpha + (d alpha / d c) g_c`` with ``d alpha / d c = -sum_i g_alpha,i``
+    (raising the floor = lowering every bin), so the interval carries the floor's uncertainty;
+    ``k`` = 5 fitted parameters in all. ``exponential``: the exponential on ``[start, x1]``, for
+    the model check.
+    """
+    span = log_bins(x, y, bpd, min_t=start, max_t=x1)
+    win = span.window(x0)
+    floor = F.fit_power_law(span)
+    expo = F.fit_exponential(span)
+    reason = ""
+    if float(np.max(x)) < x1:
+        reason = f"the curve ends at x={float(np.max(x)):g}, before the window's end (x={x1:g})"
+    elif not floor.ok:
+        reason = f"floor fit failed: {floor.reason}"
+    if reason:
+        failed = F.failed_fit(F.POWER_LAW_FIXED_C, reason)
+        return EarlySlope(NO_ESTIMATE, NO_ESTIMATE, len(win), floor, failed, expo, reason)
+    wfit = F.fit_power_law_fixed_c(win, floor.params["c"])
+    c_est = fit_estimate(floor, "c", x, y, span, block)
+    if not wfit.ok:
+        return EarlySlope(NO_ESTIMATE, c_est, len(win), floor, wfit, expo, wfit.reason)
+    g_alpha = wfit.influence["alpha"]
+    psi = step_influence(x, y, win, wfit, g_alpha) - float(np.sum(g_alpha)) * step_influence(
+        x, y, span, floor, floor.influence["c"]
+    )
+    alpha = estimate(wfit.params["alpha"], psi, block, floor.k + wfit.k)
+    return EarlySlope(alpha, c_est, len(win), floor, wfit, expo)

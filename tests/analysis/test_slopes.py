@@ -1,0 +1,150 @@
+"""Known-answer tests on curves shaped like the sweep's (tests/support/loss_scenarios.py): the
+sweep's warm-up + cosine schedule (its own code), 50 epochs x 352 steps, per-batch noise iid,
+AR(1) phi 0.98, heteroscedastic and spiky. A fast subset of benchmarks/analysis_known_answer.py
+(100 draws per scenario there, measured table in docs/analysis.md)."""
+
+from __future__ import annotations
+
+import math
+
+import loss_scenarios as LS
+import numpy as np
+import pytest
+
+from deconcnn.analysis import slopes as S
+from deconcnn.analysis.curves import STEPS, TAU, time_axis
+from deconcnn.analysis.per_run import ALPHA_EARLY_FLAG, ALPHA_FULL_FLAG, analyze_run
+
+N_DRAWS = 3
+
+
+@pytest.fixture(scope="module")
+def monte_carlo() -> dict[tuple[str, str, float], list[dict]]:
+    """A few draws of each (scenario, noise, level) of the benchmark's grid (about 10 s)."""
+    return {
+        combo: [LS.analyse_draw(LS.SCENARIOS[combo[0]], combo[1], combo[2], seed) for seed in range(N_DRAWS)]
+        for combo in LS.grid()
+    }
+
+
+def test_planted_power_laws_are_recovered_with_honest_intervals(monte_carlo) -> None:
+    """Wherever a power law was planted (steps, tau under warm-up + cosine, step schedule, after
+    a break at epoch 3; every noise): small bias, intervals that cover, few flags."""
+    for key in ("alpha_early", "alpha_full"):
+        covered, n, rel_err = 0, 0, []
+        for (name, kind, level), rows in monte_carlo.items():
+            truth = getattr(LS.SCENARIOS[name], key)
+            if not math.isfinite(truth) or (kind == "spikes" and level < 0.05) or (kind == "ar1" and level > 0.2):
+                continue  # spikes dominating 1% noise, AR(1) at 30%: measured, short of the goals (docs)
+            for r in rows:
+                if r[f"{key}_flag"] or not math.isfinite(r[key]):
+                    continue
+                n += 1
+                covered += r[f"{key}_lo"] <= truth <= r[f"{key}_hi"]
+                rel_err.append((r[key] - truth) / truth)
+        assert n >= 60, (key, n)
+        # measured over 100 draws (docs/analysis.md): alpha_early 0.88-0.98 everywhere here,
+        # alpha_full 0.76-0.96 (short of the 90% goal: the sandwich misses part of the floor's
+        # nonlinearity over the whole run)
+        assert covered / n >= {"alpha_early": 0.85, "alpha_full": 0.65}[key], (key, covered / n)
+        assert abs(float(np.median(rel_err))) <= 0.02, key
+
+
+def test_no_unflagged_alpha_where_none_was_planted(monte_carlo) -> None:
+    for (name, _, _), rows in monte_carlo.items():
+        sc = LS.SCENARIOS[name]
+        if name == "offset":
+            continue  # a power law in tau + 1 epoch: alpha_early is its local slope (docs)
+        for key in ("alpha_early", "alpha_full"):
+            if math.isnan(getattr(sc, key)):
+                assert all(r[f"{key}_flag"] or math.isnan(r[key]) for r in rows), (name, key)
+
+
+def test_knee_no_burn_in_is_the_first_candidate_and_breaks_are_found(monte_carlo) -> None:
+    """Breaks at epochs 3, 8, 12 within one epoch; pure power laws (no burn-in): the knee is the
+    first candidate in >= 90% of draws (calibrated false-alarm rate)."""
+    null = []
+    for (name, kind, _), rows in monte_carlo.items():
+        sc = LS.SCENARIOS[name]
+        if name.startswith("broken") and not (kind == "ar1" and sc.break_epoch > 5):
+            assert all(abs(r["knee_epoch"] - sc.break_epoch) <= 1.0 for r in rows), (name, kind)
+        elif name.startswith(("power_law", "step")):
+            null += [not r["knee_detected"] and r["knee_epoch"] < 0.6 for r in rows]
+    assert len(null) >= 50 and np.mean(null) >= 0.9, np.mean(null)
+
+
+def test_the_knee_of_one_curve_stays_inside_its_interval_as_the_noise_grows(monte_carlo) -> None:
+    """The time-offset curve: a smooth bend, no break; its knee at 1% vs 10% and 30% noise."""
+    low = monte_carlo[("offset", "iid", 0.01)][0]
+    for level in (0.1, 0.3):
+        high = monte_carlo[("offset", "iid", level)][0]
+        assert high["knee_epoch_lo"] <= low["knee_epoch"] <= high["knee_epoch_hi"], (level, high)
+
+
+def test_alpha_early_is_local() -> None:
+    """Replacing the curve after epoch 15 moves alpha_early by less than its own SE."""
+    sc = LS.SCENARIOS["power_law_tau"]
+    steps, lr, loss = LS.draw(sc, "ar1", 0.1, 7)
+    base = analyze_run(steps, loss, LS.SPE, lr=lr)["run"]
+    after = steps >= 15 * LS.SPE
+    for late in (loss[after][0] * np.ones(after.sum()), loss[after] * np.exp(-np.arange(after.sum()) / 2000)):
+        changed = loss.copy()
+        changed[after] = late
+        run = analyze_run(steps, changed, LS.SPE, lr=lr)["run"]
+        assert abs(run["alpha_early"] - base["alpha_early"]) < base["alpha_early_se"]
+        assert run["alpha_full"] != pytest.approx(base["alpha_full"], abs=base["alpha_full_se"])  # the test bites
+
+
+def test_effective_time_keeps_warm_up_and_cosine_out_of_the_fit() -> None:
+    """A power law in tau under warm-up + cosine: no knee, the floor and alpha as planted; on
+    the steps axis the same curve reads as a burn-in and a higher floor."""
+    steps, lr, loss = LS.draw(LS.SCENARIOS["power_law_tau"], "iid", 0.1, 3)
+    tau = analyze_run(steps, loss, LS.SPE, lr=lr)["run"]
+    assert tau["time_axis"] == TAU and not tau["knee_detected"]
+    assert tau["alpha_full"] == pytest.approx(LS.ALPHA, abs=0.02) and tau["c_full"] == pytest.approx(LS.C, abs=0.005)
+    assert tau["alpha_early_lo"] <= LS.ALPHA <= tau["alpha_early_hi"]
+    assert not tau[ALPHA_EARLY_FLAG] and not tau[ALPHA_FULL_FLAG]
+    st = analyze_run(steps, loss, LS.SPE, lr=lr, time_axis=STEPS)["run"]
+    assert st["time_axis"] == STEPS
+    assert st["knee_detected"] or abs(st["alpha_full"] - LS.ALPHA) > 0.05
+
+
+def test_time_axis_falls_back_to_steps_with_a_reason() -> None:
+    steps = np.arange(5.0)
+    x, axis, why = time_axis(steps, [0.0, 0.1, 0.2, 0.2, 0.1])
+    assert axis == TAU and x == pytest.approx([0, 0.5, 1.5, 2.5, 3.0]) and why == ""
+    for lr, reason in (
+        (None, "no lr column"),
+        ([0.1] * 4, "differ in length"),
+        ([0.1, math.nan, 0.1, 0.1, 0.1], "non-finite lr"),
+        ([0.1, -0.1, 0.1, 0.1, 0.1], "negative or all-zero lr"),
+        ([0.0] * 5, "negative or all-zero lr"),
+    ):
+        x, axis, why = time_axis(steps, lr)
+        assert axis == STEPS and x == pytest.approx(steps + 1) and reason in why
+    with pytest.raises(ValueError, match="time axis"):
+        time_axis(steps, None, "epochs")
+
+
+def test_hac_interval_widens_with_autocorrelation() -> None:
+    """The same influence series: AR(1) phi 0.98 noise gets a ~sqrt(99)x wider interval than iid."""
+    rng = np.random.default_rng(0)
+    n, block = 20 * LS.SPE, LS.SPE
+    iid = rng.standard_normal(n)
+    ar = LS.noise("ar1", 1.0, n, rng)
+    ar = np.log(ar) + 0.5
+    se_iid, _ = S.hac_se(iid, block)
+    se_ar, dof = S.hac_se(ar, block)
+    assert se_iid == pytest.approx(math.sqrt(n), rel=0.3)
+    assert se_ar / se_iid == pytest.approx(math.sqrt(99), rel=0.4) and dof == 19
+
+
+def test_slope_functions_give_reasons_not_exceptions() -> None:
+    x = np.arange(1.0, 2001.0)
+    y = 1 + x**-0.5
+    short = S.knee_test(x, y, S.log_bins(x[:8], y[:8]), 1.0, (1.0, 10.0), 100)
+    assert math.isnan(short.knee_x) and "bins" in short.reason
+    early = S.early_slope(x, y, 1.0, 500.0, 5000.0, 20, 100)
+    assert math.isnan(early.alpha.value) and "before the window's end" in early.reason
+    flat = S.full_slope(x, np.ones_like(x), 1.0, 20, 100)[0]
+    assert math.isnan(flat.value) and "all values equal" in flat.reason
