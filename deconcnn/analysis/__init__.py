@@ -19,7 +19,8 @@ from deconcnn.analysis.fits import (
     window_scan,
 )
 from deconcnn.analysis.per_run import analyze_run, compare_variants, summarize_cells
-from deconcnn.analysis.stats import correlation, effect_size, median_spread, plateau_step
+from deconcnn.analysis.plateau import detect_plateau
+from deconcnn.analysis.stats import correlation, effect_size, median_spread
 
 __all__ = [
     "Binned",
@@ -31,6 +32,7 @@ __all__ = [
     "compare_variants",
     "correlation",
     "curve_problem",
+    "detect_plateau",
     "effect_size",
     "fit_broken_power_law",
     "fit_exponential",
@@ -39,7 +41,6 @@ __all__ = [
     "knee_by_aic",
     "log_bins",
     "median_spread",
-    "plateau_step",
     "select_model",
     "summarize_cells",
     "units_check",

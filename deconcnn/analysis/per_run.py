@@ -16,8 +16,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from deconcnn.analysis import fits as F
+from deconcnn.analysis.columns import value_flags
 from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, curve_problem, log_bins
-from deconcnn.analysis.stats import effect_size, median_spread, plateau_step
+from deconcnn.analysis.plateau import PLATEAU_COLUMNS, plateau_row
+from deconcnn.analysis.stats import effect_size, median_spread
+from deconcnn.analysis.units import UNITS_COLUMNS, UNITS_RTOL, units_check
 from deconcnn.sweep.state import STATES
 
 KNEE_EPOCHS = (0.5, 20.0)
@@ -91,16 +94,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     "alpha_early_c_mode",
     "alpha_early_n_bins",
     "alpha_early_reason",
-    "units_alpha_nats",
-    "units_alpha_bits",
-    "units_alpha_rel_diff",
-    "units_knee_step_bits",
-    "units_agree",
-    "units_reason",
-    "lambda_max_plateau_step",
-    "lambda_max_plateau_epoch",
-    "lambda_max_plateau_value",
-    "lambda_max_plateau_reason",
+    *UNITS_COLUMNS,
+    *PLATEAU_COLUMNS,
 )
 KNEE_TABLE_COLUMNS: tuple[str, ...] = (
     "candidate_step",
@@ -146,6 +141,8 @@ def analyze_run(
     loss_nats: ArrayLike,
     steps_per_epoch: float,
     *,
+    loss_bits: ArrayLike | None = None,
+    lr: ArrayLike | None = None,
     curvature_steps: ArrayLike | None = None,
     lambda_max: ArrayLike | None = None,
     bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
@@ -156,8 +153,7 @@ def analyze_run(
     threshold: float = F.AIC_THRESHOLD,
     n_boot: int = 50,
     knee_boot: int = 30,
-    units_rtol: float = 1e-6,
-    plateau_band: float = 0.10,
+    units_rtol: float = UNITS_RTOL,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Analyse one run's per-batch training loss (nats); never raises.
@@ -176,9 +172,9 @@ def analyze_run(
     4. ``alpha_full``: the power law's alpha there (NaN without a knee). ``alpha_early``:
        :func:`fits.alpha_window` on ``early_epochs`` (default 5-15) with the floor ``c`` (and its
        standard error) of that power-law fit, or ``c`` free when that fit failed.
-    5. Units check: knee and alpha again on ``loss / ln 2`` (no bootstrap), tolerance
-       ``units_rtol``.
-    6. ``lambda_max`` plateau (:func:`stats.plateau_step`, band ``plateau_band``) if given.
+    5. Units check (:func:`units.units_check`): the logged ``loss_bits`` against the nats, record
+       by record and through the power-law fit, tolerance ``units_rtol``.
+    6. ``lambda_max`` shape and plateau (:func:`plateau.plateau_row`, with ``lr`` when given).
     7. ``final_loss_nats``: mean of the last ``final_n`` losses (default one epoch:
        ``steps_per_epoch``).
     """
@@ -189,8 +185,6 @@ def analyze_run(
         "knee_reason": "",
         "alpha_full_reason": "",
         "alpha_early_reason": "",
-        "units_reason": "",
-        "lambda_max_plateau_reason": "no lambda_max given",
         "start_rule": "",
         "selected_model": None,
         "best_aicc_model": None,
@@ -201,13 +195,7 @@ def analyze_run(
     y = np.asarray(loss_nats, dtype=np.float64).reshape(-1)
     run["n_steps"] = int(y.size)
     spe_ok = steps_per_epoch > 0
-    if curvature_steps is not None and lambda_max is not None:
-        plat = plateau_step(curvature_steps, lambda_max, rel_band=plateau_band)
-        run["lambda_max_plateau_reason"] = plat["reason"]
-        if plat["plateau_step"] is not None:
-            run["lambda_max_plateau_step"] = plat["plateau_step"]
-            run["lambda_max_plateau_epoch"] = plat["plateau_step"] / steps_per_epoch if spe_ok else math.nan
-            run["lambda_max_plateau_value"] = plat["plateau_value"]
+    run |= plateau_row(curvature_steps, lambda_max, steps_per_epoch, lr_steps=steps if lr is not None else None, lr=lr)
     problem = curve_problem(s + 1, y) if spe_ok else "steps_per_epoch must be > 0"
     if problem:
         run |= {
@@ -299,19 +287,13 @@ def analyze_run(
             "alpha_early_c": early.params["c"],
         }
 
-    y_bits = y / math.log(2.0)
-    knee_bits = F.knee_by_aic(t, y_bits, candidates, threshold=threshold, bins_per_decade=bins_per_decade)
-    start_bits = knee_bits.knee_t if knee_bits.knee_t is not None else start
-    pl_bits = F.fit_power_law(log_bins(t, y_bits, bins_per_decade).window(start_bits))
-    units = F.compare_units(knee, knee_bits, pl, pl_bits, units_rtol)
-    run |= {
-        "units_alpha_nats": units["alpha_nats"],
-        "units_alpha_bits": units["alpha_bits"],
-        "units_alpha_rel_diff": units["alpha_rel_diff"],
-        "units_knee_step_bits": _nan_if_none(knee_bits.knee_t) - 1,
-        "units_agree": units["agree"],
-        "units_reason": units["reason"],
-    }
+    bits = None if loss_bits is None else np.asarray(loss_bits, dtype=np.float64).reshape(-1)
+    run |= units_check(
+        y,
+        bits[order] if bits is not None and bits.shape == s.shape else bits,
+        lambda v: F.fit_power_law(log_bins(t, v, bins_per_decade).window(start)).params.get("alpha", math.nan),
+        rtol=units_rtol,
+    )
 
     rows = [_fit_row(fits[m], steps_per_epoch, sel, start_rule) for m in F.MODELS]
     table = [
@@ -348,9 +330,12 @@ def _groups(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tupl
     return out
 
 
-def _values(rows: Iterable[Mapping[str, Any]], key: str, status_key: str) -> list[float]:
-    """``key`` of the completed rows, None -> NaN (counted as missing by the callers)."""
-    return [_nan_if_none(r.get(key)) for r in rows if r.get(status_key) == "completed"]
+def _values(rows: Iterable[Mapping[str, Any]], key: str, status_key: str) -> tuple[list[float], int]:
+    """``key`` of the completed rows whose value no flag marks (None -> NaN, counted as missing by
+    the callers), and how many completed rows were left out for a flag (columns.value_flags)."""
+    done = [r for r in rows if r.get(status_key) == "completed"]
+    kept = [r for r in done if not value_flags(r, key)]
+    return [_nan_if_none(r.get(key)) for r in kept], len(done) - len(kept)
 
 
 def summarize_cells(
@@ -365,8 +350,9 @@ def summarize_cells(
     One row per group, in first-seen order, with the group keys, ``n_runs``, ``n_<status>`` for
     each of ``STATES`` and ``n_other`` (any other status), and per value key ``v``:
     ``v_median, v_q25, v_q75, v_iqr, v_min, v_max`` over the *completed* runs with a finite
-    value, ``v_n`` (how many) and ``v_n_missing`` (completed runs without one: the analysis
-    failed). Diverged, failed and missing runs are counted, never averaged in.
+    value, ``v_n`` (how many), ``v_n_missing`` (completed runs without one: the analysis
+    failed) and ``v_n_flagged`` (completed runs whose value a flag marks: left out,
+    :func:`columns.value_flags`). Diverged, failed and missing runs are counted, never averaged in.
     """
     out = []
     for key, members in _groups(rows, group_keys).items():
@@ -377,10 +363,11 @@ def summarize_cells(
             row[f"n_{st}"] = statuses.count(st)
         row["n_other"] = sum(st not in STATES for st in statuses)
         for v in value_keys:
-            spread = median_spread(_values(members, v, status_key))
+            values, flagged = _values(members, v, status_key)
+            spread = median_spread(values)
             for stat in ("median", "q25", "q75", "iqr", "min", "max"):
                 row[f"{v}_{stat}"] = spread[stat]
-            row[f"{v}_n"], row[f"{v}_n_missing"] = spread["n"], spread["n_nan"]
+            row[f"{v}_n"], row[f"{v}_n_missing"], row[f"{v}_n_flagged"] = spread["n"], spread["n_nan"], flagged
         out.append(row)
     return out
 
@@ -398,7 +385,8 @@ def compare_variants(
 
     One row per (variant, cell) with ``variant``, ``baseline``, the ``by`` keys, ``key`` (the
     value compared) and :func:`stats.effect_size` of the variant's completed runs (group a)
-    against the baseline's in the same cell (group b). ``by=()`` pools all cells (then cell
+    against the baseline's in the same cell (group b), flagged values left out and counted
+    (``n_flagged_a``, ``n_flagged_b``). ``by=()`` pools all cells (then cell
     effects add to the spread). p-values are per comparison, not adjusted for multiplicity.
     """
     rows = list(rows)
@@ -408,8 +396,16 @@ def compare_variants(
         if variant == baseline_variant:
             continue
         ref = base.get(tuple(cell), [])
-        res = effect_size(_values(members, key, status_key), _values(ref, key, status_key))
+        (a, flagged_a), (b, flagged_b) = _values(members, key, status_key), _values(ref, key, status_key)
         out.append(
-            {"variant": variant, "baseline": baseline_variant, **dict(zip(by, cell, strict=True)), "key": key, **res}
+            {
+                "variant": variant,
+                "baseline": baseline_variant,
+                **dict(zip(by, cell, strict=True)),
+                "key": key,
+                **effect_size(a, b),
+                "n_flagged_a": flagged_a,
+                "n_flagged_b": flagged_b,
+            }
         )
     return out

@@ -1,4 +1,4 @@
-"""Small-sample statistics for the sweep: correlations, effect sizes, spreads, plateau timing.
+"""Small-sample statistics for the sweep: correlations, effect sizes, spreads.
 
 Every function takes plain sequences, drops non-finite values (pairs, for correlations) and
 reports how many it used; when too few remain it returns NaNs (or None) with a ``reason``
@@ -9,7 +9,6 @@ standard-normal quantile ``Phi^-1((1 + conf) / 2)`` (1.96).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,6 @@ from scipy import stats as sps
 from deconcnn.analysis.curves import FloatArray
 
 MIN_CORRELATION_PAIRS = 4
-PLATEAU_BAND = 0.10
-PLATEAU_MIN_POINTS = 5
-PLATEAU_MIN_TAIL = 3
 
 CORRELATION_KEYS = (
     "n",
@@ -190,39 +186,3 @@ def median_spread(values: ArrayLike) -> dict[str, Any]:
         "min": float(v.min()),
         "max": float(v.max()),
     }
-
-
-def plateau_step(
-    steps: Sequence[float] | ArrayLike,
-    values: Sequence[float] | ArrayLike,
-    *,
-    rel_band: float = PLATEAU_BAND,
-    min_points: int = PLATEAU_MIN_POINTS,
-    min_tail: int = PLATEAU_MIN_TAIL,
-) -> dict[str, Any]:
-    """First step from which the series stays within ``rel_band`` of its own later median.
-
-    Rule: after dropping non-finite pairs and sorting by step, with ``m_i = median(v_i..v_end)``
-    the plateau starts at the first index ``i`` with at least ``min_tail`` points from ``i`` on
-    such that ``|v_j - m_i| <= rel_band * |m_i|`` for every ``j >= i`` (default: within 10% of
-    the later median, at least 3 points). Returns ``plateau_step``, ``plateau_index`` (into the
-    sorted finite series), ``plateau_value`` (``m_i``), ``n`` (finite points) and ``reason``;
-    step/value/index None with a reason when there are fewer than ``min_points`` finite points
-    or no such ``i`` exists (the series never settles, e.g. still drifting at the end).
-    """
-    s = np.asarray(steps, dtype=np.float64).reshape(-1)
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    out: dict[str, Any] = {"plateau_step": None, "plateau_index": None, "plateau_value": None}
-    if s.shape != v.shape:
-        return out | {"n": 0, "reason": f"steps ({s.size}) and values ({v.size}) differ in length"}
-    keep = np.isfinite(s) & np.isfinite(v)
-    order = np.argsort(s[keep], kind="stable")
-    s, v = s[keep][order], v[keep][order]
-    out["n"] = int(v.size)
-    if v.size < min_points:
-        return out | {"reason": f"{v.size} finite points (< {min_points})"}
-    for i in range(v.size - min_tail + 1):
-        med = float(np.median(v[i:]))
-        if np.all(np.abs(v[i:] - med) <= rel_band * abs(med)):
-            return out | {"plateau_step": float(s[i]), "plateau_index": i, "plateau_value": med, "reason": ""}
-    return out | {"reason": f"never stays within {rel_band:.0%} of its later median for >= {min_tail} points"}

@@ -1,4 +1,4 @@
-"""Known-answer tests of the correlation, effect-size, spread and plateau statistics."""
+"""Known-answer tests of the correlation, effect-size and spread statistics."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from deconcnn.analysis.stats import (
     correlation,
     effect_size,
     median_spread,
-    plateau_step,
 )
 
 
@@ -91,30 +90,3 @@ def test_median_spread() -> None:
     assert res == {"n": 5, "n_nan": 2, "median": 3.0, "q25": 2.0, "q75": 4.0, "iqr": 2.0, "min": 1.0, "max": 5.0}
     empty = median_spread([np.nan])
     assert empty["n"] == 0 and empty["n_nan"] == 1 and math.isnan(empty["median"])
-
-
-def test_plateau_step_on_a_planted_plateau() -> None:
-    """lambda_max-like series every 500 steps: ramp 10 -> 40 over 10 points, then 50 +- 3%."""
-    rng = np.random.default_rng(3)
-    steps = np.arange(36) * 500.0
-    values = np.r_[np.linspace(10, 40, 10), 50 * (1 + 0.03 * rng.uniform(-1, 1, 26))]
-    res = plateau_step(steps, values)
-    assert res["plateau_index"] == 10 and res["plateau_step"] == 5000.0
-    assert res["plateau_value"] == pytest.approx(50, rel=0.03) and res["reason"] == ""
-    # order and missing values do not matter
-    shuffled = rng.permutation(36)
-    v_nan = values.copy()
-    v_nan[20] = np.nan
-    res2 = plateau_step(steps[shuffled], v_nan[shuffled])
-    assert res2["plateau_step"] == 5000.0 and res2["n"] == 35
-    # a tighter band moves the plateau later or rules it out
-    strict = plateau_step(steps, values, rel_band=0.01)
-    assert strict["plateau_step"] is None or strict["plateau_step"] > 5000.0
-
-
-def test_plateau_step_never_or_too_few() -> None:
-    growing = plateau_step(np.arange(20.0), 1.2 ** np.arange(20.0))
-    assert growing["plateau_step"] is None and "never stays within 10%" in growing["reason"]
-    few = plateau_step([0.0, 500.0, 1000.0], [1.0, 1.0, 1.0])
-    assert few["plateau_step"] is None and "3 finite points" in few["reason"]
-    assert "differ in length" in plateau_step([0.0], [1.0, 2.0])["reason"]
