@@ -9,6 +9,7 @@ standard-normal quantile ``Phi^-1((1 + conf) / 2)`` (1.96).
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -186,3 +187,52 @@ def median_spread(values: ArrayLike) -> dict[str, Any]:
         "min": float(v.min()),
         "max": float(v.max()),
     }
+
+
+def partial_correlation(
+    x: ArrayLike, y: ArrayLike, groups: Sequence[Hashable], *, conf: float = 0.95
+) -> dict[str, Any]:
+    """Correlation of ``x`` and ``y`` within groups (e.g. sweep cells), pooled over the groups.
+
+    Each value minus its group's mean (Pearson; for Spearman the ranks over all finite pairs, minus
+    their group's mean rank), then the correlation of those deviations: the partial correlation
+    on the group factor. A correlation that runs only through the grid (both sides move with lr)
+    gives ~0. Only groups with >= 2 finite pairs take part; with ``q = n_cells - 1`` factor
+    levels removed, the Fisher intervals use ``se = 1/sqrt(n - q - 3)`` (Spearman: times
+    ``sqrt(1 + rho^2/2)``) and the p-values a t-test with ``n - q - 2`` degrees of freedom.
+    Keys ``CORRELATION_KEYS`` and ``n_cells``.
+    """
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    out: dict[str, Any] = {k: math.nan for k in CORRELATION_KEYS} | {"n": 0, "n_cells": 0, "reason": ""}
+    if not xa.shape == ya.shape == (len(groups),):
+        return out | {"reason": f"x ({xa.size}), y ({ya.size}) and groups ({len(groups)}) differ in length"}
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    labels = np.array([index[g] for g in groups], dtype=np.int64)[keep]
+    xa, ya = xa[keep], ya[keep]
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    member = counts[inverse] >= 2
+    xa, ya, inverse = xa[member], ya[member], inverse[member]
+    n, n_cells = int(xa.size), int(np.unique(inverse).size)
+    df = n - n_cells - 1  # n - q - 2 with q = n_cells - 1
+    out |= {"n": n, "n_cells": n_cells}
+    if df < 2:
+        return out | {"reason": f"{n} finite pairs in {n_cells} cells with >= 2 (need n - cells >= 3)"}
+
+    def centred(v: np.ndarray) -> np.ndarray:
+        return v - (np.bincount(inverse, v) / np.bincount(inverse))[inverse]
+
+    q = float(sps.norm.ppf((1 + conf) / 2))
+    res: dict[str, float] = {}
+    for name, (a, b) in (("pearson", (xa, ya)), ("spearman", (sps.rankdata(xa), sps.rankdata(ya)))):
+        da, db = centred(a), centred(b)
+        if not (np.any(da) and np.any(db)):
+            return out | {"reason": "a variable is constant within every cell (correlation undefined)"}
+        r = float(np.clip(np.dot(da, db) / math.sqrt(np.dot(da, da) * np.dot(db, db)), -1, 1))
+        t = r * math.sqrt(df / max(1e-300, 1 - r * r))
+        se = math.sqrt((1 + r * r / 2) if name == "spearman" else 1.0) / math.sqrt(df - 1)
+        lo, hi = _fisher_ci(r, se, q)
+        key = "pearson_r" if name == "pearson" else "spearman_rho"
+        res |= {key: r, f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_p": float(2 * sps.t.sf(abs(t), df))}
+    return out | res

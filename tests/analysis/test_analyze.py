@@ -124,3 +124,65 @@ def test_a_fifth_variant_and_a_width_axis_are_columns_and_plot_dimensions(tmp_pa
     }
     # lr and wd take one value here, so width is the plots' colour axis
     assert "colour = model.width" in (sw.path / "report" / "index.md").read_text()
+
+
+ZERO, NEG = run_id("S-core", 0.1, 1e-3, 0), run_id("S-core", 0.1, 1e-3, 1)
+NAN, INF = run_id("S-core", 0.2, 1e-3, 0), run_id("S-core", 0.2, 1e-3, 1)
+SHORT, WRONG_BITS = run_id("S-adamw", 0.1, 1e-3, 0), run_id("S-adamw", 0.2, 1e-3, 1)
+
+
+def test_bad_curves_get_reasons_and_flags_never_a_failed_command_and_the_report_is_written(tmp_path, capsys):
+    """Zero, negative, NaN and inf losses in completed runs, a 3-epoch run among 20-epoch ones and a
+    wrong bits column, through the real command: exit 0, every plot and the report, each bad run
+    with its reason or flag, and no flagged value in a median."""
+    sw = make_sweep(
+        tmp_path / "sweep",
+        epochs=20,
+        steps_per_epoch=20,
+        curv_every=50,
+        bad_losses={ZERO: {50: 0.0}, NEG: {60: -1.0}, NAN: {300: math.nan}, INF: {200: math.inf}},
+        epochs_of={SHORT: 3},
+        wrong_bits=[WRONG_BITS],
+    )
+    capsys.readouterr()
+    assert sweep_cli(["analyze", str(sw.path), "--boot", "0", "--workers", "1"]) == 0
+    assert "FAILED" not in capsys.readouterr().out
+    out = sw.path / "analysis"
+    runs = {r["run_id"]: r for r in rows(out / "runs.parquet")}
+    assert all(r["status"] == "completed" for r in runs.values())
+    for rid in (ZERO, NEG):
+        assert "non-positive loss" in runs[rid]["reason"] and "non-positive losses" in runs[rid]["curve_flag"]
+        assert math.isnan(runs[rid]["alpha_full"])
+    assert "truncated: non-finite loss at step 300" in runs[NAN]["curve_flag"]
+    assert "truncated: non-finite loss at step 200" in runs[INF]["curve_flag"]
+    assert "short: ends at epoch 3.0" in runs[SHORT]["curve_flag"]
+    assert not runs[WRONG_BITS]["units_agree"] and "not loss_train_nats / ln 2" in runs[WRONG_BITS]["units_reason"]
+    assert runs[run_id("S-adamw", 0.1, 1e-3, 1)]["units_agree"]
+    summary = {(r["variant"], r[LR]): r for r in rows(out / "summary.parquet")}
+    nan_cell = summary[("S-core", 0.2)]  # NaN and inf runs: both flagged, neither in the median
+    assert nan_cell["alpha_full_n_flagged"] == 2 and nan_cell["alpha_full_n"] == 0
+    assert summary[("S-adamw", 0.1)]["knee_epoch_n_flagged"] == 1
+    for name in ANALYSIS_PLOTS:
+        assert (out / name).read_bytes().startswith(PNG), name
+    section = (out / "section.md").read_text()
+    assert "Plots that failed" not in section and "flagged" in section
+    assert "Loss-curve analysis" in (sw.path / "report" / "index.html").read_text()
+
+
+def test_analyze_collects_once(tmp_path, monkeypatch):
+    """One direction, collect -> analyze -> report: the report reuses analyze's collect."""
+    import deconcnn.analysis.analyze as analyze_module
+    import deconcnn.analysis.report as report_module
+
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), epochs=4, steps_per_epoch=20)
+    calls = []
+    real = analyze_module.collect
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "collect", counting)
+    monkeypatch.setattr(report_module, "collect", counting)
+    analyze(sw.path, n_boot=0, workers=1, progress=False)
+    assert len(calls) == 1 and (sw.path / "report" / "index.html").exists()
