@@ -292,32 +292,32 @@ def knee_vs_plateau(path: Path, layout: Layout) -> None:
     top = max([1.0, *(r.row["lambda_max_plateau_epoch"] for r in with_plateau), *(r.row["knee_epoch"] for r in done)])
     top *= 1.05
     ax.plot([0, top], [0, top], color="0.6", lw=1, ls="--")
-    shapes = sorted(
-        {str(r.row.get("lambda_max_shape") or r.row.get("lambda_max_plateau_reason") or "?") for r in without}
-    )
+
+    def shape_of(r: Run) -> str:
+        return str(r.row.get("lambda_max_shape") or "not described")
+
+    shapes = sorted({shape_of(r) for r in without})
+    step = 0.25 * top  # the strip: one column per shape, right of the plot
     ticks, labels = [], []
     for i, shape in enumerate(shapes):
-        x = top * (1.12 + 0.12 * i)
-        members = [
-            r
-            for r in without
-            if str(r.row.get("lambda_max_shape") or r.row.get("lambda_max_plateau_reason") or "?") == shape
-        ]
-        jitter = np.linspace(-0.03, 0.03, len(members)) * top
+        x = top * 1.1 + step * (i + 0.5)
+        members = [r for r in without if shape_of(r) == shape]
+        jitter = np.linspace(-0.3, 0.3, len(members)) * step
         for r, j in zip(members, jitter):
             ax.plot(x + j, r.row["knee_epoch"], "x", ms=5, color=colours[r.variant])
         ticks.append(x)
-        labels.append(textwrap.fill(f"no plateau: {shape} ({len(members)})", 18))
+        labels.append(textwrap.fill(f"{shape} ({len(members)})", 14))
     if shapes:
-        ax.axvline(top * 1.04, color="0.3", lw=0.8)
-    ax.set_xlim(0, top * (1.12 + 0.12 * len(shapes)) if shapes else top)
+        ax.axvline(top * 1.05, color="0.3", lw=0.8)
+        ax.text(top * 1.1, top * 0.97, "no plateau:", fontsize=8, va="top")
+    ax.set_xlim(0, top * 1.1 + step * len(shapes) if shapes else top)
     ax.set_ylim(0, top)
     if not done:
         no_data(ax, "no completed run with a knee")
     ax.set_xlabel("lambda_max plateau (epoch)")
     ax.set_ylabel("knee (epoch)")
     if ticks:
-        base = [t for t in ax.get_xticks() if 0 <= t <= top]
+        base = [t for t in ax.get_xticks() if 0 <= t <= top * 0.9]
         ax.set_xticks([*base, *ticks], [fmt(t) for t in base] + labels, fontsize=7)
     ax.grid(alpha=0.3)
     handles = [Line2D([], [], marker="o", ls="none", color=c, label=v) for v, c in colours.items()]

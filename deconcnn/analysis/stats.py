@@ -213,7 +213,8 @@ def partial_correlation(
     xa, ya = xa[keep], ya[keep]
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     member = counts[inverse] >= 2
-    xa, ya, inverse = xa[member], ya[member], inverse[member]
+    xa, ya = xa[member], ya[member]
+    _, inverse = np.unique(inverse[member], return_inverse=True)  # cells numbered 0..n_cells-1 again
     n, n_cells = int(xa.size), int(np.unique(inverse).size)
     df = n - n_cells - 1  # n - q - 2 with q = n_cells - 1
     out |= {"n": n, "n_cells": n_cells}
