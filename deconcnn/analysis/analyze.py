@@ -8,14 +8,16 @@ broken power-law fits, alpha_early over epochs 5-15, alpha_full from the knee to
 units check, the lambda_max plateau) and a window-robustness scan of alpha; then across runs: per
 cell (variant x every non-seed axis) medians and spreads over seeds, each variant against the
 first one with effect sizes and tests over seeds, and correlations of alpha with the noise metrics
-and the curvature. Every run of the sweep gets a row: failed, diverged, missing and too-short runs
-are carried through with their status and the reason, never dropped.
+and the curvature within cells (never pooled over them: lr alone moves both). Every run of the sweep
+gets a row: failed, diverged, missing and too-short runs are carried through with their status and
+the reason, never dropped; values a flag marks (deconcnn.analysis.columns) are left out of every
+summary and counted. Bad curves never make the command fail, and the report is always written.
 
 Outputs (``--out``, default ``<sweep>/analysis``; parquet or csv): ``runs`` (one row per run),
 ``fits`` (one row per run and model), ``knees`` (every knee candidate of every run),
 ``summary`` (per cell), ``comparisons``, ``correlations``, ``window_scan`` (median alpha per
-variant and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
-report/index.html (the report is rewritten at the end). Columns and rules: docs/analysis.md.
+cell and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
+report/index.html (the report is rewritten at the end, from this same collect). Columns and rules: docs/analysis.md.
 """
 
 from __future__ import annotations

@@ -50,8 +50,18 @@ def test_analyze_writes_every_table_plot_and_the_report_section(tmp_path, capsys
     summary = rows(out / "summary.parquet")
     cell = next(r for r in summary if (r["variant"], r[LR], r[WD]) == ("S-core", 0.1, 1e-3))
     assert (cell["n_runs"], cell["n_completed"], cell["n_failed"], cell["alpha_full_n"]) == (2, 1, 1, 1)
-    for name in ("comparisons", "correlations", "window_scan", "knees"):
+    for name in ("comparisons", "knees"):
         assert (out / f"{name}.parquet").exists(), name
+    # never pooled over cells: the window scan per cell, correlations within cells or partial on them
+    scan = rows(out / "window_scan.parquet")
+    assert {(r["variant"], r[LR], r[WD]) for r in scan} == {
+        (ident["variant"], ident["params"][LR], ident["params"][WD])
+        for rid, ident in sw.runs.items()
+        if ident["status"] == "completed"
+    }
+    assert all(1 <= r["n"] <= r["n_runs"] for r in scan)
+    scopes = {r["scope"] for r in rows(out / "correlations.parquet")}
+    assert scopes == {"within cell (across seeds)", "partial on the cells (seeds' deviations from their cell's mean)"}
     for name in ANALYSIS_PLOTS:
         assert (out / name).read_bytes().startswith(PNG), name
     index = (sw.path / "report" / "index.html").read_text()
