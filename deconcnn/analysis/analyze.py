@@ -70,8 +70,8 @@ class RunData:
 
     steps: np.ndarray
     losses: np.ndarray
-    bits: np.ndarray | None = None  # the logged loss_train_bits (units check)
     lr: np.ndarray | None = None  # the logged lr (lambda_max against 2/lr)
+    bits: np.ndarray | None = None  # the logged loss_train_bits (units check)
     curvature_steps: np.ndarray | None = None
     lambda_max: np.ndarray | None = None
     #: Why the curve is not the run's whole, clean curve (truncated, non-positive): curve_flag.
@@ -137,7 +137,10 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
         finite = np.isfinite(loss)
         last = int(np.flatnonzero(~finite)[0]) if (~finite).any() else len(loss)
         run = RunData(
-            steps[:last], loss[:last], None if bits is None else bits[:last], None if lr is None else lr[:last]
+            steps[:last],
+            loss[:last],
+            lr=None if lr is None else lr[:last],
+            bits=None if bits is None else bits[:last],
         )
         if last < len(loss):
             run.flags.append(f"truncated: non-finite loss at step {steps[last]:.0f} ({last} of {len(loss)} kept)")
