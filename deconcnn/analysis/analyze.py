@@ -479,6 +479,11 @@ def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str,
             shapes[r.get("lambda_max_shape") or "not described"] += 1
     if shapes:
         lines += ["lambda_max over training (completed runs): " + ", ".join(f"{k} {v}" for k, v in shapes.items()), ""]
+    units = [r for r in run_rows if r["status"] == "completed" and r.get("units_reason")]
+    if units:
+        lines += [f"Completed runs whose units check failed ({len(units)}; first 10):", ""]
+        lines += [f"- `{r['run_id']}`: {r['units_reason']}" for r in units[:10]]
+        lines.append("")
     flagged = [r for r in run_rows if r["status"] == "completed" and any(r.get(f) for f in FLAG_COLUMNS)]
     if flagged:
         lines += [f"Completed runs with a flagged value ({len(flagged)}; first 20):", ""]

@@ -176,6 +176,7 @@ def test_bad_curves_get_reasons_and_flags_never_a_failed_command_and_the_report_
         assert (out / name).read_bytes().startswith(PNG), name
     section = (out / "section.md").read_text()
     assert "Plots that failed" not in section and "flagged" in section
+    assert f"`{WRONG_BITS}`: loss_train_bits is not loss_train_nats / ln 2" in section
     assert "Loss-curve analysis" in (sw.path / "report" / "index.html").read_text()
 
 
