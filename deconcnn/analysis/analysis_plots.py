@@ -192,7 +192,7 @@ def alpha_vs_final(path: Path, layout: Layout) -> None:
             if run.status != "completed" or not (is_finite(x) and is_finite(y)):
                 continue
             lo, hi = run.row.get(f"{key}_lo"), run.row.get(f"{key}_hi")
-            err = [[y - lo], [hi - y]] if is_finite(lo) and is_finite(hi) else None
+            err = [[max(0.0, y - lo)], [max(0.0, hi - y)]] if is_finite(lo) and is_finite(hi) else None
             bad = bool(value_flags(run.row, key))
             flagged += bad
             colour = colours[run.variant]
@@ -274,7 +274,8 @@ def knee_vs_plateau(path: Path, layout: Layout) -> None:
 
     def err(row: dict[str, Any], key: str) -> list[list[float]] | None:
         v, lo, hi = row[key], row.get(f"{key}_lo"), row.get(f"{key}_hi")
-        return [[v - lo], [hi - v]] if is_finite(lo) and is_finite(hi) else None
+        # a bootstrap interval need not contain its point estimate: draw it from the point outwards
+        return [[max(0.0, v - lo)], [max(0.0, hi - v)]] if is_finite(lo) and is_finite(hi) else None
 
     for r in with_plateau:
         x, y = r.row["lambda_max_plateau_epoch"], r.row["knee_epoch"]
