@@ -141,10 +141,24 @@ NAN, INF = run_id("S-core", 0.2, 1e-3, 0), run_id("S-core", 0.2, 1e-3, 1)
 SHORT, WRONG_BITS = run_id("S-adamw", 0.1, 1e-3, 0), run_id("S-adamw", 0.2, 1e-3, 1)
 
 
-def test_bad_curves_get_reasons_and_flags_never_a_failed_command_and_the_report_is_written(tmp_path, capsys):
+def test_bad_curves_get_reasons_and_flags_never_a_failed_command_and_the_report_is_written(
+    tmp_path, capsys, monkeypatch
+):
     """Zero, negative, NaN and inf losses in completed runs, a 3-epoch run among 20-epoch ones and a
     wrong bits column, through the real command: exit 0, every plot and the report, each bad run
-    with its reason or flag, and no flagged value in a median."""
+    with its reason or flag, and no flagged value in a median. One collect: the report reuses it."""
+    import deconcnn.analysis.analyze as analyze_module
+    import deconcnn.analysis.report as report_module
+
+    calls = []
+    real_collect = analyze_module.collect
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "collect", counting)
+    monkeypatch.setattr(report_module, "collect", counting)
     sw = make_sweep(
         tmp_path / "sweep",
         epochs=20,
@@ -178,22 +192,4 @@ def test_bad_curves_get_reasons_and_flags_never_a_failed_command_and_the_report_
     assert "Plots that failed" not in section and "flagged" in section
     assert f"`{WRONG_BITS}`: loss_train_bits is not loss_train_nats / ln 2" in section
     assert "Loss-curve analysis" in (sw.path / "report" / "index.html").read_text()
-
-
-def test_analyze_collects_once(tmp_path, monkeypatch):
-    """One direction, collect -> analyze -> report: the report reuses analyze's collect."""
-    import deconcnn.analysis.analyze as analyze_module
-    import deconcnn.analysis.report as report_module
-
-    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), epochs=4, steps_per_epoch=20)
-    calls = []
-    real = analyze_module.collect
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(analyze_module, "collect", counting)
-    monkeypatch.setattr(report_module, "collect", counting)
-    analyze(sw.path, n_boot=0, workers=1, progress=False)
-    assert len(calls) == 1 and (sw.path / "report" / "index.html").exists()
+    assert len(calls) == 1  # collect -> analyze -> report, one direction
