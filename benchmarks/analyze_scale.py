@@ -11,6 +11,8 @@ settings (`--boot 20`, `--workers 2`). Plain script, no asserts:
     .venv/bin/python benchmarks/analyze_scale.py                         # full size, ~10-15 min in all
     .venv/bin/python benchmarks/analyze_scale.py --runs 36 --epochs 20   # smaller
     .venv/bin/python benchmarks/analyze_scale.py --reuse                  # analyze an earlier fabrication again
+    PYTHONPATH=/tmp/old .venv/bin/python benchmarks/analyze_scale.py --reuse  # an older commit's code
+                                          # (git archive COMMIT deconcnn | tar -x -C /tmp/old), side by side
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def _child(args: argparse.Namespace) -> None:
         collect(args.root, progress=False, workers=args.workers)
     else:
         result = analyze(args.root, workers=args.workers, n_boot=args.boot, progress=False)
-        out = {"runs": result.analysed, "plot_errors": result.plot_errors}
+        # getattr: the same script measures an older checkout (PYTHONPATH) side by side
+        out = {"runs": result.analysed, "plot_errors": getattr(result, "plot_errors", {})}
     dt = time.perf_counter() - t
     ru, rc = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     out |= {
