@@ -5,18 +5,20 @@
 Collects first (incremental), then for every run analyses its per-batch training loss
 (deconcnn.analysis.per_run.analyze_run, in worker processes, on the effective time from the logged
 lr: knee by a calibrated break test, power-law / exponential / broken power-law fits, alpha_early
-over epochs 5-15, alpha_full from the knee to the end, flags, the units check, the lambda_max
-plateau) and a window-robustness scan of alpha; then across runs: per cell (variant x every
-non-seed axis) medians and spreads over seeds, each variant against the first one with effect
-sizes and tests over seeds, and correlations of alpha with the noise metrics
-and the curvature. Every run of the sweep gets a row: failed, diverged, missing and too-short runs
-are carried through with their status and the reason, never dropped.
+over epochs 5-15, alpha_full from the knee to the end, flags, the units check against the logged
+bits, the lambda_max plateau) and a window-robustness scan of alpha; then across runs: per cell
+(variant x every non-seed axis) medians and spreads over seeds, each variant against the first one
+with effect sizes and tests over seeds, and correlations of alpha with the noise metrics and the
+curvature within cells (never pooled over them: lr alone moves both). Every run of the sweep gets
+a row: failed, diverged, missing and too-short runs are carried through with their status and the
+reason, never dropped; values a flag marks (deconcnn.analysis.columns) are left out of every
+summary and counted. Bad curves never make the command fail, and the report is always written.
 
 Outputs (``--out``, default ``<sweep>/analysis``; parquet or csv): ``runs`` (one row per run),
 ``fits`` (one row per run and model), ``knees`` (the knee test of every run),
 ``summary`` (per cell), ``comparisons``, ``correlations``, ``window_scan`` (median alpha per
-variant and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
-report/index.html (the report is rewritten at the end). Columns and rules: docs/analysis.md.
+cell and window); plots (ANALYSIS_PLOTS) and ``section.md``, which `report` includes in
+report/index.html (the report is rewritten at the end, from this same collect). Columns and rules: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pyarrow.parquet as pq
 
 from deconcnn.analysis import fits as F
 from deconcnn.analysis.collect import CollectResult, collect
+from deconcnn.analysis.columns import CURVE_FLAG, FLAG_COLUMNS, add_flag, value_flags
 from deconcnn.analysis.curves import time_axis
 from deconcnn.analysis.per_run import (
     EARLY_EPOCHS,
@@ -49,7 +52,7 @@ from deconcnn.analysis.per_run import (
     summarize_cells,
     truncation,
 )
-from deconcnn.analysis.stats import correlation
+from deconcnn.analysis.stats import correlation, partial_correlation
 from deconcnn.runlog.atomic import tmp_path, write_text_atomic
 from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS, is_finite
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR
@@ -61,7 +64,6 @@ SUMMARY_VALUES = ("alpha_early", "alpha_full", "knee_epoch", "final_loss_nats")
 SCAN_STARTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
 SCAN_ENDS = (10.0, 15.0, 20.0, 30.0, 40.0, 50.0)
 DEFAULT_BOOT = 20
-TRAIN_COLUMNS = ("step", "epoch_frac", "loss_train_nats", "lr")  # read per run; lr gives the time axis
 SECTION_FILE = "section.md"
 
 
@@ -71,7 +73,8 @@ class RunData:
 
     steps: np.ndarray
     losses: np.ndarray
-    lr: np.ndarray | None = None
+    lr: np.ndarray | None = None  # the logged lr (lambda_max against 2/lr)
+    bits: np.ndarray | None = None  # the logged loss_train_bits (units check)
     curvature_steps: np.ndarray | None = None
     lambda_max: np.ndarray | None = None
 
@@ -83,6 +86,7 @@ class AnalyzeResult:
     files: dict[str, Path] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
+    plot_errors: dict[str, str] = field(default_factory=dict)  # plot -> why it failed
     analysed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # status -> runs without training records
     seconds: float = 0.0
@@ -91,7 +95,10 @@ class AnalyzeResult:
         skipped = ", ".join(f"{n} {s}" for s, n in sorted(self.skipped.items())) or "none"
         lines = [f"analysed {self.analysed} runs in {self.seconds:.1f} s (no training records: {skipped})"]
         lines += [f"  {name:<12} {self.rows.get(name, 0):>8} rows  {path}" for name, path in self.files.items()]
-        lines += [f"  plot         {p}" for p in self.plots]
+        lines += [
+            f"  plot         {p}" + (f"  FAILED: {self.plot_errors[p.name]}" if p.name in self.plot_errors else "")
+            for p in self.plots
+        ]
         return "\n".join(lines)
 
 
@@ -101,16 +108,25 @@ def steps_per_epoch(steps: np.ndarray, epoch_frac: np.ndarray) -> float:
     return float(np.median((steps[ok] + 1) / epoch_frac[ok])) if ok.any() else math.nan
 
 
+# read per run: lr gives the time axis and 2/lr, the bits the units check
+TRAIN_COLUMNS = ("step", "epoch_frac", "loss_train_nats", "loss_train_bits", "lr")
+
+
 def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]:
-    """Each run's training curve (and lambda_max), streamed one row group of train.parquet at a time."""
+    """Each run's training curve (and lambda_max), streamed one row group of train.parquet at a time.
+
+    Whole curves: analyze_run cuts a run before its first non-finite or non-positive loss (a
+    diverged run stops being a power law) and says so in its curve_flag.
+    """
     data: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     train = res.files.get("train")
     if train is not None and train.exists() and pq.read_metadata(train).num_rows:
         pf = pq.ParquetFile(train)
+        present = [c for c in TRAIN_COLUMNS if c in pf.schema_arrow.names]
         for i in range(pf.metadata.num_row_groups):
-            t = pf.read_row_group(i, columns=["run_id", *TRAIN_COLUMNS])
+            t = pf.read_row_group(i, columns=["run_id", *present])
             ids = np.asarray(t.column("run_id").to_pylist(), dtype=object)
-            cols = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in TRAIN_COLUMNS}
+            cols = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in present}
             for rid in dict.fromkeys(ids):
                 m = ids == rid
                 for c, v in cols.items():
@@ -118,9 +134,10 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
     runs: dict[str, RunData] = {}
     spe: dict[str, float] = {}
     for rid, cols in data.items():
-        steps, frac, loss, lr = (np.concatenate(cols[c]) for c in TRAIN_COLUMNS)
-        # analyze_run cuts a diverged run before its first non-finite value and flags it
-        runs[rid] = RunData(steps, loss, lr)
+        steps, frac, loss = (np.concatenate(cols[c]) for c in ("step", "epoch_frac", "loss_train_nats"))
+        bits, lr = (np.concatenate(cols[c]) if c in cols else None for c in ("loss_train_bits", "lr"))
+        # analyze_run cuts a diverged run before its first unusable value and flags it
+        runs[rid] = RunData(steps, loss, lr=lr, bits=bits)
         spe[rid] = steps_per_epoch(steps, frac)
     curv = res.files.get("curvature")
     if curv is not None and curv.exists() and pq.read_metadata(curv).num_rows:
@@ -135,12 +152,21 @@ def read_runs(res: CollectResult) -> tuple[dict[str, RunData], dict[str, float]]
     return runs, spe
 
 
+def short_runs(curves: dict[str, RunData], spe: dict[str, float], ids: Sequence[str]) -> dict[str, str]:
+    """Runs (of ``ids``) whose curve ends more than an epoch before the longest one's: their alphas
+    and knee cover other epochs than the rest of the sweep's (curve_flag)."""
+    ends = {r: float(curves[r].steps[-1]) / spe[r] for r in ids if len(curves[r].steps) and spe[r] > 0}
+    longest = max(ends.values(), default=math.nan)
+    return {r: f"short: ends at epoch {e:.1f} of the sweep's {longest:.1f}" for r, e in ends.items() if e < longest - 1}
+
+
 def _one_run(rid: str, run: RunData, spe: float, n_boot: int, seed: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The per-run analysis and the window scan (in a worker process)."""
     out = analyze_run(
         run.steps,
         run.losses,
         spe,
+        loss_bits=run.bits,
         lr=run.lr,
         curvature_steps=run.curvature_steps,
         lambda_max=run.lambda_max,
@@ -265,22 +291,34 @@ def analyze(
                 bar.advance(task)
     result.analysed = len(analysed)
 
+    group_keys = ["variant", *[a for a in source.axes if a.rsplit(".", 1)[-1] != "seed"]]
+    short = short_runs(curves, spe, list(analysed))
     run_rows, fit_rows, knee_rows = [], [], []
-    scans: dict[str, list[np.ndarray]] = defaultdict(list)
+    scans: dict[tuple[Any, ...], list[np.ndarray]] = defaultdict(list)
     for rid, ident in identity.items():
         if rid in analysed:
             out_run, scan = analysed[rid]
-            run_rows.append({**ident, **out_run["run"], **noise.get(rid, {})})
-            fit_rows += [{**ident, **row} for row in out_run["fits"]]
-            knee_rows += [{**ident, **row} for row in out_run["knee_table"]]
-            if scan and ident["status"] == "completed":
-                scans[ident["variant"]].append(scan["alpha"])
+            row = {**ident, **out_run["run"], **noise.get(rid, {})}
+            for flag in FLAG_COLUMNS:
+                row.setdefault(flag, "")
+            if rid in short:
+                add_flag(row, CURVE_FLAG, short[rid])
+            run_rows.append(row)
+            fit_rows += [{**ident, **r} for r in out_run["fits"]]
+            knee_rows += [{**ident, **r} for r in out_run["knee_table"]]
+            if scan and ident["status"] == "completed" and not row[CURVE_FLAG]:
+                scans[tuple(ident[k] for k in group_keys)].append(scan["alpha"])
         else:
             result.skipped[ident["status"]] = result.skipped.get(ident["status"], 0) + 1
             run_rows.append(
-                {**ident, **dict.fromkeys(RUN_COLUMNS), **noise.get(rid, {}), "reason": "no training records"}
+                {
+                    **ident,
+                    **dict.fromkeys(RUN_COLUMNS),
+                    **noise.get(rid, {}),
+                    **dict.fromkeys(FLAG_COLUMNS, ""),
+                    "reason": "no training records",
+                }
             )
-    group_keys = ["variant", *[a for a in source.axes if a.rsplit(".", 1)[-1] != "seed"]]
     summary = summarize_cells(run_rows, group_keys, SUMMARY_VALUES)
     baseline = source.variants[0] if source.variants else None
     comparisons = (
@@ -288,21 +326,8 @@ def analyze(
         if baseline
         else []
     )
-    correlations = _correlations(run_rows, source.variants)
-    window_rows = [
-        {
-            "variant": v,
-            "start_epoch": s,
-            "end_epoch": e,
-            "alpha_median": float(np.nanmedian(stack[:, i, j])),
-            "n": int(np.isfinite(stack[:, i, j]).sum()),
-        }
-        for v, grids in scans.items()
-        for stack in [np.stack(grids)]
-        for i, s in enumerate(SCAN_STARTS)
-        for j, e in enumerate(SCAN_ENDS)
-        if e > s and np.isfinite(stack[:, i, j]).any()
-    ]
+    correlations = _correlations(run_rows, group_keys)
+    window_rows = _window_rows(scans, group_keys)
     ext = "parquet" if fmt == "parquet" else "csv"
     tables = {
         "runs": (run_rows, None),
@@ -318,12 +343,14 @@ def analyze(
         result.rows[name] = _write(rows, result.files[name], fmt, cols)
     # the plots draw what analyze_run fitted: each curve before its first unusable value
     shown = {
-        rid: RunData(*(v[: truncation(r.losses, r.lr)[0]] for v in (r.steps, r.losses))) for rid, r in curves.items()
+        rid: RunData(r.steps[:cut], r.losses[:cut], lr=None if r.lr is None else r.lr[:cut])
+        for rid, r in curves.items()
+        for cut in [truncation(r.losses, r.lr)[0]]
     }
-    result.plots = write_plots(out_dir, source, run_rows, fit_rows, shown, window_rows)
+    result.plots, result.plot_errors = write_plots(out_dir, source, run_rows, fit_rows, shown, window_rows, group_keys)
     write_text_atomic(out_dir / SECTION_FILE, section(source, summary, run_rows, result), fsync=False)
     if write_report:
-        report(source.path, collected=res.out_dir)
+        report(source.path, collected=res.out_dir, result=res)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -332,28 +359,84 @@ def identity_columns(source: Any) -> list[str]:
     return ["run_id", "variant", *source.axes, "status"]
 
 
-def _correlations(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
+def _window_rows(scans: dict[tuple[Any, ...], list[np.ndarray]], group_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Per cell (never pooled over cells: lr and wd move alpha) and window: the median alpha over the
+    cell's completed, unflagged seeds, its quartiles, how many seeds gave one (``n``) of how many
+    (``n_runs``): a window some seeds do not reach has ``n < n_runs``."""
+    rows = []
+    for cell, grids in scans.items():
+        stack = np.stack(grids)
+        for i, s in enumerate(SCAN_STARTS):
+            for j, e in enumerate(SCAN_ENDS):
+                v = stack[:, i, j][np.isfinite(stack[:, i, j])]
+                if e > s and v.size:
+                    q25, med, q75 = np.percentile(v, [25, 50, 75])
+                    rows.append(
+                        {
+                            **dict(zip(group_keys, cell, strict=True)),
+                            "start_epoch": s,
+                            "end_epoch": e,
+                            "alpha_median": float(med),
+                            "alpha_q25": float(q25),
+                            "alpha_q75": float(q75),
+                            "n": int(v.size),
+                            "n_runs": len(grids),
+                        }
+                    )
+    return rows
+
+
+#: The scopes of the correlations table: never pooled over cells, where lr alone moves both sides.
+WITHIN_CELL = "within cell (across seeds)"
+PARTIAL_ON_CELLS = "partial on the cells (seeds' deviations from their cell's mean)"
+
+
+def _correlations(rows: list[dict[str, Any]], group_keys: Sequence[str]) -> list[dict[str, Any]]:
     """alpha (early, full) against each noise and curvature median, and the knee against the
-    lambda_max plateau; per variant and pooled ("all"), over completed runs."""
+    lambda_max plateau, over completed runs with unflagged values: per cell across its seeds, and per
+    variant (and over all variants) as a partial correlation on the cells (stats.partial_correlation).
+    The ``scope`` column says which."""
     pairs = [(f"{x}_median", y) for y in ALPHAS for x in (*NOISE_METRICS, *CURVATURE_METRICS)]
     pairs.append(("lambda_max_plateau_epoch", "knee_epoch"))
+    done = [r for r in rows if r["status"] == "completed"]
+
+    def value(r: dict[str, Any], key: str) -> float:
+        v = r.get(key)
+        return math.nan if v is None or value_flags(r, key) else float(v)
+
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in done:
+        cells[tuple(r.get(k) for k in group_keys)].append(r)
     out = []
-    for variant in [*variants, "all"]:
-        members = [r for r in rows if r["status"] == "completed" and (variant == "all" or r["variant"] == variant)]
+    for cell, members in cells.items():
         for x, y in pairs:
-            xs = [float(r.get(x, math.nan)) for r in members]
-            ys = [float(r.get(y, math.nan)) for r in members]
-            out.append({"variant": variant, "x": x, "y": y, **correlation(xs, ys)})
+            xs, ys = [value(r, x) for r in members], [value(r, y) for r in members]
+            ident = dict(zip(group_keys, cell, strict=True))
+            out.append({"scope": WITHIN_CELL, **ident, "x": x, "y": y, **correlation(xs, ys), "n_cells": 1})
+    variants = list(dict.fromkeys(r["variant"] for r in done))
+    for variant in [*variants, "all"]:
+        members = [r for r in done if variant == "all" or r["variant"] == variant]
+        groups = [tuple(r.get(k) for k in group_keys) for r in members]
+        for x, y in pairs:
+            xs, ys = [value(r, x) for r in members], [value(r, y) for r in members]
+            res = partial_correlation(xs, ys, groups)
+            out.append({"scope": PARTIAL_ON_CELLS, "variant": variant, "x": x, "y": y, **res})
     return out
 
 
 def _median_text(rows: list[dict[str, Any]], key: str) -> str:
-    values = [r[key] for r in rows if r["status"] == "completed" and is_finite(r.get(key))]
+    """Median [quartiles] over the completed runs whose value no flag marks; n and the flagged count
+    when some are left out."""
+    done = [r for r in rows if r["status"] == "completed"]
+    kept = [r for r in done if not value_flags(r, key)]
+    values = [r[key] for r in kept if is_finite(r.get(key))]
+    flagged = len(done) - len(kept)
+    notes = ([f"n={len(values)}"] if len(values) < len(done) else []) + ([f"{flagged} flagged"] if flagged else [])
+    note = f" ({', '.join(notes)})" if notes else ""
     if not values:
-        return "-"
+        return "-" + note
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
-    done = sum(r["status"] == "completed" for r in rows)
-    return f"{q50:.3f} [{q25:.3f}, {q75:.3f}]" + (f" (n={len(values)})" if len(values) < done else "")
+    return f"{q50:.3f} [{q25:.3f}, {q75:.3f}]{note}"
 
 
 def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str, Any]], result: AnalyzeResult) -> str:
@@ -365,8 +448,10 @@ def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str,
         "## Loss-curve analysis",
         "",
         f"`alpha_early`: power-law exponent over epochs {e0:g}-{e1:g}; `alpha_full`: from the knee (burn-in "
-        "end, by AICc) to the end; medians over completed runs [quartiles] (n: runs with a value, when not all). "
-        "Rules and columns: "
+        "end, by AICc) to the end. Per variant: median [quartiles] over its completed runs in every cell "
+        "(lr and wd move alpha: the per-cell medians over seeds are in `summary`; correlations are within "
+        "cells or partial on them, see the `scope` column); n: runs with a value, when not all; flagged "
+        "values (a `*_flag` column says why) are left out and counted. Rules and columns: "
         "docs/analysis.md; tables: " + ", ".join(f"[{p.name}]({p.name})" for p in result.files.values()) + ".",
         "",
         "| variant | completed / runs | alpha_early | alpha_full | knee epoch | final loss (nats) |",
@@ -383,6 +468,28 @@ def section(source: Any, summary: list[dict[str, Any]], run_rows: list[dict[str,
     lines += [""]
     for name, title in ANALYSIS_PLOTS.items():
         lines += [f"### {title}", "", f"[![{title}]({name})]({name})", ""]
+    if result.plot_errors:
+        lines += ["Plots that failed (the tables are complete):", ""]
+        lines += [f"- `{name}`: {err}" for name, err in result.plot_errors.items()]
+        lines.append("")
+    shapes: dict[str, int] = defaultdict(int)
+    for r in run_rows:
+        if r["status"] == "completed":
+            shapes[r.get("lambda_max_shape") or "not described"] += 1
+    if shapes:
+        lines += ["lambda_max over training (completed runs): " + ", ".join(f"{k} {v}" for k, v in shapes.items()), ""]
+    units = [r for r in run_rows if r["status"] == "completed" and r.get("units_reason")]
+    if units:
+        lines += [f"Completed runs whose units check failed ({len(units)}; first 10):", ""]
+        lines += [f"- `{r['run_id']}`: {r['units_reason']}" for r in units[:10]]
+        lines.append("")
+    flagged = [r for r in run_rows if r["status"] == "completed" and any(r.get(f) for f in FLAG_COLUMNS)]
+    if flagged:
+        lines += [f"Completed runs with a flagged value ({len(flagged)}; first 20):", ""]
+        lines += [
+            f"- `{r['run_id']}`: " + "; ".join(f"{f}: {r[f]}" for f in FLAG_COLUMNS if r.get(f)) for r in flagged[:20]
+        ]
+        lines.append("")
     unfit = [r for r in run_rows if r["status"] == "completed" and not is_finite(r.get("alpha_full"))]
     if unfit:
         lines += [f"Completed runs without an alpha_full ({len(unfit)}):", ""]

@@ -100,6 +100,7 @@ def curve_problem(t: ArrayLike, y: ArrayLike) -> str:
 TAU = "tau"
 STEPS = "steps"
 TIME_AXES = (TAU, STEPS)
+TIME_AXIS_LABELS = {TAU: "effective time tau (steps at peak lr)", STEPS: "step + 1"}
 
 
 def time_axis(steps: ArrayLike, lr: ArrayLike | None = None, kind: str = TAU) -> tuple[FloatArray, str, str]:

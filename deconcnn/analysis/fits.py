@@ -31,7 +31,7 @@ Weighted least squares on the bins: minimise ``RSS = sum_i ((y_i - f(t_i)) / sig
 ``sigma_i`` the bin's standard error (``curves.log_bins``), trust-region reflective
 (``scipy.optimize.least_squares``) with analytic Jacobians. The data are divided by their median
 before fitting and the results multiplied back, so a change of units (nats -> bits) gives the
-same exponents, ``tau``, ``t_b``, RSS, AIC and knee up to rounding (:func:`units_check`).
+same exponents, ``tau``, ``t_b``, RSS and AIC up to rounding (:func:`units.units_check`).
 
 * ``stderr``: square roots of the diagonal of ``s^2 (J^T J)^-1`` (``J`` the weighted Jacobian
   at the optimum, ``s^2 = RSS / (n - k)``), i.e. the covariance scaled by the observed scatter
@@ -64,18 +64,7 @@ AIC is reliable, and the broken power law nests the power law with a breakpoint 
 the noise -- on noisy pure power laws (45 bins) "lowest AIC" picks it in ~15-30% of draws,
 "lowest AICc within 2, fewest parameters" in ~3-8% (``tests/analysis/test_fits.py``).
 
-Knee (:func:`knee_by_aic`)
---------------------------
-Candidate starts ``s`` (ascending) move up to the first step of the next bin, so each window
-``[s, t_end]`` holds whole bins. A candidate whose window has fewer than ``KNEE_MIN_BINS`` (10,
-half a decade at 20 bins per decade) bins is skipped: too short to tell the models apart. At each
-other candidate the three models are fitted on the window and :func:`select_model` chooses one.
-The knee is the **earliest candidate at which the power law is chosen**: the burn-in ends where
-the rest of the curve is best described as a power law. ``None`` (with a reason) when it is
-chosen nowhere. Interval: 2.5/97.5 percentiles of the knee over ``n_boot`` bootstrap curves,
-each made by resampling every bin's per-step losses with replacement (so each bin mean varies by
-its own scatter) and re-running the search; ``boot_found`` is the fraction of resamples that
-found a knee at all.
+The knee (burn-in) is found by :func:`slopes.knee_test`, a calibrated break test on these fits.
 """
 
 from __future__ import annotations
@@ -95,7 +84,6 @@ from deconcnn.analysis.curves import (
     DEFAULT_BINS_PER_DECADE,
     Binned,
     FloatArray,
-    bin_index,
     curve_problem,
     log_bins,
 )
@@ -710,208 +698,3 @@ def window_scan(
                 out["alpha_lo"][i, j], out["alpha_hi"][i, j] = fit.ci["alpha"]
                 out["n_bins"][i, j] = fit.n
     return out
-
-
-@dataclass(frozen=True)
-class Knee:
-    """Burn-in found by :func:`knee_by_aic`. ``knee_t`` None (with ``reason``) when not found.
-
-    ``lo``/``hi``: 2.5/97.5 bootstrap percentiles of the knee over the resamples that found one
-    (None without bootstrap, without a knee, or when no resample found one); ``boot_found``:
-    that fraction of resamples (NaN without bootstrap). ``table``: one dict per candidate
-    start: ``t_start``, ``n_bins``, ``<criterion>_<model>`` (NaN where the model failed),
-    ``chosen`` (model name or None), ``reason``.
-    """
-
-    knee_t: float | None
-    lo: float | None
-    hi: float | None
-    boot_found: float
-    reason: str
-    table: tuple[dict[str, Any], ...]
-
-
-def _knee_scan(
-    curve: Binned,
-    starts: FloatArray,
-    t_end: float,
-    threshold: float,
-    criterion: Criterion,
-    min_bins: int,
-    full_table: bool,
-) -> tuple[float | None, str, list[dict[str, Any]]]:
-    """First candidate (ascending) whose window chooses the power law; stops there unless
-    ``full_table`` (the bootstrap needs only the knee)."""
-    table: list[dict[str, Any]] = []
-    knee: float | None = None
-    for s in starts:
-        window = curve.window(float(s), t_end)
-        if len(window) < min_bins:
-            table.append(
-                {
-                    "t_start": float(s),
-                    "n_bins": len(window),
-                    **{f"{criterion}_{m}": math.nan for m in MODELS},
-                    "chosen": None,
-                    "reason": f"window has {len(window)} < {min_bins} bins",
-                }
-            )
-            continue
-        fits = fit_models(window)
-        sel = select_model(fits, threshold, criterion)
-        table.append(
-            {
-                "t_start": float(s),
-                "n_bins": len(window),
-                **{f"{criterion}_{m}": getattr(fits[m], criterion) for m in MODELS},
-                "chosen": sel["chosen"],
-                "reason": sel["reason"],
-            }
-        )
-        if sel["chosen"] == POWER_LAW and knee is None:
-            knee = float(s)
-            if not full_table:
-                break
-    if knee is not None:
-        return knee, "", table
-    if all(row["chosen"] is None for row in table):
-        return None, f"no candidate window with >= {min_bins} bins could be fitted", table
-    return None, "power law not chosen at any candidate start", table
-
-
-def _resample_within_bins(t: FloatArray, y: FloatArray, bins_per_decade: int, rng: np.random.Generator) -> FloatArray:
-    """``y`` with each bin's values redrawn with replacement from that bin (``t`` sorted)."""
-    k = bin_index(t, bins_per_decade)
-    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    count = np.diff(np.r_[first, t.size])
-    start = np.repeat(first, count)
-    size = np.repeat(count, count)
-    return y[start + np.floor(rng.random(t.size) * size).astype(np.int64)]
-
-
-def knee_by_aic(
-    t: ArrayLike,
-    y: ArrayLike,
-    candidates: ArrayLike,
-    *,
-    t_end: float = np.inf,
-    threshold: float = AIC_THRESHOLD,
-    criterion: Criterion = "aicc",
-    min_bins: int = KNEE_MIN_BINS,
-    bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
-    n_boot: int = 0,
-    seed: int = 0,
-) -> Knee:
-    """Burn-in: the earliest candidate start whose remaining curve is chosen as a power law.
-
-    Rule (module docstring, "Knee"): candidates move up to the first step of the next bin
-    (``knee_t`` is such a step); a candidate whose
-    window ``[s, t_end]`` holds fewer than ``min_bins`` bins is skipped (too short to tell the
-    models apart); at each other candidate the three models are fitted and
-    :func:`select_model` (``threshold``, ``criterion``) chooses one. With the defaults the power
-    law is chosen iff ``aicc_pl <= aicc_broken + 2`` and (``aicc_pl <= aicc_exp`` or
-    ``aicc_exp > aicc_min + 2``). The knee is the earliest candidate where it is chosen.
-    ``n_boot > 0`` adds the bootstrap interval (within-bin resampling). Never raises.
-    """
-    problem = curve_problem(t, y)
-    if problem:
-        return Knee(None, None, None, math.nan, problem, ())
-    ta = np.asarray(t, dtype=np.float64).reshape(-1)
-    ya = np.asarray(y, dtype=np.float64).reshape(-1)
-    order = np.argsort(ta, kind="stable")
-    order = order[ta[order] <= t_end]  # resampling must not pull in points past the end
-    ta, ya = ta[order], ya[order]
-    curve = log_bins(ta, ya, bins_per_decade)
-    # A candidate moves up to the first step of the first bin starting at or after it, so every
-    # window holds whole bins and resamples within bins stay inside their window.
-    pos = np.searchsorted(curve.lo, np.asarray(candidates, dtype=np.float64) - 1e-9)
-    starts = np.unique(curve.t_first[pos[pos < len(curve)]])
-    if starts.size == 0:
-        return Knee(None, None, None, math.nan, "no candidate start inside the curve", ())
-    knee, reason, table = _knee_scan(curve, starts, t_end, threshold, criterion, min_bins, True)
-    if n_boot <= 0 or knee is None:
-        return Knee(knee, None, None, math.nan, reason, tuple(table))
-    rng = np.random.default_rng(seed)
-    found = []
-    for _ in range(n_boot):
-        yb = _resample_within_bins(ta, ya, bins_per_decade, rng)
-        kb = _knee_scan(log_bins(ta, yb, bins_per_decade), starts, t_end, threshold, criterion, min_bins, False)[0]
-        if kb is not None:
-            found.append(kb)
-    lo, hi = (float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5))) if found else (None, None)
-    return Knee(knee, lo, hi, len(found) / n_boot, reason, tuple(table))
-
-
-def compare_units(knee_nats: Knee, knee_bits: Knee, fit_nats: Fit, fit_bits: Fit, rtol: float = 1e-6) -> dict[str, Any]:
-    """Agreement of a knee and power-law fit done in nats with the same done in bits.
-
-    ``agree`` is True iff both knees are the same candidate (or both absent) and the two
-    ``alpha`` differ by at most ``rtol`` relative: ``|a_bits - a_nats| <= rtol |a_nats|``.
-    """
-    a_n = fit_nats.params.get("alpha", math.nan)
-    a_b = fit_bits.params.get("alpha", math.nan)
-    rel = abs(a_b - a_n) / abs(a_n) if a_n else math.nan
-    same_knee = knee_nats.knee_t == knee_bits.knee_t
-    reason = ""
-    if not (fit_nats.ok and fit_bits.ok):
-        reason = f"power-law fit failed: {fit_nats.reason or fit_bits.reason}"
-    elif not same_knee:
-        reason = f"knees differ: {knee_nats.knee_t} (nats) vs {knee_bits.knee_t} (bits)"
-    elif not rel <= rtol:
-        reason = f"alpha differs by {rel:.3g} relative (> {rtol:g})"
-    return {
-        "alpha_nats": a_n,
-        "alpha_bits": a_b,
-        "alpha_rel_diff": rel,
-        "knee_t_nats": knee_nats.knee_t,
-        "knee_t_bits": knee_bits.knee_t,
-        "agree": reason == "",
-        "reason": reason,
-    }
-
-
-def units_check(
-    t: ArrayLike,
-    y_nats: ArrayLike,
-    candidates: ArrayLike | None = None,
-    *,
-    t_end: float = np.inf,
-    bins_per_decade: int = DEFAULT_BINS_PER_DECADE,
-    threshold: float = AIC_THRESHOLD,
-    criterion: Criterion = "aicc",
-    rtol: float = 1e-6,
-) -> dict[str, Any]:
-    """Knee and power-law ``alpha`` (knee to ``t_end``) in nats and in bits (``y / ln 2``).
-
-    A change of units multiplies every loss by the same constant; a power law's exponent and the
-    burn-in are properties of the curve's shape, so both must agree (:func:`compare_units`).
-    ``candidates`` default: 10 per decade, ``10^(j/10)``, over the whole curve. Without a knee
-    the fit starts at the first candidate. Returns :func:`compare_units`' dict (``agree`` False
-    with the ``reason`` for unusable data).
-    """
-    problem = curve_problem(t, y_nats)
-    if problem:
-        return {
-            "alpha_nats": math.nan,
-            "alpha_bits": math.nan,
-            "alpha_rel_diff": math.nan,
-            "knee_t_nats": None,
-            "knee_t_bits": None,
-            "agree": False,
-            "reason": problem,
-        }
-    ta = np.asarray(t, dtype=np.float64)
-    if candidates is None:
-        candidates = 10.0 ** (
-            np.arange(math.ceil(10 * math.log10(ta.min())), math.floor(10 * math.log10(ta.max())) + 1) / 10
-        )
-    y_n = np.asarray(y_nats, dtype=np.float64)
-    results = []
-    for y in (y_n, y_n / math.log(2.0)):
-        knee = knee_by_aic(
-            ta, y, candidates, t_end=t_end, threshold=threshold, criterion=criterion, bins_per_decade=bins_per_decade
-        )
-        start = knee.knee_t if knee.knee_t is not None else float(np.min(candidates))
-        fit = fit_power_law(log_bins(ta, y, bins_per_decade, max_t=t_end).window(start, t_end))
-        results.append((knee, fit))
-    return compare_units(results[0][0], results[1][0], results[0][1], results[1][1], rtol)

@@ -19,8 +19,19 @@ from numpy.typing import ArrayLike
 from deconcnn.analysis import curves as C
 from deconcnn.analysis import fits as F
 from deconcnn.analysis import slopes as S
+from deconcnn.analysis.columns import (
+    ALPHA_EARLY_FLAG,
+    ALPHA_FULL_FLAG,
+    CURVE_FLAG,
+    FLAG_COLUMNS,
+    FLAG_SEP,
+    KNEE_FLAG,
+    value_flags,
+)
 from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, TAU, log_bins
-from deconcnn.analysis.stats import effect_size, median_spread, plateau_step
+from deconcnn.analysis.plateau import PLATEAU_COLUMNS, plateau_row
+from deconcnn.analysis.stats import effect_size, median_spread
+from deconcnn.analysis.units import UNITS_COLUMNS, UNITS_RTOL, units_check
 from deconcnn.sweep.state import STATES
 
 KNEE_EPOCHS = (0.5, 20.0)
@@ -55,16 +66,6 @@ FIT_COLUMNS: tuple[str, ...] = (
         for sfx in _PARAM_SUFFIXES
     ),
 )
-# Flag columns: "" when the value can be used, else short reasons joined by "; ". They are the
-# interface with the summaries, heat maps and comparisons, which leave flagged values out.
-ALPHA_EARLY_FLAG = "alpha_early_flag"
-ALPHA_FULL_FLAG = "alpha_full_flag"
-KNEE_FLAG = "knee_flag"
-CURVE_FLAG = "curve_flag"
-FLAG_COLUMNS = (ALPHA_EARLY_FLAG, ALPHA_FULL_FLAG, KNEE_FLAG, CURVE_FLAG)
-# the flag that marks each run value (a curve flag is copied into each of them)
-FLAGGED_VALUES = {"alpha_early": ALPHA_EARLY_FLAG, "alpha_full": ALPHA_FULL_FLAG, "knee_epoch": KNEE_FLAG}
-
 RUN_COLUMNS: tuple[str, ...] = (
     "reason",
     "n_steps",
@@ -110,16 +111,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     "alpha_early_n_bins",
     ALPHA_EARLY_FLAG,
     "alpha_early_reason",
-    "units_alpha_nats",
-    "units_alpha_bits",
-    "units_alpha_rel_diff",
-    "units_knee_step_bits",
-    "units_agree",
-    "units_reason",
-    "lambda_max_plateau_step",
-    "lambda_max_plateau_epoch",
-    "lambda_max_plateau_value",
-    "lambda_max_plateau_reason",
+    *UNITS_COLUMNS,
+    *PLATEAU_COLUMNS,
 )
 KNEE_TABLE_COLUMNS: tuple[str, ...] = (
     "break_step",
@@ -178,7 +171,7 @@ def truncation(y: np.ndarray, lr: np.ndarray | None) -> tuple[int, str]:
 
 
 def _join(*reasons: str) -> str:
-    return "; ".join(dict.fromkeys(r for r in reasons if r))
+    return FLAG_SEP.join(dict.fromkeys(r for r in reasons if r))
 
 
 def analyze_run(
@@ -186,6 +179,7 @@ def analyze_run(
     loss_nats: ArrayLike,
     steps_per_epoch: float,
     *,
+    loss_bits: ArrayLike | None = None,
     lr: ArrayLike | None = None,
     time_axis: str = TAU,
     curvature_steps: ArrayLike | None = None,
@@ -198,8 +192,7 @@ def analyze_run(
     n_boot: int = 0,
     knee_stat: float = S.KNEE_STAT,
     block_steps: int | None = None,
-    units_rtol: float = 1e-6,
-    plateau_band: float = 0.10,
+    units_rtol: float = UNITS_RTOL,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Analyse one run's per-batch training loss (nats); never raises.
@@ -217,9 +210,11 @@ def analyze_run(
        intervals in the fits table); ``alpha_full`` = the power law's alpha there, HAC interval.
     4. ``alpha_early``: :func:`slopes.early_slope` on ``early_epochs`` (default 5-15), floor from
        the knee (or the first candidate when the knee is past the window's start) to its end.
-    5. Flags (``FLAG_COLUMNS``), units check (knee and alpha again on ``loss / ln 2``),
-       ``lambda_max`` plateau, ``final_loss_nats`` (mean of the last ``final_n`` losses, default
-       one epoch).
+    5. Flags (``FLAG_COLUMNS``, :mod:`columns`).
+    6. Units check (:func:`units.units_check`): the logged ``loss_bits`` against the nats, record
+       by record and through the power-law fit, tolerance ``units_rtol``.
+    7. ``lambda_max`` shape and plateau (:func:`plateau.plateau_row`, with ``lr`` when given).
+    8. ``final_loss_nats``: mean of the last ``final_n`` losses (default one epoch).
     """
     run: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, math.nan)
     run |= {
@@ -229,8 +224,6 @@ def analyze_run(
         "knee_reason": "",
         "alpha_full_reason": "",
         "alpha_early_reason": "",
-        "units_reason": "",
-        "lambda_max_plateau_reason": "no lambda_max given",
         "start_rule": "",
         "selected_model": None,
         "best_aicc_model": None,
@@ -244,13 +237,10 @@ def analyze_run(
     run["n_steps"] = int(y.size)
     spe = float(steps_per_epoch)
     spe_ok = spe > 0
-    if curvature_steps is not None and lambda_max is not None:
-        plat = plateau_step(curvature_steps, lambda_max, rel_band=plateau_band)
-        run["lambda_max_plateau_reason"] = plat["reason"]
-        if plat["plateau_step"] is not None:
-            run["lambda_max_plateau_step"] = plat["plateau_step"]
-            run["lambda_max_plateau_epoch"] = plat["plateau_step"] / spe if spe_ok else math.nan
-            run["lambda_max_plateau_value"] = plat["plateau_value"]
+    run |= plateau_row(curvature_steps, lambda_max, spe, lr_steps=steps if lr is not None else None, lr=lr)
+    bits_raw = None if loss_bits is None else np.asarray(loss_bits, dtype=np.float64).reshape(-1)
+    # cut and moved with the loss; one of another length goes to units_check as it is (it says so)
+    bits = bits_raw if bits_raw is not None and bits_raw.shape == s.shape else None
 
     problem, flag = "", ""
     if not spe_ok:
@@ -261,10 +251,12 @@ def analyze_run(
         order = np.argsort(s, kind="stable")
         s, y = s[order], y[order]
         r = None if r is None else r[order]
+        bits = None if bits is None else bits[order]
         cut, why = truncation(y, r)
         if cut < y.size:
             flag = f"truncated at epoch {s[cut] / spe:.2f} ({why})" if cut else f"no usable values ({why})"
             s, y, r = s[:cut], y[:cut], None if r is None else r[:cut]
+            bits = None if bits is None else bits[:cut]
         epochs = s.size / spe
         if not s.size:
             problem = flag
@@ -285,6 +277,7 @@ def analyze_run(
     x, axis, axis_why = C.time_axis(s, r, time_axis)
     moved = x > 0  # steps before the first nonzero lr have no place on a log axis
     s, x, y = s[moved], x[moved], y[moved]
+    bits = None if bits is None else bits[moved]
     run["time_axis"] = axis
     run[CURVE_FLAG] = _join(flag, axis_why if lr is not None else "")
     n_final = int(final_n or round(spe))
@@ -374,25 +367,12 @@ def analyze_run(
         run["alpha_early_reason"] = f"the curve ends at epoch {s.size / spe:.2f}, before the window's end ({e1:g})"
     run[ALPHA_EARLY_FLAG] = early_flag
 
-    y_bits = y / math.log(2.0)
-    curve_bits = log_bins(x, y_bits, bins_per_decade)
-    kt_bits = S.knee_test(x, y_bits, curve_bits, first, (first, x_at(knee_epochs[1])), block, knee_stat)
-    start_bits = kt_bits.knee_x if math.isfinite(kt_bits.knee_x) else first
-    pl_bits = F.fit_power_law(log_bins(x, y_bits, bins_per_decade, min_t=start_bits))
-    # knees compared as steps: the two fits' breakpoints differ by rounding only
-    k_nats, k_bits = (
-        F.Knee(step_of(k.knee_x) if math.isfinite(k.knee_x) else None, None, None, math.nan, k.reason, ())
-        for k in (kt, kt_bits)
+    run |= units_check(
+        y,
+        bits_raw if bits is None else bits,
+        lambda v: F.fit_power_law(log_bins(x, v, bins_per_decade, min_t=start)).params.get("alpha", math.nan),
+        rtol=units_rtol,
     )
-    units = F.compare_units(k_nats, k_bits, pl, pl_bits, units_rtol)
-    run |= {
-        "units_alpha_nats": units["alpha_nats"],
-        "units_alpha_bits": units["alpha_bits"],
-        "units_alpha_rel_diff": units["alpha_rel_diff"],
-        "units_knee_step_bits": step_of(kt_bits.knee_x) if math.isfinite(kt_bits.knee_x) else math.nan,
-        "units_agree": units["agree"],
-        "units_reason": units["reason"],
-    }
 
     rows = [_fit_row(fits[m], spe, sel, start_rule) for m in F.MODELS]
     b = kt.broken
@@ -436,9 +416,12 @@ def _groups(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tupl
     return out
 
 
-def _values(rows: Iterable[Mapping[str, Any]], key: str, status_key: str) -> list[float]:
-    """``key`` of the completed rows, None -> NaN (counted as missing by the callers)."""
-    return [_nan_if_none(r.get(key)) for r in rows if r.get(status_key) == "completed"]
+def _values(rows: Iterable[Mapping[str, Any]], key: str, status_key: str) -> tuple[list[float], int]:
+    """``key`` of the completed rows whose value no flag marks (None -> NaN, counted as missing by
+    the callers), and how many completed rows were left out for a flag (columns.value_flags)."""
+    done = [r for r in rows if r.get(status_key) == "completed"]
+    kept = [r for r in done if not value_flags(r, key)]
+    return [_nan_if_none(r.get(key)) for r in kept], len(done) - len(kept)
 
 
 def summarize_cells(
@@ -453,8 +436,9 @@ def summarize_cells(
     One row per group, in first-seen order, with the group keys, ``n_runs``, ``n_<status>`` for
     each of ``STATES`` and ``n_other`` (any other status), and per value key ``v``:
     ``v_median, v_q25, v_q75, v_iqr, v_min, v_max`` over the *completed* runs with a finite
-    value, ``v_n`` (how many) and ``v_n_missing`` (completed runs without one: the analysis
-    failed). Diverged, failed and missing runs are counted, never averaged in.
+    value, ``v_n`` (how many), ``v_n_missing`` (completed runs without one: the analysis
+    failed) and ``v_n_flagged`` (completed runs whose value a flag marks: left out,
+    :func:`columns.value_flags`). Diverged, failed and missing runs are counted, never averaged in.
     """
     out = []
     for key, members in _groups(rows, group_keys).items():
@@ -465,10 +449,11 @@ def summarize_cells(
             row[f"n_{st}"] = statuses.count(st)
         row["n_other"] = sum(st not in STATES for st in statuses)
         for v in value_keys:
-            spread = median_spread(_values(members, v, status_key))
+            values, flagged = _values(members, v, status_key)
+            spread = median_spread(values)
             for stat in ("median", "q25", "q75", "iqr", "min", "max"):
                 row[f"{v}_{stat}"] = spread[stat]
-            row[f"{v}_n"], row[f"{v}_n_missing"] = spread["n"], spread["n_nan"]
+            row[f"{v}_n"], row[f"{v}_n_missing"], row[f"{v}_n_flagged"] = spread["n"], spread["n_nan"], flagged
         out.append(row)
     return out
 
@@ -486,7 +471,8 @@ def compare_variants(
 
     One row per (variant, cell) with ``variant``, ``baseline``, the ``by`` keys, ``key`` (the
     value compared) and :func:`stats.effect_size` of the variant's completed runs (group a)
-    against the baseline's in the same cell (group b). ``by=()`` pools all cells (then cell
+    against the baseline's in the same cell (group b), flagged values left out and counted
+    (``n_flagged_a``, ``n_flagged_b``). ``by=()`` pools all cells (then cell
     effects add to the spread). p-values are per comparison, not adjusted for multiplicity.
     """
     rows = list(rows)
@@ -496,8 +482,16 @@ def compare_variants(
         if variant == baseline_variant:
             continue
         ref = base.get(tuple(cell), [])
-        res = effect_size(_values(members, key, status_key), _values(ref, key, status_key))
+        (a, flagged_a), (b, flagged_b) = _values(members, key, status_key), _values(ref, key, status_key)
         out.append(
-            {"variant": variant, "baseline": baseline_variant, **dict(zip(by, cell, strict=True)), "key": key, **res}
+            {
+                "variant": variant,
+                "baseline": baseline_variant,
+                **dict(zip(by, cell, strict=True)),
+                "key": key,
+                **effect_size(a, b),
+                "n_flagged_a": flagged_a,
+                "n_flagged_b": flagged_b,
+            }
         )
     return out

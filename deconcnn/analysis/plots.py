@@ -272,6 +272,22 @@ def _robust_limits(values: list[np.ndarray], log: bool) -> tuple[float, float] |
     return lo - pad, hi + pad
 
 
+def robust_range(values: Sequence[float]) -> tuple[float, float]:
+    """Colour limits that one outlier cannot stretch: the range clipped to the quartiles -/+ 3 IQR
+    (all values when there are fewer than 4 or no spread)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if not v.size:
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    if v.size >= 4:
+        q1, q3 = np.percentile(v, [25, 75])
+        if q3 > q1:
+            lo, hi = max(lo, q1 - 3 * (q3 - q1)), min(hi, q3 + 3 * (q3 - q1))
+    if hi <= lo:
+        lo, hi = lo - 0.05 * abs(lo or 1), hi + 0.05 * abs(hi or 1)
+    return lo, hi
+
+
 def no_data(ax: Any, why: str) -> None:
     ax.text(
         0.5,
@@ -504,10 +520,19 @@ class Cell:
     runs: list[Run]
     values: list[float]  # of completed runs
     reasons: list[str] = field(default_factory=list)  # why completed runs have no value
+    flagged: int = 0  # completed runs whose value a flag marks: left out of `values`
 
     @property
     def median(self) -> float | None:
         return float(np.median(self.values)) if self.values else None
+
+    @property
+    def quartiles(self) -> tuple[float, float] | None:
+        """The spread over seeds (25th, 75th percentile), shown with the median."""
+        if len(self.values) < 2:
+            return None
+        q25, q75 = np.percentile(self.values, [25, 75])
+        return float(q25), float(q75)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.runs)
@@ -542,9 +567,10 @@ def heat_grids(
     col_axis: str | None,
     value: Callable[[Run], float | None],
     reason: Callable[[Run], str | None] = lambda run: None,
+    flagged: Callable[[Run], bool] = lambda run: False,
 ) -> list[HeatGrid]:
     """One grid per panel: `value(run)` of the completed runs, by (row value, column value);
-    `reason(run)` says why a completed run has no value."""
+    `reason(run)` says why a completed run has no value; a `flagged(run)` value is left out and counted."""
     out = []
     others = [
         a for a in (layout.colour_axis, layout.style_axis, *layout.facet_axes) if a and a not in (row_axis, col_axis)
@@ -563,9 +589,12 @@ def heat_grids(
                     if (row_axis is None or r.params.get(row_axis) == rv)
                     and (col_axis is None or r.params.get(col_axis) == cv)
                 ]
-                vals = [v for r in members if r.status == "completed" and is_finite(v := value(r))]
-                missing = [r for r in members if r.status == "completed" and not is_finite(value(r))]
-                cells[(rv, cv)] = Cell(members, vals, [why for r in missing if (why := reason(r))])
+                done = [r for r in members if r.status == "completed"]
+                kept = [r for r in done if not flagged(r)]
+                vals = [v for r in kept if is_finite(v := value(r))]
+                missing = [r for r in kept if not is_finite(value(r))]
+                reasons = [why for r in missing if (why := reason(r))]
+                cells[(rv, cv)] = Cell(members, vals, reasons, len(done) - len(kept))
         out.append(HeatGrid(Layout.title(variant, fixed), rows, cols, cells))
     return out
 
@@ -586,10 +615,8 @@ def heatmap_figure(
     from matplotlib.patches import Rectangle
 
     vals = [c.median for g in grids for c in g.cells.values() if c.median is not None]
-    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.05 * abs(lo or 1), hi + 0.05 * abs(hi or 1)
-    norm, cmap = Normalize(lo, hi), colormaps[cmap_name]
+    lo, hi = robust_range(vals)
+    norm, cmap = Normalize(lo, hi, clip=True), colormaps[cmap_name]
     n = max(1, len(grids))
     ncols = min(n, 4)
     fig, axes = new_figure(math.ceil(n / ncols), ncols, 4.0, 3.6)
@@ -618,10 +645,15 @@ def heatmap_figure(
                     continue
                 rgba = cmap(norm(c.median))
                 lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-                txt = f"{fmt_value.format(c.median)}\n{len(c.values)}/{len(c.runs)} completed"
+                txt = fmt_value.format(c.median)
+                if c.quartiles:
+                    txt += "\n[" + ", ".join(fmt_value.format(q) for q in c.quartiles) + "]"
+                txt += f"\n{len(c.values)}/{len(c.runs)} completed"
                 others = sorted({r.status for r in c.runs} - {"completed"})
                 if others:
                     txt += "\n" + ", ".join(f"{c.count(s)} {s}" for s in others)
+                if c.flagged:
+                    txt += f"\n{c.flagged} flagged, left out"
                 ax.text(b, a, txt, ha="center", va="center", fontsize=8, color="black" if lum > 0.5 else "white")
         ax.set_xticks(range(len(g.cols)) if col_axis else [], [fmt(v) for v in g.cols] if col_axis else [])
         ax.set_yticks(range(len(g.rows)) if row_axis else [], [fmt(v) for v in g.rows] if row_axis else [])
@@ -629,6 +661,10 @@ def heatmap_figure(
         ax.set_ylabel(row_axis or "")
     for ax in list(axes.flat)[len(grids) :]:
         ax.set_visible(False)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.8, label=label)
-    fig.suptitle(title + "\n(hatched: no value in that cell; the text says why)", fontsize=12)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.8, label=label, extend="both")
+    fig.suptitle(
+        title + "\n(median over seeds [quartiles]; hatched: no value in that cell, the text says why;"
+        " colours clipped to the bulk of the cells, so one outlier cannot flatten the rest)",
+        fontsize=11,
+    )
     fig.savefig(path, dpi=110)

@@ -102,11 +102,13 @@ def report(
     progress: bool = False,
     workers: int = 1,
     heatmap: Sequence[str] | None = None,
+    result: CollectResult | None = None,
 ) -> Path:
     """Collect ``sweep_dir`` (incremental, parquet, into ``collected`` or ``<sweep>/collected``) and
     write the plots and ``index.md``/``index.html`` into ``out`` (default ``<sweep>/report``).
-    Returns the report directory."""
-    res = collect(sweep_dir, fmt="parquet", out=collected, progress=progress, workers=workers)
+    Returns the report directory. ``result``: that collect, already done (analyze passes its own:
+    one collect per command)."""
+    res = result or collect(sweep_dir, fmt="parquet", out=collected, progress=progress, workers=workers)
     runs, variants, axes = load_runs(res)
     layout = Layout.of(runs, variants, axes)
     row_axis, col_axis = heat_axes(layout, axes, heatmap)

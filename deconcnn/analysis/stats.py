@@ -1,4 +1,4 @@
-"""Small-sample statistics for the sweep: correlations, effect sizes, spreads, plateau timing.
+"""Small-sample statistics for the sweep: correlations, effect sizes, spreads.
 
 Every function takes plain sequences, drops non-finite values (pairs, for correlations) and
 reports how many it used; when too few remain it returns NaNs (or None) with a ``reason``
@@ -9,7 +9,7 @@ standard-normal quantile ``Phi^-1((1 + conf) / 2)`` (1.96).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,6 @@ from scipy import stats as sps
 from deconcnn.analysis.curves import FloatArray
 
 MIN_CORRELATION_PAIRS = 4
-PLATEAU_BAND = 0.10
-PLATEAU_MIN_POINTS = 5
-PLATEAU_MIN_TAIL = 3
 
 CORRELATION_KEYS = (
     "n",
@@ -192,37 +189,51 @@ def median_spread(values: ArrayLike) -> dict[str, Any]:
     }
 
 
-def plateau_step(
-    steps: Sequence[float] | ArrayLike,
-    values: Sequence[float] | ArrayLike,
-    *,
-    rel_band: float = PLATEAU_BAND,
-    min_points: int = PLATEAU_MIN_POINTS,
-    min_tail: int = PLATEAU_MIN_TAIL,
+def partial_correlation(
+    x: ArrayLike, y: ArrayLike, groups: Sequence[Hashable], *, conf: float = 0.95
 ) -> dict[str, Any]:
-    """First step from which the series stays within ``rel_band`` of its own later median.
+    """Correlation of ``x`` and ``y`` within groups (e.g. sweep cells), pooled over the groups.
 
-    Rule: after dropping non-finite pairs and sorting by step, with ``m_i = median(v_i..v_end)``
-    the plateau starts at the first index ``i`` with at least ``min_tail`` points from ``i`` on
-    such that ``|v_j - m_i| <= rel_band * |m_i|`` for every ``j >= i`` (default: within 10% of
-    the later median, at least 3 points). Returns ``plateau_step``, ``plateau_index`` (into the
-    sorted finite series), ``plateau_value`` (``m_i``), ``n`` (finite points) and ``reason``;
-    step/value/index None with a reason when there are fewer than ``min_points`` finite points
-    or no such ``i`` exists (the series never settles, e.g. still drifting at the end).
+    Each value minus its group's mean (Pearson; for Spearman the ranks over all finite pairs, minus
+    their group's mean rank), then the correlation of those deviations: the partial correlation
+    on the group factor. A correlation that runs only through the grid (both sides move with lr)
+    gives ~0. Only groups with >= 2 finite pairs take part; with ``q = n_cells - 1`` factor
+    levels removed, the Fisher intervals use ``se = 1/sqrt(n - q - 3)`` (Spearman: times
+    ``sqrt(1 + rho^2/2)``) and the p-values a t-test with ``n - q - 2`` degrees of freedom.
+    Keys ``CORRELATION_KEYS`` and ``n_cells``.
     """
-    s = np.asarray(steps, dtype=np.float64).reshape(-1)
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    out: dict[str, Any] = {"plateau_step": None, "plateau_index": None, "plateau_value": None}
-    if s.shape != v.shape:
-        return out | {"n": 0, "reason": f"steps ({s.size}) and values ({v.size}) differ in length"}
-    keep = np.isfinite(s) & np.isfinite(v)
-    order = np.argsort(s[keep], kind="stable")
-    s, v = s[keep][order], v[keep][order]
-    out["n"] = int(v.size)
-    if v.size < min_points:
-        return out | {"reason": f"{v.size} finite points (< {min_points})"}
-    for i in range(v.size - min_tail + 1):
-        med = float(np.median(v[i:]))
-        if np.all(np.abs(v[i:] - med) <= rel_band * abs(med)):
-            return out | {"plateau_step": float(s[i]), "plateau_index": i, "plateau_value": med, "reason": ""}
-    return out | {"reason": f"never stays within {rel_band:.0%} of its later median for >= {min_tail} points"}
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    out: dict[str, Any] = {k: math.nan for k in CORRELATION_KEYS} | {"n": 0, "n_cells": 0, "reason": ""}
+    if not xa.shape == ya.shape == (len(groups),):
+        return out | {"reason": f"x ({xa.size}), y ({ya.size}) and groups ({len(groups)}) differ in length"}
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    labels = np.array([index[g] for g in groups], dtype=np.int64)[keep]
+    xa, ya = xa[keep], ya[keep]
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    member = counts[inverse] >= 2
+    xa, ya = xa[member], ya[member]
+    _, inverse = np.unique(inverse[member], return_inverse=True)  # cells numbered 0..n_cells-1 again
+    n, n_cells = int(xa.size), int(np.unique(inverse).size)
+    df = n - n_cells - 1  # n - q - 2 with q = n_cells - 1
+    out |= {"n": n, "n_cells": n_cells}
+    if df < 2:
+        return out | {"reason": f"{n} finite pairs in {n_cells} cells with >= 2 (need n - cells >= 3)"}
+
+    def centred(v: np.ndarray) -> np.ndarray:
+        return v - (np.bincount(inverse, v) / np.bincount(inverse))[inverse]
+
+    q = float(sps.norm.ppf((1 + conf) / 2))
+    res: dict[str, float] = {}
+    for name, (a, b) in (("pearson", (xa, ya)), ("spearman", (sps.rankdata(xa), sps.rankdata(ya)))):
+        da, db = centred(a), centred(b)
+        if not (np.any(da) and np.any(db)):
+            return out | {"reason": "a variable is constant within every cell (correlation undefined)"}
+        r = float(np.clip(np.dot(da, db) / math.sqrt(np.dot(da, da) * np.dot(db, db)), -1, 1))
+        t = r * math.sqrt(df / max(1e-300, 1 - r * r))
+        se = math.sqrt((1 + r * r / 2) if name == "spearman" else 1.0) / math.sqrt(df - 1)
+        lo, hi = _fisher_ci(r, se, q)
+        key = "pearson_r" if name == "pearson" else "spearman_rho"
+        res |= {key: r, f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_p": float(2 * sps.t.sf(abs(t), df))}
+    return out | res

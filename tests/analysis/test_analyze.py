@@ -50,8 +50,18 @@ def test_analyze_writes_every_table_plot_and_the_report_section(tmp_path, capsys
     summary = rows(out / "summary.parquet")
     cell = next(r for r in summary if (r["variant"], r[LR], r[WD]) == ("S-core", 0.1, 1e-3))
     assert (cell["n_runs"], cell["n_completed"], cell["n_failed"], cell["alpha_full_n"]) == (2, 1, 1, 1)
-    for name in ("comparisons", "correlations", "window_scan", "knees"):
+    for name in ("comparisons", "knees"):
         assert (out / f"{name}.parquet").exists(), name
+    # never pooled over cells: the window scan per cell, correlations within cells or partial on them
+    scan = rows(out / "window_scan.parquet")
+    assert {(r["variant"], r[LR], r[WD]) for r in scan} == {
+        (ident["variant"], ident["params"][LR], ident["params"][WD])
+        for rid, ident in sw.runs.items()
+        if ident["status"] == "completed"
+    }
+    assert all(1 <= r["n"] <= r["n_runs"] for r in scan)
+    scopes = {r["scope"] for r in rows(out / "correlations.parquet")}
+    assert scopes == {"within cell (across seeds)", "partial on the cells (seeds' deviations from their cell's mean)"}
     for name in ANALYSIS_PLOTS:
         assert (out / name).read_bytes().startswith(PNG), name
     index = (sw.path / "report" / "index.html").read_text()
@@ -124,3 +134,63 @@ def test_a_fifth_variant_and_a_width_axis_are_columns_and_plot_dimensions(tmp_pa
     }
     # lr and wd take one value here, so width is the plots' colour axis
     assert "colour = model.width" in (sw.path / "report" / "index.md").read_text()
+
+
+ZERO, NEG = run_id("S-core", 0.1, 1e-3, 0), run_id("S-core", 0.1, 1e-3, 1)
+NAN, INF = run_id("S-core", 0.2, 1e-3, 0), run_id("S-core", 0.2, 1e-3, 1)
+SHORT, WRONG_BITS = run_id("S-adamw", 0.1, 1e-3, 0), run_id("S-adamw", 0.2, 1e-3, 1)
+
+
+def test_bad_curves_get_reasons_and_flags_never_a_failed_command_and_the_report_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    """Zero, negative, NaN and inf losses in completed runs, a 3-epoch run among 20-epoch ones and a
+    wrong bits column, through the real command: exit 0, every plot and the report, each bad run
+    with its reason or flag, and no flagged value in a median. One collect: the report reuses it."""
+    import deconcnn.analysis.analyze as analyze_module
+    import deconcnn.analysis.report as report_module
+
+    calls = []
+    real_collect = analyze_module.collect
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "collect", counting)
+    monkeypatch.setattr(report_module, "collect", counting)
+    sw = make_sweep(
+        tmp_path / "sweep",
+        epochs=20,
+        steps_per_epoch=20,
+        curv_every=50,
+        bad_losses={ZERO: {50: 0.0}, NEG: {60: -1.0}, NAN: {300: math.nan}, INF: {200: math.inf}},
+        epochs_of={SHORT: 3},
+        wrong_bits=[WRONG_BITS],
+    )
+    capsys.readouterr()
+    assert sweep_cli(["analyze", str(sw.path), "--boot", "0", "--workers", "1"]) == 0
+    assert "FAILED" not in capsys.readouterr().out
+    out = sw.path / "analysis"
+    runs = {r["run_id"]: r for r in rows(out / "runs.parquet")}
+    assert all(r["status"] == "completed" for r in runs.values())
+    # cut before the first unusable loss: 2.5 epochs left give no numbers, 3 epochs flagged ones
+    assert "truncated at epoch 2.50 (non-positive loss)" in runs[ZERO]["curve_flag"]
+    assert "short run" in runs[ZERO]["reason"] and math.isnan(runs[ZERO]["alpha_full"])
+    assert "truncated at epoch 3.00 (non-positive loss)" in runs[NEG]["curve_flag"]
+    assert "truncated at epoch 15.00 (non-finite loss)" in runs[NAN]["curve_flag"]
+    assert "truncated at epoch 10.00 (non-finite loss)" in runs[INF]["curve_flag"]
+    assert "short: ends at epoch 3.0" in runs[SHORT]["curve_flag"]
+    assert not runs[WRONG_BITS]["units_agree"] and "not loss_train_nats / ln 2" in runs[WRONG_BITS]["units_reason"]
+    assert runs[run_id("S-adamw", 0.1, 1e-3, 1)]["units_agree"]
+    summary = {(r["variant"], r[LR]): r for r in rows(out / "summary.parquet")}
+    nan_cell = summary[("S-core", 0.2)]  # NaN and inf runs: both flagged, neither in the median
+    assert nan_cell["alpha_full_n_flagged"] == 2 and nan_cell["alpha_full_n"] == 0
+    assert summary[("S-adamw", 0.1)]["knee_epoch_n_flagged"] == 1
+    for name in ANALYSIS_PLOTS:
+        assert (out / name).read_bytes().startswith(PNG), name
+    section = (out / "section.md").read_text()
+    assert "Plots that failed" not in section and "flagged" in section
+    assert f"`{WRONG_BITS}`: loss_train_bits is not loss_train_nats / ln 2" in section
+    assert "Loss-curve analysis" in (sw.path / "report" / "index.html").read_text()
+    assert len(calls) == 1  # collect -> analyze -> report, one direction

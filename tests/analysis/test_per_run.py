@@ -42,8 +42,11 @@ def broken_run(seed: int) -> np.ndarray:
 def result() -> dict:
     curv_steps = np.arange(0, STEPS.size, 500.0)
     lam = np.where(curv_steps < 3000, 10 + curv_steps / 100, 45.0)
+    loss = broken_run(0)
     # no lr column: the time axis falls back to steps, where this curve was planted
-    return analyze_run(STEPS, broken_run(0), SPE, curvature_steps=curv_steps, lambda_max=lam, n_boot=20, seed=1)
+    return analyze_run(
+        STEPS, loss, SPE, loss_bits=loss / math.log(2), curvature_steps=curv_steps, lambda_max=lam, n_boot=20, seed=1
+    )
 
 
 def test_analyze_run_recovers_the_planted_run(result: dict) -> None:
@@ -66,9 +69,12 @@ def test_analyze_run_recovers_the_planted_run(result: dict) -> None:
     assert run["alpha_early_n_bins"] >= 8
     assert all(run[f] == "" for f in FLAG_COLUMNS), {f: run[f] for f in FLAG_COLUMNS}
     assert run["units_agree"] and run["units_alpha_rel_diff"] <= 1e-6
-    assert run["units_knee_step_bits"] == run["knee_step"]
-    assert run["lambda_max_plateau_step"] == 3000.0
-    assert run["lambda_max_plateau_epoch"] == pytest.approx(3000 / SPE)
+    assert run["units_max_rel_diff"] <= 1e-12 and run["units_n"] == STEPS.size
+    assert run["lambda_max_shape"] == "plateau"
+    # a jump 40 -> 45 at step 3000, records every 500: the plateau within one record of it
+    assert run["lambda_max_plateau_step"] == pytest.approx(3000, abs=500)
+    assert run["lambda_max_plateau_step_lo"] <= run["lambda_max_plateau_step"] <= run["lambda_max_plateau_step_hi"]
+    assert run["lambda_max_plateau_epoch"] == pytest.approx(run["lambda_max_plateau_step"] / SPE)
     assert run["final_loss_n"] == SPE
     assert run["final_loss_nats"] == pytest.approx(np.mean(broken_run(0)[-SPE:]))
     assert sum(run[f"weight_{m}"] for m in F.MODELS) == pytest.approx(1.0)
@@ -236,3 +242,17 @@ def test_steps_before_the_first_nonzero_lr_are_left_off_the_log_axis() -> None:
     run = out["run"]
     assert run["reason"] == "" and run["time_axis"] == "tau" and run[CURVE_FLAG] == ""
     assert math.isfinite(run["alpha_full"]) and math.isfinite(run["alpha_early"])
+
+
+def test_flagged_values_are_left_out_of_summaries_and_comparisons_and_counted() -> None:
+    rows = planted_rows()
+    rows[0] |= {"alpha_full": 50.0, "alpha_full_flag": "window model is exponential"}  # A, 0.1
+    rows[1] |= {"alpha_full": -50.0, "curve_flag": "truncated at step 9000 (non-finite loss)"}
+    rows[2] |= {"alpha_early_flag": "break inside the window"}  # flags another value: alpha_full kept
+    out = summarize_cells(rows, ("variant", "lr"), ("alpha_full", "final_loss_nats"))
+    a1 = next(r for r in out if (r["variant"], r["lr"]) == ("A", 0.1))
+    assert a1["alpha_full_n"] == 4 and a1["alpha_full_n_flagged"] == 2
+    assert a1["alpha_full_median"] == pytest.approx(0.5 + np.median(OFFSETS[2:]))
+    assert a1["final_loss_nats_n"] == 5 and a1["final_loss_nats_n_flagged"] == 1  # the curve flag only
+    comp = compare_variants(rows, "alpha_full", "A", by=("lr",))
+    assert (comp[0]["n_b"], comp[0]["n_flagged_b"], comp[0]["n_flagged_a"]) == (4, 2, 0)

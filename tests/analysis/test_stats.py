@@ -1,4 +1,4 @@
-"""Known-answer tests of the correlation, effect-size, spread and plateau statistics."""
+"""Known-answer tests of the correlation, effect-size and spread statistics."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from deconcnn.analysis.stats import (
     correlation,
     effect_size,
     median_spread,
-    plateau_step,
+    partial_correlation,
 )
 
 
@@ -93,28 +93,30 @@ def test_median_spread() -> None:
     assert empty["n"] == 0 and empty["n_nan"] == 1 and math.isnan(empty["median"])
 
 
-def test_plateau_step_on_a_planted_plateau() -> None:
-    """lambda_max-like series every 500 steps: ramp 10 -> 40 over 10 points, then 50 +- 3%."""
-    rng = np.random.default_rng(3)
-    steps = np.arange(36) * 500.0
-    values = np.r_[np.linspace(10, 40, 10), 50 * (1 + 0.03 * rng.uniform(-1, 1, 26))]
-    res = plateau_step(steps, values)
-    assert res["plateau_index"] == 10 and res["plateau_step"] == 5000.0
-    assert res["plateau_value"] == pytest.approx(50, rel=0.03) and res["reason"] == ""
-    # order and missing values do not matter
-    shuffled = rng.permutation(36)
-    v_nan = values.copy()
-    v_nan[20] = np.nan
-    res2 = plateau_step(steps[shuffled], v_nan[shuffled])
-    assert res2["plateau_step"] == 5000.0 and res2["n"] == 35
-    # a tighter band moves the plateau later or rules it out
-    strict = plateau_step(steps, values, rel_band=0.01)
-    assert strict["plateau_step"] is None or strict["plateau_step"] > 5000.0
+def test_partial_correlation_on_cells_removes_a_correlation_that_runs_through_the_grid() -> None:
+    """Both variables rise with the cell (like alpha and psd_tail with lr); within cells they are
+    independent (pooled r ~ 0.98, partial ~ 0), or correlated at 0.6 (partial finds it)."""
+    rng = np.random.default_rng(0)
+    cells = np.repeat(np.arange(9), 6)  # 9 cells x 6 seeds
+    x0, y0, y1 = (rng.standard_normal(cells.size) for _ in range(3))
+    x = 5 * cells + x0
+    groups = [(c, "v") for c in cells]
+    pooled = correlation(x, 5 * cells + y0)
+    part = partial_correlation(x, 5 * cells + y0, groups)
+    assert pooled["pearson_r"] > 0.95
+    assert part["pearson_lo"] < 0 < part["pearson_hi"] and (part["n"], part["n_cells"]) == (54, 9)
+    linked = partial_correlation(x, 5 * cells + 0.6 * x0 + 0.8 * y1, groups)
+    assert linked["pearson_lo"] > 0.3 and linked["spearman_lo"] > 0.2
+    singles = partial_correlation([1.0, 2.0, 3.0], [1.0, 2.0, 4.0], [0, 1, 2])
+    assert math.isnan(singles["pearson_r"]) and "cells" in singles["reason"]
 
 
-def test_plateau_step_never_or_too_few() -> None:
-    growing = plateau_step(np.arange(20.0), 1.2 ** np.arange(20.0))
-    assert growing["plateau_step"] is None and "never stays within 10%" in growing["reason"]
-    few = plateau_step([0.0, 500.0, 1000.0], [1.0, 1.0, 1.0])
-    assert few["plateau_step"] is None and "3 finite points" in few["reason"]
-    assert "differ in length" in plateau_step([0.0], [1.0, 2.0])["reason"]
+def test_partial_correlation_intervals_cover_the_within_cell_truth() -> None:
+    rng = np.random.default_rng(1)
+    cells = np.repeat(np.arange(9), 6)
+    hits = 0
+    for _ in range(200):
+        a, b = rng.standard_normal((2, cells.size))
+        res = partial_correlation(3 * cells + a, 2 * cells + 0.5 * a + math.sqrt(0.75) * b, list(cells))
+        hits += res["pearson_lo"] <= 0.5 <= res["pearson_hi"]
+    assert hits >= 180  # 95% nominal

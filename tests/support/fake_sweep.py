@@ -86,11 +86,17 @@ def make_sweep(
     failed: Sequence[str] = (),
     nan_token: str = "NaN",
     rng_seed: int = 0,
+    bad_losses: Mapping[str, Mapping[int, float]] | None = None,
+    epochs_of: Mapping[str, int] | None = None,
+    wrong_bits: Sequence[str] = (),
 ) -> FakeSweep:
     """``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
     ``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null" is
     what is written for it); ``missing``: never submitted; ``lost``: submitted, no run directory;
-    ``truncated``: the last line is cut in half; ``running``/``failed``: that state."""
+    ``truncated``: the last line is cut in half; ``running``/``failed``: that state;
+    ``bad_losses``: run_id -> {step: training loss written instead of the planted one} (0, -1, NaN,
+    inf: the run stays "completed"); ``epochs_of``: run_id -> its own length in epochs;
+    ``wrong_bits``: runs whose loss_train_bits is logged as 3 x nats + 0.5."""
     root = Path(root)
     diverged = dict(diverged or {})
     alphas = dict(alphas or {v: 0.5 + 0.1 * i for i, v in enumerate(variants)})
@@ -147,7 +153,7 @@ def make_sweep(
         if ident["status"] in ("missing", "lost"):
             fake.missing.append(rid)
             continue
-        n_steps = epochs * steps_per_epoch
+        n_steps = (epochs_of or {}).get(rid, epochs) * steps_per_epoch
         if ident["status"] in ("running", "failed"):
             n_steps = n_steps * 2 // 3
         fake.counts[rid] = _write_run(
@@ -163,6 +169,8 @@ def make_sweep(
             nan_token,
             noise,
             rng,
+            (bad_losses or {}).get(rid, {}),
+            rid in wrong_bits,
         )
         (sd.run_dir(rid) / ".hydra").mkdir()  # what Hydra saves of the composed config
         (sd.run_dir(rid) / ".hydra" / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\n")
@@ -194,6 +202,8 @@ def _write_run(
     nan_token: str,
     noise: float,
     rng: random.Random,
+    bad_losses: Mapping[int, float],
+    wrong_bits: bool,
 ) -> dict[str, int]:
     d.mkdir(parents=True, exist_ok=True)
     lr, wd, alpha, c = ident["params"][LR], ident["params"][WD], ident["alpha"], ident["c"]
@@ -216,14 +226,14 @@ def _write_run(
         epoch, done = step // spe, step % spe + 1
         lrt = lr * 0.5 * (1 + math.cos(math.pi * step / n_steps))
         tau += lrt / lr  # the analysis's effective time (curves.time_axis)
-        loss = loss_at(step, tau, noise)
+        loss = bad_losses.get(step, loss_at(step, tau, noise))
         lines.append(
             _fmt(
                 _record(
                     schema.TRAIN,
                     stamps(step, done, epoch),
                     loss_train_nats=loss,
-                    loss_train_bits=loss / math.log(2),
+                    loss_train_bits=3 * loss + 0.5 if wrong_bits else loss / math.log(2),
                     acc_train=max(0.0, min(1.0, 1 - loss / 2.4)) if loss == loss else None,
                     lr=lrt,
                     wd=wd,
