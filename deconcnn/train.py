@@ -119,7 +119,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         )
         if resume.note:
             print(f"deconcnn-train: {resume.note}", file=sys.stderr, flush=True)
-        datamodule, module, trainer = build_run(cfg, extra_callbacks)
+        datamodule, module, trainer = build_run(
+            cfg, extra_callbacks, checkpoint_step=resume.step if resume.path else None
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path)
     except TrainingDiverged as diverged:
         status.finish("diverged", diverged.step, diverged_step=diverged.step)

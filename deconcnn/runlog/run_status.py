@@ -29,12 +29,17 @@ FINAL_STATUSES = ("completed", "failed", "diverged")
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
 
 
-def read_run_status(run_dir: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON object file of a run; None when it is absent or damaged."""
     try:
-        data = json.loads((Path(run_dir) / RUN_STATUS_FILE).read_text())
+        data = json.loads(Path(path).read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_run_status(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / RUN_STATUS_FILE)
 
 
 def first_line(error: BaseException) -> str:
