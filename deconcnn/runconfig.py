@@ -32,7 +32,9 @@ def config_error_text(error: BaseException) -> str:
     cause = error.__cause__
     if cause is not None and first(cause) not in line:
         line = f"{line.rstrip('.')}: {first(cause)}"
-    return line
+    # Hydra's own fix for a key that is not in the config, on its second line: kept.
+    hint = next((h.strip() for h in str(error).splitlines()[1:] if h.strip().startswith("To append")), None)
+    return f"{line} ({hint[0].lower()}{hint[1:]})" if hint else line
 
 
 def compose_run_config(

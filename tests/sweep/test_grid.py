@@ -96,7 +96,7 @@ def test_malformed_sweep_files_are_refused(tmp_path, body, message):
         ("axes: {optim.lr: '-0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n", "optim.lr must be > 0"),
         (
             "axes: {optim.lrr: '0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
-            "Could not override 'optim.lrr'",
+            "Could not override 'optim.lrr': Key 'lrr' is not in struct (to append to your config use +optim.lrr=0.1)",
         ),
     ],
 )

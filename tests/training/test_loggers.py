@@ -56,6 +56,9 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first_ids = json.loads((run_dir / LOGGER_RUNS_FILE).read_text())
     resumed = train_cli(args, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
+    closing = resumed.stdout.splitlines()[-1]
+    assert closing.startswith("deconcnn-train: completed at step 32, last training loss ")
+    assert closing.endswith(f"logs in {run_dir}: metrics.jsonl, csv/, tensorboard/, mlruns/"), closing
     assert read_status(run_dir)["resumed_from_step"] == RESUME_STEP
     assert json.loads((run_dir / LOGGER_RUNS_FILE).read_text()) == first_ids  # the same W&B and MLflow runs
     return run_dir
