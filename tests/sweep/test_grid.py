@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deconcnn.cli import run as sweep_cli
-from deconcnn.runconfig import CONF_DIR
+from deconcnn.runconfig import CONF_DIR, compose_run_config
 from deconcnn.sweep.grid import SweepFileError, load_sweep, validate_runs
 
 REPO = CONF_DIR.parent
@@ -132,3 +132,16 @@ def test_a_sweep_training_cifar_variants_on_synthetic_data_says_so(capsys):
         == 0
     )
     assert "note:" not in capsys.readouterr().err  # the real sweep trains on what its experiments name
+
+
+def test_a_sweep_picks_its_loggers_and_names_itself_to_them(tmp_path):
+    body = (
+        "name: logged\noverrides: ['logger=[csv,tensorboard]']\n"
+        "variants: {S-core: {experiment: loss_lin_slope_base}}\n"
+    )
+    sweep = load_sweep(_sweep_file(tmp_path, body))
+    validate_runs(sweep.runs)
+    (run,) = sweep.runs
+    args = run.command(tmp_path / run.run_id, sweep=sweep.name).args
+    cfg = compose_run_config([a for a in args if not a.startswith("hydra.")])
+    assert list(cfg.logger) == ["csv", "tensorboard"] and cfg.sweep == "logged" and cfg.run_id == run.run_id
