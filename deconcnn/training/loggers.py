@@ -17,7 +17,6 @@ is exact). metrics.jsonl, cut back to the checkpoint's byte offset, holds each r
 from __future__ import annotations
 
 import csv
-import importlib
 import netrc
 import os
 import uuid
@@ -30,17 +29,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from deconcnn.runconfig import ConfigError
+from deconcnn.runconfig import ConfigError, require_logger_extra
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.run_status import read_json
 
 LOGGER_RUNS_FILE = "loggers.json"  # the W&B and MLflow run ids of this run directory
-# Logger class -> (the pyproject extra that installs it, the modules it can work with).
-EXTRAS: dict[type[Logger], tuple[str, tuple[str, ...]]] = {
-    TensorBoardLogger: ("tensorboard", ("tensorboard", "tensorboardX")),
-    WandbLogger: ("wandb", ("wandb",)),
-    MLFlowLogger: ("mlflow", ("mlflow",)),
-}
+# The Lightning loggers that need a package of their own -> the extra that installs it.
+EXTRA_OF: dict[type[Logger], str] = {TensorBoardLogger: "tensorboard", WandbLogger: "wandb", MLFlowLogger: "mlflow"}
 WANDB_HOST = "api.wandb.ai"
 
 
@@ -48,20 +43,6 @@ class ContinuesAfterResume:
     """A logger whose constructor takes `checkpoint_step`: the step of the checkpoint a resumed
     attempt restarts from (None: the run starts from step 0), after which what an earlier attempt
     logged is logged again."""
-
-
-def require_packages(name: str, cls: type) -> None:
-    """One line naming the extra when the package a logger class needs is not installed."""
-    for base, (extra, modules) in EXTRAS.items():
-        if not issubclass(cls, base):
-            continue
-        for module in modules:
-            try:
-                importlib.import_module(module)
-                return
-            except ImportError:
-                continue
-        raise ConfigError(f"{name} ({cls.__name__}) needs the {modules[0]} package: pip install 'deconcnn[{extra}]'")
 
 
 def logger_specs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -99,7 +80,9 @@ def make_loggers(specs: Iterable[tuple[str, DictConfig]], checkpoint_step: int |
             cls = get_class(spec._target_)
         except Exception as error:  # noqa: BLE001  Hydra's own first line names the missing module or class
             raise ConfigError(f"{name}: {str(error).strip().splitlines()[0]}") from None
-        require_packages(name, cls)
+        for base, extra_name in EXTRA_OF.items():
+            if issubclass(cls, base):
+                require_logger_extra(name, extra_name)
         extra: dict[str, Any] = {}
         if issubclass(cls, ContinuesAfterResume):
             extra["checkpoint_step"] = checkpoint_step

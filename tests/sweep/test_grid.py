@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -136,8 +137,7 @@ def test_a_sweep_training_cifar_variants_on_synthetic_data_says_so(capsys):
 
 def test_a_sweep_picks_its_loggers_and_names_itself_to_them(tmp_path):
     body = (
-        "name: logged\noverrides: ['logger=[csv,tensorboard]']\n"
-        "variants: {S-core: {experiment: loss_lin_slope_base}}\n"
+        "name: logged\noverrides: ['logger=[csv,tensorboard]']\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n"
     )
     sweep = load_sweep(_sweep_file(tmp_path, body))
     validate_runs(sweep.runs)
@@ -145,3 +145,12 @@ def test_a_sweep_picks_its_loggers_and_names_itself_to_them(tmp_path):
     args = run.command(tmp_path / run.run_id, sweep=sweep.name).args
     cfg = compose_run_config([a for a in args if not a.startswith("hydra.")])
     assert list(cfg.logger) == ["csv", "tensorboard"] and cfg.sweep == "logged" and cfg.run_id == run.run_id
+
+
+def test_a_logger_whose_package_is_missing_is_refused_at_launch(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what an environment without it gives `import`
+    body = "name: logged\noverrides: [logger=mlflow]\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n"
+    sweep = load_sweep(_sweep_file(tmp_path, body))
+    with pytest.raises(SweepFileError) as error:
+        validate_runs(sweep.runs)
+    assert str(error.value).endswith(": logger.mlflow needs the mlflow package: pip install 'deconcnn[mlflow]'")

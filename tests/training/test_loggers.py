@@ -204,6 +204,11 @@ def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch, l
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(ConfigError) as error:
         build_run(compose_run(tmp_path, [f"logger={logger}"]))
-    message = str(error.value)
-    assert "\n" not in message and message.startswith(f"logger.{logger} (")
-    assert message.endswith(f"needs the {logger} package: pip install 'deconcnn[{logger}]'")
+    assert str(error.value) == f"logger.{logger} needs the {logger} package: pip install 'deconcnn[{logger}]'"
+
+
+def test_a_lightning_logger_s_missing_package_is_the_same_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    cfg = compose_run(tmp_path, ["+trainer.logger._target_=pytorch_lightning.loggers.WandbLogger"])
+    with pytest.raises(ConfigError, match=r"^trainer.logger needs the wandb package: pip install 'deconcnn\[wandb\]'$"):
+        build_run(cfg)
