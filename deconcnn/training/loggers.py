@@ -20,12 +20,14 @@ import csv
 import netrc
 import os
 import uuid
+from argparse import Namespace
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from hydra.utils import get_class, instantiate
+from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
 from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
@@ -210,5 +212,14 @@ class ResumableMLFlowLogger(MLFlowLogger):
             run_id=run_id,
             **kwargs,
         )
+        self._continued = run_id is not None
         if run_id is None:  # creates the run now, to save its id before anything is logged to it
             save_run_id(run_dir, "mlflow", {"tracking_uri": tracking_uri, "run_id": self.run_id})
+
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        # MLflow refuses to change a logged param: a run resumed with other settings (a longer
+        # max_epochs, say) keeps its first attempt's values and adds only new keys.
+        if self._continued:
+            logged = self.experiment.get_run(self.run_id).data.params
+            params = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if k not in logged}
+        super().log_hyperparams(params)

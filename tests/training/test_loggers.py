@@ -54,7 +54,8 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert killed.returncode == -9, killed.stderr
     first_ids = json.loads((run_dir / LOGGER_RUNS_FILE).read_text())
-    resumed = train_cli(args, env=ENV)
+    # Resumed with a setting changed (as when a run is extended): MLflow keeps the first value.
+    resumed = train_cli([*args, "callbacks.loss_slope_logger.flush_every_n_steps=5"], env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     closing = resumed.stdout.splitlines()[-1]
     assert closing.startswith("deconcnn-train: completed at step 32, last training loss ")
@@ -90,6 +91,7 @@ def assert_matches(values: Values, run_dir: Path, *, once_after: int, rel: float
             assert len(logged) == 1, key
 
 
+@pytest.mark.slow
 def test_csv_continues_its_file(resumed_run):
     values: Values = defaultdict(list)
     with open(resumed_run / "csv" / "metrics.csv", newline="") as handle:
@@ -100,6 +102,7 @@ def test_csv_continues_its_file(resumed_run):
     assert_matches(values, resumed_run, once_after=RESUME_STEP)  # at most that step's training record twice
 
 
+@pytest.mark.slow
 def test_tensorboard_purges_what_the_killed_attempt_logged_after_the_checkpoint(resumed_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -114,6 +117,7 @@ def test_tensorboard_purges_what_the_killed_attempt_logged_after_the_checkpoint(
     assert len(values[(RESUME_STEP + 1, "train/loss_train_nats")]) == 1  # the killed attempt's is purged
 
 
+@pytest.mark.slow
 def test_mlflow_logs_both_attempts_to_one_run(resumed_run, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -122,6 +126,7 @@ def test_mlflow_logs_both_attempts_to_one_run(resumed_run, monkeypatch):
     experiment = client.get_experiment_by_name("logger-test")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "lr0.1_s0" and run.data.params["optim/lr"] == "0.1"
+    assert run.data.params["callbacks/loss_slope_logger/flush_every_n_steps"] == "50"  # not changed by the resume
     values: Values = defaultdict(list)
     for key in run.data.metrics:
         for metric in client.get_metric_history(run.info.run_id, key):
@@ -158,6 +163,7 @@ def wandb_records(path: Path) -> Iterator[object]:
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_resumes_the_same_run_offline(resumed_run):
     run_id = json.loads((resumed_run / LOGGER_RUNS_FILE).read_text())["wandb"]
     runs = sorted((resumed_run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
