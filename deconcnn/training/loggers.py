@@ -106,7 +106,7 @@ class ResumableCSVLogger(ContinuesAfterResume, CSVLogger):
         path = Path(save_dir, name, version, "metrics.csv")
         if path.is_file() and checkpoint_step is not None:
             with open(path, newline="") as handle:
-                self._kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= checkpoint_step]
+                self._kept = [row for row in csv.DictReader(handle) if _kept_step(row, checkpoint_step)]
         super().__init__(save_dir, name=name, version=version, **kwargs)
 
     @property
@@ -116,6 +116,14 @@ class ResumableCSVLogger(ContinuesAfterResume, CSVLogger):
         if created and self._kept:
             writer.metrics, self._kept = self._kept, []  # written back on the first save
         return writer
+
+
+def _kept_step(row: dict[str, str], checkpoint_step: int) -> bool:
+    """A row of a step up to the checkpoint's; a row cut short by a kill is dropped."""
+    try:
+        return int(row["step"]) <= checkpoint_step
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def saved_run_ids(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

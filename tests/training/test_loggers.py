@@ -20,7 +20,7 @@ from runs import TINY, compose_run, read_log, read_status, train_cli
 
 from deconcnn.runconfig import ConfigError
 from deconcnn.training.build import build_run
-from deconcnn.training.loggers import LOGGER_RUNS_FILE
+from deconcnn.training.loggers import LOGGER_RUNS_FILE, ResumableCSVLogger
 
 RESUME_STEP = 8  # the checkpoint before the kill (validation and checkpoint every 4 steps)
 KILL_STEP = 11
@@ -218,3 +218,15 @@ def test_a_lightning_logger_s_missing_package_is_the_same_line(tmp_path, monkeyp
     cfg = compose_run(tmp_path, ["+trainer.logger._target_=pytorch_lightning.loggers.WandbLogger"])
     with pytest.raises(ConfigError, match=r"^trainer.logger needs the wandb package: pip install 'deconcnn\[wandb\]'$"):
         build_run(cfg)
+
+
+def test_csv_keeps_the_rows_up_to_the_checkpoint_and_drops_a_row_cut_by_the_kill(tmp_path):
+    (tmp_path / "csv").mkdir()
+    rows = "".join(f"{0.5 + step},{step}\n" for step in range(6))
+    (tmp_path / "csv" / "metrics.csv").write_text("train/loss_train_nats,step\n" + rows + "0.25")  # cut mid-row
+    logger = ResumableCSVLogger(str(tmp_path), checkpoint_step=3)
+    logger.log_metrics({"train/loss_train_nats": 9.0}, step=4)
+    logger.save()
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as handle:
+        got = [(int(r["step"]), float(r["train/loss_train_nats"])) for r in csv.DictReader(handle)]
+    assert got == [(0, 0.5), (1, 1.5), (2, 2.5), (3, 3.5), (4, 9.0)]
