@@ -241,10 +241,8 @@ def _cancel(args: argparse.Namespace) -> int:
         f"{len(result.scancelled)} SLURM tasks scancel'ed); left as they are: {untouched}"
     )
     if result.cancelled:
-        print(
-            f"relaunch to run them again: deconcnn-sweep launch <sweep file> (status: deconcnn-sweep status "
-            f"{result.sweep_dir})"
-        )
+        status = f"deconcnn-sweep status {result.sweep_dir}"
+        print(f"relaunch to run them again: {result.relaunch_command()} (status: {status})")
     return 0
 
 

@@ -3,6 +3,7 @@ the sweep layer can validate 216 configs without loading the training stack."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
@@ -19,6 +20,22 @@ class ConfigError(ValueError):
     """A config value that would make the run meaningless."""
 
 
+#: Loggers of the `logger` group that need a package of their own: the pyproject extra that installs
+#: it (named as the logger) -> the modules, any one of which will do.
+LOGGER_EXTRAS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+}
+
+
+def require_logger_extra(name: str, extra: str) -> None:
+    """One line naming the extra when the package a logger needs is not installed."""
+    modules = LOGGER_EXTRAS[extra]
+    if not any(importlib.util.find_spec(module) for module in modules):
+        raise ConfigError(f"{name} needs the {modules[0]} package: pip install 'deconcnn[{extra}]'")
+
+
 def config_error_text(error: BaseException) -> str:
     """One line for a Hydra/OmegaConf error: its first line and its cause's ("Could not override
     'hydra.launcher.partiton': Key 'partiton' not in 'SlurmQueueConf'"); Hydra's own first line alone
@@ -32,7 +49,9 @@ def config_error_text(error: BaseException) -> str:
     cause = error.__cause__
     if cause is not None and first(cause) not in line:
         line = f"{line.rstrip('.')}: {first(cause)}"
-    return line
+    # Hydra's own fix for a key that is not in the config, on its second line: kept.
+    hint = next((h.strip() for h in str(error).splitlines()[1:] if h.strip().startswith("To append")), None)
+    return f"{line} ({hint[0].lower()}{hint[1:]})" if hint else line
 
 
 def compose_run_config(
@@ -64,6 +83,9 @@ def check_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key} must be {expected}, got {value:g}")
+    for key in cfg.get("logger") or {}:  # before any run starts: a sweep of 216 runs fails at launch
+        if key in LOGGER_EXTRAS:
+            require_logger_extra(f"logger.{key}", str(key))
     if cfg.model.norm not in ("batchnorm", "none"):
         raise ConfigError(f"model.norm must be batchnorm or none, got {cfg.model.norm!r}")
     if cfg.trainer.get("gradient_clip_val") is not None and _number(cfg, "trainer.gradient_clip_val") <= 0:

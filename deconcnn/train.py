@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import hydra
+import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -30,6 +31,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
 from deconcnn.runconfig import CONF_DIR, ConfigError
 from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point
+from deconcnn.runlog.metrics_reader import iter_records
 from deconcnn.runlog.run_status import RUN_LOG, SUBMISSION_ENV, RunStatusFile, first_line
 from deconcnn.training.build import build_run
 from deconcnn.training.checkpoints import ResumePoint, choose_resume_point
@@ -119,11 +121,13 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         )
         if resume.note:
             print(f"deconcnn-train: {resume.note}", file=sys.stderr, flush=True)
-        datamodule, module, trainer = build_run(cfg, extra_callbacks)
+        datamodule, module, trainer = build_run(
+            cfg, extra_callbacks, checkpoint_step=resume.step if resume.path else None
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path)
     except TrainingDiverged as diverged:
         status.finish("diverged", diverged.step, diverged_step=diverged.step)
-        print(f"deconcnn-train: run diverged at step {diverged.step} ({run_dir})", file=sys.stderr)
+        print(closing_line("diverged", diverged.step, run_dir, trainer), file=sys.stderr)
         return "diverged"
     except SIGTERMException:
         status.finish(
@@ -136,7 +140,26 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         status.finish("failed", trainer.global_step if trainer else step, error=first_line(error))
         raise
     status.finish("completed", trainer.global_step)
+    print(closing_line("completed", trainer.global_step, run_dir, trainer), flush=True)
     return "completed"
+
+
+def closing_line(state: str, step: int, run_dir: Path, trainer: pl.Trainer | None) -> str:
+    """How the run ended, in one line: its state, steps, last training loss and where its logs are."""
+    loss = None
+    for record in iter_records(run_dir / METRICS_FILE):
+        if record.get("kind") == "train":
+            loss = record.get("loss_train_nats")
+    logs = [METRICS_FILE]
+    for logger in trainer.loggers if trainer else []:
+        where = getattr(logger, "log_dir", None) or logger.save_dir
+        if where and Path(where).resolve() != run_dir.resolve():
+            logs.append(os.path.relpath(where, run_dir) + "/")
+    loss_text = f"{loss:.4g} nats" if isinstance(loss, float) else "none"
+    return (
+        f"deconcnn-train: {state} at step {step}, last training loss {loss_text}; "
+        f"logs in {run_dir}: {', '.join(dict.fromkeys(logs))}"
+    )
 
 
 class _Tee:

@@ -203,7 +203,8 @@ def log_record(
 
 class MetricsLogPosition(Callback):
     """Stores the metric log's size in every checkpoint, flushed and fsynced first: the point a
-    resumed attempt cuts the log back to (deconcnn.runlog.metrics_log.truncate_to_resume_point)."""
+    resumed attempt cuts the log back to (deconcnn.runlog.metrics_log.truncate_to_resume_point);
+    the other loggers are saved then too."""
 
     def __init__(self, logger: MetricsJsonlLogger) -> None:
         """
@@ -218,3 +219,12 @@ class MetricsLogPosition(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"offset": self.logger.log.sync()}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The other loggers write what they hold too (CSV and TensorBoard buffer for minutes), so
+        # what a checkpoint covers is on their disk as well when a kill follows.
+        for logger in trainer.loggers:
+            if logger is not self.logger:
+                logger.save()

@@ -1,9 +1,9 @@
 """run.json: one small JSON file per run saying where it stands. Read by the sweep layer.
 
 It is written on every way out of a training process (completed, diverged, failed with the error's
-first line), also on a full disk: the file is padded to RESERVE_BYTES when written, so a final
-status that cannot get new blocks overwrites the file's own blocks in place (JSON allows the
-trailing whitespace).
+first line), also on a full disk: a status that cannot get new blocks overwrites the file's own
+blocks in place (a filesystem allocates whole blocks, 512 bytes at the least and 4 KiB on the usual
+ones, and any status fits in its file's: the free text is cut to MAX_TEXT).
 """
 
 from __future__ import annotations
@@ -22,19 +22,23 @@ RUN_STATUS_FILE = "run.json"
 RUN_LOG = "stdout.log"  # the training process's stdout and stderr
 PROCESS_FILE = "process.json"  # written by whatever starts the training process, when it does
 SUBMISSION_ENV = "DECONCNN_SUBMISSION_ID"  # set by the sweep's pack runner: which submission started this attempt
-RESERVE_BYTES = 2048
-MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the reserve
+MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the file's blocks
 Status = Literal["running", "completed", "failed", "diverged"]
 FINAL_STATUSES = ("completed", "failed", "diverged")
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
 
 
-def read_run_status(run_dir: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON object file of a run; None when it is absent or damaged."""
     try:
-        data = json.loads((Path(run_dir) / RUN_STATUS_FILE).read_text())
+        data = json.loads(Path(path).read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_run_status(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / RUN_STATUS_FILE)
 
 
 def first_line(error: BaseException) -> str:
@@ -44,15 +48,16 @@ def first_line(error: BaseException) -> str:
 
 
 def write_status(path: Path, data: dict[str, Any]) -> None:
-    text = json_text(data)
-    padded = text + " " * max(0, RESERVE_BYTES - len(text.encode()))
+    encoded = json_text(data).encode()
     try:
-        write_text_atomic(path, padded)
+        write_text_atomic(path, encoded.decode())
     except OSError as error:
-        if error.errno != errno.ENOSPC or not path.is_file() or path.stat().st_size < len(padded.encode()):
+        # The disk is full: rewrite the file in the blocks it already holds.
+        if error.errno != errno.ENOSPC or not path.is_file() or path.stat().st_blocks * 512 < len(encoded):
             raise
-        with open(path, "r+b") as handle:  # the disk is full: reuse the file's own blocks
-            handle.write(padded.encode().ljust(path.stat().st_size))
+        with open(path, "r+b") as handle:
+            handle.write(encoded)
+            handle.truncate()
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from deconcnn.sweep import processes
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.state import LIVE_STATES, last_submission, poll_submissions, read_process, sweep_states
-from deconcnn.sweep.sweepdir import SweepDir
+from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir
 
 CANCELLABLE = (*LIVE_STATES, "unknown")
 
@@ -31,6 +32,16 @@ class CancelResult:
     stopped_here: list[str] = field(default_factory=list)  # processes signalled from this machine
     scancelled: list[str] = field(default_factory=list)  # SLURM tasks
     untouched: dict[str, int] = field(default_factory=dict)  # matched but not live, by state
+    sweep_file: str | None = None  # as the manifest records it
+
+    def relaunch_command(self) -> str:
+        """The launch that runs the cancelled runs again: the sweep file and the folder it went to."""
+        sweep_file, out = Path(self.sweep_file or "<sweep file>"), self.sweep_dir.parent
+        with suppress(ValueError):
+            sweep_file = sweep_file.relative_to(Path.cwd())
+        with suppress(ValueError):
+            out = out.resolve().relative_to(Path.cwd())
+        return f"deconcnn-sweep launch {sweep_file}" + ("" if out == Path(DEFAULT_OUT) else f" --out {out}")
 
 
 def matches(run_id: str, variant: str, only: str | None) -> bool:
@@ -47,7 +58,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
     if only and not chosen:
         variants = sorted({s.variant for s in states})
         raise SweepError(f"--only {only!r} matches no run of this sweep (variants: {', '.join(variants)})")
-    result = CancelResult(sd.path)
+    result = CancelResult(sd.path, sweep_file=manifest.get("sweep_file"))
     targets = [s for s in chosen if s.state in CANCELLABLE]
     for s in chosen:
         if s.state not in CANCELLABLE:

@@ -78,13 +78,15 @@ class RunSpec:
             "params": self.params,
         }
 
-    def command(self, run_dir: Path, run_id: str | None = None, extra: Sequence[str] = ()) -> Command:
-        """The training process of this run (or of a shortened copy of it, with `extra` overrides)."""
+    def command(
+        self, run_dir: Path, run_id: str | None = None, extra: Sequence[str] = (), sweep: str | None = None
+    ) -> Command:
+        """The training process of this run (or of a shortened copy of it, with `extra` overrides);
+        `sweep` names the sweep to the run's loggers (W&B's group, MLflow's experiment)."""
         run_id = run_id or self.run_id
         directory = str(Path(run_dir).resolve())
-        return Command(
-            run_id, TRAIN_MODULE, (*self.overrides, *extra, f"hydra.run.dir={directory}", f"run_id={run_id}"), directory
-        )
+        ids = (f"run_id={run_id}", *((f"sweep={sweep}",) if sweep else ()))
+        return Command(run_id, TRAIN_MODULE, (*self.overrides, *extra, f"hydra.run.dir={directory}", *ids), directory)
 
 
 @dataclass

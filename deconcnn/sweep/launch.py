@@ -263,7 +263,7 @@ def _launch_locked(
             return result
         by_variant: dict[str, list[Command]] = {}
         for run in todo:
-            by_variant.setdefault(run.variant, []).append(run.command(sweep_dir.run_dir(run.run_id)))
+            by_variant.setdefault(run.variant, []).append(run.command(sweep_dir.run_dir(run.run_id), sweep=sweep.name))
         per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
         runner: Executor
         if kind == "slurm":

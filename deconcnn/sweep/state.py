@@ -115,6 +115,8 @@ def run_state(
             return "failed", attempt.get("error") or "failed"
         if ours:
             return "running", None
+        if submission.get("executor") == "local":
+            return "pending", "queued in its local launch: it starts when a slot frees"
         return "pending", f"its task {'was requeued and ' if requeued else ''}is running; the run has not started yet"
     if live.state == "unreachable":
         return "unknown", f"scheduler not answering: {live.detail}"

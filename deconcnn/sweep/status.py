@@ -2,7 +2,7 @@
 
 The table has one row per state that occurs and one column per variant, so it fits 80 columns
 whatever the states; running runs show their progress (step / total, last training loss, an ETA
-from the pace of their last logged steps), read from the tail of their own metric log.
+from the stamped pace of their recent steps), read from the tail of their own metric log.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.metrics_log import METRICS_FILE
+from deconcnn.runlog.run_status import read_run_status
 from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, poll_submissions, sweep_states
 from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir
 
 DETAIL_STATES = ("failed", "lost", "cancelled", "pending", "unknown")
-TAIL_BYTES = 64 * 1024  # enough for the last few dozen records of any kind
+TAIL_BYTES = 1024 * 1024  # ~5000 steps of records of every kind
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 
 
@@ -54,8 +55,24 @@ def _total_steps(run_dir: Path, steps_per_epoch: float) -> int | None:
         return None
 
 
-def run_progress(run_dir: Path) -> Progress | None:
-    """The last training record of a run and what it says about the rest (None: none yet)."""
+def _train_record(line: bytes) -> dict[str, Any] | None:
+    if b'"train"' not in line:
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("kind") == "train" else None
+
+
+def run_progress(run_dir: Path, now: float | None = None) -> Progress | None:
+    """The last training record of a run and what it says about the rest (None: none yet).
+
+    The pace is the stamped wall time per step across the training records of the log's tail
+    (TAIL_BYTES: thousands of steps, so the monitors' pauses are averaged in) since this attempt
+    started. The log is written in bursts (every flush), so the time since the last record counts
+    as work done: the ETA counts down between flushes instead of holding, then jumping.
+    """
     try:
         with open(run_dir / METRICS_FILE, "rb") as log:
             size = log.seek(0, os.SEEK_END)
@@ -63,23 +80,20 @@ def run_progress(run_dir: Path) -> Progress | None:
             lines = log.read().splitlines()
     except OSError:
         return None
-    train = []
-    for line in lines[1:] if len(lines) > 1 else lines:  # the first may be cut
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("kind") == "train":
-            train.append(record)
-    if not train:
+    started = (read_run_status(run_dir) or {}).get("start_time") or 0.0  # an earlier attempt's pace is not this one's
+    body = lines[1:] if len(lines) > 1 else lines  # the first may be cut
+    last = next((r for r in map(_train_record, reversed(body)) if r), None)
+    if last is None:
         return None
-    last = train[-1]
+    # Few records are parsed (the last, and the first of this attempt): status reads hundreds of tails.
+    first = next((r for r in map(_train_record, body) if r and r["time"] >= started), last)
     step, frac = int(last["step"]), last.get("epoch_frac")
     total = _total_steps(run_dir, (step + 1) / frac) if frac else None
     eta = None
-    if total and len(train) > 1 and train[-1]["time"] > train[0]["time"]:
-        pace = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"] or 1)
-        eta = max(0.0, (total - step - 1) * pace)
+    if total and last["step"] > first["step"] and last["time"] > first["time"]:
+        pace = (last["time"] - first["time"]) / (last["step"] - first["step"])
+        in_flight = max(0.0, (time.time() if now is None else now) - last["time"])
+        eta = max(0.0, (total - step - 1) * pace - in_flight)
     return Progress(step + 1, total, last.get("loss_train_nats"), eta)
 
 

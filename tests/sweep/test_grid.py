@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from deconcnn.cli import run as sweep_cli
-from deconcnn.runconfig import CONF_DIR
+from deconcnn.runconfig import CONF_DIR, compose_run_config
 from deconcnn.sweep.grid import SweepFileError, load_sweep, validate_runs
 
 REPO = CONF_DIR.parent
@@ -96,7 +97,7 @@ def test_malformed_sweep_files_are_refused(tmp_path, body, message):
         ("axes: {optim.lr: '-0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n", "optim.lr must be > 0"),
         (
             "axes: {optim.lrr: '0.1'}\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n",
-            "Could not override 'optim.lrr'",
+            "Could not override 'optim.lrr': Key 'lrr' is not in struct (to append to your config use +optim.lrr=0.1)",
         ),
     ],
 )
@@ -132,3 +133,24 @@ def test_a_sweep_training_cifar_variants_on_synthetic_data_says_so(capsys):
         == 0
     )
     assert "note:" not in capsys.readouterr().err  # the real sweep trains on what its experiments name
+
+
+def test_a_sweep_picks_its_loggers_and_names_itself_to_them(tmp_path):
+    body = (
+        "name: logged\noverrides: ['logger=[csv,tensorboard]']\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n"
+    )
+    sweep = load_sweep(_sweep_file(tmp_path, body))
+    validate_runs(sweep.runs)
+    (run,) = sweep.runs
+    args = run.command(tmp_path / run.run_id, sweep=sweep.name).args
+    cfg = compose_run_config([a for a in args if not a.startswith("hydra.")])
+    assert list(cfg.logger) == ["csv", "tensorboard"] and cfg.sweep == "logged" and cfg.run_id == run.run_id
+
+
+def test_a_logger_whose_package_is_missing_is_refused_at_launch(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what an environment without it gives `import`
+    body = "name: logged\noverrides: [logger=mlflow]\nvariants: {S-core: {experiment: loss_lin_slope_base}}\n"
+    sweep = load_sweep(_sweep_file(tmp_path, body))
+    with pytest.raises(SweepFileError) as error:
+        validate_runs(sweep.runs)
+    assert str(error.value).endswith(": logger.mlflow needs the mlflow package: pip install 'deconcnn[mlflow]'")

@@ -109,6 +109,8 @@ UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", 
             None,
             ("pending", "its task is running; the run has not started yet"),
         ),
+        # a local launch that is alive but has not started the run: queued behind its slots, no SLURM task
+        (LOCAL, None, None, RUNNING, None, ("pending", "queued in its local launch: it starts when a slot frees")),
         # nothing can be said
         (SUBMISSION, None, None, UNREACHABLE, None, ("unknown", "scheduler not answering: connection refused")),
         # ended

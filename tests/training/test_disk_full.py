@@ -77,6 +77,14 @@ def test_full_disk_fails_cleanly_and_the_relaunch_completes(small_disk):
     assert final["status"] == "completed" and final["attempt"] == 2 and final["error"] is None
 
 
+def test_run_json_is_its_json_alone(tmp_path):
+    # It used to end in 1.8 KB of spaces (a reserve for the full-disk rewrite), which filled a terminal.
+    status = RunStatusFile(tmp_path, "r")
+    status.start()
+    text = (tmp_path / "run.json").read_text()
+    assert text.endswith("}\n") and json.loads(text) == status.data
+
+
 def test_final_status_is_written_in_place_when_no_block_is_free(small_disk):
     run_dir = small_disk / "run"
     run_dir.mkdir()
@@ -91,6 +99,6 @@ def test_final_status_is_written_in_place_when_no_block_is_free(small_disk):
                 pass
     with pytest.raises(OSError):
         (small_disk / "probe").write_bytes(b"x" * 8192)
-    status.finish("failed", 7, error="OSError: [Errno 28] No space left on device")
+    status.finish("failed", 7, error="OSError: [Errno 28] No space left on device " + "x" * 400)  # it grows
     assert read_run_status(run_dir) == {**status.data}
     assert json.loads((run_dir / "run.json").read_text())["last_step"] == 7

@@ -166,6 +166,12 @@ def test_a_run_started_by_hand_says_its_data_first_and_keeps_everything_in_its_d
     assert {p.name for p in run_dir.iterdir()} >= {".hydra", "stdout.log", "metrics.jsonl", "run.json", "checkpoints"}
     log = (run_dir / "stdout.log").read_text()
     assert first in log
+    last = result.stdout.splitlines()[-1]  # one closing line: state, steps, last loss, where the logs are
+    loss = [r for r in read_log(run_dir) if r["kind"] == "train"][-1]["loss_train_nats"]
+    assert last == (
+        f"deconcnn-train: completed at step 16, last training loss {loss:.4g} nats; logs in {run_dir}: metrics.jsonl"
+    )
+    assert last in log
     for hint in ("srun", "litlogger", "logging interval", "LeafSpec"):  # Lightning's hints, filtered
         assert hint not in log + result.stderr, hint
 
