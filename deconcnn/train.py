@@ -102,7 +102,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> str:
 
 
 def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) -> str:
-    data = instantiate(cfg.data.source).describe()
+    # CifarDataModule's source says what it holds (CIFAR-10 where, or synthetic); a user's datamodule
+    # is named by its class.
+    data = instantiate(cfg.data.source).describe() if "source" in cfg.data else str(cfg.data._target_)
     print(f"deconcnn-train: data: {data}", flush=True)
     status = RunStatusFile(run_dir, cfg.run_id)
     status.start(data=data)
