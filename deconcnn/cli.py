@@ -128,7 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stop a sweep's pending and running runs (a relaunch runs them again)",
         description="stop a sweep's pending and running runs (a relaunch runs them again)",
     )
-    cancel.add_argument("sweep_dir", type=Path, help=sweep_dir_help)
+    cancel.add_argument(
+        "sweep_dir",
+        type=Path,
+        help="the sweep's directory (OUT/<sweep name>); not a Hydra multirun directory, whose runs "
+        "deconcnn-sweep did not start and holds no job or process record of",
+    )
     cancel.add_argument("--only", metavar="PATTERN", help="only the runs whose id matches this glob, or this variant")
     cancel.add_argument(
         "--grace",

@@ -3,7 +3,9 @@ the sweep layer can validate 216 configs without loading the training stack."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
@@ -61,22 +63,24 @@ def _number(cfg: DictConfig, key: str) -> float:
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values the libraries would accept silently or fail on late."""
+    # (key, rule, what it must be, required): the model's and the data's keys are checked where they
+    # have them (the ResNet's width, CifarDataModule's batch size); a user's model or datamodule
+    # may have neither, and a variant that sets one its target does not take fails check_target.
     rules = [
-        ("optim.lr", lambda v: v > 0, "> 0"),
-        ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
-        ("data.batch_size", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
-        ("trainer.max_epochs", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
-        ("schedule.warmup_epochs", lambda v: v >= 0, ">= 0"),
-        ("seed", lambda v: v == int(v), "an integer"),
+        ("optim.lr", lambda v: v > 0, "> 0", True),
+        ("optim.weight_decay", lambda v: v >= 0, ">= 0", True),
+        ("model.width", lambda v: v > 0, "> 0", False),
+        ("data.batch_size", lambda v: v >= 1 and v == int(v), "an integer >= 1", False),
+        ("trainer.max_epochs", lambda v: v >= 1 and v == int(v), "an integer >= 1", True),
+        ("schedule.warmup_epochs", lambda v: v >= 0, ">= 0", True),
+        ("seed", lambda v: v == int(v), "an integer", True),
     ]
-    for key, ok, expected in rules:
+    for key, ok, expected, required in rules:
+        if not required and OmegaConf.select(cfg, key) is None:
+            continue
         value = _number(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key} must be {expected}, got {value:g}")
-    # The width/norm contract is the ResNet's (and any model's that takes them); another model
-    # needs neither, and a variant that sets one its model does not take fails check_targets.
-    if "width" in cfg.model and not _number(cfg, "model.width") > 0:
-        raise ConfigError(f"model.width must be > 0, got {cfg.model.width:g}")
     if "norm" in cfg.model and cfg.model.norm not in ("batchnorm", "none"):
         raise ConfigError(f"model.norm must be batchnorm or none, got {cfg.model.norm!r}")
     if cfg.trainer.get("gradient_clip_val") is not None and _number(cfg, "trainer.gradient_clip_val") <= 0:
@@ -108,12 +112,23 @@ def targets(cfg: DictConfig) -> dict[str, tuple[str, frozenset[str]]]:
     return found
 
 
+def import_like_a_run() -> None:
+    """Make this process import a user's modules as a run's process will: a run is `python -m
+    deconcnn.train` started in the launch's directory, which puts that directory first on its
+    path (a project directory holding `mypkg/` needs no PYTHONPATH); PYTHONPATH is inherited."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def check_target(key: str, target: str, arguments: frozenset[str]) -> None:
     """Import `target` as `instantiate` would, and refuse arguments its signature does not take:
     one line naming the key, before any run starts."""
     import inspect
 
     from hydra._internal.utils import _locate
+
+    import_like_a_run()
 
     try:
         obj = _locate(target)

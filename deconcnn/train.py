@@ -28,7 +28,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
-from deconcnn.runconfig import CONF_DIR, ConfigError
+from deconcnn.runconfig import CONF_DIR, ConfigError, import_like_a_run
 from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point
 from deconcnn.runlog.run_status import RUN_LOG, SUBMISSION_ENV, RunStatusFile, first_line
 from deconcnn.training.build import build_run
@@ -197,6 +197,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
+    import_like_a_run()  # `deconcnn-train` imports a user's modules as `python -m deconcnn.train` does
     _hydra_main()
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.metrics_log import METRICS_FILE
-from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, poll_submissions, sweep_states
-from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir
+from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, multirun_states, poll_submissions, sweep_states
+from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir, is_multirun
 
 DETAIL_STATES = ("failed", "lost", "cancelled", "pending", "unknown")
 TAIL_BYTES = 64 * 1024  # enough for the last few dozen records of any kind
@@ -84,13 +84,20 @@ def run_progress(run_dir: Path) -> Progress | None:
 
 
 def current_states(sweep_dir: Path) -> list[RunState]:
+    """Every run's state: a sweep directory's by its manifest and executors, a Hydra multirun
+    directory's by its jobs' own files."""
+    if is_multirun(sweep_dir):
+        return multirun_states(sweep_dir)
     sd = SweepDir(sweep_dir)
     manifest = sd.require_manifest()
     return sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
 
 
 def executor_of(sweep_dir: Path) -> str:
-    """slurm when any run's last submission went to SLURM (a refresh then asks the scheduler)."""
+    """slurm when any run's last submission went to SLURM (a refresh then asks the scheduler); a
+    Hydra multirun directory is only read."""
+    if is_multirun(sweep_dir):
+        return "local"
     manifest = SweepDir(sweep_dir).require_manifest()
     kinds = {(entry.get("submissions") or [{}])[-1].get("executor") for entry in manifest["runs"].values()}
     return "slurm" if "slurm" in kinds else "local"
