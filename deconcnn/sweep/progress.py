@@ -3,8 +3,8 @@
 A local launch waits for its runs: on a terminal a rich progress bar (runs done / total, running,
 failed, ETA) with a line per run that ends above it; elsewhere (CI, a log file) the same facts as
 one plain line per run that ends, since a redrawn bar is noise in a file. Both end with a summary.
-The ETA is the pace of the runs done so far (wall time per finished run, whatever the parallelism)
-times the runs left; a run's own ETA is in `status`.
+The ETA is the end the pace so far predicts (wall time per run ended, whatever the parallelism,
+times the runs), counting down between runs that end; a run's own ETA is in `status`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class LocalProgress:
         self.total = 0
         self.running = 0
         self.started = time.monotonic()
+        self.last_done_s = 0.0  # seconds from the start to the last run that ended
         self.sweep_dir: Path | None = None
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -74,12 +75,13 @@ class LocalProgress:
 
     def run_done(self, run_id: str, outcome: str) -> None:
         self.outcomes[outcome] += 1
+        self.last_done_s = time.monotonic() - self.started
         done = sum(self.outcomes.values())
         line = f"[{done}/{self.total}] {run_id}: {outcome}"
         if self._bar is None:  # plain lines carry the counts the bar would show
             line += f"  ({self.counts()})"
-        self._print(line)
         self._refresh()
+        self._print(line)
 
     def _print(self, line: str) -> None:
         # soft_wrap: a line in a log file stays one line whatever its length
@@ -91,10 +93,11 @@ class LocalProgress:
         return sum(n for outcome, n in self.outcomes.items() if outcome not in GOOD_OUTCOMES)
 
     def eta_s(self) -> float | None:
+        """Seconds to the end the pace so far predicts (counting down between runs that end)."""
         done = sum(self.outcomes.values())
         if not done or done >= self.total:
             return None
-        return (time.monotonic() - self.started) / done * (self.total - done)
+        return max(0.0, self.last_done_s / done * self.total - (time.monotonic() - self.started))
 
     def counts(self) -> str:
         text = f"running {self.running}, failed {self.failed()}"
@@ -105,7 +108,7 @@ class LocalProgress:
 
     def _refresh(self) -> None:
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, completed=sum(self.outcomes.values()), counts=self.counts())
+            self._bar.update(self._task, completed=sum(self.outcomes.values()), counts=self.counts(), refresh=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -131,16 +134,15 @@ def local_progress(stream: TextIO | None = None) -> Iterator[LocalProgress]:
 
 def slurm_lines(result: LaunchResult) -> list[str]:
     """A SLURM launch's job arrays: for each, its id, its tasks and the runs each task holds."""
-    arrays: dict[str, list[str]] = {}
+    arrays: dict[str, list[str]] = {}  # job id -> its tasks' handles (`<job>_<task>`, or `<job>`)
     for handle in result.job_ids:
-        array, _, task = handle.partition("_")
-        arrays.setdefault(array, []).append(task)
+        arrays.setdefault(handle.partition("_")[0], []).append(handle)
     lines = [f"{result.sbatch_calls} sbatch call(s), {len(arrays)} job array(s), {len(result.job_ids)} tasks:"]
-    for array, tasks in arrays.items():
-        runs = [result.packs.get(f"{array}_{task}", []) for task in tasks]
+    for array, handles in arrays.items():
+        runs = [result.packs.get(handle, []) for handle in handles]
         per_task = sorted({len(r) for r in runs})
-        first, last = runs[0][0] if runs and runs[0] else "?", runs[-1][-1] if runs and runs[-1] else "?"
-        indices = sorted(int(t) for t in tasks if t.isdigit())
+        first, last = runs[0][0] if runs[0] else "?", runs[-1][-1] if runs[-1] else "?"
+        indices = sorted(int(h.partition("_")[2]) for h in handles if h.partition("_")[2].isdigit())
         # submitit submits a batch of one pack as a plain job: no array, no task index
         span = f"array tasks {indices[0]}-{indices[-1]}" if indices else "one job, no array"
         lines.append(
