@@ -161,3 +161,15 @@ def test_a_variant_that_narrows_the_resnet_is_refused_on_a_model_without_width(i
     )
     assert sweep_cli(["launch", "plain.yaml", "--config-dir", "conf", "--executor", "local", "--dry-run"]) == 0
     assert "1 runs validated" in capsys.readouterr().out
+
+
+def test_smoke_shrinks_the_width_only_of_a_model_that_has_one(importable, capsys):
+    argv = ["launch", "blobs.yaml", "--config-dir", "conf", "--executor", "local", "--smoke", "--dry-run", "--json"]
+    assert sweep_cli(argv) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert all(row["overrides"][-2:] == ["debug=smoke", "~model.width"] for row in rows)  # debug=smoke sets one
+    assert (
+        "note: mlp: its runs train on SyntheticSource, although its experiment (blobs_mlp) names BlobsDataModule"
+        in (captured.err)
+    )
