@@ -173,3 +173,14 @@ def test_smoke_shrinks_the_width_only_of_a_model_that_has_one(importable, capsys
         "note: mlp: its runs train on SyntheticSource, although its experiment (blobs_mlp) names BlobsDataModule"
         in (captured.err)
     )
+
+
+def test_the_check_run_of_a_user_s_model_keeps_its_size_and_says_so(importable):
+    from deconcnn.sweep.check.runner import prepare_checks
+    from deconcnn.sweep.grid import plan
+
+    runs = plan("blobs.yaml", out="results", config_dirs=["conf"]).runs
+    checks = {c.variant: c for c in prepare_checks(runs, importable / "check", gpu=False)}
+    assert "~model.width" in checks["mlp"].command.args  # debug=check's width is the ResNet's
+    assert "mypkg.models.MLP has no model.width to cap: the check runs it as configured" in checks["mlp"].notes
+    assert "model.hidden=128" in checks["mlp-wide"].command.args
