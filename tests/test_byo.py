@@ -119,6 +119,7 @@ def test_report_of_a_multirun_directory(multirun, capsys):
     assert "mlp" in page and "optim.lr" in page
 
 
+@pytest.mark.slow  # a real local launch: ~30 s here
 def test_a_sweep_of_the_user_s_model_launched_with_config_dir(importable, capsys):
     argv = ["launch", "blobs.yaml", "--config-dir", "conf", "--executor", "local", "--out", "results"]
     assert sweep_cli([*argv, "--only", "mlp-wide_lr0.2", "trainer.max_epochs=1"]) == 0
