@@ -8,15 +8,20 @@ report and analyze. Relaunching the same sweep file finishes whatever did not co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
+
+if TYPE_CHECKING:
+    from deconcnn.sweep.launch import LaunchResult
 
 EXIT_USAGE = 2
 #: --watch floors: each refresh of a SLURM sweep asks squeue and sacct (a load on the cluster's
@@ -57,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--executor", choices=EXECUTORS, default="auto", help=executor_help)
         command.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=out_help)
+        command.add_argument(
+            "--config-dir",
+            type=Path,
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a config directory of your own (DIR/model/*.yaml, DIR/data/*.yaml, ...) searched beside "
+            "the package's, for every run; repeatable",
+        )
         return command
 
     launch = sweep_file_command("launch", "run or submit every run of a sweep that is not done yet")
@@ -66,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         help="compose and check every run's config, print the runs and the plan; submit nothing",
     )
     launch.add_argument("--json", action="store_true", help="with --dry-run: the runs as JSON")
+    launch.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress display: a line per run that ends and the result (a local launch shows runs "
+        "done/running/failed and an ETA; a SLURM launch its job arrays)",
+    )
     launch.add_argument(
         "--smoke",
         action="store_true",
@@ -108,7 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stop a sweep's pending and running runs (a relaunch runs them again)",
         description="stop a sweep's pending and running runs (a relaunch runs them again)",
     )
-    cancel.add_argument("sweep_dir", type=Path, help=sweep_dir_help)
+    cancel.add_argument(
+        "sweep_dir",
+        type=Path,
+        help="the sweep's directory (OUT/<sweep name>); not a Hydra multirun directory, whose runs "
+        "deconcnn-sweep did not start and holds no job or process record of",
+    )
     cancel.add_argument("--only", metavar="PATTERN", help="only the runs whose id matches this glob, or this variant")
     cancel.add_argument(
         "--grace",
@@ -178,23 +203,33 @@ def _parser() -> argparse.ArgumentParser:
 def _launch(args: argparse.Namespace) -> int:
     from deconcnn.sweep.executors import resolve_executor
     from deconcnn.sweep.grid import plan
-    from deconcnn.sweep.launch import check_options, describe_plan, launch
+    from deconcnn.sweep.launch import check_options, describe_plan, launch, refuse_changed
     from deconcnn.sweep.launcher import check_feasible, compose_launcher
+    from deconcnn.sweep.progress import local_progress
 
     started = time.perf_counter()
     check_options(args.workers_per_gpu, args.parallel, args.grace)
     if args.json and not args.dry_run:
         raise SweepError("--json goes with --dry-run")
-    launch_plan = plan(args.sweep_file, out=args.out, smoke=args.smoke, only=args.only, overrides=args.overrides)
+    launch_plan = plan(
+        args.sweep_file,
+        out=args.out,
+        smoke=args.smoke,
+        only=args.only,
+        overrides=args.overrides,
+        config_dirs=args.config_dir,
+        import_targets=True,
+    )
 
     def print_notes() -> None:  # only once the launch is accepted: a refusal is one line
         for note in launch_plan.notes:
             print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
 
     if args.dry_run:
+        refuse_changed(launch_plan.sweep, launch_plan.sweep_dir.read_manifest())  # as launch would
         kind = "slurm" if args.executor == "slurm" else resolve_executor(args.executor)
         # The launcher settings are checked even without a cluster: a typo must not wait for sbatch.
-        launcher = compose_launcher(launch_plan.sweep.runs[0].overrides[:1], launch_plan.sweep.launcher_overrides)
+        launcher = compose_launcher(launch_plan.sweep.runs[0].base, launch_plan.sweep.launcher_overrides)
         if kind == "slurm":
             check_feasible(launcher)
         print_notes()
@@ -211,7 +246,8 @@ def _launch(args: argparse.Namespace) -> int:
             f"sweep directory {launch_plan.sweep_dir.path}; nothing submitted (--dry-run)"
         )
         return 0
-    result = launch(
+    start = functools.partial(
+        launch,
         launch_plan,
         executor=args.executor,
         workers_per_gpu=args.workers_per_gpu,
@@ -219,16 +255,42 @@ def _launch(args: argparse.Namespace) -> int:
         mps=args.mps,
         cpu_slots=args.parallel,
         grace_s=args.grace,
-        on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
-        on_submitted=print_notes,
     )
+    if args.quiet:
+        result = start(
+            on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
+            on_submitted=lambda result: print_notes(),
+        )
+        print_result(result, arrays=False)
+        return 0
+    with local_progress() as progress:
+
+        def submitted(result: LaunchResult) -> None:
+            print_notes()
+            if result.executor == "local":
+                progress.submitted(result)
+
+        result = start(on_run_done=progress.run_done, on_submitted=submitted, on_poll=progress.polled)
+    print_result(result)
+    if result.executor == "local" and result.submitted:
+        print(progress.summary())
+    return 0
+
+
+def print_result(result: LaunchResult, arrays: bool = True) -> None:
+    """What a launch did: runs submitted and skipped, SLURM's jobs (each array's layout), where the sweep is."""
+    from deconcnn.sweep.progress import slurm_lines
+
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
     if result.executor == "slurm" and result.submitted:
-        arrays = sorted({j.split("_")[0] for j in result.job_ids})
-        print(f"{result.sbatch_calls} sbatch call(s), job arrays {', '.join(arrays)}")
+        if arrays:
+            for line in slurm_lines(result):
+                print(line)
+        else:
+            ids = ", ".join(sorted({j.split("_")[0] for j in result.job_ids}))
+            print(f"{result.sbatch_calls} sbatch call(s), job arrays {ids}")
     print(f"sweep directory: {result.sweep_dir}  (deconcnn-sweep status {result.sweep_dir})")
-    return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -334,6 +396,7 @@ def _probe(args: argparse.Namespace) -> int:
         file=args.file,
         only=args.only,
         overrides=args.overrides,
+        config_dirs=args.config_dir,
         report=lambda line: print(line, file=sys.stderr, flush=True),
     )
     Console(width=None if sys.stdout.isatty() else 132).print(render_table(result))
@@ -358,6 +421,7 @@ def _check(args: argparse.Namespace) -> int:
         args.sweep_file,
         out=args.out,
         overrides=args.overrides,
+        config_dirs=args.config_dir,
         executor=args.executor,
         workers_per_gpu=args.workers_per_gpu,
         on_done=lambda c: print(

@@ -29,7 +29,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
-from deconcnn.runconfig import CONF_DIR, ConfigError
+from deconcnn.runconfig import CONF_DIR, ConfigError, import_like_a_run
 from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point
 from deconcnn.runlog.metrics_reader import iter_records
 from deconcnn.runlog.run_status import RUN_LOG, SUBMISSION_ENV, RunStatusFile, first_line
@@ -104,7 +104,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> str:
 
 
 def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback]) -> str:
-    data = instantiate(cfg.data.source).describe()
+    # CifarDataModule's source says what it holds (CIFAR-10 where, or synthetic); a user's datamodule
+    # is named by its class.
+    data = instantiate(cfg.data.source).describe() if "source" in cfg.data else str(cfg.data._target_)
     print(f"deconcnn-train: data: {data}", flush=True)
     status = RunStatusFile(run_dir, cfg.run_id)
     status.start(data=data)
@@ -218,6 +220,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
+    import_like_a_run()  # `deconcnn-train` imports a user's modules as `python -m deconcnn.train` does
     _hydra_main()
 
 

@@ -1,11 +1,14 @@
 """The docs work as written: every README command block that needs no cluster and no dataset (the
-```bash ones; cluster and CIFAR-10 commands are ```sh) runs, and the docs name only files that exist."""
+```bash ones; cluster and CIFAR-10 commands are ```sh) runs, and the docs name only files that exist.
+A README command runs in a fresh directory holding a copy of the bring-your-own example (docs/byo/),
+as a user's project directory would."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +41,7 @@ def test_readme_command_runs(tmp_path, command):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
     }
+    shutil.copytree(REPO / "docs" / "byo", tmp_path, dirs_exist_ok=True)
     result = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
 

@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.run_status import read_run_status
-from deconcnn.sweep.sweepdir import MANIFEST_FILE, RUNS_DIR, NotASweep, SweepDir
-
-MULTIRUN_FILE = "multirun.yaml"
-HYDRA_DIR = ".hydra"
-DEFAULT_VARIANT = "default"
+from deconcnn.sweep.sweepdir import (
+    HYDRA_DIR,
+    HYDRA_OVERRIDES,
+    MANIFEST_FILE,
+    MULTIRUN_FILE,
+    RUNS_DIR,
+    NotASweep,
+    SweepDir,
+)
 
 
 @dataclass
@@ -120,24 +124,19 @@ def _sweep_source(path: Path) -> SweepSource:
 
 
 def _multirun_source(path: Path) -> SweepSource:
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
+
+    from deconcnn.sweep.state import multirun_states
 
     runs = []
-    jobs = sorted(
-        (p for p in path.iterdir() if (p / HYDRA_DIR / "overrides.yaml").is_file()),
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
-    for job in jobs:
-        overrides = [str(o) for o in OmegaConf.load(job / HYDRA_DIR / "overrides.yaml")]
+    for s in multirun_states(path):
+        job = Path(s.run_dir)
+        overrides = [str(o) for o in OmegaConf.load(job / HYDRA_DIR / HYDRA_OVERRIDES)]
         params: dict[str, Any] = {}
         for line in overrides:
             key, _, value = line.partition("=")
             params[key.lstrip("+~")] = _scalar(value)
-        config_file = job / HYDRA_DIR / "config.yaml"
-        config = OmegaConf.load(config_file) if config_file.is_file() else None
-        variant = config.get("variant") if isinstance(config, DictConfig) else None  # a list has no keys
-        status = (read_run_status(job) or {}).get("status", "missing")
-        runs.append(RunInfo(job.name, job, str(variant or DEFAULT_VARIANT), params, status, None, True, overrides))
+        runs.append(RunInfo(s.run_id, job, s.variant, params, s.state, s.reason, True, overrides))
     keys = _first_seen([k for r in runs for k in r.params])
     axes = [k for k in keys if len({repr(r.params.get(k)) for r in runs}) > 1]
     for run in runs:  # the axes are the swept keys; the rest are settings every job shares

@@ -20,9 +20,13 @@ from deconcnn.sweep import processes
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.state import LIVE_STATES, last_submission, poll_submissions, read_process, sweep_states
-from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir
+from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir, is_multirun
 
 CANCELLABLE = (*LIVE_STATES, "unknown")
+
+
+class NotCancellable(SweepError):
+    """Runs deconcnn-sweep did not start: it holds no handle to stop them by."""
 
 
 @dataclass
@@ -50,6 +54,12 @@ def matches(run_id: str, variant: str, only: str | None) -> bool:
 
 def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP_GRACE_S) -> CancelResult:
     sd = SweepDir(sweep_dir)
+    if is_multirun(sd.path):
+        raise NotCancellable(
+            f"{sd.path} is a Hydra multirun directory: its runs were started by `deconcnn-train -m`, not "
+            "by deconcnn-sweep, so there is no job or process record to cancel them by; stop that command "
+            "(Ctrl-C), or scancel its jobs"
+        )
     manifest = sd.require_manifest()
     if grace_s < 0:
         raise SweepError(f"--grace must be >= 0, got {grace_s:g}")

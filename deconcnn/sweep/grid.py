@@ -12,7 +12,7 @@ import fnmatch
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,25 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deconcnn.runconfig import DEBUG_GROUP, check_config, compose_run_config, config_error_text, debug_settings
+from deconcnn.runconfig import (
+    DEBUG_GROUP,
+    check_config,
+    check_target,
+    compose_run_config,
+    config_error_text,
+    data_target,
+    debug_settings,
+    targets,
+)
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import Command
 from deconcnn.sweep.launcher import is_launcher_override
 from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir
 
 TRAIN_MODULE = "deconcnn.train"
+EXPERIMENT_GROUP = "experiment"
+SEARCHPATH_KEY = "hydra.searchpath"
+MODEL_PREFIX = "model."
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
@@ -42,10 +54,14 @@ def _override_key(line: str) -> str:
     return line.split("=", 1)[0].lstrip("+~")
 
 
-def with_debug(overrides: Sequence[str], name: str) -> tuple[tuple[str, ...], list[str]]:
+def with_debug(
+    overrides: Sequence[str], name: str, model_keys: Collection[str] | None = None
+) -> tuple[tuple[str, ...], list[str]]:
     """The run's overrides shrunk by the `debug` config `name`: the overrides it would not win
     against (its own keys, another debug choice, the keys under a group it replaces) are dropped
-    and returned, and `debug=<name>` comes last."""
+    and returned, and `debug=<name>` comes last. Given the keys of the run's own model config, a
+    model setting of the debug config that model does not have (the ResNet's width, for a user's
+    model) is deleted again: a shrink applies only to a model that takes it."""
     keys, groups = debug_settings(name)
     # A replaced group's source settings (data.source.data_dir of CIFAR-10) do not exist in its
     # replacement (the synthetic source): they go too.
@@ -56,7 +72,12 @@ def with_debug(overrides: Sequence[str], name: str) -> tuple[tuple[str, ...], li
         return key in keys or key in groups or key == DEBUG_GROUP or key.startswith(sources)
 
     kept = [o for o in overrides if not dropped(o)]
-    return (*kept, f"{DEBUG_GROUP}={name}"), [o for o in overrides if dropped(o)]
+    foreign = (
+        []
+        if model_keys is None
+        else [f"~{k}" for k in sorted(keys) if k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX) :] not in model_keys]
+    )
+    return (*kept, f"{DEBUG_GROUP}={name}", *foreign), [o for o in overrides if dropped(o)]
 
 
 class SweepFileError(SweepError):
@@ -69,6 +90,12 @@ class RunSpec:
     variant: str
     overrides: tuple[str, ...]
     params: dict[str, Any] = field(hash=False)
+
+    @property
+    def base(self) -> tuple[str, ...]:
+        """The overrides that choose where the run's config comes from (its experiment, a user's
+        config directory), without the values it sets: enough to compose its launcher settings."""
+        return tuple(o for o in self.overrides if _override_key(o) in (EXPERIMENT_GROUP, SEARCHPATH_KEY))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,15 +219,18 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         except Exception as error:  # noqa: BLE001  Hydra's override parser raises several types
             raise SweepFileError(f"{path}: variant {variant}: bad axis: {error}".splitlines()[0]) from None
         fixed = [
-            f"experiment={body.experiment}",
+            f"{EXPERIMENT_GROUP}={body.experiment}",
             *common,
             *_as_list(body.get("overrides"), f"variants.{variant}.overrides"),
         ]
+        model_keys = _model_keys([*fixed, *extra_overrides]) if smoke else None
         for combo in combos or [[]]:
             params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
             run_id = _run_id(template or default_template(params), variant, params)
             overrides = (*fixed, *combo, *extra_overrides)
-            runs.append(RunSpec(run_id, variant, with_debug(overrides, SMOKE_DEBUG)[0] if smoke else overrides, params))
+            if smoke:
+                overrides = with_debug(overrides, SMOKE_DEBUG, model_keys)[0]
+            runs.append(RunSpec(run_id, variant, overrides, params))
     seen: dict[str, RunSpec] = {}
     for run in runs:
         if run.run_id in seen:
@@ -210,13 +240,24 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
     return Sweep(str(name), path, runs, launcher, [str(v) for v in variants], axis_names)
 
 
+def _model_keys(overrides: Sequence[str]) -> set[str] | None:
+    """The keys of the model config these overrides compose (None: they do not compose; validate_runs
+    says why)."""
+    try:
+        return {str(k) for k in compose_run_config(list(overrides)).model}
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def default_template(params: dict[str, Any]) -> str:
     return "_".join(["{variant}", *(f"{key.rsplit('.', 1)[-1]}{{{key}}}" for key in params)])
 
 
-def validate_runs(runs: Iterable[RunSpec]) -> dict[str, str]:
+def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> dict[str, str]:
     """Compose every run's config with Hydra and check it; raises SweepFileError on the first bad one.
-    Returns each run's data source (its `_target_`).
+    With `import_targets`, every `_target_` is imported and given only arguments it takes (this loads
+    the training stack and the user's modules: a dry run and a launch do it, status never).
+    Returns each run's data (deconcnn.runconfig.data_target).
 
     Composition is the slow part (~100 ms), so each distinct set of config-group choices is composed
     once and the value overrides are applied to a copy with Hydra's own override application.
@@ -225,13 +266,15 @@ def validate_runs(runs: Iterable[RunSpec]) -> dict[str, str]:
     parser = OverridesParser.create()
     bases: dict[tuple[str, ...], DictConfig] = {}
     groups: set[str] | None = None
+    imported: set[tuple[str, str, frozenset[str]]] = set()
     for run in runs:
         try:
             parsed = parser.parse_overrides(list(run.overrides))
             if groups is None:
-                probe = compose_run_config([run.overrides[0]], hydra_config=True)
+                probe = compose_run_config(list(run.base), hydra_config=True)
                 groups = set(probe.hydra.runtime.choices.keys())
-            is_group = [o.key_or_group in groups for o in parsed]
+            # Group choices and hydra.* settings (a user's config directory) shape the composition.
+            is_group = [o.key_or_group in groups or o.key_or_group.startswith("hydra.") for o in parsed]
             # One Override per line, in order; its input_line is that line (Optional only in its type).
             group_lines = tuple(line for line, g in zip(run.overrides, is_group) if g)
             if group_lines not in bases:
@@ -241,7 +284,12 @@ def validate_runs(runs: Iterable[RunSpec]) -> dict[str, str]:
             cfg.run_dir = "/validation"  # the real one is set at launch; hydra's resolver is absent here
             OmegaConf.to_container(cfg, resolve=True)
             check_config(cfg)
-            sources[run.run_id] = str(cfg.data.source.get("_target_"))
+            if import_targets:
+                for key, (target, arguments) in targets(cfg).items():
+                    if (key, target, arguments) not in imported:
+                        check_target(key, target, arguments)
+                        imported.add((key, target, arguments))
+            sources[run.run_id] = data_target(cfg)
         except Exception as error:  # noqa: BLE001  any config error becomes one line naming the run
             raise SweepFileError(f"run {run.run_id}: {config_error_text(error)}") from None
     return sources
@@ -255,8 +303,8 @@ def data_notes(sweep: Sweep, runs: Sequence[RunSpec], sources: dict[str, str]) -
         mine = [r for r in runs if r.variant == variant]
         if not mine:
             continue
-        experiment = next(o for o in mine[0].overrides if o.startswith("experiment="))
-        named = str(compose_run_config([experiment]).data.source.get("_target_"))
+        experiment = next(o for o in mine[0].overrides if _override_key(o) == EXPERIMENT_GROUP)
+        named = data_target(compose_run_config(list(mine[0].base)))
         used = sorted({sources[r.run_id] for r in mine} - {named})
         if used:
             notes.append(
@@ -287,6 +335,20 @@ class LaunchPlan:
         ]
 
 
+def searchpath_override(config_dirs: Sequence[str | Path]) -> list[str]:
+    """`--config-dir DIR`: DIR joins Hydra's config search path of every run (its model/, data/,
+    experiment/ ... options beside the package's), through the run's own overrides, so the run's
+    process, its check and its relaunch all compose the same config."""
+    paths = []
+    for config_dir in config_dirs:
+        path = Path(config_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise SweepFileError(f"--config-dir {config_dir}: no such directory")
+        # A quoted Hydra string: backslashes and quotes escaped, any other character as it is.
+        paths.append("'file://" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'")
+    return [f"{SEARCHPATH_KEY}=[{','.join(paths)}]"] if paths else []
+
+
 def plan(
     sweep_file: str | Path,
     *,
@@ -294,14 +356,18 @@ def plan(
     smoke: bool = False,
     only: str | None = None,
     overrides: Sequence[str] = (),
+    config_dirs: Sequence[str | Path] = (),
+    import_targets: bool = False,
 ) -> LaunchPlan:
     """Expand and validate every run; raises SweepFileError before anything is written.
 
     Command-line overrides for the launcher (`hydra.launcher.x=`, `+hydra.launcher.x=`,
-    `hydra/launcher=`) go to the launcher, every other one to every run.
+    `hydra/launcher=`) go to the launcher, every other one to every run; `config_dirs` join every
+    run's config search path; `import_targets`: see validate_runs.
     """
     launcher = [o for o in overrides if is_launcher_override(o)]
-    sweep = load_sweep(sweep_file, [o for o in overrides if not is_launcher_override(o)], smoke=smoke)
+    run_overrides = [*searchpath_override(config_dirs), *(o for o in overrides if not is_launcher_override(o))]
+    sweep = load_sweep(sweep_file, run_overrides, smoke=smoke)
     sweep.launcher_overrides += launcher
     if smoke:
         sweep.name = f"{sweep.name}-smoke"
@@ -310,5 +376,5 @@ def plan(
         runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
         if not runs:
             raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
-    notes = data_notes(sweep, runs, validate_runs(runs))
+    notes = data_notes(sweep, runs, validate_runs(runs, import_targets=import_targets))
     return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), notes)

@@ -61,6 +61,8 @@ class LaunchResult:
     sbatch_calls: int = 0
     job_ids: list[str] = field(default_factory=list)
     final: dict[str, str] = field(default_factory=dict)  # local: each run's state once its pack ended
+    packs: dict[str, list[str]] = field(default_factory=dict)  # each submitted handle's runs
+    slots: int | None = None  # local: packs run at a time
 
 
 def new_manifest(sweep: Sweep, code_version: str) -> dict[str, Any]:
@@ -90,6 +92,16 @@ def describe_changes(manifest: dict[str, Any], runs: list[RunSpec]) -> str | Non
         if ids:
             parts.append(f"{len(ids)} {label} (e.g. {ids[0]})")
     return "; ".join(parts)
+
+
+def refuse_changed(sweep: Sweep, manifest: dict[str, Any] | None) -> None:
+    """A sweep directory runs the grid it was launched with: an edited sweep file is refused (by
+    launch, and by a dry run with the same line)."""
+    change = describe_changes(manifest, sweep.runs) if manifest is not None else None
+    if change:
+        raise SweepChanged(
+            f"{sweep.path} changed since this sweep was launched: {change}; launch it under another --out or name"
+        )
 
 
 def make_packs(commands_by_variant: dict[str, list[Command]], per_pack: dict[str, int]) -> list[list[Command]]:
@@ -179,15 +191,17 @@ def launch(
     cpu_slots: int | None = None,
     grace_s: float = STOP_GRACE_S,
     on_run_done: Callable[[str, str], None] = lambda run_id, state: None,
-    on_submitted: Callable[[], None] = lambda: None,
+    on_submitted: Callable[[LaunchResult], None] = lambda result: None,
+    on_poll: Callable[[int], None] = lambda running: None,
 ) -> LaunchResult:
-    """Submit the plan's runs that are not final; `on_submitted` runs once the executor took them."""
+    """Submit the plan's runs that are not final; `on_submitted` runs once the executor took them;
+    a local launch then waits, calling `on_poll` with the number of runs running at every poll."""
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     check_options(workers_per_gpu, cpu_slots, grace_s)
     kind = resolve_executor(executor)
     launcher = None
     if kind == "slurm":
-        launcher = compose_launcher(sweep.runs[0].overrides[:1], sweep.launcher_overrides)
+        launcher = compose_launcher(sweep.runs[0].base, sweep.launcher_overrides)
         check_feasible(launcher)
     fresh = not sweep_dir.path.exists()
     sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
@@ -204,6 +218,7 @@ def launch(
             grace_s,
             on_run_done,
             on_submitted,
+            on_poll,
         )
     except SweepError:
         if fresh:  # refused before anything was recorded: leave no trace of the attempt
@@ -221,20 +236,15 @@ def _launch_locked(
     cpu_slots: int | None,
     grace_s: float,
     on_run_done: Callable[[str, str], None],
-    on_submitted: Callable[[], None],
+    on_submitted: Callable[[LaunchResult], None],
+    on_poll: Callable[[int], None],
 ) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     with sweep_dir.lock():
         manifest = sweep_dir.read_manifest()
+        refuse_changed(sweep, manifest)
         if manifest is None:
             manifest = new_manifest(sweep, code_version())
-        else:
-            change = describe_changes(manifest, sweep.runs)
-            if change:
-                raise SweepChanged(
-                    f"{sweep.path} changed since this sweep was launched: {change}; "
-                    "launch it under another --out or name"
-                )
         if kind == "slurm" and not skip_check:
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
@@ -282,8 +292,11 @@ def _launch_locked(
                 packs = make_packs(by_variant, {})
                 local.cpu_slots = cpu_slots or max(per_pack.values())
             runner = local
+            result.slots = len(local.slots)
         handles = runner.submit(packs, submission)
-        on_submitted()
+        result.submitted = [r.run_id for r in todo]
+        result.packs = {handle: [c.name for c in pack] for handle, pack in zip(handles, packs)}
+        on_submitted(result)
         record.update(runner.describe(handles))
         for pack, handle in zip(packs, handles):
             log = runner.log_of(handle)
@@ -303,11 +316,10 @@ def _launch_locked(
                 )
         manifest["submissions"].append(record)
         sweep_dir.write_manifest(manifest)
-        result.submitted = [r.run_id for r in todo]
         if kind == "slurm":
             result.sbatch_calls, result.job_ids = record.get("sbatch_calls", 0), list(handles)
             return result
-        _wait_here(runner, handles, packs, sweep_dir, result, on_run_done)
+        _wait_here(runner, handles, packs, sweep_dir, result, on_run_done, on_poll)
         return result
 
 
@@ -318,19 +330,27 @@ def _wait_here(
     sweep_dir: SweepDir,
     result: LaunchResult,
     on_run_done: Callable[[str, str], None],
+    on_poll: Callable[[int], None],
 ) -> None:
     pack_of = dict(zip(handles, packs))
 
+    def poll() -> None:
+        live = runner.poll([h for h in handles if not all(c.name in result.final for c in pack_of[h])])
+        on_poll(sum(len(pack_of[h]) for h, state in live.items() if state.state == "running"))
+
     def done(handle: str, state: SchedulerState) -> None:
+        outcomes = {}
         for command in pack_of[handle]:
             run = read_run_status(Path(command.workdir)) or {}
             outcome = run.get("status", "not started") if run.get("status") != "running" else "ended while running"
-            result.final[command.name] = outcome
-            on_run_done(command.name, outcome)
+            result.final[command.name] = outcomes[command.name] = outcome
+        poll()  # the running count without this pack
+        for name, outcome in outcomes.items():
+            on_run_done(name, outcome)
 
     try:
         with signals_interrupt():
-            wait(runner, handles, done, poll_s=0.5)
+            wait(runner, handles, done, poll_s=0.5, on_poll=poll)
     except Interrupted as interrupt:
         stopped = [c.name for h in handles for c in pack_of[h] if c.name not in result.final]
         sweep_dir.record_cancel(stopped, by=interrupt.args[0])

@@ -41,6 +41,7 @@ STATES = ("pending", "running", "completed", "diverged", "failed", "cancelled", 
 FINAL_STATES = ("completed", "diverged", "failed", "cancelled", "lost", "missing")
 RESUBMITTABLE = ("failed", "cancelled", "lost", "missing")
 LIVE_STATES = ("pending", "running")
+DEFAULT_VARIANT = "default"  # a run whose config names no variant
 
 
 @dataclass
@@ -169,6 +170,52 @@ def sweep_states(
                 (live[handle].detail if handle and handle in live else None),
                 str(run_dir),
                 str(log) if log.exists() else (submission or {}).get("log"),
+            )
+        )
+    return states
+
+
+def job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(state, reason) of a run that deconcnn-sweep did not start (a Hydra multirun job): its
+    run.json alone speaks, with its process asked where it ran on this host."""
+    if run is None:
+        return "missing", "no run.json: not started, or stopped before training began (see its stdout.log)"
+    if run.get("status") in KEEP_STATUSES:
+        return run_state(None, run, None, None, None)
+    if run.get("status") == "failed":
+        return "failed", run.get("error") or "failed"
+    alive = processes.alive({"host": run.get("host"), "pid": run.get("pid")})
+    if alive is False:
+        return "failed", f"its process (pid {run.get('pid')} on {run.get('host')}) is gone but run.json says running"
+    return "running", None if alive else f"on {run.get('host')}: its process cannot be checked from here"
+
+
+def multirun_states(path: Path) -> list[RunState]:
+    """Every job of a Hydra multirun directory (`deconcnn-train -m`), in job order: its variant from
+    its composed config, its state from its run.json (there is no scheduler record to ask)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from deconcnn.sweep.sweepdir import HYDRA_CONFIG, HYDRA_DIR, multirun_jobs
+
+    states = []
+    for job in multirun_jobs(path):
+        config_file = job / HYDRA_DIR / HYDRA_CONFIG
+        config = OmegaConf.load(config_file) if config_file.is_file() else None
+        variant = config.get("variant") if isinstance(config, DictConfig) else None  # a list has no keys
+        run = read_run_status(job)
+        state, reason = job_state(run)
+        log = job / RUN_LOG
+        states.append(
+            RunState(
+                job.name,
+                str(variant or DEFAULT_VARIANT),
+                state,
+                reason,
+                int((run or {}).get("attempt", 0)),
+                (run or {}).get("slurm_job_id"),
+                None,
+                str(job),
+                str(log) if log.exists() else None,
             )
         )
     return states

@@ -17,8 +17,8 @@ from typing import Any
 
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.run_status import read_run_status
-from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, poll_submissions, sweep_states
-from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir
+from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, multirun_states, poll_submissions, sweep_states
+from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir, is_multirun
 
 DETAIL_STATES = ("failed", "lost", "cancelled", "pending", "unknown")
 TAIL_BYTES = 1024 * 1024  # ~5000 steps of records of every kind
@@ -98,13 +98,20 @@ def run_progress(run_dir: Path, now: float | None = None) -> Progress | None:
 
 
 def current_states(sweep_dir: Path) -> list[RunState]:
+    """Every run's state: a sweep directory's by its manifest and executors, a Hydra multirun
+    directory's by its jobs' own files."""
+    if is_multirun(sweep_dir):
+        return multirun_states(sweep_dir)
     sd = SweepDir(sweep_dir)
     manifest = sd.require_manifest()
     return sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
 
 
 def executor_of(sweep_dir: Path) -> str:
-    """slurm when any run's last submission went to SLURM (a refresh then asks the scheduler)."""
+    """slurm when any run's last submission went to SLURM (a refresh then asks the scheduler); a
+    Hydra multirun directory is only read."""
+    if is_multirun(sweep_dir):
+        return "local"
     manifest = SweepDir(sweep_dir).require_manifest()
     kinds = {(entry.get("submissions") or [{}])[-1].get("executor") for entry in manifest["runs"].values()}
     return "slurm" if "slurm" in kinds else "local"

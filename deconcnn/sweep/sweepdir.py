@@ -42,6 +42,27 @@ REPORT_DIR = "report"
 ANALYSIS_DIR = "analysis"
 
 
+#: A Hydra multirun directory (`deconcnn-train -m ...`): this file, and one directory per job
+#: holding `.hydra/overrides.yaml`.
+MULTIRUN_FILE = "multirun.yaml"
+HYDRA_DIR = ".hydra"
+HYDRA_OVERRIDES = "overrides.yaml"
+HYDRA_CONFIG = "config.yaml"
+
+
+def is_multirun(path: Path) -> bool:
+    """A Hydra multirun directory, and not a sweep directory (which has a manifest)."""
+    return (Path(path) / MULTIRUN_FILE).is_file() and not (Path(path) / MANIFEST_FILE).is_file()
+
+
+def multirun_jobs(path: Path) -> list[Path]:
+    """The job directories of a Hydra multirun directory, in job number order."""
+    return sorted(
+        (p for p in Path(path).iterdir() if (p / HYDRA_DIR / HYDRA_OVERRIDES).is_file()),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
+
+
 class SweepLocked(SweepError):
     """Another live launch of the same sweep holds the lock."""
 

@@ -16,7 +16,8 @@ import pytest
 from fake_sweep import KINDS, LR, WD, make_sweep, run_id
 
 from deconcnn.analysis.collect import collect
-from deconcnn.analysis.sources import DEFAULT_VARIANT, read_source
+from deconcnn.analysis.sources import read_source
+from deconcnn.sweep.state import DEFAULT_VARIANT
 from deconcnn.sweep.sweepdir import NotASweep
 from sweeps import status_of
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,36 @@ from sweeps import launch_json, status_of, write_sweep
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory) -> tuple[Path, Path]:
+def launched(tmp_path_factory) -> tuple[Path, Path, str]:
+    """The tiny sweep launched here, and what the launch printed (not on a terminal)."""
     root = tmp_path_factory.mktemp("local")
     sweep_file = write_sweep(root / "tiny.yaml")
-    assert launch_json(sweep_file, "--executor", "local", "--out", root / "out", "--parallel", "2") == 0
-    return sweep_file, root / "out" / "tiny"
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert launch_json(sweep_file, "--executor", "local", "--out", root / "out", "--parallel", "2") == 0
+    return sweep_file, root / "out" / "tiny", out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(launched) -> tuple[Path, Path]:
+    return launched[:2]
+
+
+def test_a_local_launch_prints_a_line_per_run_and_a_summary(launched):
+    _sweep_file, sweep_dir, out = launched
+    lines = out.splitlines()
+    assert lines[:2] == [
+        "2 runs start here, 2 at a time (Ctrl-C stops them; a relaunch resumes them)",
+        f"follow them from another terminal: deconcnn-sweep status {sweep_dir}",
+    ]
+    ended = [line for line in lines if line.startswith("[")]
+    assert sorted(line.split("] ")[1].split("  (")[0] for line in ended) == [
+        "S-core_s0: completed",
+        "S-core_s1: completed",
+    ]
+    assert re.fullmatch(r"\[1/2\] S-core_s[01]: completed  \(running [01], failed 0, ETA \d\d:\d\d:\d\d\)", ended[0])
+    assert re.fullmatch(r"\[2/2\] S-core_s[01]: completed  \(running 0, failed 0\)", ended[1])
+    assert re.fullmatch(r"2/2 runs ended in \d\d:\d\d:\d\d: 2 completed", lines[-1])
+    assert "\x1b" not in out  # no bar, no colour codes in a file
 
 
 def test_local_launch_runs_every_run_to_completion(finished_sweep, capsys):
@@ -52,8 +80,11 @@ def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, ca
     failed = [r for r in status["runs"] if r["state"] == "failed"]
     assert [(r["run_id"], r["reason"]) for r in failed] == [("S-core_s1", "RuntimeError: boom")]
     capsys.readouterr()
-    assert launch_json(sweep_file, "--executor", "local", "--out", sweep_dir.parent) == 0
-    assert "1 runs submitted, skipped: 1 completed" in capsys.readouterr().out
+    assert launch_json(sweep_file, "--executor", "local", "--out", sweep_dir.parent, "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "1 runs submitted, skipped: 1 completed" in out
+    # --quiet: a line per run that ends and the result, no progress counts, no summary
+    assert out.splitlines()[0] == "S-core_s1: completed" and "runs start here" not in out and "ended in" not in out
     manifest = SweepDir(sweep_dir).read_manifest()
     assert manifest["runs"]["S-core_s1"]["attempts"] == 2 and manifest["runs"]["S-core_s0"]["attempts"] == 1
     assert status_of(sweep_dir, capsys)["counts"]["all"]["completed"] == 2
@@ -65,6 +96,16 @@ def test_a_changed_sweep_file_is_refused_saying_what_changed(finished_sweep, tmp
     assert launch_json(changed, "--executor", "local", "--out", sweep_dir.parent) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "changed since this sweep was launched: 1 added (e.g. S-core_s2)" in err
+
+
+def test_a_dry_run_of_a_changed_sweep_file_says_what_launch_says(finished_sweep, tmp_path, capsys):
+    _sweep_file, sweep_dir = finished_sweep
+    changed = write_sweep(tmp_path / "tiny.yaml", seeds="0,1,2")
+    capsys.readouterr()
+    assert launch_json(changed, "--executor", "local", "--out", sweep_dir.parent) == 2
+    refusal = capsys.readouterr().err
+    assert launch_json(changed, "--executor", "local", "--out", sweep_dir.parent, "--dry-run") == 2
+    assert capsys.readouterr().err == refusal and "changed since this sweep was launched" in refusal
 
 
 def test_a_second_launch_of_a_sweep_being_launched_is_refused(finished_sweep, capsys):

@@ -24,6 +24,10 @@ def test_array_submission_runs_to_completion_and_relaunch_submits_nothing(tmp_pa
     manifest = SweepDir(sweep_dir).read_manifest()
     jobs = [entry["submissions"][-1]["job_id"] for entry in manifest["runs"].values()]
     assert len({j.split("_")[0] for j in jobs}) == 1 and len(set(jobs)) == 3  # one array, 3 tasks
+    # the launch says so: the array's job id, its tasks and runs, and the command to follow it
+    array = jobs[0].split("_")[0]
+    assert f"1 sbatch call(s), 1 job array(s), 3 tasks:\n  job {array}: array tasks 0-2, 3 runs (1 per task), " in out
+    assert f"follow it: deconcnn-sweep status {sweep_dir} --watch" in out
     assert manifest["submissions"][-1]["skip_check"] is True
 
     status = settle(sweep_dir, capsys)

@@ -62,7 +62,7 @@ def prepare_checks(runs: Sequence[Any], check_dir: Path, *, gpu: bool) -> list[V
     for variant, run in firsts.items():
         cfg = _compose(variant, run.overrides)
         callbacks = cfg.get("callbacks") or {}
-        shrunk, dropped = with_debug(run.overrides, CHECK_DEBUG)
+        shrunk, dropped = with_debug(run.overrides, CHECK_DEBUG, {str(k) for k in cfg.model})
         total = Schedule.from_config(_compose(variant, shrunk)).total_steps
         shrink = [f"debug={CHECK_DEBUG}"]
         notes = [f"not passed to the check run (debug={CHECK_DEBUG} sets them): {' '.join(dropped)}"] if dropped else []
@@ -75,12 +75,14 @@ def prepare_checks(runs: Sequence[Any], check_dir: Path, *, gpu: bool) -> list[V
             ]
         if callbacks.get(NOISE) is not None:
             shrink.append(f"++callbacks.{NOISE}.grad_batch_size={CHECK_CURVATURE_BATCH}")
-        width = float(cfg.model.width)
-        if not gpu and width > CPU_MAX_WIDTH:
+        width = float(cfg.model.width) if "width" in cfg.model else None  # a user's model may have none
+        if width is not None and not gpu and width > CPU_MAX_WIDTH:
             shrink.append(f"model.width={CPU_MAX_WIDTH}")
             notes.append(
                 f"model.width {width:g} -> {CPU_MAX_WIDTH:g} (no GPU: the check verifies logging, not the model)"
             )
+        elif width is None and not gpu:
+            notes.append(f"{cfg.model._target_} has no model.width to cap: the check runs it as configured")
         overrides = (*shrunk, *shrink[1:])
         schedule = Schedule.from_config(_compose(variant, overrides))
         command = replace(run, overrides=overrides).command(check_dir / variant, run_id=f"check-{run.run_id}")
@@ -207,6 +209,7 @@ def check_sweep(
     *,
     out: str | Path,
     overrides: Sequence[str] = (),
+    config_dirs: Sequence[str | Path] = (),
     executor: str = "auto",
     workers_per_gpu: int | None = None,
     on_done: Callable[[VariantCheck], None] = lambda check: None,
@@ -219,14 +222,15 @@ def check_sweep(
     if workers_per_gpu is not None and workers_per_gpu < 1:
         raise CheckError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
     started = time.monotonic()
-    launch_plan = plan(sweep_file, out=out, overrides=overrides)  # as launch loads it: same fingerprint
+    # As launch loads it (same overrides, same config directories): the same fingerprint.
+    launch_plan = plan(sweep_file, out=out, overrides=overrides, config_dirs=config_dirs)
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     kind = resolve_executor(executor)
     runner: Executor
     if kind == "slurm":
         from deconcnn.sweep.executors.slurm import SlurmExecutor
 
-        launcher = compose_launcher(sweep.runs[0].overrides[:1], sweep.launcher_overrides)
+        launcher = compose_launcher(sweep.runs[0].base, sweep.launcher_overrides)
         check_feasible(launcher)
         gpu = bool(launcher.get("gpus_per_node"))
         runner = SlurmExecutor(sweep_dir.check_dir / "slurm", launcher)

@@ -59,6 +59,7 @@ def probe_resources(
     file: str | Path | None = None,
     only: str | None = None,
     overrides: Sequence[str] = (),
+    config_dirs: Sequence[str | Path] = (),
     report: Callable[[str], None] = lambda line: None,
 ) -> tuple[Path, dict[str, Any]]:
     """Probe a sweep's variants in one job; write probe.json (+ .png); return both."""
@@ -67,7 +68,7 @@ def probe_resources(
 
     if settings.max_workers < 1 or settings.steps < 1 or settings.warmup < 1:
         raise ProbeFailed("--max-workers, --steps and --warmup must be >= 1")
-    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides)
+    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides, config_dirs=config_dirs)
     sweep_dir = launch_plan.sweep_dir
     specs = representatives(launch_plan.runs)
     kind = resolve_executor(executor)
@@ -75,7 +76,7 @@ def probe_resources(
     if kind == "slurm":
         from deconcnn.sweep.executors.slurm import SlurmExecutor
 
-        launcher = compose_launcher(launch_plan.sweep.runs[0].overrides[:1], launch_plan.sweep.launcher_overrides)
+        launcher = compose_launcher(launch_plan.sweep.runs[0].base, launch_plan.sweep.launcher_overrides)
         # The probe measures ONE GPU of a node like the sweep's.
         launcher = {**launcher, "gpus_per_node": min(1, int(launcher.get("gpus_per_node") or 0))}
         check_feasible(launcher)
