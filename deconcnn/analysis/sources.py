@@ -26,6 +26,16 @@ from deconcnn.sweep.sweepdir import MANIFEST_FILE, RUNS_DIR, NotASweep, SweepDir
 MULTIRUN_FILE = "multirun.yaml"
 HYDRA_DIR = ".hydra"
 DEFAULT_VARIANT = "default"
+#: Tables that join several sweeps (deconcnn.analysis.compare) name each row's sweep here; a run is
+#: then known by `run_key`, since two sweeps of one grid share their run ids.
+SWEEP_COLUMN = "sweep"
+#: Where several sweeps taken as one go by default, beside the first: compare-<A>+<B>/{collected,report}.
+COMPARE_PREFIX = "compare-"
+
+
+def run_key(run_id: str, sweep: str | None = None) -> str:
+    """A run's name across sweeps: ``<sweep>/<run_id>``, or its run_id within one sweep."""
+    return run_id if sweep is None else f"{sweep}/{run_id}"
 
 
 @dataclass

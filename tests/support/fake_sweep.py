@@ -85,11 +85,13 @@ def make_sweep(
     failed: Sequence[str] = (),
     nan_token: str = "NaN",
     rng_seed: int = 0,
+    data: str | None = None,
 ) -> FakeSweep:
     """``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
     ``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null" is
     what is written for it); ``missing``: never submitted; ``lost``: submitted, no run directory;
-    ``truncated``: the last line is cut in half; ``running``/``failed``: that state."""
+    ``truncated``: the last line is cut in half; ``running``/``failed``: that state; ``data``: what
+    run.json says the runs trained on (absent when None, as in runs older than that field)."""
     root = Path(root)
     diverged = dict(diverged or {})
     alphas = dict(alphas or {v: 0.5 + 0.1 * i for i, v in enumerate(variants)})
@@ -162,6 +164,7 @@ def make_sweep(
             nan_token,
             noise,
             rng,
+            data,
         )
         (sd.run_dir(rid) / ".hydra").mkdir()  # what Hydra saves of the composed config
         (sd.run_dir(rid) / ".hydra" / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\n")
@@ -193,6 +196,7 @@ def _write_run(
     nan_token: str,
     noise: float,
     rng: random.Random,
+    data: str | None,
 ) -> dict[str, int]:
     d.mkdir(parents=True, exist_ok=True)
     lr, wd, alpha, c = ident["params"][LR], ident["params"][WD], ident["alpha"], ident["c"]
@@ -321,6 +325,7 @@ def _write_run(
         "slurm_job_id": "1234_7",
         "error": "RuntimeError: CUDA error" if status == "failed" else None,
         "run_id": rid,
+        **({"data": data} if data is not None else {}),
     }
     (d / RUN_STATUS_FILE).write_text(json.dumps(run))
     if status == "running":  # alive: this process stands for the run's
@@ -336,13 +341,15 @@ if __name__ == "__main__":
     ap.add_argument("--variants", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--name", default="fake-realistic")
+    ap.add_argument("--data", help="what run.json says the runs trained on")
     a = ap.parse_args()
     lrs, wds = (0.05, 0.1, 0.2), (1e-4, 1e-3, 1e-2)
     spe = 40
     div = {run_id("S-adamw", 0.2, w, s): 150 + 37 * s for w in wds for s in range(a.seeds)}
     sw = make_sweep(
         a.path,
-        name="fake-realistic",
+        name=a.name,
         variants=VARIANTS[: a.variants],
         lrs=lrs,
         wds=wds,
@@ -357,5 +364,6 @@ if __name__ == "__main__":
         truncated=[run_id("S-core", 0.2, 1e-4, 1)],
         running=[run_id("S-narrow", 0.2, 1e-2, 0)],
         failed=[run_id("S-bn-off", 0.05, 1e-4, 1)],
+        data=a.data,
     )
     print(f"wrote {len(sw.counts)} runs ({len(sw.missing)} without a directory) under {a.path}")
