@@ -60,14 +60,9 @@ class CompareResult(CollectResult):
 def sweep_labels(sources: Sequence[SweepSource]) -> list[str]:
     """Each sweep's name; where two share one (the same sweep file run twice, under other --out
     folders), the name with its parent folder, and else the whole path."""
-    labels = [s.name for s in sources]
-    for i, s in enumerate(sources):
-        if labels.count(s.name) > 1:
-            labels[i] = f"{s.path.parent.name}/{s.name}"
-    for i, s in enumerate(sources):
-        if labels.count(labels[i]) > 1:
-            labels[i] = str(s.path)
-    return labels
+    names = [s.name for s in sources]
+    labels = [f"{s.path.parent.name}/{s.name}" if names.count(s.name) > 1 else s.name for s in sources]
+    return [str(s.path) if labels.count(label) > 1 else label for s, label in zip(sources, labels)]
 
 
 def compare_home(sources: Sequence[SweepSource], labels: Sequence[str]) -> Path:

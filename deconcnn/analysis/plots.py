@@ -29,6 +29,9 @@ from deconcnn.runlog import schema
 from deconcnn.runlog.schema import is_finite
 
 N_BINS = 160
+#: Sparse series carry markers (a lone point shows) up to this many points; denser ones would hide
+#: their line style under the markers.
+MARKERS_UP_TO = 60
 _LINESTYLES = ("-", "--", ":", "-.")
 LINESTYLE_NAMES = dict(zip(_LINESTYLES, ("solid", "dashed", "dotted", "dash-dot")))
 SEED_AXIS = "seed"
@@ -132,17 +135,21 @@ class Layout:
     facet_axes: list[str]
     colour: dict[Any, Any] = field(default_factory=dict)
     style: dict[Any, str] = field(default_factory=dict)
+    given_order: str | None = None  # an axis whose values keep the runs' order (the sweeps as given)
 
     @classmethod
     def of(cls, runs: list[Run], variants: list[str], axes: Sequence[str], style: str | None = None) -> Layout:
         """`style`: the axis drawn as line styles (the sweep, when sweeps are compared), whatever its size."""
-        factors = [a for a in axes if a.rsplit(".", 1)[-1] != SEED_AXIS and a != style]
-        counts = {a: len({repr(r.params.get(a)) for r in runs}) for a in factors}
+        counts = {a: len({repr(r.params.get(a)) for r in runs}) for a in axes}
+        # An axis of one value tells the runs apart no more than the seed does.
+        factors = [a for a in axes if a.rsplit(".", 1)[-1] != SEED_AXIS and a != style and counts[a] > 1]
         factors.sort(key=lambda a: -counts[a])  # stable: the sweep file's order breaks ties
         if style is not None:
             factors.insert(1, style)
         colour = factors[0] if factors and factors[0] != style else None
-        layout = cls(runs, variants, colour, style or (factors[1] if len(factors) > 1 else None), factors[2:])
+        layout = cls(
+            runs, variants, colour, style or (factors[1] if len(factors) > 1 else None), factors[2:], given_order=style
+        )
         from matplotlib import colormaps
 
         cmap = colormaps["tab10"]
@@ -162,6 +169,8 @@ class Layout:
     def values(self, axis: str | None) -> list[Any]:
         if axis is None:
             return [None]
+        if axis == self.given_order:
+            return list(dict.fromkeys(r.params.get(axis) for r in self.runs))
         return sorted({r.params.get(axis) for r in self.runs}, key=_key)
 
     def colour_of(self, run: Run) -> Any:
@@ -187,13 +196,33 @@ class Layout:
     def title(variant: str, fixed: dict[str, Any]) -> str:
         return " ".join([variant, *(f"{a.rsplit('.', 1)[-1]}={fmt(v)}" for a, v in fixed.items())])
 
-    def legend_handles(self) -> list:
+    def colours_per_panel(self) -> bool:
+        """Whether panels differ in their colour values (variants carrying their own learning rates):
+        then each panel's legend names its own, rather than one legend naming them all."""
+        if not self.colour_axis:
+            return False
+        sets = {frozenset(repr(r.params.get(self.colour_axis)) for r in self.runs_of(*f)) for f in self.facets()}
+        return len(sets - {frozenset()}) > 1
+
+    def colour_handles(self, runs: list[Run] | None = None) -> list:
+        """A legend entry per colour value (of `runs` only, when given)."""
         from matplotlib.lines import Line2D
 
-        h = []
-        if self.colour_axis:
-            short = self.colour_axis.rsplit(".", 1)[-1]
-            h += [Line2D([], [], color=c, lw=2.5, label=f"{short} {fmt(v)}") for v, c in self.colour.items()]
+        if not self.colour_axis:
+            return []
+        short = self.colour_axis.rsplit(".", 1)[-1]
+        present = None if runs is None else {r.params.get(self.colour_axis) for r in runs}
+        return [
+            Line2D([], [], color=c, lw=2.5, label=f"{short} {fmt(v)}")
+            for v, c in self.colour.items()
+            if present is None or v in present
+        ]
+
+    def legend_handles(self, colours: bool = True) -> list:
+        """The figure's shared legend; `colours=False` when each panel names its own."""
+        from matplotlib.lines import Line2D
+
+        h = self.colour_handles() if colours else []
         if self.style_axis:
             short = self.style_axis.rsplit(".", 1)[-1]
             h += [Line2D([], [], color="0.25", ls=s, lw=1.8, label=f"{short} {fmt(v)}") for v, s in self.style.items()]
@@ -410,7 +439,7 @@ def draw_panel(
             lw=0.6,
             alpha=0.35,
             zorder=1,
-            **(marker if markers or ok.sum() == 1 else {}),
+            **(marker if (markers and ok.sum() <= MARKERS_UP_TO) or ok.sum() == 1 else {}),
         )
         ys.append(y[ok])
         if bars and r.run_id in bars:
@@ -434,7 +463,7 @@ def draw_panel(
             ls=layout.style_of(r),
             lw=2.0,
             zorder=3,
-            **(marker if markers or ok.sum() == 1 else {}),
+            **(marker if (markers and ok.sum() <= MARKERS_UP_TO) or ok.sum() == 1 else {}),
         )
     if xlog:
         ax.set_xscale("log")
@@ -532,6 +561,7 @@ def curve_figure(
     from matplotlib.lines import Line2D
 
     facets = layout.facets()
+    own_colours = layout.colours_per_panel()
     if len(rows) == 1:
         nr, nc = grid(len(facets))
         fig, axes = new_figure(nr, nc, 5.6, 4.0)
@@ -565,7 +595,9 @@ def curve_figure(
             markers,
             bars,
         )
-    handles = layout.legend_handles()
+        if own_colours and head and runs:
+            ax.legend(handles=layout.colour_handles(runs), fontsize=7.5, loc="best", framealpha=0.7)
+    handles = layout.legend_handles(colours=not own_colours)
     handles += [
         Line2D([], [], color="0.4", marker="|", ls="none", ms=11, label=f"{METRIC_NAMES.get(m, m)}: {b.meaning}")
         for m, b in (error_bars or {}).items()

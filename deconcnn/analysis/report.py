@@ -253,14 +253,23 @@ def _run_lists(runs: list[Run]) -> list[tuple[str, list[tuple[str, str]]]]:
     ]
 
 
-def _status_table(runs: list[Run], variants: list[str]) -> tuple[list[str], list[list[str]]]:
+def _status_table(
+    runs: list[Run], variants: list[str], sweeps: Sequence[str] = ()
+) -> tuple[list[str], list[list[str]]]:
+    """Runs by status per variant (per sweep and variant when sweeps are compared), then all."""
     statuses = [s for s in _STATUS_ORDER if any(r.status == s for r in runs)]
     statuses += sorted({r.status for r in runs} - set(statuses))
-    header = ["variant", "runs", *statuses]
-    body = []
-    for v in [*variants, None]:
-        vr = [r for r in runs if v is None or r.variant == v]
-        body.append([v or "**all**", str(len(vr)), *[str(sum(r.status == s for r in vr)) for s in statuses]])
+    groups: list[tuple[list[str], list[Run]]] = []
+    for sweep in sweeps:
+        for v in variants:
+            mine = [r for r in runs if r.variant == v and r.params[SWEEP_COLUMN] == sweep]
+            if mine:  # a variant one sweep does not have
+                groups.append(([sweep, v], mine))
+    if not sweeps:
+        groups = [([v], [r for r in runs if r.variant == v]) for v in variants]
+    groups.append((["**all**", *[""] * bool(sweeps)], runs))
+    header = [*[SWEEP_COLUMN] * bool(sweeps), "variant", "runs", *statuses]
+    body = [[*name, str(len(rs)), *[str(sum(r.status == s for r in rs)) for s in statuses]] for name, rs in groups]
     return header, body
 
 
@@ -309,7 +318,7 @@ def data_banner(runs: list[Run]) -> list[str]:
     if not synthetic:
         return []
     n = sum(d.startswith(SYNTHETIC_DATA) for d in said)
-    return [f"> **⚠ Synthetic data**: {n} of {len(runs)} runs trained on generated data: {'; '.join(synthetic)}.", ""]
+    return [f"> **⚠ Synthetic data**: {n} of {len(runs)} runs trained on generated data ({'; '.join(synthetic)})", ""]
 
 
 def _compared(res: CollectResult, layout: Layout, out_dir: Path) -> list[str]:
@@ -338,7 +347,7 @@ def _write_index(
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     rel = os.path.relpath(res.out_dir, out_dir)
-    status_h, status_b = _status_table(runs, variants)
+    status_h, status_b = _status_table(runs, variants, res.labels if isinstance(res, CompareResult) else ())
     rows_line = ", ".join(f"{k} {n}" for k, n in res.rows.items())
     note = (
         f"{layout.encoding().capitalize()}; thin lines are single runs (training loss: mean over "

@@ -67,7 +67,7 @@ def make_sweep(
     *,
     name: str = "fake",
     variants: Sequence[str] = VARIANTS[:2],
-    lrs: Sequence[float] = (0.1, 0.2),
+    lrs: Sequence[float] | Mapping[str, Sequence[float]] = (0.1, 0.2),
     wds: Sequence[float] = (1e-3,),
     seeds: Sequence[int] = (0, 1),
     extra_axes: Mapping[str, Sequence[Any]] | None = None,
@@ -87,7 +87,8 @@ def make_sweep(
     rng_seed: int = 0,
     data: str | None = None,
 ) -> FakeSweep:
-    """``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
+    """``lrs``: or variant -> its own learning rates (a variant's own axis values, as in
+    sweeps/demo.yaml); ``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
     ``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null" is
     what is written for it); ``missing``: never submitted; ``lost``: submitted, no run directory;
     ``truncated``: the last line is cut in half; ``running``/``failed``: that state; ``data``: what
@@ -96,9 +97,10 @@ def make_sweep(
     diverged = dict(diverged or {})
     alphas = dict(alphas or {v: 0.5 + 0.1 * i for i, v in enumerate(variants)})
     rng = random.Random(rng_seed)
-    axes: dict[str, Sequence[Any]] = {LR: lrs, WD: wds, **(extra_axes or {}), "seed": seeds}
+    axes: dict[str, Sequence[Any]] = {LR: (), WD: wds, **(extra_axes or {}), "seed": seeds}
     specs, fake = [], FakeSweep(root, {})
     for variant in variants:
+        axes[LR] = lrs[variant] if isinstance(lrs, Mapping) else lrs
         for values in itertools.product(*axes.values()):
             params = dict(zip(axes, values))
             rid = _run_id(variant, params)
