@@ -111,7 +111,7 @@ _RUN_JSON_KEYS = (
 )
 
 
-def _axis_type(values: list[Any]) -> pa.DataType:
+def axis_type(values: list[Any]) -> pa.DataType:
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return pa.bool_()
@@ -124,7 +124,7 @@ def _axis_type(values: list[Any]) -> pa.DataType:
 
 def identity_fields(source: SweepSource) -> list[tuple[str, pa.DataType]]:
     """run_id, variant, every axis under its own name (typed by its values), status, complete."""
-    axes = [(a, _axis_type([r.params.get(a) for r in source.runs])) for a in source.axes]
+    axes = [(a, axis_type([r.params.get(a) for r in source.runs])) for a in source.axes]
     return [("run_id", pa.string()), ("variant", pa.string()), *axes, ("status", pa.string()), ("complete", pa.bool_())]
 
 

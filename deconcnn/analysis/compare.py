@@ -6,8 +6,10 @@ then their tables are joined into one per record kind, with a ``sweep`` column f
 
 Growing a grid means a new sweep; this is the table across them (and what ``report A B`` draws).
 A row is known by (``sweep``, ``run_id``): two sweeps of one grid share their run ids. Columns are
-the union of the sweeps' columns, an axis one sweep does not have being null in its rows, typed by
-collect's rule (int + float -> float, anything else mixed -> string). Rows are copied one row group
+the union of the sweeps' columns, typed by collect's rule (int + float -> float, anything else mixed
+-> string). An axis one sweep did not sweep holds the value its runs ran with (their composed
+config, else their overrides; null where neither says), so `optim.lr` of a sweep that fixed it at
+0.2 reads 0.2 beside the sweep that swept it. Rows are copied one row group
 (one run) at a time, so memory stays bounded by a run, and the tables are rewritten only when a
 sweep's own tables changed. Never imports torch.
 """
@@ -25,8 +27,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deconcnn.analysis.collect import FORMATS, CollectResult, TableWriter, collect, unify_type
-from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN, RunInfo, SweepSource, run_key
+from deconcnn.analysis.collect import FORMATS, CollectResult, TableWriter, axis_type, collect, unify_type
+from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN, RunInfo, SweepSource, run_key, run_setting
 from deconcnn.runlog.atomic import write_text_atomic
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.sweepdir import COLLECTED_DIR
@@ -70,25 +72,18 @@ def compare_home(sources: Sequence[SweepSource], labels: Sequence[str]) -> Path:
     return sources[0].path.parent / (COMPARE_PREFIX + "+".join(label.replace("/", "_") for label in labels))
 
 
-def _combined_source(home: Path, labels: list[str], results: list[CollectResult]) -> SweepSource:
-    runs, axes, variants = [], [SWEEP_COLUMN], []
-    for label, res in zip(labels, results):
-        assert res.source is not None
-        axes += [a for a in res.source.axes if a not in axes]
-        variants += [v for v in res.source.variants if v not in variants]
-        for r in res.source.runs:
-            runs.append(
-                RunInfo(
-                    run_key(r.run_id, label),
-                    r.run_dir,
-                    r.variant,
-                    {SWEEP_COLUMN: label, **r.params},
-                    r.state,
-                    r.reason,
-                    r.in_manifest,
-                    r.overrides,
-                )
-            )
+def _combined_source(home: Path, labels: list[str], sources: list[SweepSource]) -> SweepSource:
+    """The sweeps' runs as one source; a run's value of an axis its own sweep did not sweep is the
+    setting it ran with (sources.run_setting)."""
+    axes = list(dict.fromkeys([SWEEP_COLUMN, *(a for s in sources for a in s.axes)]))
+    runs = []
+    for label, source in zip(labels, sources):
+        for r in source.runs:
+            settings = {a: run_setting(r, a) for a in axes[1:] if a not in source.axes}
+            params = {SWEEP_COLUMN: label, **r.params, **settings}
+            key = run_key(r.run_id, label)
+            runs.append(RunInfo(key, r.run_dir, r.variant, params, r.state, r.reason, r.in_manifest, r.overrides))
+    variants = list(dict.fromkeys(v for s in sources for v in s.variants))
     return SweepSource(" vs ".join(labels), home, "compare", runs, axes, variants)
 
 
@@ -97,12 +92,16 @@ def _file_state(path: Path) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def _join(parts: list[tuple[str, Path]], path: Path, fmt: str) -> int:
-    """Write the sweeps' tables of one kind as one, a `sweep` column first; returns its rows."""
+def _join(parts: list[tuple[str, Path]], path: Path, fmt: str, source: SweepSource) -> int:
+    """Write the sweeps' tables of one kind as one, a `sweep` column first; returns its rows. An axis
+    a sweep's table lacks gets each run's setting of it (from `source`)."""
+    settings = {r.run_id: r.params for r in source.runs}
     types: dict[str, set[pa.DataType]] = {}
     for _label, part in parts:
         for f in pq.read_schema(part):
             types.setdefault(f.name, set()).add(f.type)
+    for axis in source.axes[1:]:
+        types.setdefault(axis, set()).add(axis_type([r.params.get(axis) for r in source.runs]))
     fields = [pa.field(name, unify_type(name, ts)) for name, ts in types.items()]
     schema = pa.schema([pa.field(SWEEP_COLUMN, pa.string()), *fields])
     writer = TableWriter(path, schema, fmt)
@@ -113,8 +112,15 @@ def _join(parts: list[tuple[str, Path]], path: Path, fmt: str) -> int:
                 t = pf.read_row_group(i)
                 n = t.num_rows
                 cols = [pa.repeat(pa.scalar(label, pa.string()), n)]
+                keys: list[str] | None = None
                 for f in fields:
-                    c = t.column(f.name) if f.name in t.column_names else pa.nulls(n, f.type)
+                    if f.name in t.column_names:
+                        c = t.column(f.name)
+                    elif f.name in source.axes:  # the runs' settings of an axis this sweep did not sweep
+                        keys = keys or [run_key(i, label) for i in t.column("run_id").to_pylist()]
+                        c = pa.array([settings[k].get(f.name) if k in settings else None for k in keys])
+                    else:
+                        c = pa.nulls(n, f.type)
                     cols.append(c if c.type == f.type else c.cast(f.type))
                 writer.write(pa.Table.from_arrays(cols, schema=schema))
     finally:
@@ -156,7 +162,7 @@ def collect_many(
         fmt,
         " vs ".join(labels),
         runs_total=sum(r.runs_total for r in results),
-        source=_combined_source(home, labels, results),
+        source=_combined_source(home, labels, sources),
         sweeps=results,
         labels=labels,
     )
@@ -175,8 +181,10 @@ def collect_many(
     }
     ext = "parquet" if fmt == "parquet" else "csv"
     res.files = {k: out_dir / f"{k}.{ext}" for k in kinds if parts[k]}
-    state = [fmt, labels, {k: [_file_state(p) for _, p in parts[k]] for k in res.files}]
-    digest = hashlib.sha256(json.dumps(state).encode()).hexdigest()
+    assert res.source is not None
+    settings = [r.params for r in res.source.runs]  # also read from the runs' configs, not only the tables
+    state = [fmt, labels, {k: [_file_state(p) for _, p in parts[k]] for k in res.files}, settings]
+    digest = hashlib.sha256(json.dumps(state, default=str).encode()).hexdigest()
     record_path = out_dir / _RECORD.format(fmt=fmt)
     try:
         prev = json.loads(record_path.read_text())
@@ -188,7 +196,7 @@ def collect_many(
     else:
         record_path.unlink(missing_ok=True)
         for kind, path in res.files.items():
-            res.rows[kind] = _join(parts[kind], path, fmt)
+            res.rows[kind] = _join(parts[kind], path, fmt, res.source)
         for old in prev.get("files", []):  # tables of kinds that are gone
             if Path(old) not in res.files.values():
                 Path(old).unlink(missing_ok=True)

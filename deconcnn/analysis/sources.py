@@ -155,6 +155,24 @@ def _multirun_source(path: Path) -> SweepSource:
     return SweepSource(path.name, path, "multirun", runs, axes, _first_seen([r.variant for r in runs]))
 
 
+def run_setting(run: RunInfo, key: str) -> Any:
+    """The value a run used for a config key it did not sweep (`optim.lr` of a sweep that fixed it),
+    from its composed config (.hydra/config.yaml), else from its overrides; None where unknown."""
+    from omegaconf import DictConfig, OmegaConf
+
+    config_file = run.run_dir / HYDRA_DIR / "config.yaml" if run.run_dir else None
+    if config_file is not None and config_file.is_file():
+        config = OmegaConf.load(config_file)
+        value = OmegaConf.select(config, key, default=None) if isinstance(config, DictConfig) else None
+        if isinstance(value, (int, float, bool, str)):
+            return value
+    for line in reversed(run.overrides or []):  # the last one wins, as in Hydra
+        name, _, text = line.partition("=")
+        if name.lstrip("+~") == key:
+            return _scalar(text)
+    return None
+
+
 def _scalar(text: str) -> Any:
     """An override value as Hydra would type it: int, float, bool, null or string."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

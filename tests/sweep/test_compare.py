@@ -39,6 +39,8 @@ def two_sweeps(tmp_path):
 def test_sweeps_make_one_table_per_kind_with_a_sweep_column(two_sweeps, tmp_path):
     a, b = two_sweeps
     c = make_sweep(tmp_path / "rerun", name="rerun", variants=("S-core",), lrs=(0.1,), seeds=(0,), rng_seed=3)
+    for config in (a.path / "runs").glob("*/.hydra/config.yaml"):  # small ran at width 0.75 without sweeping it
+        config.write_text(config.read_text() + "model:\n  width: 0.75\n")
     res = collect_many([a.path, b.path, c.path])
     assert res.out_dir == a.path.parent / "compare-small+grown+rerun" / "collected"
     assert res.labels == ["small", "grown", "rerun"]
@@ -58,9 +60,12 @@ def test_sweeps_make_one_table_per_kind_with_a_sweep_column(two_sweeps, tmp_path
     runs = pq.read_table(res.files["runs"]).to_pylist()
     assert len(runs) == len(a.runs) + len(b.runs) + len(c.runs)
     assert [(r[SWEEP_COLUMN], r[LR]) for r in runs if r["run_id"] == SHARED] == [("small", 0.1), ("rerun", 0.1)]
-    # The axis only B sweeps is a column, null in A's rows; the shared axes keep their types.
-    assert {r["model.width"] for r in runs if r[SWEEP_COLUMN] == "small"} == {None}
-    assert {r["model.width"] for r in runs if r[SWEEP_COLUMN] == "grown"} == {0.5, 1.0}
+    # The axis only grown sweeps is a column; the others' rows hold what their runs ran with, where
+    # their config says (small's), else null (rerun's fabricated config does not say).
+    width = {s: {r["model.width"] for r in runs if r[SWEEP_COLUMN] == s} for s in res.labels}
+    assert width == {"small": {0.75}, "grown": {0.5, 1.0}, "rerun": {None}}
+    curvature = pq.read_table(res.files["curvature"], columns=[SWEEP_COLUMN, "model.width"]).to_pylist()
+    assert {r["model.width"] for r in curvature if r[SWEEP_COLUMN] == "small"} == {0.75}
     assert pq.read_schema(res.files["runs"]).field(WD).type == "double"
     # The plot readers key runs by sweep too: the shared run id is two curves, not one merged.
     series = read_series(res.files["curvature"], "step", ["lambda_max"])
