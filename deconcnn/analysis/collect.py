@@ -13,7 +13,8 @@ its own name (``optim.lr``, ``optim.weight_decay``, ``seed``, ``model.width``, .
   kind seen too): the identity, then ``step, epoch, epoch_frac, time`` and the record's keys
   under their own names (the ``kind`` key is the file name). A record key equal to an identity
   column gets ``_logged`` appended.
-- ``runs.parquet|csv``: one row per run, runs listed but never started too (``has_dir`` false).
+- ``runs.parquet|csv``: one row per run, runs listed but never started too (``has_dir`` false),
+  with what its run.json says (attempt, times, host, SLURM job id, error, ``data``: what it trained on).
 - ``.cache/<run_id>/``: per-run parquet pieces keyed by (size, mtime_ns) of metrics.jsonl and
   run.json; a re-collect parses only runs whose files changed and re-assembles the tables from
   the pieces (or keeps them when nothing, identity and states included, changed).

@@ -47,7 +47,8 @@ class CompareResult(CollectResult):
 
     def summary(self) -> str:
         lines = [
-            f"{label}: {r.runs_total} runs, {len(r.runs_read)} read, {len(r.runs_cached)} from cache ({r.sweep_dir})"
+            f"{label}: {r.runs_total} run{'s' * (r.runs_total != 1)}, {len(r.runs_read)} read, "
+            f"{len(r.runs_cached)} from cache ({r.sweep_dir})"
             for label, r in zip(self.labels, self.sweeps)
         ]
         lines.append(

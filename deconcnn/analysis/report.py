@@ -329,7 +329,7 @@ def _compared(res: CollectResult, layout: Layout, out_dir: Path) -> list[str]:
     for label, part in zip(res.labels, res.sweeps):
         style = LINESTYLE_NAMES[layout.style[label]]
         where = os.path.relpath(part.sweep_dir, out_dir)
-        lines.append(f"- **{label}**: {style} lines, {part.runs_total} runs, `{where}/`")
+        lines.append(f"- **{label}**: {style} lines, {part.runs_total} run{'s' * (part.runs_total != 1)}, `{where}/`")
     return [*lines, ""]
 
 
