@@ -32,6 +32,8 @@ N_BINS = 160
 #: Sparse series carry markers (a lone point shows) up to this many points; denser ones would hide
 #: their line style under the markers.
 MARKERS_UP_TO = 60
+#: Figures of several metrics put up to this many panels side by side; more go one under another.
+WIDE_UP_TO = 6
 _LINESTYLES = ("-", "--", ":", "-.")
 LINESTYLE_NAMES = dict(zip(_LINESTYLES, ("solid", "dashed", "dotted", "dash-dot")))
 SEED_AXIS = "seed"
@@ -568,9 +570,12 @@ def curve_figure(
         panels = [(axes.flat[i], f, rows[0]) for i, f in enumerate(facets)]
         for ax in list(axes.flat)[len(facets) :]:
             ax.set_visible(False)
-    else:
+    elif len(facets) <= WIDE_UP_TO:
         fig, axes = new_figure(len(rows), max(1, len(facets)), 4.4, 3.1)
         panels = [(axes[j, i], f, row) for j, row in enumerate(rows) for i, f in enumerate(facets)]
+    else:  # many panels (a third axis, or compared sweeps): a row per panel, a column per metric
+        fig, axes = new_figure(len(facets), len(rows), 4.4, 3.1)
+        panels = [(axes[i, j], f, row) for j, row in enumerate(rows) for i, f in enumerate(facets)]
     for k, (ax, (variant, fixed), (metric, label, series, xcol)) in enumerate(panels):
         curves = {rid: (d[xcol], d[metric]) for rid, d in series.items() if metric in d}
         bar = (error_bars or {}).get(metric)
@@ -580,7 +585,7 @@ def curve_figure(
             if bar and metric in d and all(c in d for c in bar.columns)
         }
         runs = layout.runs_of(variant, fixed)
-        # Several metric rows: the panel's name and run counts head the column only once.
+        # Several metrics: the panel's name and run counts head the first metric's plot only.
         head = len(rows) == 1 or k < len(facets)
         draw_panel(
             ax,
