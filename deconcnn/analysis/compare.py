@@ -149,7 +149,8 @@ def collect_many(
     seen: dict[Path, Path] = {}
     for p in paths:
         if p.resolve() in seen:
-            raise SweepError(f"{p} is given twice (as {seen[p.resolve()]} too)")
+            other = seen[p.resolve()]
+            raise SweepError(f"{p} is given twice" + (f" (also as {other})" if other != p else ""))
         seen[p.resolve()] = p
     results = [collect(p, fmt="parquet", progress=progress, workers=workers) for p in paths]
     sources = [r.source for r in results if r.source is not None]
