@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
@@ -155,11 +156,23 @@ def _parser() -> argparse.ArgumentParser:
     check = sweep_file_command("check", "the pre-launch checklist, verified on a short real run of each variant")
     check.add_argument("--workers-per-gpu", type=int, metavar="K", help="the packing decision, instead of a probe")
 
-    def result_command(name: str, help_: str, out: str, tables: bool) -> argparse.ArgumentParser:
-        """A command that reads a sweep directory and writes into `<sweep dir>/<out>`."""
+    def result_command(name: str, help_: str, out: str, tables: bool, several: bool = False) -> argparse.ArgumentParser:
+        """A command that reads a sweep directory and writes into `<sweep dir>/<out>`; `several`: or
+        several sweeps' directories, taken as one, writing into `compare-<A>+<B>/<out>` beside the first."""
         command = sub.add_parser(name, help=help_, description=help_)
-        command.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
-        command.add_argument("--out", type=Path, help=f"the folder results go in (default <sweep dir>/{out})")
+        if several:
+            command.add_argument(
+                "sweep_dir",
+                type=Path,
+                nargs="*",
+                default=[Path(".")],
+                help=f"{sweep_dir_help}; several: taken as one, with a '{SWEEP_COLUMN}' column",
+            )
+            default = f"<sweep dir>/{out}; several sweeps: {COMPARE_PREFIX}<A>+<B>/{out} beside the first"
+        else:
+            command.add_argument("sweep_dir", type=Path, nargs="?", default=Path("."), help=sweep_dir_help)
+            default = f"<sweep dir>/{out}"
+        command.add_argument("--out", type=Path, help=f"the folder results go in (default {default})")
         if tables:
             command.add_argument(
                 "--format", choices=("parquet", "csv"), default="parquet", help="table format (default parquet)"
@@ -168,13 +181,18 @@ def _parser() -> argparse.ArgumentParser:
 
     result_command(
         "collect",
-        "one table per record kind (train, val, curvature, noise, checkpoint) and "
-        "one row per run, with the sweep's axes as columns",
+        "one table per record kind (train, val, curvature, noise, checkpoint) and one row per run, with "
+        "the sweep's axes as columns; several sweeps: one table each across them, with a 'sweep' column",
         COLLECTED_DIR,
         tables=True,
+        several=True,
     )
     report = result_command(
-        "report", "the plots a researcher looks at first, with an index page", REPORT_DIR, tables=False
+        "report",
+        "the plots a researcher looks at first, with an index page; several sweeps: overlaid, one line style per sweep",
+        REPORT_DIR,
+        tables=False,
+        several=True,
     )
     report.add_argument(
         "--heatmap",
@@ -351,8 +369,13 @@ def _status(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from deconcnn.analysis.collect import collect
+    from deconcnn.analysis.compare import collect_many
 
-    print(collect(args.sweep_dir, fmt=args.format, out=args.out, progress=sys.stderr.isatty()).summary())
+    progress = sys.stderr.isatty()
+    if len(args.sweep_dir) > 1:
+        print(collect_many(args.sweep_dir, fmt=args.format, out=args.out, progress=progress).summary())
+    else:
+        print(collect(args.sweep_dir[0], fmt=args.format, out=args.out, progress=progress).summary())
     return 0
 
 

@@ -1,7 +1,7 @@
 """The docs work as written: every README command block that needs no cluster and no dataset (the
-```bash ones; cluster and CIFAR-10 commands are ```sh) runs, and the docs name only files that exist.
-A README command runs in a fresh directory holding a copy of the bring-your-own example (docs/byo/),
-as a user's project directory would."""
+```bash ones; cluster and CIFAR-10 commands are ```sh) runs, its lines in order in one directory (a
+line may use what the lines above it made), and the docs name only files that exist. That directory
+holds a copy of the bring-your-own example (docs/byo/), as a user's project directory would."""
 
 from __future__ import annotations
 
@@ -23,27 +23,33 @@ LINK = re.compile(r"\]\(((?!https?:|#)[^)#]+)")
 CODE_PATH = re.compile(r"`((?:deconcnn|conf|sweeps|scripts|containers|benchmarks|docs|tests)/[\w./-]*)`")
 
 
-def commands(markdown: str) -> list[str]:
+def blocks(markdown: str) -> list[list[str]]:
+    """The commands of each ```bash block."""
     out = []
     for block in BASH_BLOCK.findall(markdown):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("  #")[0].strip()
-            if line and not line.startswith("#"):
-                out.append(line)
+        lines = [line.split("  #")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+        out.append([line for line in lines if line and not line.startswith("#")])
     return out
 
 
+def commands(markdown: str) -> list[str]:
+    return [command for block in blocks(markdown) for command in block]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", commands((REPO / "README.md").read_text()))
-def test_readme_command_runs(tmp_path, command):
+@pytest.mark.parametrize("block", blocks((REPO / "README.md").read_text()), ids=lambda block: block[0][:60])
+def test_readme_block_runs(tmp_path, block):
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
     }
     shutil.copytree(REPO / "docs" / "byo", tmp_path, dirs_exist_ok=True)
-    result = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
+    for command in block:
+        result = subprocess.run(
+            shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, command + "\n" + result.stdout[-1500:] + result.stderr[-1500:]
 
 
 def test_the_readme_has_runnable_blocks():

@@ -13,7 +13,8 @@ its own name (``optim.lr``, ``optim.weight_decay``, ``seed``, ``model.width``, .
   kind seen too): the identity, then ``step, epoch, epoch_frac, time`` and the record's keys
   under their own names (the ``kind`` key is the file name). A record key equal to an identity
   column gets ``_logged`` appended.
-- ``runs.parquet|csv``: one row per run, runs listed but never started too (``has_dir`` false).
+- ``runs.parquet|csv``: one row per run, runs listed but never started too (``has_dir`` false),
+  with what its run.json says (attempt, times, host, SLURM job id, error, ``data``: what it trained on).
 - ``.cache/<run_id>/``: per-run parquet pieces keyed by (size, mtime_ns) of metrics.jsonl and
   run.json; a re-collect parses only runs whose files changed and re-assembles the tables from
   the pieces (or keeps them when nothing, identity and states included, changed).
@@ -54,7 +55,7 @@ from deconcnn.sweep.sweepdir import COLLECTED_DIR
 
 __all__ = ["CollectResult", "collect", "identity_fields"]
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 FORMATS = ("parquet", "csv")
 CACHE_DIR = ".cache"
 _ARROW = {schema.FLOAT: pa.float64(), schema.INT: pa.int64(), schema.STR: pa.string(), schema.BOOL: pa.bool_()}
@@ -72,6 +73,7 @@ RUN_FACTS: list[tuple[str, pa.DataType]] = [
     ("host", pa.string()),
     ("slurm_job_id", pa.string()),
     ("error", pa.string()),
+    ("data", pa.string()),  # what the run trained on, as it said (run.json): SYNTHETIC data is marked
     ("start_time", pa.float64()),
     ("end_time", pa.float64()),
     ("wall_time_s", pa.float64()),
@@ -97,10 +99,20 @@ RUN_FACTS: list[tuple[str, pa.DataType]] = [
 ]
 
 _KIND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_RUN_JSON_KEYS = ("attempt", "start_time", "end_time", "last_step", "diverged_step", "host", "slurm_job_id", "error")
+_RUN_JSON_KEYS = (
+    "attempt",
+    "start_time",
+    "end_time",
+    "last_step",
+    "diverged_step",
+    "host",
+    "slurm_job_id",
+    "error",
+    "data",
+)
 
 
-def _axis_type(values: list[Any]) -> pa.DataType:
+def axis_type(values: list[Any]) -> pa.DataType:
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return pa.bool_()
@@ -113,7 +125,7 @@ def _axis_type(values: list[Any]) -> pa.DataType:
 
 def identity_fields(source: SweepSource) -> list[tuple[str, pa.DataType]]:
     """run_id, variant, every axis under its own name (typed by its values), status, complete."""
-    axes = [(a, _axis_type([r.params.get(a) for r in source.runs])) for a in source.axes]
+    axes = [(a, axis_type([r.params.get(a) for r in source.runs])) for a in source.axes]
     return [("run_id", pa.string()), ("variant", pa.string()), *axes, ("status", pa.string()), ("complete", pa.bool_())]
 
 
@@ -396,7 +408,7 @@ def _write_json(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------- assembly
 
 
-def _unify(name: str, types: set[pa.DataType]) -> pa.DataType:
+def unify_type(name: str, types: set[pa.DataType]) -> pa.DataType:
     ts = {t for t in types if not pa.types.is_null(t)}
     known = KNOWN_TYPES.get(name)
     if not ts:
@@ -414,7 +426,7 @@ def _identity_arrays(values: dict[str, Any], fields: list[tuple[str, pa.DataType
     return [pa.repeat(pa.scalar(values[name], type=t), n) for name, t in fields]
 
 
-class _TableWriter:
+class TableWriter:
     """Parquet or CSV, streamed one table (= one run) at a time, renamed into place on close."""
 
     def __init__(self, path: Path, schema: pa.Schema, fmt: str):
@@ -446,11 +458,11 @@ def _assemble_kind(
     for _run, piece in pieces:
         for f in pq.read_schema(piece):
             order.setdefault(f.name, set()).add(f.type)
-    data_fields = [pa.field(c, _unify(c, ts)) for c, ts in order.items()]
+    data_fields = [pa.field(c, unify_type(c, ts)) for c, ts in order.items()]
     table_schema = pa.schema(
         [pa.field(n, t) for n, t in identity] + [pa.field(_record_name(f.name, names), f.type) for f in data_fields]
     )
-    writer = _TableWriter(path, table_schema, fmt)
+    writer = TableWriter(path, table_schema, fmt)
     try:
         for run, piece in pieces:
             t = pq.read_table(piece)
@@ -504,7 +516,7 @@ def _runs_rows(
                 row[k] = _int(s.get(k))
             for k in ("start_time", "end_time"):
                 row[k] = _float(s.get(k))
-            for k in ("host", "slurm_job_id", "error"):
+            for k in ("host", "slurm_job_id", "error", "data"):
                 row[k] = None if s.get(k) is None else str(s.get(k))
         rows.append(row)
     return rows
@@ -512,7 +524,7 @@ def _runs_rows(
 
 def _write_runs(rows: list[dict[str, Any]], identity: list[tuple[str, pa.DataType]], path: Path, fmt: str) -> None:
     runs_schema = pa.schema([*identity, *RUN_FACTS])
-    writer = _TableWriter(path, runs_schema, fmt)
+    writer = TableWriter(path, runs_schema, fmt)
     try:
         writer.write(pa.Table.from_pylist(rows, schema=runs_schema))
     finally:

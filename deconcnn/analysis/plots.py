@@ -20,13 +20,84 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from deconcnn.analysis.sources import SWEEP_COLUMN
+from deconcnn.runlog import schema
 from deconcnn.runlog.schema import is_finite
 
 N_BINS = 160
+#: Sparse series carry markers (a lone point shows) up to this many points; denser ones would hide
+#: their line style under the markers.
+MARKERS_UP_TO = 60
+#: Figures of several metrics put up to this many panels side by side; more go one under another.
+WIDE_UP_TO = 6
 _LINESTYLES = ("-", "--", ":", "-.")
+LINESTYLE_NAMES = dict(zip(_LINESTYLES, ("solid", "dashed", "dotted", "dash-dot")))
 SEED_AXIS = "seed"
+_ID_COLUMNS = ("run_id", SWEEP_COLUMN)
+
+#: What the plotted record keys are called on an axis; their units are the schema's.
+METRIC_NAMES = {
+    "loss_train_nats": "training loss",
+    "loss_val_nats": "validation loss",
+    "lambda_max": "top Hessian eigenvalue λmax",
+    "hessian_trace": "Hessian trace",
+    "psd_tail": "loss-noise PSD tail power",
+    "resid_power": "loss-noise residual power",
+    "grad_var": "per-sample gradient variance",
+    "noise_scale": "gradient noise scale B_simple",
+}
+_UNITS = {k.name: k.unit for kind in schema.KINDS.values() for k in kind.keys}
+
+
+def axis_label(key: str) -> str:
+    """`name [unit]` of a record key: "Hessian trace [nats/param²]"."""
+    unit = _UNITS.get(key, "-")
+    unit = unit.replace(" / ", "/").replace("parameter unit", "param").replace("^2", "²")
+    name = METRIC_NAMES.get(key, key)
+    return name if unit == "-" else f"{name} [{unit}]"
+
+
+@dataclass(frozen=True)
+class ErrorBar:
+    """A logged error bar: the interval [lo, hi] a record carries, or its value ± k standard errors."""
+
+    lo: str | None = None
+    hi: str | None = None
+    se: str | None = None
+    k: float = 2.0
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.lo, self.hi, self.se) if c]
+
+    @property
+    def meaning(self) -> str:
+        return f"logged 95% interval ({self.lo}, {self.hi})" if self.se is None else f"±{self.k:g} {self.se}"
+
+    def bounds(self, y: np.ndarray, d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.se is None:
+            return d[str(self.lo)], d[str(self.hi)]
+        return y - self.k * d[self.se], y + self.k * d[self.se]
+
+
+#: The error bars a key's records may carry, best first: the first whose columns the table has is
+#: drawn. hessian_trace_stderr is honest at ±2 SE (docs/metrics.md); trace_lo/hi/se are its successors.
+ERROR_BARS = {
+    "hessian_trace": (
+        ErrorBar(lo="trace_lo", hi="trace_hi"),
+        ErrorBar(se="trace_se"),
+        ErrorBar(se="hessian_trace_stderr"),
+    )
+}
+
+
+def error_bar(path: Path | None, key: str) -> ErrorBar | None:
+    """The first of `key`'s ERROR_BARS the table holds, or None."""
+    return next((b for b in ERROR_BARS.get(key, ()) if len(present_columns(path, b.columns)) == len(b.columns)), None)
 
 
 def fmt(v: Any) -> str:
@@ -66,14 +137,20 @@ class Layout:
     facet_axes: list[str]
     colour: dict[Any, Any] = field(default_factory=dict)
     style: dict[Any, str] = field(default_factory=dict)
+    given_order: str | None = None  # an axis whose values keep the runs' order (the sweeps as given)
 
     @classmethod
-    def of(cls, runs: list[Run], variants: list[str], axes: Sequence[str]) -> Layout:
-        factors = [a for a in axes if a.rsplit(".", 1)[-1] != SEED_AXIS]
-        counts = {a: len({repr(r.params.get(a)) for r in runs}) for a in factors}
+    def of(cls, runs: list[Run], variants: list[str], axes: Sequence[str], style: str | None = None) -> Layout:
+        """`style`: the axis drawn as line styles (the sweep, when sweeps are compared), whatever its size."""
+        counts = {a: len({repr(r.params.get(a)) for r in runs}) for a in axes}
+        # An axis of one value tells the runs apart no more than the seed does.
+        factors = [a for a in axes if a.rsplit(".", 1)[-1] != SEED_AXIS and a != style and counts[a] > 1]
         factors.sort(key=lambda a: -counts[a])  # stable: the sweep file's order breaks ties
+        if style is not None:
+            factors.insert(1, style)
+        colour = factors[0] if factors and factors[0] != style else None
         layout = cls(
-            runs, variants, factors[0] if factors else None, factors[1] if len(factors) > 1 else None, factors[2:]
+            runs, variants, colour, style or (factors[1] if len(factors) > 1 else None), factors[2:], given_order=style
         )
         from matplotlib import colormaps
 
@@ -82,9 +159,20 @@ class Layout:
         layout.style = {v: _LINESTYLES[i % len(_LINESTYLES)] for i, v in enumerate(layout.values(layout.style_axis))}
         return layout
 
+    def encoding(self) -> str:
+        """What panels, colours and line styles stand for, naming only what this layout uses."""
+        parts = ["panels per variant" + "".join(f" and {a}" for a in self.facet_axes)]
+        if self.colour_axis:
+            parts.append(f"colour = {self.colour_axis}")
+        if self.style_axis:
+            parts.append(f"line style = {self.style_axis}")
+        return ", ".join(parts)
+
     def values(self, axis: str | None) -> list[Any]:
         if axis is None:
             return [None]
+        if axis == self.given_order:
+            return list(dict.fromkeys(r.params.get(axis) for r in self.runs))
         return sorted({r.params.get(axis) for r in self.runs}, key=_key)
 
     def colour_of(self, run: Run) -> Any:
@@ -110,13 +198,33 @@ class Layout:
     def title(variant: str, fixed: dict[str, Any]) -> str:
         return " ".join([variant, *(f"{a.rsplit('.', 1)[-1]}={fmt(v)}" for a, v in fixed.items())])
 
-    def legend_handles(self) -> list:
+    def colours_per_panel(self) -> bool:
+        """Whether panels differ in their colour values (variants carrying their own learning rates):
+        then each panel's legend names its own, rather than one legend naming them all."""
+        if not self.colour_axis:
+            return False
+        sets = {frozenset(repr(r.params.get(self.colour_axis)) for r in self.runs_of(*f)) for f in self.facets()}
+        return len(sets - {frozenset()}) > 1
+
+    def colour_handles(self, runs: list[Run] | None = None) -> list:
+        """A legend entry per colour value (of `runs` only, when given)."""
         from matplotlib.lines import Line2D
 
-        h = []
-        if self.colour_axis:
-            short = self.colour_axis.rsplit(".", 1)[-1]
-            h += [Line2D([], [], color=c, lw=2.5, label=f"{short} {fmt(v)}") for v, c in self.colour.items()]
+        if not self.colour_axis:
+            return []
+        short = self.colour_axis.rsplit(".", 1)[-1]
+        present = None if runs is None else {r.params.get(self.colour_axis) for r in runs}
+        return [
+            Line2D([], [], color=c, lw=2.5, label=f"{short} {fmt(v)}")
+            for v, c in self.colour.items()
+            if present is None or v in present
+        ]
+
+    def legend_handles(self, colours: bool = True) -> list:
+        """The figure's shared legend; `colours=False` when each panel names its own."""
+        from matplotlib.lines import Line2D
+
+        h = self.colour_handles() if colours else []
         if self.style_axis:
             short = self.style_axis.rsplit(".", 1)[-1]
             h += [Line2D([], [], color="0.25", ls=s, lw=1.8, label=f"{short} {fmt(v)}") for v, s in self.style.items()]
@@ -138,16 +246,24 @@ def present_columns(path: Path | None, want: list[str]) -> list[str]:
     return [c for c in want if c in names]
 
 
+def run_keys(table: pa.Table) -> np.ndarray:
+    """Each row's run (sources.run_key): its run_id, or <sweep>/<run_id> in a table across sweeps."""
+    ids = table.column("run_id")
+    if SWEEP_COLUMN in table.column_names:
+        ids = pc.binary_join_element_wise(table.column(SWEEP_COLUMN), ids, "/")
+    return np.asarray(ids.to_pylist(), dtype=object)
+
+
 def read_series(path: Path | None, xcol: str, ycols: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """run_id -> {xcol: sorted x, ycol: y...} for the small tables (val, curvature, noise)."""
-    cols = present_columns(path, ["run_id", xcol, *ycols])
+    cols = present_columns(path, ["run_id", SWEEP_COLUMN, xcol, *ycols])
     if "run_id" not in cols or xcol not in cols:
         return {}
     t = pq.read_table(path, columns=cols)
     if t.num_rows == 0:
         return {}
-    names, codes = np.unique(np.asarray(t.column("run_id").to_pylist(), dtype=object), return_inverse=True)
-    data = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in cols if c != "run_id"}
+    names, codes = np.unique(run_keys(t), return_inverse=True)
+    data = {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in cols if c not in _ID_COLUMNS}
     order = np.lexsort((data[xcol], codes))  # by run, then x
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     return {str(rid): {c: v[order[bounds[i] : bounds[i + 1]]] for c, v in data.items()} for i, rid in enumerate(names)}
@@ -155,11 +271,12 @@ def read_series(path: Path | None, xcol: str, ycols: list[str]) -> dict[str, dic
 
 def reasons(path: Path | None, column: str = "reason") -> dict[str, list[str]]:
     """run_id -> the distinct reasons its records give for null values (noise, curvature)."""
-    cols = present_columns(path, ["run_id", column])
-    if len(cols) < 2:
+    cols = present_columns(path, ["run_id", SWEEP_COLUMN, column])
+    if column not in cols or "run_id" not in cols:
         return {}
     out: dict[str, list[str]] = defaultdict(list)
-    for rid, why in zip(*(pq.read_table(path, columns=cols).column(c).to_pylist() for c in cols)):
+    t = pq.read_table(path, columns=cols)
+    for rid, why in zip(run_keys(t), t.column(column).to_pylist()):
         if why and why not in out[rid]:
             out[rid].append(why)
     return out
@@ -167,8 +284,8 @@ def reasons(path: Path | None, column: str = "reason") -> dict[str, list[str]]:
 
 def train_bins(path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Mean training loss per run in log-spaced step bins, streamed one row group at a time."""
-    cols = present_columns(path, ["run_id", "step", "loss_train_nats"])
-    if len(cols) < 3:
+    cols = present_columns(path, ["run_id", SWEEP_COLUMN, "step", "loss_train_nats"])
+    if not {"run_id", "step", "loss_train_nats"} <= set(cols):
         return np.array([]), {}
     pf = pq.ParquetFile(path)
     max_step = 1
@@ -194,7 +311,7 @@ def train_bins(path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     counts: dict[str, np.ndarray] = {}
     for i in range(pf.metadata.num_row_groups):
         t = pf.read_row_group(i, columns=cols)
-        ids = t.column("run_id").to_pylist()
+        ids = run_keys(t).tolist()
         step = t.column("step").to_numpy(zero_copy_only=False).astype(float)
         loss = t.column("loss_train_nats").to_numpy(zero_copy_only=False).astype(float)
         uniq = dict.fromkeys(ids)
@@ -314,8 +431,10 @@ def draw_panel(
     ylabel: str,
     empty_reason: str,
     markers: bool,
+    bars: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """One panel: each run thin, each group's median bold; `empty_reason` when nothing is drawn."""
+    """One panel: each run thin (with its logged error bars, `bars`: run -> (lo, hi)), each group's
+    median bold; `empty_reason` when nothing is drawn."""
     groups: dict[tuple, list] = defaultdict(list)
     ys, drawn, marks = [], set(), []
     first_of_group: dict[tuple, Run] = {}
@@ -338,9 +457,14 @@ def draw_panel(
             lw=0.6,
             alpha=0.35,
             zorder=1,
-            **(marker if markers or ok.sum() == 1 else {}),
+            **(marker if (markers and ok.sum() <= MARKERS_UP_TO) or ok.sum() == 1 else {}),
         )
         ys.append(y[ok])
+        if bars and r.run_id in bars:
+            lo, hi = bars[r.run_id]
+            has = ok & np.isfinite(lo) & np.isfinite(hi)
+            ax.vlines(x[has], lo[has], hi[has], color=layout.colour_of(r), lw=0.8, alpha=0.45, zorder=1)
+            ys += [lo[has], hi[has]]
         groups[layout.group(r)].append((x[ok], y[ok]))
         first_of_group.setdefault(layout.group(r), r)
         if r.diverged:
@@ -357,7 +481,7 @@ def draw_panel(
             ls=layout.style_of(r),
             lw=2.0,
             zorder=3,
-            **(marker if markers or ok.sum() == 1 else {}),
+            **(marker if (markers and ok.sum() <= MARKERS_UP_TO) or ok.sum() == 1 else {}),
         )
     if xlog:
         ax.set_xscale("log")
@@ -369,7 +493,9 @@ def draw_panel(
         else:
             allv = np.abs(np.concatenate(ys))
             allv = allv[allv > 0]
-            ax.set_yscale("symlog", linthresh=float(np.percentile(allv, 10)) if len(allv) else 1.0)
+            linthresh = float(np.percentile(allv, 10)) if len(allv) else 1.0
+            ax.set_yscale("symlog", linthresh=linthresh)
+            ylabel += f"\n(symlog: linear for |y| < {linthresh:.3g})"  # values of both signs
         lim = _robust_limits(ys, positive)
         if lim is not None:
             ax.set_ylim(*lim)
@@ -446,22 +572,36 @@ def curve_figure(
     xlog: bool,
     markers: bool,
     run_reasons: dict[str, list[str]] | None = None,
+    error_bars: dict[str, ErrorBar] | None = None,
 ) -> None:
-    """One row per metric, one column per panel (or a panel grid when there is one metric)."""
+    """One row per metric, one column per panel (or a panel grid when there is one metric);
+    `error_bars`: metric -> the logged error bar drawn on each of its points (its columns in `series`)."""
+    from matplotlib.lines import Line2D
+
     facets = layout.facets()
+    own_colours = layout.colours_per_panel()
     if len(rows) == 1:
         nr, nc = grid(len(facets))
         fig, axes = new_figure(nr, nc, 5.6, 4.0)
         panels = [(axes.flat[i], f, rows[0]) for i, f in enumerate(facets)]
         for ax in list(axes.flat)[len(facets) :]:
             ax.set_visible(False)
-    else:
+    elif len(facets) <= WIDE_UP_TO:
         fig, axes = new_figure(len(rows), max(1, len(facets)), 4.4, 3.1)
         panels = [(axes[j, i], f, row) for j, row in enumerate(rows) for i, f in enumerate(facets)]
+    else:  # many panels (a third axis, or compared sweeps): a row per panel, a column per metric
+        fig, axes = new_figure(len(facets), len(rows), 4.4, 3.1)
+        panels = [(axes[i, j], f, row) for j, row in enumerate(rows) for i, f in enumerate(facets)]
     for k, (ax, (variant, fixed), (metric, label, series, xcol)) in enumerate(panels):
         curves = {rid: (d[xcol], d[metric]) for rid, d in series.items() if metric in d}
+        bar = (error_bars or {}).get(metric)
+        bars = {
+            rid: bar.bounds(d[metric], d)
+            for rid, d in series.items()
+            if bar and metric in d and all(c in d for c in bar.columns)
+        }
         runs = layout.runs_of(variant, fixed)
-        # Several metric rows: the panel's name and run counts head the column only once.
+        # Several metrics: the panel's name and run counts head the first metric's plot only.
         head = len(rows) == 1 or k < len(facets)
         draw_panel(
             ax,
@@ -474,12 +614,28 @@ def curve_figure(
             label,
             why_empty(runs, curves, table, kind, run_reasons),
             markers,
+            bars,
         )
-    finish(fig, path, title, layout.legend_handles())
+        if own_colours and head and runs:
+            ax.legend(handles=layout.colour_handles(runs), fontsize=7.5, loc="best", framealpha=0.7)
+    handles = layout.legend_handles(colours=not own_colours)
+    handles += [
+        Line2D([], [], color="0.4", marker="|", ls="none", ms=11, label=f"{METRIC_NAMES.get(m, m)}: {b.meaning}")
+        for m, b in (error_bars or {}).items()
+    ]
+    finish(fig, path, title, handles)
 
 
-def variants_figure(path: Path, title: str, layout: Layout, centers: np.ndarray, means: dict[str, np.ndarray]) -> None:
-    """The median training curve of each variant (its completed runs) on one log-log axis."""
+def variants_figure(
+    path: Path,
+    title: str,
+    layout: Layout,
+    centers: np.ndarray,
+    means: dict[str, np.ndarray],
+    by: str | None = None,
+) -> None:
+    """The median training curve of each variant (its completed runs) on one log-log axis; `by`: an
+    axis whose every value gets its own curve, in its own line style (the sweep, when comparing)."""
     from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
@@ -487,18 +643,25 @@ def variants_figure(path: Path, title: str, layout: Layout, centers: np.ndarray,
     ax = axes[0, 0]
     cmap = colormaps["tab10"]
     handles = []
+    split = layout.values(by)
     for i, variant in enumerate(layout.variants):
-        curves = [
-            (centers, means[r.run_id])
-            for r in layout.runs
-            if r.variant == variant and r.status == "completed" and r.run_id in means
-        ]
-        if not curves:
-            continue
-        x, y = median_curve(curves)
-        ok = np.isfinite(y) & (x > 0) & (y > 0)
-        ax.plot(x[ok], y[ok], color=cmap(i % 10), lw=2.2, marker="o" if ok.sum() < 3 else None)
-        handles.append(Line2D([], [], color=cmap(i % 10), lw=2.2, label=f"{variant} (median of {len(curves)} runs)"))
+        for j, value in enumerate(split):
+            curves = [
+                (centers, means[r.run_id])
+                for r in layout.runs
+                if r.variant == variant
+                and r.status == "completed"
+                and r.run_id in means
+                and (by is None or r.params.get(by) == value)
+            ]
+            if not curves:
+                continue
+            x, y = median_curve(curves)
+            ok = np.isfinite(y) & (x > 0) & (y > 0)
+            style: dict[str, Any] = dict(color=cmap(i % 10), ls=_LINESTYLES[j % len(_LINESTYLES)], lw=2.2)
+            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 3 else None, **style)
+            name = variant if by is None else f"{variant}, {by} {fmt(value)}"
+            handles.append(Line2D([], [], label=f"{name} (median of {len(curves)} runs)", **style))
     if handles:
         ax.set_xscale("log")
         ax.set_yscale("log")

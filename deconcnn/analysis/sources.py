@@ -31,6 +31,17 @@ from deconcnn.sweep.sweepdir import (
     SweepDir,
 )
 
+#: Tables that join several sweeps (deconcnn.analysis.compare) name each row's sweep here; a run is
+#: then known by `run_key`, since two sweeps of one grid share their run ids.
+SWEEP_COLUMN = "sweep"
+#: Where several sweeps taken as one go by default, beside the first: compare-<A>+<B>/{collected,report}.
+COMPARE_PREFIX = "compare-"
+
+
+def run_key(run_id: str, sweep: str | None = None) -> str:
+    """A run's name across sweeps: ``<sweep>/<run_id>``, or its run_id within one sweep."""
+    return run_id if sweep is None else f"{sweep}/{run_id}"
+
 
 @dataclass
 class RunInfo:
@@ -142,6 +153,24 @@ def _multirun_source(path: Path) -> SweepSource:
     for run in runs:  # the axes are the swept keys; the rest are settings every job shares
         run.params = {k: run.params.get(k) for k in axes}
     return SweepSource(path.name, path, "multirun", runs, axes, _first_seen([r.variant for r in runs]))
+
+
+def run_setting(run: RunInfo, key: str) -> Any:
+    """The value a run used for a config key it did not sweep (`optim.lr` of a sweep that fixed it),
+    from its composed config (.hydra/config.yaml), else from its overrides; None where unknown."""
+    from omegaconf import DictConfig, OmegaConf
+
+    config_file = run.run_dir / HYDRA_DIR / "config.yaml" if run.run_dir else None
+    if config_file is not None and config_file.is_file():
+        config = OmegaConf.load(config_file)
+        value = OmegaConf.select(config, key, default=None) if isinstance(config, DictConfig) else None
+        if isinstance(value, (int, float, bool, str)):
+            return value
+    for line in reversed(run.overrides or []):  # the last one wins, as in Hydra
+        name, _, text = line.partition("=")
+        if name.lstrip("+~") == key:
+            return _scalar(text)
+    return None
 
 
 def _scalar(text: str) -> Any:

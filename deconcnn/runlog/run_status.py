@@ -26,6 +26,9 @@ MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits
 Status = Literal["running", "completed", "failed", "diverged"]
 FINAL_STATUSES = ("completed", "failed", "diverged")
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
+#: How run.json's `data` (the data source's own description) begins for generated data: the report
+#: puts a banner over any sweep with such runs.
+SYNTHETIC_DATA = "SYNTHETIC data"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

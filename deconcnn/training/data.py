@@ -23,6 +23,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from deconcnn.runlog.run_status import SYNTHETIC_DATA
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -136,7 +138,7 @@ class SyntheticSource:
 
     def describe(self) -> str:
         return (
-            f"SYNTHETIC data, not CIFAR-10: {self.num_samples} generated CIFAR-shaped images "
+            f"{SYNTHETIC_DATA}, not CIFAR-10: {self.num_samples} generated CIFAR-shaped images "
             f"(seed {self.seed}; data=cifar10 for the real set)"
         )
 

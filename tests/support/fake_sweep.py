@@ -68,7 +68,7 @@ def make_sweep(
     *,
     name: str = "fake",
     variants: Sequence[str] = VARIANTS[:2],
-    lrs: Sequence[float] = (0.1, 0.2),
+    lrs: Sequence[float] | Mapping[str, Sequence[float]] = (0.1, 0.2),
     wds: Sequence[float] = (1e-3,),
     seeds: Sequence[int] = (0, 1),
     extra_axes: Mapping[str, Sequence[Any]] | None = None,
@@ -89,21 +89,25 @@ def make_sweep(
     bad_losses: Mapping[str, Mapping[int, float]] | None = None,
     epochs_of: Mapping[str, int] | None = None,
     wrong_bits: Sequence[str] = (),
+    data: str | None = None,
 ) -> FakeSweep:
-    """``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
+    """``lrs``: or variant -> its own learning rates (a variant's own axis values, as in
+    sweeps/demo.yaml); ``alphas``: variant -> planted power-law exponent (default 0.5 + 0.1 x its index);
     ``diverged``: run_id -> step where the loss goes non-finite (``nan_token`` "NaN" or "null" is
     what is written for it); ``missing``: never submitted; ``lost``: submitted, no run directory;
     ``truncated``: the last line is cut in half; ``running``/``failed``: that state;
     ``bad_losses``: run_id -> {step: training loss written instead of the planted one} (0, -1, NaN,
     inf: the run stays "completed"); ``epochs_of``: run_id -> its own length in epochs;
-    ``wrong_bits``: runs whose loss_train_bits is logged as 3 x nats + 0.5."""
+    ``wrong_bits``: runs whose loss_train_bits is logged as 3 x nats + 0.5; ``data``: what run.json
+    says the runs trained on (absent when None, as in runs older than that field)."""
     root = Path(root)
     diverged = dict(diverged or {})
     alphas = dict(alphas or {v: 0.5 + 0.1 * i for i, v in enumerate(variants)})
     rng = random.Random(rng_seed)
-    axes: dict[str, Sequence[Any]] = {LR: lrs, WD: wds, **(extra_axes or {}), "seed": seeds}
+    axes: dict[str, Sequence[Any]] = {LR: (), WD: wds, **(extra_axes or {}), "seed": seeds}
     specs, fake = [], FakeSweep(root, {})
     for variant in variants:
+        axes[LR] = lrs[variant] if isinstance(lrs, Mapping) else lrs
         for values in itertools.product(*axes.values()):
             params = dict(zip(axes, values))
             rid = _run_id(variant, params)
@@ -171,6 +175,7 @@ def make_sweep(
             rng,
             (bad_losses or {}).get(rid, {}),
             rid in wrong_bits,
+            data,
         )
         (sd.run_dir(rid) / ".hydra").mkdir()  # what Hydra saves of the composed config
         (sd.run_dir(rid) / ".hydra" / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\n")
@@ -204,6 +209,7 @@ def _write_run(
     rng: random.Random,
     bad_losses: Mapping[int, float],
     wrong_bits: bool,
+    data: str | None,
 ) -> dict[str, int]:
     d.mkdir(parents=True, exist_ok=True)
     lr, wd, alpha, c = ident["params"][LR], ident["params"][WD], ident["alpha"], ident["c"]
@@ -334,6 +340,7 @@ def _write_run(
         "slurm_job_id": "1234_7",
         "error": "RuntimeError: CUDA error" if status == "failed" else None,
         "run_id": rid,
+        **({"data": data} if data is not None else {}),
     }
     (d / RUN_STATUS_FILE).write_text(json.dumps(run))
     if status == "running":  # alive: this process stands for the run's
@@ -349,13 +356,15 @@ if __name__ == "__main__":
     ap.add_argument("--variants", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--name", default="fake-realistic")
+    ap.add_argument("--data", help="what run.json says the runs trained on")
     a = ap.parse_args()
     lrs, wds = (0.05, 0.1, 0.2), (1e-4, 1e-3, 1e-2)
     spe = 40
     div = {run_id("S-adamw", 0.2, w, s): 150 + 37 * s for w in wds for s in range(a.seeds)}
     sw = make_sweep(
         a.path,
-        name="fake-realistic",
+        name=a.name,
         variants=VARIANTS[: a.variants],
         lrs=lrs,
         wds=wds,
@@ -370,5 +379,6 @@ if __name__ == "__main__":
         truncated=[run_id("S-core", 0.2, 1e-4, 1)],
         running=[run_id("S-narrow", 0.2, 1e-2, 0)],
         failed=[run_id("S-bn-off", 0.05, 1e-4, 1)],
+        data=a.data,
     )
     print(f"wrote {len(sw.counts)} runs ({len(sw.missing)} without a directory) under {a.path}")
