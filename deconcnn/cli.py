@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
 from deconcnn.sweep.executors import STOP_GRACE_S
-from deconcnn.sweep.sweepdir import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
 
 if TYPE_CHECKING:
     from deconcnn.sweep.launch import LaunchResult

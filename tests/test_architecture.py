@@ -21,10 +21,11 @@ ALLOWED = {
     "training": {"callbacks", "metrics", "runlog", "runconfig"},
     "train": {"training", "callbacks", "runlog", "runconfig"},
     "sweep": {"runlog", "runconfig"},
-    "analysis": {"runlog", "sweep"},
+    "analysis": {"runlog"},  # never the sweep layer: it reads what runs recorded, asks no scheduler
     "cli": {"sweep", "analysis", "runlog"},
 }
 TRAINING_STACK = ("torch", "pytorch_lightning", "lightning_fabric", "backpack", "hessian_eigenthings")
+SCHEDULERS = ("submitit", "hydra_plugins.hydra_submitit_launcher", "deconcnn.sweep")
 
 
 def modules() -> dict[str, Path]:
@@ -112,5 +113,21 @@ def test_importing_the_cli_and_the_sweep_layer_loads_no_torch():
     code = (
         "import sys, deconcnn.cli, deconcnn.sweep.launch, deconcnn.sweep.status, deconcnn.sweep.cancel; "
         f"bad = [m for m in {TRAINING_STACK!r} if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_analysis_imports_no_scheduler():
+    """collect, report and analyze read the states runs recorded: no import can reach a scheduler."""
+    offenders = {
+        m: sorted(n for n in imports(p) if any(n == s or n.startswith(f"{s}.") for s in SCHEDULERS))
+        for m, p in modules().items()
+        if part(m) == "analysis"
+    }
+    assert not {m: n for m, n in offenders.items() if n}, offenders
+    code = (
+        "import sys, deconcnn.analysis.collect, deconcnn.analysis.report, deconcnn.analysis.analyze, "
+        "deconcnn.analysis.compare; "
+        f"bad = [m for m in sys.modules if m.startswith({SCHEDULERS!r})]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -54,8 +54,8 @@ from deconcnn.analysis.per_run import (
 )
 from deconcnn.analysis.stats import correlation, partial_correlation
 from deconcnn.runlog.atomic import tmp_path, write_text_atomic
+from deconcnn.runlog.layout import ANALYSIS_DIR
 from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS, is_finite
-from deconcnn.sweep.sweepdir import ANALYSIS_DIR
 
 FORMATS = ("parquet", "csv")
 ALPHAS = ("alpha_early", "alpha_full")

@@ -6,7 +6,7 @@
 Reads a sweep directory or a Hydra multirun directory (deconcnn.analysis.sources). Every table
 starts with the run's identity: ``run_id``, ``variant``, one column per axis of the sweep under
 its own name (``optim.lr``, ``optim.weight_decay``, ``seed``, ``model.width``, ...), ``status``
-(the state `deconcnn-sweep status` shows) and ``complete`` (status == completed). Written under
+(the state the run's files record: deconcnn.runlog.states) and ``complete`` (status == completed). Written under
 ``out`` (default ``<sweep>/collected``):
 
 - ``<kind>.parquet|csv`` for every record kind of the schema (deconcnn.runlog.schema; any other
@@ -48,10 +48,10 @@ import pyarrow.parquet as pq
 from deconcnn.analysis.sources import RunInfo, SweepSource, read_source
 from deconcnn.runlog import schema
 from deconcnn.runlog.atomic import tmp_path, write_text_atomic
+from deconcnn.runlog.layout import COLLECTED_DIR
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.metrics_reader import MetricsReader
 from deconcnn.runlog.run_status import RUN_STATUS_FILE
-from deconcnn.sweep.sweepdir import COLLECTED_DIR
 
 __all__ = ["CollectResult", "collect", "identity_fields"]
 

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from deconcnn.analysis.collect import FORMATS, CollectResult, TableWriter, axis_type, collect, unify_type
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN, RunInfo, SweepSource, run_key, run_setting
 from deconcnn.runlog.atomic import write_text_atomic
-from deconcnn.sweep.errors import SweepError
-from deconcnn.sweep.sweepdir import COLLECTED_DIR
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import COLLECTED_DIR
 
 __all__ = ["CompareResult", "collect_many", "compare_home", "sweep_labels"]
 

@@ -32,7 +32,7 @@ from deconcnn.analysis.curves import DEFAULT_BINS_PER_DECADE, TAU, log_bins
 from deconcnn.analysis.plateau import PLATEAU_COLUMNS, plateau_row
 from deconcnn.analysis.stats import effect_size, median_spread
 from deconcnn.analysis.units import UNITS_COLUMNS, UNITS_RTOL, units_check
-from deconcnn.sweep.state import STATES
+from deconcnn.runlog.states import STATES
 
 KNEE_EPOCHS = (0.5, 20.0)
 EARLY_EPOCHS = (5.0, 15.0)

@@ -22,7 +22,7 @@ trained on generated data put a banner at the top of the index.
   cell says n completed / n in the grid and how many diverged; cells with no completed run are
   hatched and say why.
 
-Every run's status is the state `deconcnn-sweep status` shows. Diverged runs are drawn to their
+Every run's status is the state its files record (deconcnn.runlog.states). Diverged runs are drawn to their
 last finite value and marked with an x there. A sweep with missing, diverged or failed runs still
 reports; the index lists them, with the reason. `analyze` adds its own section (analysis/).
 """
@@ -56,10 +56,10 @@ from deconcnn.analysis.plots import (
     variants_figure,
 )
 from deconcnn.analysis.sources import SWEEP_COLUMN, run_key
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import ANALYSIS_DIR, REPORT_DIR
 from deconcnn.runlog.run_status import SYNTHETIC_DATA
 from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
-from deconcnn.sweep.errors import SweepError
-from deconcnn.sweep.sweepdir import ANALYSIS_DIR, REPORT_DIR
 
 __all__ = ["INDEX_FILES", "PLOTS", "report"]
 
@@ -307,12 +307,6 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
-
-
-def html_table(header: list[str], body: list[list[str]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def data_banner(runs: list[Run]) -> list[str]:

@@ -3,12 +3,12 @@
 Two kinds of directory are read:
 - a sweep directory (`deconcnn-sweep launch`): the manifest lists the runs in the sweep file's
   order with their variant and `params` (the swept keys and values, e.g. `optim.lr: 0.1`); each
-  run's state comes from the one state function (deconcnn.sweep.state), so `collect`, `report`,
-  `analyze` and `status` agree on it;
+  run's state is the one its files record (deconcnn.runlog.states: no scheduler is asked, so a
+  finished run's state is the one `status` shows, an unfinished one's is how far its files say it got);
 - a Hydra multirun directory (`deconcnn-train -m ...`, holding `multirun.yaml`): each numbered job
   directory is a run, its `.hydra/overrides.yaml` gives the swept values (the keys whose values
   differ between jobs are the axes), its `variant` comes from `.hydra/config.yaml`, and its state
-  from its run.json (no scheduler to ask).
+  from its run.json.
 
 Axes are columns under their own names (`optim.lr`, `model.width`, `seed`), in the order the sweep
 file (or the command line) names them.
@@ -20,16 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deconcnn.runlog.run_status import read_run_status
-from deconcnn.sweep.sweepdir import (
+from deconcnn.runlog.layout import (
+    HYDRA_CONFIG,
     HYDRA_DIR,
     HYDRA_OVERRIDES,
     MANIFEST_FILE,
     MULTIRUN_FILE,
     RUNS_DIR,
     NotASweep,
-    SweepDir,
+    job_variant,
+    last_submission,
+    multirun_jobs,
+    read_cancellations,
+    read_manifest,
 )
+from deconcnn.runlog.run_status import read_run_status
+from deconcnn.runlog.states import recorded_job_state, recorded_state
 
 #: Tables that join several sweeps (deconcnn.analysis.compare) name each row's sweep here; a run is
 #: then known by `run_key`, since two sweeps of one grid share their run ids.
@@ -93,30 +99,28 @@ def read_source(path: Path) -> SweepSource:
 
 
 def _sweep_source(path: Path) -> SweepSource:
-    from deconcnn.sweep.state import poll_submissions, sweep_states
-
-    sd = SweepDir(path)
-    manifest = sd.read_manifest() or {"runs": {}}
-    states = {s.run_id: s for s in sweep_states(path, manifest, poll_submissions(manifest), sd.cancellations())}
+    manifest = read_manifest(path) or {"runs": {}}
+    cancellations = read_cancellations(path)
+    runs_dir = path / RUNS_DIR
     runs = []
     for run_id, entry in manifest["runs"].items():
-        run_dir = sd.run_dir(run_id)
-        s = states[run_id]
+        run_dir = runs_dir / run_id
+        state, reason = recorded_state(last_submission(entry), read_run_status(run_dir), cancellations.get(run_id))
         runs.append(
             RunInfo(
                 run_id,
                 run_dir if run_dir.is_dir() else None,
                 entry.get("variant"),
                 dict(entry.get("params") or {}),
-                s.state,
-                s.reason,
+                state,
+                reason,
                 True,
                 entry.get("overrides"),
             )
         )
     listed = set(manifest["runs"])
-    if sd.runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
-        for run_dir in sorted(p for p in sd.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    if runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
+        for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if run_dir.name not in listed:
                 status = (read_run_status(run_dir) or {}).get("status", "unknown")
                 runs.append(RunInfo(run_dir.name, run_dir, None, {}, status, "not in the manifest", False))
@@ -137,17 +141,15 @@ def _sweep_source(path: Path) -> SweepSource:
 def _multirun_source(path: Path) -> SweepSource:
     from omegaconf import OmegaConf
 
-    from deconcnn.sweep.state import multirun_states
-
     runs = []
-    for s in multirun_states(path):
-        job = Path(s.run_dir)
+    for job in multirun_jobs(path):
         overrides = [str(o) for o in OmegaConf.load(job / HYDRA_DIR / HYDRA_OVERRIDES)]
         params: dict[str, Any] = {}
         for line in overrides:
             key, _, value = line.partition("=")
             params[key.lstrip("+~")] = _scalar(value)
-        runs.append(RunInfo(s.run_id, job, s.variant, params, s.state, s.reason, True, overrides))
+        state, reason = recorded_job_state(read_run_status(job))
+        runs.append(RunInfo(job.name, job, job_variant(job), params, state, reason, True, overrides))
     keys = _first_seen([k for r in runs for k in r.params])
     axes = [k for k in keys if len({repr(r.params.get(k)) for r in runs}) > 1]
     for run in runs:  # the axes are the swept keys; the rest are settings every job shares
@@ -160,7 +162,7 @@ def run_setting(run: RunInfo, key: str) -> Any:
     from its composed config (.hydra/config.yaml), else from its overrides; None where unknown."""
     from omegaconf import DictConfig, OmegaConf
 
-    config_file = run.run_dir / HYDRA_DIR / "config.yaml" if run.run_dir else None
+    config_file = run.run_dir / HYDRA_DIR / HYDRA_CONFIG if run.run_dir else None
     if config_file is not None and config_file.is_file():
         config = OmegaConf.load(config_file)
         value = OmegaConf.select(config, key, default=None) if isinstance(config, DictConfig) else None

@@ -1,1 +1,2 @@
-"""A run's files: metrics.jsonl (the metric log) and run.json (the run's status). No torch import."""
+"""What runs and sweeps leave on disk: a run's metrics.jsonl and run.json, a sweep directory's file
+names (layout), and the run states (states). No torch import, and no scheduler asked."""

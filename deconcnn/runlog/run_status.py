@@ -24,7 +24,6 @@ PROCESS_FILE = "process.json"  # written by whatever starts the training process
 SUBMISSION_ENV = "DECONCNN_SUBMISSION_ID"  # set by the sweep's pack runner: which submission started this attempt
 MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the file's blocks
 Status = Literal["running", "completed", "failed", "diverged"]
-FINAL_STATUSES = ("completed", "failed", "diverged")
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
 #: How run.json's `data` (the data source's own description) begins for generated data: the report
 #: puts a banner over any sweep with such runs.

@@ -16,11 +16,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import DEFAULT_OUT, is_multirun, last_submission
+from deconcnn.runlog.states import LIVE_STATES
 from deconcnn.sweep import processes
-from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
-from deconcnn.sweep.state import LIVE_STATES, last_submission, poll_submissions, read_process, sweep_states
-from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir, is_multirun
+from deconcnn.sweep.state import poll_submissions, read_process, sweep_states
+from deconcnn.sweep.sweepdir import SweepDir
 
 CANCELLABLE = (*LIVE_STATES, "unknown")
 

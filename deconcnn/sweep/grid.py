@@ -33,10 +33,11 @@ from deconcnn.runconfig import (
     debug_settings,
     targets,
 )
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import DEFAULT_OUT
 from deconcnn.sweep.executors import Command
 from deconcnn.sweep.launcher import is_launcher_override
-from deconcnn.sweep.sweepdir import DEFAULT_OUT, SweepDir
+from deconcnn.sweep.sweepdir import SweepDir
 
 TRAIN_MODULE = "deconcnn.train"
 EXPERIMENT_GROUP = "experiment"

@@ -26,13 +26,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.run_status import read_run_status
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.executors import STOP_GRACE_S, Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
 from deconcnn.sweep.launcher import check_feasible, compose_launcher
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
-from deconcnn.sweep.state import RESUBMITTABLE, poll_submissions, sweep_states
+from deconcnn.sweep.state import poll_submissions, sweep_states
 from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
 

@@ -23,7 +23,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from deconcnn.runconfig import compose_run_config, config_error_text
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.errors import SweepError
 
 DEFAULT_LAUNCHER = "deconcnn_slurm"
 LAUNCHER_PREFIXES = ("hydra.launcher.", "hydra/launcher=")

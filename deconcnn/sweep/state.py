@@ -33,15 +33,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, read_run_status
+from deconcnn.runlog.layout import job_variant, last_submission, multirun_jobs
+from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_run_status
+from deconcnn.runlog.states import kept_state, recorded_job_state
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import SchedulerState
-
-STATES = ("pending", "running", "completed", "diverged", "failed", "cancelled", "lost", "missing", "unknown")
-FINAL_STATES = ("completed", "diverged", "failed", "cancelled", "lost", "missing")
-RESUBMITTABLE = ("failed", "cancelled", "lost", "missing")
-LIVE_STATES = ("pending", "running")
-DEFAULT_VARIANT = "default"  # a run whose config names no variant
 
 
 @dataclass
@@ -76,8 +72,9 @@ def run_state(
     cancelled: tuple[float, str] | None,
 ) -> tuple[str, str | None]:
     """(state, reason) of one run, by the table in the module doc."""
-    if run and run.get("status") in KEEP_STATUSES:
-        return run["status"], (f"diverged at step {run.get('diverged_step')}" if run["status"] == "diverged" else None)
+    kept = kept_state(run)
+    if kept:
+        return kept
     if submission is None:
         return "missing", None
     sid = submission.get("id")
@@ -178,12 +175,10 @@ def sweep_states(
 def job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
     """(state, reason) of a run that deconcnn-sweep did not start (a Hydra multirun job): its
     run.json alone speaks, with its process asked where it ran on this host."""
-    if run is None:
-        return "missing", "no run.json: not started, or stopped before training began (see its stdout.log)"
-    if run.get("status") in KEEP_STATUSES:
-        return run_state(None, run, None, None, None)
-    if run.get("status") == "failed":
-        return "failed", run.get("error") or "failed"
+    state, reason = recorded_job_state(run)
+    if state != "running":
+        return state, reason
+    assert run is not None
     alive = processes.alive({"host": run.get("host"), "pid": run.get("pid")})
     if alive is False:
         return "failed", f"its process (pid {run.get('pid')} on {run.get('host')}) is gone but run.json says running"
@@ -193,22 +188,15 @@ def job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
 def multirun_states(path: Path) -> list[RunState]:
     """Every job of a Hydra multirun directory (`deconcnn-train -m`), in job order: its variant from
     its composed config, its state from its run.json (there is no scheduler record to ask)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from deconcnn.sweep.sweepdir import HYDRA_CONFIG, HYDRA_DIR, multirun_jobs
-
     states = []
     for job in multirun_jobs(path):
-        config_file = job / HYDRA_DIR / HYDRA_CONFIG
-        config = OmegaConf.load(config_file) if config_file.is_file() else None
-        variant = config.get("variant") if isinstance(config, DictConfig) else None  # a list has no keys
         run = read_run_status(job)
         state, reason = job_state(run)
         log = job / RUN_LOG
         states.append(
             RunState(
                 job.name,
-                str(variant or DEFAULT_VARIANT),
+                job_variant(job),
                 state,
                 reason,
                 int((run or {}).get("attempt", 0)),
@@ -219,10 +207,6 @@ def multirun_states(path: Path) -> list[RunState]:
             )
         )
     return states
-
-
-def last_submission(entry: dict[str, Any]) -> dict[str, Any] | None:
-    return entry["submissions"][-1] if entry.get("submissions") else None
 
 
 def poll_submissions(manifest: dict[str, Any]) -> dict[str, SchedulerState]:

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deconcnn.runlog.layout import HYDRA_CONFIG, HYDRA_DIR, REPORT_DIR, is_multirun
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.run_status import read_run_status
-from deconcnn.sweep.state import FINAL_STATES, STATES, RunState, multirun_states, poll_submissions, sweep_states
-from deconcnn.sweep.sweepdir import REPORT_DIR, SweepDir, is_multirun
+from deconcnn.runlog.states import FINAL_STATES, STATES
+from deconcnn.sweep.state import RunState, multirun_states, poll_submissions, sweep_states
+from deconcnn.sweep.sweepdir import SweepDir
 
 DETAIL_STATES = ("failed", "lost", "cancelled", "pending", "unknown")
 TAIL_BYTES = 1024 * 1024  # ~5000 steps of records of every kind
-CONFIG_FILE = Path(".hydra") / "config.yaml"
+CONFIG_FILE = Path(HYDRA_DIR) / HYDRA_CONFIG
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,7 @@
-"""The sweep directory: the name of every file in it, the manifest, the launch lock, cancellations.
+"""The sweep directory, as the sweep layer writes it: the manifest, the launch lock, cancellations.
 
-    <out>/<sweep name>/
-        manifest.json   the runs (id, variant, overrides, params), every submission, attempts
-        .lock           held by the launch that is writing the manifest (local: while it runs)
-        cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
-        runs/<run_id>/  each run's own files (deconcnn.runlog)
-        slurm/          submitit's scripts and logs
-        check/ check.json probe.json collected/ report/ analysis/
-
-No torch and no Hydra here: status reads a sweep directory in a fraction of a second.
+Its files' names and the readers analysis shares: deconcnn.runlog.layout. No torch and no Hydra
+here: status reads a sweep directory in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -25,42 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import (
+    CANCEL_FILE,
+    CHECK_DIR,
+    CHECK_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    PROBE_FILE,
+    RUNS_DIR,
+    SLURM_DIR,
+    NotASweep,
+    read_cancellations,
+    read_manifest,
+)
 from deconcnn.sweep import processes
-from deconcnn.sweep.errors import SweepError
-
-DEFAULT_OUT = "results"  # parent of sweep directories
-MANIFEST_FILE = "manifest.json"
-LOCK_FILE = ".lock"
-CANCEL_FILE = "cancel.jsonl"
-RUNS_DIR = "runs"
-SLURM_DIR = "slurm"
-CHECK_DIR = "check"
-CHECK_FILE = "check.json"
-PROBE_FILE = "probe.json"
-COLLECTED_DIR = "collected"
-REPORT_DIR = "report"
-ANALYSIS_DIR = "analysis"
-
-
-#: A Hydra multirun directory (`deconcnn-train -m ...`): this file, and one directory per job
-#: holding `.hydra/overrides.yaml`.
-MULTIRUN_FILE = "multirun.yaml"
-HYDRA_DIR = ".hydra"
-HYDRA_OVERRIDES = "overrides.yaml"
-HYDRA_CONFIG = "config.yaml"
-
-
-def is_multirun(path: Path) -> bool:
-    """A Hydra multirun directory, and not a sweep directory (which has a manifest)."""
-    return (Path(path) / MULTIRUN_FILE).is_file() and not (Path(path) / MANIFEST_FILE).is_file()
-
-
-def multirun_jobs(path: Path) -> list[Path]:
-    """The job directories of a Hydra multirun directory, in job number order."""
-    return sorted(
-        (p for p in Path(path).iterdir() if (p / HYDRA_DIR / HYDRA_OVERRIDES).is_file()),
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
 
 
 class SweepLocked(SweepError):
@@ -69,10 +41,6 @@ class SweepLocked(SweepError):
 
 class SweepChanged(SweepError):
     """The sweep file no longer expands to the runs this sweep directory was launched with."""
-
-
-class NotASweep(SweepError):
-    """The directory holds no sweep (or its manifest is unreadable)."""
 
 
 @dataclass
@@ -118,20 +86,7 @@ class SweepDir:
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest, None when there is none yet; NotASweep when it is unreadable."""
-        if self.path.exists() and not self.path.is_dir():
-            raise NotASweep(f"{self.path} is a file, not a sweep directory")
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise NotASweep(
-                f"{self.manifest_path} is corrupt ({error}): restore it from a backup, or "
-                "launch the sweep file again under another --out"
-            ) from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
-            raise NotASweep(f"{self.manifest_path} is corrupt (no 'runs' mapping)")
-        return manifest
+        return read_manifest(self.path)
 
     def require_manifest(self) -> dict[str, Any]:
         manifest = self.read_manifest()
@@ -181,20 +136,7 @@ class SweepDir:
 
     def cancellations(self) -> dict[str, tuple[float, str]]:
         """Latest (time, by) of each cancelled run; damaged lines are skipped."""
-        out: dict[str, tuple[float, str]] = {}
-        try:
-            lines = self.cancel_path.read_text().splitlines()
-        except FileNotFoundError:
-            return out
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                for run_id in entry["runs"]:
-                    if run_id not in out or entry["time"] >= out[run_id][0]:
-                        out[run_id] = (float(entry["time"]), str(entry.get("by", "cancel")))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return out
+        return read_cancellations(self.path)
 
 
 def code_version() -> str:

@@ -23,7 +23,7 @@ from deconcnn.analysis.per_run import (
     predict,
     summarize_cells,
 )
-from deconcnn.sweep.state import STATES
+from deconcnn.runlog.states import STATES
 
 SPE = 352  # batches per epoch: 45k / 128
 STEPS = np.arange(50 * SPE)

@@ -11,6 +11,7 @@ import pytest
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runconfig import CONF_DIR
+from deconcnn.runlog.layout import CHECK_FILE
 from deconcnn.sweep.check import rules as chk
 from deconcnn.sweep.check.rules import (
     MEGABYTE,
@@ -29,7 +30,7 @@ from deconcnn.sweep.check.rules import (
 from deconcnn.sweep.check.runner import CheckResult, prepare_checks
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import LaunchError, require_check
-from deconcnn.sweep.sweepdir import CHECK_FILE, SweepDir, code_version
+from deconcnn.sweep.sweepdir import SweepDir, code_version
 from sweeps import LOCAL_SLURM, write_sweep
 
 REPO = CONF_DIR.parent

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import SchedulerState
-from deconcnn.sweep.state import RESUBMITTABLE, run_state
+from deconcnn.sweep.state import run_state
 
 NOW = time.time()
 SUBMISSION = {"id": "new", "time": NOW - 10, "executor": "slurm", "handle": "7_0"}

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog import schema
+from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.layout import PROBE_FILE
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.metrics_reader import MetricsReader
 from deconcnn.runlog.run_status import RUN_LOG, read_run_status
-from deconcnn.sweep.errors import SweepError
-from deconcnn.sweep.sweepdir import PROBE_FILE
 
 # ---------------------------------------------------------------- the experiment's schedule
 

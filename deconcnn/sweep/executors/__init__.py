@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.errors import SweepError
 
 LiveState = Literal["pending", "running", "ended", "unknown", "unreachable"]
 POLL_S = 2.0

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.errors import SweepError
 
 PROBE_VERSION = 1
 MEMORY_FRACTION = 0.85  # never choose a k whose memory exceeds this share of the device (or RAM)

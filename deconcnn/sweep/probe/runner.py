@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.layout import DEFAULT_OUT
 from deconcnn.runlog.run_status import RUN_LOG
 from deconcnn.sweep.executors import Command, Executor, Submission, resolve_executor, wait
 from deconcnn.sweep.probe.render import plot_probe
 from deconcnn.sweep.probe.rules import PROBE_VERSION, ProbeFailed, ProbeSettings, VariantSpec
-from deconcnn.sweep.sweepdir import DEFAULT_OUT
 
 MEASURE_MODULE = "deconcnn.sweep.probe.measure"
 PROBE_DIR = "probe"

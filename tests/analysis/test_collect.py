@@ -17,8 +17,8 @@ from fake_sweep import KINDS, LR, WD, make_sweep, run_id
 
 from deconcnn.analysis.collect import collect
 from deconcnn.analysis.sources import read_source
-from deconcnn.sweep.state import DEFAULT_VARIANT
-from deconcnn.sweep.sweepdir import NotASweep
+from deconcnn.runlog.layout import DEFAULT_VARIANT, NotASweep
+from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import status_of
 
 IDENTITY_COLUMNS = ("run_id", "variant", LR, WD, "seed", "status", "complete")
@@ -318,10 +318,43 @@ def test_an_identity_name_in_a_record_is_kept_as_logged(sweep):
     assert [(r["seed"], r["seed_logged"]) for r in train if r["step"] == 99] == [(0, 7)]
 
 
-def test_status_column_is_the_status_command_s_state(sweep, capsys):
+def test_a_finished_run_s_status_column_is_the_status_command_s_state(sweep, capsys):
     states = {r["run_id"]: r["state"] for r in status_of(sweep.path, capsys)["runs"]}
     runs = {r["run_id"]: r["status"] for r in _rows(collect(sweep.path, progress=False).files["runs"])}
     assert runs == states
+
+
+def test_collect_asks_no_scheduler_and_shows_the_states_the_files_record(tmp_path, monkeypatch):
+    running, failed = run_id("S-core", 0.1, 1e-3, 0), run_id("S-core", 0.2, 1e-3, 0)
+    lost, cancelled = run_id("S-adamw", 0.1, 1e-3, 0), run_id("S-adamw", 0.2, 1e-3, 0)
+    fake = make_sweep(tmp_path / "s", running=[running, cancelled], failed=[failed], lost=[lost], missing=[MISSING])
+    sd = SweepDir(fake.path)
+    manifest = sd.require_manifest()
+    for entry in manifest["runs"].values():  # every run on SLURM: asking the scheduler would run squeue/sacct
+        for submission in entry["submissions"]:
+            submission.update(executor="slurm", handle="4242_0", job_id="4242_0")
+    sd.write_manifest(manifest)
+    sd.record_cancel([cancelled], by="a test")
+    bin_dir, asked = tmp_path / "bin", tmp_path / "asked"
+    bin_dir.mkdir()
+    for tool in ("squeue", "sacct", "scontrol", "sinfo"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} >> {asked}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    runs = {r["run_id"]: r for r in _rows(collect(fake.path, progress=False).files["runs"])}
+    assert not asked.exists()
+    states = {rid: r["status"] for rid, r in runs.items()}
+    assert (states[running], states[failed], states[lost], states[cancelled], states[MISSING]) == (
+        "running",
+        "failed",
+        "pending",
+        "cancelled",
+        "missing",
+    )
+    assert "deconcnn-sweep status" in runs[lost]["reason"] and "deconcnn-sweep status" in runs[running]["reason"]
+    assert runs[cancelled]["reason"] == "cancelled by a test"
+    assert {s for rid, s in states.items() if rid not in (running, failed, lost, cancelled, MISSING)} == {"completed"}
 
 
 def test_a_hydra_multirun_directory_is_a_sweep(tmp_path):

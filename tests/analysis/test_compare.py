@@ -14,7 +14,7 @@ from deconcnn.analysis.plots import Layout, read_series, train_bins
 from deconcnn.analysis.report import PLOTS, load_runs, report
 from deconcnn.analysis.sources import SWEEP_COLUMN, run_key
 from deconcnn.cli import run as sweep_cli
-from deconcnn.sweep.errors import SweepError
+from deconcnn.runlog.errors import SweepError
 
 SHARED = run_id("S-core", 0.1, 1e-3, 0)  # in "small" and "rerun": the same grid point, run again
 
