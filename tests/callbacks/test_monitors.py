@@ -97,6 +97,8 @@ def test_noise_records_after_epochs_2_and_4_of_a_5_epoch_run(tmp_path):
     # after epoch 2 only 8 losses (< min_points=10): loss-noise values null, with the reason
     assert first["resid_power"] is None and first["psd_tail"] is None
     assert "only 8 losses" in first["reason"]
+    # after epoch 4, 16 losses: every value resolved, and no reason
+    assert second["reason"] is None and math.isfinite(second["noise_scale"])
     for key in ("resid_power", "psd_tail", "psd_tail_ratio", "psd_total"):
         assert math.isfinite(second[key]) and second[key] >= 0, key
     assert second["psd_band_lo"] == pytest.approx(0.375) and second["psd_band_hi"] == 0.5
