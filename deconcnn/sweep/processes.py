@@ -1,8 +1,4 @@
-"""Processes on this machine, by pid and start time: a pid alone is recycled, the pair is not.
-
-No psutil: /proc has all of it (Linux, where the clusters are). Where /proc is missing a live pid
-reads as started at 0 (alive, start unknown).
-"""
+"""Processes on this machine, by pid and start time: a pid alone is recycled, the pair is not."""
 
 from __future__ import annotations
 
@@ -11,33 +7,26 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
+import psutil
+
 HOST = socket.gethostname()
-START_SLACK_S = 2.0  # /proc's boot time has whole seconds
+START_SLACK_S = 2.0  # the kernel's boot time, which start times count from, has whole seconds
 
 
 def start_time(pid: int) -> float | None:
-    """When a live process started (epoch seconds), None when there is no such live process."""
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0
+    """When a live process started (epoch seconds), None when there is no such live process (a
+    zombie, dead but not yet reaped, is none); 0.0 when it lives but its start cannot be read."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(
-            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
-        )
-    except (OSError, IndexError, StopIteration, ValueError):
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.NoSuchProcess:  # ZombieProcess too
         return None
-    if fields[0] in ("Z", "X"):  # a zombie: dead, not yet reaped by whatever started it
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+    except psutil.AccessDenied:
+        return 0.0
 
 
 def identity(pid: int | None = None) -> dict[str, Any]:

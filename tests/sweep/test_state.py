@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -159,3 +160,16 @@ def test_a_recycled_pid_is_not_the_run_s_process():
     assert processes.alive(ident) is False
     assert processes.alive({**ident, "host": "elsewhere"}) is None
     assert processes.alive(processes.identity()) is True
+
+
+def test_a_process_that_exited_is_not_alive_even_unreaped():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    ident = processes.identity(child.pid)
+    assert abs(ident["pid_start"] - time.time()) < 60 and processes.alive(ident) is True
+    child.stdin.close()  # it exits; until it is waited for it is a zombie
+    deadline = time.monotonic() + 30
+    while processes.alive(ident) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes.alive(ident) is False and processes.start_time(child.pid) is None
+    child.wait()
+    assert processes.alive(ident) is False
