@@ -12,7 +12,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from deconcnn.sweep.executors import STOP_GRACE_S
 
 if TYPE_CHECKING:
     from deconcnn.sweep.launch import LaunchResult
+    from deconcnn.sweep.state import RunState
 
 EXIT_USAGE = 2
 #: --watch floors: each refresh of a SLURM sweep asks squeue and sacct (a load on the cluster's
@@ -331,11 +332,26 @@ def watch_interval(requested: float, executor: str) -> float:
     return max(WATCH_MIN_S[executor], requested)
 
 
+def follow(
+    sweep_dir: Path, states: list[RunState], interval: float, sleep: Callable[[float], object] = time.sleep
+) -> Iterator[list[RunState]]:
+    """The states `status --watch` shows, one list per refresh: the first, then a fresh one every
+    `interval` seconds; the last one yielded is the first in which every run is final."""
+    from deconcnn.sweep.status import all_final, current_states
+
+    while True:
+        yield states
+        if all_final(states):
+            return
+        sleep(interval)
+        states = current_states(sweep_dir)
+
+
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.live import Live
 
-    from deconcnn.sweep.state import RunState
-    from deconcnn.sweep.status import all_final, current_states, executor_of, render, status_json
+    from deconcnn.sweep.status import current_states, executor_of, render, status_json
 
     console = Console()
 
@@ -356,15 +372,15 @@ def _status(args: argparse.Namespace) -> int:
             "squeue and sacct)",
             file=sys.stderr,
         )
-    while True:
-        if console.is_terminal and not args.json:
-            console.clear()
-        show(states)
-        if all_final(states):
-            print("status: every run is final", file=sys.stderr)
-            return 0
-        time.sleep(interval)
-        states = current_states(args.sweep_dir)
+    if args.json or not console.is_terminal:  # a pipe or a file gets every refresh, one after another
+        for refreshed in follow(args.sweep_dir, states, interval):
+            show(refreshed)
+    else:  # a terminal: one table, redrawn in place (all of it, also when taller than the screen)
+        with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
+            for refreshed in follow(args.sweep_dir, states, interval):
+                live.update(render(args.sweep_dir, refreshed), refresh=True)
+    print("status: every run is final", file=sys.stderr)
+    return 0
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@ import json
 from fake_sweep import make_sweep, run_id
 
 from deconcnn.analysis.report import report
+from deconcnn.cli import follow, watch_interval
 from deconcnn.cli import run as sweep_cli
-from deconcnn.cli import watch_interval
+from deconcnn.sweep.status import current_states
 
 FAILED = run_id("S-core", 0.1, 1e-3, 0)
 RUNNING = run_id("S-adamw", 0.2, 1e-3, 1)
@@ -50,6 +51,30 @@ def test_watch_ends_at_once_on_a_final_sweep_with_one_json_document_per_refresh(
     lines = captured.out.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["final"] is True
     assert "every run is final" in captured.err
+
+
+def test_watch_follows_a_sweep_until_every_run_is_final(tmp_path):
+    running = run_id("S-core", 0.1, 1e-3, 0)
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0, 1), running=[running])
+    slept = []
+
+    def sleep(seconds):  # between refreshes, the running run finishes
+        slept.append(seconds)
+        run_json = sw.path / "runs" / running / "run.json"
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "completed"}))
+
+    seen = [{s.run_id: s.state for s in states} for states in follow(sw.path, current_states(sw.path), 7.0, sleep)]
+    assert [states[running] for states in seen] == ["running", "completed"] and slept == [7.0]
+
+
+def test_watch_on_a_terminal_redraws_one_live_table(tmp_path, capsys, monkeypatch):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), failed=[FAILED])
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stdout is a terminal
+    capsys.readouterr()
+    assert sweep_cli(["status", str(sw.path), "--watch", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b[?25l" in captured.out  # rich.live hides the cursor while it draws
+    assert "failed runs" in captured.out and "every run is final" in captured.err
 
 
 def test_status_links_the_report_once_there_is_one(tmp_path, capsys, monkeypatch):
