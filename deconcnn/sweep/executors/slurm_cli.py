@@ -134,6 +134,11 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     task. Keys are the ids as sacct prints them: asking for an array task by its raw job id
     (``'125'`` for task ``'123_2'``) gives the key ``'123_2'``. An id that sacct does not know yet
     (it lags squeue by a few seconds) is absent.
+
+    Not submitit's SlurmInfoWatcher: its sacct call has no timeout (a slow slurmdbd would hang
+    `status`), it caches per watcher object (status is a fresh process each refresh) and its
+    `read_job_id` drops a pending range with a step (`123_[0-6:3]`), whose tasks would then read as
+    lost; squeue's ids need the same expansion (`expand_array_id`).
     """
     ids = list(dict.fromkeys(str(j) for j in job_ids))
     if not ids:
