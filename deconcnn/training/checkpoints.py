@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning_fabric.utilities.types import _PATH
 
 from deconcnn.runlog.atomic import TMP_SUFFIX, write_bytes_atomic
 from deconcnn.runlog.metrics_log import METRICS_LOG_STATE
@@ -40,7 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     last_saved_path: Path | None = None
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
