@@ -563,50 +563,15 @@ def collect(
     cache_root.mkdir(parents=True, exist_ok=True)
     res = CollectResult(source.path, out_dir, fmt, source.name, runs_total=len(runs), source=source)
     res.runs_missing = [r.run_id for r in runs if r.run_dir is None]
-
-    # Drop cache entries of runs that no longer exist.
-    present = {r.run_id for r in runs if r.run_dir is not None}
-    for d in cache_root.iterdir():
-        if d.is_dir() and d.name not in present:
-            shutil.rmtree(d, ignore_errors=True)
-
-    summaries: dict[str, dict[str, Any]] = {}
-    todo: list[RunInfo] = []
-    for r in runs:
-        if r.run_dir is None:
-            continue
-        s = None if force else _cached_summary(r.run_dir, cache_root / r.run_id)
-        if s is None:
-            todo.append(r)
-        else:
-            s["from_cache"] = True
-            summaries[r.run_id] = s
-            res.runs_cached.append(r.run_id)
+    summaries, todo = _from_cache(runs, cache_root, force)
+    res.runs_cached = [r.run_id for r in runs if r.run_id in summaries]
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"read {source.name}", total=len(todo))
-        if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = {
-                    pool.submit(_process_run, r.run_id, str(r.run_dir), str(cache_root / r.run_id)): r for r in todo
-                }
-                for fut in as_completed(futs):
-                    summaries[futs[fut].run_id] = fut.result()
-                    bar.advance(task)
-        else:
-            for r in todo:
-                summaries[r.run_id] = _process_run(r.run_id, str(r.run_dir), str(cache_root / r.run_id))
-                bar.advance(task)
+        summaries.update(_parse_runs(todo, cache_root, workers, lambda: bar.advance(task)))
         res.runs_read = [r.run_id for r in todo]
-
-        for r in runs:
-            res.status_counts[r.state] = res.status_counts.get(r.state, 0) + 1
-            s = summaries.get(r.run_id)
-            if s is not None and s["n_bad_lines"]:
-                res.bad_lines[r.run_id] = s["n_bad_lines"]
-            if s is not None and s["truncated_tail"]:
-                res.truncated.append(r.run_id)
+        _tally(res, runs, summaries)
 
         # Which kinds exist, and the key that says whether the tables need rebuilding.
         kinds = list(schema.KINDS)
@@ -615,23 +580,7 @@ def collect(
         ext = "parquet" if fmt == "parquet" else "csv"
         res.files = {k: out_dir / f"{k}.{ext}" for k in kinds}
         res.files["runs"] = out_dir / f"runs.{ext}"
-        state = [
-            fmt,
-            CACHE_VERSION,
-            kinds,
-            [str(t) for _, t in identity],
-            [
-                (
-                    _identity_values(r, identity),
-                    r.reason,
-                    r.in_manifest,
-                    r.overrides,
-                    summaries[r.run_id]["key"] if r.run_id in summaries else None,
-                )
-                for r in runs
-            ],
-        ]
-        digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+        digest = _tables_digest(fmt, kinds, identity, runs, summaries)
         record_path = cache_root / f"assembled.{fmt}.json"
         try:
             prev = json.loads(record_path.read_text())
@@ -662,3 +611,81 @@ def collect(
             )
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _from_cache(runs: list[RunInfo], cache_root: Path, force: bool) -> tuple[dict[str, dict[str, Any]], list[RunInfo]]:
+    """(summaries of the runs whose cache is current, the runs to parse); drops the cache of runs
+    that no longer exist."""
+    present = {r.run_id for r in runs if r.run_dir is not None}
+    for d in cache_root.iterdir():
+        if d.is_dir() and d.name not in present:
+            shutil.rmtree(d, ignore_errors=True)
+    summaries: dict[str, dict[str, Any]] = {}
+    todo: list[RunInfo] = []
+    for r in runs:
+        if r.run_dir is None:
+            continue
+        s = None if force else _cached_summary(r.run_dir, cache_root / r.run_id)
+        if s is None:
+            todo.append(r)
+        else:
+            s["from_cache"] = True
+            summaries[r.run_id] = s
+    return summaries, todo
+
+
+def _parse_runs(
+    todo: list[RunInfo], cache_root: Path, workers: int, advance: Callable[[], None]
+) -> dict[str, dict[str, Any]]:
+    """Parse each run into its cache pieces (in `workers` processes when > 1); their summaries."""
+    summaries: dict[str, dict[str, Any]] = {}
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futs = {pool.submit(_process_run, r.run_id, str(r.run_dir), str(cache_root / r.run_id)): r for r in todo}
+            for fut in as_completed(futs):
+                summaries[futs[fut].run_id] = fut.result()
+                advance()
+    else:
+        for r in todo:
+            summaries[r.run_id] = _process_run(r.run_id, str(r.run_dir), str(cache_root / r.run_id))
+            advance()
+    return summaries
+
+
+def _tally(res: CollectResult, runs: list[RunInfo], summaries: dict[str, dict[str, Any]]) -> None:
+    """The result's counts: runs by state, unreadable lines and cut-off last lines by run."""
+    for r in runs:
+        res.status_counts[r.state] = res.status_counts.get(r.state, 0) + 1
+        s = summaries.get(r.run_id)
+        if s is not None and s["n_bad_lines"]:
+            res.bad_lines[r.run_id] = s["n_bad_lines"]
+        if s is not None and s["truncated_tail"]:
+            res.truncated.append(r.run_id)
+
+
+def _tables_digest(
+    fmt: str,
+    kinds: list[str],
+    identity: list[tuple[str, pa.DataType]],
+    runs: list[RunInfo],
+    summaries: dict[str, dict[str, Any]],
+) -> str:
+    """What the tables are made of (format, kinds, identity and state of every run, every piece's
+    file key): equal digests, equal tables."""
+    state = [
+        fmt,
+        CACHE_VERSION,
+        kinds,
+        [str(t) for _, t in identity],
+        [
+            (
+                _identity_values(r, identity),
+                r.reason,
+                r.in_manifest,
+                r.overrides,
+                summaries[r.run_id]["key"] if r.run_id in summaries else None,
+            )
+            for r in runs
+        ],
+    ]
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
