@@ -240,9 +240,6 @@ def analyze(
     write_report: bool = True,
 ) -> AnalyzeResult:
     """Collect, analyse every run and the sweep, write the tables, plots and report section."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from deconcnn.analysis.analysis_plots import write_plots
     from deconcnn.analysis.report import report
 
@@ -266,29 +263,8 @@ def analyze(
         }
         for r in source.runs
     }
-    analysed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     todo = [rid for rid in identity if rid in curves and len(curves[rid].steps)]
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
-        task = bar.add_task("fit runs", total=len(todo))
-        n_workers = max(1, workers or os.cpu_count() or 1)
-        if n_workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
-                for rid, out_run, scan in pool.map(
-                    _one_run,
-                    todo,
-                    [curves[r] for r in todo],
-                    [spe[r] for r in todo],
-                    [n_boot] * len(todo),
-                    [seed] * len(todo),
-                ):
-                    analysed[rid] = (out_run, scan)
-                    bar.advance(task)
-        else:
-            for rid in todo:
-                _, out_run, scan = _one_run(rid, curves[rid], spe[rid], n_boot, seed)
-                analysed[rid] = (out_run, scan)
-                bar.advance(task)
+    analysed = _fit_runs(todo, curves, spe, n_boot, seed, workers, progress)
     result.analysed = len(analysed)
 
     group_keys = ["variant", *[a for a in source.axes if a.rsplit(".", 1)[-1] != "seed"]]
@@ -353,6 +329,44 @@ def analyze(
         report(source.path, collected=res.out_dir, result=res)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _fit_runs(
+    todo: list[str],
+    curves: dict[str, RunData],
+    spe: dict[str, float],
+    n_boot: int,
+    seed: int,
+    workers: int | None,
+    progress: bool,
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each run's analysis and window scan (`_one_run`), in `workers` processes (default: one per CPU)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    analysed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
+        task = bar.add_task("fit runs", total=len(todo))
+        n_workers = max(1, workers or os.cpu_count() or 1)
+        if n_workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                for rid, out_run, scan in pool.map(
+                    _one_run,
+                    todo,
+                    [curves[r] for r in todo],
+                    [spe[r] for r in todo],
+                    [n_boot] * len(todo),
+                    [seed] * len(todo),
+                ):
+                    analysed[rid] = (out_run, scan)
+                    bar.advance(task)
+        else:
+            for rid in todo:
+                _, out_run, scan = _one_run(rid, curves[rid], spe[rid], n_boot, seed)
+                analysed[rid] = (out_run, scan)
+                bar.advance(task)
+    return analysed
 
 
 def identity_columns(source: Any) -> list[str]:
