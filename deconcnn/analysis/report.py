@@ -60,6 +60,7 @@ from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import ANALYSIS_DIR, REPORT_DIR
 from deconcnn.runlog.run_status import SYNTHETIC_DATA
 from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
+from deconcnn.runlog.states import STATES
 
 __all__ = ["INDEX_FILES", "PLOTS", "report"]
 
@@ -74,7 +75,8 @@ PLOTS = {
 INDEX_FILES = ("index.md", "index.html")
 #: Written by `analyze` (analysis/) and linked from the index when present.
 ANALYSIS_SECTION = "section.md"
-_STATUS_ORDER = ("completed", "running", "pending", "diverged", "failed", "cancelled", "lost", "missing", "unknown")
+_FIRST = ("completed", "running", "pending")  # the report lists these first, then the rest in STATES order
+_STATUS_ORDER = (*_FIRST, *(s for s in STATES if s not in _FIRST))
 
 
 class ReportError(SweepError):
