@@ -211,7 +211,7 @@ def multirun_states(path: Path) -> list[RunState]:
 
 def poll_submissions(manifest: dict[str, Any]) -> dict[str, SchedulerState]:
     """The executor's answer for the handle of every run's last submission: one squeue and one
-    sacct call for all SLURM tasks, /proc for local launches."""
+    sacct call for all SLURM tasks, a process check (psutil) for local launches."""
     handles: dict[str, list[str]] = {"local": [], "slurm": []}
     for entry in manifest["runs"].values():
         submission = last_submission(entry)
