@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -279,7 +280,7 @@ def _launch(args: argparse.Namespace) -> int:
             on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
             on_submitted=lambda result: print_notes(),
         )
-        print_result(result, arrays=False)
+        print_result(result, arrays=False, relaunch=args.command_line)
         return 0
     with local_progress() as progress:
 
@@ -289,18 +290,25 @@ def _launch(args: argparse.Namespace) -> int:
                 progress.submitted(result)
 
         result = start(on_run_done=progress.run_done, on_submitted=submitted, on_poll=progress.polled)
-    print_result(result)
+    print_result(result, relaunch=args.command_line)
     if result.executor == "local" and result.submitted:
         print(progress.summary())
     return 0
 
 
-def print_result(result: LaunchResult, arrays: bool = True) -> None:
+def print_result(result: LaunchResult, arrays: bool = True, relaunch: str = "deconcnn-sweep launch ...") -> None:
     """What a launch did: runs submitted and skipped, SLURM's jobs (each array's layout), where the sweep is."""
     from deconcnn.sweep.progress import slurm_lines
 
+    for note in result.notes:
+        print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
+    if result.deferred:
+        print(
+            f"wave: {len(result.deferred)} more runs wait for room under the site's job limit ({result.limit}); "
+            f"run the same launch again when jobs have ended to submit the next wave: {relaunch}"
+        )
     if result.executor == "slurm" and result.submitted:
         if arrays:
             for line in slurm_lines(result):
@@ -486,6 +494,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
     if overrides:
         args.overrides = [*args.overrides, *overrides]
+    args.command_line = shlex.join([parser.prog, *(sys.argv[1:] if argv is None else argv)])
     try:
         return COMMANDS[args.command](args)
     except SweepError as error:
