@@ -238,6 +238,7 @@ def _launch(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         config_dirs=args.config_dir,
         import_targets=True,
+        relaunch=not args.dry_run,  # a relaunch validates only the runs it submits
     )
 
     def print_notes() -> None:  # only once the launch is accepted: a refusal is one line

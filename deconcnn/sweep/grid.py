@@ -322,6 +322,13 @@ class LaunchPlan:
     runs: list[RunSpec]
     sweep_dir: SweepDir
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
+    import_targets: bool = False
+    validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
+
+    def validate(self, runs: Sequence[RunSpec]) -> None:
+        """Compose and check these runs' configs (validate_runs) and note the data they train on."""
+        self.notes = data_notes(self.sweep, runs, validate_runs(runs, import_targets=self.import_targets))
+        self.validated = True
 
     def dry_run_rows(self) -> list[dict[str, Any]]:
         return [
@@ -358,8 +365,11 @@ def plan(
     overrides: Sequence[str] = (),
     config_dirs: Sequence[str | Path] = (),
     import_targets: bool = False,
+    relaunch: bool = False,
 ) -> LaunchPlan:
-    """Expand and validate every run; raises SweepFileError before anything is written.
+    """Expand and validate every run; raises SweepFileError before anything is written. With
+    `relaunch`, a sweep already launched (its directory has a manifest) is only expanded: the
+    launch validates the runs it submits (a relaunch of 5% of a sweep composes 5% of its configs).
 
     Command-line overrides for the launcher (`hydra.launcher.x=`, `+hydra.launcher.x=`,
     `hydra/launcher=`) go to the launcher, every other one to every run; `config_dirs` join every
@@ -376,5 +386,9 @@ def plan(
         runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
         if not runs:
             raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
-    notes = data_notes(sweep, runs, validate_runs(runs, import_targets=import_targets))
-    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), notes)
+    launch_plan = LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), import_targets=import_targets)
+    if relaunch and launch_plan.sweep_dir.exists():
+        launch_plan.validated = False
+    else:
+        launch_plan.validate(runs)
+    return launch_plan

@@ -4,15 +4,15 @@ Idempotent: run ids and directories are derived from the sweep file, never from 
 relaunch keeps completed and diverged runs, leaves pending and running ones alone, and resubmits
 failed, cancelled, lost and missing ones (deconcnn.sweep.state), with their attempt count kept.
 
-Everything that can be refused is refused before anything is written or submitted: the sweep
-file and every run's config, the options, the launcher settings and whether the cluster can ever
-run one task. A SLURM launch queues no more tasks than the site's job limits leave room for now
-(MaxSubmitJobs, MaxJobCount): the rest wait, as missing runs, for the next launch (a wave), and
-with no room at all the launch is refused with the numbers. What it queues is journaled before
-sbatch is called (deconcnn.sweep.journal); a launch reconciles the journal of an interrupted one
-first. A local launch runs its packs here and waits; Ctrl-C or SIGTERM stops them (SIGTERM
-to each run's process group, SIGKILL after the grace period), records them as cancelled and ends
-with 130 / 143.
+Everything that can be refused is refused before anything is submitted: the sweep file and the
+config of every run (a relaunch composes only the runs it submits), the options, the launcher
+settings and whether the cluster can ever run one task. A SLURM launch queues no more tasks than
+the site's job limits leave room for now (MaxSubmitJobs, MaxJobCount): the rest wait, as missing
+runs, for the next launch (a wave), and with no room at all the launch is refused with the
+numbers. What it queues is journaled before sbatch is called (deconcnn.sweep.journal); a launch
+reconciles the journal of an interrupted one first. A local launch runs its packs here and waits;
+Ctrl-C or SIGTERM stops them (SIGTERM to each run's process group, SIGKILL after the grace
+period), records them as cancelled and ends with 130 / 143.
 """
 
 from __future__ import annotations
@@ -319,6 +319,8 @@ def _launch_locked(
         # Fewest attempts first: when job limits cut a launch into waves, the runs a wave left
         # waiting go before retries of failed ones.
         todo.sort(key=lambda r: manifest["runs"][r.run_id]["attempts"])
+        if not launch_plan.validated:  # only what is submitted: the rest was validated when it was
+            launch_plan.validate(todo)
         for state in states.values():
             if state not in RESUBMITTABLE:
                 result.skipped[state] = result.skipped.get(state, 0) + 1

@@ -18,6 +18,8 @@ from pathlib import Path
 import fake_slurm
 import pytest
 
+from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.sweep import grid
 from deconcnn.sweep.executors import slurm_cli
 from deconcnn.sweep.executors.slurm import poll_handles
 from deconcnn.sweep.sweepdir import SweepDir
@@ -184,3 +186,29 @@ def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp
     assert recorded_handles(sweep_dir) == queued_handles(root) and len(queued_handles(root)) == 6
     manifest = manifest_of(sweep_dir)
     assert all(entry["attempts"] == 1 for entry in manifest["runs"].values())
+
+
+def test_a_relaunch_validates_only_the_runs_it_submits(fake, tmp_path: Path, capsys, monkeypatch) -> None:
+    root = fake()
+    sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,6)")
+    sweep_dir = SweepDir(tmp_path / "out" / "tiny")
+    validated: list[str] = []
+    real = grid.validate_runs
+
+    def recording(runs, **kwargs):
+        runs = list(runs)
+        validated.extend(r.run_id for r in runs)
+        return real(runs, **kwargs)
+
+    monkeypatch.setattr(grid, "validate_runs", recording)
+    assert slurm_launch(sweep_file, tmp_path / "out") == 0
+    assert len(validated) == 6  # a first launch: every run
+    fake_slurm.end_all(root)
+    for seed in range(5):
+        sweep_dir.run_dir(f"S-core_s{seed}").mkdir(parents=True)
+        write_json_atomic(sweep_dir.run_dir(f"S-core_s{seed}") / "run.json", {"status": "completed"})
+    validated.clear()
+    capsys.readouterr()
+    assert slurm_launch(sweep_file, tmp_path / "out") == 0
+    assert "1 runs submitted, skipped: 5 completed" in capsys.readouterr().out
+    assert validated == ["S-core_s5"]
