@@ -59,8 +59,9 @@ DEFAULT_TIMEOUT_S = 30.0
 ARG_BYTES = 32 * 1024
 
 
-def id_chunks(ids: Iterable[str], budget: int = ARG_BYTES) -> list[list[str]]:
-    """`ids` in order, cut into lists whose comma-joined text stays within `budget` bytes."""
+def id_chunks(ids: Iterable[str], budget: int | None = None) -> list[list[str]]:
+    """`ids` in order, cut into lists whose comma-joined text stays within `budget` (ARG_BYTES) bytes."""
+    budget = budget or ARG_BYTES
     chunks: list[list[str]] = []
     size = budget + 1
     for job_id in ids:
