@@ -113,7 +113,8 @@ def reconcile(
                 if jobs[1:]:  # each name is sbatch'ed once; a duplicate would run the same packs twice
                     scancel(*jobs[1:])
     packs = [
-        (f"{accepted[i]}_{task}", runs)
+        # submitit submits a batch of one pack as a plain job, not an array of one task
+        (f"{accepted[i]}_{task}" if len(array["packs"]) > 1 else accepted[i], runs)
         for i, array in enumerate(plan["arrays"])
         if i in accepted
         for task, runs in enumerate(array["packs"])

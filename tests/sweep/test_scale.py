@@ -20,8 +20,10 @@ import pytest
 
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.sweep import grid
-from deconcnn.sweep.executors import slurm_cli
+from deconcnn.sweep.executors import Submission, slurm_cli
 from deconcnn.sweep.executors.slurm import poll_handles
+from deconcnn.sweep.journal import Journal, array_name, reconcile
+from deconcnn.sweep.launch import record_submission
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import LOCAL_SLURM, slurm_launch, status_of, write_sweep
 
@@ -212,3 +214,33 @@ def test_a_relaunch_validates_only_the_runs_it_submits(fake, tmp_path: Path, cap
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert "1 runs submitted, skipped: 5 completed" in capsys.readouterr().out
     assert validated == ["S-core_s5"]
+
+
+def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fake, tmp_path: Path) -> None:
+    root = fake()
+    submission = Submission("abc123", "deconcnn-x", submitted_at=1.0)
+    journal = Journal(tmp_path / "submitting.jsonl", submission, {"id": "abc123", "executor": "slurm"})
+    journal.begin([[["a", "b"], ["c"]], [["d"]]])
+    # sbatch took both; the launch died before writing either id down.
+    fake_slurm.queue(root, {"500": 2})
+    data = fake_slurm._load(root)
+    data["jobs"]["500"]["name"] = array_name(submission, 0)
+    plain = {"name": array_name(submission, 1), "tasks": 1, "array": False, "default": "PENDING", "states": {}}
+    data["jobs"]["501"] = plain
+    fake_slurm._save(root, data)
+    manifest: dict = {"runs": {r: {"attempts": 0, "submissions": []} for r in "abcd"}, "submissions": []}
+    written = []
+    line = reconcile(
+        journal.path,
+        manifest,
+        lambda record, sub, packs: record_submission(manifest, record, sub, packs, lambda h: None),
+        written.append,
+    )
+    assert line and "3 tasks of 3 were queued and are now recorded (arrays 500, 501)" in line
+    handles = {r: e["submissions"][0]["handle"] for r, e in manifest["runs"].items()}
+    assert handles == {"a": "500_0", "b": "500_0", "c": "500_1", "d": "501"}
+    assert written == [manifest] and not journal.path.exists()
+    # A journal whose submission the manifest records already is only removed.
+    journal.begin([[["a"]]])
+    assert reconcile(journal.path, manifest, lambda *a: None, written.append) is None
+    assert not journal.path.exists() and len(written) == 1

@@ -124,7 +124,7 @@ class SlurmExecutor(Executor):
             slurm_cli.scancel(*handles)
 
     def describe(self, handles: Sequence[str]) -> dict[str, Any]:
-        return {"array_job_ids": sorted({h.split("_")[0] for h in handles}), "sbatch_calls": self._sbatch_calls}
+        return {"array_job_ids": slurm_cli.array_ids(handles), "sbatch_calls": self._sbatch_calls}
 
     def log_of(self, handle: str) -> str | None:
         return task_log(self.folder, handle)
