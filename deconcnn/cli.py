@@ -345,6 +345,7 @@ def _status(args: argparse.Namespace) -> int:
 
     from deconcnn.sweep.state import RunState
     from deconcnn.sweep.status import all_final, current_states, executor_of, render, status_json
+    from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
 
@@ -354,6 +355,13 @@ def _status(args: argparse.Namespace) -> int:
         else:
             console.print(render(args.sweep_dir, states))
 
+    journal = SweepDir(args.sweep_dir).journal_path
+    if journal.exists():
+        print(
+            f"deconcnn-sweep: note: {journal}: a launch is submitting, or was killed while it did; the next "
+            "launch of this sweep records what it queued",
+            file=sys.stderr,
+        )
     states = current_states(args.sweep_dir)
     if args.watch is None:
         show(states)

@@ -18,6 +18,7 @@ from pathlib import Path
 import fake_slurm
 import pytest
 
+from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.sweep import grid
 from deconcnn.sweep.executors import Submission, slurm_cli
@@ -177,6 +178,9 @@ def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp
     assert journal.exists() and not (sweep_dir / "manifest.json").exists()
     assert len(journal.read_text().splitlines()) == 2  # the plan, and array 0's job id only
     assert len(queued_handles(root)) == 4
+    capsys.readouterr()
+    assert sweep_cli(["status", str(sweep_dir)]) == 2  # no manifest yet: "launch it first"
+    assert "a launch is submitting, or was killed while it did" in capsys.readouterr().err
     # The next launch records both arrays (the second found by its job name) and queues only the rest.
     fake_slurm.configure(root, kill_launcher_after=None)
     capsys.readouterr()
