@@ -4,7 +4,7 @@
 |-------------------------------------|------------------------------------------|----------------------|----------|
 | run.json completed / diverged       | -                                        | completed / diverged | keep     |
 | run.json completed, log missing/cut | -                                        | as run.json failed   | resubmit |
-| run.json unreadable                 | -                                        | the table without it (3) | by that |
+| run.json unreadable                 | -                                        | see (3)              | see (3)  |
 | never submitted                     | -                                        | missing              | submit   |
 | cancelled (cancel.jsonl) since      | no process of this submission alive      | cancelled            | resubmit |
 | process.json: this submission, live | -                                        | running              | leave    |
@@ -18,8 +18,8 @@
 | nothing final                       | unknown to the scheduler, no live launch | lost                 | resubmit |
 
 (1) pending until its process starts. (2) with the SLURM state as its error; cancelled for CANCELLED.
-(3) none of it is trusted, not even whose attempt it was: the state is what the other files and the
-executor prove, and where that is failed or lost it is failed with "run.json unreadable: ...".
+(3) none of it is trusted, not even whose attempt it was: the state is the table's without it, and
+where that is failed or lost it is failed with "run.json unreadable: ..." (resubmit).
 
 "This submission": run.json and process.json carry the id of the submission that started them
 (DECONCNN_SUBMISSION_ID), so a previous attempt's files never speak for a newer submission. A
