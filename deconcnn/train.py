@@ -131,7 +131,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path)
         per_batch = any(isinstance(callback, LossSlopeLogger) for callback in trainer.callbacks)  # type: ignore[attr-defined]
-        log_bytes = verified_log(status.run_dir.path, trainer.global_step, per_batch)
+        log_bytes = verified_log(
+            status.run_dir.path, trainer.global_step, per_batch, repeats=trainer.accumulate_grad_batches > 1
+        )
         status.run_dir.check()
     except TrainingDiverged as diverged:
         status.finish("diverged", diverged.step, diverged_step=diverged.step)
@@ -152,12 +154,12 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
     return "completed"
 
 
-def verified_log(run_dir: Path, steps: int, per_batch: bool) -> int:
+def verified_log(run_dir: Path, steps: int, per_batch: bool, repeats: bool = False) -> int:
     """The metric log's size once it holds every one of the run's `steps` training steps once
-    (`per_batch`: the run logs every batch); RunFilesLost when it does not (the run is then failed,
-    and a relaunch trains it again)."""
+    (`per_batch`: the run logs every batch; `repeats`: once or more, every batch of an accumulated
+    step); RunFilesLost when it does not (the run is then failed, and a relaunch trains it again)."""
     log = run_dir / METRICS_FILE
-    problem = verify_train_steps(log, steps, required=per_batch)
+    problem = verify_train_steps(log, steps, required=per_batch, repeats=repeats)
     if problem:
         raise RunFilesLost(f"training ended, but {problem}")
     return log.stat().st_size if log.is_file() else 0

@@ -102,10 +102,13 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return (json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False) + "\n").encode()
 
 
-def verify_train_steps(path: Path, steps: int, *, required: bool = True, limit: int | None = None) -> str | None:
+def verify_train_steps(
+    path: Path, steps: int, *, required: bool = True, limit: int | None = None, repeats: bool = False
+) -> str | None:
     """Why the log at `path` (its first `limit` bytes) does not hold training steps 0 .. steps-1
     exactly once; None when it does. `required=False`: a log without any `train` record passes (a
-    run without a per-batch logger has none to count). Only `train` lines are parsed: it is read
+    run without a per-batch logger has none to count). `repeats`: a step may have several records
+    (gradient accumulation logs every batch of a step). Only `train` lines are parsed: it is read
     when a run ends and when it resumes."""
     seen: set[int] = set()
     twice: list[int] = []
@@ -122,7 +125,7 @@ def verify_train_steps(path: Path, steps: int, *, required: bool = True, limit: 
             step = json.loads(line)["step"]
         except (ValueError, KeyError, TypeError):
             return f"{path.name} holds a damaged training record"
-        if step in seen:
+        if step in seen and not repeats:
             twice.append(step)
         seen.add(step)
     if not seen and not required:

@@ -78,6 +78,7 @@ def test_every_training_step_once_is_what_completes_a_run(tmp_path):
     assert verify_train_steps(train_log(tmp_path, [0, 1, 2, 3]), 4) is None
     assert "2 of its 4 training steps are missing (first 0)" in verify_train_steps(train_log(tmp_path, [2, 3]), 4)
     assert "1 are logged twice (first step 2)" in verify_train_steps(train_log(tmp_path, [0, 1, 2, 2, 3]), 4)
+    assert verify_train_steps(train_log(tmp_path, [0, 0, 1, 1, 2, 2, 3]), 4, repeats=True) is None  # accumulation
     assert "1 lie beyond step 3" in verify_train_steps(train_log(tmp_path, [0, 1, 2, 3, 4]), 4)
     assert verify_train_steps(tmp_path / "absent", 4) == "absent is missing"
     # A run without a per-batch logger has no train records to count; a resume reads only a prefix.
