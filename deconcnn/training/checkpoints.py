@@ -115,7 +115,7 @@ def choose_resume_point(run_dir: Path) -> ResumePoint:
         lost = (
             f"{METRICS_FILE} held {offset} bytes when it was taken, it holds {log_size}"
             if offset > log_size
-            else verify_train_steps(log, step, required=False, limit=offset)
+            else verify_train_steps(log, step, required=False, limit=offset, repeats=True)  # missing steps
         )
         if lost:
             notes.append(f"{path.name} is not resumed from ({lost}): deleted")
