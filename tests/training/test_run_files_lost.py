@@ -4,7 +4,6 @@ attempt trains them again. Real training processes, real `rm -rf`."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
