@@ -68,4 +68,3 @@ def test_a_log_that_lost_steps_fails_the_run_and_the_next_attempt_trains_them_ag
     steps = Counter(train_steps(tmp_path))
     assert sorted(steps) == list(range(STEPS)) and set(steps.values()) == {1}
     assert status["metrics_log_bytes"] == (tmp_path / "metrics.jsonl").stat().st_size
-
