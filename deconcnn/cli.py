@@ -335,7 +335,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from deconcnn.sweep.state import RunState
-    from deconcnn.sweep.status import all_final, current_states, executor_of, render, status_json
+    from deconcnn.sweep.status import WatchEnd, current_states, executor_of, render, status_json
 
     console = Console()
 
@@ -356,12 +356,13 @@ def _status(args: argparse.Namespace) -> int:
             "squeue and sacct)",
             file=sys.stderr,
         )
+    ended = WatchEnd(args.sweep_dir)
     while True:
         if console.is_terminal and not args.json:
             console.clear()
         show(states)
-        if all_final(states):
-            print("status: every run is final", file=sys.stderr)
+        if ended(states):
+            print("status: every run is final and no launch of the sweep is running", file=sys.stderr)
             return 0
         time.sleep(interval)
         states = current_states(args.sweep_dir)

@@ -164,6 +164,19 @@ class SweepDir:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def launch_live(self) -> bool:
+        """A launch of this sweep holds its lock now: a local launch while its runs run, any launch
+        while it validates and submits. Read from the kernel's lock table (/proc/locks), never by
+        taking the lock, which would refuse a launch starting at that moment; a lock held on another
+        host of a shared filesystem is not in this host's table."""
+        try:
+            st = (self.path / LOCK_FILE).stat()
+            table = Path("/proc/locks").read_text()
+        except OSError:
+            return False
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        return any(inode in line.split() for line in table.splitlines())
+
     # ---- cancellations: appended without the lock, which a local launch holds while it runs
 
     def record_cancel(self, run_ids: Sequence[str], by: str) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from deconcnn.runlog.atomic import write_json_atomic
-from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, SUBMISSION_ENV, read_run_status
+from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, SUBMISSION_ENV, read_checked_status
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import STOP_GRACE_S, Command, Submission
 from deconcnn.sweep.sweepdir import SweepDir
@@ -35,7 +35,7 @@ CHECK_EVERY_S = 1.0
 
 
 def is_kept(workdir: str | Path) -> bool:
-    status = read_run_status(Path(workdir))
+    status = read_checked_status(Path(workdir))  # a completed run whose log was lost since runs again
     return status is not None and status.get("status") in KEEP_STATUSES
 
 
