@@ -151,12 +151,17 @@ def sweep_states(
         run_dir = sd.run_dir(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
-        state, reason = run_state(
-            submission,
-            read_run_status(run_dir),
-            read_process(run_dir),
-            live.get(handle) if handle else None,
-            cancellations.get(run_id),
+        linked = sd.run_dir_problem(run_id)
+        state, reason = (
+            ("failed", f"refused: {linked}")  # nothing is read through it; launch refuses to write through it
+            if linked
+            else run_state(
+                submission,
+                read_run_status(run_dir),
+                read_process(run_dir),
+                live.get(handle) if handle else None,
+                cancellations.get(run_id),
+            )
         )
         log = run_dir / RUN_LOG
         states.append(
@@ -169,7 +174,7 @@ def sweep_states(
                 submission.get("job_id") if submission else None,
                 (live[handle].detail if handle and handle in live else None),
                 str(run_dir),
-                str(log) if log.exists() else (submission or {}).get("log"),
+                str(log) if not linked and log.exists() else (submission or {}).get("log"),
             )
         )
     return states
