@@ -63,7 +63,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
         )
     manifest = sd.require_manifest()
     if not (math.isfinite(grace_s) and grace_s >= 0):  # nan passes `< 0`
-        raise SweepError(f"--grace must be a number of seconds >= 0, got {grace_s:g}")
+        raise SweepError(f"--grace must be >= 0 and finite, got {grace_s:g}")
     states = sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
     chosen = [s for s in states if matches(s.run_id, s.variant, only)]
     if only and not chosen:

@@ -162,7 +162,7 @@ def check_options(workers_per_gpu: int | None, cpu_slots: int | None, grace_s: f
         if value is not None and value < 1:
             raise LaunchError(f"{name} must be >= 1, got {value}")
     if not (math.isfinite(grace_s) and grace_s >= 0):  # nan passes `< 0`
-        raise LaunchError(f"--grace must be a number of seconds >= 0, got {grace_s:g}")
+        raise LaunchError(f"--grace must be >= 0 and finite, got {grace_s:g}")
 
 
 @contextmanager

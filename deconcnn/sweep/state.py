@@ -14,6 +14,7 @@
 | run.json failed (this submission)   | ended / unknown                          | failed (its error)   | resubmit |
 | nothing final                       | ended (SLURM state)                      | failed (2)           | resubmit |
 | nothing final                       | unknown to the scheduler, no live launch | lost                 | resubmit |
+| runs/<id> is a symbolic link        | -                                        | failed (refused)     | refused  |
 
 (1) pending until its process starts. (2) with the SLURM state as its error; cancelled for CANCELLED.
 

@@ -4,6 +4,7 @@ the whole tree around the sweep is left exactly as it was."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -100,6 +101,13 @@ def test_a_symlinked_run_directory_is_flagged_by_status_and_not_read_through(fak
     runs = {r["run_id"]: r for r in status_of(fake, capsys)["runs"]}
     assert runs[second]["state"] == "completed"
     assert runs[first]["state"] == "failed" and "is a symbolic link" in runs[first]["reason"]
+    (fake / "runs" / "S-core_unlisted").symlink_to(tmp_path / "moved")
+    capsys.readouterr()
+    assert sweep_cli(["collect", str(fake), "--format", "csv"]) == 0
+    with open(fake / "collected" / "runs.csv") as table:
+        rows = {row["run_id"]: row for row in csv.DictReader(table)}
+    assert set(rows) == {first, second}  # the unlisted link is not a run of the sweep
+    assert (rows[first]["has_dir"], rows[second]["has_dir"]) == ("false", "true")
 
 
 @pytest.mark.parametrize("command", ["status", "collect", "report", "cancel"])
