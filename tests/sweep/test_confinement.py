@@ -13,6 +13,8 @@ import pytest
 from fake_sweep import make_sweep
 
 from deconcnn.cli import run as sweep_cli
+from deconcnn.sweep.executors import Command, Submission
+from deconcnn.sweep.executors.runner import run_pack
 from deconcnn.sweep.grid import load_sweep
 from deconcnn.sweep.launch import new_manifest
 from deconcnn.sweep.sweepdir import SweepDir, UnsafeRunDir, run_id_problem
@@ -85,6 +87,17 @@ def test_a_symlinked_run_directory_is_refused_by_launch_only(tmp_path, capsys):
             capsys, ["launch", sweep_file, *LOCAL, "--out", tmp_path / "out", *only], tmp_path, "is a symbolic link"
         )
     assert not any(outside.iterdir())
+
+
+def test_a_pack_runner_starts_no_run_whose_directory_became_a_link(tmp_path, capsys):
+    """A link made after launch checked (a SLURM task can pend for hours): nothing runs or lands there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "S-core_s0").symlink_to(outside)
+    command = Command("S-core_s0", "deconcnn.train", (), str(tmp_path / "S-core_s0"))
+    assert run_pack([command], Submission("sub", "test")) == {}
+    assert not any(outside.iterdir())
+    assert "S-core_s0: not started" in capsys.readouterr().err
 
 
 @pytest.fixture
