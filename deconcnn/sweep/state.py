@@ -16,6 +16,7 @@
 | run.json failed (this submission)   | ended / unknown                          | failed (its error)   | resubmit |
 | nothing final                       | ended (SLURM state)                      | failed (2)           | resubmit |
 | nothing final                       | unknown to the scheduler, no live launch | lost                 | resubmit |
+| runs/<id> is a symbolic link        | -                                        | failed (refused)     | refused  |
 
 (1) pending until its process starts. (2) with the SLURM state as its error; cancelled for CANCELLED.
 (3) none of it is trusted, not even whose attempt it was: the state is the table's without it, and
@@ -159,12 +160,17 @@ def sweep_states(
         run_dir = sd.run_dir(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
-        state, reason = run_state(
-            submission,
-            read_checked_status(run_dir),
-            read_process(run_dir),
-            live.get(handle) if handle else None,
-            cancellations.get(run_id),
+        linked = sd.run_dir_problem(run_id)
+        state, reason = (
+            ("failed", f"refused: {linked}")  # nothing is read through it; launch refuses to write through it
+            if linked
+            else run_state(
+                submission,
+                read_checked_status(run_dir),
+                read_process(run_dir),
+                live.get(handle) if handle else None,
+                cancellations.get(run_id),
+            )
         )
         log = run_dir / RUN_LOG
         states.append(
@@ -177,7 +183,7 @@ def sweep_states(
                 submission.get("job_id") if submission else None,
                 (live[handle].detail if handle and handle in live else None),
                 str(run_dir),
-                str(log) if log.exists() else (submission or {}).get("log"),
+                str(log) if not linked and log.exists() else (submission or {}).get("log"),
             )
         )
     return states

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,9 +66,12 @@ def run_pack(
     stopped = cancelled()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for command in commands:
+        workdir = Path(command.workdir)
+        if workdir.is_symlink():  # linked after launch refused links: the run would write where it points
+            print(f"deconcnn: {command.name}: not started: {workdir} is a symbolic link", file=sys.stderr, flush=True)
+            continue
         if is_kept(command.workdir) or command.name in stopped or (stop is not None and stop.is_set()):
             continue
-        workdir = Path(command.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         with open(workdir / RUN_LOG, "ab") as log:
             proc = subprocess.Popen(

@@ -16,6 +16,7 @@ from typing import Any
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.run_status import RUN_LOG
 from deconcnn.sweep.executors import Command, Executor, Submission, resolve_executor, wait
+from deconcnn.sweep.limits import MAX_RUNS
 from deconcnn.sweep.probe.render import plot_probe
 from deconcnn.sweep.probe.rules import PROBE_VERSION, ProbeFailed, ProbeSettings, VariantSpec
 from deconcnn.sweep.sweepdir import DEFAULT_OUT
@@ -61,6 +62,7 @@ def probe_resources(
     only: str | None = None,
     overrides: Sequence[str] = (),
     config_dirs: Sequence[str | Path] = (),
+    max_runs: int = MAX_RUNS,
     report: Callable[[str], None] = lambda line: None,
 ) -> tuple[Path, dict[str, Any]]:
     """Probe a sweep's variants in one job; write probe.json (+ .png); return both."""
@@ -70,7 +72,7 @@ def probe_resources(
 
     if settings.max_workers < 1 or settings.steps < 1 or settings.warmup < 1:
         raise ProbeFailed("--max-workers, --steps and --warmup must be >= 1")
-    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides, config_dirs=config_dirs)
+    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides, config_dirs=config_dirs, max_runs=max_runs)
     sweep_dir = launch_plan.sweep_dir
     specs = representatives(launch_plan.runs)
     kind = resolve_executor(executor)
