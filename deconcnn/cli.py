@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN
 from deconcnn.sweep.errors import SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S
+from deconcnn.sweep.limits import MAX_RUNS
 from deconcnn.sweep.sweepdir import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
 
 if TYPE_CHECKING:
@@ -42,10 +44,16 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors (a value that is not a number, an unknown option) in one line like
+    every other refusal, instead of a usage block that buries the line saying what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"deconcnn-sweep: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deconcnn-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="deconcnn-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"deconcnn-sweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     out_help = f"the folder results go in: the sweep's directory is OUT/<sweep name> (default {DEFAULT_OUT})"
@@ -64,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--executor", choices=EXECUTORS, default="auto", help=executor_help)
         command.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=out_help)
+        command.add_argument(
+            "--max-runs",
+            type=int,
+            default=MAX_RUNS,
+            metavar="N",
+            help=f"refuse a sweep file that expands to more runs (default {MAX_RUNS:,}; counted before listing them)",
+        )
         command.add_argument(
             "--config-dir",
             type=Path,
@@ -239,6 +254,7 @@ def _launch(args: argparse.Namespace) -> int:
         config_dirs=args.config_dir,
         import_targets=True,
         relaunch=not args.dry_run,  # a relaunch validates only the runs it submits
+        max_runs=args.max_runs,
     )
 
     def print_notes() -> None:  # only once the launch is accepted: a refusal is one line
@@ -344,7 +360,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from deconcnn.sweep.state import RunState
-    from deconcnn.sweep.status import all_final, current_states, executor_of, render, status_json
+    from deconcnn.sweep.status import WatchEnd, current_states, executor_of, render, status_json
     from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
@@ -355,6 +371,8 @@ def _status(args: argparse.Namespace) -> int:
         else:
             console.print(render(args.sweep_dir, states))
 
+    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
+        raise SweepError(f"--watch must be a number of seconds > 0, got {args.watch:g}")
     journal = SweepDir(args.sweep_dir).journal_path
     if journal.exists():
         print(
@@ -373,12 +391,13 @@ def _status(args: argparse.Namespace) -> int:
             "squeue and sacct)",
             file=sys.stderr,
         )
+    ended = WatchEnd(args.sweep_dir)
     while True:
         if console.is_terminal and not args.json:
             console.clear()
         show(states)
-        if all_final(states):
-            print("status: every run is final", file=sys.stderr)
+        if ended(states):
+            print("status: every run is final and no launch of the sweep is running", file=sys.stderr)
             return 0
         time.sleep(interval)
         states = current_states(args.sweep_dir)
@@ -437,6 +456,7 @@ def _probe(args: argparse.Namespace) -> int:
         only=args.only,
         overrides=args.overrides,
         config_dirs=args.config_dir,
+        max_runs=args.max_runs,
         report=lambda line: print(line, file=sys.stderr, flush=True),
     )
     Console(width=None if sys.stdout.isatty() else 132).print(render_table(result))
@@ -464,6 +484,7 @@ def _check(args: argparse.Namespace) -> int:
         config_dirs=args.config_dir,
         executor=args.executor,
         workers_per_gpu=args.workers_per_gpu,
+        max_runs=args.max_runs,
         on_done=lambda c: print(
             f"check run {c.variant}: {c.outcome} after {c.seconds:.0f} s ({c.run_dir})", file=sys.stderr
         ),
@@ -497,10 +518,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # Hydra overrides may follow options (`launch SWEEP --out d trainer.max_epochs=2`), which
     # argparse's positional matching does not allow; take them from the unrecognised arguments.
-    args, extra = parser.parse_known_args(argv)
-    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+        if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+            unknown = " ".join(e for e in extra if e not in overrides) or " ".join(extra)
+            parser.error(f"unrecognized arguments: {unknown}")
+    except SystemExit as done:  # --help, --version, or a malformed command (its one line is printed)
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_USAGE
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     args.command_line = shlex.join([parser.prog, *(sys.argv[1:] if argv is None else argv)])

@@ -105,7 +105,7 @@ def _sweep_source(path: Path) -> SweepSource:
         runs.append(
             RunInfo(
                 run_id,
-                run_dir if run_dir.is_dir() else None,
+                run_dir if run_dir.is_dir() and not sd.run_dir_problem(run_id) else None,  # never through a link
                 entry.get("variant"),
                 dict(entry.get("params") or {}),
                 s.state,
@@ -116,7 +116,9 @@ def _sweep_source(path: Path) -> SweepSource:
         )
     listed = set(manifest["runs"])
     if sd.runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
-        for run_dir in sorted(p for p in sd.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for run_dir in sorted(
+            p for p in sd.runs_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+        ):
             if run_dir.name not in listed:
                 status = (read_run_status(run_dir) or {}).get("status", "unknown")
                 runs.append(RunInfo(run_dir.name, run_dir, None, {}, status, "not in the manifest", False))

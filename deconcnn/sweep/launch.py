@@ -17,6 +17,7 @@ period), records them as cancelled and ends with 130 / 143.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -219,8 +220,8 @@ def check_options(workers_per_gpu: int | None, cpu_slots: int | None, grace_s: f
     for name, value in (("--workers-per-gpu", workers_per_gpu), ("--parallel", cpu_slots)):
         if value is not None and value < 1:
             raise LaunchError(f"{name} must be >= 1, got {value}")
-    if grace_s < 0:
-        raise LaunchError(f"--grace must be >= 0, got {grace_s:g}")
+    if not (math.isfinite(grace_s) and grace_s >= 0):  # nan passes `< 0`
+        raise LaunchError(f"--grace must be >= 0 and finite, got {grace_s:g}")
 
 
 @contextmanager
@@ -264,6 +265,10 @@ def launch(
         check_feasible(launcher)
     fresh = not sweep_dir.path.exists()
     sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
+    linked = [problem for problem in map(sweep_dir.run_dir_problem, (r.run_id for r in launch_plan.runs)) if problem]
+    if linked:  # its run would write wherever the link points
+        more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
+        raise LaunchError(f"{linked[0]}{more}; nothing submitted")
     _ensure_writable(sweep_dir.path)
     try:
         return _launch_locked(

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,6 +78,47 @@ class NotASweep(SweepError):
     """The directory holds no sweep (or its manifest is unreadable)."""
 
 
+class UnsafeRunDir(SweepError):
+    """A run id or run directory that would put a run's files outside `<sweep>/runs`."""
+
+
+#: A run id is a directory name under runs/: one path component, never hidden, never a way out.
+#: Refused rather than encoded, so a run's directory is always named exactly as its id.
+_UNSAFE_RUN_ID = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.|^\.|^$")
+NAME_MAX = 255  # bytes in one path component (Linux, most file systems)
+
+
+def run_id_problem(run_id: object) -> str | None:
+    """Why `run_id` cannot name a directory under runs/ (None: it can)."""
+    if not isinstance(run_id, str):
+        return f"run id {run_id!r} is not a string"
+    if _UNSAFE_RUN_ID.search(run_id):
+        return (
+            f"run id {run_id!r} cannot name a directory under {RUNS_DIR}/: it must not hold '/', '..', "
+            "control characters or begin with '.'"
+        )
+    if len(run_id.encode()) > NAME_MAX:
+        return f"run id {run_id[:40]!r}... is {len(run_id.encode())} bytes long; a directory name holds {NAME_MAX}"
+    return None
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """Why a manifest's runs cannot be trusted to name directories under runs/ (None: they can)."""
+    for run_id, entry in manifest["runs"].items():
+        problem = run_id_problem(run_id)
+        if problem:
+            return problem
+        if not isinstance(entry, dict) or entry.get("run_id", run_id) != run_id:
+            return f"the entry of run {run_id} is not a run of that id"
+        if not isinstance(entry.get("variant"), str) or not isinstance(entry.get("submissions", []), list):
+            return f"the entry of run {run_id} has no variant or a malformed submissions list"
+        for submission in entry.get("submissions", []):
+            pack = submission.get("pack", []) if isinstance(submission, dict) else None
+            if not isinstance(pack, list) or any(not isinstance(r, str) or r not in manifest["runs"] for r in pack):
+                return f"a submission of run {run_id} names runs the manifest does not hold"
+    return None
+
+
 @dataclass
 class SweepDir:
     path: Path
@@ -89,7 +131,21 @@ class SweepDir:
         return self.path / RUNS_DIR
 
     def run_dir(self, run_id: str) -> Path:
+        """`runs/<run_id>`, the one place a run's directory is named; a run id that is not one plain
+        directory name (run_id_problem) is refused, so no run's files land outside runs/."""
+        problem = run_id_problem(run_id)
+        if problem:
+            raise UnsafeRunDir(problem)
         return self.runs_dir / run_id
+
+    def run_dir_problem(self, run_id: str) -> str | None:
+        """Why the run's directory is not a plain directory inside runs/ (None: it is, or it does not
+        exist yet). A symbolic link is refused: the run would read and write wherever it points.
+        runs/ itself may be a link (to scratch space, say); what it holds may not."""
+        run_dir = self.run_dir(run_id)
+        if run_dir.is_symlink():
+            return f"{run_dir} is a symbolic link (to {os.readlink(run_dir)}): remove it, or move the run's files in"
+        return None
 
     @property
     def manifest_path(self) -> Path:
@@ -137,6 +193,9 @@ class SweepDir:
             ) from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
             raise NotASweep(f"{self.manifest_path} is corrupt (no 'runs' mapping)")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise NotASweep(f"{self.manifest_path} is corrupt ({problem}): restore it from a backup")
         return manifest
 
     def require_manifest(self) -> dict[str, Any]:
@@ -169,6 +228,19 @@ class SweepDir:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def launch_live(self) -> bool:
+        """A launch of this sweep holds its lock now: a local launch while its runs run, any launch
+        while it validates and submits. Read from the kernel's lock table (/proc/locks), never by
+        taking the lock, which would refuse a launch starting at that moment; a lock held on another
+        host of a shared filesystem is not in this host's table."""
+        try:
+            st = (self.path / LOCK_FILE).stat()
+            table = Path("/proc/locks").read_text()
+        except OSError:
+            return False
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        return any(inode in line.split() for line in table.splitlines())
 
     # ---- cancellations: appended without the lock, which a local launch holds while it runs
 
