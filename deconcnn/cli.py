@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import math
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -252,6 +253,7 @@ def _launch(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         config_dirs=args.config_dir,
         import_targets=True,
+        relaunch=not args.dry_run,  # a relaunch validates only the runs it submits
         max_runs=args.max_runs,
     )
 
@@ -295,7 +297,7 @@ def _launch(args: argparse.Namespace) -> int:
             on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
             on_submitted=lambda result: print_notes(),
         )
-        print_result(result, arrays=False)
+        print_result(result, arrays=False, relaunch=args.command_line)
         return 0
     with local_progress() as progress:
 
@@ -305,18 +307,25 @@ def _launch(args: argparse.Namespace) -> int:
                 progress.submitted(result)
 
         result = start(on_run_done=progress.run_done, on_submitted=submitted, on_poll=progress.polled)
-    print_result(result)
+    print_result(result, relaunch=args.command_line)
     if result.executor == "local" and result.submitted:
         print(progress.summary())
     return 0
 
 
-def print_result(result: LaunchResult, arrays: bool = True) -> None:
+def print_result(result: LaunchResult, arrays: bool = True, relaunch: str = "deconcnn-sweep launch ...") -> None:
     """What a launch did: runs submitted and skipped, SLURM's jobs (each array's layout), where the sweep is."""
     from deconcnn.sweep.progress import slurm_lines
 
+    for note in result.notes:
+        print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
+    if result.deferred:
+        print(
+            f"wave: {len(result.deferred)} more runs wait for room under the site's job limit ({result.limit}); "
+            f"run the same launch again when jobs have ended to submit the next wave: {relaunch}"
+        )
     if result.executor == "slurm" and result.submitted:
         if arrays:
             for line in slurm_lines(result):
@@ -352,6 +361,7 @@ def _status(args: argparse.Namespace) -> int:
 
     from deconcnn.sweep.state import RunState
     from deconcnn.sweep.status import WatchEnd, current_states, executor_of, render, status_json
+    from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
 
@@ -363,6 +373,13 @@ def _status(args: argparse.Namespace) -> int:
 
     if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
         raise SweepError(f"--watch must be a number of seconds > 0, got {args.watch:g}")
+    journal = SweepDir(args.sweep_dir).journal_path
+    if journal.exists():
+        print(
+            f"deconcnn-sweep: note: {journal}: a launch is submitting, or was killed while it did; the next "
+            "launch of this sweep records what it queued",
+            file=sys.stderr,
+        )
     states = current_states(args.sweep_dir)
     if args.watch is None:
         show(states)
@@ -511,6 +528,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_USAGE
     if overrides:
         args.overrides = [*args.overrides, *overrides]
+    args.command_line = shlex.join([parser.prog, *(sys.argv[1:] if argv is None else argv)])
     try:
         return COMMANDS[args.command](args)
     except SweepError as error:

@@ -58,6 +58,21 @@ PLACEMENT_KEYS = ("run_dir", "hydra.run.dir", "hydra.output_subdir", "hydra.swee
 SMOKE_DEBUG = "smoke"
 
 
+class ParsedOverrides:
+    """Hydra's override parser, each distinct line parsed once: a sweep of 50,000 runs repeats a
+    few hundred lines, and one parse takes about a millisecond."""
+
+    def __init__(self) -> None:
+        self.parser = OverridesParser.create()
+        self.lines: dict[str, Override] = {}
+
+    def __call__(self, lines: Sequence[str]) -> list[Override]:
+        new = [line for line in dict.fromkeys(lines) if line not in self.lines]
+        if new:
+            self.lines.update(zip(new, self.parser.parse_overrides(new)))
+        return [self.lines[line] for line in lines]
+
+
 def _override_key(line: str) -> str:
     return line.split("=", 1)[0].lstrip("+~")
 
@@ -293,6 +308,7 @@ def load_sweep(
     common = _as_list(spec.get("overrides"), "overrides")
     template = spec.get("run_id")
     parser = OverridesParser.create()
+    parse = ParsedOverrides()
     axis_names = [line.split("=", 1)[0] for line in shared_axes]
     # First every variant's axes, parsed and counted; then, within the bound, its runs.
     grids: list[tuple[str, list[str], list[Override]]] = []
@@ -342,7 +358,7 @@ def load_sweep(
             raise SweepFileError(f"{path}: variant {variant}: bad axis: {error}".splitlines()[0]) from None
         model_keys = _model_keys([*fixed, *extra_overrides]) if smoke else None
         for combo in combos or [[]]:
-            params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
+            params = {o.key_or_group: o.value() for o in parse(combo)}
             run_id = _run_id(template or default_template(params), variant, params)
             problem = run_id_problem(run_id)
             if problem:
@@ -383,13 +399,13 @@ def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> d
     once and the value overrides are applied to a copy with Hydra's own override application.
     """
     sources = {}
-    parser = OverridesParser.create()
+    parse = ParsedOverrides()
     bases: dict[tuple[str, ...], DictConfig] = {}
     groups: set[str] | None = None
     imported: set[tuple[str, str, frozenset[str]]] = set()
     for run in runs:
         try:
-            parsed = parser.parse_overrides(list(run.overrides))
+            parsed = parse(run.overrides)
             if groups is None:
                 probe = compose_run_config(list(run.base), hydra_config=True)
                 groups = set(probe.hydra.runtime.choices.keys())
@@ -442,6 +458,13 @@ class LaunchPlan:
     runs: list[RunSpec]
     sweep_dir: SweepDir
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
+    import_targets: bool = False
+    validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
+
+    def validate(self, runs: Sequence[RunSpec]) -> None:
+        """Compose and check these runs' configs (validate_runs) and note the data they train on."""
+        self.notes = data_notes(self.sweep, runs, validate_runs(runs, import_targets=self.import_targets))
+        self.validated = True
 
     def dry_run_rows(self) -> list[dict[str, Any]]:
         return [
@@ -478,9 +501,12 @@ def plan(
     overrides: Sequence[str] = (),
     config_dirs: Sequence[str | Path] = (),
     import_targets: bool = False,
+    relaunch: bool = False,
     max_runs: int = MAX_RUNS,
 ) -> LaunchPlan:
-    """Expand and validate every run; raises SweepFileError before anything is written.
+    """Expand and validate every run; raises SweepFileError before anything is written. With
+    `relaunch`, a sweep already launched (its directory has a manifest) is only expanded: the
+    launch validates the runs it submits (a relaunch of 5% of a sweep composes 5% of its configs).
 
     Command-line overrides for the launcher (`hydra.launcher.x=`, `+hydra.launcher.x=`,
     `hydra/launcher=`) go to the launcher, every other one to every run; `config_dirs` join every
@@ -497,5 +523,9 @@ def plan(
         runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
         if not runs:
             raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
-    notes = data_notes(sweep, runs, validate_runs(runs, import_targets=import_targets))
-    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), notes)
+    launch_plan = LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), import_targets=import_targets)
+    if relaunch and launch_plan.sweep_dir.exists():
+        launch_plan.validated = False
+    else:
+        launch_plan.validate(runs)
+    return launch_plan

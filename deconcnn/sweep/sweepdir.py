@@ -4,6 +4,7 @@
         manifest.json   the runs (id, variant, overrides, params), every submission, attempts
         .lock           held by the launch that is writing the manifest (local: while it runs)
         cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
+        submitting.jsonl  the SLURM submission in flight (deconcnn.sweep.journal); gone once recorded
         runs/<run_id>/  each run's own files (deconcnn.runlog)
         slurm/          submitit's scripts and logs
         check/ check.json probe.json collected/ report/ analysis/
@@ -33,6 +34,7 @@ DEFAULT_OUT = "results"  # parent of sweep directories
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 CANCEL_FILE = "cancel.jsonl"
+JOURNAL_FILE = "submitting.jsonl"
 RUNS_DIR = "runs"
 SLURM_DIR = "slurm"
 CHECK_DIR = "check"
@@ -168,6 +170,10 @@ class SweepDir:
     @property
     def cancel_path(self) -> Path:
         return self.path / CANCEL_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / JOURNAL_FILE
 
     def exists(self) -> bool:
         return self.manifest_path.is_file()
