@@ -35,14 +35,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from trace_coverage import eigsh_top
 from trace_coverage import report as coverage_report
 
 from deconcnn.metrics.curvature import (
@@ -57,6 +56,11 @@ from deconcnn.training.resnet import CifarResNet18
 
 SCHEDULE = 500  # the seed's curvature schedule: one record every 500 optimizer steps
 BEFORE = {**CURVATURE_DEFAULTS, "eig_tol": 2e-2, "trace_min_probes": 1}  # the monitor before this change
+
+
+def eigsh_top_of(model: nn.Module, batch) -> float:
+    with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
+        return eigsh_top(op)
 
 
 def sync(device: torch.device) -> None:
@@ -86,17 +90,6 @@ class Trainer:
             sync(self.device)
             times.append(time.perf_counter() - t0)
         return times
-
-
-def eigsh_top(model: nn.Module, batch) -> float:
-    with bn_mode_context(model, "train"), SharedGraphHessian(model, batch, cross_entropy_loss_fn()) as op:
-        lin = LinearOperator(
-            (op.size, op.size),
-            matvec=lambda v: op.matvec(torch.from_numpy(np.asarray(v).reshape(-1)).to(op.dtype)).double().numpy(),
-            dtype=np.float64,
-        )
-        v0 = np.random.default_rng(0).standard_normal(op.size)
-        return float(eigsh(lin, k=1, which="LA", tol=1e-6, ncv=20, v0=v0, return_eigenvectors=False)[0])
 
 
 def main() -> None:
@@ -153,7 +146,7 @@ def main() -> None:
                 **after,
             ),
         }
-        ref = eigsh_top(model, batch) if width < args.eigsh_below else math.nan  # the records' parameters
+        ref = eigsh_top_of(model, batch) if width < args.eigsh_below else math.nan  # the records' parameters
         step_s = statistics.median(trainer.run(args.stretch))
         for label, res in records.items():
             rec = res.record()

@@ -22,7 +22,7 @@ bench() {  # bench TITLE KEEP COMMAND...: keep the lines a benchmark prints that
 }
 
 TABLES='^\|'
-bench "orchestration (216 runs)" "$TABLES" "$PY" benchmarks/orchestration.py
+bench "orchestration (216 runs)" "$TABLES" "$PY" benchmarks/orchestration.py --sizes 216
 bench "logging overhead (width 0.25, CPU)" "$TABLES" "$PY" benchmarks/logging_overhead.py --steps 24 --reps 3
 bench "data pipeline (CPU)" "$TABLES" "$PY" benchmarks/data_pipeline.py --device cpu --quick
 bench "curvature overhead (width 0.25, CPU)" "$TABLES" "$PY" benchmarks/curvature_overhead.py --widths 0.25 --quick

@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
 from deconcnn.sweep.executors import STOP_GRACE_S
+from deconcnn.sweep.limits import MAX_RUNS
 
 if TYPE_CHECKING:
     from deconcnn.sweep.launch import LaunchResult
@@ -42,10 +45,16 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors (a value that is not a number, an unknown option) in one line like
+    every other refusal, instead of a usage block that buries the line saying what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"deconcnn-sweep: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deconcnn-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="deconcnn-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"deconcnn-sweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     out_help = f"the folder results go in: the sweep's directory is OUT/<sweep name> (default {DEFAULT_OUT})"
@@ -64,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--executor", choices=EXECUTORS, default="auto", help=executor_help)
         command.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=out_help)
+        command.add_argument(
+            "--max-runs",
+            type=int,
+            default=MAX_RUNS,
+            metavar="N",
+            help=f"refuse a sweep file that expands to more runs (default {MAX_RUNS:,}; counted before listing them)",
+        )
         command.add_argument(
             "--config-dir",
             type=Path,
@@ -238,6 +254,8 @@ def _launch(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         config_dirs=args.config_dir,
         import_targets=True,
+        relaunch=not args.dry_run,  # a relaunch validates only the runs it submits
+        max_runs=args.max_runs,
     )
 
     def print_notes() -> None:  # only once the launch is accepted: a refusal is one line
@@ -280,7 +298,7 @@ def _launch(args: argparse.Namespace) -> int:
             on_run_done=lambda run_id, state: print(f"{run_id}: {state}", flush=True),
             on_submitted=lambda result: print_notes(),
         )
-        print_result(result, arrays=False)
+        print_result(result, arrays=False, relaunch=args.command_line)
         return 0
     with local_progress() as progress:
 
@@ -290,18 +308,25 @@ def _launch(args: argparse.Namespace) -> int:
                 progress.submitted(result)
 
         result = start(on_run_done=progress.run_done, on_submitted=submitted, on_poll=progress.polled)
-    print_result(result)
+    print_result(result, relaunch=args.command_line)
     if result.executor == "local" and result.submitted:
         print(progress.summary())
     return 0
 
 
-def print_result(result: LaunchResult, arrays: bool = True) -> None:
+def print_result(result: LaunchResult, arrays: bool = True, relaunch: str = "deconcnn-sweep launch ...") -> None:
     """What a launch did: runs submitted and skipped, SLURM's jobs (each array's layout), where the sweep is."""
     from deconcnn.sweep.progress import slurm_lines
 
+    for note in result.notes:
+        print(f"deconcnn-sweep: note: {note}", file=sys.stderr)
     skipped = ", ".join(f"{n} {state}" for state, n in sorted(result.skipped.items())) or "none"
     print(f"{result.executor}: {len(result.submitted)} runs submitted, skipped: {skipped}")
+    if result.deferred:
+        print(
+            f"wave: {len(result.deferred)} more runs wait for room under the site's job limit ({result.limit}); "
+            f"run the same launch again when jobs have ended to submit the next wave: {relaunch}"
+        )
     if result.executor == "slurm" and result.submitted:
         if arrays:
             for line in slurm_lines(result):
@@ -336,12 +361,14 @@ def follow(
     sweep_dir: Path, states: list[RunState], interval: float, sleep: Callable[[float], object] = time.sleep
 ) -> Iterator[list[RunState]]:
     """The states `status --watch` shows, one list per refresh: the first, then a fresh one every
-    `interval` seconds; the last one yielded is the first in which every run is final."""
-    from deconcnn.sweep.status import all_final, current_states
+    `interval` seconds; the last one yielded is the one at which the watch ends (WatchEnd: every run
+    final, no launch of the sweep live, and the same at the refresh before)."""
+    from deconcnn.sweep.status import WatchEnd, current_states
 
+    ended = WatchEnd(sweep_dir)
     while True:
         yield states
-        if all_final(states):
+        if ended(states):
             return
         sleep(interval)
         states = current_states(sweep_dir)
@@ -352,6 +379,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from deconcnn.sweep.status import current_states, executor_of, render, status_json
+    from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
 
@@ -361,6 +389,15 @@ def _status(args: argparse.Namespace) -> int:
         else:
             console.print(render(args.sweep_dir, states))
 
+    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
+        raise SweepError(f"--watch must be a number of seconds > 0, got {args.watch:g}")
+    journal = SweepDir(args.sweep_dir).journal_path
+    if journal.exists():
+        print(
+            f"deconcnn-sweep: note: {journal}: a launch is submitting, or was killed while it did; the next "
+            "launch of this sweep records what it queued",
+            file=sys.stderr,
+        )
     states = current_states(args.sweep_dir)
     if args.watch is None:
         show(states)
@@ -379,7 +416,7 @@ def _status(args: argparse.Namespace) -> int:
         with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
             for refreshed in follow(args.sweep_dir, states, interval):
                 live.update(render(args.sweep_dir, refreshed), refresh=True)
-    print("status: every run is final", file=sys.stderr)
+    print("status: every run is final and no launch of the sweep is running", file=sys.stderr)
     return 0
 
 
@@ -436,6 +473,7 @@ def _probe(args: argparse.Namespace) -> int:
         only=args.only,
         overrides=args.overrides,
         config_dirs=args.config_dir,
+        max_runs=args.max_runs,
         report=lambda line: print(line, file=sys.stderr, flush=True),
     )
     Console(width=None if sys.stdout.isatty() else 132).print(render_table(result))
@@ -463,6 +501,7 @@ def _check(args: argparse.Namespace) -> int:
         config_dirs=args.config_dir,
         executor=args.executor,
         workers_per_gpu=args.workers_per_gpu,
+        max_runs=args.max_runs,
         on_done=lambda c: print(
             f"check run {c.variant}: {c.outcome} after {c.seconds:.0f} s ({c.run_dir})", file=sys.stderr
         ),
@@ -496,12 +535,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # Hydra overrides may follow options (`launch SWEEP --out d trainer.max_epochs=2`), which
     # argparse's positional matching does not allow; take them from the unrecognised arguments.
-    args, extra = parser.parse_known_args(argv)
-    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+        if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+            unknown = " ".join(e for e in extra if e not in overrides) or " ".join(extra)
+            parser.error(f"unrecognized arguments: {unknown}")
+    except SystemExit as done:  # --help, --version, or a malformed command (its one line is printed)
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_USAGE
     if overrides:
         args.overrides = [*args.overrides, *overrides]
+    args.command_line = shlex.join([parser.prog, *(sys.argv[1:] if argv is None else argv)])
     try:
         return COMMANDS[args.command](args)
     except SweepError as error:

@@ -4,6 +4,7 @@ the sweep layer can validate 216 configs without loading the training stack."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "train"
+MAX_SEED = 2**32 - 1
 AVAILABLE_OPTIONS = re.compile(r"Available options in '([^']*)':\n((?:\t.*\n?)*)")
 
 
@@ -86,6 +88,7 @@ def check_config(cfg: DictConfig) -> None:
     # (key, rule, what it must be, required): the model's and the data's keys are checked where they
     # have them (the ResNet's width, CifarDataModule's batch size); a user's model or datamodule
     # may have neither, and a variant that sets one its target does not take fails check_target.
+    # Every value must also be finite: inf passes `> 0` and nan fails every test silently.
     rules = [
         ("optim.lr", lambda v: v > 0, "> 0", True),
         ("optim.weight_decay", lambda v: v >= 0, ">= 0", True),
@@ -93,20 +96,22 @@ def check_config(cfg: DictConfig) -> None:
         ("data.batch_size", lambda v: v >= 1 and v == int(v), "an integer >= 1", False),
         ("trainer.max_epochs", lambda v: v >= 1 and v == int(v), "an integer >= 1", True),
         ("schedule.warmup_epochs", lambda v: v >= 0, ">= 0", True),
-        ("seed", lambda v: v == int(v), "an integer", True),
+        # numpy's seeds, which Lightning's seed_everything passes on
+        ("seed", lambda v: 0 <= v <= MAX_SEED and v == int(v), f"an integer from 0 to {MAX_SEED}", True),
     ]
     for key, ok, expected, required in rules:
         if not required and OmegaConf.select(cfg, key) is None:
             continue
         value = _number(cfg, key)
-        if not ok(value):
+        if not (math.isfinite(value) and ok(value)):
             raise ConfigError(f"{key} must be {expected}, got {value:g}")
     for key in cfg.get("logger") or {}:  # before any run starts: a sweep of 216 runs fails at launch
         if key in LOGGER_EXTRAS:
             require_logger_extra(f"logger.{key}", str(key))
     if "norm" in cfg.model and cfg.model.norm not in ("batchnorm", "none"):
         raise ConfigError(f"model.norm must be batchnorm or none, got {cfg.model.norm!r}")
-    if cfg.trainer.get("gradient_clip_val") is not None and _number(cfg, "trainer.gradient_clip_val") <= 0:
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not (math.isfinite(_number(cfg, "trainer.gradient_clip_val")) and clip > 0):
         raise ConfigError(f"trainer.gradient_clip_val must be > 0 or null, got {cfg.trainer.gradient_clip_val}")
 
 

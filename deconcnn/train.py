@@ -3,7 +3,9 @@
 Composes the config, says first what data it trains on, resumes from the newest checkpoint of the
 run directory that loads (with the metric log cut back to that checkpoint), fits, and keeps
 `run.json` saying how the run ended: every way out after the run directory exists ends
-`completed`, `diverged` or `failed` with the error's first line. Everything a run writes is in its
+`completed`, `diverged` or `failed` with the error's first line. `completed` only once the metric
+log holds every training step exactly once; a run directory deleted or replaced mid-run fails the
+run, which then writes nothing more anywhere (deconcnn.runlog.rundir). Everything a run writes is in its
 directory (`hydra.run.dir`): the metric log, run.json, checkpoints, `.hydra/` and `stdout.log`.
 """
 
@@ -28,11 +30,12 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from deconcnn.callbacks.loss_slope_logger import TrainingDiverged
+from deconcnn.callbacks.loss_slope_logger import LossSlopeLogger, TrainingDiverged
 from deconcnn.runconfig import CONF_DIR, ConfigError, import_like_a_run
-from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point
+from deconcnn.runlog.metrics_log import METRICS_FILE, truncate_to_resume_point, verify_train_steps
 from deconcnn.runlog.metrics_reader import iter_records
 from deconcnn.runlog.run_status import RUN_LOG, SUBMISSION_ENV, RunStatusFile, first_line
+from deconcnn.runlog.rundir import RunFilesLost
 from deconcnn.training.build import build_run
 from deconcnn.training.checkpoints import ResumePoint, choose_resume_point
 from deconcnn.training.data import DataNotFoundError
@@ -124,9 +127,14 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
         if resume.note:
             print(f"deconcnn-train: {resume.note}", file=sys.stderr, flush=True)
         datamodule, module, trainer = build_run(
-            cfg, extra_callbacks, checkpoint_step=resume.step if resume.path else None
+            cfg, extra_callbacks, checkpoint_step=resume.step if resume.path else None, run_dir=status.run_dir
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path)
+        per_batch = any(isinstance(callback, LossSlopeLogger) for callback in trainer.callbacks)  # type: ignore[attr-defined]
+        log_bytes = verified_log(
+            status.run_dir.path, trainer.global_step, per_batch, repeats=trainer.accumulate_grad_batches > 1
+        )
+        status.run_dir.check()
     except TrainingDiverged as diverged:
         status.finish("diverged", diverged.step, diverged_step=diverged.step)
         print(closing_line("diverged", diverged.step, run_dir, trainer), file=sys.stderr)
@@ -141,9 +149,20 @@ def _train_locked(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Call
     except BaseException as error:
         status.finish("failed", trainer.global_step if trainer else step, error=first_line(error))
         raise
-    status.finish("completed", trainer.global_step)
+    status.finish("completed", trainer.global_step, log_bytes=log_bytes)
     print(closing_line("completed", trainer.global_step, run_dir, trainer), flush=True)
     return "completed"
+
+
+def verified_log(run_dir: Path, steps: int, per_batch: bool, repeats: bool = False) -> int:
+    """The metric log's size once it holds every one of the run's `steps` training steps once
+    (`per_batch`: the run logs every batch; `repeats`: once or more, every batch of an accumulated
+    step); RunFilesLost when it does not (the run is then failed, and a relaunch trains it again)."""
+    log = run_dir / METRICS_FILE
+    problem = verify_train_steps(log, steps, required=per_batch, repeats=repeats)
+    if problem:
+        raise RunFilesLost(f"training ended, but {problem}")
+    return log.stat().st_size if log.is_file() else 0
 
 
 def closing_line(state: str, step: int, run_dir: Path, trainer: pl.Trainer | None) -> str:
@@ -217,6 +236,9 @@ def _hydra_main(cfg: DictConfig) -> Any:
         except (ConfigError, DataNotFoundError) as error:
             print(f"deconcnn-train: error: {error}", file=sys.stderr)
             sys.exit(2)
+        except RunFilesLost as error:
+            print(f"deconcnn-train: failed: {error}", file=sys.stderr)
+            sys.exit(1)
 
 
 def main() -> None:

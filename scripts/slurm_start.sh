@@ -175,6 +175,8 @@ Waittime=0
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
+# Association and QOS limits are enforced (none is set): tests set MaxSubmitJobs with sacctmgr.
+AccountingStorageEnforce=limits
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStorageTRES=gres/gpu

@@ -63,7 +63,8 @@ def axis_label(key: str) -> str:
 
 @dataclass(frozen=True)
 class ErrorBar:
-    """A logged error bar: the interval [lo, hi] a record carries, or its value ± k standard errors."""
+    """A logged error bar: the interval [lo, hi] a record carries, else (a record without one, e.g.
+    from an older run) its value ± k standard errors."""
 
     lo: str | None = None
     hi: str | None = None
@@ -76,28 +77,32 @@ class ErrorBar:
 
     @property
     def meaning(self) -> str:
-        return f"logged 95% interval ({self.lo}, {self.hi})" if self.se is None else f"±{self.k:g} {self.se}"
+        parts = [f"logged 95% interval ({self.lo}, {self.hi})"] if self.lo and self.hi else []
+        parts += [f"±{self.k:g} {self.se}"] if self.se else []
+        return ", else ".join(parts)
 
     def bounds(self, y: np.ndarray, d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        if self.se is None:
-            return d[str(self.lo)], d[str(self.hi)]
-        return y - self.k * d[self.se], y + self.k * d[self.se]
+        lo = hi = np.full(y.shape, np.nan)
+        if self.se:
+            lo, hi = y - self.k * d[self.se], y + self.k * d[self.se]
+        if self.lo and self.hi:
+            have = np.isfinite(d[self.lo]) & np.isfinite(d[self.hi])
+            lo, hi = np.where(have, d[self.lo], lo), np.where(have, d[self.hi], hi)
+        return lo, hi
 
 
-#: The error bars a key's records may carry, best first: the first whose columns the table has is
-#: drawn. hessian_trace_stderr is honest at ±2 SE (docs/metrics.md); trace_lo/hi/se are its successors.
-ERROR_BARS = {
-    "hessian_trace": (
-        ErrorBar(lo="trace_lo", hi="trace_hi"),
-        ErrorBar(se="trace_se"),
-        ErrorBar(se="hessian_trace_stderr"),
-    )
-}
+ERROR_BARS = {"hessian_trace": ErrorBar(lo="trace_lo", hi="trace_hi", se="trace_se")}
 
 
 def error_bar(path: Path | None, key: str) -> ErrorBar | None:
-    """The first of `key`'s ERROR_BARS the table holds, or None."""
-    return next((b for b in ERROR_BARS.get(key, ()) if len(present_columns(path, b.columns)) == len(b.columns)), None)
+    """`key`'s ERROR_BARS restricted to the columns the table holds, or None when it holds none."""
+    bar = ERROR_BARS.get(key)
+    if bar is None:
+        return None
+    have = set(present_columns(path, bar.columns))
+    both = bar.lo in have and bar.hi in have
+    kept = ErrorBar(lo=bar.lo if both else None, hi=bar.hi if both else None, se=bar.se if bar.se in have else None)
+    return kept if kept.columns else None
 
 
 def fmt(v: Any) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deconcnn.runlog import layout
 from deconcnn.runlog.layout import (
     HYDRA_CONFIG,
     HYDRA_DIR,
@@ -34,7 +35,7 @@ from deconcnn.runlog.layout import (
     read_cancellations,
     read_manifest,
 )
-from deconcnn.runlog.run_status import read_run_status
+from deconcnn.runlog.run_status import read_checked_status, read_run_status
 from deconcnn.runlog.states import recorded_job_state, recorded_state
 
 #: Tables that join several sweeps (deconcnn.analysis.compare) name each row's sweep here; a run is
@@ -104,12 +105,17 @@ def _sweep_source(path: Path) -> SweepSource:
     runs_dir = path / RUNS_DIR
     runs = []
     for run_id, entry in manifest["runs"].items():
-        run_dir = runs_dir / run_id
-        state, reason = recorded_state(last_submission(entry), read_run_status(run_dir), cancellations.get(run_id))
+        run_dir = layout.run_dir(path, run_id)
+        linked = layout.run_dir_problem(path, run_id)
+        state, reason = (
+            ("failed", f"refused: {linked}")  # nothing is read through a link (as `status` shows it)
+            if linked
+            else recorded_state(last_submission(entry), read_checked_status(run_dir), cancellations.get(run_id))
+        )
         runs.append(
             RunInfo(
                 run_id,
-                run_dir if run_dir.is_dir() else None,
+                run_dir if run_dir.is_dir() and not linked else None,
                 entry.get("variant"),
                 dict(entry.get("params") or {}),
                 state,
@@ -120,7 +126,9 @@ def _sweep_source(path: Path) -> SweepSource:
         )
     listed = set(manifest["runs"])
     if runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
-        for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for run_dir in sorted(
+            p for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+        ):
             if run_dir.name not in listed:
                 status = (read_run_status(run_dir) or {}).get("status", "unknown")
                 runs.append(RunInfo(run_dir.name, run_dir, None, {}, status, "not in the manifest", False))
@@ -148,7 +156,7 @@ def _multirun_source(path: Path) -> SweepSource:
         for line in overrides:
             key, _, value = line.partition("=")
             params[key.lstrip("+~")] = _scalar(value)
-        state, reason = recorded_job_state(read_run_status(job))
+        state, reason = recorded_job_state(read_checked_status(job))
         runs.append(RunInfo(job.name, job, job_variant(job), params, state, reason, True, overrides))
     keys = _first_seen([k for r in runs for k in r.params])
     axes = [k for k in keys if len({repr(r.params.get(k)) for r in runs}) > 1]

@@ -6,6 +6,7 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
         manifest.json   the runs (id, variant, overrides, params), every submission, attempts
         .lock           held by the launch that is writing the manifest (local: while it runs)
         cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
+        submitting.jsonl  the SLURM submission in flight (deconcnn.sweep.journal); gone once recorded
         runs/<run_id>/  each run's own files (run.json, metrics.jsonl, process.json, ...)
         slurm/          submitit's scripts and logs
         check/ check.json probe.json collected/ report/ analysis/
@@ -17,6 +18,8 @@ holding `.hydra/overrides.yaml`. Nothing here asks a scheduler or writes a file.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ DEFAULT_OUT = "results"  # parent of sweep directories
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 CANCEL_FILE = "cancel.jsonl"
+JOURNAL_FILE = "submitting.jsonl"
 RUNS_DIR = "runs"
 SLURM_DIR = "slurm"
 CHECK_DIR = "check"
@@ -44,6 +48,66 @@ DEFAULT_VARIANT = "default"  # a run whose config names no variant
 
 class NotASweep(SweepError):
     """The directory holds no sweep (or its manifest is unreadable)."""
+
+
+class UnsafeRunDir(SweepError):
+    """A run id or run directory that would put a run's files outside `<sweep>/runs`."""
+
+
+#: A run id is a directory name under runs/: one path component, never hidden, never a way out.
+#: Refused rather than encoded, so a run's directory is always named exactly as its id.
+_UNSAFE_RUN_ID = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.|^\.|^$")
+NAME_MAX = 255  # bytes in one path component (Linux, most file systems)
+
+
+def run_id_problem(run_id: object) -> str | None:
+    """Why `run_id` cannot name a directory under runs/ (None: it can)."""
+    if not isinstance(run_id, str):
+        return f"run id {run_id!r} is not a string"
+    if _UNSAFE_RUN_ID.search(run_id):
+        return (
+            f"run id {run_id!r} cannot name a directory under {RUNS_DIR}/: it must not hold '/', '..', "
+            "control characters or begin with '.'"
+        )
+    if len(run_id.encode()) > NAME_MAX:
+        return f"run id {run_id[:40]!r}... is {len(run_id.encode())} bytes long; a directory name holds {NAME_MAX}"
+    return None
+
+
+def run_dir(sweep_dir: Path, run_id: str) -> Path:
+    """`<sweep>/runs/<run_id>`, the one place a run's directory is named; a run id that is not one
+    plain directory name (run_id_problem) is refused, so no run's files land outside runs/."""
+    problem = run_id_problem(run_id)
+    if problem:
+        raise UnsafeRunDir(problem)
+    return Path(sweep_dir) / RUNS_DIR / run_id
+
+
+def run_dir_problem(sweep_dir: Path, run_id: str) -> str | None:
+    """Why the run's directory is not a plain directory inside runs/ (None: it is, or it does not
+    exist yet). A symbolic link is refused: the run would read and write wherever it points.
+    runs/ itself may be a link (to scratch space, say); what it holds may not."""
+    path = run_dir(sweep_dir, run_id)
+    if path.is_symlink():
+        return f"{path} is a symbolic link (to {os.readlink(path)}): remove it, or move the run's files in"
+    return None
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """Why a manifest's runs cannot be trusted to name directories under runs/ (None: they can)."""
+    for run_id, entry in manifest["runs"].items():
+        problem = run_id_problem(run_id)
+        if problem:
+            return problem
+        if not isinstance(entry, dict) or entry.get("run_id", run_id) != run_id:
+            return f"the entry of run {run_id} is not a run of that id"
+        if not isinstance(entry.get("variant"), str) or not isinstance(entry.get("submissions", []), list):
+            return f"the entry of run {run_id} has no variant or a malformed submissions list"
+        for submission in entry.get("submissions", []):
+            pack = submission.get("pack", []) if isinstance(submission, dict) else None
+            if not isinstance(pack, list) or any(not isinstance(r, str) or r not in manifest["runs"] for r in pack):
+                return f"a submission of run {run_id} names runs the manifest does not hold"
+    return None
 
 
 def is_multirun(path: Path) -> bool:
@@ -86,6 +150,9 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any] | None:
         ) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
         raise NotASweep(f"{manifest_path} is corrupt (no 'runs' mapping)")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise NotASweep(f"{manifest_path} is corrupt ({problem}): restore it from a backup")
     return manifest
 
 

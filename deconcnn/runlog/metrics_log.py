@@ -7,6 +7,11 @@ Non-finite floats are written as null (strict JSON, so any CSV/Parquet reader ta
 Resume: a checkpoint stores the log's size when it was taken (`MetricsLog.sync`, fsynced), and a
 resumed attempt cuts the log back to it (`truncate_to_resume_point`), so what the interrupted
 attempt logged after its last checkpoint is logged again exactly once, by the attempt that redoes it.
+
+Nothing silently lost: a log deleted under its writer (the file, or the run directory with it) makes
+the next flush raise RunFilesLost, and a run ends `completed` only once `verify_train_steps` found
+every training step in the log exactly once; run.json then records the log's size, which `status`
+compares with the file (a size is a stat, not a parse) to catch a log deleted or cut later.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.atomic import write_bytes_atomic
+from deconcnn.runlog.rundir import RunFilesLost
 
 METRICS_FILE = "metrics.jsonl"
 STAMP_KEYS = ("kind", "step", "epoch", "epoch_frac", "time")
 CHECKPOINT_KIND = "checkpoint"
+TRAIN_KIND = "train"
 #: Key of the log's position in a checkpoint's callback states (MetricsLogPosition).
 METRICS_LOG_STATE = "metrics_log"
 
@@ -56,6 +63,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict[str, Any]] = []
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self._lost = False
 
     def append(self, record: dict[str, Any]) -> None:
         self._pending.append(record)
@@ -70,8 +78,13 @@ class MetricsLog:
         if not records:
             return records
         host_values(records)
+        if self._lost:  # reported once; the records go nowhere anyone can read
+            return records
         self._file.write(b"".join(encode_record(r) for r in records))
         self._file.flush()
+        if os.fstat(self._file.fileno()).st_nlink == 0:  # one fstat per flush: the file was unlinked
+            self._lost = True
+            raise RunFilesLost(f"{self.path} was deleted mid-run (rm -rf? a scratch purge?): nothing more is logged")
         return records
 
     def sync(self) -> int:
@@ -89,14 +102,54 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return (json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False) + "\n").encode()
 
 
+def verify_train_steps(
+    path: Path, steps: int, *, required: bool = True, limit: int | None = None, repeats: bool = False
+) -> str | None:
+    """Why the log at `path` (its first `limit` bytes) does not hold training steps 0 .. steps-1
+    exactly once; None when it does. `required=False`: a log without any `train` record passes (a
+    run without a per-batch logger has none to count). `repeats`: a step may have several records
+    (gradient accumulation logs every batch of a step). Only `train` lines are parsed: it is read
+    when a run ends and when it resumes."""
+    seen: set[int] = set()
+    twice: list[int] = []
+    marker = f'"kind": "{TRAIN_KIND}"'.encode()
+    try:
+        with open(path, "rb") as log:
+            data = log.read() if limit is None else log.read(limit)
+    except FileNotFoundError:
+        return f"{path.name} is missing" if steps and required else None
+    for line in data.splitlines():
+        if marker not in line:
+            continue
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return f"{path.name} holds a damaged training record"
+        if step in seen and not repeats:
+            twice.append(step)
+        seen.add(step)
+    if not seen and not required:
+        return None
+    expected = set(range(steps))
+    problems = []
+    missing = expected - seen
+    if missing:
+        problems.append(f"{len(missing)} of its {steps} training steps are missing (first {min(missing)})")
+    if twice:
+        problems.append(f"{len(twice)} are logged twice (first step {twice[0]})")
+    if seen - expected:
+        problems.append(f"{len(seen - expected)} lie beyond step {steps - 1}")
+    return f"{path.name}: " + ", ".join(problems) if problems else None
+
+
 def truncate_to_resume_point(run_dir: Path, offset: int, step: int) -> int:
     """Cut metrics.jsonl back to its first `offset` bytes, what it held when the checkpoint of
     `step` was taken; returns the records dropped.
 
     The checkpoint records of that same save point are kept: Lightning writes them after the
     checkpoint's state was taken (its size exists only once the file does), and the resumed
-    attempt does not write those files again. A log shorter than `offset` (deleted or damaged by
-    hand) is kept whole: nothing in it describes a state after the checkpoint.
+    attempt does not write those files again. (A log shorter than `offset` lost records the
+    checkpoint covers: `choose_resume_point` never resumes from such a checkpoint.)
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():

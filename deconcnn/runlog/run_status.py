@@ -4,6 +4,12 @@ It is written on every way out of a training process (completed, diverged, faile
 first line), also on a full disk: a status that cannot get new blocks overwrites the file's own
 blocks in place (a filesystem allocates whole blocks, 512 bytes at the least and 4 KiB on the usual
 ones, and any status fits in its file's: the free text is cut to MAX_TEXT).
+
+It is written only into the directory the run started in (deconcnn.runlog.rundir): a directory
+deleted mid-run gets no run.json at all rather than a re-created one saying completed. A completed
+run.json records the metric log's size (`metrics_log_bytes`); `read_checked_status`, what status
+and relaunch read, turns a completed run whose log is now missing or shorter into a failed one,
+and an unparsable run.json into status `unreadable` with its own error.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from deconcnn.runlog.atomic import json_text, write_text_atomic
+from deconcnn.runlog.metrics_log import METRICS_FILE
+from deconcnn.runlog.rundir import RunDirIdentity
 
 RUN_STATUS_FILE = "run.json"
 RUN_LOG = "stdout.log"  # the training process's stdout and stderr
@@ -25,6 +33,8 @@ SUBMISSION_ENV = "DECONCNN_SUBMISSION_ID"  # set by the sweep's pack runner: whi
 MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the file's blocks
 Status = Literal["running", "completed", "failed", "diverged"]
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
+UNREADABLE = "unreadable"  # read_checked_status of a run.json that does not parse: none of it is trusted
+LOG_BYTES = "metrics_log_bytes"  # run.json of a completed run: the metric log's size then
 #: How run.json's `data` (the data source's own description) begins for generated data: the report
 #: puts a banner over any sweep with such runs.
 SYNTHETIC_DATA = "SYNTHETIC data"
@@ -41,6 +51,41 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def read_run_status(run_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / RUN_STATUS_FILE)
+
+
+def completed_log_problem(run_dir: Path, run: dict[str, Any]) -> str | None:
+    """Why a completed run's metric log no longer holds what it held at completion (missing, or
+    shorter than `metrics_log_bytes`); a stat, no parse. None when it does, or nothing was recorded."""
+    recorded = run.get(LOG_BYTES)
+    if not isinstance(recorded, int) or recorded <= 0:
+        return None
+    try:
+        size = (Path(run_dir) / METRICS_FILE).stat().st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{METRICS_FILE} is missing"
+    return f"{METRICS_FILE} is short ({size} of {recorded} bytes)" if size < recorded else None
+
+
+def read_checked_status(run_dir: Path) -> dict[str, Any] | None:
+    """run.json as status and relaunch trust it: None when absent; status UNREADABLE with `error`
+    when it does not parse; `completed` with a missing or short metric log reads `failed`, with why."""
+    try:
+        text = (Path(run_dir) / RUN_STATUS_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        return {"status": UNREADABLE, "error": f"{RUN_STATUS_FILE} unreadable: {error.strerror or error}"}
+    try:
+        run = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        return {"status": UNREADABLE, "error": f"{RUN_STATUS_FILE} unreadable: {first_line(error)}"}
+    if not isinstance(run, dict) or not isinstance(run.get("status"), str):
+        return {"status": UNREADABLE, "error": f"{RUN_STATUS_FILE} unreadable: not a run status"}
+    problem = completed_log_problem(run_dir, run) if run["status"] == "completed" else None
+    if problem:
+        why = f"{RUN_STATUS_FILE} says completed, but {problem}: a relaunch trains it again"
+        return {**run, "status": "failed", "error": why}
+    return run
 
 
 def first_line(error: BaseException) -> str:
@@ -69,6 +114,7 @@ class RunStatusFile:
 
     def __init__(self, run_dir: Path, run_id: str | None = None) -> None:
         self.path = Path(run_dir) / RUN_STATUS_FILE
+        self.run_dir = RunDirIdentity(run_dir)  # the directory it was started in, the only one it writes to
         previous = read_run_status(Path(run_dir)) or {}
         self.data: dict[str, Any] = {
             "run_id": run_id or Path(run_dir).name,
@@ -88,25 +134,38 @@ class RunStatusFile:
             "error": None,
         }
 
+    def _write(self) -> None:
+        self.run_dir.check()
+        write_status(self.path, self.data)
+
     def start(self, **fields: Any) -> None:
         self.data.update(fields)
-        write_status(self.path, self.data)
+        self._write()
 
     def update(self, **fields: Any) -> None:
         self.data.update({k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in fields.items()})
-        write_status(self.path, self.data)
+        self._write()
 
     def finish(
-        self, status: Status, last_step: int, *, error: str | None = None, diverged_step: int | None = None
+        self,
+        status: Status,
+        last_step: int,
+        *,
+        error: str | None = None,
+        diverged_step: int | None = None,
+        log_bytes: int | None = None,
     ) -> None:
+        """The outcome; nothing is written when the run directory is gone (the caller's error says so)."""
         self.data.update(
             status=status,
             end_time=time.time(),
             last_step=last_step,
             error=error[:MAX_TEXT] if error else error,
             diverged_step=diverged_step,
+            **{LOG_BYTES: log_bytes},
         )
-        write_status(self.path, self.data)
+        if self.run_dir.gone() is None:
+            write_status(self.path, self.data)
 
 
 def _slurm_job_id() -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deconcnn.runlog.run_status import KEEP_STATUSES
+from deconcnn.runlog.run_status import KEEP_STATUSES, UNREADABLE
 
 STATES = ("pending", "running", "completed", "diverged", "failed", "cancelled", "lost", "missing", "unknown")
 FINAL_STATES = ("completed", "diverged", "failed", "cancelled", "lost", "missing")
@@ -24,20 +24,22 @@ AS_RECORDED = "as its files record it (`deconcnn-sweep status` asks the schedule
 
 
 def kept_state(run: dict[str, Any] | None) -> tuple[str, str | None] | None:
-    """(state, reason) of a run whose run.json holds a result (completed, diverged), else None."""
+    """(state, reason) of a run whose run.json (as read_checked_status reads it) holds a result
+    (completed, diverged), else None."""
     if not run or run.get("status") not in KEEP_STATUSES:
         return None
     return run["status"], (f"diverged at step {run.get('diverged_step')}" if run["status"] == "diverged" else None)
 
 
 def recorded_job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
-    """(state, reason) of a run that has only its run.json to speak for it (a Hydra multirun job)."""
+    """(state, reason) of a run that has only its run.json (as read_checked_status reads it) to speak
+    for it (a Hydra multirun job)."""
     if run is None:
         return "missing", "no run.json: not started, or stopped before training began (see its stdout.log)"
     kept = kept_state(run)
     if kept:
         return kept
-    if run.get("status") == "failed":
+    if run.get("status") in ("failed", UNREADABLE):
         return "failed", run.get("error") or "failed"
     return "running", f"run.json says running, {AS_RECORDED}"
 
@@ -46,7 +48,11 @@ def recorded_state(
     submission: dict[str, Any] | None, run: dict[str, Any] | None, cancelled: tuple[float, str] | None
 ) -> tuple[str, str | None]:
     """(state, reason) of a sweep's run from its manifest entry's last submission, its run.json and
-    its latest cancellation (time, by): the module doc says what this leaves to `status`."""
+    its latest cancellation (time, by): the module doc says what this leaves to `status`. An
+    unreadable run.json is not trusted, not even for whose attempt it was: the state is the one
+    without it."""
+    if run and run.get("status") == UNREADABLE:
+        run = None
     kept = kept_state(run)
     if kept:
         return kept

@@ -11,6 +11,7 @@ on this machine get SIGTERM to their process group, SIGKILL after the grace peri
 from __future__ import annotations
 
 import fnmatch
+import math
 import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -63,8 +64,8 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
             "(Ctrl-C), or scancel its jobs"
         )
     manifest = sd.require_manifest()
-    if grace_s < 0:
-        raise SweepError(f"--grace must be >= 0, got {grace_s:g}")
+    if not (math.isfinite(grace_s) and grace_s >= 0):  # nan passes `< 0`
+        raise SweepError(f"--grace must be >= 0 and finite, got {grace_s:g}")
     states = sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
     chosen = [s for s in states if matches(s.run_id, s.variant, only)]
     if only and not chosen:

@@ -8,9 +8,12 @@ run's config is composed and checked before anything is submitted.
 from __future__ import annotations
 
 import copy
+import decimal
 import fnmatch
 import hashlib
+import io
 import json
+import math
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deconcnn.runconfig import (
@@ -34,9 +38,10 @@ from deconcnn.runconfig import (
     targets,
 )
 from deconcnn.runlog.errors import SweepError
-from deconcnn.runlog.layout import DEFAULT_OUT
+from deconcnn.runlog.layout import DEFAULT_OUT, RUNS_DIR, run_id_problem
 from deconcnn.sweep.executors import Command
 from deconcnn.sweep.launcher import is_launcher_override
+from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
 from deconcnn.sweep.sweepdir import SweepDir
 
 TRAIN_MODULE = "deconcnn.train"
@@ -46,9 +51,27 @@ MODEL_PREFIX = "model."
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
+# Where a run's files go is deconcnn-sweep's to set (OUT/<sweep>/runs/<run id>), never an override's.
+PLACEMENT_KEYS = ("run_dir", "hydra.run.dir", "hydra.output_subdir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
 # --smoke: the same grid, each run shrunk to 4 steps on synthetic data at width 0.125 (a width-1.0
 # run writes 340 MB of checkpoints even when short), to prove every config runs end to end.
 SMOKE_DEBUG = "smoke"
+
+
+class ParsedOverrides:
+    """Hydra's override parser, each distinct line parsed once: a sweep of 50,000 runs repeats a
+    few hundred lines, and one parse takes about a millisecond."""
+
+    def __init__(self) -> None:
+        self.parser = OverridesParser.create()
+        self.lines: dict[str, Override] = {}
+
+    def __call__(self, lines: Sequence[str]) -> list[Override]:
+        new = [line for line in dict.fromkeys(lines) if line not in self.lines]
+        if new:
+            self.lines.update(zip(new, self.parser.parse_overrides(new)))
+        return [self.lines[line] for line in lines]
 
 
 def _override_key(line: str) -> str:
@@ -172,19 +195,103 @@ def _run_id(template: str, variant: str, params: dict[str, Any]) -> str:
     return TEMPLATE_FIELD.sub(fill, template)
 
 
-def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: bool = False) -> Sweep:
-    """Read and expand a sweep file (no composition yet: see validate_runs)."""
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """The number of nodes the YAML tree holds once every alias is expanded, counted on the composed
+    graph (where an alias is one shared node) without expanding it; a recursive alias is refused."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # nodes being counted: the ancestors of the one on top
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        if counted:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _yaml_children(node))
+        elif id(node) not in sizes:
+            if id(node) in open_nodes:
+                raise SweepFileError(f"a recursive alias (line {node.start_mark.line + 1})")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _yaml_children(node))
+    return sizes[id(root)]
+
+
+def _load_yaml(path: Path) -> Any:
+    """The sweep file as OmegaConf reads it, within MAX_SWEEP_FILE_BYTES and MAX_YAML_NODES: PyYAML
+    shares an alias's node, but OmegaConf copies it, so a billion-laughs file would hang and fill
+    memory there. Errors are SweepFileError, or the YAML parser's own (load_sweep words them)."""
+    with open(path, "rb") as handle:  # read to the limit: a FIFO or /dev/zero has no size to stat
+        data = handle.read(MAX_SWEEP_FILE_BYTES + 1)
+    if len(data) > MAX_SWEEP_FILE_BYTES:
+        raise SweepFileError(f"{path}: larger than {MAX_SWEEP_FILE_BYTES >> 20} MiB; a sweep file is a few lines")
+    text = data.decode()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SweepFileError(f"{path}: not valid YAML: nested too deeply") from None
+    try:
+        nodes = _expanded_nodes(root) if root is not None else 0
+    except SweepFileError as error:
+        raise SweepFileError(f"{path}: not valid YAML: {error}") from None
+    if nodes > MAX_YAML_NODES:
+        raise SweepFileError(
+            f"{path}: its aliases expand to {nodes:,} YAML nodes (more than {MAX_YAML_NODES:,}): refused"
+        )
+    return OmegaConf.load(io.StringIO(text))
+
+
+def _sweep_length(override: Override) -> int:
+    """How many values one axis takes, counted without listing them (`range(0,1e9)` is one number)."""
+    if not override.is_sweep_override():
+        return 1
+    value = override.value()
+    if isinstance(value, RangeSweep):
+        assert value.start is not None and value.stop is not None  # the grammar requires both
+        if value.step == 0:
+            raise SweepFileError(f"{override.input_line}: a range's step must not be 0")
+        if all(isinstance(x, int) for x in (value.start, value.stop, value.step)):
+            return len(range(int(value.start), int(value.stop), int(value.step)))
+        start, stop, step = (decimal.Decimal(x) for x in (value.start, value.stop, value.step))  # as Hydra steps
+        return max(0, math.ceil((stop - start) / step))
+    if isinstance(value, ChoiceSweep):
+        return len(value.list)
+    return 1  # glob(): a group's options, a handful (and BasicSweeper refuses interval())
+
+
+def _axis_length(override: Override) -> int:
+    length = _sweep_length(override)
+    if length == 0:  # Hydra would expand the grid to no run at all
+        raise SweepFileError(f"{override.input_line}: no values")
+    return length
+
+
+def load_sweep(
+    path: str | Path, extra_overrides: Sequence[str] = (), smoke: bool = False, max_runs: int = MAX_RUNS
+) -> Sweep:
+    """Read and expand a sweep file (no composition yet: see validate_runs). The number of runs is
+    counted before they are listed: more than `max_runs` is refused at once, with the number."""
     path = Path(path)
     try:
-        spec = OmegaConf.load(path)
+        spec = _load_yaml(path)
     except FileNotFoundError:
         raise SweepFileError(f"sweep file not found: {path}") from None
     except IsADirectoryError:
         raise SweepFileError(f"{path} is a directory, not a sweep file") from None
+    except UnicodeDecodeError:
+        raise SweepFileError(f"{path}: not valid YAML: not UTF-8 text") from None
     except yaml.MarkedYAMLError as error:  # problem + where: "found duplicate key S-core (line 9, column 3)"
         mark = error.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise SweepFileError(f"{path}: not valid YAML: {error.problem or error.context}{where}") from None
+    except SweepFileError:
+        raise
     except Exception as error:  # noqa: BLE001  the YAML parser's own message says where
         raise SweepFileError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
     if not isinstance(spec, DictConfig):
@@ -202,8 +309,10 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
     common = _as_list(spec.get("overrides"), "overrides")
     template = spec.get("run_id")
     parser = OverridesParser.create()
-    runs: list[RunSpec] = []
+    parse = ParsedOverrides()
     axis_names = [line.split("=", 1)[0] for line in shared_axes]
+    # First every variant's axes, parsed and counted; then, within the bound, its runs.
+    grids: list[tuple[str, list[str], list[Override]]] = []
     for key, body in variants.items():
         variant = str(key)
         if not NAME_PATTERN.match(variant) or not isinstance(body, DictConfig):
@@ -216,7 +325,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
         )
         axis_names += [key for key in axes if key not in axis_names]
         try:
-            combos = BasicSweeper.split_arguments(parser.parse_overrides(list(axes.values())), None)[0]
+            parsed = parser.parse_overrides(list(axes.values()))
         except Exception as error:  # noqa: BLE001  Hydra's override parser raises several types
             raise SweepFileError(f"{path}: variant {variant}: bad axis: {error}".splitlines()[0]) from None
         fixed = [
@@ -224,10 +333,37 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = (), smoke: boo
             *common,
             *_as_list(body.get("overrides"), f"variants.{variant}.overrides"),
         ]
+        grids.append((variant, fixed, parsed))
+    placed = sorted({_override_key(o) for _, fixed, _ in grids for o in fixed} & set(PLACEMENT_KEYS))
+    placed += sorted({_override_key(o) for o in extra_overrides} & set(PLACEMENT_KEYS))
+    placed += sorted(set(axis_names) & set(PLACEMENT_KEYS))
+    if placed:
+        raise SweepFileError(
+            f"{path}: {placed[0]} is set by deconcnn-sweep: every run's files go to OUT/<sweep>/{RUNS_DIR}/<run id>"
+        )
+    try:
+        sizes = [math.prod(_axis_length(o) for o in parsed) for *_, parsed in grids]
+    except SweepFileError as error:
+        raise SweepFileError(f"{path}: bad axis: {error}") from None
+    if sum(sizes) > max_runs:
+        biggest = max(range(len(sizes)), key=sizes.__getitem__)
+        raise SweepFileError(
+            f"{path}: {sum(sizes):,} runs (variant {grids[biggest][0]}: {sizes[biggest]:,}), more than "
+            f"--max-runs {max_runs:,}: refused before listing them"
+        )
+    runs: list[RunSpec] = []
+    for variant, fixed, parsed in grids:
+        try:
+            combos = BasicSweeper.split_arguments(parsed, None)[0]
+        except Exception as error:  # noqa: BLE001  Hydra's override parser raises several types
+            raise SweepFileError(f"{path}: variant {variant}: bad axis: {error}".splitlines()[0]) from None
         model_keys = _model_keys([*fixed, *extra_overrides]) if smoke else None
         for combo in combos or [[]]:
-            params = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
+            params = {o.key_or_group: o.value() for o in parse(combo)}
             run_id = _run_id(template or default_template(params), variant, params)
+            problem = run_id_problem(run_id)
+            if problem:
+                raise SweepFileError(f"{path}: variant {variant}: {problem}; change run_id or the axis value")
             overrides = (*fixed, *combo, *extra_overrides)
             if smoke:
                 overrides = with_debug(overrides, SMOKE_DEBUG, model_keys)[0]
@@ -264,13 +400,13 @@ def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> d
     once and the value overrides are applied to a copy with Hydra's own override application.
     """
     sources = {}
-    parser = OverridesParser.create()
+    parse = ParsedOverrides()
     bases: dict[tuple[str, ...], DictConfig] = {}
     groups: set[str] | None = None
     imported: set[tuple[str, str, frozenset[str]]] = set()
     for run in runs:
         try:
-            parsed = parser.parse_overrides(list(run.overrides))
+            parsed = parse(run.overrides)
             if groups is None:
                 probe = compose_run_config(list(run.base), hydra_config=True)
                 groups = set(probe.hydra.runtime.choices.keys())
@@ -323,6 +459,13 @@ class LaunchPlan:
     runs: list[RunSpec]
     sweep_dir: SweepDir
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
+    import_targets: bool = False
+    validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
+
+    def validate(self, runs: Sequence[RunSpec]) -> None:
+        """Compose and check these runs' configs (validate_runs) and note the data they train on."""
+        self.notes = data_notes(self.sweep, runs, validate_runs(runs, import_targets=self.import_targets))
+        self.validated = True
 
     def dry_run_rows(self) -> list[dict[str, Any]]:
         return [
@@ -359,16 +502,20 @@ def plan(
     overrides: Sequence[str] = (),
     config_dirs: Sequence[str | Path] = (),
     import_targets: bool = False,
+    relaunch: bool = False,
+    max_runs: int = MAX_RUNS,
 ) -> LaunchPlan:
-    """Expand and validate every run; raises SweepFileError before anything is written.
+    """Expand and validate every run; raises SweepFileError before anything is written. With
+    `relaunch`, a sweep already launched (its directory has a manifest) is only expanded: the
+    launch validates the runs it submits (a relaunch of 5% of a sweep composes 5% of its configs).
 
     Command-line overrides for the launcher (`hydra.launcher.x=`, `+hydra.launcher.x=`,
     `hydra/launcher=`) go to the launcher, every other one to every run; `config_dirs` join every
-    run's config search path; `import_targets`: see validate_runs.
+    run's config search path; `import_targets`: see validate_runs; `max_runs`: see load_sweep.
     """
     launcher = [o for o in overrides if is_launcher_override(o)]
     run_overrides = [*searchpath_override(config_dirs), *(o for o in overrides if not is_launcher_override(o))]
-    sweep = load_sweep(sweep_file, run_overrides, smoke=smoke)
+    sweep = load_sweep(sweep_file, run_overrides, smoke=smoke, max_runs=max_runs)
     sweep.launcher_overrides += launcher
     if smoke:
         sweep.name = f"{sweep.name}-smoke"
@@ -377,5 +524,9 @@ def plan(
         runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
         if not runs:
             raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
-    notes = data_notes(sweep, runs, validate_runs(runs, import_targets=import_targets))
-    return LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), notes)
+    launch_plan = LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), import_targets=import_targets)
+    if relaunch and launch_plan.sweep_dir.exists():
+        launch_plan.validated = False
+    else:
+        launch_plan.validate(runs)
+    return launch_plan

@@ -4,15 +4,20 @@ Idempotent: run ids and directories are derived from the sweep file, never from 
 relaunch keeps completed and diverged runs, leaves pending and running ones alone, and resubmits
 failed, cancelled, lost and missing ones (deconcnn.sweep.state), with their attempt count kept.
 
-Everything that can be refused is refused before anything is written or submitted: the sweep
-file and every run's config, the options, the launcher settings and whether the cluster can ever
-run one task. A local launch runs its packs here and waits; Ctrl-C or SIGTERM stops them (SIGTERM
-to each run's process group, SIGKILL after the grace period), records them as cancelled and ends
-with 130 / 143.
+Everything that can be refused is refused before anything is submitted: the sweep file and the
+config of every run (a relaunch composes only the runs it submits), the options, the launcher
+settings and whether the cluster can ever run one task. A SLURM launch queues no more tasks than
+the site's job limits leave room for now (MaxSubmitJobs, MaxJobCount): the rest wait, as missing
+runs, for the next launch (a wave), and with no room at all the launch is refused with the
+numbers. What it queues is journaled before sbatch is called (deconcnn.sweep.journal); a launch
+reconciles the journal of an interrupted one first. A local launch runs its packs here and waits;
+Ctrl-C or SIGTERM stops them (SIGTERM to each run's process group, SIGKILL after the grace
+period), records them as cancelled and ends with 130 / 143.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -31,6 +36,7 @@ from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.executors import STOP_GRACE_S, Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
+from deconcnn.sweep.journal import Journal, reconcile
 from deconcnn.sweep.launcher import check_feasible, compose_launcher
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
 from deconcnn.sweep.state import poll_submissions, sweep_states
@@ -64,6 +70,9 @@ class LaunchResult:
     final: dict[str, str] = field(default_factory=dict)  # local: each run's state once its pack ended
     packs: dict[str, list[str]] = field(default_factory=dict)  # each submitted handle's runs
     slots: int | None = None  # local: packs run at a time
+    deferred: list[str] = field(default_factory=list)  # runs a job limit left for the next launch (wave)
+    limit: str | None = None  # the limit that deferred them
+    notes: list[str] = field(default_factory=list)  # what the launch found and repaired (a journal)
 
 
 def new_manifest(sweep: Sweep, code_version: str) -> dict[str, Any]:
@@ -93,6 +102,57 @@ def describe_changes(manifest: dict[str, Any], runs: list[RunSpec]) -> str | Non
         if ids:
             parts.append(f"{len(ids)} {label} (e.g. {ids[0]})")
     return "; ".join(parts)
+
+
+def record_submission(
+    manifest: dict[str, Any],
+    record: dict[str, Any],
+    submission: Submission,
+    packs: Sequence[tuple[str, Sequence[str]]],
+    log_of: Callable[[str], str | None],
+) -> None:
+    """Write a submission into the manifest: each (handle, run ids) pack's runs get an attempt."""
+    kind = record["executor"]
+    for handle, names in packs:
+        log = log_of(handle)
+        for name in names:
+            entry = manifest["runs"][name]
+            entry["attempts"] += 1
+            entry["submissions"].append(
+                {
+                    "id": submission.id,
+                    "executor": kind,
+                    "time": submission.submitted_at,
+                    "handle": handle,
+                    "job_id": handle if kind == "slurm" else None,
+                    "pack": list(names),
+                    "log": log,
+                }
+            )
+    manifest["submissions"].append(record)
+
+
+def reconcile_journal(sweep_dir: SweepDir, manifest: dict[str, Any]) -> str | None:
+    """Record what an interrupted SLURM launch of this sweep queued (deconcnn.sweep.journal)."""
+    if not sweep_dir.journal_path.exists():
+        return None
+    from deconcnn.sweep.executors.slurm import task_log
+    from deconcnn.sweep.executors.slurm_cli import SlurmError
+
+    try:
+        return reconcile(
+            sweep_dir.journal_path,
+            manifest,
+            lambda record, submission, packs: record_submission(
+                manifest, record, submission, packs, lambda handle: task_log(sweep_dir.slurm_dir, handle)
+            ),
+            sweep_dir.write_manifest,
+        )
+    except SlurmError as error:
+        raise LaunchError(
+            f"an interrupted launch left {sweep_dir.journal_path}, and SLURM cannot say what it queued "
+            f"({error}); launch again once the scheduler answers"
+        ) from None
 
 
 def refuse_changed(sweep: Sweep, manifest: dict[str, Any] | None) -> None:
@@ -161,8 +221,8 @@ def check_options(workers_per_gpu: int | None, cpu_slots: int | None, grace_s: f
     for name, value in (("--workers-per-gpu", workers_per_gpu), ("--parallel", cpu_slots)):
         if value is not None and value < 1:
             raise LaunchError(f"{name} must be >= 1, got {value}")
-    if grace_s < 0:
-        raise LaunchError(f"--grace must be >= 0, got {grace_s:g}")
+    if not (math.isfinite(grace_s) and grace_s >= 0):  # nan passes `< 0`
+        raise LaunchError(f"--grace must be >= 0 and finite, got {grace_s:g}")
 
 
 @contextmanager
@@ -206,6 +266,10 @@ def launch(
         check_feasible(launcher)
     fresh = not sweep_dir.path.exists()
     sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
+    linked = [problem for problem in map(sweep_dir.run_dir_problem, (r.run_id for r in launch_plan.runs)) if problem]
+    if linked:  # its run would write wherever the link points
+        more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
+        raise LaunchError(f"{linked[0]}{more}; nothing submitted")
     _ensure_writable(sweep_dir.path)
     try:
         return _launch_locked(
@@ -222,7 +286,8 @@ def launch(
             on_poll,
         )
     except SweepError:
-        if fresh:  # refused before anything was recorded: leave no trace of the attempt
+        # Refused before anything was recorded: leave no trace of the attempt (a journal is a record).
+        if fresh and not sweep_dir.journal_path.exists():
             shutil.rmtree(sweep_dir.path, ignore_errors=True)
         raise
 
@@ -246,6 +311,7 @@ def _launch_locked(
         refuse_changed(sweep, manifest)
         if manifest is None:
             manifest = new_manifest(sweep, code_version())
+        recovered = reconcile_journal(sweep_dir, manifest)
         if kind == "slurm" and not skip_check:
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
@@ -254,8 +320,13 @@ def _launch_locked(
             for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest), sweep_dir.cancellations())
             if s.run_id in wanted
         }
-        result = LaunchResult(kind, sweep_dir.path)
+        result = LaunchResult(kind, sweep_dir.path, notes=[recovered] if recovered else [])
         todo = [r for r in launch_plan.runs if states[r.run_id] in RESUBMITTABLE]
+        # Fewest attempts first: when job limits cut a launch into waves, the runs a wave left
+        # waiting go before retries of failed ones.
+        todo.sort(key=lambda r: manifest["runs"][r.run_id]["attempts"])
+        if not launch_plan.validated:  # only what is submitted: the rest was validated when it was
+            launch_plan.validate(todo)
         for state in states.values():
             if state not in RESUBMITTABLE:
                 result.skipped[state] = result.skipped.get(state, 0) + 1
@@ -277,12 +348,15 @@ def _launch_locked(
             by_variant.setdefault(run.variant, []).append(run.command(sweep_dir.run_dir(run.run_id), sweep=sweep.name))
         per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
         runner: Executor
+        journal = None
         if kind == "slurm":
             from deconcnn.sweep.executors.slurm import SlurmExecutor
 
             assert launcher is not None
-            runner = SlurmExecutor(sweep_dir.slurm_dir, launcher, mps=mps)
+            journal = Journal(sweep_dir.journal_path, submission, record)
+            runner = SlurmExecutor(sweep_dir.slurm_dir, launcher, mps=mps, journal=journal)
             packs = make_packs(by_variant, per_pack)
+            packs = _fit_limits(runner, packs, result)
         else:
             from deconcnn.sweep.executors.local import LocalExecutor
 
@@ -295,33 +369,44 @@ def _launch_locked(
             runner = local
             result.slots = len(local.slots)
         handles = runner.submit(packs, submission)
-        result.submitted = [r.run_id for r in todo]
+        if len(handles) < len(packs):  # a job limit refused the rest mid-way (SlurmExecutor.stopped_by)
+            result.deferred += [c.name for pack in packs[len(handles) :] for c in pack]
+            result.limit = getattr(runner, "stopped_by", None)
+            packs = packs[: len(handles)]
         result.packs = {handle: [c.name for c in pack] for handle, pack in zip(handles, packs)}
+        queued = {name for names in result.packs.values() for name in names}
+        result.submitted = [r.run_id for r in todo if r.run_id in queued]
+        record["runs"] = result.submitted
+        if result.deferred:
+            record["deferred"] = {"runs": len(result.deferred), "limit": result.limit}
         on_submitted(result)
         record.update(runner.describe(handles))
-        for pack, handle in zip(packs, handles):
-            log = runner.log_of(handle)
-            for command in pack:
-                entry = manifest["runs"][command.name]
-                entry["attempts"] += 1
-                entry["submissions"].append(
-                    {
-                        "id": submission.id,
-                        "executor": kind,
-                        "time": submission.submitted_at,
-                        "handle": handle,
-                        "job_id": handle if kind == "slurm" else None,
-                        "pack": [c.name for c in pack],
-                        "log": log,
-                    }
-                )
-        manifest["submissions"].append(record)
+        record_submission(manifest, record, submission, list(result.packs.items()), runner.log_of)
         sweep_dir.write_manifest(manifest)
+        if journal:
+            journal.finish()
         if kind == "slurm":
             result.sbatch_calls, result.job_ids = record.get("sbatch_calls", 0), list(handles)
             return result
         _wait_here(runner, handles, packs, sweep_dir, result, on_run_done, on_poll)
         return result
+
+
+def _fit_limits(runner: Executor, packs: list[list[Command]], result: LaunchResult) -> list[list[Command]]:
+    """The packs the scheduler's job limits let this launch queue now; the runs of the rest are
+    deferred to the next launch. No room at all is a refusal, with the numbers."""
+    room, why = runner.room()
+    if room is None or room >= len(packs):
+        return packs
+    runs = sum(len(p) for p in packs)
+    if room == 0:
+        raise LaunchError(
+            f"the site's job limits leave no room for a task now ({why}): {len(packs)} tasks ({runs} runs) "
+            "wait; launch again when jobs have ended"
+        )
+    result.deferred = [c.name for pack in packs[room:] for c in pack]
+    result.limit = why
+    return packs[:room]
 
 
 def _wait_here(

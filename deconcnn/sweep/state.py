@@ -3,6 +3,8 @@
 | the run's files say                 | the executor says                        | state                | relaunch |
 |-------------------------------------|------------------------------------------|----------------------|----------|
 | run.json completed / diverged       | -                                        | completed / diverged | keep     |
+| run.json completed, log missing/cut | -                                        | as run.json failed   | resubmit |
+| run.json unreadable                 | -                                        | see (3)              | see (3)  |
 | never submitted                     | -                                        | missing              | submit   |
 | cancelled (cancel.jsonl) since      | no process of this submission alive      | cancelled            | resubmit |
 | process.json: this submission, live | -                                        | running              | leave    |
@@ -14,8 +16,11 @@
 | run.json failed (this submission)   | ended / unknown                          | failed (its error)   | resubmit |
 | nothing final                       | ended (SLURM state)                      | failed (2)           | resubmit |
 | nothing final                       | unknown to the scheduler, no live launch | lost                 | resubmit |
+| runs/<id> is a symbolic link        | -                                        | failed (refused)     | refused  |
 
 (1) pending until its process starts. (2) with the SLURM state as its error; cancelled for CANCELLED.
+(3) none of it is trusted, not even whose attempt it was: the state is the table's without it, and
+where that is failed or lost it is failed with "run.json unreadable: ..." (resubmit).
 
 "This submission": run.json and process.json carry the id of the submission that started them
 (DECONCNN_SUBMISSION_ID), so a previous attempt's files never speak for a newer submission. A
@@ -34,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.layout import job_variant, last_submission, multirun_jobs
-from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_run_status
+from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, UNREADABLE, read_checked_status
 from deconcnn.runlog.states import kept_state, recorded_job_state
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import SchedulerState
@@ -71,7 +76,10 @@ def run_state(
     live: SchedulerState | None,
     cancelled: tuple[float, str] | None,
 ) -> tuple[str, str | None]:
-    """(state, reason) of one run, by the table in the module doc."""
+    """(state, reason) of one run, by the table in the module doc; `run` as read_checked_status reads it."""
+    if run and run.get("status") == UNREADABLE:
+        state, reason = run_state(submission, None, process, live, cancelled)
+        return ("failed", f"{run['error']}; {reason}") if state in ("failed", "lost") else (state, reason)
     kept = kept_state(run)
     if kept:
         return kept
@@ -106,7 +114,8 @@ def run_state(
         if attempt and attempt.get("status") == "failed":
             return "failed", attempt.get("error") or "failed"
         return "failed", (
-            f"its process (pid {ours['pid']} on {ours['host']}) is gone but run.json says running (killed?)"
+            f"its process (pid {ours['pid']} on {ours['host']}) is gone, and run.json does not say how it "
+            "ended (killed?)"
         )
     if live.state == "running":
         if attempt and attempt.get("status") == "failed":
@@ -148,12 +157,17 @@ def sweep_states(
         run_dir = sd.run_dir(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
-        state, reason = run_state(
-            submission,
-            read_run_status(run_dir),
-            read_process(run_dir),
-            live.get(handle) if handle else None,
-            cancellations.get(run_id),
+        linked = sd.run_dir_problem(run_id)
+        state, reason = (
+            ("failed", f"refused: {linked}")  # nothing is read through it; launch refuses to write through it
+            if linked
+            else run_state(
+                submission,
+                read_checked_status(run_dir),
+                read_process(run_dir),
+                live.get(handle) if handle else None,
+                cancellations.get(run_id),
+            )
         )
         log = run_dir / RUN_LOG
         states.append(
@@ -166,7 +180,7 @@ def sweep_states(
                 submission.get("job_id") if submission else None,
                 (live[handle].detail if handle and handle in live else None),
                 str(run_dir),
-                str(log) if log.exists() else (submission or {}).get("log"),
+                str(log) if not linked and log.exists() else (submission or {}).get("log"),
             )
         )
     return states
@@ -190,7 +204,7 @@ def multirun_states(path: Path) -> list[RunState]:
     its composed config, its state from its run.json (there is no scheduler record to ask)."""
     states = []
     for job in multirun_jobs(path):
-        run = read_run_status(job)
+        run = read_checked_status(job)
         state, reason = job_state(run)
         log = job / RUN_LOG
         states.append(

@@ -123,6 +123,31 @@ def all_final(states: list[RunState]) -> bool:
     return all(s.state in FINAL_STATES for s in states)
 
 
+class WatchEnd:
+    """When `status --watch` ends: at a refresh where every run is final, no launch of the sweep
+    is live (SweepDir.launch_live) and the refresh before saw the same with the same manifest. A
+    relaunch started after the watch holds the lock from its validation on, or has written a new
+    submission by the next refresh: the watch follows it instead of ending on the old one's states.
+    Called once per refresh with that refresh's states."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.sweep_dir = Path(sweep_dir)
+        self.previous: tuple[bool, bool, int] | None = None
+
+    def __call__(self, states: list[RunState]) -> bool:
+        if is_multirun(self.sweep_dir):  # no launch: its jobs' own files are all there is
+            return all_final(states)
+        sd = SweepDir(self.sweep_dir)
+        try:
+            written = sd.manifest_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            written = 0
+        now = (all_final(states), sd.launch_live(), written)
+        done = now[0] and not now[1] and now == self.previous
+        self.previous = now
+        return done
+
+
 def summarize(states: list[RunState]) -> dict[str, dict[str, int]]:
     table: dict[str, Counter[str]] = {}
     for s in states:

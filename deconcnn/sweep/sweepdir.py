@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deconcnn.runlog import layout
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import (
     CANCEL_FILE,
     CHECK_DIR,
     CHECK_FILE,
+    JOURNAL_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
     PROBE_FILE,
@@ -55,7 +57,12 @@ class SweepDir:
         return self.path / RUNS_DIR
 
     def run_dir(self, run_id: str) -> Path:
-        return self.runs_dir / run_id
+        """`runs/<run_id>`; UnsafeRunDir for a run id that is not one plain directory name."""
+        return layout.run_dir(self.path, run_id)
+
+    def run_dir_problem(self, run_id: str) -> str | None:
+        """Why the run's directory is not a plain directory inside runs/ (a symbolic link), None if it is."""
+        return layout.run_dir_problem(self.path, run_id)
 
     @property
     def manifest_path(self) -> Path:
@@ -80,6 +87,10 @@ class SweepDir:
     @property
     def cancel_path(self) -> Path:
         return self.path / CANCEL_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / JOURNAL_FILE
 
     def exists(self) -> bool:
         return self.manifest_path.is_file()
@@ -118,6 +129,19 @@ class SweepDir:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def launch_live(self) -> bool:
+        """A launch of this sweep holds its lock now: a local launch while its runs run, any launch
+        while it validates and submits. Read from the kernel's lock table (/proc/locks), never by
+        taking the lock, which would refuse a launch starting at that moment; a lock held on another
+        host of a shared filesystem is not in this host's table."""
+        try:
+            st = (self.path / LOCK_FILE).stat()
+            table = Path("/proc/locks").read_text()
+        except OSError:
+            return False
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        return any(inode in line.split() for line in table.splitlines())
 
     # ---- cancellations: appended without the lock, which a local launch holds while it runs
 

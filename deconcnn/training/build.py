@@ -15,16 +15,21 @@ from pytorch_lightning.callbacks import Callback
 
 from deconcnn.callbacks.metrics_logger import MetricsLogPosition
 from deconcnn.runconfig import check_config
+from deconcnn.runlog.rundir import RunDirIdentity
 from deconcnn.training.checkpoints import AtomicCheckpointIO
 from deconcnn.training.loggers import logger_specs, make_loggers
 from deconcnn.training.module import ImageClassifier
 
 
 def build_run(
-    cfg: DictConfig, extra_callbacks: Sequence[Callback] = (), checkpoint_step: int | None = None
+    cfg: DictConfig,
+    extra_callbacks: Sequence[Callback] = (),
+    checkpoint_step: int | None = None,
+    run_dir: RunDirIdentity | None = None,
 ) -> tuple[pl.LightningDataModule, ImageClassifier, pl.Trainer]:
     """`checkpoint_step`: the step of the checkpoint the run resumes from, None from step 0 (the
-    loggers drop what an earlier attempt logged after it)."""
+    loggers drop what an earlier attempt logged after it). `run_dir`: the directory the run started
+    in; no checkpoint is written once it was deleted or replaced."""
     check_config(cfg)
     loggers = make_loggers(logger_specs(cfg), checkpoint_step)  # a missing package fails before any data loads
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -40,7 +45,7 @@ def build_run(
     )
     metrics_log = instantiate(cfg.metrics_log)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    plugins: list[object] = [AtomicCheckpointIO()]
+    plugins: list[object] = [AtomicCheckpointIO(run_dir)]
     # Under SLURM the sweep's job runner owns requeueing; Lightning's own SIGUSR1 requeue would be a
     # second handler racing it (submitit #1709), so it is switched off.
     if SLURMEnvironment.detect():

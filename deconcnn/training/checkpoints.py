@@ -3,12 +3,15 @@
 Writing: `AtomicCheckpointIO` writes every checkpoint through `deconcnn.runlog.atomic` (temporary
 file, fsync, rename, directory fsync), so `last.ckpt` is always the old or the new file. Lightning's
 own `_atomic_save` goes through an fsspec transaction without fsync: after a node crash the renamed
-file can be empty.
+file can be empty. Given the run directory's identity (deconcnn.runlog.rundir), it writes nothing
+once that directory was deleted or replaced: its `mkdir -p` would otherwise re-create it.
 
 Resuming: `choose_resume_point` tries `last.ckpt`, then every other checkpoint newest first, and
 takes the first that loads. Checkpoints that do not load are deleted (a half-written file would fail
 every later attempt the same way), and so are checkpoints written after the one chosen: they hold a
-state the resumed attempt will reach, and write, again.
+state the resumed attempt will reach, and write, again. So are checkpoints taken when the metric
+log was longer than it is now, or whose part of the log lacks some of their steps (the log was
+cut, deleted or damaged by hand): resuming from them would leave those steps missing for good.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from deconcnn.runlog.atomic import TMP_SUFFIX, write_bytes_atomic
-from deconcnn.runlog.metrics_log import METRICS_LOG_STATE
+from deconcnn.runlog.metrics_log import METRICS_FILE, METRICS_LOG_STATE, verify_train_steps
 from deconcnn.runlog.run_status import first_line
+from deconcnn.runlog.rundir import RunDirIdentity
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -39,9 +43,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     last_saved_path: Path | None = None
 
+    def __init__(self, run_dir: RunDirIdentity | None = None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
+        if self.run_dir is not None:
+            self.run_dir.check()
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Serialised in memory first: torch.save into a file that hits a full disk reports a zip
@@ -91,12 +101,23 @@ def choose_resume_point(run_dir: Path) -> ResumePoint:
     for leftover in checkpoint_dir.glob(f".*{TMP_SUFFIX}"):  # a write the kill interrupted
         leftover.unlink(missing_ok=True)
     candidates = _candidates(checkpoint_dir)
+    log = Path(run_dir) / METRICS_FILE
+    log_size = log.stat().st_size if log.is_file() else 0
     notes: list[str] = []
     for index, path in enumerate(candidates):
         try:
             step, offset = read_checkpoint_position(path)
         except Exception as error:  # noqa: BLE001  torch raises many types for a damaged file
             notes.append(f"{path.name} does not load ({first_line(error)}): deleted")
+            path.unlink(missing_ok=True)
+            continue
+        lost = (
+            f"{METRICS_FILE} held {offset} bytes when it was taken, it holds {log_size}"
+            if offset > log_size
+            else verify_train_steps(log, step, required=False, limit=offset, repeats=True)  # missing steps
+        )
+        if lost:
+            notes.append(f"{path.name} is not resumed from ({lost}): deleted")
             path.unlink(missing_ok=True)
             continue
         written = path.stat().st_mtime_ns
@@ -108,5 +129,5 @@ def choose_resume_point(run_dir: Path) -> ResumePoint:
             notes.append(f"resumed from {path.name} (step {step})")
         return ResumePoint(path, step, offset, notes)
     if notes:
-        notes.append("no checkpoint loads: started over from step 0")
+        notes.append("no checkpoint to resume from: started over from step 0")
     return ResumePoint(None, 0, 0, notes)

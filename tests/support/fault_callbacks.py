@@ -83,3 +83,15 @@ class SleepEachStep(Callback):
 
     def on_train_batch_end(self, *args: object) -> None:
         time.sleep(self.seconds)
+
+
+class CutLogAtStep(Callback):
+    """Empties the run's metric log when the batch of `step` starts, as a hand or a tool cutting the
+    file would (its writer keeps appending)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.truncate(Path(trainer.default_root_dir) / "metrics.jsonl", 0)

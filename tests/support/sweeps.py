@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -35,6 +36,29 @@ def write_sweep(
         lines.append(f"  {variant}: {json.dumps(body)}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under root with a hash of its contents (directories as '/')."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): "/" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def refused(capsys, argv: list[str], out: Path, expected: str) -> None:
+    """The command exits 2 with one line saying `expected`, and nothing under `out` changed."""
+    before = snapshot(out)
+    capsys.readouterr()
+    assert sweep_cli([str(a) for a in argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("deconcnn-sweep: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err + captured.out
+    assert expected in err, err
+    assert snapshot(out) == before
 
 
 def launch_json(*args: str) -> int:

@@ -3,7 +3,6 @@ directory exactly as it was (nothing written, nothing submitted)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,29 +10,7 @@ import pytest
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.sweep.executors import slurm_cli
-from sweeps import LOCAL_SLURM, launch_json, write_sweep
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under root with a hash of its contents (directories as '/')."""
-    if not root.exists():
-        return {}
-    return {
-        str(p.relative_to(root)): "/" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def refused(capsys, argv: list[str], out: Path, expected: str) -> None:
-    before = snapshot(out)
-    capsys.readouterr()
-    assert sweep_cli([str(a) for a in argv]) == 2
-    captured = capsys.readouterr()
-    err = captured.err
-    assert err.startswith("deconcnn-sweep: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err + captured.out
-    assert expected in err, err
-    assert snapshot(out) == before
+from sweeps import LOCAL_SLURM, launch_json, refused, write_sweep
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,16 @@
 once after at most one relaunch; between the fault and the relaunch, `status` never shows a run as
 pending or running without a process, a live launch or a SLURM job behind it.
 
-Local: SIGKILL of the launcher, Ctrl-C, `cancel` during a launch. SLURM (the real local cluster):
-scancel of a pending and of a running task, slurmctld killed and restarted, `cancel` of one run of
-a packed task and then of the rest. (SIGKILL of one packed run and `scontrol requeue`:
+Local: SIGKILL of the launcher, Ctrl-C, `cancel` during a launch, `rm -rf` of a run directory.
+SLURM (the real local cluster): scancel of a pending and of a running task, slurmctld killed and
+restarted, `cancel` of one run of a packed task and then of the rest. (SIGKILL of one packed run and `scontrol requeue`:
 test_packing_slurm.py and test_launch_slurm.py.)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,6 +168,20 @@ def test_cancel_during_a_local_launch_then_relaunch(tmp_path, capsys):
     assert first.returncode == 0, out
     assert assert_no_phantoms(sweep_dir, capsys) == {"S-core_s0": "cancelled", "S-core_s1": "cancelled"}
     assert train_steps(SweepDir(sweep_dir).run_dir("S-core_s1")) == []  # queued: never started
+    assert launch_json(sweep_file, "--executor", "local", "--out", tmp_path / "out") == 0
+    assert_every_step_once(sweep_dir, capsys)
+
+
+def test_rm_rf_of_a_run_directory_mid_run_then_relaunch(tmp_path, capsys):
+    sweep_file, sweep_dir = sweep(tmp_path, seeds="0")
+    run_dir = SweepDir(sweep_dir).run_dir("S-core_s0")
+    first = launcher(sweep_file, tmp_path / "out")
+    wait_for("the run to train", lambda: training(sweep_dir, "S-core_s0", steps=7))
+    shutil.rmtree(run_dir)  # a scratch purge
+    out, _ = first.communicate(timeout=120)
+    assert "S-core_s0: not started" in out, out  # no run.json: none was re-created
+    assert not run_dir.exists()
+    assert assert_no_phantoms(sweep_dir, capsys) == {"S-core_s0": "lost"}  # never completed
     assert launch_json(sweep_file, "--executor", "local", "--out", tmp_path / "out") == 0
     assert_every_step_once(sweep_dir, capsys)
 

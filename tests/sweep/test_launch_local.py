@@ -90,6 +90,30 @@ def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, ca
     assert status_of(sweep_dir, capsys)["counts"]["all"]["completed"] == 2
 
 
+def test_a_completed_run_that_lost_its_log_or_a_garbage_run_json_is_failed_then_trained_again(finished_sweep, capsys):
+    sweep_file, sweep_dir = finished_sweep
+    sd = SweepDir(sweep_dir)
+    (sd.run_dir("S-core_s0") / "run.json").write_text('{"status": "compl')  # a damaged disk, a hand edit
+    (sd.run_dir("S-core_s1") / "metrics.jsonl").unlink()  # a scratch purge of the log alone
+    reasons = {r["run_id"]: (r["state"], r["reason"]) for r in status_of(sweep_dir, capsys)["runs"]}
+    state, reason = reasons["S-core_s0"]
+    assert state == "failed" and reason.startswith("run.json unreadable: JSONDecodeError"), reason
+    assert "is gone, and run.json does not say how it ended" in reason
+    assert reasons["S-core_s1"] == (
+        "failed",
+        "run.json says completed, but metrics.jsonl is missing: a relaunch trains it again",
+    )
+    capsys.readouterr()
+    assert launch_json(sweep_file, "--executor", "local", "--out", sweep_dir.parent, "--quiet") == 0
+    assert "2 runs submitted, skipped: none" in capsys.readouterr().out
+    assert status_of(sweep_dir, capsys)["counts"]["all"]["completed"] == 2
+    for run_id in ("S-core_s0", "S-core_s1"):
+        steps = [
+            r["step"] for r in map(json.loads, (sd.run_dir(run_id) / "metrics.jsonl").open()) if r["kind"] == "train"
+        ]
+        assert steps == [0, 1, 2, 3], run_id
+
+
 def test_a_changed_sweep_file_is_refused_saying_what_changed(finished_sweep, tmp_path, capsys):
     _sweep_file, sweep_dir = finished_sweep
     changed = write_sweep(tmp_path / "tiny.yaml", seeds="0,1,2")

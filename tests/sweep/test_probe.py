@@ -4,6 +4,8 @@ it, and real probes on this machine's CPUs (and through the local SLURM cluster)
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from deconcnn.cli import run as sweep_cli
-from deconcnn.sweep import launch
+from deconcnn.sweep import launch, processes
 from deconcnn.sweep.executors import Command
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import make_packs
 from deconcnn.sweep.probe.measure import measure, summarize_trial
 from deconcnn.sweep.probe.rules import (
+    WORKER_MODULE,
     ProbeFileError,
     ProbeSettings,
     VariantSpec,
@@ -26,7 +29,7 @@ from deconcnn.sweep.probe.rules import (
     stop_reason,
 )
 from deconcnn.sweep.sweepdir import SweepDir
-from sweeps import LOCAL_SLURM, launch_json, write_sweep
+from sweeps import LOCAL_SLURM, launch_json, wait_for, write_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_FAKE_GPU = [o for o in LOCAL_SLURM if "gpus_per_node" not in o] + ["hydra.launcher.gpus_per_node=1"]
@@ -273,6 +276,61 @@ def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
     assert sorted(probe_hours_per_run(out)) == sorted(result["variants"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per GPU" in captured.out and "probe: " in captured.out
+
+
+def pids_running(*words: str) -> list[int]:
+    """Live processes of this user whose command line holds every word."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and all(w in cmdline for w in words) and processes.start_time(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_probe_stopped_by_a_signal_leaves_no_process_behind(tmp_path, signum):
+    probe = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deconcnn.cli",
+            "probe-resources",
+            str(REPO / "sweeps" / "demo.yaml"),
+            "--executor",
+            "local",
+            "--only",
+            "S-core",
+            "--max-workers",
+            "1",
+            "--steps",
+            "100000",
+            "--warmup",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the probe's scratch, named in its workers' command lines
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # A worker inside its timed window: the probe wrote `go` (ready.0 is past the barrier's start).
+    worker = wait_for("a throughput worker", lambda: pids_running(WORKER_MODULE, str(tmp_path)), timeout=300)
+    wait_for("the timed window", lambda: list(tmp_path.glob("deconcnn-probe-*/S-core/k1/go")), timeout=300)
+    measuring = pids_running("deconcnn.sweep.probe.measure", str(tmp_path))
+    assert measuring, "the probe job is not found"
+    probe.send_signal(signum)
+    out, _ = probe.communicate(timeout=120)
+    assert probe.returncode == 128 + signum, out[-3000:]
+    wait_for("the worker and the probe job to end", lambda: not pids_running(WORKER_MODULE, str(tmp_path)), timeout=30)
+    assert not pids_running("deconcnn.sweep.probe.measure", str(tmp_path)), (measuring, worker)
+    assert not list(tmp_path.glob("deconcnn-probe-*")), "the probe's scratch directory is left"
 
 
 @pytest.mark.slow

@@ -145,7 +145,7 @@ def test_run_state_table(submission, run_json, proc, live, cancelled, expected):
     if expected[1] is not None:
         assert reason == expected[1]
     if state == "failed" and expected[1] is None:
-        assert "is gone but run.json says running (killed?)" in reason
+        assert "is gone, and run.json does not say how it ended (killed?)" in reason
     if state == "lost":
         assert ("its launch is gone" if submission["executor"] == "local" else "the scheduler does not know") in reason
 

@@ -1,16 +1,22 @@
 """status: the table at 80 columns, progress of running runs, --watch (honours its number above a
-floor, ends when every run is final, newline-delimited JSON), and the link to a sweep's report."""
+floor, ends when every run is final and no launch is live, follows a relaunch, newline-delimited JSON),
+and the link to a sweep's report."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 from fake_sweep import make_sweep, run_id
 
 from deconcnn.analysis.report import report
 from deconcnn.cli import follow, watch_interval
 from deconcnn.cli import run as sweep_cli
-from deconcnn.sweep.status import current_states
+from deconcnn.sweep.status import WatchEnd, current_states
+from deconcnn.sweep.sweepdir import SweepDir
+from sweeps import wait_for
 
 FAILED = run_id("S-core", 0.1, 1e-3, 0)
 RUNNING = run_id("S-adamw", 0.2, 1e-3, 1)
@@ -43,14 +49,42 @@ def test_the_table_fits_80_columns_with_every_state_spelled_out(tmp_path, capsys
     assert "10/16 (62%)" in out.split("running runs")[1]
 
 
-def test_watch_ends_at_once_on_a_final_sweep_with_one_json_document_per_refresh(tmp_path, capsys):
+def test_watch_of_a_final_sweep_ends_at_the_refresh_that_confirms_it_with_one_json_document_each(tmp_path, capsys):
     sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), failed=[FAILED])
     capsys.readouterr()
     assert sweep_cli(["status", str(sw.path), "--watch", "1", "--json"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["final"] is True
-    assert "every run is final" in captured.err
+    assert len(lines) == 2 and all(json.loads(line)["final"] is True for line in lines)
+    assert "every run is final and no launch of the sweep is running" in captured.err
+
+
+def test_watch_does_not_end_while_a_launch_of_the_sweep_holds_its_lock(tmp_path):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), failed=[FAILED])
+    out = tmp_path / "watch.jsonl"  # one document per refresh, flushed as it comes
+    with SweepDir(sw.path).lock(), open(out, "w") as sink:  # a relaunch validating and submitting
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "deconcnn.cli", "status", str(sw.path), "--watch", "1", "--json"],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for("three refreshes", lambda: watch.poll() is not None or len(out.read_text().splitlines()) >= 3)
+        assert watch.poll() is None, "the watch ended while a launch held the sweep's lock"
+    _, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0 and "no launch of the sweep is running" in err
+
+
+def test_watch_follows_a_new_submission_instead_of_ending_on_the_old_one(tmp_path):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), failed=[FAILED])
+    sd = SweepDir(sw.path)
+    ended = WatchEnd(sw.path)
+    states = current_states(sw.path)
+    assert not ended(states)  # the first look at a final sweep: a relaunch may be starting
+    time.sleep(0.01)  # a manifest written later than the last look has a later mtime
+    sd.write_manifest({**sd.read_manifest(), "submissions": [*sd.read_manifest()["submissions"], {"id": "new"}]})
+    assert not ended(states)  # a relaunch submitted since: its runs are followed
+    assert ended(current_states(sw.path))
 
 
 def test_watch_follows_a_sweep_until_every_run_is_final(tmp_path):
@@ -64,7 +98,8 @@ def test_watch_follows_a_sweep_until_every_run_is_final(tmp_path):
         run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "completed"}))
 
     seen = [{s.run_id: s.state for s in states} for states in follow(sw.path, current_states(sw.path), 7.0, sleep)]
-    assert [states[running] for states in seen] == ["running", "completed"] and slept == [7.0]
+    # it ends at the second refresh that finds every run final (WatchEnd: a relaunch may be starting)
+    assert [states[running] for states in seen] == ["running", "completed", "completed"] and slept == [7.0, 7.0]
 
 
 def test_watch_on_a_terminal_redraws_one_live_table(tmp_path, capsys, monkeypatch):

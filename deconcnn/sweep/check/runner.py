@@ -31,6 +31,7 @@ from deconcnn.sweep.check.rules import (
 )
 from deconcnn.sweep.executors import Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import with_debug
+from deconcnn.sweep.limits import MAX_RUNS
 from deconcnn.sweep.sweepdir import code_version
 
 
@@ -212,6 +213,7 @@ def check_sweep(
     config_dirs: Sequence[str | Path] = (),
     executor: str = "auto",
     workers_per_gpu: int | None = None,
+    max_runs: int = MAX_RUNS,
     on_done: Callable[[VariantCheck], None] = lambda check: None,
 ) -> CheckResult:
     """Run and check every variant; writes and returns the result (passed or not)."""
@@ -223,7 +225,7 @@ def check_sweep(
         raise CheckError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
     started = time.monotonic()
     # As launch loads it (same overrides, same config directories): the same fingerprint.
-    launch_plan = plan(sweep_file, out=out, overrides=overrides, config_dirs=config_dirs)
+    launch_plan = plan(sweep_file, out=out, overrides=overrides, config_dirs=config_dirs, max_runs=max_runs)
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     kind = resolve_executor(executor)
     runner: Executor

@@ -85,6 +85,11 @@ class Executor(ABC):
     def cancel(self, handles: Sequence[str]) -> None:
         """Stop the handles' packs (pending ones never start)."""
 
+    def room(self) -> tuple[int | None, str]:
+        """(packs the scheduler's limits let this user queue now, the limit that says so); None:
+        no limit."""
+        return None, ""
+
     def describe(self, handles: Sequence[str]) -> dict[str, Any]:
         """What the manifest keeps about a submission (job ids, pids); JSON-serialisable."""
         return {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from deconcnn.runlog.atomic import write_json_atomic
-from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, SUBMISSION_ENV, read_run_status
+from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, SUBMISSION_ENV, read_checked_status
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import STOP_GRACE_S, Command, Submission
 from deconcnn.sweep.sweepdir import SweepDir
@@ -35,7 +36,7 @@ CHECK_EVERY_S = 1.0
 
 
 def is_kept(workdir: str | Path) -> bool:
-    status = read_run_status(Path(workdir))
+    status = read_checked_status(Path(workdir))  # a completed run whose log was lost since runs again
     return status is not None and status.get("status") in KEEP_STATUSES
 
 
@@ -65,9 +66,12 @@ def run_pack(
     stopped = cancelled()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for command in commands:
+        workdir = Path(command.workdir)
+        if workdir.is_symlink():  # linked after launch refused links: the run would write where it points
+            print(f"deconcnn: {command.name}: not started: {workdir} is a symbolic link", file=sys.stderr, flush=True)
+            continue
         if is_kept(command.workdir) or command.name in stopped or (stop is not None and stop.is_set()):
             continue
-        workdir = Path(command.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         with open(workdir / RUN_LOG, "ab") as log:
             proc = subprocess.Popen(

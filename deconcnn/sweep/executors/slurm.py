@@ -1,10 +1,17 @@
 """The SLURM executor: packs become the tasks of job arrays, submitted through submitit.
 
 One sbatch call per chunk of at most MaxArraySize packs (submitit does not split arrays: its
-#1624); submit returns once sbatch has answered. Handles are submitit's task ids (`<array>_<task>`).
+#1624); submit returns once sbatch has answered. Given a journal (deconcnn.sweep.journal), the
+arrays are written down before the first sbatch and each job id as soon as sbatch answers, each
+array named after the submission, so a launch killed at any point leaves a record of what it
+queued. `room` says how many tasks the site's limits (MaxSubmitJobs, MaxJobCount) let this user
+queue now. Handles are submitit's task ids (`<array>_<task>`).
 poll asks squeue once for the live tasks and sacct once for the ones squeue no longer lists (sacct
-lags squeue by seconds and may be absent; a task neither knows is `unknown`). sbatch's refusal is
-one line (LauncherError) and leaves nothing submitted: the chunks already accepted are cancelled.
+lags squeue by seconds and may be absent; a task neither knows is `unknown`); both are asked by
+array job id, so a sweep of 50,000 tasks in 50 arrays is two short commands. sbatch's refusal is
+one line (LauncherError) and leaves nothing submitted: the arrays already accepted are cancelled
+(by array job id). A refusal for a job limit after some arrays were accepted keeps them: submit
+returns their handles (fewer than the packs) and `stopped_by` says why.
 """
 
 from __future__ import annotations
@@ -16,14 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError, FailedSubmissionError
+from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
 from deconcnn.sweep.executors import Executor, Pack, SchedulerState, Submission, slurm_cli
 from deconcnn.sweep.executors.runner import PackJob
+from deconcnn.sweep.journal import Journal, array_name
 from deconcnn.sweep.launcher import LauncherError, submitit_kwargs
 
 WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"})
 ACTIVE = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
+
+
+#: sbatch's words when a job limit refuses an array (MaxSubmitJobs of an association or QOS,
+#: MaxJobCount of the controller): the arrays accepted before it are a wave worth keeping.
+LIMIT_REFUSALS = ("MaxSubmitJob", "job submit limit", "temporarily unable to accept job")
+
+
+def task_log(folder: Path, handle: str) -> str:
+    """Where submitit has an array task write its stdout."""
+    return str(JobPaths(folder, job_id=handle, task_id=0).stdout)
 
 
 def sbatch_refusal(error: BaseException) -> str:
@@ -36,10 +54,21 @@ def sbatch_refusal(error: BaseException) -> str:
 class SlurmExecutor(Executor):
     kind = "slurm"
 
-    def __init__(self, folder: Path, launcher: dict[str, Any], mps: bool = False) -> None:
-        self.folder, self.launcher, self.mps = Path(folder), launcher, mps
-        self._logs: dict[str, str] = {}
+    def __init__(
+        self, folder: Path, launcher: dict[str, Any], mps: bool = False, journal: Journal | None = None
+    ) -> None:
+        self.folder, self.launcher, self.mps, self.journal = Path(folder), launcher, mps, journal
         self._sbatch_calls = 0
+        self._limits: slurm_cli.JobLimits | None = None
+        self.stopped_by: str | None = None  # the job limit that refused the arrays not submitted
+
+    def limits(self) -> slurm_cli.JobLimits:
+        if self._limits is None:
+            self._limits = slurm_cli.job_limits(self.launcher.get("qos"))
+        return self._limits
+
+    def room(self) -> tuple[int | None, str]:
+        return self.limits().room()
 
     def submit(self, packs: Sequence[Pack], submission: Submission) -> list[str]:
         init, params = submitit_kwargs(self.launcher, submission.name)
@@ -49,10 +78,13 @@ class SlurmExecutor(Executor):
         except (ValueError, NameError) as error:  # a parameter submitit does not know (NameError in 1.5)
             raise LauncherError(f"launcher settings: {str(error).splitlines()[0]}") from None
         cpus = params.get("cpus_per_task")
-        chunk_size = slurm_cli.max_array_size()
+        size = self.limits().max_array_size
+        arrays = [packs[start : start + size] for start in range(0, len(packs), size)]
+        if self.journal:
+            self.journal.begin([[[c.name for c in pack] for pack in array] for array in arrays])
         handles: list[str] = []
-        for start in range(0, len(packs), chunk_size):
-            chunk = packs[start : start + chunk_size]
+        for index, array in enumerate(arrays):
+            executor.update_parameters(name=array_name(submission, index))
             try:
                 # submitit prints sbatch's stderr itself before raising: it is said once, below.
                 with contextlib.redirect_stderr(io.StringIO()), executor.batch():
@@ -60,16 +92,28 @@ class SlurmExecutor(Executor):
                         executor.submit(
                             PackJob(list(pack), submission, self.mps, max(1, cpus // len(pack)) if cpus else None)
                         )
-                        for pack in chunk
+                        for pack in array
                     ]
             except (FailedJobError, FailedSubmissionError) as error:
+                refusal = sbatch_refusal(error)
+                if handles and any(words in str(error) for words in LIMIT_REFUSALS):
+                    self.stopped_by = refusal
+                    return handles
                 if handles:
-                    slurm_cli.scancel(*handles)
-                raise LauncherError(sbatch_refusal(error)) from None
+                    try:
+                        slurm_cli.scancel(*slurm_cli.array_ids(handles))
+                    except slurm_cli.SlurmError as cancel_error:  # the journal keeps them for the next launch
+                        raise LauncherError(
+                            f"{refusal}; cancelling the arrays accepted before it failed ({cancel_error}): "
+                            "the next launch of this sweep records them"
+                        ) from None
+                if self.journal:
+                    self.journal.finish()
+                raise LauncherError(refusal) from None
             self._sbatch_calls += 1
-            for job in jobs:
-                handles.append(job.job_id)
-                self._logs[job.job_id] = str(job.paths.stdout)
+            if self.journal:
+                self.journal.accepted(index, slurm_cli.array_ids(job.job_id for job in jobs)[0])
+            handles.extend(job.job_id for job in jobs)
         return handles
 
     def poll(self, handles: Sequence[str]) -> dict[str, SchedulerState]:
@@ -80,10 +124,10 @@ class SlurmExecutor(Executor):
             slurm_cli.scancel(*handles)
 
     def describe(self, handles: Sequence[str]) -> dict[str, Any]:
-        return {"array_job_ids": sorted({h.split("_")[0] for h in handles}), "sbatch_calls": self._sbatch_calls}
+        return {"array_job_ids": slurm_cli.array_ids(handles), "sbatch_calls": self._sbatch_calls}
 
     def log_of(self, handle: str) -> str | None:
-        return self._logs.get(handle)
+        return task_log(self.folder, handle)
 
 
 def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
@@ -94,7 +138,7 @@ def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
         return dict.fromkeys(handles, SchedulerState("unreachable", str(error).splitlines()[0]))
     gone = [h for h in handles if h not in live]
     try:
-        accounted = slurm_cli.sacct_states(gone) if gone else {}
+        accounted = slurm_cli.sacct_states(slurm_cli.array_ids(gone)) if gone else {}
     except slurm_cli.SlurmError:  # no accounting: the run's own files tell how it ended
         accounted = {}
     out = {}

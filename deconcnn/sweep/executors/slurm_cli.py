@@ -1,16 +1,22 @@
 """Thin, typed wrappers around the SLURM command-line tools used by the sweep layer.
 
 No torch (nor any other heavy) import here: the sweep layer must start fast. Every command runs
-with a timeout; a failing command raises :class:`SlurmError` carrying its stderr.
+with a timeout; a failing command raises :class:`SlurmError` carrying its stderr. Lists of job ids
+are passed ARG_BYTES at a time (`id_chunks`): Linux refuses one argument over 128 KiB, which
+10,500 array task ids pass.
 
 Functions:
     slurm_available()          -> bool: sbatch/squeue on PATH and `scontrol ping` says UP
     max_array_size()           -> int: MaxArraySize from one `scontrol show config`
+    job_limits(qos)            -> JobLimits: MaxArraySize, MaxJobCount, MaxSubmitJobs and the queue now
+    jobs_named(names, since)   -> {job name: [array job ids]} from squeue and sacct
+    array_ids(handles)         -> the array job ids of array tasks ('123_4' -> '123'), sorted
     squeue_states(job_ids)     -> {task id: QueueEntry(state, reason, started)}, one squeue call
-    sacct_states(job_ids)      -> {job id: normalised state}, one sacct call for all ids
+    sacct_states(job_ids)      -> {job id: normalised state}, one sacct call
     partition_nodes(partition) -> [NodeResources] of the partition (default partition if None)
     scancel(*job_ids)          -> None, one scancel call
     requeue(job_id)            -> None: requeue and make it eligible to start at once
+("one call": one per ARG_BYTES of ids.)
 """
 
 from __future__ import annotations
@@ -25,10 +31,16 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "ARG_BYTES",
+    "JobLimits",
     "NodeResources",
     "QueueEntry",
     "SlurmError",
+    "array_ids",
     "expand_array_id",
+    "id_chunks",
+    "job_limits",
+    "jobs_named",
     "max_array_size",
     "normalise_state",
     "partition_nodes",
@@ -41,6 +53,29 @@ __all__ = [
 
 #: Seconds any one SLURM command may take before it is treated as failed.
 DEFAULT_TIMEOUT_S = 30.0
+#: Bytes of job ids one command gets, joined or as separate arguments: a quarter of Linux's cap on
+#: one argument (MAX_ARG_STRLEN, 128 KiB), so ids, options and the environment stay far below
+#: ARG_MAX too. 32 KiB is ~2,700 array task ids.
+ARG_BYTES = 32 * 1024
+
+
+def id_chunks(ids: Iterable[str], budget: int | None = None) -> list[list[str]]:
+    """`ids` in order, cut into lists whose comma-joined text stays within `budget` (ARG_BYTES) bytes."""
+    budget = budget or ARG_BYTES
+    chunks: list[list[str]] = []
+    size = budget + 1
+    for job_id in ids:
+        if size + 1 + len(job_id) > budget:
+            chunks.append([])
+            size = -1
+        chunks[-1].append(job_id)
+        size += 1 + len(job_id)
+    return chunks
+
+
+def array_ids(handles: Iterable[str]) -> list[str]:
+    """The array job ids of array tasks, once each (`'123_4'` -> `'123'`; a plain job id stays)."""
+    return sorted({str(h).split("_", 1)[0] for h in handles}, key=lambda j: (len(j), j))
 
 
 class SlurmError(RuntimeError):
@@ -81,14 +116,110 @@ def slurm_available(timeout: float = 10.0) -> bool:
     return " is UP" in out
 
 
+def _config_value(out: str, key: str) -> int | None:
+    m = re.search(rf"^\s*{key}\s*=\s*(\d+)\s*$", out, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
 def max_array_size() -> int:
     """The controller's MaxArraySize (array indices must be < this value)."""
     cmd = ["scontrol", "show", "config"]
-    out = _run(cmd)
-    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", out, re.MULTILINE)
-    if m is None:
+    value = _config_value(_run(cmd), "MaxArraySize")
+    if value is None:
         raise SlurmError(cmd, "no MaxArraySize line in the output")
-    return int(m.group(1))
+    return value
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What the site lets one user queue, and what is queued now. Every array task is a job for
+    MaxSubmitJobs and MaxJobCount."""
+
+    max_array_size: int
+    max_job_count: int | None  # jobs the controller holds at once, all users (slurm.conf MaxJobCount)
+    max_submit: int | None  # the smallest MaxSubmitJobs of the user's associations and QOS; None: none set
+    submit_limit: str  # which limit max_submit is, for messages
+    queued_mine: int  # this user's pending and running jobs, array tasks counted one by one
+    queued_all: int
+
+    def room(self) -> tuple[int | None, str]:
+        """(jobs this user may queue now, the limit that says so); (None, '') when nothing limits."""
+        rooms = []
+        if self.max_submit is not None:
+            rooms.append(
+                (
+                    self.max_submit - self.queued_mine,
+                    f"{self.submit_limit}={self.max_submit}, {self.queued_mine} of your jobs queued",
+                )
+            )
+        if self.max_job_count is not None:
+            rooms.append(
+                (
+                    self.max_job_count - self.queued_all,
+                    f"MaxJobCount={self.max_job_count}, {self.queued_all} jobs queued on the cluster",
+                )
+            )
+        if not rooms:
+            return None, ""
+        free, why = min(rooms)
+        return max(0, free), why
+
+
+def _sacctmgr(*args: str) -> list[list[str]]:
+    """Rows of a parsable sacctmgr listing; none when accounting is absent (no limits to read)."""
+    try:
+        out = _run(["sacctmgr", "--noheader", "--parsable2", "list", *args])
+    except SlurmError:
+        return []
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def job_limits(qos: str | None = None) -> JobLimits:
+    """The limits a submission must fit (as scalableminds/cluster_tools reads them): MaxArraySize
+    and MaxJobCount from `scontrol show config`, MaxSubmitJobs of the user's associations and
+    MaxSubmitJobsPerUser of the QOS the job gets (`qos`, else the associations' default or their
+    QOS) from sacctmgr, and the queue from one squeue call. Four commands."""
+    import getpass
+
+    cmd = ["scontrol", "show", "config"]
+    config = _run(cmd)
+    array_size = _config_value(config, "MaxArraySize")
+    if array_size is None:
+        raise SlurmError(cmd, "no MaxArraySize line in the output")
+    user = getpass.getuser()
+    limits: list[tuple[int, str]] = []
+    qos_names: set[str] = {qos} if qos else set()
+    for row in _sacctmgr("user", user, "withassoc", "format=MaxSubmitJobs,QOS,DefaultQOS"):
+        if len(row) >= 3:
+            if row[0].strip().isdigit():
+                limits.append((int(row[0]), "MaxSubmitJobs (your association)"))
+            if not qos:
+                qos_names |= {row[2].strip()} if row[2].strip() else {q for q in row[1].split(",") if q.strip()}
+    for row in _sacctmgr("qos", "format=Name,MaxSubmitJobsPerUser"):
+        if len(row) >= 2 and row[0] in qos_names and row[1].strip().isdigit():
+            limits.append((int(row[1]), f"MaxSubmitJobsPerUser (QOS {row[0]})"))
+    queue = _run(["squeue", "--noheader", "--array", "--format=%u"]).split()
+    max_submit, which = min(limits) if limits else (None, "")
+    return JobLimits(array_size, _config_value(config, "MaxJobCount"), max_submit, which, queue.count(user), len(queue))
+
+
+def jobs_named(names: Sequence[str], since: float) -> dict[str, list[str]]:
+    """The array job ids of the jobs with these names submitted since `since` (epoch seconds), queued
+    (squeue) or ended (sacct): how a launch killed before it wrote sbatch's answer down finds its jobs."""
+    found: dict[str, set[str]] = {name: set() for name in names}
+    for chunk in id_chunks(names):
+        for line in _run(["squeue", "--noheader", "--format=%F|%j", "--name", ",".join(chunk)]).splitlines():
+            job, _, name = line.strip().partition("|")
+            if name in found:
+                found[name].add(job)
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 60))
+        cmd = ["sacct", "--noheader", "--parsable2", "-X", "--format=JobID,JobName", "--starttime", start]
+        with contextlib.suppress(SlurmError):  # no accounting: squeue's answer is all there is
+            for line in _run([*cmd, "--name", ",".join(chunk)]).splitlines():
+                job, _, name = line.strip().partition("|")
+                if name in found:
+                    found[name].add(job.split("_", 1)[0])
+    return {name: sorted(jobs) for name, jobs in found.items()}
 
 
 def normalise_state(state: str) -> str:
@@ -125,7 +256,7 @@ def expand_array_id(job_id: str) -> list[str]:
 
 
 def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """States of jobs and array tasks from ONE ``sacct`` call.
+    """States of jobs and array tasks from ONE ``sacct`` call (per ARG_BYTES of ids).
 
     ``job_ids`` may hold plain job ids (``'123'``), array job ids (``'123'`` stands for all its
     tasks) and array task ids (``'123_4'``). The result maps every job or array task that sacct
@@ -140,28 +271,17 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     `read_job_id` drops a pending range with a step (`123_[0-6:3]`), whose tasks would then read as
     lost; squeue's ids need the same expansion (`expand_array_id`).
     """
-    ids = list(dict.fromkeys(str(j) for j in job_ids))
-    if not ids:
-        return {}
-    cmd = [
-        "sacct",
-        "--parsable2",
-        "--noheader",
-        "-X",
-        "--format=JobID,State",
-        "--jobs",
-        ",".join(ids),
-    ]
-    out = _run(cmd)
     states: dict[str, str] = {}
-    for line in out.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("|")
-        if len(fields) < 2:
-            raise SlurmError(cmd, f"unparsable sacct line {line!r}")
-        for task_id in expand_array_id(fields[0].strip()):
-            states[task_id] = normalise_state(fields[1])
+    for ids in id_chunks(dict.fromkeys(str(j) for j in job_ids)):
+        cmd = ["sacct", "--parsable2", "--noheader", "-X", "--format=JobID,State", "--jobs", ",".join(ids)]
+        for line in _run(cmd).splitlines():
+            if not line.strip():
+                continue
+            fields = line.split("|")
+            if len(fields) < 2:
+                raise SlurmError(cmd, f"unparsable sacct line {line!r}")
+            for task_id in expand_array_id(fields[0].strip()):
+                states[task_id] = normalise_state(fields[1])
     return states
 
 
@@ -175,14 +295,19 @@ class QueueEntry(NamedTuple):
 
 
 def squeue_states(job_ids: Iterable[str]) -> dict[str, QueueEntry]:
-    """The queue entry of every live job or array task among ``job_ids``, from ONE squeue call.
+    """The queue entry of every live job or array task among ``job_ids``, from ONE squeue call
+    (per ARG_BYTES of array ids).
 
     Array tasks still pending as a range (``'123_[2-5]'``) are expanded; a job squeue does not list
     has ended (or was never known). Array job ids (``'123'``) stand for all their tasks.
     """
-    arrays = sorted({str(j).split("_", 1)[0] for j in job_ids})
-    if not arrays:
-        return {}
+    states: dict[str, QueueEntry] = {}
+    for arrays in id_chunks(array_ids(job_ids)):
+        states.update(_squeue(arrays))
+    return states
+
+
+def _squeue(arrays: list[str]) -> dict[str, QueueEntry]:
     # --states=all would list recently ended jobs too; the default lists pending and running ones.
     try:
         out = _run(["squeue", "--array", "--noheader", "--format=%i|%T|%S|%r", "--jobs", ",".join(arrays)])
@@ -267,7 +392,8 @@ _ARRAY_TASK = re.compile(r"^\d+_\d+$")
 
 
 def scancel(*job_ids: str) -> None:
-    """Cancel jobs, whole arrays (``'123'``) or array tasks (``'123_4'``), in one scancel call.
+    """Cancel jobs, whole arrays (``'123'``) or array tasks (``'123_4'``), in one scancel call (per
+    ARG_BYTES of ids).
 
     Cancelling a job that already finished is a no-op. ``scancel`` exits 0 even for an unknown
     job id; this raises SlurmError when it prints an error (for example "Invalid job id
@@ -279,10 +405,14 @@ def scancel(*job_ids: str) -> None:
     record, and sacct then shows them CANCELLED like any other job.
     """
     ids = [str(j) for j in job_ids]
-    tasks = [j for j in ids if _ARRAY_TASK.match(j)]
-    if tasks:
+    for tasks in id_chunks(j for j in ids if _ARRAY_TASK.match(j)):
         with contextlib.suppress(SlurmError):  # running, finished or unknown: nothing to split
             _run(["scontrol", "hold", ",".join(tasks)])
+    for chunk in id_chunks(ids):
+        _scancel(chunk)
+
+
+def _scancel(ids: list[str]) -> None:
     cmd = ["scancel", "--verbose", *ids]  # without --verbose an unknown id is silent
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEFAULT_TIMEOUT_S)

@@ -6,6 +6,8 @@ It runs as one job through the sweep's executor (local or SLURM, the same path):
     python -m deconcnn.sweep.probe.measure --request REQUEST.json --out RESULT.json
 
 printing a line per trial (the waiting command shows them) and writing the result atomically.
+SIGTERM or SIGINT (`probe-resources` stopped, scancel) ends it with the workers of the trial under
+way killed first: each is in its own session, so no signal to the probe's group reaches them.
 """
 
 from __future__ import annotations
@@ -140,6 +142,11 @@ def run_trial(
                 timed_out = True
                 break
             time.sleep(0.05)
+    except BaseException:  # the probe is stopped (main's signal handler): its workers go first
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        raise
     finally:
         flag("stop")
         for p in procs:
@@ -311,6 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--request", type=Path, required=True, help="specs and settings (written by probe-resources)")
     parser.add_argument("--out", type=Path, required=True, help="the result JSON")
     args = parser.parse_args(argv)
+
+    def stopped(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through run_trial, which kills the workers
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stopped)
     request = json.loads(args.request.read_text())
     specs = [VariantSpec(s["variant"], s["run_id"], tuple(s["overrides"])) for s in request["specs"]]
     result = measure(specs, ProbeSettings(**request["settings"]))

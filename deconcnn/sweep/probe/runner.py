@@ -1,6 +1,7 @@
 """deconcnn-sweep probe-resources: the probe as one job through the sweep's executor (measure.py),
 on one GPU of the cluster (SLURM) or of this machine (local), its lines shown as they come; then
-probe.json and its plot."""
+probe.json and its plot. SIGTERM or Ctrl-C while it waits cancels the job (a local one gets
+SIGTERM, and kills its workers) and ends with 143 / 130: nothing keeps running behind it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.layout import DEFAULT_OUT
 from deconcnn.runlog.run_status import RUN_LOG
 from deconcnn.sweep.executors import Command, Executor, Submission, resolve_executor, wait
+from deconcnn.sweep.limits import MAX_RUNS
 from deconcnn.sweep.probe.render import plot_probe
 from deconcnn.sweep.probe.rules import PROBE_VERSION, ProbeFailed, ProbeSettings, VariantSpec
 
@@ -60,15 +62,17 @@ def probe_resources(
     only: str | None = None,
     overrides: Sequence[str] = (),
     config_dirs: Sequence[str | Path] = (),
+    max_runs: int = MAX_RUNS,
     report: Callable[[str], None] = lambda line: None,
 ) -> tuple[Path, dict[str, Any]]:
     """Probe a sweep's variants in one job; write probe.json (+ .png); return both."""
     from deconcnn.sweep.grid import plan
+    from deconcnn.sweep.launch import signals_interrupt
     from deconcnn.sweep.launcher import check_feasible, compose_launcher
 
     if settings.max_workers < 1 or settings.steps < 1 or settings.warmup < 1:
         raise ProbeFailed("--max-workers, --steps and --warmup must be >= 1")
-    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides, config_dirs=config_dirs)
+    launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides, config_dirs=config_dirs, max_runs=max_runs)
     sweep_dir = launch_plan.sweep_dir
     specs = representatives(launch_plan.runs)
     kind = resolve_executor(executor)
@@ -107,7 +111,8 @@ def probe_resources(
         f"probe running as {'SLURM job ' + handle if kind == 'slurm' else 'a local process'} (log: {workdir / RUN_LOG})"
     )
     follow = LogFollower(workdir / RUN_LOG, report)
-    final = wait(runner, [handle], on_poll=follow, poll_s=2.0)[handle]
+    with signals_interrupt():  # wait() cancels the job on the way out
+        final = wait(runner, [handle], on_poll=follow, poll_s=2.0)[handle]
     follow()
     try:
         data = json.loads(result_file.read_text())

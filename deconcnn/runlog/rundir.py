@@ -1,0 +1,42 @@
+"""The run directory a training process started in, and the error for when it is no longer there.
+
+A run directory deleted by hand or by a scratch purge mid-run must not come back: a writer that
+re-creates it (a checkpoint's `mkdir -p`, a fresh run.json) would leave a directory whose run.json
+says completed over a run whose metric log is gone. So the process remembers the directory's device
+and inode at its start and checks them before every checkpoint and run.json it writes; a directory
+that vanished or was replaced (same path, new inode) fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class RunFilesLost(RuntimeError):
+    """The run's directory or metric log was deleted or replaced under it: nothing more is written."""
+
+
+class RunDirIdentity:
+    """Device and inode of a run directory when the run started; `check` raises RunFilesLost once
+    the path no longer names that directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        st = os.stat(self.path)
+        self.key = (st.st_dev, st.st_ino)
+
+    def gone(self) -> str | None:
+        """Why the path is not the run's directory any more; None while it is."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the run directory {self.path} was deleted mid-run"
+        if (st.st_dev, st.st_ino) != self.key:
+            return f"the run directory {self.path} was replaced mid-run (deleted and created again)"
+        return None
+
+    def check(self) -> None:
+        reason = self.gone()
+        if reason:
+            raise RunFilesLost(f"{reason}: nothing more is written there; a relaunch starts the run over")
