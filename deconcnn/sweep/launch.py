@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Any
 
 from deconcnn.runlog.run_status import read_run_status
-from deconcnn.sweep.errors import SweepError
+from deconcnn.sweep.errors import Interrupted, SweepError
 from deconcnn.sweep.executors import STOP_GRACE_S, Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
 from deconcnn.sweep.journal import Journal, reconcile
@@ -44,18 +44,6 @@ from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
 class LaunchError(SweepError):
     """Launch refused: nothing was submitted."""
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM reached a launch that waits for its runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 @dataclass

@@ -34,7 +34,8 @@ judged alive by pid and start time, only on the host that runs it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ class RunState:
     log: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields are plain values: no copy of asdict's needed
 
 
 def read_process(run_dir: Path) -> dict[str, Any] | None:
@@ -153,6 +154,7 @@ def sweep_states(
 
     sd = SweepDir(sweep_dir)
     states = []
+    present = run_dirs(sd.runs_dir)
     # The manifest's mappings are written with sorted keys; its variant list keeps the sweep file's order.
     order = {v: i for i, v in enumerate(manifest.get("variants", []))}
     runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
@@ -160,19 +162,22 @@ def sweep_states(
         run_dir = sd.run_dir(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
-        linked = sd.run_dir_problem(run_id)
-        state, reason = (
-            ("failed", f"refused: {linked}")  # nothing is read through it; launch refuses to write through it
-            if linked
-            else run_state(
-                submission,
-                read_checked_status(run_dir),
-                read_process(run_dir),
-                live.get(handle) if handle else None,
-                cancellations.get(run_id),
+        found = present.get(run_id)
+        linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
+        log: str | None = None
+        reason: str | None
+        if linked:  # nothing is read through it; launch refuses to write through it
+            state, reason = "failed", f"refused: {linked}"
+        else:
+            run = read_checked_status(run_dir) if found else None
+            # A kept run's state is its run.json's: its process record is not read (50,000 files).
+            keep = run is not None and run.get("status") in KEEP_STATUSES
+            process = read_process(run_dir) if found and not keep else None
+            state, reason = run_state(
+                submission, run, process, live.get(handle) if handle else None, cancellations.get(run_id)
             )
-        )
-        log = run_dir / RUN_LOG
+            log_file = os.path.join(run_dir, RUN_LOG)
+            log = log_file if found and os.path.exists(log_file) else None
         states.append(
             RunState(
                 run_id,
@@ -183,10 +188,19 @@ def sweep_states(
                 submission.get("job_id") if submission else None,
                 (live[handle].detail if handle and handle in live else None),
                 str(run_dir),
-                str(log) if not linked and log.exists() else (submission or {}).get("log"),
+                log or (submission or {}).get("log"),
             )
         )
     return states
+
+
+def run_dirs(runs_dir: Path) -> dict[str, os.DirEntry[str]]:
+    """The entries of runs/, read at once: a run without one has no file to read."""
+    try:
+        with os.scandir(runs_dir) as entries:
+            return {entry.name: entry for entry in entries}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
 
 
 def job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
