@@ -44,6 +44,14 @@ def task_log(folder: Path, handle: str) -> str:
     return str(JobPaths(folder, job_id=handle, task_id=0).stdout)
 
 
+def array_folder(folder: Path, submission: Submission, index: int) -> Path:
+    """submitit's folder for a submission's `index`-th array: its script and its tasks' logs and
+    pickles, so no directory holds more than MaxArraySize tasks' files (a flat one held 4 files per
+    task: 200,000 at 50,000 runs). Named before sbatch, so submitit makes it before a task starts;
+    sweeps launched before kept everything in `folder` itself (their manifests name those logs)."""
+    return folder / f"{submission.id}-{index}"
+
+
 def sbatch_refusal(error: BaseException) -> str:
     """The line of sbatch's stderr that says why (`sbatch: error: invalid partition specified: x`)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -59,6 +67,7 @@ class SlurmExecutor(Executor):
     ) -> None:
         self.folder, self.launcher, self.mps, self.journal = Path(folder), launcher, mps, journal
         self._sbatch_calls = 0
+        self._folders: dict[str, Path] = {}  # array job id -> its array_folder
         self._limits: slurm_cli.JobLimits | None = None
         self.stopped_by: str | None = None  # the job limit that refused the arrays not submitted
 
@@ -72,11 +81,16 @@ class SlurmExecutor(Executor):
 
     def submit(self, packs: Sequence[Pack], submission: Submission) -> list[str]:
         init, params = submitit_kwargs(self.launcher, submission.name)
-        executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm", **init)
-        try:
-            executor.update_parameters(**params)
-        except (ValueError, NameError) as error:  # a parameter submitit does not know (NameError in 1.5)
-            raise LauncherError(f"launcher settings: {str(error).splitlines()[0]}") from None
+
+        def executor_in(folder: Path) -> submitit.AutoExecutor:
+            executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **init)
+            try:
+                executor.update_parameters(**params)
+            except (ValueError, NameError) as error:  # a parameter submitit does not know (NameError in 1.5)
+                raise LauncherError(f"launcher settings: {str(error).splitlines()[0]}") from None
+            return executor
+
+        executor_in(self.folder)  # refuses unknown settings before anything is journaled
         cpus = params.get("cpus_per_task")
         size = self.limits().max_array_size
         arrays = [packs[start : start + size] for start in range(0, len(packs), size)]
@@ -84,6 +98,8 @@ class SlurmExecutor(Executor):
             self.journal.begin([[[c.name for c in pack] for pack in array] for array in arrays])
         handles: list[str] = []
         for index, array in enumerate(arrays):
+            folder = array_folder(self.folder, submission, index)
+            executor = executor_in(folder)
             executor.update_parameters(name=array_name(submission, index))
             try:
                 # submitit prints sbatch's stderr itself before raising: it is said once, below.
@@ -111,8 +127,10 @@ class SlurmExecutor(Executor):
                     self.journal.finish()
                 raise LauncherError(refusal) from None
             self._sbatch_calls += 1
+            array_id = slurm_cli.array_ids(job.job_id for job in jobs)[0]
+            self._folders[array_id] = folder
             if self.journal:
-                self.journal.accepted(index, slurm_cli.array_ids(job.job_id for job in jobs)[0])
+                self.journal.accepted(index, array_id)
             handles.extend(job.job_id for job in jobs)
         return handles
 
@@ -127,7 +145,7 @@ class SlurmExecutor(Executor):
         return {"array_job_ids": slurm_cli.array_ids(handles), "sbatch_calls": self._sbatch_calls}
 
     def log_of(self, handle: str) -> str | None:
-        return task_log(self.folder, handle)
+        return task_log(self._folders.get(slurm_cli.array_ids([handle])[0], self.folder), handle)
 
 
 def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
