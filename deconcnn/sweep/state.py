@@ -39,7 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, UNREADABLE, read_checked_status
+from deconcnn.runlog.run_status import (
+    KEEP_STATUSES,
+    PROCESS_FILE,
+    RUN_LOG,
+    UNREADABLE,
+    read_checked_status,
+    read_small_file,
+)
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import SchedulerState
 
@@ -66,9 +73,9 @@ class RunState:
         return dict(vars(self))  # its fields are plain values: no copy of asdict's needed
 
 
-def read_process(run_dir: Path) -> dict[str, Any] | None:
+def read_process(run_dir: str | Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((run_dir / PROCESS_FILE).read_text())
+        data = json.loads(read_small_file(os.path.join(run_dir, PROCESS_FILE)))
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
@@ -159,7 +166,7 @@ def sweep_states(
     order = {v: i for i, v in enumerate(manifest.get("variants", []))}
     runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
     for run_id, entry in runs:
-        run_dir = sd.run_dir(run_id)
+        run_dir = sd.run_path(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
         found = present.get(run_id)
@@ -176,8 +183,8 @@ def sweep_states(
             state, reason = run_state(
                 submission, run, process, live.get(handle) if handle else None, cancellations.get(run_id)
             )
-            log_file = os.path.join(run_dir, RUN_LOG)
-            log = log_file if found and os.path.exists(log_file) else None
+            log = os.path.join(run_dir, RUN_LOG) if found else None
+            log = log if log and os.path.exists(log) else None
         states.append(
             RunState(
                 run_id,
@@ -187,7 +194,7 @@ def sweep_states(
                 entry.get("attempts", 0),
                 submission.get("job_id") if submission else None,
                 (live[handle].detail if handle and handle in live else None),
-                str(run_dir),
+                run_dir,
                 log or (submission or {}).get("log"),
             )
         )

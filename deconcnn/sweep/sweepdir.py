@@ -133,10 +133,14 @@ class SweepDir:
     def run_dir(self, run_id: str) -> Path:
         """`runs/<run_id>`, the one place a run's directory is named; a run id that is not one plain
         directory name (run_id_problem) is refused, so no run's files land outside runs/."""
+        return Path(self.run_path(run_id))
+
+    def run_path(self, run_id: str) -> str:
+        """run_dir as text, for loops over every run (status: building a Path costs more than using it)."""
         problem = run_id_problem(run_id)
         if problem:
             raise UnsafeRunDir(problem)
-        return self.runs_dir / run_id
+        return os.path.join(self.path, RUNS_DIR, run_id)
 
     def run_dir_problem(self, run_id: str) -> str | None:
         """Why the run's directory is not a plain directory inside runs/ (None: it is, or it does not

@@ -20,15 +20,16 @@ import contextlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import submitit
-from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
+from typing import TYPE_CHECKING, Any
 
 from deconcnn.sweep.executors import Executor, Pack, SchedulerState, Submission, slurm_cli
-from deconcnn.sweep.executors.runner import PackJob
 from deconcnn.sweep.journal import Journal, array_name
-from deconcnn.sweep.launcher import LauncherError, submitit_kwargs
+
+if TYPE_CHECKING:
+    import submitit
+
+# submitit, the pack runner and the launcher settings (Hydra) are imported where a job is submitted: `status` only
+# polls, and at 50,000 runs it has a fraction of a second for its imports.
 
 WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"})
 ACTIVE = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
@@ -41,6 +42,8 @@ LIMIT_REFUSALS = ("MaxSubmitJob", "job submit limit", "temporarily unable to acc
 
 def task_log(folder: Path, handle: str) -> str:
     """Where submitit has an array task write its stdout."""
+    from submitit.core.utils import JobPaths
+
     return str(JobPaths(folder, job_id=handle, task_id=0).stdout)
 
 
@@ -80,6 +83,12 @@ class SlurmExecutor(Executor):
         return self.limits().room()
 
     def submit(self, packs: Sequence[Pack], submission: Submission) -> list[str]:
+        import submitit
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        from deconcnn.sweep.executors.runner import PackJob
+        from deconcnn.sweep.launcher import LauncherError, submitit_kwargs
+
         init, params = submitit_kwargs(self.launcher, submission.name)
 
         def executor_in(folder: Path) -> submitit.AutoExecutor:
