@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN
-from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.errors import Interrupted, SweepError
 from deconcnn.runlog.layout import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
 from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.limits import MAX_RUNS
@@ -530,8 +530,6 @@ COMMANDS = {
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from deconcnn.sweep.launch import Interrupted
-
     parser = _parser()
     # Hydra overrides may follow options (`launch SWEEP --out d trainer.max_epochs=2`), which
     # argparse's positional matching does not allow; take them from the unrecognised arguments.

@@ -465,7 +465,7 @@ def _assemble_kind(
     writer = TableWriter(path, table_schema, fmt)
     try:
         for run, piece in pieces:
-            t = pq.read_table(piece)
+            t = pq.ParquetFile(piece).read()  # read_table's dataset layer costs 4x as much per small file
             cols = _identity_arrays(_identity_values(run, identity), identity, t.num_rows)
             for f in data_fields:
                 if f.name in t.column_names:

@@ -42,6 +42,7 @@ from deconcnn.runlog.layout import DEFAULT_OUT, RUNS_DIR, run_id_problem
 from deconcnn.sweep.executors import Command
 from deconcnn.sweep.launcher import is_launcher_override
 from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
+from deconcnn.sweep.shapes import Settings, Shape
 from deconcnn.sweep.sweepdir import SweepDir
 
 TRAIN_MODULE = "deconcnn.train"
@@ -397,11 +398,14 @@ def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> d
     Returns each run's data (deconcnn.runconfig.data_target).
 
     Composition is the slow part (~100 ms), so each distinct set of config-group choices is composed
-    once and the value overrides are applied to a copy with Hydra's own override application.
+    once and the value overrides are applied to a copy with Hydra's own override application. A run
+    whose shape (deconcnn.sweep.shapes) was checked before is checked by its settings alone.
     """
     sources = {}
     parse = ParsedOverrides()
+    settings_of = Settings()
     bases: dict[tuple[str, ...], DictConfig] = {}
+    shapes: dict[tuple[Any, ...], Shape] = {}
     groups: set[str] | None = None
     imported: set[tuple[str, str, frozenset[str]]] = set()
     for run in runs:
@@ -414,10 +418,21 @@ def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> d
             is_group = [o.key_or_group in groups or o.key_or_group.startswith("hydra.") for o in parsed]
             # One Override per line, in order; its input_line is that line (Optional only in its type).
             group_lines = tuple(line for line, g in zip(run.overrides, is_group) if g)
+            values = [o for o, g in zip(parsed, is_group) if not g]
+            settings = settings_of(values)
+            # A shape: what is composed, every other override's line, and which keys its settings set.
+            shape_key = (
+                group_lines,
+                *((o.key_or_group, None if o.key_or_group in settings else o.input_line) for o in values),
+            )
+            shape = shapes.get(shape_key)
+            if shape is not None and shape.passes(settings):
+                sources[run.run_id] = shape.source
+                continue
             if group_lines not in bases:
                 bases[group_lines] = compose_run_config(list(group_lines))
             cfg = copy.deepcopy(bases[group_lines])
-            ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
             cfg.run_dir = "/validation"  # the real one is set at launch; hydra's resolver is absent here
             OmegaConf.to_container(cfg, resolve=True)
             check_config(cfg)
@@ -427,6 +442,8 @@ def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> d
                         check_target(key, target, arguments)
                         imported.add((key, target, arguments))
             sources[run.run_id] = data_target(cfg)
+            if shape is None:
+                shapes[shape_key] = Shape(cfg, sources[run.run_id], settings)
         except Exception as error:  # noqa: BLE001  any config error becomes one line naming the run
             raise SweepFileError(f"run {run.run_id}: {config_error_text(error)}") from None
     return sources

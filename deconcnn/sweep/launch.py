@@ -31,12 +31,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.errors import Interrupted, SweepError
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.executors import STOP_GRACE_S, Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
-from deconcnn.sweep.journal import Journal, reconcile
+from deconcnn.sweep.journal import Journal, read_journal, reconcile
 from deconcnn.sweep.launcher import check_feasible, compose_launcher
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
 from deconcnn.sweep.state import poll_submissions, sweep_states
@@ -45,18 +45,6 @@ from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
 class LaunchError(SweepError):
     """Launch refused: nothing was submitted."""
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM reached a launch that waits for its runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 @dataclass
@@ -136,18 +124,22 @@ def reconcile_journal(sweep_dir: SweepDir, manifest: dict[str, Any]) -> str | No
     """Record what an interrupted SLURM launch of this sweep queued (deconcnn.sweep.journal)."""
     if not sweep_dir.journal_path.exists():
         return None
-    from deconcnn.sweep.executors.slurm import task_log
+    from deconcnn.sweep.executors.slurm import array_folder, task_log
     from deconcnn.sweep.executors.slurm_cli import SlurmError
 
+    journal = read_journal(sweep_dir.journal_path)
+    # Each run's array, for its task's log: the array's own folder, or slurm/ of an older launch's journal.
+    array_of = {run: i for i, a in enumerate(journal[0]["arrays"] if journal else []) for p in a["packs"] for run in p}
+
+    def record_packs(record: dict[str, Any], submission: Submission, packs: list[tuple[str, list[str]]]) -> None:
+        logs = {}
+        for handle, runs in packs:
+            folder = array_folder(sweep_dir.slurm_dir, submission, array_of[runs[0]])
+            logs[handle] = task_log(folder if folder.is_dir() else sweep_dir.slurm_dir, handle)
+        record_submission(manifest, record, submission, packs, logs.get)
+
     try:
-        return reconcile(
-            sweep_dir.journal_path,
-            manifest,
-            lambda record, submission, packs: record_submission(
-                manifest, record, submission, packs, lambda handle: task_log(sweep_dir.slurm_dir, handle)
-            ),
-            sweep_dir.write_manifest,
-        )
+        return reconcile(sweep_dir.journal_path, manifest, record_packs, sweep_dir.write_manifest)
     except SlurmError as error:
         raise LaunchError(
             f"an interrupted launch left {sweep_dir.journal_path}, and SLURM cannot say what it queued "

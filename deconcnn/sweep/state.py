@@ -34,12 +34,19 @@ judged alive by pid and start time, only on the host that runs it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deconcnn.runlog.layout import job_variant, last_submission, multirun_jobs
-from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, UNREADABLE, read_checked_status
+from deconcnn.runlog.run_status import (
+    PROCESS_FILE,
+    RUN_LOG,
+    UNREADABLE,
+    read_checked_status,
+    read_small_file,
+)
 from deconcnn.runlog.states import kept_state, recorded_job_state
 from deconcnn.sweep import processes
 from deconcnn.sweep.executors import SchedulerState
@@ -58,12 +65,12 @@ class RunState:
     log: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields are plain values: no copy of asdict's needed
 
 
-def read_process(run_dir: Path) -> dict[str, Any] | None:
+def read_process(run_dir: str | Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((run_dir / PROCESS_FILE).read_text())
+        data = json.loads(read_small_file(os.path.join(run_dir, PROCESS_FILE)))
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
@@ -150,26 +157,30 @@ def sweep_states(
 
     sd = SweepDir(sweep_dir)
     states = []
+    present = run_dirs(sd.runs_dir)
     # The manifest's mappings are written with sorted keys; its variant list keeps the sweep file's order.
     order = {v: i for i, v in enumerate(manifest.get("variants", []))}
     runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
     for run_id, entry in runs:
-        run_dir = sd.run_dir(run_id)
+        run_dir = sd.run_path(run_id)
         submission = last_submission(entry)
         handle = submission.get("handle") if submission else None
-        linked = sd.run_dir_problem(run_id)
-        state, reason = (
-            ("failed", f"refused: {linked}")  # nothing is read through it; launch refuses to write through it
-            if linked
-            else run_state(
-                submission,
-                read_checked_status(run_dir),
-                read_process(run_dir),
-                live.get(handle) if handle else None,
-                cancellations.get(run_id),
+        found = present.get(run_id)
+        linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
+        log: str | None = None
+        reason: str | None
+        if linked:  # nothing is read through it; launch refuses to write through it
+            state, reason = "failed", f"refused: {linked}"
+        else:
+            run = read_checked_status(run_dir) if found else None
+            # A kept run's state is its run.json's: its process record is not read (50,000 files).
+            keep = kept_state(run) is not None
+            process = read_process(run_dir) if found and not keep else None
+            state, reason = run_state(
+                submission, run, process, live.get(handle) if handle else None, cancellations.get(run_id)
             )
-        )
-        log = run_dir / RUN_LOG
+            log = os.path.join(run_dir, RUN_LOG) if found else None
+            log = log if log and os.path.exists(log) else None
         states.append(
             RunState(
                 run_id,
@@ -179,11 +190,20 @@ def sweep_states(
                 entry.get("attempts", 0),
                 submission.get("job_id") if submission else None,
                 (live[handle].detail if handle and handle in live else None),
-                str(run_dir),
-                str(log) if not linked and log.exists() else (submission or {}).get("log"),
+                run_dir,
+                log or (submission or {}).get("log"),
             )
         )
     return states
+
+
+def run_dirs(runs_dir: Path) -> dict[str, os.DirEntry[str]]:
+    """The entries of runs/, read at once: a run without one has no file to read."""
+    try:
+        with os.scandir(runs_dir) as entries:
+            return {entry.name: entry for entry in entries}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
 
 
 def job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from deconcnn.runlog.metrics_log import METRICS_FILE, verify_train_steps
-from deconcnn.runlog.run_status import LOG_BYTES, UNREADABLE, read_checked_status
+from deconcnn.runlog.run_status import LOG_BYTES, UNREADABLE, read_checked_status, read_small_file
 from deconcnn.sweep.executors import SchedulerState
 from deconcnn.sweep.state import run_state
 
@@ -85,3 +85,10 @@ def test_every_training_step_once_is_what_completes_a_run(tmp_path):
     assert verify_train_steps(train_log(tmp_path, []), 4, required=False) is None
     path = train_log(tmp_path, [0, 1, 2, 3])
     assert verify_train_steps(path, 2, limit=len(path.read_text().splitlines(keepends=True)[0]) * 2) is None
+
+
+@pytest.mark.parametrize("size", [0, 99, 100, 101, 250])
+def test_a_small_file_is_read_whole_across_read_sizes(tmp_path, size):
+    data = bytes(range(256))[:size]
+    (tmp_path / "f").write_bytes(data)
+    assert read_small_file(str(tmp_path / "f"), chunk=100) == data

@@ -154,3 +154,55 @@ def test_a_logger_whose_package_is_missing_is_refused_at_launch(tmp_path, monkey
     with pytest.raises(SweepFileError) as error:
         validate_runs(sweep.runs)
     assert str(error.value).endswith(": logger.mlflow needs the mlflow package: pip install 'deconcnn[mlflow]'")
+
+
+def _big_grid(tmp_path: Path, seeds: list[int]) -> Path:
+    """A 600-run variant whose runs all pass, and one whose seed axis lists `seeds`."""
+    return _sweep_file(
+        tmp_path,
+        "name: big\nrun_id: '{variant}_lr{optim.lr}_s{seed}'\nvariants:\n"
+        "  S-core: {experiment: loss_lin_slope_base, axes: {optim.lr: '0.05,0.1,0.2', seed: 'range(0,200)'}}\n"
+        f"  S-adamw: {{experiment: loss_lin_slope_adamw, axes: {{optim.lr: '0.001', seed: {json.dumps(seeds)}}}}}\n",
+    )
+
+
+@pytest.mark.parametrize("where", [0, 150, 299])
+def test_one_bad_value_in_one_run_of_a_large_grid_is_reported(tmp_path, where):
+    """Runs of one shape share their check (deconcnn.sweep.shapes); the one bad run still fails."""
+    seeds = list(range(300))
+    seeds[where] = -1
+    with pytest.raises(SweepFileError) as error:
+        validate_runs(load_sweep(_big_grid(tmp_path, seeds)).runs)
+    assert str(error.value) == "run S-adamw_lr0.001_s-1: seed must be an integer from 0 to 4294967295, got -1"
+
+
+def test_a_large_grid_is_checked_in_full_once_per_shape(tmp_path, monkeypatch):
+    from deconcnn.sweep import grid
+
+    full = []
+    monkeypatch.setattr(grid, "data_target", lambda cfg: full.append(cfg.variant) or "data")
+    sources = validate_runs(load_sweep(_big_grid(tmp_path, list(range(300)))).runs)
+    assert len(sources) == 900 and sorted(full) == ["S-adamw", "S-core"]
+
+
+@pytest.mark.parametrize(
+    ("override", "axes", "message"),
+    [
+        # An alias of the swept key: a rule that reads it sees each run's value.
+        ("trainer.max_epochs=${seed}", "", "trainer.max_epochs must be an integer >= 1, got 0"),
+        # Another interpolation reads a swept value: its runs are checked one by one.
+        (
+            "+picked='${optim.${data.source.data_dir}}'",
+            ", data.source.data_dir: 'lr,nope'",
+            "Interpolation key 'optim.nope' not found",
+        ),
+    ],
+)
+def test_a_value_read_through_an_interpolation_is_checked_in_each_run(tmp_path, override, axes, message):
+    body = (
+        "name: big\nvariants:\n"
+        f"  S-adamw: {{experiment: loss_lin_slope_adamw, axes: {{seed: {json.dumps([*range(1, 200), 0])}{axes}}}}}\n"
+    )
+    with pytest.raises(SweepFileError, match="run S-adamw_seed") as error:
+        validate_runs(load_sweep(_sweep_file(tmp_path, body), [override]).runs)
+    assert message in str(error.value)

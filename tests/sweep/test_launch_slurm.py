@@ -35,6 +35,10 @@ def test_array_submission_runs_to_completion_and_relaunch_submits_nothing(tmp_pa
     for run in status["runs"]:
         assert (Path(run["run_dir"]) / "metrics.jsonl").stat().st_size > 0
         assert json.loads((Path(run["run_dir"]) / "run.json").read_text())["slurm_job_id"] == run["job_id"]
+    # SLURM wrote each task's log into its array's own folder under slurm/, where the manifest says.
+    task_logs = {Path(entry["submissions"][-1]["log"]) for entry in manifest["runs"].values()}
+    assert all(log.is_file() for log in task_logs), task_logs
+    assert {log.parent for log in task_logs} == {sweep_dir / "slurm" / f"{manifest['submissions'][-1]['id']}-0"}
     assert slurm_launch(sweep_file, tmp_path) == 0
     assert "0 runs submitted, skipped: 3 completed" in capsys.readouterr().out
 

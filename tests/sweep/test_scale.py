@@ -164,6 +164,35 @@ def test_any_other_refusal_mid_launch_cancels_what_was_accepted(fake, tmp_path: 
     assert not (tmp_path / "out" / "tiny").exists()
 
 
+def array_folders(sweep_dir: Path) -> dict[str, set[str]]:
+    """The folder of each recorded task log (relative to slurm/) -> the runs whose log it holds."""
+    folders: dict[str, set[str]] = {}
+    for run_id, entry in manifest_of(sweep_dir)["runs"].items():
+        for submission in entry["submissions"]:
+            log = Path(submission["log"])
+            assert log.name == f"{submission['handle']}_0_log.out" and log.parent.is_dir()
+            folders.setdefault(str(log.parent.relative_to(sweep_dir / "slurm")), set()).add(run_id)
+    return folders
+
+
+def test_each_array_keeps_its_scripts_and_logs_in_a_folder_of_its_own(fake, tmp_path: Path, capsys) -> None:
+    fake(max_array_size=2)
+    sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,5)")
+    sweep_dir = tmp_path / "out" / "tiny"
+    assert slurm_launch(sweep_file, tmp_path / "out") == 0
+    (sid,) = {s["id"] for s in manifest_of(sweep_dir)["submissions"]}
+    assert array_folders(sweep_dir) == {
+        f"{sid}-0": {"S-core_s0", "S-core_s1"},
+        f"{sid}-1": {"S-core_s2", "S-core_s3"},
+        f"{sid}-2": {"S-core_s4"},  # one pack: a plain job
+    }
+    assert all(p.is_dir() for p in (sweep_dir / "slurm").iterdir())  # nothing per task in slurm/ itself
+    assert list((sweep_dir / "slurm" / f"{sid}-0").glob("*_submission.sh"))
+    # status points at the task's log until the run writes its own stdout.log
+    logs = {r["run_id"]: r["log"] for r in status_of(sweep_dir, capsys)["runs"]}
+    assert Path(logs["S-core_s4"]).parent.name == f"{sid}-2"
+
+
 def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp_path: Path, capsys) -> None:
     root = fake(max_array_size=2, kill_launcher_after=2)
     sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,6)")
@@ -192,6 +221,13 @@ def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp
     assert recorded_handles(sweep_dir) == queued_handles(root) and len(queued_handles(root)) == 6
     manifest = manifest_of(sweep_dir)
     assert all(entry["attempts"] == 1 for entry in manifest["runs"].values())
+    # The reconciled tasks' logs are in their arrays' folders, like the new submission's.
+    first, second = (s["id"] for s in manifest["submissions"])
+    assert array_folders(sweep_dir) == {
+        f"{first}-0": {"S-core_s0", "S-core_s1"},
+        f"{first}-1": {"S-core_s2", "S-core_s3"},
+        f"{second}-0": {"S-core_s4", "S-core_s5"},
+    }
 
 
 def test_a_relaunch_validates_only_the_runs_it_submits(fake, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -20,15 +20,16 @@ import contextlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import submitit
-from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
+from typing import TYPE_CHECKING, Any
 
 from deconcnn.sweep.executors import Executor, Pack, SchedulerState, Submission, slurm_cli
-from deconcnn.sweep.executors.runner import PackJob
 from deconcnn.sweep.journal import Journal, array_name
-from deconcnn.sweep.launcher import LauncherError, submitit_kwargs
+
+if TYPE_CHECKING:
+    import submitit
+
+# submitit, the pack runner and the launcher settings (Hydra) are imported where a job is submitted: `status` only
+# polls, and at 50,000 runs it has a fraction of a second for its imports.
 
 WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"})
 ACTIVE = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
@@ -41,7 +42,17 @@ LIMIT_REFUSALS = ("MaxSubmitJob", "job submit limit", "temporarily unable to acc
 
 def task_log(folder: Path, handle: str) -> str:
     """Where submitit has an array task write its stdout."""
+    from submitit.core.utils import JobPaths
+
     return str(JobPaths(folder, job_id=handle, task_id=0).stdout)
+
+
+def array_folder(folder: Path, submission: Submission, index: int) -> Path:
+    """submitit's folder for a submission's `index`-th array: its script and its tasks' logs and
+    pickles, so no directory holds more than MaxArraySize tasks' files (a flat one held 4 files per
+    task: 200,000 at 50,000 runs). Named before sbatch, so submitit makes it before a task starts;
+    sweeps launched before kept everything in `folder` itself (their manifests name those logs)."""
+    return folder / f"{submission.id}-{index}"
 
 
 def sbatch_refusal(error: BaseException) -> str:
@@ -59,6 +70,7 @@ class SlurmExecutor(Executor):
     ) -> None:
         self.folder, self.launcher, self.mps, self.journal = Path(folder), launcher, mps, journal
         self._sbatch_calls = 0
+        self._folders: dict[str, Path] = {}  # array job id -> its array_folder
         self._limits: slurm_cli.JobLimits | None = None
         self.stopped_by: str | None = None  # the job limit that refused the arrays not submitted
 
@@ -71,12 +83,23 @@ class SlurmExecutor(Executor):
         return self.limits().room()
 
     def submit(self, packs: Sequence[Pack], submission: Submission) -> list[str]:
+        import submitit
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        from deconcnn.sweep.executors.runner import PackJob
+        from deconcnn.sweep.launcher import LauncherError, submitit_kwargs
+
         init, params = submitit_kwargs(self.launcher, submission.name)
-        executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm", **init)
-        try:
-            executor.update_parameters(**params)
-        except (ValueError, NameError) as error:  # a parameter submitit does not know (NameError in 1.5)
-            raise LauncherError(f"launcher settings: {str(error).splitlines()[0]}") from None
+
+        def executor_in(folder: Path) -> submitit.AutoExecutor:
+            executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **init)
+            try:
+                executor.update_parameters(**params)
+            except (ValueError, NameError) as error:  # a parameter submitit does not know (NameError in 1.5)
+                raise LauncherError(f"launcher settings: {str(error).splitlines()[0]}") from None
+            return executor
+
+        executor_in(self.folder)  # refuses unknown settings before anything is journaled
         cpus = params.get("cpus_per_task")
         size = self.limits().max_array_size
         arrays = [packs[start : start + size] for start in range(0, len(packs), size)]
@@ -84,6 +107,8 @@ class SlurmExecutor(Executor):
             self.journal.begin([[[c.name for c in pack] for pack in array] for array in arrays])
         handles: list[str] = []
         for index, array in enumerate(arrays):
+            folder = array_folder(self.folder, submission, index)
+            executor = executor_in(folder)
             executor.update_parameters(name=array_name(submission, index))
             try:
                 # submitit prints sbatch's stderr itself before raising: it is said once, below.
@@ -111,8 +136,10 @@ class SlurmExecutor(Executor):
                     self.journal.finish()
                 raise LauncherError(refusal) from None
             self._sbatch_calls += 1
+            array_id = slurm_cli.array_ids(job.job_id for job in jobs)[0]
+            self._folders[array_id] = folder
             if self.journal:
-                self.journal.accepted(index, slurm_cli.array_ids(job.job_id for job in jobs)[0])
+                self.journal.accepted(index, array_id)
             handles.extend(job.job_id for job in jobs)
         return handles
 
@@ -127,7 +154,7 @@ class SlurmExecutor(Executor):
         return {"array_job_ids": slurm_cli.array_ids(handles), "sbatch_calls": self._sbatch_calls}
 
     def log_of(self, handle: str) -> str | None:
-        return task_log(self.folder, handle)
+        return task_log(self._folders.get(slurm_cli.array_ids([handle])[0], self.folder), handle)
 
 
 def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
