@@ -63,13 +63,10 @@ class Handle:
     kind: str
     id: str
 
-    def __str__(self) -> str:
-        return self.id
-
 
 class Backend(ABC):
-    """Where packs run. A subclass is a backend: a kind, the class attributes below, the three
-    abstract methods and `attach`; registered by an entry point (deconcnn.backends.registry)."""
+    """Where packs run. A subclass is a backend: a kind, `detached`, the abstract methods (create,
+    attach, submit, poll, cancel); registered by an entry point (deconcnn.backends.registry)."""
 
     kind: ClassVar[str]
     #: True: submit returns while the packs run on without the submitting process (a scheduler
