@@ -67,6 +67,10 @@ def backends() -> dict[str, type[Backend]]:
 def resolve(requested: str, *, require_available: bool = True) -> type[Backend]:
     """`auto`: the available backend of highest auto_priority; a kind: that backend, which must be
     available here unless `require_available` is False (a dry run plans for a cluster elsewhere)."""
+    if not kinds():  # an install from before the entry points existed (an editable one not redone)
+        raise BackendError(
+            f"no backend is installed: reinstall deconcnn (`pip install -e .`) to register {ENTRY_POINT_GROUP}"
+        )
     if requested == AUTO:
         usable = [cls for cls in backends().values() if cls.auto_priority is not None and cls.unavailable() is None]
         if not usable:

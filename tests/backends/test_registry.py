@@ -56,3 +56,9 @@ def test_an_entry_point_that_is_not_a_backend_of_its_kind_is_refused(monkeypatch
     monkeypatch.setattr(registry, "_entry_points", lambda: {"bogus": Point()})
     with pytest.raises(BackendError, match="is not a Backend of kind 'bogus'"):
         registry.backend_class("bogus")
+
+
+def test_an_install_without_the_entry_points_says_to_reinstall(monkeypatch):
+    monkeypatch.setattr(registry, "_entry_points", dict)
+    with pytest.raises(BackendError, match=r"no backend is installed: reinstall deconcnn"):
+        registry.resolve(AUTO)
