@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN
+from deconcnn.backends import AUTO, STOP_GRACE_S
+from deconcnn.backends.registry import backends, kinds
 from deconcnn.runlog.errors import Interrupted, SweepError
 from deconcnn.runlog.layout import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REPORT_DIR
-from deconcnn.sweep.executors import STOP_GRACE_S
 from deconcnn.sweep.limits import MAX_RUNS
 
 if TYPE_CHECKING:
@@ -29,11 +30,7 @@ if TYPE_CHECKING:
     from deconcnn.sweep.state import RunState
 
 EXIT_USAGE = 2
-#: --watch floors: each refresh of a SLURM sweep asks squeue and sacct (a load on the cluster's
-#: database: submitit #1759); a local sweep only reads files.
-WATCH_MIN_S = {"slurm": 30.0, "local": 2.0}
 WATCH_DEFAULT_S = 30.0
-EXECUTORS = ("auto", "local", "slurm")
 
 
 def _version() -> str:
@@ -57,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="deconcnn-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"deconcnn-sweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    installed = kinds()  # --executor's choices (none is imported to list them)
     out_help = f"the folder results go in: the sweep's directory is OUT/<sweep name> (default {DEFAULT_OUT})"
     executor_help = (
         "where runs execute: slurm (job arrays), local (this machine), auto (slurm when a controller answers)"
@@ -71,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
             nargs="*",
             help="Hydra overrides for every run (key=value); hydra.launcher.* ones set the SLURM job",
         )
-        command.add_argument("--executor", choices=EXECUTORS, default="auto", help=executor_help)
+        command.add_argument("--executor", choices=(AUTO, *installed), default=AUTO, help=executor_help)
         command.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=out_help)
         command.add_argument(
             "--max-runs",
@@ -137,8 +135,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         const=WATCH_DEFAULT_S,
         metavar="SECONDS",
-        help=f"refresh every SECONDS (default {WATCH_DEFAULT_S:g}; at least {WATCH_MIN_S['slurm']:g} for a "
-        f"SLURM sweep) until every run is final",
+        help=f"refresh every SECONDS (default {WATCH_DEFAULT_S:g}; never below the floor of the sweep's backend, "
+        "higher for SLURM, whose every refresh asks squeue and sacct) until every run is final",
     )
 
     cancel = sub.add_parser(
@@ -236,10 +234,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from deconcnn.sweep.executors import resolve_executor
+    from deconcnn.backends.registry import resolve
     from deconcnn.sweep.grid import plan
     from deconcnn.sweep.launch import check_options, describe_plan, launch, refuse_changed
-    from deconcnn.sweep.launcher import check_feasible, compose_launcher
     from deconcnn.sweep.progress import local_progress
 
     started = time.perf_counter()
@@ -264,11 +261,14 @@ def _launch(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         refuse_changed(launch_plan.sweep, launch_plan.sweep_dir.read_manifest())  # as launch would
-        kind = "slurm" if args.executor == "slurm" else resolve_executor(args.executor)
-        # The launcher settings are checked even without a cluster: a typo must not wait for sbatch.
-        launcher = compose_launcher(launch_plan.sweep.runs[0].base, launch_plan.sweep.launcher_overrides)
-        if kind == "slurm":
-            check_feasible(launcher)
+        # A plan for a backend named is made also where it is not available (a cluster elsewhere).
+        backend_cls = resolve(args.executor, require_available=False)
+        # Every backend's settings are checked even without its cluster: a typo must not wait for sbatch.
+        sweep = launch_plan.sweep
+        settings = {
+            kind: cls.settings(sweep.runs[0].base, sweep.launcher_overrides) for kind, cls in backends().items()
+        }
+        backend_cls.check_feasible(settings[backend_cls.kind])
         print_notes()
         rows = launch_plan.dry_run_rows()
         if args.json:
@@ -276,7 +276,7 @@ def _launch(args: argparse.Namespace) -> int:
             return 0
         for row in rows:
             print(f"{row['run_id']:<40} {' '.join(row['overrides'])}")
-        for line in describe_plan(launch_plan, kind, args.workers_per_gpu, launcher):
+        for line in describe_plan(launch_plan, backend_cls, args.workers_per_gpu, settings[backend_cls.kind]):
             print(line)
         print(
             f"{len(rows)} runs validated in {time.perf_counter() - started:.2f} s, "
@@ -304,12 +304,12 @@ def _launch(args: argparse.Namespace) -> int:
 
         def submitted(result: LaunchResult) -> None:
             print_notes()
-            if result.executor == "local":
+            if not result.detached:
                 progress.submitted(result)
 
         result = start(on_run_done=progress.run_done, on_submitted=submitted, on_poll=progress.polled)
     print_result(result, relaunch=args.command_line)
-    if result.executor == "local" and result.submitted:
+    if not result.detached and result.submitted:
         print(progress.summary())
     return 0
 
@@ -327,7 +327,7 @@ def print_result(result: LaunchResult, arrays: bool = True, relaunch: str = "dec
             f"wave: {len(result.deferred)} more runs wait for room under the site's job limit ({result.limit}); "
             f"run the same launch again when jobs have ended to submit the next wave: {relaunch}"
         )
-    if result.executor == "slurm" and result.submitted:
+    if result.detached and result.submitted:
         if arrays:
             for line in slurm_lines(result):
                 print(line)
@@ -352,9 +352,11 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def watch_interval(requested: float, executor: str) -> float:
-    """Seconds between refreshes of `status --watch`: as asked, but not below the executor's floor."""
-    return max(WATCH_MIN_S[executor], requested)
+def watch_interval(requested: float, floor: float) -> float:
+    """Seconds between refreshes of `status --watch`: as asked, but not below the backend's floor
+    (each refresh of a SLURM sweep asks squeue and sacct, a load on the cluster's database:
+    submitit #1759; a local sweep only reads files)."""
+    return max(floor, requested)
 
 
 def follow(
@@ -378,7 +380,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from deconcnn.sweep.status import current_states, executor_of, render, status_json
+    from deconcnn.sweep.status import current_states, render, status_json, watch_floor
     from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
@@ -402,7 +404,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.watch is None:
         show(states)
         return 0
-    interval = watch_interval(args.watch, executor_of(args.sweep_dir))
+    interval = watch_interval(args.watch, watch_floor(args.sweep_dir))
     if interval > args.watch:
         print(
             f"status: refreshing every {interval:g} s, not {args.watch:g} (each refresh of a SLURM sweep asks "

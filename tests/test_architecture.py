@@ -1,6 +1,6 @@
-"""The package's shape: dependencies point down, no module imports another in a cycle, and the
-layers that must not load the training stack do not (statically, every import in every function
-counts; and at run time, for the sweep layer)."""
+"""The package's shape: dependencies point down, no module imports another in a cycle, the layers
+that must not load the training stack do not (statically, every import in every function counts;
+and at run time, for the sweep layer), and no code outside deconcnn.backends names a backend's kind."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ ALLOWED = {
     "callbacks": {"metrics", "runlog"},
     "training": {"callbacks", "metrics", "runlog", "runconfig"},
     "train": {"training", "callbacks", "runlog", "runconfig"},
-    "sweep": {"runlog", "runconfig"},
+    "backends": {"runlog", "runconfig"},
+    "sweep": {"backends", "runlog", "runconfig"},
     "analysis": {"runlog"},  # never the sweep layer: it reads what runs recorded, asks no scheduler
-    "cli": {"sweep", "analysis", "runlog"},
+    "cli": {"backends", "sweep", "analysis", "runlog"},
 }
 TRAINING_STACK = ("torch", "pytorch_lightning", "lightning_fabric", "backpack", "hessian_eigenthings")
-SCHEDULERS = ("submitit", "hydra_plugins.hydra_submitit_launcher", "deconcnn.sweep")
+SCHEDULERS = ("submitit", "hydra_plugins.hydra_submitit_launcher", "deconcnn.sweep", "deconcnn.backends")
 
 
 def modules() -> dict[str, Path]:
@@ -99,7 +100,7 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
-@pytest.mark.parametrize("layer", ["sweep", "analysis", "runlog"])
+@pytest.mark.parametrize("layer", ["backends", "sweep", "analysis", "runlog"])
 def test_layers_without_the_training_stack_never_import_it(layer):
     offenders = {
         m: sorted(n for n in imports(p) if n.split(".")[0] in TRAINING_STACK)
@@ -131,3 +132,32 @@ def test_analysis_imports_no_scheduler():
         f"bad = [m for m in sys.modules if m.startswith({SCHEDULERS!r})]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+#: A string equal to a kind that is not one: the name of the folder submitit writes into.
+NOT_A_KIND = {("deconcnn.runlog.layout", "SLURM_DIR")}
+
+
+def test_no_code_outside_the_backends_names_a_backend_kind():
+    """A backend is one class plus an entry point: nothing else compares with, or keys on, its kind
+    (`"slurm"`, `"local"`), so a new backend needs no edit elsewhere."""
+    from deconcnn.backends.registry import kinds
+
+    assert {"local", "slurm"} <= set(kinds())  # what this test looks for: the installed kinds
+    found = []
+    for module, path in modules().items():
+        if part(module) == "backends":
+            continue
+        tree = ast.parse(path.read_text())
+        named = {
+            (node.targets[0].id, id(node.value))
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        }
+        allowed = {value for name, value in named if (module, name) in NOT_A_KIND}
+        found += [
+            f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in kinds() and id(node) not in allowed
+        ]
+    assert not found, found

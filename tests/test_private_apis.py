@@ -8,7 +8,7 @@ Why each stays (no public API does it):
   the way composition does (sweep/grid.py validates hundreds of runs from a few compositions);
 - Hydra `_internal.utils._locate`: what `instantiate` imports a `_target_` with (runconfig.py);
   the public `hydra.utils.get_object` wraps it but logs an error line of its own first;
-- the submitit launcher's `launch()` mapping of its settings to submitit (sweep/launcher.py
+- the submitit launcher's `launch()` mapping of its settings to submitit (backends/slurm/settings.py
   `submitit_kwargs` builds the executor itself, to submit packs of runs);
 - Lightning `fit_loop.epoch_loop.batch_progress`: the batches trained in the current epoch, which
   Lightning restores on resume (training/data.py's resumable loader);
@@ -63,7 +63,7 @@ def test_submitit_kwargs_is_the_submitit_launcher_s_own_mapping(tmp_path, monkey
     import submitit
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
-    from deconcnn.sweep.launcher import compose_launcher, submitit_kwargs
+    from deconcnn.backends.slurm.settings import compose_launcher, submitit_kwargs
 
     values = compose_launcher([], ["hydra.launcher.max_num_timeout=3", "hydra.launcher.comment=x"])
     values.pop("python", None)  # ours alone (INIT_KEYS): the plugin's schema lacks it

@@ -6,7 +6,7 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
         manifest.json   the runs (id, variant, overrides, params), every submission, attempts
         .lock           held by the launch that is writing the manifest (local: while it runs)
         cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
-        submitting.jsonl  the SLURM submission in flight (deconcnn.sweep.journal); gone once recorded
+        submitting.jsonl  the SLURM submission in flight (deconcnn.backends.journal); gone once recorded
         runs/<run_id>/  each run's own files (run.json, metrics.jsonl, process.json, ...)
         slurm/          submitit's scripts and logs
         check/ check.json probe.json collected/ report/ analysis/

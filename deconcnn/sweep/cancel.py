@@ -17,12 +17,12 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deconcnn.backends import STOP_GRACE_S, Handle, processes
+from deconcnn.backends.registry import attach
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import DEFAULT_OUT, is_multirun, last_submission
 from deconcnn.runlog.states import LIVE_STATES
-from deconcnn.sweep import processes
-from deconcnn.sweep.executors import STOP_GRACE_S
-from deconcnn.sweep.state import poll_submissions, read_process, sweep_states
+from deconcnn.sweep.state import in_its_launch, poll_submissions, read_process, submitted_handle, sweep_states
 from deconcnn.sweep.sweepdir import SweepDir
 
 CANCELLABLE = (*LIVE_STATES, "unknown")
@@ -37,7 +37,7 @@ class CancelResult:
     sweep_dir: Path
     cancelled: list[str] = field(default_factory=list)
     stopped_here: list[str] = field(default_factory=list)  # processes signalled from this machine
-    scancelled: list[str] = field(default_factory=list)  # SLURM tasks
+    scancelled: list[str] = field(default_factory=list)  # packs cancelled through their scheduler (SLURM tasks)
     untouched: dict[str, int] = field(default_factory=dict)  # matched but not live, by state
     sweep_file: str | None = None  # as the manifest records it
 
@@ -83,18 +83,20 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
 
     cancelled = set(result.cancelled)
     by_run = {s.run_id: s for s in states}
-    slurm_tasks: set[str] = set()
+    # Packs held by a scheduler (a detached backend) are cancelled through it; a local launch
+    # stops its own packs once cancel.jsonl lists their runs.
+    held: dict[str, set[Handle]] = {}
     for run_id in result.cancelled:
         submission = last_submission(manifest["runs"][run_id]) or {}
-        if submission.get("executor") == "slurm" and submission.get("handle"):
+        handle = submitted_handle(submission)
+        if handle and not in_its_launch(submission):
             others = [r for r in submission.get("pack", []) if r not in cancelled and by_run[r].state in CANCELLABLE]
             if not others:
-                slurm_tasks.add(submission["handle"])
-    if slurm_tasks:
-        from deconcnn.sweep.executors.slurm_cli import scancel
-
-        scancel(*sorted(slurm_tasks))
-        result.scancelled = sorted(slurm_tasks)
+                held.setdefault(handle.kind, set()).add(handle)
+    for handles in held.values():
+        ordered = sorted(handles, key=lambda h: h.id)
+        attach(ordered[0]).cancel(ordered)
+        result.scancelled += [h.id for h in ordered]
 
     stoppers = []
     for run_id in result.cancelled:

@@ -27,6 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from deconcnn.backends import Command, is_launcher_override
 from deconcnn.runconfig import (
     DEBUG_GROUP,
     check_config,
@@ -39,8 +40,6 @@ from deconcnn.runconfig import (
 )
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import DEFAULT_OUT, RUNS_DIR, run_id_problem
-from deconcnn.sweep.executors import Command
-from deconcnn.sweep.launcher import is_launcher_override
 from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
 from deconcnn.sweep.shapes import Settings, Shape
 from deconcnn.sweep.sweepdir import SweepDir

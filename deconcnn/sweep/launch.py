@@ -9,7 +9,7 @@ config of every run (a relaunch composes only the runs it submits), the options,
 settings and whether the cluster can ever run one task. A SLURM launch queues no more tasks than
 the site's job limits leave room for now (MaxSubmitJobs, MaxJobCount): the rest wait, as missing
 runs, for the next launch (a wave), and with no room at all the launch is refused with the
-numbers. What it queues is journaled before sbatch is called (deconcnn.sweep.journal); a launch
+numbers. What it queues is journaled before sbatch is called (deconcnn.backends.journal); a launch
 reconciles the journal of an interrupted one first. A local launch runs its packs here and waits;
 Ctrl-C or SIGTERM stops them (SIGTERM to each run's process group, SIGKILL after the grace
 period), records them as cancelled and ends with 130 / 143.
@@ -31,13 +31,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from deconcnn.backends import STOP_GRACE_S, Backend, BackendError, Command, Handle, SchedulerState, Submission, wait
+from deconcnn.backends.journal import Journal
+from deconcnn.backends.registry import backends, resolve
 from deconcnn.runlog.errors import Interrupted, SweepError
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
-from deconcnn.sweep.executors import STOP_GRACE_S, Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
-from deconcnn.sweep.journal import Journal, read_journal, reconcile
-from deconcnn.sweep.launcher import check_feasible, compose_launcher
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
 from deconcnn.sweep.state import poll_submissions, sweep_states
 from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
@@ -49,14 +49,15 @@ class LaunchError(SweepError):
 
 @dataclass
 class LaunchResult:
-    executor: str
+    executor: str  # the backend's kind
+    detached: bool  # the backend returned at once: its runs go on without this process
     sweep_dir: Path
     submitted: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     sbatch_calls: int = 0
     job_ids: list[str] = field(default_factory=list)
     final: dict[str, str] = field(default_factory=dict)  # local: each run's state once its pack ended
-    packs: dict[str, list[str]] = field(default_factory=dict)  # each submitted handle's runs
+    packs: dict[Handle, list[str]] = field(default_factory=dict)  # each submitted handle's runs
     slots: int | None = None  # local: packs run at a time
     deferred: list[str] = field(default_factory=list)  # runs a job limit left for the next launch (wave)
     limit: str | None = None  # the limit that deferred them
@@ -96,23 +97,22 @@ def record_submission(
     manifest: dict[str, Any],
     record: dict[str, Any],
     submission: Submission,
-    packs: Sequence[tuple[str, Sequence[str]]],
-    log_of: Callable[[str], str | None],
+    packs: Sequence[tuple[Handle, Sequence[str]]],
+    backend: Backend,
 ) -> None:
     """Write a submission into the manifest: each (handle, run ids) pack's runs get an attempt."""
-    kind = record["executor"]
     for handle, names in packs:
-        log = log_of(handle)
+        log = backend.log_of(handle)
         for name in names:
             entry = manifest["runs"][name]
             entry["attempts"] += 1
             entry["submissions"].append(
                 {
                     "id": submission.id,
-                    "executor": kind,
+                    "executor": handle.kind,
                     "time": submission.submitted_at,
-                    "handle": handle,
-                    "job_id": handle if kind == "slurm" else None,
+                    "handle": handle.id,
+                    "job_id": backend.job_id(handle),
                     "pack": list(names),
                     "log": log,
                 }
@@ -121,30 +121,26 @@ def record_submission(
 
 
 def reconcile_journal(sweep_dir: SweepDir, manifest: dict[str, Any]) -> str | None:
-    """Record what an interrupted SLURM launch of this sweep queued (deconcnn.sweep.journal)."""
+    """Record what an interrupted launch of this sweep queued (deconcnn.backends.journal), whichever
+    backend this launch uses: each backend recovers the journals of its own submissions."""
     if not sweep_dir.journal_path.exists():
         return None
-    from deconcnn.sweep.executors.slurm import array_folder, task_log
-    from deconcnn.sweep.executors.slurm_cli import SlurmError
-
-    journal = read_journal(sweep_dir.journal_path)
-    # Each run's array, for its task's log: the array's own folder, or slurm/ of an older launch's journal.
-    array_of = {run: i for i, a in enumerate(journal[0]["arrays"] if journal else []) for p in a["packs"] for run in p}
-
-    def record_packs(record: dict[str, Any], submission: Submission, packs: list[tuple[str, list[str]]]) -> None:
-        logs = {}
-        for handle, runs in packs:
-            folder = array_folder(sweep_dir.slurm_dir, submission, array_of[runs[0]])
-            logs[handle] = task_log(folder if folder.is_dir() else sweep_dir.slurm_dir, handle)
-        record_submission(manifest, record, submission, packs, logs.get)
-
-    try:
-        return reconcile(sweep_dir.journal_path, manifest, record_packs, sweep_dir.write_manifest)
-    except SlurmError as error:
-        raise LaunchError(
-            f"an interrupted launch left {sweep_dir.journal_path}, and SLURM cannot say what it queued "
-            f"({error}); launch again once the scheduler answers"
-        ) from None
+    for cls in backends().values():
+        try:
+            note = cls.recover(
+                sweep_dir.journal_path,
+                sweep_dir.slurm_dir,
+                manifest,
+                lambda record, submission, packs, backend: record_submission(
+                    manifest, record, submission, packs, backend
+                ),
+                sweep_dir.write_manifest,
+            )
+        except BackendError as error:
+            raise LaunchError(str(error)) from None
+        if note:
+            return note
+    return None
 
 
 def refuse_changed(sweep: Sweep, manifest: dict[str, Any] | None) -> None:
@@ -251,11 +247,9 @@ def launch(
     a local launch then waits, calling `on_poll` with the number of runs running at every poll."""
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     check_options(workers_per_gpu, cpu_slots, grace_s)
-    kind = resolve_executor(executor)
-    launcher = None
-    if kind == "slurm":
-        launcher = compose_launcher(sweep.runs[0].base, sweep.launcher_overrides)
-        check_feasible(launcher)
+    backend_cls = resolve(executor)
+    settings = backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides)
+    backend_cls.check_feasible(settings)
     fresh = not sweep_dir.path.exists()
     sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
     linked = [problem for problem in map(sweep_dir.run_dir_problem, (r.run_id for r in launch_plan.runs)) if problem]
@@ -266,8 +260,8 @@ def launch(
     try:
         return _launch_locked(
             launch_plan,
-            kind,
-            launcher,
+            backend_cls,
+            settings,
             workers_per_gpu,
             skip_check,
             mps,
@@ -286,8 +280,8 @@ def launch(
 
 def _launch_locked(
     launch_plan: LaunchPlan,
-    kind: str,
-    launcher: dict[str, Any] | None,
+    backend_cls: type[Backend],
+    settings: dict[str, Any],
     workers_per_gpu: int | None,
     skip_check: bool,
     mps: bool,
@@ -304,7 +298,7 @@ def _launch_locked(
         if manifest is None:
             manifest = new_manifest(sweep, code_version())
         recovered = reconcile_journal(sweep_dir, manifest)
-        if kind == "slurm" and not skip_check:
+        if backend_cls.detached and not skip_check:  # queued time no one watches: checked first
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
         states = {
@@ -312,7 +306,9 @@ def _launch_locked(
             for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest), sweep_dir.cancellations())
             if s.run_id in wanted
         }
-        result = LaunchResult(kind, sweep_dir.path, notes=[recovered] if recovered else [])
+        result = LaunchResult(
+            backend_cls.kind, backend_cls.detached, sweep_dir.path, notes=[recovered] if recovered else []
+        )
         todo = [r for r in launch_plan.runs if states[r.run_id] in RESUBMITTABLE]
         # Fewest attempts first: when job limits cut a launch into waves, the runs a wave left
         # waiting go before retries of failed ones.
@@ -326,7 +322,7 @@ def _launch_locked(
         record: dict[str, Any] = {
             "id": submission.id,
             "time": submission.submitted_at,
-            "executor": kind,
+            "executor": backend_cls.kind,
             "runs": [r.run_id for r in todo],
             "skip_check": skip_check,
             "code_version": code_version(),
@@ -339,31 +335,16 @@ def _launch_locked(
         for run in todo:
             by_variant.setdefault(run.variant, []).append(run.command(sweep_dir.run_dir(run.run_id), sweep=sweep.name))
         per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
-        runner: Executor
-        journal = None
-        if kind == "slurm":
-            from deconcnn.sweep.executors.slurm import SlurmExecutor
-
-            assert launcher is not None
-            journal = Journal(sweep_dir.journal_path, submission, record)
-            runner = SlurmExecutor(sweep_dir.slurm_dir, launcher, mps=mps, journal=journal)
-            packs = make_packs(by_variant, per_pack)
-            packs = _fit_limits(runner, packs, result)
-        else:
-            from deconcnn.sweep.executors.local import LocalExecutor
-
-            local = LocalExecutor(mps=mps, grace_s=grace_s)
-            if local.gpus:
-                packs = make_packs(by_variant, per_pack)
-            else:  # no GPU: single-run packs, `cpu_slots` at a time sharing the cores
-                packs = make_packs(by_variant, {})
-                local.cpu_slots = cpu_slots or max(per_pack.values())
-            runner = local
-            result.slots = len(local.slots)
+        # A detached backend's packs outlive this process: what it queues is journaled first.
+        journal = Journal(sweep_dir.journal_path, submission, record) if backend_cls.detached else None
+        runner = backend_cls.create(sweep_dir.slurm_dir, settings, mps=mps, grace_s=grace_s, journal=journal)
+        packs = make_packs(by_variant, runner.fit_packing(per_pack, cpu_slots))
+        packs = _fit_limits(runner, packs, result)
+        result.slots = runner.slots
         handles = runner.submit(packs, submission)
-        if len(handles) < len(packs):  # a job limit refused the rest mid-way (SlurmExecutor.stopped_by)
+        if len(handles) < len(packs):  # a job limit refused the rest mid-way (Backend.stopped_by)
             result.deferred += [c.name for pack in packs[len(handles) :] for c in pack]
-            result.limit = getattr(runner, "stopped_by", None)
+            result.limit = runner.stopped_by
             packs = packs[: len(handles)]
         result.packs = {handle: [c.name for c in pack] for handle, pack in zip(handles, packs)}
         queued = {name for names in result.packs.values() for name in names}
@@ -373,18 +354,19 @@ def _launch_locked(
             record["deferred"] = {"runs": len(result.deferred), "limit": result.limit}
         on_submitted(result)
         record.update(runner.describe(handles))
-        record_submission(manifest, record, submission, list(result.packs.items()), runner.log_of)
+        record_submission(manifest, record, submission, list(result.packs.items()), runner)
         sweep_dir.write_manifest(manifest)
         if journal:
             journal.finish()
-        if kind == "slurm":
-            result.sbatch_calls, result.job_ids = record.get("sbatch_calls", 0), list(handles)
+        if backend_cls.detached:
+            result.sbatch_calls = record.get("sbatch_calls", 0)
+            result.job_ids = [job for job in map(runner.job_id, handles) if job]
             return result
         _wait_here(runner, handles, packs, sweep_dir, result, on_run_done, on_poll)
         return result
 
 
-def _fit_limits(runner: Executor, packs: list[list[Command]], result: LaunchResult) -> list[list[Command]]:
+def _fit_limits(runner: Backend, packs: list[list[Command]], result: LaunchResult) -> list[list[Command]]:
     """The packs the scheduler's job limits let this launch queue now; the runs of the rest are
     deferred to the next launch. No room at all is a refusal, with the numbers."""
     room, why = runner.room()
@@ -402,8 +384,8 @@ def _fit_limits(runner: Executor, packs: list[list[Command]], result: LaunchResu
 
 
 def _wait_here(
-    runner: Executor,
-    handles: list[str],
+    runner: Backend,
+    handles: list[Handle],
     packs: list[list[Command]],
     sweep_dir: SweepDir,
     result: LaunchResult,
@@ -416,7 +398,7 @@ def _wait_here(
         live = runner.poll([h for h in handles if not all(c.name in result.final for c in pack_of[h])])
         on_poll(sum(len(pack_of[h]) for h, state in live.items() if state.state == "running"))
 
-    def done(handle: str, state: SchedulerState) -> None:
+    def done(handle: Handle, state: SchedulerState) -> None:
         outcomes = {}
         for command in pack_of[handle]:
             run = read_run_status(Path(command.workdir)) or {}
@@ -441,7 +423,7 @@ def _wait_here(
 
 
 def describe_plan(
-    launch_plan: LaunchPlan, kind: str, workers_per_gpu: int | None, launcher: dict[str, Any] | None
+    launch_plan: LaunchPlan, backend_cls: type[Backend], workers_per_gpu: int | None, settings: dict[str, Any]
 ) -> list[str]:
     """What a launch would submit: array tasks, runs per task, GPUs, and GPU-hours when a probe or
     finished runs give a time per run."""
@@ -453,7 +435,7 @@ def describe_plan(
         per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
     except SweepError:
         per_pack = dict.fromkeys(by_variant, 1)
-    gpus = int((launcher or {}).get("gpus_per_node") or 0) if kind == "slurm" else 0
+    gpus = backend_cls.plan_gpus(settings)
     hours = _hours_per_run(sweep_dir)
     lines = []
     total_tasks, total_gpu_h = 0, 0.0
@@ -469,8 +451,7 @@ def describe_plan(
             total_gpu_h += gpu_h
             line += f", ~{hours[variant]:.2f} h per run ({'GPU' if gpus else 'slot'}-hours ~{gpu_h:.1f})"
         lines.append(line)
-    where = "SLURM, arrays of <= MaxArraySize tasks" if kind == "slurm" else "this machine"
-    head = f"plan ({where}): {total_tasks} tasks for {len(launch_plan.runs)} runs"
+    head = f"plan ({backend_cls.plan_where}): {total_tasks} tasks for {len(launch_plan.runs)} runs"
     if total_gpu_h:
         head += f", estimated {total_gpu_h:.1f} {'GPU' if gpus else 'slot'}-hours"
     elif not hours:

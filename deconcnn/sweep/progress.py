@@ -138,8 +138,9 @@ def slurm_lines(result: LaunchResult) -> list[str]:
     for handle in result.job_ids:
         arrays.setdefault(handle.partition("_")[0], []).append(handle)
     lines = [f"{result.sbatch_calls} sbatch call(s), {len(arrays)} job array(s), {len(result.job_ids)} tasks:"]
+    runs_of = {handle.id: runs for handle, runs in result.packs.items()}
     for array, handles in arrays.items():
-        runs = [result.packs.get(handle, []) for handle in handles]
+        runs = [runs_of.get(handle, []) for handle in handles]
         per_task = sorted({len(r) for r in runs})
         first, last = runs[0][0] if runs[0] else "?", runs[-1][-1] if runs[-1] else "?"
         indices = sorted(int(h.partition("_")[2]) for h in handles if h.partition("_")[2].isdigit())

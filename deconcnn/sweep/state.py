@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import BackendError, Handle, SchedulerState, processes
+from deconcnn.backends.registry import attach, backend_class
 from deconcnn.runlog.layout import job_variant, last_submission, multirun_jobs
 from deconcnn.runlog.run_status import (
     PROCESS_FILE,
@@ -48,8 +50,6 @@ from deconcnn.runlog.run_status import (
     read_small_file,
 )
 from deconcnn.runlog.states import kept_state, recorded_job_state
-from deconcnn.sweep import processes
-from deconcnn.sweep.executors import SchedulerState
 
 
 @dataclass
@@ -129,7 +129,7 @@ def run_state(
             return "failed", attempt.get("error") or "failed"
         if ours:
             return "running", None
-        if submission.get("executor") == "local":
+        if in_its_launch(submission):
             return "pending", "queued in its local launch: it starts when a slot frees"
         return "pending", f"its task {'was requeued and ' if requeued else ''}is running; the run has not started yet"
     if live.state == "unreachable":
@@ -142,14 +142,30 @@ def run_state(
         if live.detail == "COMPLETED":
             return "failed", "its SLURM task ended but the run did not finish (see its log)"
         return "failed", f"its SLURM task ended {live.detail} before the run finished"
-    where = "its launch is gone" if submission.get("executor") == "local" else "the scheduler does not know its job"
+    where = "its launch is gone" if in_its_launch(submission) else "the scheduler does not know its job"
     return "lost", f"submitted but never finished, and {where} (killed launcher, cancelled pending task?)"
+
+
+def in_its_launch(submission: dict[str, Any]) -> bool:
+    """The submission's packs live in the launch that submitted them (a backend that is not
+    detached: the local pool), so a live launch is their only scheduler."""
+    try:
+        return not backend_class(submission.get("executor", "")).detached
+    except BackendError:  # a backend not installed here: as a scheduler's, its launch is not asked
+        return False
+
+
+def submitted_handle(submission: dict[str, Any] | None) -> Handle | None:
+    """The handle a manifest's submission record saved, None when it has none."""
+    if not submission or not submission.get("handle"):
+        return None
+    return Handle(str(submission.get("executor")), str(submission["handle"]))
 
 
 def sweep_states(
     sweep_dir: Path,
     manifest: dict[str, Any],
-    live: dict[str, SchedulerState],
+    live: dict[Handle, SchedulerState],
     cancellations: dict[str, tuple[float, str]],
 ) -> list[RunState]:
     """Every run's state; `live` maps the handles of the runs' last submissions to the executor's answer."""
@@ -164,7 +180,7 @@ def sweep_states(
     for run_id, entry in runs:
         run_dir = sd.run_path(run_id)
         submission = last_submission(entry)
-        handle = submission.get("handle") if submission else None
+        handle = submitted_handle(submission)
         found = present.get(run_id)
         linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
         log: str | None = None
@@ -243,21 +259,23 @@ def multirun_states(path: Path) -> list[RunState]:
     return states
 
 
-def poll_submissions(manifest: dict[str, Any]) -> dict[str, SchedulerState]:
-    """The executor's answer for the handle of every run's last submission: one squeue and one
-    sacct call for all SLURM tasks, a process check (psutil) for local launches."""
-    handles: dict[str, list[str]] = {"local": [], "slurm": []}
+def poll_submissions(manifest: dict[str, Any]) -> dict[Handle, SchedulerState]:
+    """The backends' answer for the handle of every run's last submission: one poll per backend
+    kind, through a backend attached to its handles (SLURM: one squeue and one sacct call for all
+    its tasks; local: a process check with psutil). A kind no installed backend has reads
+    unreachable, with why: its runs are unknown, never resubmitted as lost."""
+    by_kind: dict[str, set[Handle]] = {}
     for entry in manifest["runs"].values():
-        submission = last_submission(entry)
-        if submission and submission.get("handle"):
-            handles.setdefault(submission["executor"], []).append(submission["handle"])
-    live: dict[str, SchedulerState] = {}
-    if handles["local"]:
-        from deconcnn.sweep.executors.local import poll_handles as poll_local
-
-        live.update(poll_local(sorted(set(handles["local"]))))
-    if handles["slurm"]:
-        from deconcnn.sweep.executors.slurm import poll_handles as poll_slurm
-
-        live.update(poll_slurm(sorted(set(handles["slurm"]))))
+        handle = submitted_handle(last_submission(entry))
+        if handle:
+            by_kind.setdefault(handle.kind, set()).add(handle)
+    live: dict[Handle, SchedulerState] = {}
+    for handles in by_kind.values():
+        ordered = sorted(handles, key=lambda h: h.id)
+        try:
+            backend = attach(ordered[0])
+        except BackendError as error:
+            live.update(dict.fromkeys(ordered, SchedulerState("unreachable", str(error))))
+            continue
+        live.update(backend.poll(ordered))
     return live

@@ -11,10 +11,13 @@ import json
 import os
 import time
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import Backend, BackendError
+from deconcnn.backends.registry import backend_class
 from deconcnn.runlog.layout import HYDRA_CONFIG, HYDRA_DIR, REPORT_DIR, is_multirun
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.run_status import read_run_status
@@ -109,14 +112,19 @@ def current_states(sweep_dir: Path) -> list[RunState]:
     return sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
 
 
-def executor_of(sweep_dir: Path) -> str:
-    """slurm when any run's last submission went to SLURM (a refresh then asks the scheduler); a
-    Hydra multirun directory is only read."""
+def watch_floor(sweep_dir: Path) -> float:
+    """The least seconds between `status --watch` refreshes: the highest floor of the backends the
+    runs' last submissions went to (a SLURM refresh asks squeue and sacct), the base floor for a
+    Hydra multirun directory, which is only read."""
     if is_multirun(sweep_dir):
-        return "local"
+        return Backend.watch_min_s
     manifest = SweepDir(sweep_dir).require_manifest()
     kinds = {(entry.get("submissions") or [{}])[-1].get("executor") for entry in manifest["runs"].values()}
-    return "slurm" if "slurm" in kinds else "local"
+    floors = [Backend.watch_min_s]
+    for kind in kinds - {None}:
+        with suppress(BackendError):  # not installed here: its runs read unknown, nothing is polled
+            floors.append(backend_class(kind).watch_min_s)
+    return max(floors)
 
 
 def all_final(states: list[RunState]) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import processes
 from deconcnn.runlog import layout
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.errors import SweepError
@@ -34,7 +35,6 @@ from deconcnn.runlog.layout import (
     read_cancellations,
     read_manifest,
 )
-from deconcnn.sweep import processes
 
 
 class SweepLocked(SweepError):

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from deconcnn.backends import SchedulerState
 from deconcnn.runlog.metrics_log import METRICS_FILE, verify_train_steps
 from deconcnn.runlog.run_status import LOG_BYTES, UNREADABLE, read_checked_status, read_small_file
-from deconcnn.sweep.executors import SchedulerState
 from deconcnn.sweep.state import run_state
 
 

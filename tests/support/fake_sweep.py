@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import processes
 from deconcnn.runlog import schema
 from deconcnn.runlog.run_status import PROCESS_FILE, RUN_STATUS_FILE
-from deconcnn.sweep import processes
 from deconcnn.sweep.grid import RunSpec, Sweep
 from deconcnn.sweep.launch import new_manifest
 from deconcnn.sweep.sweepdir import SweepDir

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from deconcnn.backends.slurm import cli as slurm_cli
 from deconcnn.cli import run as sweep_cli
-from deconcnn.sweep.executors import slurm_cli
 from sweeps import LOCAL_SLURM, launch_json, refused, write_sweep
 
 

@@ -7,9 +7,9 @@ import subprocess
 
 from fake_sweep import SUBMISSION, make_sweep, run_id
 
+from deconcnn.backends import processes
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.run_status import PROCESS_FILE
-from deconcnn.sweep import processes
 from deconcnn.sweep.sweepdir import SweepDir
 
 

@@ -441,7 +441,7 @@ def test_check_lists_deliberate_changes_and_fails_only_where_the_log_is_wrong(tm
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
 def test_slurm_launch_refuses_without_a_passing_check_and_submits_after_one(tmp_path, capsys):
-    from deconcnn.sweep.executors import slurm_cli as slurm
+    from deconcnn.backends.slurm import cli as slurm
 
     sweep_file = variant_sweep(tmp_path / "tiny.yaml", {"S-core": {"experiment": "loss_lin_slope_base"}})
     launch = ["launch", str(sweep_file), "--executor", "slurm", "--out", str(tmp_path), *LOCAL_SLURM]

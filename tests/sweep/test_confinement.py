@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fake_sweep import make_sweep
 
+from deconcnn.backends import Command, Submission
+from deconcnn.backends.runner import run_pack
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.layout import UnsafeRunDir, run_id_problem
-from deconcnn.sweep.executors import Command, Submission
-from deconcnn.sweep.executors.runner import run_pack
 from deconcnn.sweep.grid import load_sweep
 from deconcnn.sweep.launch import new_manifest
 from deconcnn.sweep.sweepdir import SweepDir

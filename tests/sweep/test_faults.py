@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from cluster import resume_node
 
+from deconcnn.backends import processes
+from deconcnn.backends.local import launcher_of
+from deconcnn.backends.slurm import cli as slurm_cli
 from deconcnn.runconfig import CONF_DIR
 from deconcnn.runlog.layout import last_submission
-from deconcnn.sweep import processes
-from deconcnn.sweep.executors import slurm_cli
-from deconcnn.sweep.executors.local import launcher_of
 from deconcnn.sweep.state import read_process
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import PACKED, launch_json, settle, slurm_launch, states_of, status_of, train_steps, wait_for, write_sweep

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from deconcnn.backends.slurm import cli as slurm
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
-from deconcnn.sweep.executors import slurm_cli as slurm
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import launch_json, status_of, write_sweep
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deconcnn.sweep.executors import slurm_cli as slurm
+from deconcnn.backends.slurm import cli as slurm
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import settle, slurm_launch, train_steps, wait_for, write_sweep
 
@@ -41,27 +41,6 @@ def test_array_submission_runs_to_completion_and_relaunch_submits_nothing(tmp_pa
     assert {log.parent for log in task_logs} == {sweep_dir / "slurm" / f"{manifest['submissions'][-1]['id']}-0"}
     assert slurm_launch(sweep_file, tmp_path) == 0
     assert "0 runs submitted, skipped: 3 completed" in capsys.readouterr().out
-
-
-def test_cancelled_task_shows_cancelled_and_only_it_is_resubmitted(tmp_path, capsys):
-    sweep_file = write_sweep(tmp_path / "tiny.yaml", seeds="0,1,2")
-    # One task at a time, so the last one is still pending when it is cancelled.
-    assert slurm_launch(sweep_file, tmp_path, "hydra.launcher.array_parallelism=1") == 0
-    sweep_dir = tmp_path / "tiny"
-    manifest = SweepDir(sweep_dir).read_manifest()
-    victim = "S-core_s2"
-    slurm.scancel(manifest["runs"][victim]["submissions"][-1]["job_id"])
-    status = settle(sweep_dir, capsys)
-    states = {r["run_id"]: (r["state"], r["reason"]) for r in status["runs"]}
-    assert states[victim] == ("cancelled", "CANCELLED by the scheduler (scancel?)")
-    assert Counter(s for s, _ in states.values()) == {"completed": 2, "cancelled": 1}
-
-    capsys.readouterr()
-    assert slurm_launch(sweep_file, tmp_path) == 0
-    assert "1 runs submitted, skipped: 2 completed" in capsys.readouterr().out
-    manifest = SweepDir(sweep_dir).read_manifest()
-    assert manifest["runs"][victim]["attempts"] == 2
-    assert settle(sweep_dir, capsys)["counts"]["all"]["completed"] == 3
 
 
 def test_requeued_run_resumes_from_its_checkpoint_logging_every_step_once(tmp_path, capsys):

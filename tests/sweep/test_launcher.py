@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from deconcnn.sweep.executors import slurm_cli
-from deconcnn.sweep.launcher import LauncherError, check_feasible, compose_launcher, submitit_kwargs
+from deconcnn.backends.slurm import cli as slurm_cli
+from deconcnn.backends.slurm.settings import LauncherError, check_feasible, compose_launcher, submitit_kwargs
 
 
 def test_submitit_mapping_is_the_plugin_s():

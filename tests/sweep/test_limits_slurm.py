@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from deconcnn.sweep.executors import slurm_cli
-from deconcnn.sweep.executors.slurm import poll_handles
+from deconcnn.backends import Handle
+from deconcnn.backends.slurm import SlurmBackend, poll_handles
+from deconcnn.backends.slurm import cli as slurm_cli
 from sweeps import slurm_launch, status_of, wait_for, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -70,9 +71,9 @@ def test_scheduler_commands_in_chunks_of_one_id(monkeypatch: pytest.MonkeyPatch)
         .split(";")[0]
         for _ in range(2)
     ]
-    handles = [f"{job}_{task}" for job in arrays for task in range(3)]
+    handles = [Handle(SlurmBackend.kind, f"{job}_{task}") for job in arrays for task in range(3)]
     assert {s.state for s in poll_handles(handles).values()} == {"pending"}
-    slurm_cli.scancel(*handles)
+    slurm_cli.scancel(*(h.id for h in handles))
 
     def all_ended() -> dict | None:
         states = poll_handles(handles)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from deconcnn.backends import Command, processes
 from deconcnn.cli import run as sweep_cli
-from deconcnn.sweep import launch, processes
-from deconcnn.sweep.executors import Command
+from deconcnn.sweep import launch
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import make_packs
 from deconcnn.sweep.probe.measure import measure, summarize_trial

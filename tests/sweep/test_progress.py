@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from deconcnn.backends import Handle
 from deconcnn.sweep.launch import LaunchResult
 from deconcnn.sweep.progress import LocalProgress, slurm_lines
 
@@ -16,7 +17,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def local_result(n: int) -> LaunchResult:
-    return LaunchResult("local", Path("/results/demo"), submitted=[f"S-core_lr0.1_s{i}" for i in range(n)], slots=2)
+    return LaunchResult(
+        "local", False, Path("/results/demo"), submitted=[f"S-core_lr0.1_s{i}" for i in range(n)], slots=2
+    )
 
 
 def drive(console: Console) -> LocalProgress:
@@ -70,11 +73,17 @@ def test_a_slurm_launch_lists_each_job_array_and_the_status_command():
     runs = [f"S-core_s{i}" for i in range(5)]
     result = LaunchResult(
         "slurm",
+        True,
         Path("/results/tiny"),
         submitted=runs,
         sbatch_calls=2,
         job_ids=["41_0", "41_1", "41_2", "42"],
-        packs={"41_0": runs[0:2], "41_1": runs[2:4], "41_2": runs[4:5], "42": ["S-adamw_s0"]},
+        packs={
+            Handle("slurm", "41_0"): runs[0:2],
+            Handle("slurm", "41_1"): runs[2:4],
+            Handle("slurm", "41_2"): runs[4:5],
+            Handle("slurm", "42"): ["S-adamw_s0"],
+        },
     )
     assert slurm_lines(result) == [
         "2 sbatch call(s), 2 job array(s), 4 tasks:",

@@ -18,12 +18,13 @@ from pathlib import Path
 import fake_slurm
 import pytest
 
+from deconcnn.backends import Handle, Submission
+from deconcnn.backends.journal import Journal, array_name
+from deconcnn.backends.slurm import SlurmBackend, poll_handles, reconcile
+from deconcnn.backends.slurm import cli as slurm_cli
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.sweep import grid
-from deconcnn.sweep.executors import Submission, slurm_cli
-from deconcnn.sweep.executors.slurm import poll_handles
-from deconcnn.sweep.journal import Journal, array_name, reconcile
 from deconcnn.sweep.launch import record_submission
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import LOCAL_SLURM, slurm_launch, status_of, write_sweep
@@ -59,7 +60,7 @@ def test_scheduler_commands_stay_below_the_argument_limit(fake, tmp_path: Path) 
     assert info.value.errno == errno.E2BIG
     fake_slurm.end_all(root)
     (root / fake_slurm.CALLS).write_text("")
-    assert {s.detail for s in poll_handles(handles).values()} == {"COMPLETED"}
+    assert {s.detail for s in poll_handles([Handle(SlurmBackend.kind, h) for h in handles]).values()} == {"COMPLETED"}
     fake_slurm.queue(root, {h.split("_")[0]: 1 for h in handles})
     slurm_cli.scancel(*handles)
     calls = fake_slurm.calls(root)
@@ -80,7 +81,7 @@ def test_status_of_50000_tasks_is_one_squeue_and_one_sacct(fake) -> None:
     handles = [f"{job}_{t}" for job, n in arrays.items() for t in range(n)]
     fake_slurm.end_all(root)
     (root / fake_slurm.CALLS).write_text("")
-    states = poll_handles(handles)
+    states = poll_handles([Handle(SlurmBackend.kind, h) for h in handles])
     assert len(states) == 50000 and {s.state for s in states.values()} == {"ended"}
     assert [c["cmd"] for c in fake_slurm.calls(root)] == ["squeue", "sacct"]
 
@@ -270,11 +271,13 @@ def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fak
     fake_slurm._save(root, data)
     manifest: dict = {"runs": {r: {"attempts": 0, "submissions": []} for r in "abcd"}, "submissions": []}
     written = []
+    backend = SlurmBackend(tmp_path, {})
     line = reconcile(
         journal.path,
         manifest,
-        lambda record, sub, packs: record_submission(manifest, record, sub, packs, lambda h: None),
+        lambda record, sub, packs: record_submission(manifest, record, sub, packs, backend),
         written.append,
+        backend,
     )
     assert line and "3 tasks of 3 were queued and are now recorded (arrays 500, 501)" in line
     handles = {r: e["submissions"][0]["handle"] for r, e in manifest["runs"].items()}
@@ -282,5 +285,5 @@ def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fak
     assert written == [manifest] and not journal.path.exists()
     # A journal whose submission the manifest records already is only removed.
     journal.begin([[["a"]]])
-    assert reconcile(journal.path, manifest, lambda *a: None, written.append) is None
+    assert reconcile(journal.path, manifest, lambda *a: None, written.append, backend) is None
     assert not journal.path.exists() and len(written) == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cluster import CLUSTER, node_state
 
-from deconcnn.sweep.executors.slurm_cli import (
+from deconcnn.backends.slurm.cli import (
     SlurmError,
     max_array_size,
     requeue,

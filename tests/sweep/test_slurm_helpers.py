@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deconcnn.sweep.executors import slurm_cli as slurm
-from deconcnn.sweep.executors.slurm_cli import SlurmError, expand_array_id, normalise_state, sacct_states
+from deconcnn.backends.slurm import cli as slurm
+from deconcnn.backends.slurm.cli import SlurmError, expand_array_id, normalise_state, sacct_states
 
 
 def test_normalise_state() -> None:
@@ -81,6 +81,6 @@ def test_missing_binaries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 def test_import_is_light() -> None:
-    code = "import sys, deconcnn.sweep.executors.slurm_cli; print('torch' in sys.modules)"
+    code = "import sys, deconcnn.backends.slurm.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,10 +10,9 @@ import time
 
 import pytest
 
+from deconcnn.backends import Handle, SchedulerState, processes
 from deconcnn.runlog.states import RESUBMITTABLE
-from deconcnn.sweep import processes
-from deconcnn.sweep.executors import SchedulerState
-from deconcnn.sweep.state import run_state
+from deconcnn.sweep.state import poll_submissions, run_state
 
 NOW = time.time()
 SUBMISSION = {"id": "new", "time": NOW - 10, "executor": "slurm", "handle": "7_0"}
@@ -173,3 +172,12 @@ def test_a_process_that_exited_is_not_alive_even_unreaped():
     assert processes.alive(ident) is False and processes.start_time(child.pid) is None
     child.wait()
     assert processes.alive(ident) is False
+
+
+def test_a_submission_to_a_backend_not_installed_here_is_unknown_never_lost():
+    manifest = {"runs": {"r": {"submissions": [{**SUBMISSION, "executor": "ray", "handle": "x1"}]}}}
+    live = poll_submissions(manifest)
+    assert live == {Handle("ray", "x1"): SchedulerState("unreachable", live[Handle("ray", "x1")].detail)}
+    assert "no backend 'ray' is installed here" in live[Handle("ray", "x1")].detail
+    state, reason = run_state(manifest["runs"]["r"]["submissions"][0], None, None, live[Handle("ray", "x1")], None)
+    assert state == "unknown" and "no backend 'ray'" in reason

@@ -12,6 +12,7 @@ import time
 from fake_sweep import make_sweep, run_id
 
 from deconcnn.analysis.report import report
+from deconcnn.backends.registry import backend_class
 from deconcnn.cli import follow, watch_interval
 from deconcnn.cli import run as sweep_cli
 from deconcnn.sweep.status import WatchEnd, current_states
@@ -23,8 +24,9 @@ RUNNING = run_id("S-adamw", 0.2, 1e-3, 1)
 
 
 def test_watch_honours_its_number_above_the_executor_s_floor():
-    assert watch_interval(5, "local") == 5 and watch_interval(1, "local") == 2
-    assert watch_interval(5, "slurm") == 30 and watch_interval(120, "slurm") == 120
+    local, slurm = backend_class("local").watch_min_s, backend_class("slurm").watch_min_s
+    assert watch_interval(5, local) == 5 and watch_interval(1, local) == 2
+    assert watch_interval(5, slurm) == 30 and watch_interval(120, slurm) == 120
 
 
 def test_the_table_fits_80_columns_with_every_state_spelled_out(tmp_path, capsys, monkeypatch):

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import Backend, Command, Handle, SchedulerState, Submission, wait
+from deconcnn.backends.registry import resolve
 from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.layout import SLURM_DIR
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.sweep.check.rules import (
     CHECK_CURVATURE_BATCH,
@@ -29,7 +32,6 @@ from deconcnn.sweep.check.rules import (
     check_resources,
     check_run,
 )
-from deconcnn.sweep.executors import Command, Executor, SchedulerState, Submission, resolve_executor, wait
 from deconcnn.sweep.grid import with_debug
 from deconcnn.sweep.limits import MAX_RUNS
 from deconcnn.sweep.sweepdir import code_version
@@ -102,19 +104,19 @@ def _compose(variant: str, overrides: Sequence[str]) -> Any:
 
 
 def run_checks(
-    checks: Sequence[VariantCheck], runner: Executor, submission: Submission, on_done: Callable[[VariantCheck], None]
+    checks: Sequence[VariantCheck], runner: Backend, submission: Submission, on_done: Callable[[VariantCheck], None]
 ) -> None:
     """One pack per check run; wait for all of them (Ctrl-C cancels what is still running)."""
     handles = runner.submit([[c.command] for c in checks], submission)
     by_handle = dict(zip(handles, checks))
     started = time.monotonic()
 
-    def done(handle: str, state: SchedulerState) -> None:
+    def done(handle: Handle, state: SchedulerState) -> None:
         check = by_handle[handle]
         check.outcome = (read_run_status(check.run_dir) or {}).get("status", "did not start")
         check.seconds = time.monotonic() - started
         if state.detail not in (None, "COMPLETED"):
-            check.notes.append(f"{runner.kind} job {handle} ended {state.detail}")
+            check.notes.append(f"{runner.kind} job {handle.id} ended {state.detail}")
         on_done(check)
 
     wait(runner, handles, done)
@@ -217,9 +219,7 @@ def check_sweep(
     on_done: Callable[[VariantCheck], None] = lambda check: None,
 ) -> CheckResult:
     """Run and check every variant; writes and returns the result (passed or not)."""
-    from deconcnn.sweep.executors.local import LocalExecutor, visible_gpus
     from deconcnn.sweep.grid import plan
-    from deconcnn.sweep.launcher import check_feasible, compose_launcher
 
     if workers_per_gpu is not None and workers_per_gpu < 1:
         raise CheckError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
@@ -227,18 +227,13 @@ def check_sweep(
     # As launch loads it (same overrides, same config directories): the same fingerprint.
     launch_plan = plan(sweep_file, out=out, overrides=overrides, config_dirs=config_dirs, max_runs=max_runs)
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
-    kind = resolve_executor(executor)
-    runner: Executor
-    if kind == "slurm":
-        from deconcnn.sweep.executors.slurm import SlurmExecutor
-
-        launcher = compose_launcher(sweep.runs[0].base, sweep.launcher_overrides)
-        check_feasible(launcher)
-        gpu = bool(launcher.get("gpus_per_node"))
-        runner = SlurmExecutor(sweep_dir.check_dir / "slurm", launcher)
-    else:
-        gpu = bool(visible_gpus())
-        runner = LocalExecutor(cpu_slots=max(1, min(len(sweep.variants), os.cpu_count() or 1)))  # one thread per run
+    backend_cls = resolve(executor)
+    settings = backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides)
+    backend_cls.check_feasible(settings)
+    # One slot per variant where the backend runs them itself (one thread per run).
+    slots = max(1, min(len(sweep.variants), os.cpu_count() or 1))
+    runner = backend_cls.create(sweep_dir.check_dir / SLURM_DIR, settings, slots=slots)
+    gpu = runner.gpus_per_pack > 0
     checks = prepare_checks(launch_plan.runs, sweep_dir.check_dir, gpu=gpu)
     for check in checks:  # a finished run would be skipped by the pack runner: start each check afresh
         shutil.rmtree(check.run_dir, ignore_errors=True)
@@ -249,9 +244,9 @@ def check_sweep(
         sweep_dir.path,
         sweep.fingerprint(),
         code_version(),
-        kind,
+        backend_cls.kind,
         checks,
-        evaluate(checks, sweep_dir.path, workers_per_gpu, kind == "slurm" or gpu),
+        evaluate(checks, sweep_dir.path, workers_per_gpu, backend_cls.detached or gpu),
         workers_per_gpu,
         time.monotonic() - started,
     )

@@ -244,7 +244,7 @@ def summarize_trial(k: int, workers: list[dict[str, Any]], host_limit_mb: float 
 
 
 def gpu_for_probe() -> str | None:
-    from deconcnn.sweep.executors.local import visible_gpus
+    from deconcnn.backends.local import visible_gpus
 
     gpus = visible_gpus()
     return gpus[0] if gpus else None

@@ -13,10 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import Command, Submission, wait
+from deconcnn.backends.registry import resolve
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.layout import DEFAULT_OUT
 from deconcnn.runlog.run_status import RUN_LOG
-from deconcnn.sweep.executors import Command, Executor, Submission, resolve_executor, wait
 from deconcnn.sweep.limits import MAX_RUNS
 from deconcnn.sweep.probe.render import plot_probe
 from deconcnn.sweep.probe.rules import PROBE_VERSION, ProbeFailed, ProbeSettings, VariantSpec
@@ -68,27 +69,18 @@ def probe_resources(
     """Probe a sweep's variants in one job; write probe.json (+ .png); return both."""
     from deconcnn.sweep.grid import plan
     from deconcnn.sweep.launch import signals_interrupt
-    from deconcnn.sweep.launcher import check_feasible, compose_launcher
 
     if settings.max_workers < 1 or settings.steps < 1 or settings.warmup < 1:
         raise ProbeFailed("--max-workers, --steps and --warmup must be >= 1")
     launch_plan = plan(sweep_file, out=out, only=only, overrides=overrides, config_dirs=config_dirs, max_runs=max_runs)
     sweep_dir = launch_plan.sweep_dir
     specs = representatives(launch_plan.runs)
-    kind = resolve_executor(executor)
-    runner: Executor
-    if kind == "slurm":
-        from deconcnn.sweep.executors.slurm import SlurmExecutor
-
-        launcher = compose_launcher(launch_plan.sweep.runs[0].base, launch_plan.sweep.launcher_overrides)
-        # The probe measures ONE GPU of a node like the sweep's.
-        launcher = {**launcher, "gpus_per_node": min(1, int(launcher.get("gpus_per_node") or 0))}
-        check_feasible(launcher)
-        runner = SlurmExecutor(sweep_dir.slurm_dir / PROBE_DIR, launcher)
-    else:
-        from deconcnn.sweep.executors.local import LocalExecutor
-
-        runner = LocalExecutor(cpu_slots=1)
+    backend_cls = resolve(executor)
+    sweep = launch_plan.sweep
+    # The probe measures ONE GPU of a node like the sweep's.
+    on = backend_cls.single_gpu(backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides))
+    backend_cls.check_feasible(on)
+    runner = backend_cls.create(sweep_dir.slurm_dir / PROBE_DIR, on, slots=1)
     path = Path(file) if file else sweep_dir.probe_file
     workdir = sweep_dir.path / PROBE_DIR
     workdir.mkdir(parents=True, exist_ok=True)
@@ -101,15 +93,13 @@ def probe_resources(
         "sweep_file": str(Path(sweep_file).resolve()),
         "fingerprint": launch_plan.sweep.fingerprint(),
         "overrides": list(overrides),
-        "executor": kind,
+        "executor": backend_cls.kind,
         "created": time.time(),
     }
     command = Command("probe", MEASURE_MODULE, ("--request", str(request), "--out", str(result_file)), str(workdir))
     [handle] = runner.submit([[command]], Submission(uuid.uuid4().hex[:12], f"deconcnn-{launch_plan.sweep.name}-probe"))
-    header["job_id"] = handle if kind == "slurm" else None
-    report(
-        f"probe running as {'SLURM job ' + handle if kind == 'slurm' else 'a local process'} (log: {workdir / RUN_LOG})"
-    )
+    header["job_id"] = runner.job_id(handle)
+    report(f"probe running as {runner.where(handle)} (log: {workdir / RUN_LOG})")
     follow = LogFollower(workdir / RUN_LOG, report)
     with signals_interrupt():  # wait() cancels the job on the way out
         final = wait(runner, [handle], on_poll=follow, poll_s=2.0)[handle]

@@ -26,11 +26,12 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from deconcnn.backends import processes
+from deconcnn.backends.base import STOP_GRACE_S
+from deconcnn.backends.pack import Command, Submission
 from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.layout import read_cancellations
 from deconcnn.runlog.run_status import KEEP_STATUSES, PROCESS_FILE, RUN_LOG, SUBMISSION_ENV, read_checked_status
-from deconcnn.sweep import processes
-from deconcnn.sweep.executors import STOP_GRACE_S, Command, Submission
-from deconcnn.sweep.sweepdir import SweepDir
 
 CHECK_EVERY_S = 1.0
 
@@ -44,8 +45,10 @@ def cancelled_since(submission: Submission) -> Callable[[], set[str]]:
     """The names cancelled after this submission, read from the sweep's cancel.jsonl."""
     if submission.cancel_file is None:
         return set
-    sweep_dir = SweepDir(Path(submission.cancel_file).parent)
-    return lambda: {name for name, (when, _) in sweep_dir.cancellations().items() if when >= submission.submitted_at}
+    sweep_dir = Path(submission.cancel_file).parent
+    return lambda: {
+        name for name, (when, _) in read_cancellations(sweep_dir).items() if when >= submission.submitted_at
+    }
 
 
 def run_pack(

@@ -1,4 +1,5 @@
-"""The submission journal: what a SLURM launch is about to queue, on disk before sbatch is called.
+"""The submission journal: what a launch is about to queue on a detached backend, on disk before the
+scheduler is asked (SLURM: before sbatch is called; its reconciliation: deconcnn.backends.slurm).
 
 A launch killed between sbatch's answer and the manifest's write would leave tasks queued that no
 file of the sweep records (nothing to `status`, `cancel` or relaunch them by). So the launch
@@ -12,7 +13,7 @@ records the submission:
 
 Each array's job name holds the submission id, so an array sbatch accepted but whose id was never
 written (the launch died in between) is found by its name (`squeue`/`sacct --name`). The next
-launch of the sweep reconciles a journal it finds, under the launch lock: every array found is
+launch of the sweep reconciles a journal it finds (Backend.recover), under the launch lock: every array found is
 recorded in the manifest as the submission it was (task i of an array runs its pack i), and the
 journal goes. A journal whose submission the manifest already records is simply removed.
 """
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deconcnn.sweep.executors import Submission
+from deconcnn.backends.pack import Submission
 
 
 def array_name(submission: Submission, index: int) -> str:
@@ -79,59 +80,3 @@ def read_journal(path: Path) -> tuple[dict[str, Any], dict[int, str]] | None:
         return None  # torn before the plan was whole: nothing was submitted yet
     accepted = {int(e["array"]): str(e["job_id"]) for e in entries[1:] if isinstance(e, dict) and "job_id" in e}
     return entries[0], accepted
-
-
-def reconcile(
-    path: Path,
-    manifest: dict[str, Any],
-    record_packs: Callable[[dict[str, Any], Submission, list[tuple[str, list[str]]]], None],
-    write_manifest: Callable[[dict[str, Any]], None],
-) -> str | None:
-    """Record in `manifest` what an interrupted launch's journal says was queued (module doc), write
-    it, then remove the journal; returns a line saying so, None when there was nothing to do.
-    `record_packs(record, submission, [(handle, run ids)])` adds a submission to the manifest, as
-    a launch does. Raises SlurmError when the scheduler cannot say which arrays exist: the journal
-    then stays for the next launch."""
-    journal = read_journal(path)
-    if journal is None:
-        path.unlink(missing_ok=True)
-        return None
-    plan, accepted = journal
-    submission = Submission(**plan["submission"])
-    if any(s.get("id") == submission.id for s in manifest.get("submissions", [])):
-        path.unlink()
-        return None
-    unknown = [a["name"] for i, a in enumerate(plan["arrays"]) if i not in accepted]
-    if unknown:
-        from deconcnn.sweep.executors.slurm_cli import jobs_named, scancel
-
-        found = jobs_named(unknown, submission.submitted_at)
-        for i, array in enumerate(plan["arrays"]):
-            jobs = found.get(array["name"], [])
-            if i not in accepted and jobs:
-                accepted[i] = jobs[0]
-                if jobs[1:]:  # each name is sbatch'ed once; a duplicate would run the same packs twice
-                    scancel(*jobs[1:])
-    packs = [
-        # submitit submits a batch of one pack as a plain job, not an array of one task
-        (f"{accepted[i]}_{task}" if len(array["packs"]) > 1 else accepted[i], runs)
-        for i, array in enumerate(plan["arrays"])
-        if i in accepted
-        for task, runs in enumerate(array["packs"])
-    ]
-    arrays = sorted(set(accepted.values()), key=lambda j: (len(j), j))
-    if packs:
-        record = {
-            **plan["record"],
-            "runs": [run for _, runs in packs for run in runs],
-            "array_job_ids": arrays,
-            "recovered": "from the journal of an interrupted launch",
-        }
-        record_packs(record, submission, packs)
-        write_manifest(manifest)
-    path.unlink()
-    listed = ", ".join(arrays) or "none"
-    return (
-        f"an interrupted launch ({submission.id}) was reconciled from its journal: {len(packs)} tasks "
-        f"of {sum(len(a['packs']) for a in plan['arrays'])} were queued and are now recorded (arrays {listed})"
-    )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from cluster import CLUSTER, clear_queue, cluster_name, cluster_report, resume_node
 
-from deconcnn.sweep.executors.slurm_cli import slurm_available
+from deconcnn.backends.slurm.cli import slurm_available
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from deconcnn.runconfig import compose_run_config, config_error_text
 from deconcnn.runlog.errors import SweepError
 
 DEFAULT_LAUNCHER = "deconcnn_slurm"
-LAUNCHER_PREFIXES = ("hydra.launcher.", "hydra/launcher=")
 BASE_KEYS = frozenset(f.name for f in dataclasses.fields(BaseQueueConf))
 # The plugin passes these to the executor's constructor (its `specific_init_keys`), and `python`
 # (submitit's command that starts the job's Python: `apptainer exec --nv IMAGE python3`, say) goes
@@ -41,11 +40,6 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class LauncherError(SweepError):
     """A launcher value sbatch would refuse, misread, or never be able to satisfy."""
-
-
-def is_launcher_override(override: str) -> bool:
-    """`hydra.launcher.x=...`, `+hydra.launcher.x=...`, `hydra/launcher=...`: for the launcher, not the runs."""
-    return override.lstrip("+~").startswith(LAUNCHER_PREFIXES)
 
 
 def compose_launcher(run_overrides: Sequence[str], launcher_overrides: Sequence[str]) -> dict[str, Any]:
@@ -142,7 +136,7 @@ def submitit_kwargs(values: dict[str, Any], job_name: str) -> tuple[dict[str, An
 def check_feasible(values: dict[str, Any]) -> None:
     """Refuse a task no node of the partition can ever hold (it would pend forever, reason
     PartitionConfig): one sinfo call, the numbers in the message."""
-    from deconcnn.sweep.executors.slurm_cli import partition_nodes
+    from deconcnn.backends.slurm.cli import partition_nodes
 
     partition = values.get("partition")
     nodes = partition_nodes(partition)

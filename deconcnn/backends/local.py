@@ -1,4 +1,4 @@
-"""The local executor: packs run on this machine, one pack per GPU at a time; without GPUs,
+"""The local backend: packs run on this machine, one pack per GPU at a time; without GPUs,
 `cpu_slots` packs at a time with the CPU cores split between their runs.
 
 The pool lives in the process that submitted (the launch waits for it). A handle names that
@@ -15,12 +15,16 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from deconcnn.sweep import processes
-from deconcnn.sweep.executors import STOP_GRACE_S, Executor, LiveState, Pack, SchedulerState, Submission
-from deconcnn.sweep.executors.runner import MpsDaemon, run_pack
+from deconcnn.backends import processes
+from deconcnn.backends.base import STOP_GRACE_S, Backend, Handle, LiveState, SchedulerState
+from deconcnn.backends.journal import Journal
+from deconcnn.backends.pack import Pack, Submission
+from deconcnn.backends.runner import MpsDaemon, run_pack
 
-PREFIX = "local"
+KIND = "local"
 
 
 def visible_gpus() -> list[str]:
@@ -36,9 +40,9 @@ def visible_gpus() -> list[str]:
     return result.stdout.split() if result.returncode == 0 else []
 
 
-def launcher_of(handle: str) -> dict[str, object]:
+def launcher_of(handle: Handle) -> dict[str, object]:
     """The process identity a local handle names."""
-    _, host, pid, pid_start, _ = handle.split(":")
+    _, host, pid, pid_start, _ = handle.id.split(":")
     return {"host": host, "pid": int(pid), "pid_start": float(pid_start)}
 
 
@@ -51,8 +55,10 @@ class _PackState:
     error: str | None = None
 
 
-class LocalExecutor(Executor):
-    kind = "local"
+class LocalBackend(Backend):
+    kind = KIND
+    detached = False
+    auto_priority = 0
 
     def __init__(
         self, gpus: Sequence[str] | None = None, cpu_slots: int = 1, mps: bool = False, grace_s: float = STOP_GRACE_S
@@ -62,23 +68,58 @@ class LocalExecutor(Executor):
             raise ValueError(f"cpu_slots must be >= 1, got {cpu_slots}")
         self.cpu_slots, self.mps, self.grace_s = cpu_slots, mps, grace_s
         me = processes.identity()
-        self._prefix = f"{PREFIX}:{me['host']}:{me['pid']}:{me['pid_start'] or 0:.2f}"
-        self._packs: dict[str, _PackState] = {}
+        self._prefix = f"{KIND}:{me['host']}:{me['pid']}:{me['pid_start'] or 0:.2f}"
+        self._packs: dict[Handle, _PackState] = {}
         self._lock = threading.Condition()
         self._pool: ThreadPoolExecutor | None = None
 
+    @classmethod
+    def create(
+        cls,
+        folder: Path,
+        settings: dict[str, Any],
+        *,
+        slots: int = 1,
+        mps: bool = False,
+        grace_s: float = STOP_GRACE_S,
+        journal: Journal | None = None,
+    ) -> LocalBackend:
+        """Its packs live in this process (no journal: they end with it); `folder` is not used."""
+        return cls(cpu_slots=slots, mps=mps, grace_s=grace_s)
+
+    @classmethod
+    def attach(cls, handle: Handle) -> LocalBackend:
+        """Polls the handles of any launch (poll_handles); cancels nothing of another process: a
+        live launch stops a run once cancel.jsonl lists it, and `cancel` signals its process."""
+        return cls(gpus=[])
+
+    def fit_packing(self, per_pack: dict[str, int], cpu_slots: int | None) -> dict[str, int]:
+        if self.gpus:
+            return per_pack
+        # No GPU: single-run packs, `cpu_slots` at a time sharing the cores.
+        self.cpu_slots = cpu_slots or max(per_pack.values())
+        return {}
+
     @property
-    def slots(self) -> list[str | None]:
+    def slots(self) -> int:
+        return len(self._slot_names)
+
+    @property
+    def gpus_per_pack(self) -> int:
+        return 1 if self.gpus else 0
+
+    @property
+    def _slot_names(self) -> list[str | None]:
         return list(self.gpus) if self.gpus else [None] * self.cpu_slots
 
-    def submit(self, packs: Sequence[Pack], submission: Submission) -> list[str]:
-        slots = self.slots
+    def submit(self, packs: Sequence[Pack], submission: Submission) -> list[Handle]:
+        slots = self._slot_names
         free = list(slots)
         cpus = os.cpu_count() or 1
         self._pool = self._pool or ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="pack")
         handles = []
 
-        def execute(handle: str) -> None:
+        def execute(handle: Handle) -> None:
             entry = self._packs[handle]
             with self._lock:
                 self._lock.wait_for(lambda: bool(free))
@@ -119,14 +160,15 @@ class LocalExecutor(Executor):
                     free.append(slot)
                     self._lock.notify()
 
-        for index, pack in enumerate(packs):
-            handle = f"{self._prefix}:{submission.id}-{index}"
+        for pack in packs:
+            # Numbered across submits: the same submission submitted twice gets new handles.
+            handle = Handle(KIND, f"{self._prefix}:{submission.id}-{len(self._packs)}")
             self._packs[handle] = _PackState(list(pack))
             handles.append(handle)
             self._pool.submit(execute, handle)
         return handles
 
-    def poll(self, handles: Sequence[str]) -> dict[str, SchedulerState]:
+    def poll(self, handles: Sequence[Handle]) -> dict[Handle, SchedulerState]:
         out = {}
         for handle in handles:
             own = self._packs.get(handle)
@@ -136,7 +178,7 @@ class LocalExecutor(Executor):
                 out.update(poll_handles([handle]))
         return out
 
-    def cancel(self, handles: Sequence[str]) -> None:
+    def cancel(self, handles: Sequence[Handle]) -> None:
         """Stop own packs (queued ones never start) and wait until their processes are gone."""
         for handle in handles:
             if handle in self._packs:
@@ -147,10 +189,13 @@ class LocalExecutor(Executor):
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def describe(self, handles: Sequence[str]) -> dict[str, object]:
-        return {"launcher": processes.identity(), "slots": len(self.slots)}
+    def describe(self, handles: Sequence[Handle]) -> dict[str, Any]:
+        return {"launcher": processes.identity(), "slots": self.slots}
+
+    def where(self, handle: Handle) -> str:
+        return "a local process"
 
 
-def poll_handles(handles: Sequence[str]) -> dict[str, SchedulerState]:
+def poll_handles(handles: Sequence[Handle]) -> dict[Handle, SchedulerState]:
     """Handles of another process's launch: a live launch owns its packs, queued or running."""
     return {h: SchedulerState("running" if processes.alive(launcher_of(h)) else "unknown") for h in handles}
