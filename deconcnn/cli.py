@@ -360,14 +360,14 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from deconcnn.sweep.state import RunState
-    from deconcnn.sweep.status import WatchEnd, current_states, executor_of, render, status_json
+    from deconcnn.sweep.status import WatchEnd, current_states, executor_of, json_text, render, status_json
     from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
 
     def show(states: list[RunState]) -> None:
         if args.json:  # one document per line, so a watcher can read them as they come
-            print(json.dumps(status_json(args.sweep_dir, states), indent=None if args.watch else 1), flush=True)
+            print(json_text(status_json(args.sweep_dir, states), one_line=args.watch is not None), flush=True)
         else:
             console.print(render(args.sweep_dir, states))
 

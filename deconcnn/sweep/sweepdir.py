@@ -6,7 +6,7 @@
         cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
         submitting.jsonl  the SLURM submission in flight (deconcnn.sweep.journal); gone once recorded
         runs/<run_id>/  each run's own files (deconcnn.runlog)
-        slurm/          submitit's scripts and logs
+        slurm/<submission>-<i>/  submitit's script and task logs of each array (older sweeps: slurm/ itself)
         check/ check.json probe.json collected/ report/ analysis/
 
 No torch and no Hydra here: status reads a sweep directory in a fraction of a second.
