@@ -380,14 +380,14 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from deconcnn.sweep.status import current_states, render, status_json, watch_floor
+    from deconcnn.sweep.status import current_states, json_text, render, status_json, watch_floor
     from deconcnn.sweep.sweepdir import SweepDir
 
     console = Console()
 
     def show(states: list[RunState]) -> None:
         if args.json:  # one document per line, so a watcher can read them as they come
-            print(json.dumps(status_json(args.sweep_dir, states), indent=None if args.watch else 1), flush=True)
+            print(json_text(status_json(args.sweep_dir, states), one_line=args.watch is not None), flush=True)
         else:
             console.print(render(args.sweep_dir, states))
 

@@ -8,7 +8,7 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
         cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
         submitting.jsonl  the SLURM submission in flight (deconcnn.backends.journal); gone once recorded
         runs/<run_id>/  each run's own files (run.json, metrics.jsonl, process.json, ...)
-        slurm/          submitit's scripts and logs
+        slurm/<submission>-<i>/  submitit's script and task logs of each array (older sweeps: slurm/ itself)
         check/ check.json probe.json collected/ report/ analysis/
 
 A Hydra multirun directory (`deconcnn-train -m ...`): multirun.yaml, and one directory per job

@@ -179,6 +179,20 @@ def status_json(sweep_dir: Path, states: list[RunState]) -> dict[str, Any]:
     }
 
 
+def json_text(document: dict[str, Any], one_line: bool = False) -> str:
+    """`status --json`'s text: one run per line (`one_line`: the whole document on one, as --watch
+    prints them). Written by hand around json.dumps of each part, because `indent=` makes json use
+    its pure-Python encoder: 3x the CPU for 50,000 runs."""
+    if one_line:
+        return json.dumps(document)
+    runs = ",\n".join(json.dumps(run) for run in document["runs"])
+    body = [
+        f"{json.dumps(key)}: " + (f"[\n{runs}\n]" if key == "runs" and runs else json.dumps(value))
+        for key, value in document.items()
+    ]
+    return "{\n" + ",\n".join(body) + "\n}"
+
+
 def render(sweep_dir: Path, states: list[RunState]) -> Any:
     """A rich renderable: states x variants, then the running runs' progress, then every run
     that is not done with its reason and log."""

@@ -51,6 +51,19 @@ def test_the_table_fits_80_columns_with_every_state_spelled_out(tmp_path, capsys
     assert "10/16 (62%)" in out.split("running runs")[1]
 
 
+def test_json_is_one_document_with_a_line_per_run(tmp_path, capsys):
+    sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-adamw"), failed=[FAILED], running=[RUNNING])
+    capsys.readouterr()
+    assert sweep_cli(["status", str(sw.path), "--json"]) == 0
+    out = capsys.readouterr().out
+    document = json.loads(out)
+    assert list(document) == ["sweep_dir", "time", "counts", "runs", "final"]
+    states = {run["run_id"]: run["state"] for run in document["runs"]}
+    assert states[FAILED] == "failed" and states[RUNNING] == "running" and len(states) == 8
+    lines = out.splitlines()
+    assert [json.loads(line.rstrip(","))["run_id"] for line in lines if line.startswith('{"run_id"')] == list(states)
+
+
 def test_watch_of_a_final_sweep_ends_at_the_refresh_that_confirms_it_with_one_json_document_each(tmp_path, capsys):
     sw = make_sweep(tmp_path / "sweep", variants=("S-core",), lrs=(0.1,), seeds=(0,), failed=[FAILED])
     capsys.readouterr()
