@@ -624,12 +624,12 @@ def alpha_window(
     t_ref)^-alpha`` with 2 fitted parameters, and the floor's uncertainty propagated to alpha
     by the delta method::
 
-        se(alpha)^2 = se_fit(alpha)^2 + (d alpha / d c)^2 c_se^2
+        se(alpha)^2 = se_fit(alpha)^2 + (d alpha / d c)^2 c_se^2,   d alpha / d c = -sum_i g_i
 
-    with ``d alpha / d c`` a central difference from refits at ``c +- c_se`` (one-sided at
-    ``c = 0``). ``ci`` uses that standard error and ``t_{0.975, n-2}``; ``params["c"]`` is the
-    fixed floor and ``stderr["c"]`` = ``c_se``; ``boot_ci`` (``n_boot > 0``) holds ``c`` fixed.
-    Never raises.
+    with ``g`` the fit's influence of each bin mean on alpha (raising the floor = lowering every
+    bin; no refits: they cost the window scan two thirds of its time). ``ci`` uses that standard
+    error and ``t_{0.975, n-2}``; ``params["c"]`` is the fixed floor and ``stderr["c"]`` =
+    ``c_se``; ``boot_ci`` (``n_boot > 0``) holds ``c`` fixed. Never raises.
     """
     problem = curve_problem(t, y)
     model = POWER_LAW if c is None else POWER_LAW_FIXED_C
@@ -646,15 +646,8 @@ def alpha_window(
     fit = _fit(POWER_LAW_FIXED_C, curve, n_boot, seed, c_fixed=c)
     if not fit.ok:
         return fit
-    se_alpha = fit.stderr["alpha"]
-    if c_se > 0:
-        c_lo, c_hi = max(c - c_se, 0.0), c + c_se
-        hi_fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c_hi)
-        lo_fit = _fit(POWER_LAW_FIXED_C, curve, c_fixed=c_lo)
-        if not (hi_fit.ok and lo_fit.ok):
-            return failed_fit(model, "refit at c +- c_se failed (floor too close to the data)", curve)
-        slope = (hi_fit.params["alpha"] - lo_fit.params["alpha"]) / (c_hi - c_lo)
-        se_alpha = math.hypot(se_alpha, slope * c_se)
+    slope = -float(np.sum(fit.influence["alpha"]))
+    se_alpha = math.hypot(fit.stderr["alpha"], slope * c_se)
     q = float(sps.t.ppf(0.975, fit.n - fit.k))
     alpha = fit.params["alpha"]
     return dataclasses.replace(
