@@ -29,13 +29,14 @@ def monte_carlo() -> dict[tuple[str, str, float], list[dict]]:
 
 def test_planted_power_laws_are_recovered_with_honest_intervals(monte_carlo) -> None:
     """Wherever a power law was planted (steps, tau under warm-up + cosine, step schedule, after
-    a break at epoch 3; every noise): small bias, intervals that cover, few flags."""
+    a break at epoch 3; every noise, spikes on 1% noise and AR(1) at 30% included): small bias,
+    intervals that cover, few flags."""
     for key in ("alpha_early", "alpha_full"):
         covered, n, rel_err = 0, 0, []
-        for (name, kind, level), rows in monte_carlo.items():
+        for (name, _, _), rows in monte_carlo.items():
             truth = getattr(LS.SCENARIOS[name], key)
-            if not math.isfinite(truth) or (kind == "spikes" and level < 0.05) or (kind == "ar1" and level > 0.2):
-                continue  # spikes dominating 1% noise, AR(1) at 30%: measured, short of the goals (docs)
+            if not math.isfinite(truth):
+                continue
             for r in rows:
                 if r[f"{key}_flag"] or not math.isfinite(r[key]):
                     continue
@@ -43,10 +44,12 @@ def test_planted_power_laws_are_recovered_with_honest_intervals(monte_carlo) -> 
                 covered += r[f"{key}_lo"] <= truth <= r[f"{key}_hi"]
                 rel_err.append((r[key] - truth) / truth)
         assert n >= 60, (key, n)
-        # measured over 100 draws (docs/analysis.md): alpha_early 0.88-0.98 everywhere here,
-        # alpha_full 0.76-0.96 (short of the 90% goal: the sandwich misses part of the floor's
-        # nonlinearity over the whole run)
-        assert covered / n >= {"alpha_early": 0.85, "alpha_full": 0.65}[key], (key, covered / n)
+        # measured over 100 draws (docs/analysis.md section 16): 0.90-0.99 for both (seed 2 is
+        # an unlucky draw in many rows here); the old one-epoch block HAC with per-bin weights
+        # gave alpha_full 0.75-0.96, and 0.05 with spikes on 1% noise (checked on its own below)
+        assert covered / n >= 0.85, (key, covered / n)
+    for r in monte_carlo[("power_law_tau", "spikes", 0.01)]:
+        assert r["alpha_full_lo"] <= LS.ALPHA <= r["alpha_full_hi"], r
         assert abs(float(np.median(rel_err))) <= 0.02, key
 
 
@@ -63,14 +66,19 @@ def test_no_unflagged_alpha_where_none_was_planted(monte_carlo) -> None:
 def test_knee_no_burn_in_is_the_first_candidate_and_breaks_are_found(monte_carlo) -> None:
     """Breaks at epochs 3, 8, 12 within one epoch; pure power laws (no burn-in): the knee is the
     first candidate in >= 90% of draws (calibrated false-alarm rate)."""
-    null = []
-    for (name, kind, _), rows in monte_carlo.items():
+    null, spiky = [], []
+    for (name, kind, level), rows in monte_carlo.items():
         sc = LS.SCENARIOS[name]
         if name.startswith("broken") and not (kind == "ar1" and sc.break_epoch > 5):
             assert all(abs(r["knee_epoch"] - sc.break_epoch) <= 1.0 for r in rows), (name, kind)
         elif name.startswith(("power_law", "step")):
             null += [not r["knee_detected"] and r["knee_epoch"] < 0.6 for r in rows]
+            if kind == "spikes" and level < 0.05:
+                spiky += [not r["knee_detected"] for r in rows]
     assert len(null) >= 50 and np.mean(null) >= 0.9, np.mean(null)
+    # spikes on 1% noise: 14% false alarms with per-bin weights (a spike-free small bin sits
+    # below the mean curve); pooled weights: none in 100 draws
+    assert all(spiky), spiky
 
 
 def test_the_knee_of_one_curve_stays_inside_its_interval_as_the_noise_grows(monte_carlo) -> None:
