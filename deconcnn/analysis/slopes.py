@@ -38,8 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sp_fft
-from scipy import ndimage
-from scipy import stats as sps
+from scipy import ndimage, special
 
 from deconcnn.analysis import fits as F
 from deconcnn.analysis.curves import Binned, FloatArray, bin_index, log_bins
@@ -152,7 +151,7 @@ def estimate(value: float, u: FloatArray, fit: F.Fit, x: FloatArray, y: FloatArr
     se, dof = fit_hac_se(u, fit, x, y, block)
     if not math.isfinite(se):
         return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few steps for an interval ({dof} dof)")
-    q = float(sps.t.ppf(0.975, dof))
+    q = float(special.stdtrit(dof, 0.975))
     return Estimate(value, se, value - q * se, value + q * se, dof)
 
 
@@ -216,7 +215,7 @@ def knee_test(
     stat = (pl.rss - broken.rss) / (broken.rss / (n - broken.k)) if pl.ok and broken.rss > 0 else math.nan
     t_b = broken.params["t_b"]
     se_ln, dof = fit_hac_se(step_weights(x, window, broken.influence["t_b"] / t_b), broken, x, y, block)
-    q = float(sps.t.ppf(0.975, max(dof, 1)))
+    q = float(special.stdtrit(max(dof, 1), 0.975))
     b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
     if stat > stat_crit:
         return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
