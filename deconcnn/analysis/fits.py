@@ -103,7 +103,7 @@ KNEE_MIN_BINS = 10
 Criterion = Literal["aic", "aicc", "bic"]
 MAX_EXPONENT = 20.0
 _C_GRID = np.linspace(0.0, 0.99, 25)
-BREAK_MARGIN = 2  # bins reserved on each side of a breakpoint
+_BREAK_MARGIN = 2  # bins reserved on each side of a breakpoint
 _N_BREAK_STARTS = 3
 
 
@@ -416,7 +416,7 @@ def _broken_starts(x: FloatArray, y: FloatArray, sg: FloatArray, xb_lo: float, x
     bin), weighted linear least squares of ``ln(y - c)`` on
     ``[1, min(x - x_b, 0), max(x - x_b, 0)]``, batched as 3x3 normal equations.
     """
-    m = BREAK_MARGIN
+    m = _BREAK_MARGIN
     xb = x[m : x.size - m]
     xb = xb[(xb >= xb_lo) & (xb <= xb_hi)]
     c = _C_GRID[::2] * float(np.min(y))
@@ -458,7 +458,7 @@ def _prepare(
         c, b0, b1 = _c_grid_log_fits(x, y, sg)
         return _power_law_spec(), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
     if model == BROKEN:
-        m = BREAK_MARGIN
+        m = _BREAK_MARGIN
         lb_lo, lb_hi = float(x[m]), float(x[-1 - m])
         if break_range is not None:
             lb_lo = max(lb_lo, math.log(break_range[0] / t_ref))

@@ -217,50 +217,10 @@ def knee_test(
     se_ln, dof = fit_hac_se(step_weights(x, window, broken.influence["t_b"] / t_b), broken, x, y, block)
     q = float(special.stdtrit(max(dof, 1), 0.975))
     b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
-    p_lo, p_hi = _break_profile(window, broken, q * se_ln / (broken.stderr["t_b"] / t_b), break_range)
-    b_lo, b_hi = min(b_lo, p_lo), max(b_hi, p_hi)
     if stat > stat_crit:
         return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
     hi = b_hi if math.isfinite(b_hi) else first_x
     return KneeTest(first_x, first_x, max(first_x, min(hi, break_range[1])), False, stat, broken, pl)
-
-
-def _break_profile(
-    window: Binned, broken: F.Fit, q_adj: float, break_range: tuple[float, float], n_grid: int = 200
-) -> tuple[float, float]:
-    """The breakpoints whose profile residual stays within the HAC-adjusted threshold, as an
-    interval ``(lo, hi)`` in ``t`` (NaN if it cannot be computed).
-
-    A kink's position is far from a linear parameter: where the curve bends smoothly the
-    residual is nearly flat over a range of breakpoints, and the delta method's interval was
-    1.6x too narrow there (the offset curve at 30% noise). With ``c`` at the broken fit's floor,
-    ``ln(y - c)`` is fitted piecewise linearly (kink at ``t_b``, weights ``((y - c) / sigma)^2``)
-    for ``n_grid`` breakpoints; kept: ``RSS(t_b) - RSS_min <= q_adj^2 RSS_min / (n - 5)``, with
-    ``q_adj = t quantile x se_HAC / se_fit``: the sandwich-adjusted profile, which equals the
-    HAC Wald interval when the profile is quadratic.
-    """
-    c = broken.params["c"]
-    ex = window.y - c
-    if not (np.all(ex > 0) and math.isfinite(q_adj)) or window.y.size <= broken.k:
-        return math.nan, math.nan
-    lx, z, w = np.log(window.t), np.log(ex), (ex / window.sigma) ** 2
-    lo_b = max(float(lx[F.BREAK_MARGIN]), math.log(break_range[0]))
-    hi_b = min(float(lx[-1 - F.BREAK_MARGIN]), math.log(break_range[1]))
-    if not lo_b < hi_b:
-        return math.nan, math.nan
-    grid = np.linspace(lo_b, hi_b, n_grid)
-    u = lx[None, :] - grid[:, None]
-    design = np.stack([np.ones_like(u), np.minimum(u, 0), np.maximum(u, 0)], axis=-1)  # (grid, bins, 3)
-    wd = design * w[None, :, None]
-    with np.errstate(all="ignore"):
-        normal = np.einsum("gni,gnj->gij", wd, design) + 1e-12 * np.eye(3)
-        beta = np.linalg.solve(normal, np.einsum("gni,n->gi", wd, z)[..., None])[..., 0]
-    rss = np.sum(w * (z - np.einsum("gni,gi->gn", design, beta)) ** 2, axis=1)
-    if not np.all(np.isfinite(rss)):
-        return math.nan, math.nan
-    best = float(np.min(rss))
-    keep = grid[rss - best <= q_adj**2 * best / (window.y.size - broken.k)]
-    return float(np.exp(keep.min())), float(np.exp(keep.max()))
 
 
 def full_slope(x: FloatArray, y: FloatArray, start: float, bpd: int, block: int) -> tuple[Estimate, Estimate, Binned]:
