@@ -9,13 +9,15 @@ things the bin-level fits cannot see (formulas: ``docs/analysis.md`` sections 6-
   weights, AR(1)-like) and their scatter changes over training, so bin means are neither
   independent nor do their within-bin standard errors hold. A weighted least-squares estimate is
   to first order a linear function of the bin means, ``p - p0 = sum_i g_i (ybar_i - f_i)`` (``g``
-  = :attr:`fits.Fit.influence`), i.e. a sum over steps of ``psi_j = g_{bin(j)} r_j / n_{bin(j)}``
-  with ``r_j`` the step's residual from the fit. Its variance is estimated from the data, not
-  from a noise model: Newey-West (Bartlett kernel, bandwidth two blocks of ``block`` steps,
-  default one epoch each) on the series ``psi``; interval ``p +- t_{0.975, G-1} se`` with ``G``
-  the blocks it spans. This is the sandwich ``H^-1 J'W Sigma W J H^-1`` with a HAC ``Sigma``,
-  the linearised form of a dependent wild bootstrap over steps (Shao 2010), without refits: it
-  costs one FFT over the steps.
+  = :attr:`fits.Fit.influence`), i.e. ``sum_j u_j eps_j`` over steps with known weights
+  ``u_j = g_{bin(j)} / n_{bin(j)}`` (:func:`step_weights`). Its variance is estimated from the
+  fit's step residuals: a local scale times a stationary correlation, the AR(1) part taken whole
+  and the rest with a Bartlett kernel up to Andrews' (1991) plug-in bandwidth (at least one
+  epoch). Not the residual products block by block: a fit's residuals are orthogonal to its
+  gradient, and where a few blocks carry most of the influence (warm-up on the tau axis) that
+  removed a large share of the variance (``alpha_full`` covered 75-96%). This is the sandwich
+  ``H^-1 J'W Sigma W J H^-1`` with a structured HAC ``Sigma``, without refits: a few FFTs over
+  the steps.
 * **The knee** (:func:`knee_test`): a power law and a broken power law are fitted once from the
   first candidate to the end, the breakpoint restricted to the candidate range; the burn-in is
   there iff ``F = (RSS_pl - RSS_broken) / (RSS_broken / (n - 5))`` exceeds ``KNEE_STAT``. The
@@ -250,8 +252,8 @@ def early_slope(x: FloatArray, y: FloatArray, start: float, x0: float, x1: float
     knee, at most ``x0``): the same curve before and inside the window, never after it. alpha
     is then fitted on the window's bins (those starting at or after ``x0``) with ``c`` fixed.
     Its influence is ``g_alpha + (d alpha / d c) g_c`` with ``d alpha / d c = -sum_i g_alpha,i``
-    (raising the floor = lowering every bin), so the interval carries the floor's uncertainty;
-    ``k`` = 5 fitted parameters in all. ``exponential``: the exponential on ``[start, x1]``, for
+    (raising the floor = lowering every bin), so the interval carries the floor's uncertainty
+    (HAC on the floor fit's residuals, which cover the window). ``exponential``: the exponential on ``[start, x1]``, for
     the model check.
     """
     span = log_bins(x, y, bpd, min_t=start, max_t=x1)
