@@ -218,7 +218,8 @@ def knee_test(
     t_b = broken.params["t_b"]
     se_ln, dof = fit_hac_se(step_weights(x, window, broken.influence["t_b"] / t_b), broken, x, y, block)
     q = float(special.stdtrit(max(dof, 1), 0.975))
-    b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
+    half = min(q * se_ln, 700.0)  # an unidentified breakpoint: an interval of (0, inf), no overflow
+    b_lo, b_hi = t_b * math.exp(-half), t_b * math.exp(half)
     if stat > stat_crit:
         return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
     hi = b_hi if math.isfinite(b_hi) else first_x
