@@ -28,16 +28,17 @@ import loss_scenarios as LS
 from deconcnn.analysis.per_run import analyze_run
 
 COLUMNS = (
-    ("early bias%", "alpha_early_bias_pct", "{:+.1f}"),
+    ("early bias% ± MC se", "alpha_early_bias_pct", "{:+.1f}"),
     ("early cov", "alpha_early_coverage", "{:.2f}"),
     ("early width", "alpha_early_width", "{:.3f}"),
     ("early unflag", "alpha_early_unflagged", "{:.2f}"),
-    ("full bias%", "alpha_full_bias_pct", "{:+.1f}"),
+    ("full bias% ± MC se", "alpha_full_bias_pct", "{:+.1f}"),
     ("full cov", "alpha_full_coverage", "{:.2f}"),
     ("full width", "alpha_full_width", "{:.3f}"),
     ("full unflag", "alpha_full_unflagged", "{:.2f}"),
     ("knee err", "knee_err", "{:.2f}"),
     ("knee ok", "knee_within_1", "{:.2f}"),
+    ("knee stable", "knee_stable", "{:.2f}"),
     ("model", "model", "{}"),
 )
 
@@ -46,10 +47,32 @@ def fmt(v: object, f: str) -> str:
     return "-" if isinstance(v, float) and math.isnan(v) else f.format(v)
 
 
+def cell(summary: dict[str, object], key: str, f: str) -> str:
+    """One table cell; a bias with its Monte Carlo standard error."""
+    text = fmt(summary[key], f)
+    se = summary.get(key.replace("_bias_pct", "_bias_se_pct")) if key.endswith("_bias_pct") else None
+    if isinstance(se, float) and math.isfinite(se) and text != "-":
+        return f"{text} ± {se:.1f}"
+    return text
+
+
+def _selected(sel: str, name: str, kind: str, level: float) -> bool:
+    want = sel.split(":")
+    have = (name, kind, f"{level:g}")
+    return all(w == h for w, h in zip(want, have, strict=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--calibrate", action="store_true", help="quantiles of the knee's F on the no-knee nulls")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENARIO[:NOISE[:LEVEL]]",
+        help="rows to run (repeatable), e.g. power_law_tau:ar1 or offset; default every row",
+    )
     args = ap.parse_args()
     if args.calibrate:
         z = []
@@ -67,12 +90,17 @@ def main() -> None:
     print("|---" * (len(COLUMNS) + 2) + "|")
     t0 = time.process_time()
     n = 0
+    ref_knee: dict[str, float] = {}  # each curve's median knee at 1% iid noise
     for name, kind, lv in LS.grid():
+        if args.only and not any(_selected(sel, name, kind, lv) for sel in args.only):
+            continue
         sc = LS.SCENARIOS[name]
         rows = [LS.analyse_draw(sc, kind, lv, seed) for seed in range(args.draws)]
         n += len(rows)
-        s = LS.summarise(sc, rows)
-        cells = " | ".join(fmt(s[k], f) for _, k, f in COLUMNS)
+        s = LS.summarise(sc, rows, ref_knee.get(name, math.nan))
+        if kind == "iid" and lv == min(LS.LEVELS):
+            ref_knee[name] = s["knee_median"]
+        cells = " | ".join(cell(s, k, f) for _, k, f in COLUMNS)
         print(f"| {name} | {kind} {lv:.0%} | {cells} |", flush=True)
     print(f"\n{n} runs, {(time.process_time() - t0) / n:.3f} s CPU per run (draw + analyze_run)")
 

@@ -204,8 +204,8 @@ def analyze_run(
        ``steps`` on request or without a usable ``lr``), binned (``bins_per_decade``). The curve
        is cut before its first non-finite or non-positive value (``curve_flag`` says where).
     2. Knee: :func:`slopes.knee_test` from the first candidate (``knee_epochs[0]``), breakpoint
-       within ``knee_epochs``, critical ``F`` ``knee_stat``, HAC blocks of ``block_steps``
-       (default one epoch).
+       within ``knee_epochs``, critical ``F`` ``knee_stat``; HAC intervals (:func:`slopes.hac_se`)
+       with ``block_steps`` (default one epoch) as the bandwidth's floor and the scale's unit.
     3. The three models on the bins from the knee to the end (``n_boot`` wild-bootstrap
        intervals in the fits table); ``alpha_full`` = the power law's alpha there, HAC interval.
     4. ``alpha_early``: :func:`slopes.early_slope` on ``early_epochs`` (default 5-15), floor from

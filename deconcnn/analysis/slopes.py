@@ -9,13 +9,15 @@ things the bin-level fits cannot see (formulas: ``docs/analysis.md`` sections 6-
   weights, AR(1)-like) and their scatter changes over training, so bin means are neither
   independent nor do their within-bin standard errors hold. A weighted least-squares estimate is
   to first order a linear function of the bin means, ``p - p0 = sum_i g_i (ybar_i - f_i)`` (``g``
-  = :attr:`fits.Fit.influence`), i.e. a sum over steps of ``psi_j = g_{bin(j)} r_j / n_{bin(j)}``
-  with ``r_j`` the step's residual from the fit. Its variance is estimated from the data, not
-  from a noise model: Newey-West (Bartlett kernel, bandwidth two blocks of ``block`` steps,
-  default one epoch each) on the series ``psi``; interval ``p +- t_{0.975, G-1} se`` with ``G``
-  the blocks it spans. This is the sandwich ``H^-1 J'W Sigma W J H^-1`` with a HAC ``Sigma``,
-  the linearised form of a dependent wild bootstrap over steps (Shao 2010), without refits: it
-  costs one FFT over the steps.
+  = :attr:`fits.Fit.influence`), i.e. ``sum_j u_j eps_j`` over steps with known weights
+  ``u_j = g_{bin(j)} / n_{bin(j)}`` (:func:`step_weights`). Its variance is estimated from the
+  fit's step residuals: a local scale times a stationary correlation, the AR(1) part taken whole
+  and the rest with a Bartlett kernel up to Andrews' (1991) plug-in bandwidth (at least one
+  epoch). Not the residual products block by block: a fit's residuals are orthogonal to its
+  gradient, and where a few blocks carry most of the influence (warm-up on the tau axis) that
+  removed a large share of the variance (``alpha_full`` covered 75-96%). This is the sandwich
+  ``H^-1 J'W Sigma W J H^-1`` with a structured HAC ``Sigma``, without refits: a few FFTs over
+  the steps.
 * **The knee** (:func:`knee_test`): a power law and a broken power law are fitted once from the
   first candidate to the end, the breakpoint restricted to the candidate range; the burn-in is
   there iff ``F = (RSS_pl - RSS_broken) / (RSS_broken / (n - 5))`` exceeds ``KNEE_STAT``. The
@@ -37,7 +39,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy import fft as sp_fft
+from scipy import ndimage, special
 
 from deconcnn.analysis import fits as F
 from deconcnn.analysis.curves import Binned, FloatArray, bin_index, log_bins
@@ -45,9 +48,12 @@ from deconcnn.analysis.curves import Binned, FloatArray, bin_index, log_bins
 # F above which a break is a burn-in. Calibrated with ``benchmarks/analysis_known_answer.py
 # --calibrate`` on 900 null draws (pure power laws in steps and in tau under the warm-up + cosine
 # and the step schedule, noise 1-30% iid, AR(1) phi 0.98, heteroscedastic, spiky): its 99th
-# percentile was 22.7 (95th: 14.1), so a 1% false-alarm rate pooled over those nulls.
-KNEE_STAT = 23.0
+# percentile was 15.4 (95th: 10.8), so a 1% false-alarm rate pooled over those nulls.
+KNEE_STAT = 16.0
 KNEE_MIN_BINS = F.KNEE_MIN_BINS
+# The local noise scale is the RMS residual over this many blocks: short windows without a rare
+# spike read as near-noiseless, which makes any small misfit there look autocorrelated.
+SCALE_BLOCKS = 5
 
 
 @dataclass(frozen=True)
@@ -65,24 +71,24 @@ class Estimate:
 NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, math.nan, 0)
 
 
-def step_influence(x: FloatArray, y: FloatArray, curve: Binned, fit: F.Fit, grad: FloatArray) -> FloatArray:
-    """Per-step ``psi_j = grad_{bin(j)} (y_j - f(x_j)) / n_{bin(j)}`` (0 outside ``curve``'s bins).
+def step_weights(x: FloatArray, curve: Binned, grad: FloatArray) -> FloatArray:
+    """Per-step ``u_j = grad_{bin(j)} / n_{bin(j)}`` (0 outside ``curve``'s bins): the estimate
+    moves by ``sum_j u_j r_j`` for step residuals ``r``.
 
-    ``grad`` holds one value per bin of ``curve`` (the bins the fit used); ``x`` and ``y`` are
-    the run's per-step axis and losses in time order, binned as ``curve`` was (same
-    ``bins_per_decade``).
+    ``grad`` holds one value per bin of ``curve`` (the bins the fit used); ``x`` is the run's
+    per-step axis in time order, binned as ``curve`` was (same ``bins_per_decade``).
     """
-    psi = np.zeros(x.size)
+    u = np.zeros(x.size)
     if not len(curve):
-        return psi
+        return u
     bpd = round(1.0 / math.log10(curve.hi[0] / curve.lo[0]))
     k_curve = bin_index(curve.lo, bpd)
     k = _safe_bin_index(x, bpd)
     pos = np.clip(np.searchsorted(k_curve, k), 0, len(curve) - 1)
     inside = (k_curve[pos] == k) & (x >= curve.t_first[pos]) & (x <= curve.t_last[pos])
     p = pos[inside]
-    psi[inside] = grad[p] * (y[inside] - F.model_curve(fit, x[inside])) / curve.count[p]
-    return psi
+    u[inside] = grad[p] / curve.count[p]
+    return u
 
 
 def _safe_bin_index(x: FloatArray, bpd: int) -> np.ndarray:
@@ -93,46 +99,78 @@ def _safe_bin_index(x: FloatArray, bpd: int) -> np.ndarray:
     return out
 
 
-def hac_se(psi: FloatArray, block: int, k: int = 1) -> tuple[float, int]:
-    """Standard error of ``sum(psi)`` (steps in time order) and its degrees of freedom.
+def _autocov(v: FloatArray, lags: int) -> FloatArray:
+    """``sum_j v_j v_{j+l}`` for ``l = 0..lags`` (zero-padded FFT)."""
+    n = v.size
+    size = sp_fft.next_fast_len(n + lags + 1, real=True)
+    f = sp_fft.rfft(v, size)
+    return np.asarray(sp_fft.irfft(f * np.conj(f), size)[: lags + 1])
 
-    ``psi`` is summed over blocks of ``block`` consecutive steps (``z_b``)::
 
-        var = G / (G - k) [sum_b z_b^2 + sum_b z_b z_{b+1}]
+def hac_se(u: FloatArray, r: FloatArray, block: int) -> tuple[float, int]:
+    """Standard error of ``sum_j u_j eps_j`` (steps in time order) from the residuals ``r``,
+    and its degrees of freedom (module doc; formulas: docs/analysis.md section 6).
 
-    Newey-West with a Bartlett kernel over blocks (lag 1: correlation reaching into the next
-    block), and the small-sample factor of a cluster-robust sandwich with ``k`` fitted
-    parameters (residuals of a fit are orthogonal to its gradient, which shrinks ``sum z_b^2``
-    by about ``k / G``), ``G`` the blocks between the first and the last nonzero ``psi``.
-    Degrees of freedom ``G - k``.
+    Over the steps from the first to the last nonzero ``u``: the local scale ``s_j`` (root mean
+    square of ``r`` over ``block`` steps around ``j``), the standardised residuals'
+    autocorrelation ``rho_l``, their AR(1) coefficient ``phi`` (lag-1 ``rho``) and the Bartlett
+    bandwidth ``L`` from Andrews' (1991) AR(1) plug-in, at least ``block``::
+
+        R_l = phi^l + (1 - l / (L + 1))_+ (rho_l - phi^l)
+        var = sum_{|l| < n} R_|l| sum_j (u s)_j (u s)_{j+|l|}
+
+    An AR(1) correlation is taken whole (no truncation bias however long its memory), what it
+    misses is added up to ``L`` (prewhitening, Andrews & Monahan 1992). Degrees of freedom
+    ``1.5 n / L`` (the Bartlett estimator's variance, ``n`` steps).
     """
     block = max(int(block), 1)
-    nz = np.flatnonzero(psi)
-    if nz.size < 2:
+    nz = np.flatnonzero(u)
+    if nz.size < 2 or nz[-1] - nz[0] + 1 < 2 * block:
         return math.nan, 0
-    p = psi[nz[0] : nz[-1] + 1]
-    z = np.add.reduceat(p, np.arange(0, p.size, block))
-    g = z.size
-    if g - k < 2:
+    u, r = u[nz[0] : nz[-1] + 1], r[nz[0] : nz[-1] + 1]
+    n = u.size
+    s = np.sqrt(ndimage.uniform_filter1d(r**2, size=min(SCALE_BLOCKS * block, n), mode="nearest"))
+    if not np.all(np.isfinite(s)) or not np.all(s > 0):
         return math.nan, 0
-    var = float(np.sum(z**2) + np.sum(z[1:] * z[:-1])) * g / (g - k)
-    return math.sqrt(max(var, 0.0)), g - k
+    e = r / s
+    phi = float(np.clip(np.dot(e[1:], e[:-1]) / np.dot(e, e), -0.999, 0.999))
+    a1 = 4 * phi**2 / ((1 - phi) ** 2 * (1 + phi) ** 2)
+    band = int(min(max(1.1447 * (a1 * n) ** (1 / 3), block), n // 2))
+    # lags at which phi^l has fallen below 1e-6, or the bandwidth
+    lags = int(min(max(band, math.log(1e-6) / math.log(max(abs(phi), 1e-12))), n - 1))
+    ce = _autocov(e, lags)
+    rho = ce / ce[0]
+    ar = phi ** np.arange(lags + 1)
+    kern = np.clip(1 - np.arange(lags + 1) / (band + 1), 0, None)
+    big_r = ar + kern * (rho - ar)
+    a = _autocov(u * s, lags)
+    var = float(a[0] + 2 * np.sum(big_r[1:] * a[1:]))
+    return math.sqrt(max(var, 0.0)), max(int(1.5 * n / band), 1)
 
 
-def estimate(value: float, psi: FloatArray, block: int, k: int) -> Estimate:
-    """``value`` with its HAC standard error (``k`` fitted parameters) and t interval."""
-    se, dof = hac_se(psi, block, k)
+def estimate(value: float, u: FloatArray, fit: F.Fit, x: FloatArray, y: FloatArray, block: int) -> Estimate:
+    """``value`` with its HAC standard error (weights ``u``, residuals from ``fit``) and t interval."""
+    se, dof = fit_hac_se(u, fit, x, y, block)
     if not math.isfinite(se):
-        return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few blocks for an interval ({dof} dof)")
-    q = float(sps.t.ppf(0.975, dof))
+        return dataclasses.replace(NO_ESTIMATE, value=value, reason=f"too few steps for an interval ({dof} dof)")
+    q = float(special.stdtrit(dof, 0.975))
     return Estimate(value, se, value - q * se, value + q * se, dof)
+
+
+def fit_hac_se(u: FloatArray, fit: F.Fit, x: FloatArray, y: FloatArray, block: int) -> tuple[float, int]:
+    """:func:`hac_se` of ``sum_j u_j eps_j`` with the residuals of ``fit``, taken relative to the
+    fitted curve ``f`` (``sum u r = sum (u f)(r / f)``): per-batch loss noise scales with the
+    loss, so relative residuals have a slowly varying scale, which a wide window can estimate."""
+    f = F.model_curve(fit, x)
+    with np.errstate(all="ignore"):
+        return hac_se(u * f, (y - f) / f, block)
 
 
 def fit_estimate(fit: F.Fit, param: str, x: FloatArray, y: FloatArray, curve: Binned, block: int) -> Estimate:
     """One parameter of ``fit`` (made on ``curve``) with its HAC interval."""
     if not fit.ok:
         return dataclasses.replace(NO_ESTIMATE, reason=fit.reason)
-    return estimate(fit.params[param], step_influence(x, y, curve, fit, fit.influence[param]), block, fit.k)
+    return estimate(fit.params[param], step_weights(x, curve, fit.influence[param]), fit, x, y, block)
 
 
 @dataclass(frozen=True)
@@ -178,9 +216,10 @@ def knee_test(
     n = broken.n
     stat = (pl.rss - broken.rss) / (broken.rss / (n - broken.k)) if pl.ok and broken.rss > 0 else math.nan
     t_b = broken.params["t_b"]
-    se_ln, dof = hac_se(step_influence(x, y, window, broken, broken.influence["t_b"] / t_b), block, broken.k)
-    q = float(sps.t.ppf(0.975, max(dof, 1)))
-    b_lo, b_hi = t_b * math.exp(-q * se_ln), t_b * math.exp(q * se_ln)
+    se_ln, dof = fit_hac_se(step_weights(x, window, broken.influence["t_b"] / t_b), broken, x, y, block)
+    q = float(special.stdtrit(max(dof, 1), 0.975))
+    half = min(q * se_ln, 700.0)  # an unidentified breakpoint: an interval of (0, inf), no overflow
+    b_lo, b_hi = t_b * math.exp(-half), t_b * math.exp(half)
     if stat > stat_crit:
         return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
     hi = b_hi if math.isfinite(b_hi) else first_x
@@ -214,8 +253,8 @@ def early_slope(x: FloatArray, y: FloatArray, start: float, x0: float, x1: float
     knee, at most ``x0``): the same curve before and inside the window, never after it. alpha
     is then fitted on the window's bins (those starting at or after ``x0``) with ``c`` fixed.
     Its influence is ``g_alpha + (d alpha / d c) g_c`` with ``d alpha / d c = -sum_i g_alpha,i``
-    (raising the floor = lowering every bin), so the interval carries the floor's uncertainty;
-    ``k`` = 5 fitted parameters in all. ``exponential``: the exponential on ``[start, x1]``, for
+    (raising the floor = lowering every bin), so the interval carries the floor's uncertainty
+    (HAC on the floor fit's residuals, which cover the window). ``exponential``: the exponential on ``[start, x1]``, for
     the model check.
     """
     span = log_bins(x, y, bpd, min_t=start, max_t=x1)
@@ -235,8 +274,6 @@ def early_slope(x: FloatArray, y: FloatArray, start: float, x0: float, x1: float
     if not wfit.ok:
         return EarlySlope(NO_ESTIMATE, c_est, len(win), floor, wfit, expo, wfit.reason)
     g_alpha = wfit.influence["alpha"]
-    psi = step_influence(x, y, win, wfit, g_alpha) - float(np.sum(g_alpha)) * step_influence(
-        x, y, span, floor, floor.influence["c"]
-    )
-    alpha = estimate(wfit.params["alpha"], psi, block, floor.k + wfit.k)
+    u = step_weights(x, win, g_alpha) - float(np.sum(g_alpha)) * step_weights(x, span, floor.influence["c"])
+    alpha = estimate(wfit.params["alpha"], u, floor, x, y, block)
     return EarlySlope(alpha, c_est, len(win), floor, wfit, expo)

@@ -103,7 +103,9 @@ def test_the_summary_recovers_the_planted_alphas_of_a_216_run_sweep(tmp_path):
     for cell in summary:
         assert cell["n_completed"] == 6 and cell["alpha_full_n"] == 6
         assert cell["alpha_full_median"] == pytest.approx(alphas[cell["variant"]], abs=0.03), cell
-        assert cell["alpha_early_median"] == pytest.approx(alphas[cell["variant"]], abs=0.05), cell
+        # medians of 6 seeds over half a decade of 40-step epochs: sd 0.019 across cells, mean
+        # -0.006 (measured); 0.06 is 3 sd, so 36 cells pass unless alpha_early is biased
+        assert cell["alpha_early_median"] == pytest.approx(alphas[cell["variant"]], abs=0.06), cell
 
 
 def test_a_fifth_variant_and_a_width_axis_are_columns_and_plot_dimensions(tmp_path):

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from deconcnn.analysis import fits as F
+from deconcnn.analysis import slopes as S
 from deconcnn.analysis.per_run import (
     ALPHA_EARLY_FLAG,
     ALPHA_FULL_FLAG,
@@ -53,7 +54,7 @@ def test_analyze_run_recovers_the_planted_run(result: dict) -> None:
     run = result["run"]
     assert run["reason"] == "" and run["n_steps"] == STEPS.size and run["time_axis"] == "steps"
     # knee: the break, found by the F test, with an interval around it
-    assert run["knee_detected"] and run["knee_stat"] > 23
+    assert run["knee_detected"] and run["knee_stat"] > S.KNEE_STAT
     assert abs(math.log10((run["knee_step"] + 1) / T_BREAK)) < 0.03
     assert run["knee_epoch"] == pytest.approx(run["knee_step"] / SPE)
     assert run["knee_step_lo"] <= run["knee_step"] <= run["knee_step_hi"]
@@ -91,7 +92,7 @@ def test_analyze_run_rows_are_flat_tables(result: dict) -> None:
     assert broken["break_step_lo"] <= broken["break_step"] <= broken["break_step_hi"]
     assert broken["step_start"] == pytest.approx(result["run"]["knee_step"], abs=1)
     assert broken["epoch_end"] == pytest.approx((STEPS.size - 1) / SPE)
-    assert result["knee_table"][0]["detected"] and result["knee_table"][0]["stat_crit"] == 23.0
+    assert result["knee_table"][0]["detected"] and result["knee_table"][0]["stat_crit"] == S.KNEE_STAT
     # the column sets convert to Arrow tables as they are
     for rows in ([result["run"]], result["fits"], result["knee_table"]):
         assert pa.Table.from_pylist(rows).num_rows == len(rows)

@@ -29,13 +29,14 @@ def monte_carlo() -> dict[tuple[str, str, float], list[dict]]:
 
 def test_planted_power_laws_are_recovered_with_honest_intervals(monte_carlo) -> None:
     """Wherever a power law was planted (steps, tau under warm-up + cosine, step schedule, after
-    a break at epoch 3; every noise): small bias, intervals that cover, few flags."""
+    a break at epoch 3; every noise, spikes on 1% noise and AR(1) at 30% included): small bias,
+    intervals that cover, few flags."""
     for key in ("alpha_early", "alpha_full"):
         covered, n, rel_err = 0, 0, []
-        for (name, kind, level), rows in monte_carlo.items():
+        for (name, _, _), rows in monte_carlo.items():
             truth = getattr(LS.SCENARIOS[name], key)
-            if not math.isfinite(truth) or (kind == "spikes" and level < 0.05) or (kind == "ar1" and level > 0.2):
-                continue  # spikes dominating 1% noise, AR(1) at 30%: measured, short of the goals (docs)
+            if not math.isfinite(truth):
+                continue
             for r in rows:
                 if r[f"{key}_flag"] or not math.isfinite(r[key]):
                     continue
@@ -43,10 +44,12 @@ def test_planted_power_laws_are_recovered_with_honest_intervals(monte_carlo) -> 
                 covered += r[f"{key}_lo"] <= truth <= r[f"{key}_hi"]
                 rel_err.append((r[key] - truth) / truth)
         assert n >= 60, (key, n)
-        # measured over 100 draws (docs/analysis.md): alpha_early 0.88-0.98 everywhere here,
-        # alpha_full 0.76-0.96 (short of the 90% goal: the sandwich misses part of the floor's
-        # nonlinearity over the whole run)
-        assert covered / n >= {"alpha_early": 0.85, "alpha_full": 0.65}[key], (key, covered / n)
+        # measured over 100 draws (docs/analysis.md section 16): 0.90-0.99 for both (seed 2 is
+        # an unlucky draw in many rows here); the old one-epoch block HAC with per-bin weights
+        # gave alpha_full 0.75-0.96, and 0.05 with spikes on 1% noise (checked on its own below)
+        assert covered / n >= 0.85, (key, covered / n)
+    for r in monte_carlo[("power_law_tau", "spikes", 0.01)]:
+        assert r["alpha_full_lo"] <= LS.ALPHA <= r["alpha_full_hi"], r
         assert abs(float(np.median(rel_err))) <= 0.02, key
 
 
@@ -63,14 +66,19 @@ def test_no_unflagged_alpha_where_none_was_planted(monte_carlo) -> None:
 def test_knee_no_burn_in_is_the_first_candidate_and_breaks_are_found(monte_carlo) -> None:
     """Breaks at epochs 3, 8, 12 within one epoch; pure power laws (no burn-in): the knee is the
     first candidate in >= 90% of draws (calibrated false-alarm rate)."""
-    null = []
-    for (name, kind, _), rows in monte_carlo.items():
+    null, spiky = [], []
+    for (name, kind, level), rows in monte_carlo.items():
         sc = LS.SCENARIOS[name]
         if name.startswith("broken") and not (kind == "ar1" and sc.break_epoch > 5):
             assert all(abs(r["knee_epoch"] - sc.break_epoch) <= 1.0 for r in rows), (name, kind)
         elif name.startswith(("power_law", "step")):
             null += [not r["knee_detected"] and r["knee_epoch"] < 0.6 for r in rows]
+            if kind == "spikes" and level < 0.05:
+                spiky += [not r["knee_detected"] for r in rows]
     assert len(null) >= 50 and np.mean(null) >= 0.9, np.mean(null)
+    # spikes on 1% noise: 14% false alarms with per-bin weights (a spike-free small bin sits
+    # below the mean curve); pooled weights: none in 100 draws
+    assert all(spiky), spiky
 
 
 def test_the_knee_of_one_curve_stays_inside_its_interval_as_the_noise_grows(monte_carlo) -> None:
@@ -126,17 +134,25 @@ def test_time_axis_falls_back_to_steps_with_a_reason() -> None:
         time_axis(steps, None, "epochs")
 
 
-def test_hac_interval_widens_with_autocorrelation() -> None:
-    """The same influence series: AR(1) phi 0.98 noise gets a ~sqrt(99)x wider interval than iid."""
+def test_hac_interval_follows_autocorrelation_and_ignores_rare_spikes() -> None:
+    """The same weights: AR(1) phi 0.98 noise gets a sqrt((1 + phi) / (1 - phi)) = sqrt(99)x wider
+    interval than iid (the AR(1) part taken whole: a one-epoch window alone loses ~7% of the
+    variance); rare spikes on small noise do not read as autocorrelation (the scale window)."""
     rng = np.random.default_rng(0)
     n, block = 20 * LS.SPE, LS.SPE
-    iid = rng.standard_normal(n)
-    ar = LS.noise("ar1", 1.0, n, rng)
-    ar = np.log(ar) + 0.5
-    se_iid, _ = S.hac_se(iid, block)
-    se_ar, dof = S.hac_se(ar, block)
-    assert se_iid == pytest.approx(math.sqrt(n), rel=0.3)
-    assert se_ar / se_iid == pytest.approx(math.sqrt(99), rel=0.4) and dof == 19
+    u = np.linspace(2.0, 0.5, n)
+    truth = math.sqrt(float(np.sum(u**2)))
+    ses = {}
+    for kind in ("iid", "ar1", "spikes"):
+        ratio = []
+        for _ in range(20):
+            r = LS.noise(kind, 0.01, n, rng) - 1
+            se, dof = S.hac_se(u, r, block)
+            ratio.append(se / (truth * float(np.std(r))))
+        ses[kind] = float(np.mean(ratio))
+    assert ses["iid"] == pytest.approx(1.0, rel=0.05) and dof == 30, ses  # 1.5 n / L, L = one epoch
+    assert ses["ar1"] == pytest.approx(math.sqrt(99), rel=0.1), ses
+    assert ses["spikes"] == pytest.approx(1.0, rel=0.1)
 
 
 def test_slope_functions_give_reasons_not_exceptions() -> None:

@@ -143,11 +143,13 @@ _KEEP = (
 )
 
 
-def summarise(sc: Scenario, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(sc: Scenario, rows: list[dict[str, Any]], ref_knee: float = math.nan) -> dict[str, Any]:
     """Per scenario: for alpha_early and alpha_full, bias (% of the planted alpha, mean over the
-    unflagged finite values), 95% coverage and median width (same values), the fraction left
-    unflagged; knee: median error (epochs; against the planted break, or 'found at the first
-    candidate' when none was planted), the share detected; the modal model from the knee."""
+    unflagged finite values) and its Monte Carlo standard error, 95% coverage and median width
+    (same values), the fraction left unflagged; knee: median error (epochs; against the planted
+    break, or 'found at the first candidate' when none was planted), the share detected, and the
+    share of draws whose knee interval holds ``ref_knee`` (the same curve's median knee at 1% noise: the knee moves by
+    less than its own interval as the noise grows); the modal model from the knee."""
     out: dict[str, Any] = {"n": len(rows)}
     for key, truth in (("alpha_early", sc.alpha_early), ("alpha_full", sc.alpha_full)):
         ok = [r for r in rows if not r[f"{key}_flag"] and math.isfinite(r[key])]
@@ -157,13 +159,20 @@ def summarise(sc: Scenario, rows: list[dict[str, Any]]) -> dict[str, Any]:
             lo = np.array([r[f"{key}_lo"] for r in ok])
             hi = np.array([r[f"{key}_hi"] for r in ok])
             out[f"{key}_bias_pct"] = 100 * (float(np.mean(v)) - truth) / truth
+            # the Monte Carlo's own standard error of that mean (large where alpha is noisy)
+            sd = float(np.std(v, ddof=1)) if v.size > 1 else math.nan
+            out[f"{key}_bias_se_pct"] = 100 * sd / math.sqrt(v.size) / truth
             out[f"{key}_coverage"] = float(np.mean((lo <= truth) & (truth <= hi)))
             out[f"{key}_width"] = float(np.median(hi - lo))
         else:
-            out |= {f"{key}_{s}": math.nan for s in ("bias_pct", "coverage", "width")}
+            out |= {f"{key}_{s}": math.nan for s in ("bias_pct", "bias_se_pct", "coverage", "width")}
     knee = np.array([r["knee_epoch"] for r in rows])
     det = np.array([r["knee_detected"] for r in rows])
     out["knee_detected"] = float(np.mean(det))
+    out["knee_median"] = float(np.nanmedian(knee))
+    lo = np.array([r["knee_epoch_lo"] for r in rows])
+    hi = np.array([r["knee_epoch_hi"] for r in rows])
+    out["knee_stable"] = float(np.mean((lo <= ref_knee) & (ref_knee <= hi))) if math.isfinite(ref_knee) else math.nan
     if math.isfinite(sc.break_epoch):
         out["knee_err"] = float(np.nanmedian(np.abs(knee - sc.break_epoch)))
         out["knee_within_1"] = float(np.mean(np.abs(knee - sc.break_epoch) <= 1.0))
