@@ -140,7 +140,8 @@ class BackendContract:
         poll_until(backend, handles, lambda s: all(x.state == "ended" for x in s.values()), harness, seen)
         for handle, states_seen in seen.items():
             assert states_seen == sorted(states_seen, key=ORDER.__getitem__), (handle, states_seen)
-        assert seen[first][-2:] == ["running", "ended"]
+        # SLURM: a task squeue no longer lists and sacct has not recorded yet reads unknown for a moment
+        assert [s for s in seen[first] if s != "unknown"][-2:] == ["running", "ended"]
         if slots is not None:
             assert seen[last][0] == "pending"
 
