@@ -405,6 +405,28 @@ def _write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, sort_keys=True), fsync=False)  # a cache: rebuilt if lost
 
 
+def reuse_or_build(
+    record_path: Path, digest: str, files: dict[str, Path], build: Callable[[], dict[str, int]]
+) -> tuple[dict[str, int], bool]:
+    """(rows by table, whether built): the tables `files` as they are when the record at
+    `record_path` says they were made from inputs of this `digest`, else made anew by `build`, and
+    the tables of kinds no longer made removed. The record goes first, so tables cut short by a
+    kill are never taken for current."""
+    try:
+        prev = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        prev = {}
+    if prev.get("digest") == digest and all(p.exists() for p in files.values()):
+        return {k: int(v) for k, v in prev.get("rows", {}).items()}, False
+    record_path.unlink(missing_ok=True)
+    rows = build()
+    for old in prev.get("files", []):  # tables of kinds that are gone
+        if Path(old) not in files.values():
+            Path(old).unlink(missing_ok=True)
+    _write_json(record_path, {"digest": digest, "rows": rows, "files": [str(p) for p in files.values()]})
+    return rows, True
+
+
 # --------------------------------------------------------------------------- assembly
 
 
@@ -581,16 +603,9 @@ def collect(
         res.files = {k: out_dir / f"{k}.{ext}" for k in kinds}
         res.files["runs"] = out_dir / f"runs.{ext}"
         digest = _tables_digest(fmt, kinds, identity, runs, summaries)
-        record_path = cache_root / f"assembled.{fmt}.json"
-        try:
-            prev = json.loads(record_path.read_text())
-        except (OSError, ValueError):
-            prev = {}
-        if prev.get("digest") == digest and all(p.exists() for p in res.files.values()):
-            res.rows = {k: int(v) for k, v in prev.get("rows", {}).items()}
-            res.assembled = False
-        else:
-            record_path.unlink(missing_ok=True)
+
+        def assemble() -> dict[str, int]:
+            built: dict[str, int] = {}
             n_pieces = sum(len(s["kinds"]) for s in summaries.values())
             atask = bar.add_task("assemble tables", total=n_pieces)
             for kind in kinds:
@@ -599,16 +614,13 @@ def collect(
                     for r in runs
                     if r.run_id in summaries and kind in summaries[r.run_id]["kinds"]
                 ]
-                res.rows[kind] = _assemble_kind(pieces, identity, res.files[kind], fmt, lambda: bar.advance(atask))
+                built[kind] = _assemble_kind(pieces, identity, res.files[kind], fmt, lambda: bar.advance(atask))
             rows = _runs_rows(runs, summaries, identity)
             _write_runs(rows, identity, res.files["runs"], fmt)
-            res.rows["runs"] = len(rows)
-            for old in prev.get("files", []):  # tables of kinds that are gone
-                if Path(old) not in res.files.values():
-                    Path(old).unlink(missing_ok=True)
-            _write_json(
-                record_path, {"digest": digest, "rows": res.rows, "files": [str(p) for p in res.files.values()]}
-            )
+            built["runs"] = len(rows)
+            return built
+
+        res.rows, res.assembled = reuse_or_build(cache_root / f"assembled.{fmt}.json", digest, res.files, assemble)
     res.seconds = time.perf_counter() - t0
     return res
 

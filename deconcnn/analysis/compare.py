@@ -27,9 +27,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deconcnn.analysis.collect import FORMATS, CollectResult, TableWriter, axis_type, collect, unify_type
+from deconcnn.analysis.collect import (
+    FORMATS,
+    CollectResult,
+    TableWriter,
+    axis_type,
+    collect,
+    reuse_or_build,
+    unify_type,
+)
 from deconcnn.analysis.sources import COMPARE_PREFIX, SWEEP_COLUMN, RunInfo, SweepSource, run_key, run_setting
-from deconcnn.runlog.atomic import write_text_atomic
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import COLLECTED_DIR
 
@@ -183,26 +190,16 @@ def collect_many(
     }
     ext = "parquet" if fmt == "parquet" else "csv"
     res.files = {k: out_dir / f"{k}.{ext}" for k in kinds if parts[k]}
-    assert res.source is not None
-    settings = [r.params for r in res.source.runs]  # also read from the runs' configs, not only the tables
+    source = res.source
+    assert source is not None
+    settings = [r.params for r in source.runs]  # also read from the runs' configs, not only the tables
     state = [fmt, labels, {k: [_file_state(p) for _, p in parts[k]] for k in res.files}, settings]
     digest = hashlib.sha256(json.dumps(state, default=str).encode()).hexdigest()
-    record_path = out_dir / _RECORD.format(fmt=fmt)
-    try:
-        prev = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        prev = {}
-    if prev.get("digest") == digest and all(p.exists() for p in res.files.values()):
-        res.rows = {k: int(v) for k, v in prev.get("rows", {}).items()}
-        res.assembled = False
-    else:
-        record_path.unlink(missing_ok=True)
-        for kind, path in res.files.items():
-            res.rows[kind] = _join(parts[kind], path, fmt, res.source)
-        for old in prev.get("files", []):  # tables of kinds that are gone
-            if Path(old) not in res.files.values():
-                Path(old).unlink(missing_ok=True)
-        record = {"digest": digest, "rows": res.rows, "files": [str(p) for p in res.files.values()]}
-        write_text_atomic(record_path, json.dumps(record), fsync=False)  # a cache: rebuilt if lost
+    res.rows, res.assembled = reuse_or_build(
+        out_dir / _RECORD.format(fmt=fmt),
+        digest,
+        res.files,
+        lambda: {kind: _join(parts[kind], path, fmt, source) for kind, path in res.files.items()},
+    )
     res.seconds = time.perf_counter() - t0
     return res
