@@ -217,7 +217,7 @@ class SlurmBackend(Backend):
                 raise LauncherError(refusal) from None
             self._sbatch_calls += 1
             array_id = slurm_cli.array_ids(job.job_id for job in jobs)[0]
-            self._folders[array_id] = folder
+            self.keep_logs_in(array_id, folder)
             if self.journal:
                 self.journal.accepted(index, array_id)
             handles.extend(Handle(KIND, job.job_id) for job in jobs)
@@ -232,6 +232,10 @@ class SlurmBackend(Backend):
 
     def describe(self, handles: Sequence[Handle]) -> dict[str, Any]:
         return {"array_job_ids": slurm_cli.array_ids(h.id for h in handles), "sbatch_calls": self._sbatch_calls}
+
+    def keep_logs_in(self, array_id: str, folder: Path) -> None:
+        """log_of finds the logs of this array's tasks in `folder` (its array_folder)."""
+        self._folders[array_id] = folder
 
     def log_of(self, handle: Handle) -> str | None:
         return task_log(self._folders.get(slurm_cli.array_ids([handle.id])[0], self.folder), handle)
@@ -306,7 +310,7 @@ def reconcile(
     for i, job in accepted.items():  # the array's own folder, or slurm/ itself for an older launch's journal
         folder = array_folder(backend.folder, submission, i)
         if folder.is_dir():
-            backend._folders[job] = folder
+            backend.keep_logs_in(job, folder)
     packs = [
         # submitit submits a batch of one pack as a plain job, not an array of one task
         (Handle(KIND, f"{accepted[i]}_{task}" if len(array["packs"]) > 1 else accepted[i]), runs)
