@@ -63,6 +63,20 @@ def test_no_unflagged_alpha_where_none_was_planted(monte_carlo) -> None:
                 assert all(r[f"{key}_flag"] or math.isnan(r[key]) for r in rows), (name, key)
 
 
+def test_power_laws_under_ar1_noise_are_not_flagged_exponential() -> None:
+    """Draws of a power law under AR(1) 30% noise where the exponential won on the floor's range by
+    less than EARLY_EXPONENTIAL_MARGIN (flagged "exponential fits better" without a margin, and
+    all low slopes: leaving them out biased alpha_early by +4.5%) keep an unflagged alpha_early;
+    the exponential is still flagged under the same noise."""
+    for name, seed in (("power_law_tau", 135), ("power_law_tau", 139), ("power_law_tau", 141), ("exponential", 0)):
+        steps, lr, loss = LS.draw(LS.SCENARIOS[name], "ar1", 0.3, seed)
+        run = analyze_run(steps, loss, LS.SPE, lr=lr)["run"]
+        if name == "exponential":
+            assert "exponential fits better" in run[ALPHA_EARLY_FLAG]
+        else:
+            assert not run[ALPHA_EARLY_FLAG] and math.isfinite(run["alpha_early"]), (seed, run[ALPHA_EARLY_FLAG])
+
+
 def test_knee_no_burn_in_is_the_first_candidate_and_breaks_are_found(monte_carlo) -> None:
     """Breaks at epochs 3, 8, 12 within one epoch; pure power laws (no burn-in): the knee is the
     first candidate in >= 90% of draws (calibrated false-alarm rate)."""
