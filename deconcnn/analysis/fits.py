@@ -353,7 +353,7 @@ def _refine_batch(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray, p0:
             jw = spec.jac(p.T[..., None], x) / sg[:, None]  # (B, n, k)
         a = np.einsum("bni,bnj->bij", jw, jw)
         g = np.einsum("bni,bn->bi", jw, r)
-        diag = np.einsum("bii->bi", a)
+        diag = np.maximum(np.einsum("bii->bi", a), 1e-12)  # a flat direction: no singular system
         with np.errstate(all="ignore"):
             step = np.linalg.solve(a + (damp[:, None] * diag)[..., None] * np.eye(p.shape[1]), -g[..., None])[..., 0]
         trial = np.clip(p + step, spec.lower, spec.upper)
