@@ -479,6 +479,7 @@ def _prepare(
     sg: FloatArray,
     c_fixed: float | None,
     break_range: tuple[float, float] | None = None,
+    c_min: float | None = None,
 ) -> tuple[_Spec, FloatArray, float, FloatArray] | str:
     """Model spec, its time axis ``x``, ``t_ref`` and candidate starting values (rows)."""
     t = curve.t
@@ -494,7 +495,8 @@ def _prepare(
     x = np.log(t / t_ref)
     if model == POWER_LAW:
         c, b0, b1 = _c_grid_log_fits(x, y, sg)
-        return _power_law_spec(-float(np.min(y))), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
+        floor = -float(np.min(y)) if c_min is None else c_min
+        return _power_law_spec(floor), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
     if model == BROKEN:
         m = _BREAK_MARGIN
         lb_lo, lb_hi = float(x[m]), float(x[-1 - m])
@@ -520,6 +522,7 @@ def _fit(
     seed: int = 0,
     c_fixed: float | None = None,
     break_range: tuple[float, float] | None = None,
+    c_min: float | None = None,
 ) -> Fit:
     """Checks, scaling, starting values, refinement from the best start(s), summary.
 
@@ -534,7 +537,8 @@ def _fit(
     scale = float(np.median(curve.y))
     y, sg = curve.y / scale, curve.sigma / scale
     try:
-        prep = _prepare(model, curve, y, sg, None if c_fixed is None else c_fixed / scale, break_range)
+        fixed = None if c_fixed is None else c_fixed / scale
+        prep = _prepare(model, curve, y, sg, fixed, break_range, None if c_min is None else c_min / scale)
         if isinstance(prep, str):
             return failed_fit(model, prep, curve)
         spec, x, t_ref, cands = prep
@@ -558,9 +562,10 @@ def _fit(
     return dataclasses.replace(fit, t_ref=fit.params["t_b"]) if model == BROKEN else fit
 
 
-def fit_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
-    """``L = c + a (t / t_ref)^-alpha`` on the binned ``curve`` (module docstring)."""
-    return _fit(POWER_LAW, curve, n_boot, seed)
+def fit_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0, c_min: float | None = None) -> Fit:
+    """``L = c + a (t / t_ref)^-alpha`` on the binned ``curve`` (module docstring); ``c >= c_min``
+    (default ``-min L``)."""
+    return _fit(POWER_LAW, curve, n_boot, seed, c_min=c_min)
 
 
 def fit_exponential(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:

@@ -343,7 +343,9 @@ def analyze_run(
             "c_full_se": c_est.se,
             "r2_full": pl.r2,
         }
-        if ex.ok and ex.aicc < pl.aicc:
+        # like for like: the exponential's floor is >= 0, so is the power law's it is checked against
+        # (free below 0, the power law tied exponentials under AR(1) noise in 15% of draws)
+        if ex.ok and ex.aicc < F.fit_power_law(window, c_min=0.0).aicc:
             full_flag = _join(full_flag, "exponential fits better")
         if len(window) < F.KNEE_MIN_BINS:
             full_flag = _join(full_flag, f"{len(window)} < {F.KNEE_MIN_BINS} bins")

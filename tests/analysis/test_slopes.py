@@ -77,6 +77,16 @@ def test_power_laws_under_ar1_noise_are_not_flagged_exponential() -> None:
             assert not run[ALPHA_EARLY_FLAG] and math.isfinite(run["alpha_early"]), (seed, run[ALPHA_EARLY_FLAG])
 
 
+def test_exponential_is_checked_against_a_power_law_with_a_floor_at_or_above_zero() -> None:
+    """Exponentials under AR(1) 10% that a power law with its floor free below 0 ties on the
+    knee-to-end range (alpha_full was unflagged in 15% of draws): checked like for like against
+    the power law with c >= 0, alpha_full is flagged."""
+    for seed in (12, 20, 32):
+        steps, lr, loss = LS.draw(LS.SCENARIOS["exponential"], "ar1", 0.1, seed)
+        run = analyze_run(steps, loss, LS.SPE, lr=lr)["run"]
+        assert "exponential fits better" in run[ALPHA_FULL_FLAG], (seed, run[ALPHA_FULL_FLAG])
+
+
 def test_knee_no_burn_in_is_the_first_candidate_and_breaks_are_found(monte_carlo) -> None:
     """Breaks at epochs 3, 8, 12 within one epoch; pure power laws (no burn-in): the knee is the
     first candidate in >= 90% of draws (calibrated false-alarm rate)."""
