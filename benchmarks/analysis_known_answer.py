@@ -10,6 +10,8 @@ knee's error and the modal model from the knee.
 
     nice -n 5 .venv/bin/python benchmarks/analysis_known_answer.py            # 100 draws each
     nice -n 5 .venv/bin/python benchmarks/analysis_known_answer.py --calibrate  # knee's |z| on nulls
+    nice -n 5 .venv/bin/python benchmarks/analysis_known_answer.py --only power_law_tau:ar1:0.3 \
+        --draws 400 --first-seed 100                                      # more draws, new seeds
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def _selected(sel: str, name: str, kind: str, level: float) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=100)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + draws - 1")
     ap.add_argument("--calibrate", action="store_true", help="quantiles of the knee's F on the no-knee nulls")
     ap.add_argument(
         "--only",
@@ -95,7 +98,7 @@ def main() -> None:
         if args.only and not any(_selected(sel, name, kind, lv) for sel in args.only):
             continue
         sc = LS.SCENARIOS[name]
-        rows = [LS.analyse_draw(sc, kind, lv, seed) for seed in range(args.draws)]
+        rows = [LS.analyse_draw(sc, kind, lv, seed) for seed in range(args.first_seed, args.first_seed + args.draws)]
         n += len(rows)
         s = LS.summarise(sc, rows, ref_knee.get(name, math.nan))
         if kind == "iid" and lv == min(LS.LEVELS):

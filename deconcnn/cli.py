@@ -228,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=20,
         metavar="N",
-        help="bootstrap resamples per fit (N/2 for the knee's interval; 0: standard errors only)",
+        help="wild-bootstrap refits per model for the fits table's *_boot_* columns (0: none; "
+        "the run-level intervals are HAC whatever N)",
     )
     return parser
 

@@ -2,7 +2,12 @@
 
 Models (``t`` = step + 1 > 0, ``L`` = loss; ``a > 0``, ``c >= 0`` because cross-entropy is >= 0)
 -------------------------------------------------------------------------------------------------
-* ``power_law``: ``L = c + a (t / t_ref)^-alpha``, ``0 <= alpha <= 20``. ``t_ref`` (the
+* ``power_law``: ``L = c + a (t / t_ref)^-alpha``, ``0 <= alpha <= 20``, and ``c >= -min L``,
+  not ``c >= 0``: over a short range the floor's estimate scatters by more than the true floor
+  (0.02 nats in the known-answer scenarios, 0 for a network that interpolates), and a bound at 0
+  clips the low half, whose alphas are the low ones: alpha was +6.8% after a break at epoch 8
+  under AR(1) noise (docs/analysis.md sections 7, 16). ``-min L`` keeps the fit off the
+  degenerate ``c -> -inf, alpha -> 0`` direction (an exponential curve). ``t_ref`` (the
   geometric mean of the window's bin ``t``) only re-expresses ``a`` as the excess loss over the
   floor at ``t_ref`` -- the same family as ``c + A t^-alpha`` with ``A = a t_ref^alpha`` -- and
   removes the strong ``a``/``alpha`` correlation that slows the optimiser.
@@ -40,7 +45,8 @@ same exponents, ``tau``, ``t_b``, RSS and AIC up to rounding (:func:`units.units
 * ``ci``: 95% interval ``p +- t_{0.975, n-k} * stderr``; for ``t_b`` it is computed on
   ``ln t_b`` and exponentiated (asymmetric). At a bound (e.g. ``c = 0``) the interval is the
   local one, not truncated.
-* ``boot_ci`` (``n_boot > 0``): 2.5/97.5 percentiles over ``n_boot`` wild-bootstrap refits,
+* ``boot_ci`` (``n_boot > 0``): 2.5/97.5 percentiles over ``n_boot`` wild-bootstrap refits
+  (batched Levenberg-Marquardt from the optimum, :func:`_refine_batch`),
   ``y*_i = f_i + r_i v_i`` with ``r`` the residuals and ``v_i = +-1`` (Rademacher) -- keeps each
   bin's own residual size, needs no normality.
 * ``r2``: weighted ``1 - RSS / sum_i w_i (y_i - ybar_w)^2``, ``w_i = sigma_i^-2``.
@@ -105,9 +111,9 @@ MAX_EXPONENT = 20.0
 _C_GRID = np.linspace(0.0, 0.99, 25)
 _BREAK_MARGIN = 2  # bins reserved on each side of a breakpoint
 _N_BREAK_STARTS = 3
-# Bootstrap refits start at the optimum and feed 2.5/97.5 percentiles of 20-odd draws: 1e-6
-# (relative) is far below that Monte Carlo error, and the refits were 2/3 of analyze_run's time.
-BOOT_TOL = 1e-6
+# Bootstrap refits start at the optimum and feed 2.5/97.5 percentiles of 20-odd draws: this many
+# Levenberg-Marquardt steps agree with a converged refit far below that Monte Carlo error.
+BOOT_STEPS = 30
 
 
 @dataclass(frozen=True)
@@ -223,19 +229,19 @@ def _c_grid_log_fits(x: FloatArray, y: FloatArray, sg: FloatArray) -> tuple[Floa
     return c, b0, b1
 
 
-def _power_law_spec() -> _Spec:
+def _power_law_spec(c_min: float) -> _Spec:
     def f(p: FloatArray, u: FloatArray) -> FloatArray:
         return p[2] + p[0] * np.exp(-p[1] * u)
 
     def jac(p: FloatArray, u: FloatArray) -> FloatArray:
         e = np.exp(-p[1] * u)
-        return np.stack([e, -p[0] * u * e, np.ones_like(u)], axis=1)
+        return np.stack([e, -p[0] * u * e, np.ones_like(e)], axis=-1)
 
     return _Spec(
         POWER_LAW,
         f,
         jac,
-        np.array([0.0, 0.0, 0.0]),
+        np.array([0.0, 0.0, c_min]),
         np.array([np.inf, MAX_EXPONENT, np.inf]),
         lambda p, s: np.array([p[0] * s, p[1], p[2] * s]),
         lambda p, s: np.array([s, 1.0, s]),
@@ -248,7 +254,7 @@ def _fixed_c_spec(c: float) -> _Spec:
 
     def jac(p: FloatArray, u: FloatArray) -> FloatArray:
         e = np.exp(-p[1] * u)
-        return np.stack([e, -p[0] * u * e], axis=1)
+        return np.stack([e, -p[0] * u * e], axis=-1)
 
     return _Spec(
         POWER_LAW_FIXED_C,
@@ -268,7 +274,7 @@ def _exponential_spec(span: float) -> _Spec:
 
     def jac(p: FloatArray, v: FloatArray) -> FloatArray:
         e = np.exp(-v / p[1])
-        return np.stack([e, p[0] * v / p[1] ** 2 * e, np.ones_like(v)], axis=1)
+        return np.stack([e, p[0] * v / p[1] ** 2 * e, np.ones_like(e)], axis=-1)
 
     return _Spec(
         EXPONENTIAL,
@@ -292,7 +298,7 @@ def _broken_spec(t_ref: float, lb_lo: float, lb_hi: float) -> _Spec:
         lo, hi = np.minimum(u, 0), np.maximum(u, 0)
         e = np.exp(-p[1] * lo - p[2] * hi)
         d_break = p[0] * e * np.where(u < 0, p[1], p[2])
-        return np.stack([e, -p[0] * lo * e, -p[0] * hi * e, d_break, np.ones_like(x)], axis=1)
+        return np.stack([e, -p[0] * lo * e, -p[0] * hi * e, d_break, np.ones_like(e)], axis=-1)
 
     return _Spec(
         BROKEN,
@@ -305,9 +311,7 @@ def _broken_spec(t_ref: float, lb_lo: float, lb_hi: float) -> _Spec:
     )
 
 
-def _refine(
-    spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray, p0: FloatArray, tol: float = 1e-10
-) -> tuple[FloatArray, float]:
+def _refine(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray, p0: FloatArray) -> tuple[FloatArray, float]:
     """Nonlinear weighted least squares from ``p0`` (clipped into the bounds); ``(p, RSS)``."""
     span = spec.upper - spec.lower
     pad = np.where(np.isfinite(span), 1e-9 * span, 1e-12)
@@ -320,12 +324,45 @@ def _refine(
             bounds=(spec.lower, spec.upper),
             method="trf",
             x_scale="jac",
-            ftol=tol,
-            xtol=tol,
-            gtol=tol,
+            ftol=1e-10,
+            xtol=1e-10,
+            gtol=1e-10,
             max_nfev=400,
         )
     return res.x, float(2.0 * res.cost)
+
+
+def _refine_batch(spec: _Spec, x: FloatArray, y: FloatArray, sg: FloatArray, p0: FloatArray) -> FloatArray:
+    """Weighted least squares of every row of ``y`` (``(B, n)``) from ``p0``: the bootstrap refits.
+
+    Levenberg-Marquardt steps on all rows at once, kept inside the bounds by clipping: the refits
+    start at the optimum of a nearby curve, where a few steps converge, and one scipy call per
+    refit (its set-up, not its arithmetic) made them two thirds of ``analyze_run``'s time.
+    """
+    p = np.tile(p0, (y.shape[0], 1))
+    damp = np.full(y.shape[0], 1e-3)
+
+    def resid(q: FloatArray) -> FloatArray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray((spec.f(q.T[..., None], x) - y) / sg)
+
+    r = resid(p)
+    cost = np.sum(r**2, axis=1)
+    for _ in range(BOOT_STEPS):
+        with np.errstate(over="ignore", invalid="ignore"):
+            jw = spec.jac(p.T[..., None], x) / sg[:, None]  # (B, n, k)
+        a = np.einsum("bni,bnj->bij", jw, jw)
+        g = np.einsum("bni,bn->bi", jw, r)
+        diag = np.maximum(np.einsum("bii->bi", a), 1e-12)  # a flat direction: no singular system
+        with np.errstate(all="ignore"):
+            step = np.linalg.solve(a + (damp[:, None] * diag)[..., None] * np.eye(p.shape[1]), -g[..., None])[..., 0]
+        trial = np.clip(p + step, spec.lower, spec.upper)
+        r_trial = resid(trial)
+        cost_trial = np.sum(r_trial**2, axis=1)
+        better = np.isfinite(cost_trial) & (cost_trial < cost)
+        p[better], r[better], cost[better] = trial[better], r_trial[better], cost_trial[better]
+        damp = np.where(better, damp * 0.3, damp * 10.0)
+    return p
 
 
 def _summarise(
@@ -364,14 +401,8 @@ def _summarise(
         rng = np.random.default_rng(seed)
         fitted = spec.f(p, x)
         resid = y - fitted
-        draws = np.array(
-            [
-                spec.to_report(
-                    _refine(spec, x, fitted + resid * rng.choice((-1.0, 1.0), size=n), sg, p, BOOT_TOL)[0], scale
-                )
-                for _ in range(n_boot)
-            ]
-        )
+        y_star = fitted + resid * rng.choice((-1.0, 1.0), size=(n_boot, n))
+        draws = spec.to_report(_refine_batch(spec, x, y_star, sg, p).T, scale).T
         blo, bhi = np.percentile(draws, [2.5, 97.5], axis=0)
         boot = {nm: (float(blo[i]), float(bhi[i])) for i, nm in enumerate(names)}
     w = sg**-2
@@ -448,6 +479,7 @@ def _prepare(
     sg: FloatArray,
     c_fixed: float | None,
     break_range: tuple[float, float] | None = None,
+    c_min: float | None = None,
 ) -> tuple[_Spec, FloatArray, float, FloatArray] | str:
     """Model spec, its time axis ``x``, ``t_ref`` and candidate starting values (rows)."""
     t = curve.t
@@ -463,7 +495,8 @@ def _prepare(
     x = np.log(t / t_ref)
     if model == POWER_LAW:
         c, b0, b1 = _c_grid_log_fits(x, y, sg)
-        return _power_law_spec(), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
+        floor = -float(np.min(y)) if c_min is None else c_min
+        return _power_law_spec(floor), x, t_ref, np.stack([np.exp(b0), -b1, c], axis=1)
     if model == BROKEN:
         m = _BREAK_MARGIN
         lb_lo, lb_hi = float(x[m]), float(x[-1 - m])
@@ -489,6 +522,7 @@ def _fit(
     seed: int = 0,
     c_fixed: float | None = None,
     break_range: tuple[float, float] | None = None,
+    c_min: float | None = None,
 ) -> Fit:
     """Checks, scaling, starting values, refinement from the best start(s), summary.
 
@@ -503,7 +537,8 @@ def _fit(
     scale = float(np.median(curve.y))
     y, sg = curve.y / scale, curve.sigma / scale
     try:
-        prep = _prepare(model, curve, y, sg, None if c_fixed is None else c_fixed / scale, break_range)
+        fixed = None if c_fixed is None else c_fixed / scale
+        prep = _prepare(model, curve, y, sg, fixed, break_range, None if c_min is None else c_min / scale)
         if isinstance(prep, str):
             return failed_fit(model, prep, curve)
         spec, x, t_ref, cands = prep
@@ -527,9 +562,10 @@ def _fit(
     return dataclasses.replace(fit, t_ref=fit.params["t_b"]) if model == BROKEN else fit
 
 
-def fit_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:
-    """``L = c + a (t / t_ref)^-alpha`` on the binned ``curve`` (module docstring)."""
-    return _fit(POWER_LAW, curve, n_boot, seed)
+def fit_power_law(curve: Binned, *, n_boot: int = 0, seed: int = 0, c_min: float | None = None) -> Fit:
+    """``L = c + a (t / t_ref)^-alpha`` on the binned ``curve`` (module docstring); ``c >= c_min``
+    (default ``-min L``)."""
+    return _fit(POWER_LAW, curve, n_boot, seed, c_min=c_min)
 
 
 def fit_exponential(curve: Binned, *, n_boot: int = 0, seed: int = 0) -> Fit:

@@ -54,6 +54,12 @@ KNEE_MIN_BINS = F.KNEE_MIN_BINS
 # The local noise scale is the RMS residual over this many blocks: short windows without a rare
 # spike read as near-noiseless, which makes any small misfit there look autocorrelated.
 SCALE_BLOCKS = 5
+# The knee's interval is the HAC delta-method interval on ln t_b widened by this factor, calibrated
+# like KNEE_STAT: the largest, over the known-answer rows with a knee (breaks at epochs 3, 8, 12
+# under 10% iid / AR(1) / heteroscedastic / spiky noise; the smoothly bent offset curve at 1-30%),
+# of the 95th percentile of |ln t_b error| / half-width, 60 draws each: 1.58 (offset at 30%; AR(1)
+# 1.29-1.51, iid 0.87-1.19). Its estimator is far from linear once its error spans a bin.
+KNEE_SE_FACTOR = 1.6
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,8 @@ class KneeTest:
     """The burn-in by a calibrated break test. Positions in ``x`` (the fit's time axis).
 
     ``knee_x`` is the breakpoint when ``detected``, else the first candidate (no burn-in);
-    ``lo``/``hi`` its 95% interval (the breakpoint's, on ``ln t_b``; without a detection
+    ``lo``/``hi`` its 95% interval (the breakpoint's, on ``ln t_b``, HAC widened by
+    ``KNEE_SE_FACTOR``; without a detection
     ``[first, upper end of the breakpoint's interval]``: a burn-in up to there is not excluded).
     """
 
@@ -218,7 +225,7 @@ def knee_test(
     t_b = broken.params["t_b"]
     se_ln, dof = fit_hac_se(step_weights(x, window, broken.influence["t_b"] / t_b), broken, x, y, block)
     q = float(special.stdtrit(max(dof, 1), 0.975))
-    half = min(q * se_ln, 700.0)  # an unidentified breakpoint: an interval of (0, inf), no overflow
+    half = min(q * KNEE_SE_FACTOR * se_ln, 700.0)  # an unidentified breakpoint: an interval of (0, inf), no overflow
     b_lo, b_hi = t_b * math.exp(-half), t_b * math.exp(half)
     if stat > stat_crit:
         return KneeTest(t_b, b_lo, b_hi, True, stat, broken, pl)
