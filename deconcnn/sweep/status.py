@@ -85,7 +85,8 @@ def run_progress(run_dir: Path, now: float | None = None) -> Progress | None:
             lines = log.read().splitlines()
     except OSError:
         return None
-    started = (read_run_status(run_dir) or {}).get("start_time") or 0.0  # an earlier attempt's pace is not this one's
+    run = read_run_status(run_dir)
+    started = (run.start_time if run else None) or 0.0  # an earlier attempt's pace is not this one's
     body = lines[1:] if len(lines) > 1 else lines  # the first may be cut
     last = next((r for r in map(_train_record, reversed(body)) if r), None)
     if last is None:
@@ -119,9 +120,9 @@ def watch_floor(sweep_dir: Path) -> float:
     if is_multirun(sweep_dir):
         return Backend.watch_min_s
     manifest = SweepDir(sweep_dir).require_manifest()
-    kinds = {(entry.get("submissions") or [{}])[-1].get("executor") for entry in manifest["runs"].values()}
+    kinds = {entry.last_submission.executor for entry in manifest.runs.values() if entry.last_submission}
     floors = [Backend.watch_min_s]
-    for kind in kinds - {None}:
+    for kind in kinds:
         with suppress(BackendError):  # not installed here: its runs read unknown, nothing is polled
             floors.append(backend_class(kind).watch_min_s)
     return max(floors)

@@ -456,11 +456,11 @@ def check_run(run_dir: Path) -> tuple[ItemResult, list[dict[str, Any]]]:
     """run.json says completed and metrics.jsonl parses; returns the records too."""
     reader = MetricsReader(run_dir / METRICS_FILE)
     records = list(reader.records())
-    status = read_run_status(run_dir) or {}
+    status = read_run_status(run_dir)
     problems = []
-    if status.get("status") != "completed":
-        error = status.get("error") or f"see {run_dir / RUN_LOG}"
-        problems.append(f"run {status.get('status', 'did not start')}: {error}")
+    if status is None or status.status != "completed":
+        error = (status.error if status else None) or f"see {run_dir / RUN_LOG}"
+        problems.append(f"run {status.status if status else 'did not start'}: {error}")
     if reader.bad_lines:
         problems.append(f"{reader.bad_lines} unreadable lines in metrics.jsonl")
     if not records:
