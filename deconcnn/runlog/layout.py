@@ -12,7 +12,8 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
         check/ check.json probe.json collected/ report/ analysis/
 
 A Hydra multirun directory (`deconcnn-train -m ...`): multirun.yaml, and one directory per job
-holding `.hydra/overrides.yaml`. Nothing here asks a scheduler or writes a file.
+holding `.hydra/overrides.yaml`. Nothing here asks a scheduler or writes a file. What the
+sweep's own files hold (manifest.json, run.json, process.json): deconcnn.runlog.records.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def test_each_array_keeps_its_scripts_and_logs_in_a_folder_of_its_own(fake, tmp_
     sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,5)")
     sweep_dir = tmp_path / "out" / "tiny"
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
-    (sid,) = {s["id"] for s in manifest_of(sweep_dir)["submissions"]}
+    (sid,) = {s.id for s in manifest_of(sweep_dir).submissions}
     assert array_folders(sweep_dir) == {
         f"{sid}-0": {"S-core_s0", "S-core_s1"},
         f"{sid}-1": {"S-core_s2", "S-core_s3"},
