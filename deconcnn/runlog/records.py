@@ -24,6 +24,7 @@ import json
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from deconcnn.runlog.errors import SweepError
@@ -399,7 +400,7 @@ class RunStatus:
         if FORMAT_KEY in data:
             check_format(data, RUN_STATUS_FORMAT, "run status")
         get = data.get
-        rest = data.keys() - _RUN_STATUS_KEYS
+        known = data.keys() <= _RUN_STATUS_KEYS  # as this code writes it: nothing else to keep
         return cls(
             data["status"],
             get("run_id"),
@@ -418,7 +419,7 @@ class RunStatus:
             get("error"),
             get("metrics_log_bytes"),
             get("data"),
-            {k: data[k] for k in rest} if rest else {},
+            _NO_EXTRA if known else {k: data[k] for k in data.keys() - _RUN_STATUS_KEYS},
         )
 
     @classmethod
@@ -432,6 +433,7 @@ class RunStatus:
         return ProcessRecord(self.host, self.pid)
 
 
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})  # shared: most run.json files hold nothing else
 _RUN_STATUS_KEYS = frozenset((FORMAT_KEY, *(f.name for f in fields(RunStatus) if f.name != "extra")))
 
 
