@@ -68,17 +68,18 @@ def measure(op: str, sweep_file: Path, out: Path) -> dict[str, float]:
 def finish_95_percent(sweep_dir: Path, root: Path) -> int:
     """Every task ends; 95% of the runs wrote run.json completed, the other 5% nothing (failed)."""
     from deconcnn.runlog.atomic import write_json_atomic
+    from deconcnn.sweep.sweepdir import SweepDir
 
     fake_slurm.end_all(root)
-    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    manifest = SweepDir(sweep_dir).require_manifest()
     failed = 0
-    for i, (run_id, entry) in enumerate(sorted(manifest["runs"].items())):
+    for i, (run_id, entry) in enumerate(sorted(manifest.runs.items())):
         if i % 20 == 0:
             failed += 1
             continue
         run_dir = sweep_dir / "runs" / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        sid = entry["submissions"][-1]["id"]
+        sid = entry.submissions[-1].id
         write_json_atomic(run_dir / "run.json", {"run_id": run_id, "status": "completed", "submission_id": sid})
     return failed
 

@@ -161,3 +161,46 @@ def test_no_code_outside_the_backends_names_a_backend_kind():
             if isinstance(node, ast.Constant) and node.value in kinds() and id(node) not in allowed
         ]
     assert not found, found
+
+
+#: Keys of the sweep's files that also name other things (a probe measurement's status, a table's
+#: run_id column, a sweep file's overrides and variants): the scan looks for the other keys.
+SHARED_WORDS = {
+    *("status", "run_id", "variant", "variants", "runs", "overrides", "params", "axes", "sweep", "sweep_file"),
+    *("error", "time", "log", "data", "host", "pid", "id", "limit", "pack", "note", "created", "executor"),
+    *("job_id", "fingerprint", "code_version"),
+}
+#: Record keys spelled outside deconcnn.runlog.records, and why.
+RECORD_KEYS_ELSEWHERE = {
+    # runs.parquet's columns are named after the run.json fields they hold (read through RunStatus)
+    **{key: {"deconcnn.analysis.collect"} for key in ("attempt", "start_time", "end_time", "slurm_job_id")},
+    "diverged_step": {"deconcnn.analysis.collect", "deconcnn.analysis.report"},  # a runs.parquet column
+    "last_step": {"deconcnn.analysis.collect", "deconcnn.callbacks.curvature_monitor"},  # the monitor's own state
+}
+
+
+def test_only_the_records_module_spells_the_keys_of_the_sweep_s_files():
+    """manifest.json, run.json and process.json are read and written through deconcnn.runlog.records:
+    a field is added in one place. Their keys are taken from what the records write."""
+    from deconcnn.runlog import records as r
+
+    written = (
+        r.Manifest("s", None, None, None, 0.0, (), (), {}),
+        r.RunEntry("r", "v", (), {}),
+        r.RunSubmission("i", "k", 0.0, None, None, (), None),
+        r.LaunchRecord("i", 0.0, "k", (), note="n", deferred=r.Deferred(1, "x"), recovered="r"),
+        r.ProcessRecord("h", 1, 2.0, 3.0, "s"),
+        r.RunStatus("running"),
+    )
+    keys = {key for record in written for key in record.to_json()} - SHARED_WORDS
+    assert {"submissions", "attempts", "submission_id", "pid_start", "metrics_log_bytes"} <= keys
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}"
+        for module, path in modules().items()
+        if module != "deconcnn.runlog.records"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and node.value in keys
+        and module not in RECORD_KEYS_ELSEWHERE.get(node.value, ())
+    ]
+    assert not found, found

@@ -51,6 +51,7 @@ from deconcnn.runlog.atomic import tmp_path, write_text_atomic
 from deconcnn.runlog.layout import COLLECTED_DIR
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.metrics_reader import MetricsReader
+from deconcnn.runlog.records import RecordError, RunStatus
 from deconcnn.runlog.run_status import RUN_STATUS_FILE
 
 __all__ = ["CollectResult", "collect", "identity_fields"]
@@ -99,6 +100,7 @@ RUN_FACTS: list[tuple[str, pa.DataType]] = [
 ]
 
 _KIND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: The RunStatus fields (run.json) that are columns of runs.parquet, under the same names.
 _RUN_JSON_KEYS = (
     "attempt",
     "start_time",
@@ -258,13 +260,12 @@ def _process_run(run_id: str, run_dir: str, cache_dir: str) -> dict[str, Any]:
     rj_error = None
     try:
         with open(rdir / RUN_STATUS_FILE, "rb") as f:
-            rj = json.load(f)
-        if isinstance(rj, dict):
-            info.update({k: rj.get(k) for k in _RUN_JSON_KEYS})
-        else:
-            rj_error = "run.json is not an object"
+            run = RunStatus.from_json(json.load(f))
+        info.update({k: getattr(run, k) for k in _RUN_JSON_KEYS})
     except FileNotFoundError:
         rj_error = "no run.json"
+    except RecordError as exc:
+        rj_error = f"run.json: {exc}"
     except (OSError, ValueError) as exc:
         rj_error = f"run.json unreadable: {exc}"
 

@@ -30,11 +30,10 @@ from deconcnn.runlog.layout import (
     RUNS_DIR,
     NotASweep,
     job_variant,
-    last_submission,
     multirun_jobs,
     read_cancellations,
-    read_manifest,
 )
+from deconcnn.runlog.records import read_manifest
 from deconcnn.runlog.run_status import read_checked_status, read_run_status
 from deconcnn.runlog.states import recorded_job_state, recorded_state
 
@@ -100,41 +99,43 @@ def read_source(path: Path) -> SweepSource:
 
 
 def _sweep_source(path: Path) -> SweepSource:
-    manifest = read_manifest(path) or {"runs": {}}
+    manifest = read_manifest(path)
+    entries = manifest.runs if manifest else {}
     cancellations = read_cancellations(path)
     runs_dir = path / RUNS_DIR
     runs = []
-    for run_id, entry in manifest["runs"].items():
+    for run_id, entry in entries.items():
         run_dir = layout.run_dir(path, run_id)
         linked = layout.run_dir_problem(path, run_id)
         state, reason = (
             ("failed", f"refused: {linked}")  # nothing is read through a link (as `status` shows it)
             if linked
-            else recorded_state(last_submission(entry), read_checked_status(run_dir), cancellations.get(run_id))
+            else recorded_state(entry.last_submission, read_checked_status(run_dir), cancellations.get(run_id))
         )
         runs.append(
             RunInfo(
                 run_id,
                 run_dir if run_dir.is_dir() and not linked else None,
-                entry.get("variant"),
-                dict(entry.get("params") or {}),
+                entry.variant,
+                dict(entry.params),
                 state,
                 reason,
                 True,
-                entry.get("overrides"),
+                list(entry.overrides),
             )
         )
-    listed = set(manifest["runs"])
+    listed = set(entries)
     if runs_dir.is_dir():  # directories the manifest does not list (copied in, renamed)
         for run_dir in sorted(
             p for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
         ):
             if run_dir.name not in listed:
-                status = (read_run_status(run_dir) or {}).get("status", "unknown")
+                run = read_run_status(run_dir)
+                status = run.status if run else "unknown"
                 runs.append(RunInfo(run_dir.name, run_dir, None, {}, status, "not in the manifest", False))
     # The manifest keeps the sweep file's order of axes and variants (its mappings are written sorted).
-    axes = _first_seen([*manifest.get("axes", []), *(k for r in runs for k in r.params)])
-    variants = _first_seen([*manifest.get("variants", []), *(r.variant for r in runs)])
+    axes = _first_seen([*(manifest.axes if manifest else ()), *(k for r in runs for k in r.params)])
+    variants = _first_seen([*(manifest.variants if manifest else ()), *(r.variant for r in runs)])
     runs.sort(
         key=lambda r: (
             r.variant not in variants,
@@ -143,7 +144,7 @@ def _sweep_source(path: Path) -> SweepSource:
             r.run_id,
         )
     )
-    return SweepSource(manifest.get("sweep", path.name), path, "sweep", runs, axes, variants)
+    return SweepSource(manifest.sweep if manifest else path.name, path, "sweep", runs, axes, variants)
 
 
 def _multirun_source(path: Path) -> SweepSource:

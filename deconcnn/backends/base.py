@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from deconcnn.backends.pack import Pack, Submission
 from deconcnn.runlog.errors import SweepError
+from deconcnn.runlog.records import LaunchRecord, Manifest
 
 if TYPE_CHECKING:
     from deconcnn.backends.journal import Journal
@@ -136,14 +137,15 @@ class Backend(ABC):
         cls,
         journal: Path,
         folder: Path,
-        manifest: dict[str, Any],
-        record_packs: Callable[[dict[str, Any], Submission, list[tuple[Handle, list[str]]], Backend], None],
-        write_manifest: Callable[[dict[str, Any]], None],
+        manifest: Manifest,
+        record_packs: RecordPacks,
+        write_manifest: Callable[[Manifest], None],
     ) -> str | None:
         """Record in the manifest what an interrupted launch on this backend queued, from its
-        journal (deconcnn.backends.journal): `record_packs(record, submission, [(handle, run ids)],
-        backend)` records a submission as a launch does. A line saying so, None when there was
-        nothing; BackendError when the scheduler cannot say, the journal then stays."""
+        journal (deconcnn.backends.journal): `record_packs(manifest, record, submission, [(handle,
+        run ids)], backend)` returns the manifest with a submission recorded as a launch records
+        it, `write_manifest` writes it. A line saying so, None when there was nothing;
+        BackendError when the scheduler cannot say, the journal then stays."""
         return None
 
     # ---- the backend as an object: submitting, polling, cancelling
@@ -225,6 +227,11 @@ def wait(
         backend.cancel([h for h in handles if h not in final])
         raise
     return final
+
+
+#: Records a submission in a manifest as a launch does: (manifest, record, submission, [(handle,
+#: run ids)], backend) -> the manifest with it.
+RecordPacks = Callable[[Manifest, LaunchRecord, Submission, "list[tuple[Handle, list[str]]]", Backend], Manifest]
 
 
 class BackendError(SweepError):

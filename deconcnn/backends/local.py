@@ -23,6 +23,7 @@ from deconcnn.backends.base import STOP_GRACE_S, Backend, Handle, LiveState, Sch
 from deconcnn.backends.journal import Journal
 from deconcnn.backends.pack import Pack, Submission
 from deconcnn.backends.runner import MpsDaemon, run_pack
+from deconcnn.runlog.records import ProcessRecord
 
 KIND = "local"
 
@@ -40,10 +41,10 @@ def visible_gpus() -> list[str]:
     return result.stdout.split() if result.returncode == 0 else []
 
 
-def launcher_of(handle: Handle) -> dict[str, object]:
+def launcher_of(handle: Handle) -> ProcessRecord:
     """The process identity a local handle names."""
     _, host, pid, pid_start, _ = handle.id.split(":")
-    return {"host": host, "pid": int(pid), "pid_start": float(pid_start)}
+    return ProcessRecord(host, int(pid), float(pid_start))
 
 
 @dataclass
@@ -68,7 +69,7 @@ class LocalBackend(Backend):
             raise ValueError(f"cpu_slots must be >= 1, got {cpu_slots}")
         self.cpu_slots, self.mps, self.grace_s = cpu_slots, mps, grace_s
         me = processes.identity()
-        self._prefix = f"{KIND}:{me['host']}:{me['pid']}:{me['pid_start'] or 0:.2f}"
+        self._prefix = f"{KIND}:{me.host}:{me.pid}:{me.pid_start or 0:.2f}"
         self._packs: dict[Handle, _PackState] = {}
         self._lock = threading.Condition()
         self._pool: ThreadPoolExecutor | None = None
@@ -190,7 +191,7 @@ class LocalBackend(Backend):
             self._pool = None
 
     def describe(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        return {"launcher": processes.identity(), "slots": self.slots}
+        return {"launcher": processes.identity().to_json(), "slots": self.slots}
 
     def where(self, handle: Handle) -> str:
         return "a local process"

@@ -7,9 +7,10 @@ import os
 import signal
 import socket
 import time
-from typing import Any
 
 import psutil
+
+from deconcnn.runlog.records import ProcessRecord
 
 HOST = socket.gethostname()
 START_SLACK_S = 2.0  # the kernel's boot time, which start times count from, has whole seconds
@@ -29,20 +30,20 @@ def start_time(pid: int) -> float | None:
         return 0.0
 
 
-def identity(pid: int | None = None) -> dict[str, Any]:
+def identity(pid: int | None = None) -> ProcessRecord:
     """What identifies a process for `alive`: host, pid and start time."""
     pid = os.getpid() if pid is None else pid
-    return {"host": HOST, "pid": pid, "pid_start": start_time(pid)}
+    return ProcessRecord(HOST, pid, start_time(pid))
 
 
-def alive(ident: dict[str, Any] | None) -> bool | None:
+def alive(ident: ProcessRecord | None) -> bool | None:
     """True/False for a process of this host; None when it ran elsewhere (undecidable here)."""
-    if not ident or not isinstance(ident.get("pid"), int) or ident.get("host") != HOST:
+    if not ident or not isinstance(ident.pid, int) or ident.host != HOST:
         return None
-    started = start_time(ident["pid"])
+    started = start_time(ident.pid)
     if started is None:
         return False
-    recorded = ident.get("pid_start")
+    recorded = ident.pid_start
     return recorded is None or started == 0.0 or abs(started - float(recorded)) <= START_SLACK_S
 
 

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ CHECK_EVERY_S = 1.0
 
 def is_kept(workdir: str | Path) -> bool:
     status = read_checked_status(Path(workdir))  # a completed run whose log was lost since runs again
-    return status is not None and status.get("status") in KEEP_STATUSES
+    return status is not None and status.status in KEEP_STATUSES
 
 
 def cancelled_since(submission: Submission) -> Callable[[], set[str]]:
@@ -85,7 +85,7 @@ def run_pack(
         # seconds), so status does not read a requeued run's previous failure as final.
         write_json_atomic(
             workdir / PROCESS_FILE,
-            {**processes.identity(proc.pid), "started": time.time(), "submission_id": submission.id},
+            replace(processes.identity(proc.pid), started=time.time(), submission_id=submission.id).to_json(),
         )
     stopping: dict[str, threading.Thread] = {}
     while any(p.poll() is None for p in procs.values()):

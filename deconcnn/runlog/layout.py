@@ -12,7 +12,8 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
         check/ check.json probe.json collected/ report/ analysis/
 
 A Hydra multirun directory (`deconcnn-train -m ...`): multirun.yaml, and one directory per job
-holding `.hydra/overrides.yaml`. Nothing here asks a scheduler or writes a file.
+holding `.hydra/overrides.yaml`. Nothing here asks a scheduler or writes a file. What the
+sweep's own files hold (manifest.json, run.json, process.json): deconcnn.runlog.records.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from deconcnn.runlog.errors import SweepError
 
@@ -98,23 +98,6 @@ def run_dir_problem(sweep_dir: Path, run_id: str) -> str | None:
     return None
 
 
-def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """Why a manifest's runs cannot be trusted to name directories under runs/ (None: they can)."""
-    for run_id, entry in manifest["runs"].items():
-        problem = run_id_problem(run_id)
-        if problem:
-            return problem
-        if not isinstance(entry, dict) or entry.get("run_id", run_id) != run_id:
-            return f"the entry of run {run_id} is not a run of that id"
-        if not isinstance(entry.get("variant"), str) or not isinstance(entry.get("submissions", []), list):
-            return f"the entry of run {run_id} has no variant or a malformed submissions list"
-        for submission in entry.get("submissions", []):
-            pack = submission.get("pack", []) if isinstance(submission, dict) else None
-            if not isinstance(pack, list) or any(not isinstance(r, str) or r not in manifest["runs"] for r in pack):
-                return f"a submission of run {run_id} names runs the manifest does not hold"
-    return None
-
-
 def is_multirun(path: Path) -> bool:
     """A Hydra multirun directory, and not a sweep directory (which has a manifest)."""
     return (Path(path) / MULTIRUN_FILE).is_file() and not (Path(path) / MANIFEST_FILE).is_file()
@@ -136,34 +119,6 @@ def job_variant(job: Path) -> str:
     config = OmegaConf.load(config_file) if config_file.is_file() else None
     variant = config.get("variant") if isinstance(config, DictConfig) else None  # a list has no keys
     return str(variant or DEFAULT_VARIANT)
-
-
-def read_manifest(sweep_dir: Path) -> dict[str, Any] | None:
-    """The manifest, None when there is none yet; NotASweep when it is unreadable."""
-    path = Path(sweep_dir)
-    if path.exists() and not path.is_dir():
-        raise NotASweep(f"{path} is a file, not a sweep directory")
-    manifest_path = path / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NotASweep(
-            f"{manifest_path} is corrupt ({error}): restore it from a backup, or "
-            "launch the sweep file again under another --out"
-        ) from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
-        raise NotASweep(f"{manifest_path} is corrupt (no 'runs' mapping)")
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise NotASweep(f"{manifest_path} is corrupt ({problem}): restore it from a backup")
-    return manifest
-
-
-def last_submission(entry: dict[str, Any]) -> dict[str, Any] | None:
-    """A manifest run entry's latest submission, None when it was never submitted."""
-    return entry["submissions"][-1] if entry.get("submissions") else None
 
 
 def read_cancellations(sweep_dir: Path) -> dict[str, tuple[float, str]]:

@@ -24,11 +24,11 @@ from typing import Any
 
 from deconcnn.runlog.atomic import write_bytes_atomic
 from deconcnn.runlog.rundir import RunFilesLost
+from deconcnn.runlog.schema import CHECKPOINT, KIND_KEY, STEP_KEY, TRAIN
 
 METRICS_FILE = "metrics.jsonl"
-STAMP_KEYS = ("kind", "step", "epoch", "epoch_frac", "time")
-CHECKPOINT_KIND = "checkpoint"
-TRAIN_KIND = "train"
+CHECKPOINT_KIND = CHECKPOINT.name
+TRAIN_KIND = TRAIN.name
 #: Key of the log's position in a checkpoint's callback states (MetricsLogPosition).
 METRICS_LOG_STATE = "metrics_log"
 
@@ -112,7 +112,7 @@ def verify_train_steps(
     when a run ends and when it resumes."""
     seen: set[int] = set()
     twice: list[int] = []
-    marker = f'"kind": "{TRAIN_KIND}"'.encode()
+    marker = f'"{KIND_KEY}": "{TRAIN_KIND}"'.encode()
     try:
         with open(path, "rb") as log:
             data = log.read() if limit is None else log.read(limit)
@@ -122,7 +122,7 @@ def verify_train_steps(
         if marker not in line:
             continue
         try:
-            step = json.loads(line)["step"]
+            step = json.loads(line)[STEP_KEY]
         except (ValueError, KeyError, TypeError):
             return f"{path.name} holds a damaged training record"
         if step in seen and not repeats:
@@ -163,7 +163,7 @@ def truncate_to_resume_point(run_dir: Path, offset: int, step: int) -> int:
         except ValueError:
             dropped += 1  # a line cut short by the kill
             continue
-        if isinstance(record, dict) and record.get("kind") == CHECKPOINT_KIND and record.get("step") == step:
+        if isinstance(record, dict) and record.get(KIND_KEY) == CHECKPOINT_KIND and record.get(STEP_KEY) == step:
             kept.append(line if line.endswith(b"\n") else line + b"\n")
         else:
             dropped += 1

@@ -19,11 +19,13 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 from deconcnn.runlog.atomic import json_text, write_text_atomic
 from deconcnn.runlog.metrics_log import METRICS_FILE
+from deconcnn.runlog.records import RecordError, RunStatus
 from deconcnn.runlog.rundir import RunDirIdentity
 
 RUN_STATUS_FILE = "run.json"
@@ -33,8 +35,6 @@ SUBMISSION_ENV = "DECONCNN_SUBMISSION_ID"  # set by the sweep's pack runner: whi
 MAX_TEXT = 500  # error and resume notes are cut to this, so a final status fits the file's blocks
 Status = Literal["running", "completed", "failed", "diverged"]
 KEEP_STATUSES = ("completed", "diverged")  # results: a relaunch never runs them again
-UNREADABLE = "unreadable"  # read_checked_status of a run.json that does not parse: none of it is trusted
-LOG_BYTES = "metrics_log_bytes"  # run.json of a completed run: the metric log's size then
 #: How run.json's `data` (the data source's own description) begins for generated data: the report
 #: puts a banner over any sweep with such runs.
 SYNTHETIC_DATA = "SYNTHETIC data"
@@ -49,14 +49,19 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def read_run_status(run_dir: Path) -> dict[str, Any] | None:
-    return read_json(Path(run_dir) / RUN_STATUS_FILE)
+def read_run_status(run_dir: Path) -> RunStatus | None:
+    """run.json as it is; None when it is absent, damaged or not a run status."""
+    data = read_json(Path(run_dir) / RUN_STATUS_FILE)
+    try:
+        return RunStatus.from_json(data) if data is not None else None
+    except RecordError:
+        return None
 
 
-def completed_log_problem(run_dir: str | Path, run: dict[str, Any]) -> str | None:
+def completed_log_problem(run_dir: str | Path, run: RunStatus) -> str | None:
     """Why a completed run's metric log no longer holds what it held at completion (missing, or
     shorter than `metrics_log_bytes`); a stat, no parse. None when it does, or nothing was recorded."""
-    recorded = run.get(LOG_BYTES)
+    recorded = run.metrics_log_bytes
     if not isinstance(recorded, int) or recorded <= 0:
         return None
     try:
@@ -79,25 +84,26 @@ def read_small_file(path: str, chunk: int = 1 << 16) -> bytes:
         os.close(fd)
 
 
-def read_checked_status(run_dir: str | Path) -> dict[str, Any] | None:
+def read_checked_status(run_dir: str | Path) -> RunStatus | None:
     """run.json as status and relaunch trust it: None when absent; status UNREADABLE with `error`
-    when it does not parse; `completed` with a missing or short metric log reads `failed`, with why."""
+    when it does not parse (or is of a newer format); `completed` with a missing or short metric
+    log reads `failed`, with why."""
     try:
         text = read_small_file(os.path.join(run_dir, RUN_STATUS_FILE))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
-        return {"status": UNREADABLE, "error": f"{RUN_STATUS_FILE} unreadable: {error.strerror or error}"}
+        return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {error.strerror or error}")
     try:
-        run = json.loads(text)
+        run = RunStatus.from_json(json.loads(text))
     except (ValueError, UnicodeDecodeError) as error:
-        return {"status": UNREADABLE, "error": f"{RUN_STATUS_FILE} unreadable: {first_line(error)}"}
-    if not isinstance(run, dict) or not isinstance(run.get("status"), str):
-        return {"status": UNREADABLE, "error": f"{RUN_STATUS_FILE} unreadable: not a run status"}
-    problem = completed_log_problem(run_dir, run) if run["status"] == "completed" else None
+        return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {first_line(error)}")
+    except RecordError as error:
+        return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {error}")
+    problem = completed_log_problem(run_dir, run) if run.status == "completed" else None
     if problem:
         why = f"{RUN_STATUS_FILE} says completed, but {problem}: a relaunch trains it again"
-        return {**run, "status": "failed", "error": why}
+        return replace(run, status="failed", error=why)
     return run
 
 
@@ -128,35 +134,31 @@ class RunStatusFile:
     def __init__(self, run_dir: Path, run_id: str | None = None) -> None:
         self.path = Path(run_dir) / RUN_STATUS_FILE
         self.run_dir = RunDirIdentity(run_dir)  # the directory it was started in, the only one it writes to
-        previous = read_run_status(Path(run_dir)) or {}
-        self.data: dict[str, Any] = {
-            "run_id": run_id or Path(run_dir).name,
-            "status": "running",
-            "attempt": int(previous.get("attempt", 0)) + 1,
-            "start_time": time.time(),
-            "end_time": None,
-            "last_step": previous.get("last_step", 0),
-            "diverged_step": None,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "slurm_job_id": _slurm_job_id(),
-            "submission_id": os.environ.get(SUBMISSION_ENV),
-            "resumed_from_step": None,
-            "resumed_from": None,
-            "resume_note": None,
-            "error": None,
-        }
+        previous = read_run_status(Path(run_dir))
+        self.data = RunStatus(
+            "running",
+            run_id or Path(run_dir).name,
+            attempt=int(previous.attempt if previous else 0) + 1,
+            start_time=time.time(),
+            last_step=previous.last_step if previous else 0,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slurm_job_id=_slurm_job_id(),
+            submission_id=os.environ.get(SUBMISSION_ENV),
+        )
 
     def _write(self) -> None:
         self.run_dir.check()
-        write_status(self.path, self.data)
+        write_status(self.path, self.data.to_json())
 
     def start(self, **fields: Any) -> None:
-        self.data.update(fields)
+        """Written as the run starts, with `fields` of RunStatus (the data it trains on)."""
+        self.data = replace(self.data, **fields)
         self._write()
 
     def update(self, **fields: Any) -> None:
-        self.data.update({k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in fields.items()})
+        cut: dict[str, Any] = {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in fields.items()}
+        self.data = replace(self.data, **cut)
         self._write()
 
     def finish(
@@ -169,16 +171,17 @@ class RunStatusFile:
         log_bytes: int | None = None,
     ) -> None:
         """The outcome; nothing is written when the run directory is gone (the caller's error says so)."""
-        self.data.update(
+        self.data = replace(
+            self.data,
             status=status,
             end_time=time.time(),
             last_step=last_step,
             error=error[:MAX_TEXT] if error else error,
             diverged_step=diverged_step,
-            **{LOG_BYTES: log_bytes},
+            metrics_log_bytes=log_bytes,
         )
         if self.run_dir.gone() is None:
-            write_status(self.path, self.data)
+            write_status(self.path, self.data.to_json())
 
 
 def _slurm_job_id() -> str | None:

@@ -47,14 +47,15 @@ def _keys(*specs: tuple[str, str, str] | tuple[str, str, str, bool]) -> tuple[Ke
     return tuple(Key(*spec) for spec in specs)
 
 
-KIND_KEY = "kind"
+#: The stamp keys, for code that reads them (one name each, imported rather than spelled).
+KIND_KEY, STEP_KEY, EPOCH_KEY, EPOCH_FRAC_KEY, TIME_KEY = "kind", "step", "epoch", "epoch_frac", "time"
 #: On every record: what it is and when it was made.
 STAMPS = _keys(
-    ("kind", STR, "-"),
-    ("step", INT, "optimizer steps"),
-    ("epoch", INT, "epochs"),
-    ("epoch_frac", FLOAT, "epochs"),
-    ("time", FLOAT, "Unix seconds"),
+    (KIND_KEY, STR, "-"),
+    (STEP_KEY, INT, "optimizer steps"),
+    (EPOCH_KEY, INT, "epochs"),
+    (EPOCH_FRAC_KEY, FLOAT, "epochs"),
+    (TIME_KEY, FLOAT, "Unix seconds"),
 )
 STAMP_NAMES = tuple(k.name for k in STAMPS)
 

@@ -11,9 +11,8 @@ pending here until `status` (or a relaunch) looks at it.
 
 from __future__ import annotations
 
-from typing import Any
-
-from deconcnn.runlog.run_status import KEEP_STATUSES, UNREADABLE
+from deconcnn.runlog.records import UNREADABLE, RunStatus, RunSubmission
+from deconcnn.runlog.run_status import KEEP_STATUSES
 
 STATES = ("pending", "running", "completed", "diverged", "failed", "cancelled", "lost", "missing", "unknown")
 FINAL_STATES = ("completed", "diverged", "failed", "cancelled", "lost", "missing")
@@ -23,15 +22,15 @@ LIVE_STATES = ("pending", "running")
 AS_RECORDED = "as its files record it (`deconcnn-sweep status` asks the scheduler)"
 
 
-def kept_state(run: dict[str, Any] | None) -> tuple[str, str | None] | None:
+def kept_state(run: RunStatus | None) -> tuple[str, str | None] | None:
     """(state, reason) of a run whose run.json (as read_checked_status reads it) holds a result
     (completed, diverged), else None."""
-    if not run or run.get("status") not in KEEP_STATUSES:
+    if not run or run.status not in KEEP_STATUSES:
         return None
-    return run["status"], (f"diverged at step {run.get('diverged_step')}" if run["status"] == "diverged" else None)
+    return run.status, (f"diverged at step {run.diverged_step}" if run.status == "diverged" else None)
 
 
-def recorded_job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
+def recorded_job_state(run: RunStatus | None) -> tuple[str, str | None]:
     """(state, reason) of a run that has only its run.json (as read_checked_status reads it) to speak
     for it (a Hydra multirun job)."""
     if run is None:
@@ -39,28 +38,28 @@ def recorded_job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
     kept = kept_state(run)
     if kept:
         return kept
-    if run.get("status") in ("failed", UNREADABLE):
-        return "failed", run.get("error") or "failed"
+    if run.status in ("failed", UNREADABLE):
+        return "failed", run.error or "failed"
     return "running", f"run.json says running, {AS_RECORDED}"
 
 
 def recorded_state(
-    submission: dict[str, Any] | None, run: dict[str, Any] | None, cancelled: tuple[float, str] | None
+    submission: RunSubmission | None, run: RunStatus | None, cancelled: tuple[float, str] | None
 ) -> tuple[str, str | None]:
     """(state, reason) of a sweep's run from its manifest entry's last submission, its run.json and
     its latest cancellation (time, by): the module doc says what this leaves to `status`. An
     unreadable run.json is not trusted, not even for whose attempt it was: the state is the one
     without it."""
-    if run and run.get("status") == UNREADABLE:
+    if run and run.status == UNREADABLE:
         run = None
     kept = kept_state(run)
     if kept:
         return kept
     if submission is None:
         return "missing", None
-    if cancelled and cancelled[0] >= submission.get("time", 0):
+    if cancelled and cancelled[0] >= submission.time:
         return "cancelled", f"cancelled by {cancelled[1]}"
-    attempt = run if run and run.get("submission_id") == submission.get("id") else None
+    attempt = run if run and run.submission_id == submission.id else None
     if attempt is None:
         return "pending", f"submitted, not started {AS_RECORDED}"
     return recorded_job_state(attempt)

@@ -20,7 +20,7 @@ from pathlib import Path
 from deconcnn.backends import STOP_GRACE_S, Handle, processes
 from deconcnn.backends.registry import attach
 from deconcnn.runlog.errors import SweepError
-from deconcnn.runlog.layout import DEFAULT_OUT, is_multirun, last_submission
+from deconcnn.runlog.layout import DEFAULT_OUT, is_multirun
 from deconcnn.runlog.states import LIVE_STATES
 from deconcnn.sweep.state import in_its_launch, poll_submissions, read_process, submitted_handle, sweep_states
 from deconcnn.sweep.sweepdir import SweepDir
@@ -71,7 +71,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
     if only and not chosen:
         variants = sorted({s.variant for s in states})
         raise SweepError(f"--only {only!r} matches no run of this sweep (variants: {', '.join(variants)})")
-    result = CancelResult(sd.path, sweep_file=manifest.get("sweep_file"))
+    result = CancelResult(sd.path, sweep_file=manifest.sweep_file)
     targets = [s for s in chosen if s.state in CANCELLABLE]
     for s in chosen:
         if s.state not in CANCELLABLE:
@@ -87,10 +87,10 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
     # stops its own packs once cancel.jsonl lists their runs.
     held: dict[str, set[Handle]] = {}
     for run_id in result.cancelled:
-        submission = last_submission(manifest["runs"][run_id]) or {}
+        submission = manifest.runs[run_id].last_submission
         handle = submitted_handle(submission)
-        if handle and not in_its_launch(submission):
-            others = [r for r in submission.get("pack", []) if r not in cancelled and by_run[r].state in CANCELLABLE]
+        if submission and handle and not in_its_launch(submission):
+            others = [r for r in submission.pack if r not in cancelled and by_run[r].state in CANCELLABLE]
             if not others:
                 held.setdefault(handle.kind, set()).add(handle)
     for handles in held.values():
@@ -102,7 +102,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
     for run_id in result.cancelled:
         process = read_process(sd.run_dir(run_id))
         if process and processes.alive(process):
-            stoppers.append(threading.Thread(target=processes.stop_group, args=(process["pid"], grace_s)))
+            stoppers.append(threading.Thread(target=processes.stop_group, args=(process.pid, grace_s)))
             result.stopped_here.append(run_id)
     for thread in stoppers:
         thread.start()

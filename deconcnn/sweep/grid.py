@@ -40,6 +40,7 @@ from deconcnn.runconfig import (
 )
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import DEFAULT_OUT, RUNS_DIR, run_id_problem
+from deconcnn.runlog.records import RunEntry
 from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
 from deconcnn.sweep.shapes import Settings, Shape
 from deconcnn.sweep.sweepdir import SweepDir
@@ -121,13 +122,9 @@ class RunSpec:
         config directory), without the values it sets: enough to compose its launcher settings."""
         return tuple(o for o in self.overrides if _override_key(o) in (EXPERIMENT_GROUP, SEARCHPATH_KEY))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "variant": self.variant,
-            "overrides": list(self.overrides),
-            "params": self.params,
-        }
+    def entry(self) -> RunEntry:
+        """The run as a new manifest lists it: never submitted."""
+        return RunEntry(self.run_id, self.variant, self.overrides, self.params)
 
     def command(
         self, run_dir: Path, run_id: str | None = None, extra: Sequence[str] = (), sweep: str | None = None
@@ -151,7 +148,7 @@ class Sweep:
 
     def fingerprint(self) -> str:
         """Identifies what the sweep runs; changes when any run's overrides change."""
-        blob = json.dumps([r.to_json() for r in self.runs], sort_keys=True)
+        blob = json.dumps([r.entry().identity_json() for r in self.runs], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

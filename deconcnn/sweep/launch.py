@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +35,7 @@ from deconcnn.backends import STOP_GRACE_S, Backend, BackendError, Command, Hand
 from deconcnn.backends.journal import Journal
 from deconcnn.backends.registry import backends, resolve
 from deconcnn.runlog.errors import Interrupted, SweepError
+from deconcnn.runlog.records import Deferred, LaunchRecord, Manifest, RunSubmission
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
@@ -64,24 +65,23 @@ class LaunchResult:
     notes: list[str] = field(default_factory=list)  # what the launch found and repaired (a journal)
 
 
-def new_manifest(sweep: Sweep, code_version: str) -> dict[str, Any]:
-    return {
-        "sweep": sweep.name,
-        "sweep_file": str(sweep.path.resolve()),
-        "fingerprint": sweep.fingerprint(),
-        "code_version": code_version,
-        "created": time.time(),
-        "variants": sweep.variants,
-        "axes": sweep.axes,
-        "runs": {run.run_id: {**run.to_json(), "attempts": 0, "submissions": []} for run in sweep.runs},
-        "submissions": [],
-    }
+def new_manifest(sweep: Sweep, code_version: str) -> Manifest:
+    return Manifest(
+        sweep.name,
+        str(sweep.path.resolve()),
+        sweep.fingerprint(),
+        code_version,
+        time.time(),
+        tuple(sweep.variants),
+        tuple(sweep.axes),
+        {run.run_id: run.entry() for run in sweep.runs},
+    )
 
 
-def describe_changes(manifest: dict[str, Any], runs: list[RunSpec]) -> str | None:
+def describe_changes(manifest: Manifest, runs: list[RunSpec]) -> str | None:
     """None if the sweep still expands to the manifest's runs, else a one-line summary of the change."""
-    old = {run_id: entry["overrides"] for run_id, entry in manifest["runs"].items()}
-    new = {run.run_id: list(run.overrides) for run in runs}
+    old = {run_id: entry.overrides for run_id, entry in manifest.runs.items()}
+    new = {run.run_id: tuple(run.overrides) for run in runs}
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
     changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k])
     if not (added or removed or changed):
@@ -94,56 +94,57 @@ def describe_changes(manifest: dict[str, Any], runs: list[RunSpec]) -> str | Non
 
 
 def record_submission(
-    manifest: dict[str, Any],
-    record: dict[str, Any],
+    manifest: Manifest,
+    record: LaunchRecord,
     submission: Submission,
     packs: Sequence[tuple[Handle, Sequence[str]]],
     backend: Backend,
-) -> None:
-    """Write a submission into the manifest: each (handle, run ids) pack's runs get an attempt."""
-    for handle, names in packs:
-        log = backend.log_of(handle)
-        for name in names:
-            entry = manifest["runs"][name]
-            entry["attempts"] += 1
-            entry["submissions"].append(
-                {
-                    "id": submission.id,
-                    "executor": handle.kind,
-                    "time": submission.submitted_at,
-                    "handle": handle.id,
-                    "job_id": backend.job_id(handle),
-                    "pack": list(names),
-                    "log": log,
-                }
+) -> Manifest:
+    """The manifest with a submission recorded: each (handle, run ids) pack's runs get an attempt."""
+    return manifest.with_submission(
+        record,
+        [
+            (
+                names,
+                RunSubmission(
+                    submission.id,
+                    handle.kind,
+                    submission.submitted_at,
+                    handle.id,
+                    backend.job_id(handle),
+                    tuple(names),
+                    backend.log_of(handle),
+                ),
             )
-    manifest["submissions"].append(record)
+            for handle, names in packs
+        ],
+    )
 
 
-def reconcile_journal(sweep_dir: SweepDir, manifest: dict[str, Any]) -> str | None:
+def reconcile_journal(sweep_dir: SweepDir, manifest: Manifest) -> tuple[str | None, Manifest]:
     """Record what an interrupted launch of this sweep queued (deconcnn.backends.journal), whichever
-    backend this launch uses: each backend recovers the journals of its own submissions."""
+    backend this launch uses: each backend recovers the journals of its own submissions. Returns
+    a line saying what was recovered (None: nothing) and the manifest as it now stands."""
     if not sweep_dir.journal_path.exists():
-        return None
+        return None, manifest
+    current = manifest
+
+    def write(recorded: Manifest) -> None:
+        nonlocal current
+        sweep_dir.write_manifest(recorded)
+        current = recorded
+
     for cls in backends().values():
         try:
-            note = cls.recover(
-                sweep_dir.journal_path,
-                sweep_dir.slurm_dir,
-                manifest,
-                lambda record, submission, packs, backend: record_submission(
-                    manifest, record, submission, packs, backend
-                ),
-                sweep_dir.write_manifest,
-            )
+            note = cls.recover(sweep_dir.journal_path, sweep_dir.slurm_dir, current, record_submission, write)
         except BackendError as error:
             raise LaunchError(str(error)) from None
         if note:
-            return note
-    return None
+            return note, current
+    return None, current
 
 
-def refuse_changed(sweep: Sweep, manifest: dict[str, Any] | None) -> None:
+def refuse_changed(sweep: Sweep, manifest: Manifest | None) -> None:
     """A sweep directory runs the grid it was launched with: an edited sweep file is refused (by
     launch, and by a dry run with the same line)."""
     change = describe_changes(manifest, sweep.runs) if manifest is not None else None
@@ -297,7 +298,7 @@ def _launch_locked(
         refuse_changed(sweep, manifest)
         if manifest is None:
             manifest = new_manifest(sweep, code_version())
-        recovered = reconcile_journal(sweep_dir, manifest)
+        recovered, manifest = reconcile_journal(sweep_dir, manifest)
         if backend_cls.detached and not skip_check:  # queued time no one watches: checked first
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
@@ -312,31 +313,30 @@ def _launch_locked(
         todo = [r for r in launch_plan.runs if states[r.run_id] in RESUBMITTABLE]
         # Fewest attempts first: when job limits cut a launch into waves, the runs a wave left
         # waiting go before retries of failed ones.
-        todo.sort(key=lambda r: manifest["runs"][r.run_id]["attempts"])
+        todo.sort(key=lambda r: manifest.runs[r.run_id].attempts)
         if not launch_plan.validated:  # only what is submitted: the rest was validated when it was
             launch_plan.validate(todo)
         for state in states.values():
             if state not in RESUBMITTABLE:
                 result.skipped[state] = result.skipped.get(state, 0) + 1
         submission = Submission(uuid.uuid4().hex[:12], f"deconcnn-{sweep.name}", str(sweep_dir.cancel_path))
-        record: dict[str, Any] = {
-            "id": submission.id,
-            "time": submission.submitted_at,
-            "executor": backend_cls.kind,
-            "runs": [r.run_id for r in todo],
-            "skip_check": skip_check,
-            "code_version": code_version(),
-        }
+        record = LaunchRecord(
+            submission.id,
+            submission.submitted_at,
+            backend_cls.kind,
+            tuple(r.run_id for r in todo),
+            skip_check,
+            code_version(),
+        )
         if not todo:
-            manifest["submissions"].append({**record, "note": "nothing to submit"})
-            sweep_dir.write_manifest(manifest)
+            sweep_dir.write_manifest(manifest.logged(replace(record, note="nothing to submit")))
             return result
         by_variant: dict[str, list[Command]] = {}
         for run in todo:
             by_variant.setdefault(run.variant, []).append(run.command(sweep_dir.run_dir(run.run_id), sweep=sweep.name))
         per_pack = packing(sweep_dir, list(by_variant), workers_per_gpu)
         # A detached backend's packs outlive this process: what it queues is journaled first.
-        journal = Journal(sweep_dir.journal_path, submission, record) if backend_cls.detached else None
+        journal = Journal(sweep_dir.journal_path, submission, record.to_json()) if backend_cls.detached else None
         runner = backend_cls.create(sweep_dir.slurm_dir, settings, mps=mps, grace_s=grace_s, journal=journal)
         packs = make_packs(by_variant, runner.fit_packing(per_pack, cpu_slots))
         packs = _fit_limits(runner, packs, result)
@@ -349,17 +349,14 @@ def _launch_locked(
         result.packs = {handle: [c.name for c in pack] for handle, pack in zip(handles, packs)}
         queued = {name for names in result.packs.values() for name in names}
         result.submitted = [r.run_id for r in todo if r.run_id in queued]
-        record["runs"] = result.submitted
-        if result.deferred:
-            record["deferred"] = {"runs": len(result.deferred), "limit": result.limit}
+        deferred = Deferred(len(result.deferred), result.limit) if result.deferred else None
         on_submitted(result)
-        record.update(runner.describe(handles))
-        record_submission(manifest, record, submission, list(result.packs.items()), runner)
-        sweep_dir.write_manifest(manifest)
+        record = replace(record, runs=tuple(result.submitted), deferred=deferred, described=runner.describe(handles))
+        sweep_dir.write_manifest(record_submission(manifest, record, submission, list(result.packs.items()), runner))
         if journal:
             journal.finish()
         if backend_cls.detached:
-            result.sbatch_calls = record.get("sbatch_calls", 0)
+            result.sbatch_calls = record.described.get("sbatch_calls", 0)
             result.job_ids = [job for job in map(runner.job_id, handles) if job]
             return result
         _wait_here(runner, handles, packs, sweep_dir, result, on_run_done, on_poll)
@@ -401,8 +398,8 @@ def _wait_here(
     def done(handle: Handle, state: SchedulerState) -> None:
         outcomes = {}
         for command in pack_of[handle]:
-            run = read_run_status(Path(command.workdir)) or {}
-            outcome = run.get("status", "not started") if run.get("status") != "running" else "ended while running"
+            run = read_run_status(Path(command.workdir))
+            outcome = "not started" if run is None else "ended while running" if run.status == "running" else run.status
             result.final[command.name] = outcomes[command.name] = outcome
         poll()  # the running count without this pack
         for name, outcome in outcomes.items():
@@ -467,15 +464,10 @@ def _hours_per_run(sweep_dir: SweepDir) -> dict[str, float]:
     with suppress(SweepError):
         manifest = sweep_dir.read_manifest()
     hours: dict[str, list[float]] = {}
-    for run_id, entry in (manifest or {}).get("runs", {}).items():
-        run = read_run_status(sweep_dir.run_dir(run_id)) or {}
-        if (
-            run.get("status") == "completed"
-            and run.get("end_time")
-            and run.get("start_time")
-            and run.get("attempt") == 1
-        ):
-            hours.setdefault(entry["variant"], []).append((run["end_time"] - run["start_time"]) / 3600)
+    for run_id, entry in (manifest.runs if manifest else {}).items():
+        run = read_run_status(sweep_dir.run_dir(run_id))
+        if run and run.status == "completed" and run.end_time and run.start_time and run.attempt == 1:
+            hours.setdefault(entry.variant, []).append((run.end_time - run.start_time) / 3600)
     out = {variant: statistics.median(values) for variant, values in hours.items()}
     if sweep_dir.probe_file.exists():
         for variant, value in probe_hours_per_run(sweep_dir.probe_file).items():

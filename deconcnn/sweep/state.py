@@ -41,14 +41,9 @@ from typing import Any
 
 from deconcnn.backends import BackendError, Handle, SchedulerState, processes
 from deconcnn.backends.registry import attach, backend_class
-from deconcnn.runlog.layout import job_variant, last_submission, multirun_jobs
-from deconcnn.runlog.run_status import (
-    PROCESS_FILE,
-    RUN_LOG,
-    UNREADABLE,
-    read_checked_status,
-    read_small_file,
-)
+from deconcnn.runlog.layout import job_variant, multirun_jobs
+from deconcnn.runlog.records import UNREADABLE, Manifest, ProcessRecord, RecordError, RunStatus, RunSubmission
+from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_checked_status, read_small_file
 from deconcnn.runlog.states import kept_state, recorded_job_state
 
 
@@ -68,45 +63,45 @@ class RunState:
         return dict(vars(self))  # its fields are plain values: no copy of asdict's needed
 
 
-def read_process(run_dir: str | Path) -> dict[str, Any] | None:
+def read_process(run_dir: str | Path) -> ProcessRecord | None:
+    """A run's process.json; None when it is absent or damaged (or of a newer format)."""
     try:
-        data = json.loads(read_small_file(os.path.join(run_dir, PROCESS_FILE)))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return ProcessRecord.from_json(json.loads(read_small_file(os.path.join(run_dir, PROCESS_FILE))))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError, RecordError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def run_state(
-    submission: dict[str, Any] | None,
-    run: dict[str, Any] | None,
-    process: dict[str, Any] | None,
+    submission: RunSubmission | None,
+    run: RunStatus | None,
+    process: ProcessRecord | None,
     live: SchedulerState | None,
     cancelled: tuple[float, str] | None,
 ) -> tuple[str, str | None]:
     """(state, reason) of one run, by the table in the module doc; `run` as read_checked_status reads it."""
-    if run and run.get("status") == UNREADABLE:
+    if run and run.status == UNREADABLE:
         state, reason = run_state(submission, None, process, live, cancelled)
-        return ("failed", f"{run['error']}; {reason}") if state in ("failed", "lost") else (state, reason)
+        return ("failed", f"{run.error}; {reason}") if state in ("failed", "lost") else (state, reason)
     kept = kept_state(run)
     if kept:
         return kept
     if submission is None:
         return "missing", None
-    sid = submission.get("id")
+    sid = submission.id
     live = live or SchedulerState("unknown")
-    ours = process if process and process.get("submission_id") == sid else None
-    attempt = run if run and run.get("submission_id") == sid else None
+    ours = process if process and process.submission_id == sid else None
+    attempt = run if run and run.submission_id == sid else None
     process_alive = processes.alive(ours) if ours else None
     requeued = (
         ours is not None
         and process_alive is False
         and live.state == "running"
         and live.since is not None
-        and ours.get("started", live.since) < live.since
+        and (live.since if ours.started is None else ours.started) < live.since
     )
     if requeued:  # a requeue keeps the submission; the files of the task's previous run are history
         ours = attempt = process_alive = None
-    if cancelled and cancelled[0] >= submission.get("time", 0):
+    if cancelled and cancelled[0] >= submission.time:
         if process_alive:
             return "running", f"stopping: cancelled by {cancelled[1]}"
         return "cancelled", f"cancelled by {cancelled[1]}"
@@ -118,15 +113,14 @@ def run_state(
         return "running", "its SLURM task is completing"
     if process_alive is False:
         assert ours is not None  # only a process record of ours is asked whether it is alive
-        if attempt and attempt.get("status") == "failed":
-            return "failed", attempt.get("error") or "failed"
+        if attempt and attempt.status == "failed":
+            return "failed", attempt.error or "failed"
         return "failed", (
-            f"its process (pid {ours['pid']} on {ours['host']}) is gone, and run.json does not say how it "
-            "ended (killed?)"
+            f"its process (pid {ours.pid} on {ours.host}) is gone, and run.json does not say how it ended (killed?)"
         )
     if live.state == "running":
-        if attempt and attempt.get("status") == "failed":
-            return "failed", attempt.get("error") or "failed"
+        if attempt and attempt.status == "failed":
+            return "failed", attempt.error or "failed"
         if ours:
             return "running", None
         if in_its_launch(submission):
@@ -134,8 +128,8 @@ def run_state(
         return "pending", f"its task {'was requeued and ' if requeued else ''}is running; the run has not started yet"
     if live.state == "unreachable":
         return "unknown", f"scheduler not answering: {live.detail}"
-    if attempt and attempt.get("status") == "failed":
-        return "failed", attempt.get("error") or "failed"
+    if attempt and attempt.status == "failed":
+        return "failed", attempt.error or "failed"
     if live.state == "ended":
         if live.detail == "CANCELLED":
             return "cancelled", "CANCELLED by the scheduler (scancel?)"
@@ -146,25 +140,25 @@ def run_state(
     return "lost", f"submitted but never finished, and {where} (killed launcher, cancelled pending task?)"
 
 
-def in_its_launch(submission: dict[str, Any]) -> bool:
+def in_its_launch(submission: RunSubmission) -> bool:
     """The submission's packs live in the launch that submitted them (a backend that is not
     detached: the local pool), so a live launch is their only scheduler."""
     try:
-        return not backend_class(submission.get("executor", "")).detached
+        return not backend_class(submission.executor).detached
     except BackendError:  # a backend not installed here: as a scheduler's, its launch is not asked
         return False
 
 
-def submitted_handle(submission: dict[str, Any] | None) -> Handle | None:
+def submitted_handle(submission: RunSubmission | None) -> Handle | None:
     """The handle a manifest's submission record saved, None when it has none."""
-    if not submission or not submission.get("handle"):
+    if not submission or not submission.handle:
         return None
-    return Handle(str(submission.get("executor")), str(submission["handle"]))
+    return Handle(str(submission.executor), str(submission.handle))
 
 
 def sweep_states(
     sweep_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     live: dict[Handle, SchedulerState],
     cancellations: dict[str, tuple[float, str]],
 ) -> list[RunState]:
@@ -174,12 +168,10 @@ def sweep_states(
     sd = SweepDir(sweep_dir)
     states = []
     present = run_dirs(sd.runs_dir)
-    # The manifest's mappings are written with sorted keys; its variant list keeps the sweep file's order.
-    order = {v: i for i, v in enumerate(manifest.get("variants", []))}
-    runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
-    for run_id, entry in runs:
+    for entry in manifest.ordered_runs():
+        run_id = entry.run_id
         run_dir = sd.run_path(run_id)
-        submission = last_submission(entry)
+        submission = entry.last_submission
         handle = submitted_handle(submission)
         found = present.get(run_id)
         linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
@@ -200,14 +192,14 @@ def sweep_states(
         states.append(
             RunState(
                 run_id,
-                entry["variant"],
+                entry.variant,
                 state,
                 reason,
-                entry.get("attempts", 0),
-                submission.get("job_id") if submission else None,
+                entry.attempts,
+                submission.job_id if submission else None,
                 (live[handle].detail if handle and handle in live else None),
                 run_dir,
-                log or (submission or {}).get("log"),
+                log or (submission.log if submission else None),
             )
         )
     return states
@@ -222,17 +214,17 @@ def run_dirs(runs_dir: Path) -> dict[str, os.DirEntry[str]]:
         return {}
 
 
-def job_state(run: dict[str, Any] | None) -> tuple[str, str | None]:
+def job_state(run: RunStatus | None) -> tuple[str, str | None]:
     """(state, reason) of a run that deconcnn-sweep did not start (a Hydra multirun job): its
     run.json alone speaks, with its process asked where it ran on this host."""
     state, reason = recorded_job_state(run)
     if state != "running":
         return state, reason
     assert run is not None
-    alive = processes.alive({"host": run.get("host"), "pid": run.get("pid")})
+    alive = processes.alive(run.process)
     if alive is False:
-        return "failed", f"its process (pid {run.get('pid')} on {run.get('host')}) is gone but run.json says running"
-    return "running", None if alive else f"on {run.get('host')}: its process cannot be checked from here"
+        return "failed", f"its process (pid {run.pid} on {run.host}) is gone but run.json says running"
+    return "running", None if alive else f"on {run.host}: its process cannot be checked from here"
 
 
 def multirun_states(path: Path) -> list[RunState]:
@@ -249,8 +241,8 @@ def multirun_states(path: Path) -> list[RunState]:
                 job_variant(job),
                 state,
                 reason,
-                int((run or {}).get("attempt", 0)),
-                (run or {}).get("slurm_job_id"),
+                int(run.attempt) if run else 0,
+                run.slurm_job_id if run else None,
                 None,
                 str(job),
                 str(log) if log.exists() else None,
@@ -259,14 +251,14 @@ def multirun_states(path: Path) -> list[RunState]:
     return states
 
 
-def poll_submissions(manifest: dict[str, Any]) -> dict[Handle, SchedulerState]:
+def poll_submissions(manifest: Manifest) -> dict[Handle, SchedulerState]:
     """The backends' answer for the handle of every run's last submission: one poll per backend
     kind, through a backend attached to its handles (SLURM: one squeue and one sacct call for all
     its tasks; local: a process check with psutil). A kind no installed backend has reads
     unreachable, with why: its runs are unknown, never resubmitted as lost."""
     by_kind: dict[str, set[Handle]] = {}
-    for entry in manifest["runs"].values():
-        handle = submitted_handle(last_submission(entry))
+    for entry in manifest.runs.values():
+        handle = submitted_handle(entry.last_submission)
         if handle:
             by_kind.setdefault(handle.kind, set()).add(handle)
     live: dict[Handle, SchedulerState] = {}

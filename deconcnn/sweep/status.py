@@ -21,6 +21,7 @@ from deconcnn.backends.registry import backend_class
 from deconcnn.runlog.layout import HYDRA_CONFIG, HYDRA_DIR, REPORT_DIR, is_multirun
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.run_status import read_run_status
+from deconcnn.runlog.schema import EPOCH_FRAC_KEY, KIND_KEY, STEP_KEY, TIME_KEY, TRAIN
 from deconcnn.runlog.states import FINAL_STATES, STATES
 from deconcnn.sweep.state import RunState, multirun_states, poll_submissions, sweep_states
 from deconcnn.sweep.sweepdir import SweepDir
@@ -67,7 +68,7 @@ def _train_record(line: bytes) -> dict[str, Any] | None:
         record = json.loads(line)
     except ValueError:
         return None
-    return record if isinstance(record, dict) and record.get("kind") == "train" else None
+    return record if isinstance(record, dict) and record.get(KIND_KEY) == TRAIN.name else None
 
 
 def run_progress(run_dir: Path, now: float | None = None) -> Progress | None:
@@ -85,19 +86,20 @@ def run_progress(run_dir: Path, now: float | None = None) -> Progress | None:
             lines = log.read().splitlines()
     except OSError:
         return None
-    started = (read_run_status(run_dir) or {}).get("start_time") or 0.0  # an earlier attempt's pace is not this one's
+    run = read_run_status(run_dir)
+    started = (run.start_time if run else None) or 0.0  # an earlier attempt's pace is not this one's
     body = lines[1:] if len(lines) > 1 else lines  # the first may be cut
     last = next((r for r in map(_train_record, reversed(body)) if r), None)
     if last is None:
         return None
     # Few records are parsed (the last, and the first of this attempt): status reads hundreds of tails.
-    first = next((r for r in map(_train_record, body) if r and r["time"] >= started), last)
-    step, frac = int(last["step"]), last.get("epoch_frac")
+    first = next((r for r in map(_train_record, body) if r and r[TIME_KEY] >= started), last)
+    step, frac = int(last[STEP_KEY]), last.get(EPOCH_FRAC_KEY)
     total = _total_steps(run_dir, (step + 1) / frac) if frac else None
     eta = None
-    if total and last["step"] > first["step"] and last["time"] > first["time"]:
-        pace = (last["time"] - first["time"]) / (last["step"] - first["step"])
-        in_flight = max(0.0, (time.time() if now is None else now) - last["time"])
+    if total and last[STEP_KEY] > first[STEP_KEY] and last[TIME_KEY] > first[TIME_KEY]:
+        pace = (last[TIME_KEY] - first[TIME_KEY]) / (last[STEP_KEY] - first[STEP_KEY])
+        in_flight = max(0.0, (time.time() if now is None else now) - last[TIME_KEY])
         eta = max(0.0, (total - step - 1) * pace - in_flight)
     return Progress(step + 1, total, last.get("loss_train_nats"), eta)
 
@@ -119,9 +121,9 @@ def watch_floor(sweep_dir: Path) -> float:
     if is_multirun(sweep_dir):
         return Backend.watch_min_s
     manifest = SweepDir(sweep_dir).require_manifest()
-    kinds = {(entry.get("submissions") or [{}])[-1].get("executor") for entry in manifest["runs"].values()}
+    kinds = {entry.last_submission.executor for entry in manifest.runs.values() if entry.last_submission}
     floors = [Backend.watch_min_s]
-    for kind in kinds - {None}:
+    for kind in kinds:
         with suppress(BackendError):  # not installed here: its runs read unknown, nothing is polled
             floors.append(backend_class(kind).watch_min_s)
     return max(floors)

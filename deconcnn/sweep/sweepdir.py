@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from deconcnn.backends import processes
 from deconcnn.runlog import layout
@@ -33,8 +32,8 @@ from deconcnn.runlog.layout import (
     SLURM_DIR,
     NotASweep,
     read_cancellations,
-    read_manifest,
 )
+from deconcnn.runlog.records import Manifest, read_manifest
 
 
 class SweepLocked(SweepError):
@@ -99,18 +98,18 @@ class SweepDir:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    def read_manifest(self) -> dict[str, Any] | None:
+    def read_manifest(self) -> Manifest | None:
         """The manifest, None when there is none yet; NotASweep when it is unreadable."""
         return read_manifest(self.path)
 
-    def require_manifest(self) -> dict[str, Any]:
+    def require_manifest(self) -> Manifest:
         manifest = self.read_manifest()
         if manifest is None:
             raise NotASweep(f"{self.path} is not a sweep directory (no {MANIFEST_FILE}): launch it first")
         return manifest
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_json_atomic(self.manifest_path, manifest.to_json())
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -127,7 +126,7 @@ class SweepDir:
             handle.seek(0)
             handle.truncate()
             me = processes.identity()
-            handle.write(f"pid {me['pid']} on {me['host']}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.write(f"pid {me.pid} on {me.host}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
             try:
                 yield

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -330,10 +331,16 @@ def test_collect_asks_no_scheduler_and_shows_the_states_the_files_record(tmp_pat
     fake = make_sweep(tmp_path / "s", running=[running, cancelled], failed=[failed], lost=[lost], missing=[MISSING])
     sd = SweepDir(fake.path)
     manifest = sd.require_manifest()
-    for entry in manifest["runs"].values():  # every run on SLURM: asking the scheduler would run squeue/sacct
-        for submission in entry["submissions"]:
-            submission.update(executor="slurm", handle="4242_0", job_id="4242_0")
-    sd.write_manifest(manifest)
+    on_slurm = {  # every run on SLURM: asking the scheduler would run squeue/sacct
+        run_id: replace(
+            entry,
+            submissions=tuple(
+                replace(s, executor="slurm", handle="4242_0", job_id="4242_0") for s in entry.submissions
+            ),
+        )
+        for run_id, entry in manifest.runs.items()
+    }
+    sd.write_manifest(replace(manifest, runs=on_slurm))
     sd.record_cancel([cancelled], by="a test")
     bin_dir, asked = tmp_path / "bin", tmp_path / "asked"
     bin_dir.mkdir()

@@ -9,20 +9,21 @@ import pytest
 
 from deconcnn.backends import SchedulerState
 from deconcnn.runlog.metrics_log import METRICS_FILE, verify_train_steps
-from deconcnn.runlog.run_status import LOG_BYTES, UNREADABLE, read_checked_status, read_small_file
+from deconcnn.runlog.records import UNREADABLE, RunStatus, RunSubmission
+from deconcnn.runlog.run_status import read_checked_status, read_small_file
 from deconcnn.sweep.state import run_state
 
 
 def completed(run_dir, log: bytes, recorded: int | None) -> None:
     (run_dir / METRICS_FILE).write_bytes(log)
-    (run_dir / "run.json").write_text(json.dumps({"status": "completed", LOG_BYTES: recorded}))
+    (run_dir / "run.json").write_text(json.dumps(RunStatus("completed", metrics_log_bytes=recorded).to_json()))
 
 
 def test_a_completed_run_keeps_its_status_while_its_log_is_whole(tmp_path):
     completed(tmp_path, b"x" * 100, 100)
-    assert read_checked_status(tmp_path)["status"] == "completed"
+    assert read_checked_status(tmp_path).status == "completed"
     (tmp_path / METRICS_FILE).write_bytes(b"x" * 120)  # appended to since: nothing lost
-    assert read_checked_status(tmp_path)["status"] == "completed"
+    assert read_checked_status(tmp_path).status == "completed"
 
 
 @pytest.mark.parametrize(
@@ -36,25 +37,25 @@ def test_a_completed_run_whose_log_is_missing_or_short_reads_failed(tmp_path, cu
     completed(tmp_path, b"x" * 100, 100)
     cut(tmp_path / METRICS_FILE)
     run = read_checked_status(tmp_path)
-    assert run["status"] == "failed" and why in run["error"] and "a relaunch trains it again" in run["error"]
+    assert run.status == "failed" and why in run.error and "a relaunch trains it again" in run.error
 
 
 def test_a_run_json_from_before_the_log_size_was_recorded_is_taken_as_it_says(tmp_path):
     completed(tmp_path, b"", None)
-    assert read_checked_status(tmp_path)["status"] == "completed"
+    assert read_checked_status(tmp_path).status == "completed"
 
 
 @pytest.mark.parametrize("text", ['{"status": "compl', "[1, 2]", '{"no": "status"}', "\\xff\\xfe"])
 def test_a_garbage_run_json_is_unreadable_with_its_own_error(tmp_path, text):
     (tmp_path / "run.json").write_text(text)
     run = read_checked_status(tmp_path)
-    assert run["status"] == UNREADABLE and run["error"].startswith("run.json unreadable: ")
+    assert run.status == UNREADABLE and run.error.startswith("run.json unreadable: ")
     assert read_checked_status(tmp_path / "absent") is None
 
 
 def test_an_unreadable_run_json_is_judged_by_what_else_is_known():
-    submission = {"id": "s", "time": 0, "executor": "slurm", "handle": "7_0"}
-    unreadable = {"status": UNREADABLE, "error": "run.json unreadable: JSONDecodeError: x"}
+    submission = RunSubmission("s", "slurm", 0, "7_0", "7_0", (), None)
+    unreadable = RunStatus.unreadable("run.json unreadable: JSONDecodeError: x")
     state, reason = run_state(submission, unreadable, None, SchedulerState("ended", "TIMEOUT"), None)
     assert state == "failed" and reason.startswith(
         "run.json unreadable: JSONDecodeError: x; its SLURM task ended TIMEOUT"

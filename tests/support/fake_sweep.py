@@ -17,12 +17,13 @@ import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from deconcnn.backends import processes
 from deconcnn.runlog import schema
+from deconcnn.runlog.records import LaunchRecord, RunSubmission
 from deconcnn.runlog.run_status import PROCESS_FILE, RUN_STATUS_FILE
 from deconcnn.sweep.grid import RunSpec, Sweep
 from deconcnn.sweep.launch import new_manifest
@@ -138,21 +139,11 @@ def make_sweep(
     sd = SweepDir(root)
     root.mkdir(parents=True, exist_ok=True)
     now = 1.7e9
-    for rid, entry in manifest["runs"].items():
-        if fake.runs[rid]["status"] != "missing":
-            entry["attempts"] = 1
-            entry["submissions"].append(
-                {
-                    "id": SUBMISSION,
-                    "executor": "local",
-                    "time": now,
-                    "handle": "local:gone:1:0.00:fake-0",
-                    "job_id": None,
-                    "pack": [rid],
-                    "log": None,
-                }
-            )
-    sd.write_manifest(manifest)
+    submitted = [rid for rid in manifest.runs if fake.runs[rid]["status"] != "missing"]
+    launch = LaunchRecord(SUBMISSION, now, "local", tuple(submitted))
+    gone = "local:gone:1:0.00:fake-0"  # a launch that no longer lives
+    packs = [((rid,), RunSubmission(SUBMISSION, "local", now, gone, None, (rid,), None)) for rid in submitted]
+    sd.write_manifest(manifest.with_submission(launch, packs))
     for rid, ident in fake.runs.items():
         if ident["status"] in ("missing", "lost"):
             fake.missing.append(rid)
@@ -344,7 +335,7 @@ def _write_run(
     }
     (d / RUN_STATUS_FILE).write_text(json.dumps(run))
     if status == "running":  # alive: this process stands for the run's
-        (d / PROCESS_FILE).write_text(json.dumps({**processes.identity(), "submission_id": SUBMISSION}))
+        (d / PROCESS_FILE).write_text(json.dumps(replace(processes.identity(), submission_id=SUBMISSION).to_json()))
     return counts
 
 

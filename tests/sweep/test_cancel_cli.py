@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 from fake_sweep import SUBMISSION, make_sweep, run_id
 
@@ -21,8 +22,8 @@ def test_cancel_names_the_sweep_file_to_relaunch(tmp_path, capsys, monkeypatch):
     # A live process of the run's submission, in its own group (what cancel stops).
     child = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        process = {**processes.identity(child.pid), "submission_id": SUBMISSION}
-        (SweepDir(sweep.path).run_dir(running) / PROCESS_FILE).write_text(json.dumps(process))
+        process = replace(processes.identity(child.pid), submission_id=SUBMISSION)
+        (SweepDir(sweep.path).run_dir(running) / PROCESS_FILE).write_text(json.dumps(process.to_json()))
         monkeypatch.chdir(tmp_path)
         assert sweep_cli(["cancel", str(sweep.path), "--grace", "1"]) == 0
         out = capsys.readouterr().out

@@ -458,9 +458,9 @@ def test_slurm_launch_refuses_without_a_passing_check_and_submits_after_one(tmp_
     out = capsys.readouterr().out
     assert "1 runs submitted" in out
     manifest = SweepDir(tmp_path / "tiny").read_manifest()
-    assert manifest["submissions"][-1]["skip_check"] is False
-    for entry in manifest["runs"].values():
-        slurm.scancel(entry["submissions"][-1]["job_id"])
+    assert manifest.submissions[-1].skip_check is False
+    for entry in manifest.runs.values():
+        slurm.scancel(entry.submissions[-1].job_id)
 
     # The same check.json does not count for a changed sweep file.
     other = tmp_path / "other"

@@ -142,9 +142,9 @@ def test_a_manifest_key_edited_to_leave_runs_refuses_a_relaunch(tmp_path, capsys
     sweep_file = write_sweep(tmp_path / "tiny.yaml", seeds="0")
     sweep_dir = SweepDir(tmp_path / "out" / "tiny")
     sweep_dir.path.mkdir(parents=True)
-    manifest = new_manifest(load_sweep(sweep_file), "code")
+    manifest = new_manifest(load_sweep(sweep_file), "code").to_json()
     manifest["runs"]["../../X"] = manifest["runs"].pop("S-core_s0")
-    sweep_dir.write_manifest(manifest)
+    sweep_dir.manifest_path.write_text(json.dumps(manifest))
     refused(capsys, ["launch", sweep_file, *LOCAL, "--out", tmp_path / "out"], tmp_path, "manifest.json is corrupt")
 
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 from cluster import resume_node
 
-from deconcnn.backends import processes
+from deconcnn.backends import Handle, processes
 from deconcnn.backends.local import launcher_of
 from deconcnn.backends.slurm import cli as slurm_cli
 from deconcnn.runconfig import CONF_DIR
-from deconcnn.runlog.layout import last_submission
 from deconcnn.sweep.state import read_process
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import PACKED, launch_json, settle, slurm_launch, states_of, status_of, train_steps, wait_for, write_sweep
@@ -90,10 +89,10 @@ def something_behind(sweep_dir: Path, run_id: str) -> bool:
     sd = SweepDir(sweep_dir)
     if processes.alive(read_process(sd.run_dir(run_id))):
         return True
-    submission = last_submission(sd.read_manifest()["runs"][run_id]) or {}
-    handle = submission.get("handle")
-    if submission.get("executor") == "local":
-        return bool(handle) and bool(processes.alive(launcher_of(handle)))
+    submission = sd.read_manifest().runs[run_id].last_submission
+    handle = submission.handle if submission else None
+    if submission and handle and submission.executor == "local":
+        return bool(processes.alive(launcher_of(Handle(submission.executor, handle))))
     return bool(handle) and handle in slurm_cli.squeue_states([handle])
 
 
@@ -190,7 +189,9 @@ def test_rm_rf_of_a_run_directory_mid_run_then_relaunch(tmp_path, capsys):
 
 
 def task_of(sweep_dir: Path, run_id: str) -> str:
-    return last_submission(SweepDir(sweep_dir).read_manifest()["runs"][run_id])["handle"]
+    submission = SweepDir(sweep_dir).read_manifest().runs[run_id].last_submission
+    assert submission and submission.handle
+    return submission.handle
 
 
 @pytest.mark.slurm

@@ -35,16 +35,16 @@ def fake_launch(sweep_file, out, *extra) -> int:
 
 
 def handle_of(sweep_dir, run_id) -> Handle:
-    submission = SweepDir(sweep_dir).read_manifest()["runs"][run_id]["submissions"][-1]
-    return Handle(submission["executor"], submission["handle"])
+    submission = SweepDir(sweep_dir).read_manifest().runs[run_id].submissions[-1]
+    return Handle(submission.executor, submission.handle)
 
 
 def finish_run(sweep_dir, run_id, status="completed") -> None:
     """What the run itself writes when it ends: run.json of its submission."""
-    submission = SweepDir(sweep_dir).read_manifest()["runs"][run_id]["submissions"][-1]
+    submission = SweepDir(sweep_dir).read_manifest().runs[run_id].submissions[-1]
     run_dir = SweepDir(sweep_dir).run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / RUN_STATUS_FILE, {"status": status, "submission_id": submission["id"]})
+    write_json_atomic(run_dir / RUN_STATUS_FILE, {"status": status, "submission_id": submission.id})
 
 
 def states(sweep_dir, capsys) -> dict[str, tuple[str, str | None]]:
@@ -70,10 +70,10 @@ def test_a_detached_launch_returns_at_once_and_status_follows_the_scheduler(fake
     assert f"{FakeBackend.kind}: 3 runs submitted" in capsys.readouterr().out
     sweep_dir = tmp_path / "tiny"
     manifest = SweepDir(sweep_dir).read_manifest()
-    for entry in manifest["runs"].values():
-        [submission] = entry["submissions"]
-        assert submission["executor"] == FakeBackend.kind and submission["job_id"] == submission["handle"]
-    assert manifest["submissions"][-1]["fake_ids"]  # what the backend describes is kept
+    for entry in manifest.runs.values():
+        [submission] = entry.submissions
+        assert submission.executor == FakeBackend.kind and submission.job_id == submission.handle
+    assert manifest.submissions[-1].described["fake_ids"]  # what the backend describes is kept
     # one slot: the first task runs, the others wait; the run has not started in the running one
     assert Counter(s for s, _ in states(sweep_dir, capsys).values()) == {"pending": 3}
     assert "has not started yet" in states(sweep_dir, capsys)["S-core_s0"][1]
@@ -103,7 +103,7 @@ def test_a_task_cancelled_by_the_scheduler_is_cancelled_and_only_it_is_resubmitt
     capsys.readouterr()
     assert fake_launch(sweep_file, tmp_path) == 0
     assert "1 runs submitted, skipped: 2 completed" in capsys.readouterr().out
-    assert SweepDir(sweep_dir).read_manifest()["runs"][victim]["attempts"] == 2
+    assert SweepDir(sweep_dir).read_manifest().runs[victim].attempts == 2
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_a_detached_launch_needs_a_passing_check_for_this_sweep_file_and_code(fa
     (tmp_path / "tiny" / CHECK_FILE).write_text(json.dumps(check))
     assert sweep_cli(launch) == 0
     assert "1 runs submitted" in capsys.readouterr().out
-    assert SweepDir(tmp_path / "tiny").read_manifest()["submissions"][-1]["skip_check"] is False
+    assert SweepDir(tmp_path / "tiny").read_manifest().submissions[-1].skip_check is False
     # The same check.json does not count for a changed sweep file.
     sweep_file.write_text(sweep_file.read_text().replace("seed: 0", "seed: 0,1"))
     other = tmp_path / "other"

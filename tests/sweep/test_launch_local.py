@@ -67,8 +67,8 @@ def test_relaunching_a_finished_sweep_submits_nothing(finished_sweep, capsys):
     assert launch_json(sweep_file, "--executor", "local", "--out", sweep_dir.parent) == 0
     assert "0 runs submitted, skipped: 2 completed" in capsys.readouterr().out
     manifest = SweepDir(sweep_dir).read_manifest()
-    assert manifest["submissions"][-1]["runs"] == []
-    assert all(entry["attempts"] == 1 for entry in manifest["runs"].values())
+    assert manifest.submissions[-1].runs == ()
+    assert all(entry.attempts == 1 for entry in manifest.runs.values())
 
 
 def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, capsys):
@@ -86,7 +86,7 @@ def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, ca
     # --quiet: a line per run that ends and the result, no progress counts, no summary
     assert out.splitlines()[0] == "S-core_s1: completed" and "runs start here" not in out and "ended in" not in out
     manifest = SweepDir(sweep_dir).read_manifest()
-    assert manifest["runs"]["S-core_s1"]["attempts"] == 2 and manifest["runs"]["S-core_s0"]["attempts"] == 1
+    assert manifest.runs["S-core_s1"].attempts == 2 and manifest.runs["S-core_s0"].attempts == 1
     assert status_of(sweep_dir, capsys)["counts"]["all"]["completed"] == 2
 
 

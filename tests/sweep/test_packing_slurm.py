@@ -47,10 +47,10 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
     sweep_dir = tmp_path / "packed"
     manifest = SweepDir(sweep_dir).read_manifest()
     by_task: dict[str, list[str]] = defaultdict(list)
-    for run_id, entry in manifest["runs"].items():
-        submission = entry["submissions"][-1]
-        assert len(submission["pack"]) == 2 and run_id in submission["pack"]
-        by_task[submission["job_id"]].append(run_id)
+    for run_id, entry in manifest.runs.items():
+        submission = entry.submissions[-1]
+        assert len(submission.pack) == 2 and run_id in submission.pack
+        by_task[submission.job_id].append(run_id)
     assert len(by_task) == 2 and all(len(runs) == 2 for runs in by_task.values())  # 2 tasks x 2 runs
     assert len({job.split("_")[0] for job in by_task}) == 1  # one array
 
@@ -100,9 +100,9 @@ def test_packed_tasks_kill_one_run_sibling_completes_relaunch_resubmits_only_it(
     assert slurm_launch(sweep_file, tmp_path, *PACKED) == 0
     assert "1 runs submitted, skipped: 3 completed" in capsys.readouterr().out
     manifest = SweepDir(sweep_dir).read_manifest()
-    assert manifest["runs"][victim]["attempts"] == 2
-    assert manifest["runs"][victim]["submissions"][-1]["pack"] == [victim]
-    assert all(manifest["runs"][r]["attempts"] == 1 for r in manifest["runs"] if r != victim)
+    assert manifest.runs[victim].attempts == 2
+    assert manifest.runs[victim].submissions[-1].pack == (victim,)
+    assert all(manifest.runs[r].attempts == 1 for r in manifest.runs if r != victim)
 
     status = settle(sweep_dir, capsys)
     assert status["counts"]["all"]["completed"] == 4, status

@@ -9,7 +9,6 @@ behaviours on the real local cluster: test_limits_slurm.py.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from deconcnn.backends.slurm import SlurmBackend, poll_handles, reconcile
 from deconcnn.backends.slurm import cli as slurm_cli
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.records import LaunchRecord, Manifest, RunEntry
 from deconcnn.sweep import grid
 from deconcnn.sweep.launch import record_submission
 from deconcnn.sweep.sweepdir import SweepDir
@@ -96,8 +96,8 @@ def test_id_chunks_keep_order_and_budget() -> None:
 # ---------------------------------------------------------------- launches
 
 
-def manifest_of(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / "manifest.json").read_text())
+def manifest_of(sweep_dir: Path) -> Manifest:
+    return SweepDir(sweep_dir).require_manifest()
 
 
 def queued_handles(root: Path) -> set[str]:
@@ -110,8 +110,8 @@ def queued_handles(root: Path) -> set[str]:
     }
 
 
-def recorded_handles(sweep_dir: Path) -> set[str]:
-    return {s["handle"] for entry in manifest_of(sweep_dir)["runs"].values() for s in entry["submissions"]}
+def recorded_handles(sweep_dir: Path) -> set[str | None]:
+    return {s.handle for entry in manifest_of(sweep_dir).runs.values() for s in entry.submissions}
 
 
 def test_a_sweep_past_max_submit_goes_in_waves(fake, tmp_path: Path, capsys) -> None:
@@ -136,7 +136,7 @@ def test_a_sweep_past_max_submit_goes_in_waves(fake, tmp_path: Path, capsys) -> 
     fake_slurm.end_all(root)
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert "4 runs submitted" in capsys.readouterr().out
-    attempts = {run_id: entry["attempts"] for run_id, entry in manifest_of(sweep_dir)["runs"].items()}
+    attempts = {run_id: entry.attempts for run_id, entry in manifest_of(sweep_dir).runs.items()}
     assert attempts == {"S-core_s0": 2, "S-core_s1": 2, "S-core_s2": 1, "S-core_s3": 1, "S-core_s4": 1, "S-core_s5": 1}
 
 
@@ -168,10 +168,10 @@ def test_any_other_refusal_mid_launch_cancels_what_was_accepted(fake, tmp_path: 
 def array_folders(sweep_dir: Path) -> dict[str, set[str]]:
     """The folder of each recorded task log (relative to slurm/) -> the runs whose log it holds."""
     folders: dict[str, set[str]] = {}
-    for run_id, entry in manifest_of(sweep_dir)["runs"].items():
-        for submission in entry["submissions"]:
-            log = Path(submission["log"])
-            assert log.name == f"{submission['handle']}_0_log.out" and log.parent.is_dir()
+    for run_id, entry in manifest_of(sweep_dir).runs.items():
+        for submission in entry.submissions:
+            log = Path(str(submission.log))
+            assert log.name == f"{submission.handle}_0_log.out" and log.parent.is_dir()
             folders.setdefault(str(log.parent.relative_to(sweep_dir / "slurm")), set()).add(run_id)
     return folders
 
@@ -181,7 +181,7 @@ def test_each_array_keeps_its_scripts_and_logs_in_a_folder_of_its_own(fake, tmp_
     sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,5)")
     sweep_dir = tmp_path / "out" / "tiny"
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
-    (sid,) = {s["id"] for s in manifest_of(sweep_dir)["submissions"]}
+    (sid,) = {s.id for s in manifest_of(sweep_dir).submissions}
     assert array_folders(sweep_dir) == {
         f"{sid}-0": {"S-core_s0", "S-core_s1"},
         f"{sid}-1": {"S-core_s2", "S-core_s3"},
@@ -221,9 +221,9 @@ def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp
     assert not journal.exists()
     assert recorded_handles(sweep_dir) == queued_handles(root) and len(queued_handles(root)) == 6
     manifest = manifest_of(sweep_dir)
-    assert all(entry["attempts"] == 1 for entry in manifest["runs"].values())
+    assert all(entry.attempts == 1 for entry in manifest.runs.values())
     # The reconciled tasks' logs are in their arrays' folders, like the new submission's.
-    first, second = (s["id"] for s in manifest["submissions"])
+    first, second = (s.id for s in manifest.submissions)
     assert array_folders(sweep_dir) == {
         f"{first}-0": {"S-core_s0", "S-core_s1"},
         f"{first}-1": {"S-core_s2", "S-core_s3"},
@@ -260,7 +260,7 @@ def test_a_relaunch_validates_only_the_runs_it_submits(fake, tmp_path: Path, cap
 def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fake, tmp_path: Path) -> None:
     root = fake()
     submission = Submission("abc123", "deconcnn-x", submitted_at=1.0)
-    journal = Journal(tmp_path / "submitting.jsonl", submission, {"id": "abc123", "executor": "slurm"})
+    journal = Journal(tmp_path / "submitting.jsonl", submission, LaunchRecord("abc123", 1.0, "slurm", ()).to_json())
     journal.begin([[["a", "b"], ["c"]], [["d"]]])
     # sbatch took both; the launch died before writing either id down.
     fake_slurm.queue(root, {"500": 2})
@@ -269,21 +269,23 @@ def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fak
     plain = {"name": array_name(submission, 1), "tasks": 1, "array": False, "default": "PENDING", "states": {}}
     data["jobs"]["501"] = plain
     fake_slurm._save(root, data)
-    manifest: dict = {"runs": {r: {"attempts": 0, "submissions": []} for r in "abcd"}, "submissions": []}
-    written = []
+    empty = Manifest("x", None, None, None, 0.0, (), (), {r: RunEntry(r, "v", (), {}) for r in "abcd"})
+    written: list[Manifest] = []
     backend = SlurmBackend(tmp_path, {})
     line = reconcile(
         journal.path,
-        manifest,
-        lambda record, sub, packs: record_submission(manifest, record, sub, packs, backend),
+        empty,
+        lambda record, sub, packs: record_submission(empty, record, sub, packs, backend),
         written.append,
         backend,
     )
     assert line and "3 tasks of 3 were queued and are now recorded (arrays 500, 501)" in line
-    handles = {r: e["submissions"][0]["handle"] for r, e in manifest["runs"].items()}
+    [manifest] = written
+    handles = {r: e.submissions[0].handle for r, e in manifest.runs.items()}
     assert handles == {"a": "500_0", "b": "500_0", "c": "500_1", "d": "501"}
-    assert written == [manifest] and not journal.path.exists()
+    assert manifest.submissions[-1].recovered and manifest.submissions[-1].described["array_job_ids"] == ["500", "501"]
+    assert not journal.path.exists()
     # A journal whose submission the manifest records already is only removed.
     journal.begin([[["a"]]])
-    assert reconcile(journal.path, manifest, lambda *a: None, written.append, backend) is None
+    assert reconcile(journal.path, manifest, lambda *a: manifest, written.append, backend) is None
     assert not journal.path.exists() and len(written) == 1

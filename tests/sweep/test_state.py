@@ -7,16 +7,18 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
 from deconcnn.backends import Handle, SchedulerState, processes
+from deconcnn.runlog.records import Manifest, ProcessRecord, RunEntry, RunStatus, RunSubmission
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.state import poll_submissions, run_state
 
 NOW = time.time()
-SUBMISSION = {"id": "new", "time": NOW - 10, "executor": "slurm", "handle": "7_0"}
-LOCAL = {**SUBMISSION, "executor": "local"}
+SUBMISSION = RunSubmission("new", "slurm", NOW - 10, "7_0", "7_0", (), None)
+LOCAL = replace(SUBMISSION, executor="local")
 
 
 def exited_pid() -> int:
@@ -25,13 +27,14 @@ def exited_pid() -> int:
     return proc.pid
 
 
-def process(alive: bool, submission: str = "new", host: str | None = None) -> dict:
+def process(alive: bool, submission: str = "new", host: str | None = None) -> ProcessRecord:
     pid = os.getpid() if alive else exited_pid()
-    return {**processes.identity(pid), "submission_id": submission, **({"host": host} if host else {})}
+    ident = replace(processes.identity(pid), submission_id=submission)
+    return replace(ident, host=host) if host else ident
 
 
-def run(status: str, submission: str = "new", **extra) -> dict:
-    return {"status": status, "submission_id": submission, **extra}
+def run(status: str, submission: str = "new", **extra) -> RunStatus:
+    return RunStatus(status, submission_id=submission, **extra)
 
 
 PENDING, RUNNING = SchedulerState("pending", "Resources"), SchedulerState("running", "RUNNING")
@@ -85,7 +88,7 @@ UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", 
         (
             SUBMISSION,
             run("failed", error="terminated by SIGTERM"),
-            {**process(False), "started": NOW - 60},
+            replace(process(False), started=NOW - 60),
             SchedulerState("running", "RUNNING", since=NOW - 5),
             None,
             ("pending", "its task was requeued and is running; the run has not started yet"),
@@ -94,7 +97,7 @@ UNKNOWN, UNREACHABLE = SchedulerState("unknown"), SchedulerState("unreachable", 
         (
             SUBMISSION,
             run("failed", error="RuntimeError: x"),
-            {**process(False), "started": NOW - 3},
+            replace(process(False), started=NOW - 3),
             SchedulerState("running", "RUNNING", since=NOW - 5),
             None,
             ("failed", "RuntimeError: x"),
@@ -146,7 +149,7 @@ def test_run_state_table(submission, run_json, proc, live, cancelled, expected):
     if state == "failed" and expected[1] is None:
         assert "is gone, and run.json does not say how it ended (killed?)" in reason
     if state == "lost":
-        assert ("its launch is gone" if submission["executor"] == "local" else "the scheduler does not know") in reason
+        assert ("its launch is gone" if submission.executor == "local" else "the scheduler does not know") in reason
 
 
 def test_resubmittable_states():
@@ -155,16 +158,16 @@ def test_resubmittable_states():
 
 def test_a_recycled_pid_is_not_the_run_s_process():
     # This process started long after a process.json written "at time 1000" would have.
-    ident = {**processes.identity(), "pid_start": 1000.0}
+    ident = replace(processes.identity(), pid_start=1000.0)
     assert processes.alive(ident) is False
-    assert processes.alive({**ident, "host": "elsewhere"}) is None
+    assert processes.alive(replace(ident, host="elsewhere")) is None
     assert processes.alive(processes.identity()) is True
 
 
 def test_a_process_that_exited_is_not_alive_even_unreaped():
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     ident = processes.identity(child.pid)
-    assert abs(ident["pid_start"] - time.time()) < 60 and processes.alive(ident) is True
+    assert abs(ident.pid_start - time.time()) < 60 and processes.alive(ident) is True
     child.stdin.close()  # it exits; until it is waited for it is a zombie
     deadline = time.monotonic() + 30
     while processes.alive(ident) and time.monotonic() < deadline:
@@ -175,9 +178,9 @@ def test_a_process_that_exited_is_not_alive_even_unreaped():
 
 
 def test_a_submission_to_a_backend_not_installed_here_is_unknown_never_lost():
-    manifest = {"runs": {"r": {"submissions": [{**SUBMISSION, "executor": "ray", "handle": "x1"}]}}}
-    live = poll_submissions(manifest)
+    ray = replace(SUBMISSION, executor="ray", handle="x1")
+    live = poll_submissions(Manifest("s", None, None, None, NOW, (), (), {"r": RunEntry("r", "v", (), {}, 1, (ray,))}))
     assert live == {Handle("ray", "x1"): SchedulerState("unreachable", live[Handle("ray", "x1")].detail)}
     assert "no backend 'ray' is installed here" in live[Handle("ray", "x1")].detail
-    state, reason = run_state(manifest["runs"]["r"]["submissions"][0], None, None, live[Handle("ray", "x1")], None)
+    state, reason = run_state(ray, None, None, live[Handle("ray", "x1")], None)
     assert state == "unknown" and "no backend 'ray'" in reason

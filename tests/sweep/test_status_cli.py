@@ -15,6 +15,7 @@ from deconcnn.analysis.report import report
 from deconcnn.backends.registry import backend_class
 from deconcnn.cli import follow, watch_interval
 from deconcnn.cli import run as sweep_cli
+from deconcnn.runlog.records import LaunchRecord
 from deconcnn.sweep.status import WatchEnd, current_states
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import wait_for
@@ -97,7 +98,7 @@ def test_watch_follows_a_new_submission_instead_of_ending_on_the_old_one(tmp_pat
     states = current_states(sw.path)
     assert not ended(states)  # the first look at a final sweep: a relaunch may be starting
     time.sleep(0.01)  # a manifest written later than the last look has a later mtime
-    sd.write_manifest({**sd.read_manifest(), "submissions": [*sd.read_manifest()["submissions"], {"id": "new"}]})
+    sd.write_manifest(sd.read_manifest().logged(LaunchRecord("new", time.time(), "local", ())))
     assert not ended(states)  # a relaunch submitted since: its runs are followed
     assert ended(current_states(sw.path))
 

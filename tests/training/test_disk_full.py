@@ -82,7 +82,7 @@ def test_run_json_is_its_json_alone(tmp_path):
     status = RunStatusFile(tmp_path, "r")
     status.start()
     text = (tmp_path / "run.json").read_text()
-    assert text.endswith("}\n") and json.loads(text) == status.data
+    assert text.endswith("}\n") and json.loads(text) == status.data.to_json()
 
 
 def test_final_status_is_written_in_place_when_no_block_is_free(small_disk):
@@ -100,5 +100,5 @@ def test_final_status_is_written_in_place_when_no_block_is_free(small_disk):
     with pytest.raises(OSError):
         (small_disk / "probe").write_bytes(b"x" * 8192)
     status.finish("failed", 7, error="OSError: [Errno 28] No space left on device " + "x" * 400)  # it grows
-    assert read_run_status(run_dir) == {**status.data}
+    assert read_run_status(run_dir) == status.data
     assert json.loads((run_dir / "run.json").read_text())["last_step"] == 7

@@ -19,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deconcnn.backends.base import STOP_GRACE_S, Backend, BackendError, Handle, SchedulerState
+from deconcnn.backends.base import STOP_GRACE_S, Backend, BackendError, Handle, RecordPacks, SchedulerState
 from deconcnn.backends.journal import Journal, array_name, read_journal
 from deconcnn.backends.pack import Pack, Submission
 from deconcnn.backends.slurm import cli as slurm_cli
+from deconcnn.runlog.records import LaunchRecord, Manifest
 
 if TYPE_CHECKING:
     import submitit
@@ -131,16 +133,16 @@ class SlurmBackend(Backend):
         cls,
         journal: Path,
         folder: Path,
-        manifest: dict[str, Any],
-        record_packs: Callable[[dict[str, Any], Submission, list[tuple[Handle, list[str]]], Backend], None],
-        write_manifest: Callable[[dict[str, Any]], None],
+        manifest: Manifest,
+        record_packs: RecordPacks,
+        write_manifest: Callable[[Manifest], None],
     ) -> str | None:
         backend = cls(folder, {})  # its tasks' logs are under `folder`
         try:
             return reconcile(
                 journal,
                 manifest,
-                lambda record, sub, packs: record_packs(record, sub, packs, backend),
+                lambda record, sub, packs: record_packs(manifest, record, sub, packs, backend),
                 write_manifest,
                 backend,
             )
@@ -279,15 +281,15 @@ def poll_handles(handles: Sequence[Handle]) -> dict[Handle, SchedulerState]:
 
 def reconcile(
     path: Path,
-    manifest: dict[str, Any],
-    record_packs: Callable[[dict[str, Any], Submission, list[tuple[Handle, list[str]]]], None],
-    write_manifest: Callable[[dict[str, Any]], None],
+    manifest: Manifest,
+    record_packs: Callable[[LaunchRecord, Submission, list[tuple[Handle, list[str]]]], Manifest],
+    write_manifest: Callable[[Manifest], None],
     backend: SlurmBackend,
 ) -> str | None:
     """Record in `manifest` what an interrupted launch's journal says was queued (deconcnn.backends.journal), write
     it, then remove the journal; returns a line saying so, None when there was nothing to do.
-    `record_packs(record, submission, [(handle, run ids)])` adds a submission to the manifest, as
-    a launch does. Raises SlurmError when the scheduler cannot say which arrays exist: the journal
+    `record_packs(record, submission, [(handle, run ids)])` returns the manifest with a submission
+    added, as a launch adds it. Raises SlurmError when the scheduler cannot say which arrays exist: the journal
     then stays for the next launch."""
     journal = read_journal(path)
     if journal is None:
@@ -295,7 +297,7 @@ def reconcile(
         return None
     plan, accepted = journal
     submission = Submission(**plan["submission"])
-    if any(s.get("id") == submission.id for s in manifest.get("submissions", [])):
+    if manifest.recorded(submission.id):
         path.unlink()
         return None
     unknown = [a["name"] for i, a in enumerate(plan["arrays"]) if i not in accepted]
@@ -320,14 +322,14 @@ def reconcile(
     ]
     arrays = sorted(set(accepted.values()), key=lambda j: (len(j), j))
     if packs:
-        record = {
-            **plan["record"],
-            "runs": [run for _, runs in packs for run in runs],
-            "array_job_ids": arrays,
-            "recovered": "from the journal of an interrupted launch",
-        }
-        record_packs(record, submission, packs)
-        write_manifest(manifest)
+        planned = LaunchRecord.from_json(plan["record"])
+        record = replace(
+            planned,
+            runs=tuple(run for _, runs in packs for run in runs),
+            described={**planned.described, "array_job_ids": arrays},
+            recovered="from the journal of an interrupted launch",
+        )
+        write_manifest(record_packs(record, submission, packs))
     path.unlink()
     listed = ", ".join(arrays) or "none"
     return (

@@ -139,7 +139,7 @@ class Schedule:
 
 
 def _kind(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("kind") == kind]
+    return [r for r in records if r.get(schema.KIND_KEY) == kind]
 
 
 def _ranges(values: Iterable[int]) -> str:
@@ -164,7 +164,7 @@ def check_per_batch(records: Sequence[dict[str, Any]], schedule: Schedule) -> It
     """Every optimizer step 0..N-1 has exactly one `train` record with every per-batch key finite."""
     train = _kind(records, "train")
     n = schedule.total_steps
-    counts = Counter(r.get("step") for r in train)
+    counts = Counter(r.get(schema.STEP_KEY) for r in train)
     missing = [s for s in range(n) if counts[s] == 0]
     duplicated = sorted(s for s, c in counts.items() if isinstance(s, int) and c > 1)
     # Steps that are not integers (absent, null, strings) do not sort with the integers: listed after them.
@@ -188,11 +188,11 @@ def check_per_batch(records: Sequence[dict[str, Any]], schedule: Schedule) -> It
             and not math.isclose(r["loss_train_bits"], r["loss_train_nats"] / math.log(2), rel_tol=1e-6, abs_tol=1e-9)
         ):
             bad_keys["loss_train_bits != nats/ln2"] += 1
-        step = r.get("step")
+        step = r.get(schema.STEP_KEY)
         if (
             isinstance(step, int)
-            and schema.is_number(r.get("epoch_frac"))
-            and not math.isclose(r["epoch_frac"], (step + 1) / schedule.steps_per_epoch, abs_tol=1e-9)
+            and schema.is_number(r.get(schema.EPOCH_FRAC_KEY))
+            and not math.isclose(r[schema.EPOCH_FRAC_KEY], (step + 1) / schedule.steps_per_epoch, abs_tol=1e-9)
         ):
             bad_keys["epoch_frac != (step+1)/steps_per_epoch"] += 1
     if bad_keys:
@@ -224,7 +224,7 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
     per_epoch = round(1 / interval)
     expected = [k / per_epoch for k in range(1, schedule.epochs * per_epoch + 1)]
     val = _kind(records, "val")
-    got = [r.get("epoch_frac") for r in val]
+    got = [r.get(schema.EPOCH_FRAC_KEY) for r in val]
     if len(got) != len(expected) or not all(
         schema.is_number(g) and math.isclose(g, e, abs_tol=1e-9) for g, e in zip(got, expected)
     ):
@@ -239,8 +239,8 @@ def check_validation(records: Sequence[dict[str, Any]], schedule: Schedule) -> I
             problems.append(f"epoch_frac {r['epoch_frac']:g}: {', '.join(missing)} absent or not finite")
         elif r["grad_norm"] <= 0:
             problems.append(f"epoch_frac {r['epoch_frac']:g}: grad_norm {r['grad_norm']} (read after zero_grad?)")
-        step = r.get("step")
-        if step != round(r["epoch_frac"] * schedule.steps_per_epoch):
+        step = r.get(schema.STEP_KEY)
+        if step != round(r[schema.EPOCH_FRAC_KEY] * schedule.steps_per_epoch):
             problems.append(f"epoch_frac {r['epoch_frac']:g} stamped step {step}")
     if problems:
         return fail("; ".join(problems[:3]))
@@ -273,7 +273,7 @@ def check_curvature(
     every = schedule.curvature_every
     expected = list(range(0, schedule.total_steps, every))
     curv = _kind(records, "curvature")
-    got = [r.get("step") for r in curv]
+    got = [r.get(schema.STEP_KEY) for r in curv]
     scaled = f"every {every} steps" + (f" (configured {configured_every})" if configured_every else "")
     if len(expected) < 2:
         return fail(f"{scaled}: fires {len(expected)} time(s) in {schedule.total_steps} steps, need >= 2")
@@ -363,9 +363,10 @@ def check_noise(records: Sequence[dict[str, Any]], schedule: Schedule) -> ItemRe
     if not expected:
         return fail(f"every {every} epochs: never fires in the check's {schedule.epochs} epochs")
     noise = _kind(records, "noise")
-    got = [r.get("step") for r in noise]
+    got = [r.get(schema.STEP_KEY) for r in noise]
     if got != [e * spe for e in expected] or not all(
-        schema.is_number(r.get("epoch_frac")) and math.isclose(r["epoch_frac"], e) for r, e in zip(noise, expected)
+        schema.is_number(frac := r.get(schema.EPOCH_FRAC_KEY)) and math.isclose(frac, e)
+        for r, e in zip(noise, expected)
     ):
         after = [f"{r.get('epoch_frac')}" for r in noise]
         return fail(
@@ -400,7 +401,7 @@ def check_stamps(records: Sequence[dict[str, Any]]) -> ItemResult:
     problems: Counter[str] = Counter()
     last_time = -math.inf
     for r in records:
-        kind = r.get("kind", "?")
+        kind = r.get(schema.KIND_KEY, "?")
         step, epoch, frac, t = (r.get(k) for k in STAMP_KEYS)
         absent = [k for k in STAMP_KEYS if k not in r or r[k] is None]
         if absent:
@@ -456,11 +457,11 @@ def check_run(run_dir: Path) -> tuple[ItemResult, list[dict[str, Any]]]:
     """run.json says completed and metrics.jsonl parses; returns the records too."""
     reader = MetricsReader(run_dir / METRICS_FILE)
     records = list(reader.records())
-    status = read_run_status(run_dir) or {}
+    status = read_run_status(run_dir)
     problems = []
-    if status.get("status") != "completed":
-        error = status.get("error") or f"see {run_dir / RUN_LOG}"
-        problems.append(f"run {status.get('status', 'did not start')}: {error}")
+    if status is None or status.status != "completed":
+        error = (status.error if status else None) or f"see {run_dir / RUN_LOG}"
+        problems.append(f"run {status.status if status else 'did not start'}: {error}")
     if reader.bad_lines:
         problems.append(f"{reader.bad_lines} unreadable lines in metrics.jsonl")
     if not records:

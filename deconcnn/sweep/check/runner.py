@@ -113,7 +113,8 @@ def run_checks(
 
     def done(handle: Handle, state: SchedulerState) -> None:
         check = by_handle[handle]
-        check.outcome = (read_run_status(check.run_dir) or {}).get("status", "did not start")
+        run = read_run_status(check.run_dir)
+        check.outcome = run.status if run else "did not start"
         check.seconds = time.monotonic() - started
         if state.detail not in (None, "COMPLETED"):
             check.notes.append(f"{runner.kind} job {handle.id} ended {state.detail}")
