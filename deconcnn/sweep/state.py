@@ -50,6 +50,7 @@ from deconcnn.runlog.run_status import (
     read_small_file,
 )
 from deconcnn.runlog.states import kept_state, recorded_job_state
+from deconcnn.sweep.state_cache import RunStatusCache
 
 
 @dataclass
@@ -174,6 +175,7 @@ def sweep_states(
     sd = SweepDir(sweep_dir)
     states = []
     present = run_dirs(sd.runs_dir)
+    run_status = RunStatusCache(sd.path)  # finished runs: a stat of run.json instead of a read
     # The manifest's mappings are written with sorted keys; its variant list keeps the sweep file's order.
     order = {v: i for i, v in enumerate(manifest.get("variants", []))}
     runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
@@ -188,7 +190,7 @@ def sweep_states(
         if linked:  # nothing is read through it; launch refuses to write through it
             state, reason = "failed", f"refused: {linked}"
         else:
-            run = read_checked_status(run_dir) if found else None
+            run = run_status.read(run_id, run_dir) if found else None
             # A kept run's state is its run.json's: its process record is not read (50,000 files).
             keep = kept_state(run) is not None
             process = read_process(run_dir) if found and not keep else None
@@ -210,6 +212,7 @@ def sweep_states(
                 log or (submission or {}).get("log"),
             )
         )
+    run_status.save()
     return states
 
 
