@@ -40,6 +40,7 @@ from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
 from deconcnn.sweep.state import poll_submissions, sweep_states
+from deconcnn.sweep.state_cache import RunStatusCache
 from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
 
@@ -301,9 +302,11 @@ def _launch_locked(
         if backend_cls.detached and not skip_check:  # queued time no one watches: checked first
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
+        run_status = RunStatusCache(sweep_dir.path)
+        live = poll_submissions(manifest)
         states = {
             s.run_id: s.state
-            for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest), sweep_dir.cancellations())
+            for s in sweep_states(sweep_dir.path, manifest, live, sweep_dir.cancellations(), run_status)
             if s.run_id in wanted
         }
         result = LaunchResult(
@@ -356,6 +359,8 @@ def _launch_locked(
         record.update(runner.describe(handles))
         record_submission(manifest, record, submission, list(result.packs.items()), runner)
         sweep_dir.write_manifest(manifest)
+        launch_plan.remember_validation()  # the next wave or relaunch takes these runs as validated
+        run_status.save()
         if journal:
             journal.finish()
         if backend_cls.detached:

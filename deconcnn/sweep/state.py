@@ -33,6 +33,7 @@ judged alive by pid and start time, only on the host that runs it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -168,18 +169,24 @@ def sweep_states(
     manifest: dict[str, Any],
     live: dict[Handle, SchedulerState],
     cancellations: dict[str, tuple[float, str]],
+    run_status: RunStatusCache | None = None,
 ) -> list[RunState]:
-    """Every run's state; `live` maps the handles of the runs' last submissions to the executor's answer."""
+    """Every run's state; `live` maps the handles of the runs' last submissions to the executor's
+    answer. Finished runs are read through `run_status` (the sweep's cache, made here when None),
+    which the caller saves when its command goes through (a refused one changes nothing)."""
     from deconcnn.sweep.sweepdir import SweepDir
 
     sd = SweepDir(sweep_dir)
     states = []
     present = run_dirs(sd.runs_dir)
-    run_status = RunStatusCache(sd.path)  # finished runs: a stat of run.json instead of a read
-    # The manifest's mappings are written with sorted keys; its variant list keeps the sweep file's order.
-    order = {v: i for i, v in enumerate(manifest.get("variants", []))}
-    runs = sorted(manifest["runs"].items(), key=lambda item: (order.get(item[1]["variant"], len(order)), item[0]))
-    for run_id, entry in runs:
+    run_status = run_status or RunStatusCache(sd.path)  # finished runs: a stat of run.json, not a read
+    # By variant in that order (any other after them), then by id: ids sorted once, then bucketed.
+    by_variant: dict[str, list[str]] = {v: [] for v in manifest.get("variants", [])}
+    others: list[str] = []
+    for run_id in sorted(manifest["runs"]):
+        by_variant.get(manifest["runs"][run_id]["variant"], others).append(run_id)
+    for run_id in itertools.chain(*by_variant.values(), others):
+        entry = manifest["runs"][run_id]
         run_dir = sd.run_path(run_id)
         submission = last_submission(entry)
         handle = submitted_handle(submission)
@@ -197,7 +204,7 @@ def sweep_states(
             state, reason = run_state(
                 submission, run, process, live.get(handle) if handle else None, cancellations.get(run_id)
             )
-            log = os.path.join(run_dir, RUN_LOG) if found else None
+            log = f"{run_dir}/{RUN_LOG}" if found else None
             log = log if log and os.path.exists(log) else None
         states.append(
             RunState(
@@ -212,7 +219,6 @@ def sweep_states(
                 log or (submission or {}).get("log"),
             )
         )
-    run_status.save()
     return states
 
 

@@ -42,23 +42,16 @@ RACY_S = 2.0
 #: What a kept run's state needs of its run.json (deconcnn.runlog.states.kept_state, the log check).
 FIELDS = ("status", "diverged_step", LOG_BYTES)
 
-Identity = tuple[int, int, int, int, int]
 
-
-def identity(st: os.stat_result) -> Identity:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _entry(value: Any) -> tuple[Identity, dict[str, Any]] | None:
-    """A cache entry as read back: [identity..., status, diverged_step, log bytes]; None if malformed."""
-    if not isinstance(value, list) or len(value) != 5 + len(FIELDS):
-        return None
-    ident, fields = value[:5], dict(zip(FIELDS, value[5:]))
-    if not all(type(v) is int for v in ident) or fields["status"] not in KEEP_STATUSES:
-        return None
-    if not all(v is None or type(v) is int for v in value[6:]):
-        return None
-    return (ident[0], ident[1], ident[2], ident[3], ident[4]), fields
+def _usable(entry: Any) -> bool:
+    """An entry as read back has the cache's form: [identity..., status, diverged_step, log bytes]
+    of a kept status (checked when used: status reads 50,000)."""
+    return (
+        type(entry) is list
+        and len(entry) == 5 + len(FIELDS)
+        and entry[5] in KEEP_STATUSES
+        and all(v is None or type(v) is int for v in entry[6:])
+    )
 
 
 class RunStatusCache:
@@ -66,26 +59,18 @@ class RunStatusCache:
 
     def __init__(self, sweep_dir: str | Path) -> None:
         self.path = os.path.join(sweep_dir, RUN_STATES_CACHE)
-        self.entries: dict[str, tuple[Identity, dict[str, Any]]] = {}
-        self.changed = False
+        self.entries: dict[str, Any] = {}  # run id -> [identity..., fields...], unchecked until used
+        self.used: dict[str, list[Any]] = {}  # the entries read or made this time: the next cache
         try:
             data = json.loads(read_small_file_stat(self.path)[0])
-            runs = data["runs"] if isinstance(data, dict) and data.get("version") == VERSION else {}
-        except (OSError, ValueError, UnicodeDecodeError, KeyError):
-            runs = {}
-        if not isinstance(runs, dict):
-            runs = {}
-        for run_id, value in runs.items():
-            entry = _entry(value)
-            if entry is None:
-                self.changed = True  # rewritten without it
-            else:
-                self.entries[run_id] = entry
-        self.used: set[str] = set()
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        if isinstance(data, dict) and data.get("version") == VERSION and isinstance(data.get("runs"), dict):
+            self.entries = data["runs"]
 
     def read(self, run_id: str, run_dir: str) -> dict[str, Any] | None:
         """read_checked_status(run_dir) of run `run_id`."""
-        path = os.path.join(run_dir, RUN_STATUS_FILE)
+        path = f"{run_dir}/{RUN_STATUS_FILE}"
         cached = self.entries.get(run_id)
         if cached is not None:
             try:
@@ -94,9 +79,9 @@ class RunStatusCache:
                 return None
             except OSError:
                 return read_checked_status(run_dir)  # its own error line
-            if identity(st) == cached[0]:
-                self.used.add(run_id)
-                return checked_log(run_dir, dict(cached[1]))
+            if _usable(cached) and cached[:5] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+                self.used[run_id] = cached
+                return checked_log(run_dir, dict(zip(FIELDS, cached[5:])))
         try:
             text, st = read_small_file_stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -105,17 +90,14 @@ class RunStatusCache:
             return read_checked_status(run_dir)
         run = parse_status(text)
         if run["status"] in KEEP_STATUSES and time.time_ns() - st.st_ctime_ns > RACY_S * 1e9:
-            fields = {key: run.get(key) for key in FIELDS}
-            if all(v is None or type(v) is int for v in list(fields.values())[1:]):
-                self.entries[run_id] = (identity(st), fields)
-                self.used.add(run_id)
-                self.changed = True
+            entry = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *(run.get(f) for f in FIELDS)]
+            if _usable(entry):
+                self.used[run_id] = entry
         return checked_log(run_dir, run)
 
     def save(self) -> None:
         """Write the entries read this time (atomically; any error ignored: the cache is only a cache)."""
-        if not self.changed and self.used == self.entries.keys():
+        if self.used == self.entries:
             return
-        runs = {run_id: [*self.entries[run_id][0], *self.entries[run_id][1].values()] for run_id in self.used}
         with suppress(OSError):
-            write_text_atomic(self.path, json.dumps({"version": VERSION, "runs": runs}), fsync=False)
+            write_text_atomic(self.path, json.dumps({"version": VERSION, "runs": self.used}), fsync=False)
