@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,7 @@ def sweep_states(
         run_dir = sd.run_path(run_id)
         submission = last_submission(entry)
         handle = submitted_handle(submission)
+        scheduler = live.get(handle) if handle else None
         found = present.get(run_id)
         linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
         log: str | None = None
@@ -201,9 +203,7 @@ def sweep_states(
             # A kept run's state is its run.json's: its process record is not read (50,000 files).
             keep = kept_state(run) is not None
             process = read_process(run_dir) if found and not keep else None
-            state, reason = run_state(
-                submission, run, process, live.get(handle) if handle else None, cancellations.get(run_id)
-            )
+            state, reason = run_state(submission, run, process, scheduler, cancellations.get(run_id))
             log = f"{run_dir}/{RUN_LOG}" if found else None
             log = log if log and os.path.exists(log) else None
         states.append(
@@ -214,7 +214,7 @@ def sweep_states(
                 reason,
                 entry.get("attempts", 0),
                 submission.get("job_id") if submission else None,
-                (live[handle].detail if handle and handle in live else None),
+                scheduler.detail if scheduler else None,
                 run_dir,
                 log or (submission or {}).get("log"),
             )
@@ -280,7 +280,7 @@ def poll_submissions(manifest: dict[str, Any]) -> dict[Handle, SchedulerState]:
             by_kind.setdefault(handle.kind, set()).add(handle)
     live: dict[Handle, SchedulerState] = {}
     for handles in by_kind.values():
-        ordered = sorted(handles, key=lambda h: h.id)
+        ordered = sorted(handles, key=attrgetter("id"))
         try:
             backend = attach(ordered[0])
         except BackendError as error:
