@@ -11,9 +11,10 @@ cached, never a state that may still change (running, failed: those are read eve
 metric log of a completed run is stat'ed every time (read_checked_status's check), so a shortened
 log is seen at once.
 
-The cache is written best-effort (atomically, errors ignored: status works on a read-only sweep
-directory) and read forgivingly: a missing, corrupt or foreign cache file is ignored, an entry
-that does not have the cache's form is dropped.
+The cache is saved by `status` and by a launch that submits (a refused command writes nothing),
+best-effort (atomically, errors ignored: status works on a read-only sweep directory), and read
+forgivingly: a missing, corrupt or foreign cache file is ignored, an entry that does not have
+the cache's form is read again.
 """
 
 from __future__ import annotations
