@@ -481,8 +481,7 @@ class LaunchPlan:
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
     import_targets: bool = False
     validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
-    #: What validate checked itself (run overrides -> data source; a base -> the data it names),
-    #: for remember_validation.
+    #: The validation record validate read and added to, for remember_validation.
     checked: Validations | None = None
 
     def validate(self, runs: Sequence[RunSpec]) -> None:
@@ -512,8 +511,10 @@ class LaunchPlan:
         self.validated = True
 
     def _config_lines(self) -> list[str]:
-        """The override lines that name config directories: the first run's (every run has the same)."""
-        return [o for o in self.sweep.runs[0].overrides if _override_key(o) == SEARCHPATH_KEY]
+        """The override lines that name config directories, from a run of each variant (--config-dir
+        goes to every run; a sweep file sets it per variant, if at all)."""
+        one_per_variant = {r.variant: r for r in self.sweep.runs}.values()
+        return sorted({o for r in one_per_variant for o in r.overrides if _override_key(o) == SEARCHPATH_KEY})
 
     def remember_validation(self) -> None:
         """Record what validate checked (deconcnn.sweep.validated) in the sweep directory, once it exists."""
