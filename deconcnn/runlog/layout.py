@@ -5,6 +5,8 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
     <out>/<sweep name>/
         manifest.json   the runs (id, variant, overrides, params), every submission, attempts
         .lock           held by the launch that is writing the manifest (local: while it runs)
+        .run-states.json  status's cache of the finished runs' run.json (deconcnn.sweep.state_cache)
+        .validated.json   the runs whose configs passed, and under what (deconcnn.sweep.validated)
         cancel.jsonl    one line per `cancel` or Ctrl-C: when, which runs, by what
         submitting.jsonl  the SLURM submission in flight (deconcnn.backends.journal); gone once recorded
         runs/<run_id>/  each run's own files (run.json, metrics.jsonl, process.json, ...)
@@ -28,6 +30,8 @@ from deconcnn.runlog.errors import SweepError
 DEFAULT_OUT = "results"  # parent of sweep directories
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
+RUN_STATES_CACHE = ".run-states.json"
+VALIDATED_FILE = ".validated.json"
 CANCEL_FILE = "cancel.jsonl"
 JOURNAL_FILE = "submitting.jsonl"
 RUNS_DIR = "runs"

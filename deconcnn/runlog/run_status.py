@@ -72,16 +72,30 @@ def completed_log_problem(run_dir: str | Path, run: RunStatus) -> str | None:
 
 
 def read_small_file(path: str, chunk: int = 1 << 16) -> bytes:
-    """A small file's bytes in three system calls (open, read, close): status reads 50,000. A read
-    of a regular file returns less than asked only at its end."""
+    """A small file's bytes in three system calls (open, read, close): status reads 50,000."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        parts = [os.read(fd, chunk)]
-        while len(parts[-1]) == chunk:
-            parts.append(os.read(fd, chunk))
-        return b"".join(parts)
+        return _read_all(fd, chunk)
     finally:
         os.close(fd)
+
+
+def read_small_file_stat(path: str) -> tuple[bytes, os.stat_result]:
+    """A small file's bytes and the stat of the very file they were read from (fstat of the open
+    file: a file renamed over it meanwhile is not mistaken for it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read_all(fd), os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, chunk: int = 1 << 16) -> bytes:
+    """A read of a regular file returns less than asked only at its end."""
+    parts = [os.read(fd, chunk)]
+    while len(parts[-1]) == chunk:
+        parts.append(os.read(fd, chunk))
+    return b"".join(parts)
 
 
 def read_checked_status(run_dir: str | Path) -> RunStatus | None:
@@ -93,13 +107,26 @@ def read_checked_status(run_dir: str | Path) -> RunStatus | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
-        return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {error.strerror or error}")
+        return unreadable(error.strerror or str(error))
+    return checked_log(run_dir, parse_status(text))
+
+
+def unreadable(why: str) -> RunStatus:
+    return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {why}")
+
+
+def parse_status(text: bytes) -> RunStatus:
+    """run.json's bytes as it says them, or status UNREADABLE with why (its log is not checked)."""
     try:
-        run = RunStatus.from_json(json.loads(text))
+        return RunStatus.from_json(json.loads(text))
     except (ValueError, UnicodeDecodeError) as error:
-        return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {first_line(error)}")
+        return unreadable(first_line(error))
     except RecordError as error:
-        return RunStatus.unreadable(f"{RUN_STATUS_FILE} unreadable: {error}")
+        return unreadable(str(error))
+
+
+def checked_log(run_dir: str | Path, run: RunStatus) -> RunStatus:
+    """`run` (parse_status), failed with why when it says completed but its metric log is missing or short."""
     problem = completed_log_problem(run_dir, run) if run.status == "completed" else None
     if problem:
         why = f"{RUN_STATUS_FILE} says completed, but {problem}: a relaunch trains it again"

@@ -15,7 +15,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from deconcnn.runlog.records import RunEntry
 from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
 from deconcnn.sweep.shapes import Settings, Shape
 from deconcnn.sweep.sweepdir import SweepDir
+from deconcnn.sweep.validated import Validations, overrides_key
 
 TRAIN_MODULE = "deconcnn.train"
 EXPERIMENT_GROUP = "experiment"
@@ -445,21 +446,24 @@ def validate_runs(runs: Iterable[RunSpec], *, import_targets: bool = False) -> d
     return sources
 
 
-def data_notes(sweep: Sweep, runs: Sequence[RunSpec], sources: dict[str, str]) -> list[str]:
+def data_notes(
+    sweep: Sweep, runs: Sequence[RunSpec], sources: dict[str, str], named: Callable[[tuple[str, ...]], str]
+) -> list[str]:
     """A line per variant whose runs train on other data than its experiment names (synthetic data
-    under a CIFAR-10 experiment, say): such a run must never pass unsaid."""
+    under a CIFAR-10 experiment, say): such a run must never pass unsaid. `named`: the data source
+    a run's base (RunSpec.base) composes."""
     notes = []
     for variant in sweep.variants:
         mine = [r for r in runs if r.variant == variant]
         if not mine:
             continue
         experiment = next(o for o in mine[0].overrides if _override_key(o) == EXPERIMENT_GROUP)
-        named = data_target(compose_run_config(list(mine[0].base)))
-        used = sorted({sources[r.run_id] for r in mine} - {named})
+        data = named(mine[0].base)
+        used = sorted({sources[r.run_id] for r in mine} - {data})
         if used:
             notes.append(
                 f"{variant}: its runs train on {', '.join(u.rsplit('.', 1)[-1] for u in used)}, although "
-                f"its experiment ({experiment.split('=', 1)[1]}) names {named.rsplit('.', 1)[-1]}"
+                f"its experiment ({experiment.split('=', 1)[1]}) names {data.rsplit('.', 1)[-1]}"
             )
     return notes
 
@@ -474,11 +478,45 @@ class LaunchPlan:
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
     import_targets: bool = False
     validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
+    #: The validation record validate read and added to, for remember_validation.
+    checked: Validations | None = None
 
     def validate(self, runs: Sequence[RunSpec]) -> None:
-        """Compose and check these runs' configs (validate_runs) and note the data they train on."""
-        self.notes = data_notes(self.sweep, runs, validate_runs(runs, import_targets=self.import_targets))
+        """Compose and check these runs' configs (validate_runs) and note the data they train on. With
+        `import_targets`, a run that passed in this sweep directory in the same environment
+        (deconcnn.sweep.validated) is taken as it passed: a relaunch imports no training stack."""
+        known = Validations(self.sweep_dir.path, self._config_lines()) if self.import_targets else None
+        keys = {r.run_id: overrides_key(r.overrides) for r in runs} if known else {}
+        sources = {r.run_id: known.sources[keys[r.run_id]] for r in runs if known and keys[r.run_id] in known.sources}
+        todo = [r for r in runs if r.run_id not in sources]
+        checked = validate_runs(todo, import_targets=self.import_targets) if todo else {}
+        sources.update(checked)
+
+        def named(base: tuple[str, ...]) -> str:
+            key = overrides_key(base)
+            if known is None or key not in known.named:
+                data = data_target(compose_run_config(list(base)))
+                if known is None:
+                    return data
+                known.add_named(key, data)
+            return known.named[key]
+
+        self.notes = data_notes(self.sweep, runs, sources, named)
+        if known is not None:
+            known.add_sources((keys[r.run_id], checked[r.run_id]) for r in todo)
+        self.checked = known
         self.validated = True
+
+    def _config_lines(self) -> list[str]:
+        """The override lines that name config directories, from a run of each variant (--config-dir
+        goes to every run; a sweep file sets it per variant, if at all)."""
+        one_per_variant = {r.variant: r for r in self.sweep.runs}.values()
+        return sorted({o for r in one_per_variant for o in r.overrides if _override_key(o) == SEARCHPATH_KEY})
+
+    def remember_validation(self) -> None:
+        """Record what validate checked (deconcnn.sweep.validated) in the sweep directory, once it exists."""
+        if self.checked is not None and self.checked.added:
+            self.checked.save()
 
     def dry_run_rows(self) -> list[dict[str, Any]]:
         return [

@@ -40,7 +40,8 @@ from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
-from deconcnn.sweep.state import poll_submissions, sweep_states
+from deconcnn.sweep.state import poll_submissions, run_dirs, sweep_states
+from deconcnn.sweep.state_cache import RunStatusCache
 from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
 
@@ -252,8 +253,18 @@ def launch(
     settings = backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides)
     backend_cls.check_feasible(settings)
     fresh = not sweep_dir.path.exists()
-    sweep_dir.read_manifest()  # a corrupt one refuses the launch before the lock is even taken
-    linked = [problem for problem in map(sweep_dir.run_dir_problem, (r.run_id for r in launch_plan.runs)) if problem]
+    written = manifest_identity(sweep_dir)  # before it is read: a manifest replaced after reads as changed
+    read_before = (written, sweep_dir.read_manifest())  # a corrupt one refuses the launch before the lock is taken
+    entries = run_dirs(sweep_dir.runs_dir)  # one listing: whether an entry is a link comes with it
+    linked = [
+        problem
+        for problem in (
+            sweep_dir.run_dir_problem(r.run_id)
+            for r in launch_plan.runs
+            if r.run_id in entries and entries[r.run_id].is_symlink()
+        )
+        if problem
+    ]
     if linked:  # its run would write wherever the link points
         more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
         raise LaunchError(f"{linked[0]}{more}; nothing submitted")
@@ -261,6 +272,7 @@ def launch(
     try:
         return _launch_locked(
             launch_plan,
+            read_before,
             backend_cls,
             settings,
             workers_per_gpu,
@@ -281,6 +293,7 @@ def launch(
 
 def _launch_locked(
     launch_plan: LaunchPlan,
+    read_before: tuple[tuple[int, ...] | None, Manifest | None],
     backend_cls: type[Backend],
     settings: dict[str, Any],
     workers_per_gpu: int | None,
@@ -294,7 +307,10 @@ def _launch_locked(
 ) -> LaunchResult:
     sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
     with sweep_dir.lock():
-        manifest = sweep_dir.read_manifest()
+        # Read again only if another launch wrote it meanwhile (50,000 runs: half a second a read).
+        written, manifest = read_before
+        if written is None or manifest_identity(sweep_dir) != written:
+            manifest = sweep_dir.read_manifest()
         refuse_changed(sweep, manifest)
         if manifest is None:
             manifest = new_manifest(sweep, code_version())
@@ -302,9 +318,11 @@ def _launch_locked(
         if backend_cls.detached and not skip_check:  # queued time no one watches: checked first
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
+        run_status = RunStatusCache(sweep_dir.path)
+        live = poll_submissions(manifest)
         states = {
             s.run_id: s.state
-            for s in sweep_states(sweep_dir.path, manifest, poll_submissions(manifest), sweep_dir.cancellations())
+            for s in sweep_states(sweep_dir.path, manifest, live, sweep_dir.cancellations(), run_status)
             if s.run_id in wanted
         }
         result = LaunchResult(
@@ -353,6 +371,8 @@ def _launch_locked(
         on_submitted(result)
         record = replace(record, runs=tuple(result.submitted), deferred=deferred, described=runner.describe(handles))
         sweep_dir.write_manifest(record_submission(manifest, record, submission, list(result.packs.items()), runner))
+        launch_plan.remember_validation()  # the next wave or relaunch takes these runs as validated
+        run_status.save()
         if journal:
             journal.finish()
         if backend_cls.detached:
@@ -361,6 +381,15 @@ def _launch_locked(
             return result
         _wait_here(runner, handles, packs, sweep_dir, result, on_run_done, on_poll)
         return result
+
+
+def manifest_identity(sweep_dir: SweepDir) -> tuple[int, ...] | None:
+    """The manifest file's identity: it is replaced by a rename (a new inode) whenever it is written."""
+    try:
+        st = sweep_dir.manifest_path.stat()
+    except (FileNotFoundError, NotADirectoryError):  # none yet; read_manifest says what is wrong
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _fit_limits(runner: Backend, packs: list[list[Command]], result: LaunchResult) -> list[list[Command]]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from deconcnn.runlog.layout import job_variant, multirun_jobs
 from deconcnn.runlog.records import UNREADABLE, Manifest, ProcessRecord, RecordError, RunStatus, RunSubmission
 from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_checked_status, read_small_file
 from deconcnn.runlog.states import kept_state, recorded_job_state
+from deconcnn.sweep.state_cache import RunStatusCache
 
 
 @dataclass
@@ -161,18 +163,23 @@ def sweep_states(
     manifest: Manifest,
     live: dict[Handle, SchedulerState],
     cancellations: dict[str, tuple[float, str]],
+    run_status: RunStatusCache | None = None,
 ) -> list[RunState]:
-    """Every run's state; `live` maps the handles of the runs' last submissions to the executor's answer."""
+    """Every run's state; `live` maps the handles of the runs' last submissions to the executor's
+    answer. Finished runs are read through `run_status` (the sweep's cache, made here when None),
+    which the caller saves when its command goes through (a refused one changes nothing)."""
     from deconcnn.sweep.sweepdir import SweepDir
 
     sd = SweepDir(sweep_dir)
     states = []
     present = run_dirs(sd.runs_dir)
+    run_status = run_status or RunStatusCache(sd.path)  # finished runs: a stat of run.json, not a read
     for entry in manifest.ordered_runs():
         run_id = entry.run_id
         run_dir = sd.run_path(run_id)
         submission = entry.last_submission
         handle = submitted_handle(submission)
+        scheduler = live.get(handle) if handle else None
         found = present.get(run_id)
         linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
         log: str | None = None
@@ -180,14 +187,12 @@ def sweep_states(
         if linked:  # nothing is read through it; launch refuses to write through it
             state, reason = "failed", f"refused: {linked}"
         else:
-            run = read_checked_status(run_dir) if found else None
+            run = run_status.read(run_id, run_dir) if found else None
             # A kept run's state is its run.json's: its process record is not read (50,000 files).
             keep = kept_state(run) is not None
             process = read_process(run_dir) if found and not keep else None
-            state, reason = run_state(
-                submission, run, process, live.get(handle) if handle else None, cancellations.get(run_id)
-            )
-            log = os.path.join(run_dir, RUN_LOG) if found else None
+            state, reason = run_state(submission, run, process, scheduler, cancellations.get(run_id))
+            log = f"{run_dir}/{RUN_LOG}" if found else None
             log = log if log and os.path.exists(log) else None
         states.append(
             RunState(
@@ -197,7 +202,7 @@ def sweep_states(
                 reason,
                 entry.attempts,
                 submission.job_id if submission else None,
-                (live[handle].detail if handle and handle in live else None),
+                scheduler.detail if scheduler else None,
                 run_dir,
                 log or (submission.log if submission else None),
             )
@@ -263,7 +268,7 @@ def poll_submissions(manifest: Manifest) -> dict[Handle, SchedulerState]:
             by_kind.setdefault(handle.kind, set()).add(handle)
     live: dict[Handle, SchedulerState] = {}
     for handles in by_kind.values():
-        ordered = sorted(handles, key=lambda h: h.id)
+        ordered = sorted(handles, key=attrgetter("id"))
         try:
             backend = attach(ordered[0])
         except BackendError as error:

@@ -24,6 +24,7 @@ from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.schema import EPOCH_FRAC_KEY, KIND_KEY, STEP_KEY, TIME_KEY, TRAIN
 from deconcnn.runlog.states import FINAL_STATES, STATES
 from deconcnn.sweep.state import RunState, multirun_states, poll_submissions, sweep_states
+from deconcnn.sweep.state_cache import RunStatusCache
 from deconcnn.sweep.sweepdir import SweepDir
 
 DETAIL_STATES = ("failed", "lost", "cancelled", "pending", "unknown")
@@ -111,7 +112,10 @@ def current_states(sweep_dir: Path) -> list[RunState]:
         return multirun_states(sweep_dir)
     sd = SweepDir(sweep_dir)
     manifest = sd.require_manifest()
-    return sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
+    run_status = RunStatusCache(sd.path)
+    states = sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations(), run_status)
+    run_status.save()
+    return states
 
 
 def watch_floor(sweep_dir: Path) -> float:

@@ -16,6 +16,7 @@ from deconcnn.backends import Command, Handle
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.layout import CHECK_FILE
+from deconcnn.runlog.records import LaunchRecord
 from deconcnn.runlog.run_status import RUN_STATUS_FILE
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import make_packs
@@ -187,3 +188,26 @@ def test_a_job_limit_cuts_the_launch_into_waves(fake, tmp_path, capsys):
     assert fake_launch(sweep_file, tmp_path) == 0
     out = capsys.readouterr().out
     assert "1 runs submitted, skipped: 1 pending" in out and "(MaxSubmitJobs)" in out
+
+
+def test_a_manifest_written_between_the_launch_s_first_read_and_its_lock_is_read_again(
+    fake, tmp_path, capsys, monkeypatch
+):
+    """The launch reads the manifest once before its lock (a corrupt one refuses without taking it)
+    and uses that read under the lock unless the file changed: another launch's write is kept."""
+    sweep_file = write_sweep(tmp_path / "s.yaml")
+    assert fake_launch(sweep_file, tmp_path / "out") == 0
+    sd = SweepDir(tmp_path / "out" / "tiny")
+    for run_id in sd.read_manifest().runs:
+        finish_run(sd.path, run_id, "failed")
+    real_lock = SweepDir.lock
+
+    def lock_after_another_launch(self):
+        manifest = self.read_manifest()  # what a launch that took the lock just before this one wrote
+        self.write_manifest(manifest.logged(LaunchRecord("other-launch", 0.0, "fake", (), note="written meanwhile")))
+        return real_lock(self)
+
+    monkeypatch.setattr(SweepDir, "lock", lock_after_another_launch)
+    assert fake_launch(sweep_file, tmp_path / "out") == 0
+    ids = [s.id for s in sd.read_manifest().submissions]
+    assert "other-launch" in ids and len(ids) == 3

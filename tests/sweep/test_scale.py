@@ -23,8 +23,10 @@ from deconcnn.backends.slurm import SlurmBackend, poll_handles, reconcile
 from deconcnn.backends.slurm import cli as slurm_cli
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.layout import VALIDATED_FILE
 from deconcnn.runlog.records import LaunchRecord, Manifest, RunEntry
 from deconcnn.sweep import grid
+from deconcnn.sweep import validated as validated_module
 from deconcnn.sweep.launch import record_submission
 from deconcnn.sweep.sweepdir import SweepDir
 from sweeps import LOCAL_SLURM, slurm_launch, status_of, write_sweep
@@ -231,7 +233,9 @@ def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp
     }
 
 
-def test_a_relaunch_validates_only_the_runs_it_submits(fake, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_relaunch_validates_only_the_runs_it_submits_and_only_when_something_changed(
+    fake, tmp_path: Path, capsys, monkeypatch
+) -> None:
     root = fake()
     sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,6)")
     sweep_dir = SweepDir(tmp_path / "out" / "tiny")
@@ -243,18 +247,36 @@ def test_a_relaunch_validates_only_the_runs_it_submits(fake, tmp_path: Path, cap
         validated.extend(r.run_id for r in runs)
         return real(runs, **kwargs)
 
+    # A module the validating process has loaded, as a user's target module would be.
+    (tmp_path / "user_module_21e.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("user_module_21e")
     monkeypatch.setattr(grid, "validate_runs", recording)
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert len(validated) == 6  # a first launch: every run
     fake_slurm.end_all(root)
-    for seed in range(5):
+    for seed in range(4):
         sweep_dir.run_dir(f"S-core_s{seed}").mkdir(parents=True)
         write_json_atomic(sweep_dir.run_dir(f"S-core_s{seed}") / "run.json", {"status": "completed"})
-    validated.clear()
-    capsys.readouterr()
-    assert slurm_launch(sweep_file, tmp_path / "out") == 0
-    assert "1 runs submitted, skipped: 5 completed" in capsys.readouterr().out
-    assert validated == ["S-core_s5"]
+
+    def relaunch(expected: str) -> list[str]:
+        validated.clear()
+        capsys.readouterr()
+        assert slurm_launch(sweep_file, tmp_path / "out") == 0
+        assert expected in capsys.readouterr().out
+        fake_slurm.end_all(root)
+        return sorted(validated)
+
+    # The same code, configs and Python: the first launch's validation holds, nothing is imported.
+    assert relaunch("2 runs submitted, skipped: 4 completed") == []
+    # Whatever it depends on changed: the runs it submits are validated again.
+    (tmp_path / "user_module_21e.py").write_text("X = 22\n")
+    assert relaunch("2 runs submitted, skipped: 4 completed") == ["S-core_s4", "S-core_s5"]
+    assert relaunch("2 runs submitted") == []  # and recorded again
+    monkeypatch.setattr(validated_module, "code_version", lambda: "another")
+    assert relaunch("2 runs submitted") == ["S-core_s4", "S-core_s5"]
+    (sweep_dir.path / VALIDATED_FILE).write_text('{"version": 1, "sources": [')  # corrupt: ignored
+    assert relaunch("2 runs submitted") == ["S-core_s4", "S-core_s5"]
 
 
 def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fake, tmp_path: Path) -> None:
