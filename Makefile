@@ -35,11 +35,14 @@ lint: install
 	$(VENV)/bin/ruff format --check deconcnn tests benchmarks
 	$(VENV)/bin/mypy
 
+# One pytest worker per core (at most 4: each imports torch); the SLURM tests share one worker (tests/conftest.py).
+XDIST := -n auto --maxprocesses 4 --dist loadgroup
+
 test: lint slurm-up
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow and not slurm"
+	$(PY) -m pytest $(XDIST) -m "not slow and not slurm"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
