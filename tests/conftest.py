@@ -32,17 +32,6 @@ def slurm_cluster() -> Iterator[None]:
     clear_queue()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (`make test`) every SLURM test runs on one worker, one at a time: they share the one
-    cluster and each empties its queue. tryfirst: xdist reads the groups after this hook."""
-    for item in items:
-        if item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-    # The SLURM tests together take longest: first, so the other workers run everything else beside them.
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failed SLURM test's report ends with the node's state and the queue at the moment it failed."""
