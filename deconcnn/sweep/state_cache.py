@@ -84,11 +84,14 @@ class RunStatusCache:
             except OSError:
                 return read_checked_status(run_dir)  # its own error line
             if _usable(cached) and cached[:5] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
-                self.used[run_id] = cached
                 status, diverged_step, log_bytes = cached[5:]
-                return checked_log(
-                    run_dir, RunStatus(status, run_id, diverged_step=diverged_step, metrics_log_bytes=log_bytes)
-                )
+                run = RunStatus(status, run_id, diverged_step=diverged_step, metrics_log_bytes=log_bytes)
+                if checked_log(run_dir, run) is run:
+                    self.used[run_id] = cached
+                    return run
+                # Its log is missing or short: the run is no longer kept, and what decides its state
+                # (which attempt wrote run.json, its process) is in the whole file.
+                return read_checked_status(run_dir)
         try:
             text, st = read_small_file_stat(path)
         except (FileNotFoundError, NotADirectoryError):
