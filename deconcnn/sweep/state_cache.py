@@ -35,12 +35,18 @@ from deconcnn.runlog.run_status import (
     checked_log,
     parse_status,
     read_checked_status,
+    read_small_file,
     read_small_file_stat,
 )
 
 VERSION = 1
 RACY_S = 2.0
 N_FIELDS = 3  # what a kept run's state needs of its run.json: _fields_of (kept_state, the log check)
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """What changes whenever run.json is replaced or rewritten (the module doc says why ctime)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _fields_of(run: RunStatus) -> list[Any]:
@@ -66,7 +72,7 @@ class RunStatusCache:
         self.entries: dict[str, Any] = {}  # run id -> [identity..., fields...], unchecked until used
         self.used: dict[str, list[Any]] = {}  # the entries read or made this time: the next cache
         try:
-            data = json.loads(read_small_file_stat(self.path)[0])
+            data = json.loads(read_small_file(self.path))
         except (OSError, ValueError, UnicodeDecodeError):
             return
         if isinstance(data, dict) and data.get("version") == VERSION and isinstance(data.get("runs"), dict):
@@ -83,7 +89,7 @@ class RunStatusCache:
                 return None
             except OSError:
                 return read_checked_status(run_dir)  # its own error line
-            if _usable(cached) and cached[:5] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+            if _usable(cached) and cached[:5] == _identity(st):
                 status, diverged_step, log_bytes = cached[5:]
                 run = RunStatus(status, run_id, diverged_step=diverged_step, metrics_log_bytes=log_bytes)
                 if checked_log(run_dir, run) is run:
@@ -100,7 +106,7 @@ class RunStatusCache:
             return read_checked_status(run_dir)
         run = parse_status(text)
         if run.status in KEEP_STATUSES and time.time_ns() - st.st_ctime_ns > RACY_S * 1e9:
-            entry = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *_fields_of(run)]
+            entry = [*_identity(st), *_fields_of(run)]
             if _usable(entry):
                 self.used[run_id] = entry
         return checked_log(run_dir, run)
