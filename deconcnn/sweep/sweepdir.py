@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deconcnn.backends import processes
 from deconcnn.runlog import layout
-from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.atomic import json_text_by_line, write_text_atomic
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import (
     CANCEL_FILE,
@@ -109,7 +109,7 @@ class SweepDir:
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:
-        write_json_atomic(self.manifest_path, manifest.to_json())
+        write_text_atomic(self.manifest_path, json_text_by_line(manifest.to_json(), "runs"))
 
     @contextmanager
     def lock(self) -> Iterator[None]:
