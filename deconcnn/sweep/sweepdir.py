@@ -59,10 +59,6 @@ class SweepDir:
         """`runs/<run_id>`; UnsafeRunDir for a run id that is not one plain directory name."""
         return layout.run_dir(self.path, run_id)
 
-    def run_path(self, run_id: str) -> str:
-        """run_dir as text (layout.run_path), for loops over every run."""
-        return layout.run_path(self.path, run_id)
-
     def run_dir_problem(self, run_id: str) -> str | None:
         """Why the run's directory is not a plain directory inside runs/ (a symbolic link), None if it is."""
         return layout.run_dir_problem(self.path, run_id)
