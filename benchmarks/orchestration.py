@@ -13,6 +13,7 @@ Goals at 50,000 runs: status <= 3 CPU-s with <= 5 scheduler calls; dry-run <= 1.
 run; a relaunch that submits 5% costs at most 2x that share of a launch.
 
     nice -n 5 python benchmarks/orchestration.py [--sizes 216 2000 10000 50000]
+    ORCHESTRATION_PROFILE_DIR=/tmp/p nice -n 5 python benchmarks/orchestration.py --sizes 10000  # + cProfile per op
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def write_sweep(path: Path, runs: int) -> Path:
 
 
 def measure(op: str, sweep_file: Path, out: Path) -> dict[str, float]:
-    """Run one operation in this (fresh) process; its CPU seconds and peak RSS."""
+    """Run one operation in this (fresh) process; its CPU seconds and peak RSS (and its profile in
+    $ORCHESTRATION_PROFILE_DIR/<op>.prof when that is set: the child must stay this script, with
+    this sys.path, or a relaunch would not reuse the launch's validation record)."""
+    import cProfile
+
     from deconcnn.cli import run
 
     launch = ["launch", str(sweep_file), "--executor", "slurm", "--out", str(out), *LAUNCHER]
@@ -58,8 +63,12 @@ def measure(op: str, sweep_file: Path, out: Path) -> dict[str, float]:
         "relaunch": [*launch, "--skip-check", "--quiet"],
         "status": ["status", str(out / f"bench{sweep_file.stem}"), "--json"],
     }[op.removesuffix("-again")]
+    profile_dir = os.environ.get("ORCHESTRATION_PROFILE_DIR")
+    profile = cProfile.Profile() if profile_dir else None
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-        code = run(argv)
+        code = profile.runcall(run, argv) if profile else run(argv)
+    if profile:
+        profile.dump_stats(os.path.join(profile_dir, f"{op}.prof"))
     if code != 0:
         raise SystemExit(f"{op} failed: {err.getvalue()}")
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +63,26 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, fsync: bool = 
 
 def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def json_text_by_line(document: Mapping[str, Any], spread: str) -> str:
+    """`document` as JSON with a line per top-level key, and a line per entry of `document[spread]`
+    (a list or a mapping): a 50,000-run manifest or status stays greppable by run. Written by hand
+    around json.dumps of each part, because `indent=` makes json use its pure-Python encoder: 3x the
+    CPU for 50,000 runs."""
+
+    def spread_out(value: Any) -> str:
+        if isinstance(value, Mapping):
+            entries, ends = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()], "{}"
+        else:
+            entries, ends = [json.dumps(v) for v in value], "[]"
+        return f"{ends[0]}\n" + ",\n".join(entries) + f"\n{ends[1]}" if entries else ends
+
+    body = [
+        f"{json.dumps(key)}: " + (spread_out(value) if key == spread else json.dumps(value))
+        for key, value in document.items()
+    ]
+    return "{\n" + ",\n".join(body) + "\n}\n"
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, fsync: bool = True) -> None:

@@ -80,16 +80,12 @@ def run_id_problem(run_id: object) -> str | None:
 
 def run_dir(sweep_dir: Path, run_id: str) -> Path:
     """`<sweep>/runs/<run_id>`, the one place a run's directory is named; a run id that is not one
-    plain directory name (run_id_problem) is refused, so no run's files land outside runs/."""
-    return Path(run_path(sweep_dir, run_id))
-
-
-def run_path(sweep_dir: Path | str, run_id: str) -> str:
-    """run_dir as text, for loops over every run (status: building a Path costs more than using it)."""
+    plain directory name (run_id_problem) is refused, so no run's files land outside runs/. (status
+    joins runs/ and the manifest's run ids itself: Manifest.from_json checked them.)"""
     problem = run_id_problem(run_id)
     if problem:
         raise UnsafeRunDir(problem)
-    return os.path.join(sweep_dir, RUNS_DIR, run_id)
+    return Path(sweep_dir) / RUNS_DIR / run_id
 
 
 def run_dir_problem(sweep_dir: Path, run_id: str) -> str | None:

@@ -174,9 +174,10 @@ def sweep_states(
     states = []
     present = run_dirs(sd.runs_dir)
     run_status = run_status or RunStatusCache(sd.path)  # finished runs: a stat of run.json, not a read
+    runs_dir = str(sd.runs_dir)
     for entry in manifest.ordered_runs():
         run_id = entry.run_id
-        run_dir = sd.run_path(run_id)
+        run_dir = os.path.join(runs_dir, run_id)  # a plain name: the manifest's run ids are checked when read
         submission = entry.last_submission
         handle = submitted_handle(submission)
         scheduler = live.get(handle) if handle else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deconcnn.backends import processes
 from deconcnn.runlog import layout
-from deconcnn.runlog.atomic import write_json_atomic
+from deconcnn.runlog.atomic import json_text_by_line, write_text_atomic
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import (
     CANCEL_FILE,
@@ -58,10 +58,6 @@ class SweepDir:
     def run_dir(self, run_id: str) -> Path:
         """`runs/<run_id>`; UnsafeRunDir for a run id that is not one plain directory name."""
         return layout.run_dir(self.path, run_id)
-
-    def run_path(self, run_id: str) -> str:
-        """run_dir as text (layout.run_path), for loops over every run."""
-        return layout.run_path(self.path, run_id)
 
     def run_dir_problem(self, run_id: str) -> str | None:
         """Why the run's directory is not a plain directory inside runs/ (a symbolic link), None if it is."""
@@ -109,7 +105,7 @@ class SweepDir:
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:
-        write_json_atomic(self.manifest_path, manifest.to_json())
+        write_text_atomic(self.manifest_path, json_text_by_line(manifest.to_json(), "runs"))
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -57,7 +57,8 @@ def _config_dirs_digest(override_lines: Iterable[str]) -> str:
 def _path_listing() -> list[list[Any]]:
     """What each sys.path directory holds that an import may find: its packages and modules by name,
     and the mtime of its .pth files (a package installed, upgraded (a new dist-info name), removed,
-    or shadowed by a new module beside the launch). Other files (logs, results) do not count."""
+    or shadowed by a new module beside the launch). Other files (logs, results) and the
+    __pycache__ that any import beside the launch may create do not count."""
     importable = (*importlib.machinery.all_suffixes(), ".pth", ".egg-link")
     listing = []
     for entry in sys.path:
@@ -66,7 +67,7 @@ def _path_listing() -> list[list[Any]]:
                 names = sorted(
                     (i.name, i.stat().st_mtime_ns if i.name.endswith(".pth") else 0)
                     for i in items
-                    if i.name.endswith(importable) or i.is_dir()
+                    if i.name.endswith(importable) or (i.is_dir() and i.name != "__pycache__")
                 )
         except OSError:
             names = []

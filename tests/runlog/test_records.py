@@ -99,6 +99,17 @@ def test_every_record_goes_to_json_and_back_unchanged(record, parse):
     assert parse(data).to_json() == data
 
 
+def test_the_manifest_file_reads_back_as_written_with_a_line_per_run(tmp_path):
+    from deconcnn.sweep.sweepdir import SweepDir
+
+    SweepDir(tmp_path).write_manifest(MANIFEST)
+    text = (tmp_path / MANIFEST_FILE).read_text()
+    assert read_manifest(tmp_path) == MANIFEST
+    lines = [line.rstrip(",") for line in text.splitlines()]
+    for run_id, entry in MANIFEST.runs.items():  # greppable by run: its whole entry on one line
+        assert f"{json.dumps(run_id)}: {json.dumps(entry.to_json())}" in lines
+
+
 def test_what_a_record_does_not_know_is_kept_as_it_came():
     data = {**RunStatus("running").to_json(), "gpu": "H100"}
     assert RunStatus.from_json(data).extra == {"gpu": "H100"} and RunStatus.from_json(data).to_json() == data

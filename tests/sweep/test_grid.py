@@ -9,10 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runconfig import CONF_DIR, compose_run_config
-from deconcnn.sweep.grid import SweepFileError, load_sweep, validate_runs
+from deconcnn.sweep.grid import SweepFileError, axis_values, load_sweep, validate_runs
 
 REPO = CONF_DIR.parent
 LOSS_LIN_SLOPE = REPO / "sweeps" / "loss_lin_slope.yaml"
@@ -51,6 +54,35 @@ def test_a_variant_carries_its_own_axis_values():
         if r.variant == v
     }
     assert lrs == {"S-core": [0.05, 0.1], "S-adamw": [0.001, 0.003]}
+
+
+@pytest.mark.parametrize(
+    "axes",
+    [
+        ["optim.lr=0.05,0.1,0.2", "optim.weight_decay=1e-4,1e-3,1e-2", "seed=range(0,6)"],
+        [
+            "+x=range(0.5,2,0.5)",
+            "y='a b',\"c,d\",e",
+            "z=choice(true,[1,2],{k:v},1e-3)",
+            "w=7",
+            "v=shuffle(1,2,3)",
+            "u='p q'",
+        ],
+        ["m=interval(0,1)"],
+    ],
+)
+def test_each_run_s_swept_values_are_what_hydra_parses_of_its_lines(axes):
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(axes)
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):  # the sweeper refuses it
+        with pytest.raises(HydraException):
+            BasicSweeper.split_arguments(parsed, None)
+        return
+    typed = axis_values(parsed)
+    for combo in BasicSweeper.split_arguments(parsed, None)[0]:
+        expected = {o.key_or_group: o.value() for o in parser.parse_overrides(combo)}
+        got = dict(typed[line] for line in combo)
+        assert got == expected and [type(v) for v in got.values()] == [type(v) for v in expected.values()]
 
 
 def test_every_demo_run_validates():

@@ -53,6 +53,8 @@ def test_an_edited_module_or_a_new_package_on_the_path_voids_the_record(tmp_path
         (code / "mod_21e_valid.py").write_text("A = 12\n")  # loaded by the validating process, now edited
         assert Validations(tmp_path, ()).sources == {}
         recorded(tmp_path)
+        (code / "__pycache__").mkdir()  # what any import beside the launch creates: no module in it
+        assert Validations(tmp_path, ()).sources
         (code / "newpkg_21e").mkdir()  # a package that may now shadow or serve an import
         assert Validations(tmp_path, ()).sources == {}
     finally:
