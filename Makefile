@@ -39,19 +39,23 @@ lint: install
 # pytest of their own beside the rest, which runs on every core (pytest-xdist, at most 4 workers: each
 # imports torch). pytest-xdist's --dist loadgroup cannot keep them on one worker under pytest 9.2 (it
 # renames items through the removed Node._nodeid), hence two processes.
+# Every test process, and every training process a test starts, takes one torch thread: the
+# workers already fill the cores, and more threads than cores spin (a demo run: 94 CPU-s on one
+# thread, 154 on two beside the other worker).
 XDIST := -n auto --maxprocesses 4
 SLURM_LOG := .pytest-slurm.log
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 test: lint slurm-up
-	@$(PY) -m pytest -m slurm -p no:cacheprovider > $(SLURM_LOG) 2>&1 & slurm=$$!; \
-	$(PY) -m pytest $(XDIST) -m "not slurm"; rest=$$?; \
+	@$(ONE_THREAD) $(PY) -m pytest -m slurm -p no:cacheprovider > $(SLURM_LOG) 2>&1 & slurm=$$!; \
+	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slurm"; rest=$$?; \
 	wait $$slurm; slurm_rc=$$?; \
 	echo "---- the SLURM tests (pytest -m slurm, run beside the others) ----"; cat $(SLURM_LOG); \
 	echo "make test: pytest exit $$rest (not slurm), $$slurm_rc (slurm)"; \
 	[ $$rest = 0 ] && [ $$slurm_rc = 0 ]
 
 test-fast: install
-	$(PY) -m pytest $(XDIST) -m "not slow and not slurm"
+	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slow and not slurm"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache $(SLURM_LOG)
