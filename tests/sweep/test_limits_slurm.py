@@ -25,8 +25,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
 @pytest.fixture
-def max_submit_jobs() -> Iterator[Callable[[int], None]]:
-    """Set this user's MaxSubmitJobs (-1: none); none again after the test."""
+def max_submit_jobs() -> Iterator[Callable[[int], int]]:
+    """Leave room for n more jobs under this user's MaxSubmitJobs, and return how many jobs slurmctld
+    already counts against it (an empty queue can still count some: deconcnn.backends.slurm.cli's
+    job_limits); no limit again after the test."""
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
     if "limits" not in next((line for line in config.splitlines() if "AccountingStorageEnforce" in line), ""):
         pytest.skip("the cluster does not enforce limits: restart it (scripts/slurm_stop.sh, scripts/slurm_start.sh)")
@@ -34,24 +36,39 @@ def max_submit_jobs() -> Iterator[Callable[[int], None]]:
     def set_limit(n: int) -> None:
         cmd = ["sacctmgr", "-i", "modify", "user", getpass.getuser(), "set", f"MaxSubmitJobs={n}"]
         subprocess.run(cmd, capture_output=True, check=True, timeout=30)
+        if n >= 0:  # sacctmgr tells slurmdbd, which tells slurmctld
+            show = ["scontrol", "show", "assoc_mgr", f"users={getpass.getuser()}", "flags=assoc"]
+            held = f"MaxSubmitJobs={n}("
+            wait_for(
+                f"slurmctld to hold {held}",
+                lambda: held in subprocess.run(show, capture_output=True, text=True).stdout,
+                timeout=30,
+            )
 
-    yield set_limit
+    def room_for(n: int) -> int:
+        set_limit(1000)  # slurmctld shows what it counts only against a limit
+        counted = slurm_cli.job_limits().queued_mine
+        set_limit(n + counted)
+        return counted
+
+    yield room_for
     set_limit(-1)
 
 
 def test_a_sweep_past_max_submit_jobs_goes_in_waves(tmp_path: Path, capsys, max_submit_jobs) -> None:
-    max_submit_jobs(4)
+    counted = max_submit_jobs(4)
+    limit = f"MaxSubmitJobs (your association)={4 + counted}"
     sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,6)")
     sweep_dir = tmp_path / "out" / "tiny"
     capsys.readouterr()
     assert slurm_launch(sweep_file, tmp_path / "out", "hydra.launcher.array_parallelism=1") == 0
     out = capsys.readouterr().out
     assert "4 runs submitted" in out and "wave: 2 more runs wait" in out, out
-    assert "MaxSubmitJobs (your association)=4, 0 of your jobs queued" in out
+    assert f"{limit}, {counted} of your jobs queued" in out
     # Full: refused with the numbers; nothing queued past the limit.
     assert slurm_launch(sweep_file, tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert "no room for a task now (MaxSubmitJobs (your association)=4, 4 of your jobs queued)" in err
+    assert f"no room for a task now ({limit}, {4 + counted} of your jobs queued)" in err
     wait_for("the first wave to end", lambda: status_of(sweep_dir, capsys)["counts"]["all"]["completed"] == 4)
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert "2 runs submitted, skipped: 4 completed" in capsys.readouterr().out

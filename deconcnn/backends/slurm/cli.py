@@ -178,7 +178,12 @@ def job_limits(qos: str | None = None) -> JobLimits:
     """The limits a submission must fit (as scalableminds/cluster_tools reads them): MaxArraySize
     and MaxJobCount from `scontrol show config`, MaxSubmitJobs of the user's associations and
     MaxSubmitJobsPerUser of the QOS the job gets (`qos`, else the associations' default or their
-    QOS) from sacctmgr, and the queue from one squeue call. Four commands."""
+    QOS) from sacctmgr, and the queue from one squeue call; the jobs slurmctld counts against the
+    user's MaxSubmitJobs from `scontrol show assoc_mgr`, where it is set. Five commands.
+
+    The user's queued jobs are the larger of squeue's count and slurmctld's own: sbatch is checked
+    against the latter, which can stay above the queue (seen here on SLURM 22.05 after requeues
+    and a slurmctld restart: 2 counted, none queued)."""
     import getpass
 
     cmd = ["scontrol", "show", "config"]
@@ -200,7 +205,28 @@ def job_limits(qos: str | None = None) -> JobLimits:
             limits.append((int(row[1]), f"MaxSubmitJobsPerUser (QOS {row[0]})"))
     queue = _run(["squeue", "--noheader", "--array", "--format=%u"]).split()
     max_submit, which = min(limits) if limits else (None, "")
-    return JobLimits(array_size, _config_value(config, "MaxJobCount"), max_submit, which, queue.count(user), len(queue))
+    mine = max(queue.count(user), _counted_submits(user)) if max_submit is not None else queue.count(user)
+    return JobLimits(array_size, _config_value(config, "MaxJobCount"), max_submit, which, mine, len(queue))
+
+
+_COUNTED = re.compile(r"\bMaxSubmitJobs=\d+\((\d+)\)")
+
+
+def _counted_submits(user: str) -> int:
+    """The jobs slurmctld counts against the user's association's MaxSubmitJobs (`MaxSubmitJobs=4(2)`:
+    2 counted); 0 when it says nothing (no limit set on the user's association, no assoc_mgr)."""
+    try:
+        text = _run(["scontrol", "show", "assoc_mgr", f"users={user}", "flags=assoc"])
+    except SlurmError:
+        return 0
+    mine = False
+    counted = 0
+    for line in text.splitlines():
+        if "UserName=" in line:  # a new association: the user's own, or an account's
+            mine = f"UserName={user}(" in line
+        elif mine and (match := _COUNTED.search(line)):
+            counted = max(counted, int(match.group(1)))
+    return counted
 
 
 def jobs_named(names: Sequence[str], since: float) -> dict[str, list[str]]:
