@@ -5,10 +5,13 @@ A temporary file beside the target is written, fsynced and renamed over it, then
 fsynced so the rename survives a node crash. A failure on the way (a full disk, a kill) leaves the
 target untouched; the temporary file is removed when the failure is an exception, and is named
 `.<name>.<pid>.tmp` so nothing that looks for `*.ckpt`/`*.json` ever trusts a leftover one.
+`dir_fd` writes into a directory held open instead of the one its path names now (a run's own
+directory: `runlog.rundir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -34,26 +37,35 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True) -> Iterator[IO[Any]]:
-    """Open a temporary file for writing; on a clean exit it replaces `path`."""
+def atomic_file(
+    path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True, dir_fd: int | None = None
+) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; on a clean exit it replaces `path` (relative to the
+    directory `dir_fd` when given: a deleted directory then refuses the file, ENOENT)."""
     target = Path(path)
     tmp = tmp_path(target)
     try:
-        with open(tmp, mode) as handle:
+        with open(tmp, mode, opener=lambda name, flags: os.open(name, flags, 0o666, dir_fd=dir_fd)) as handle:
             yield handle
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        os.replace(tmp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
-    if fsync:
+    if fsync and dir_fd is not None:
+        with contextlib.suppress(OSError):  # as fsync_dir
+            os.fsync(dir_fd)
+    elif fsync:
         fsync_dir(target.parent)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview, *, fsync: bool = True) -> None:
-    with atomic_file(path, "wb", fsync=fsync) as handle:
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes | memoryview, *, fsync: bool = True, dir_fd: int | None = None
+) -> None:
+    with atomic_file(path, "wb", fsync=fsync, dir_fd=dir_fd) as handle:
         handle.write(data)
 
 

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from deconcnn.runlog.atomic import json_text, write_text_atomic
+from deconcnn.runlog.atomic import json_text, write_bytes_atomic
 from deconcnn.runlog.metrics_log import METRICS_FILE
 from deconcnn.runlog.records import RecordError, RunStatus
 from deconcnn.runlog.rundir import RunDirIdentity
@@ -140,15 +140,22 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def write_status(path: Path, data: dict[str, Any]) -> None:
+def write_status(run_dir: RunDirIdentity, data: dict[str, Any]) -> None:
+    """run.json in the run's own directory (through its descriptor: never into a path made again)."""
     encoded = json_text(data).encode()
     try:
-        write_text_atomic(path, encoded.decode())
+        write_bytes_atomic(RUN_STATUS_FILE, encoded, dir_fd=run_dir.fd)
     except OSError as error:
-        # The disk is full: rewrite the file in the blocks it already holds.
-        if error.errno != errno.ENOSPC or not path.is_file() or path.stat().st_blocks * 512 < len(encoded):
+        if error.errno != errno.ENOSPC:
             raise
-        with open(path, "r+b") as handle:
+        # The disk is full: rewrite the file in the blocks it already holds.
+        try:
+            fd = os.open(RUN_STATUS_FILE, os.O_RDWR, dir_fd=run_dir.fd)
+        except FileNotFoundError:
+            raise error from None
+        with os.fdopen(fd, "r+b") as handle:
+            if os.fstat(fd).st_blocks * 512 < len(encoded):
+                raise error from None
             handle.write(encoded)
             handle.truncate()
             handle.flush()
@@ -159,7 +166,6 @@ class RunStatusFile:
     """Keeps run.json of one attempt up to date: started, then finished with an outcome."""
 
     def __init__(self, run_dir: Path, run_id: str | None = None) -> None:
-        self.path = Path(run_dir) / RUN_STATUS_FILE
         self.run_dir = RunDirIdentity(run_dir)  # the directory it was started in, the only one it writes to
         previous = read_run_status(Path(run_dir))
         self.data = RunStatus(
@@ -176,7 +182,11 @@ class RunStatusFile:
 
     def _write(self) -> None:
         self.run_dir.check()
-        write_status(self.path, self.data.to_json())
+        try:
+            write_status(self.run_dir, self.data.to_json())
+        except FileNotFoundError:  # deleted since the check (rm -rf deletes the directory last)
+            self.run_dir.check()
+            raise
 
     def start(self, **fields: Any) -> None:
         """Written as the run starts, with `fields` of RunStatus (the data it trains on)."""
@@ -208,7 +218,11 @@ class RunStatusFile:
             metrics_log_bytes=log_bytes,
         )
         if self.run_dir.gone() is None:
-            write_status(self.path, self.data.to_json())
+            try:
+                write_status(self.run_dir, self.data.to_json())
+            except FileNotFoundError:
+                if self.run_dir.gone() is None:
+                    raise  # deleted since the check (rm -rf deletes the directory last): the caller's error says so
 
 
 def _slurm_job_id() -> str | None:

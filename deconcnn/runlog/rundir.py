@@ -10,6 +10,7 @@ that vanished or was replaced (same path, new inode) fails the run instead.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 
@@ -19,11 +20,19 @@ class RunFilesLost(RuntimeError):
 
 class RunDirIdentity:
     """Device and inode of a run directory when the run started; `check` raises RunFilesLost once
-    the path no longer names that directory."""
+    the path no longer names that directory.
+
+    `fd` holds the directory open: a file written relative to it (`atomic.atomic_file`'s
+    `dir_fd`) can only land in the run's own directory. A check of the path and a write by path
+    race with an `rm -rf` (it deletes file by file, then the directory) and with a path made
+    again after it; through `fd` the write into a deleted directory fails (ENOENT) instead.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        st = os.stat(self.path)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        weakref.finalize(self, os.close, self.fd)
+        st = os.fstat(self.fd)
         self.key = (st.st_dev, st.st_ino)
 
     def gone(self) -> str | None:

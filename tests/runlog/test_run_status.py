@@ -4,13 +4,16 @@ cut reads failed (a stat, no parse); a garbage run.json reads unreadable with it
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from deconcnn.backends import SchedulerState
+from deconcnn.runlog import run_status
 from deconcnn.runlog.metrics_log import METRICS_FILE, verify_train_steps
 from deconcnn.runlog.records import UNREADABLE, RunStatus, RunSubmission
-from deconcnn.runlog.run_status import read_checked_status, read_small_file
+from deconcnn.runlog.run_status import RunStatusFile, read_checked_status, read_small_file
+from deconcnn.runlog.rundir import RunFilesLost
 from deconcnn.sweep.state import run_state
 
 
@@ -93,3 +96,32 @@ def test_a_small_file_is_read_whole_across_read_sizes(tmp_path, size):
     data = bytes(range(256))[:size]
     (tmp_path / "f").write_bytes(data)
     assert read_small_file(str(tmp_path / "f"), chunk=100) == data
+
+
+@pytest.mark.parametrize("made_again", [False, True], ids=["deleted", "deleted-and-made-again"])
+def test_run_json_never_lands_outside_the_directory_the_run_started_in(tmp_path, monkeypatch, made_again):
+    # rm -rf deletes file by file, then the directory: a run that saw its log go and checks its
+    # directory before the rmdir writes run.json after it. The write goes through the directory the
+    # run holds open, so it fails quietly (the run's own error says why), and a path made again
+    # meanwhile gets nothing.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    status = RunStatusFile(run_dir, "r")
+    status.start()
+    real_write = run_status.write_bytes_atomic
+
+    def rm_rf_then_write(*args, **kwargs):
+        shutil.rmtree(run_dir)
+        if made_again:
+            run_dir.mkdir()
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(run_status, "write_bytes_atomic", rm_rf_then_write)
+    real_gone = status.run_dir.gone
+    answers = iter([None])  # the first check ran before the rmdir, later ones look again
+    monkeypatch.setattr(status.run_dir, "gone", lambda: next(answers, None) or real_gone())
+    status.finish("failed", 7, error="RunFilesLost: metrics.jsonl was deleted mid-run")
+    assert (list(run_dir.iterdir()) == []) if made_again else not run_dir.exists()
+    monkeypatch.undo()
+    with pytest.raises(RunFilesLost, match="deleted mid-run" if not made_again else "replaced mid-run"):
+        status.update(last_step=8)
