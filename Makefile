@@ -39,10 +39,12 @@ lint: install
 # pytest of their own beside the rest, which runs on every core (pytest-xdist, at most 4 workers: each
 # imports torch). pytest-xdist's --dist loadgroup cannot keep them on one worker under pytest 9.2 (it
 # renames items through the removed Node._nodeid), hence two processes.
+# --dist loadscope: a module's tests share one worker, so a module-scoped fixture (a trained sweep,
+# the resume scenarios: up to 2 min each) is built once, not once per worker.
 # Every test process, and every training process a test starts, takes one torch thread: the
 # workers already fill the cores, and more threads than cores spin (a demo run: 94 CPU-s on one
 # thread, 154 on two beside the other worker).
-XDIST := -n auto --maxprocesses 4
+XDIST := -n auto --maxprocesses 4 --dist loadscope
 SLURM_LOG := .pytest-slurm.log
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
