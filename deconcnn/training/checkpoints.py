@@ -16,7 +16,9 @@ cut, deleted or damaged by hand): resuming from them would leave those steps mis
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,15 +52,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        if self.run_dir is not None:
-            self.run_dir.check()
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         # Serialised in memory first: torch.save into a file that hits a full disk reports a zip
         # writer error ("unexpected pos"), not the ENOSPC a user can act on.
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        write_bytes_atomic(target, buffer.getbuffer())
+        inside = Path(os.path.relpath(target, self.run_dir.path)) if self.run_dir is not None else None
+        if self.run_dir is not None and inside is not None and ".." not in inside.parts:
+            # Through the directory the run started in: a mkdir -p by path would make a deleted
+            # run directory again (rm -rf between the check and the write).
+            self.run_dir.check()
+            try:
+                for parent in reversed(inside.parents[:-1]):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(parent, dir_fd=self.run_dir.fd)
+                write_bytes_atomic(inside, buffer.getbuffer(), dir_fd=self.run_dir.fd)
+            except FileNotFoundError:
+                self.run_dir.check()  # deleted since the check: say so
+                raise
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(target, buffer.getbuffer())
         self.last_saved_path = target
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from runs import REPO, SUPPORT, TINY, read_status, train_cli
 
+from deconcnn.runlog.rundir import RunDirIdentity, RunFilesLost
+from deconcnn.training.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO
 from sweeps import train_steps, wait_for
 
 STEPS = 32  # TINY: 2 epochs x 16 steps
@@ -68,3 +70,25 @@ def test_a_log_that_lost_steps_fails_the_run_and_the_next_attempt_trains_them_ag
     steps = Counter(train_steps(tmp_path))
     assert sorted(steps) == list(range(STEPS)) and set(steps.values()) == {1}
     assert status["metrics_log_bytes"] == (tmp_path / "metrics.jsonl").stat().st_size
+
+
+@pytest.mark.parametrize("made_again", [False, True], ids=["deleted", "deleted-and-made-again"])
+def test_a_checkpoint_never_makes_a_deleted_run_directory_again(tmp_path, made_again):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint_io = AtomicCheckpointIO(RunDirIdentity(run_dir))
+    real_gone = checkpoint_io.run_dir.gone
+    rm_rf = iter([True])
+
+    def gone_after_the_check() -> str | None:  # the rm -rf lands right after the run's check
+        if next(rm_rf, False):
+            shutil.rmtree(run_dir)
+            if made_again:
+                run_dir.mkdir()
+            return None
+        return real_gone()
+
+    checkpoint_io.run_dir.gone = gone_after_the_check  # type: ignore[method-assign]
+    with pytest.raises(RunFilesLost, match="replaced mid-run" if made_again else "deleted mid-run"):
+        checkpoint_io.save_checkpoint({"step": 1}, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT)
+    assert (list(run_dir.iterdir()) == []) if made_again else not run_dir.exists()
