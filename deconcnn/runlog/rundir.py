@@ -2,9 +2,10 @@
 
 A run directory deleted by hand or by a scratch purge mid-run must not come back: a writer that
 re-creates it (a checkpoint's `mkdir -p`, a fresh run.json) would leave a directory whose run.json
-says completed over a run whose metric log is gone. So the process remembers the directory's device
-and inode at its start and checks them before every checkpoint and run.json it writes; a directory
-that vanished or was replaced (same path, new inode) fails the run instead.
+says completed over a run whose metric log is gone. So the process holds the directory open from its
+start, checks its device and inode before every checkpoint and run.json, and writes them through
+that descriptor; a directory that vanished or was replaced (same path, new inode) fails the run
+instead, even when it goes between the check and the write.
 """
 
 from __future__ import annotations
