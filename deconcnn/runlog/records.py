@@ -240,6 +240,7 @@ class Manifest:
     runs: Mapping[str, RunEntry]
     submissions: tuple[LaunchRecord, ...] = ()
     format_version: int = MANIFEST_FORMAT
+    grid_source: str | None = None  # grid.sweep_source of what its runs were expanded from (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,6 +254,7 @@ class Manifest:
             "axes": list(self.axes),
             "runs": {run_id: entry.to_json() for run_id, entry in self.runs.items()},
             "submissions": [s.to_json() for s in self.submissions],
+            **({"grid_source": self.grid_source} if self.grid_source else {}),
         }
 
     @classmethod
@@ -282,6 +284,7 @@ class Manifest:
             runs,
             tuple(map(LaunchRecord.from_json, submissions)),
             data.get(FORMAT_KEY, UNVERSIONED),
+            source if isinstance(source := data.get("grid_source"), str) else None,
         )
 
     def ordered_runs(self) -> list[RunEntry]:

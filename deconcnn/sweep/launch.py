@@ -76,6 +76,7 @@ def new_manifest(sweep: Sweep, code_version: str) -> Manifest:
         tuple(sweep.variants),
         tuple(sweep.axes),
         {run.run_id: run.entry() for run in sweep.runs},
+        grid_source=sweep.source,
     )
 
 
@@ -254,8 +255,9 @@ def launch(
     settings = backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides)
     backend_cls.check_feasible(settings)
     fresh = not sweep_dir.path.exists()
-    written = sweep_dir.written()  # before it is read: a manifest replaced or appended to after reads as changed
-    read_before = (written, sweep_dir.read_manifest())  # a corrupt one refuses the launch before the lock is taken
+    # Identified before it is read (a manifest replaced or appended to after reads as changed); a
+    # corrupt one refuses the launch before the lock is taken. A relaunch's plan read it already.
+    read_before = launch_plan.read or (sweep_dir.written(), sweep_dir.read_manifest())
     entries = run_dirs(sweep_dir.runs_dir)  # one listing: whether an entry is a link comes with it
     linked = [
         problem

@@ -7,6 +7,7 @@ here: status reads a sweep directory in a fraction of a second.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -219,6 +220,7 @@ class SweepDir:
         return read_cancellations(self.path)
 
 
+@functools.cache  # 0.1 CPU-s a hash, asked several times by one launch; the code a process runs is fixed
 def code_version() -> str:
     """Hash of the package's code and configs: a check passed on other code does not count."""
     import deconcnn
