@@ -4,6 +4,8 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
 
     <out>/<sweep name>/
         manifest.json   the runs (id, variant, overrides, params), every submission, attempts
+        submissions.jsonl  launches recorded since manifest.json was last written, a line each
+                        (deconcnn.runlog.records: a reader folds them into the manifest)
         .lock           held by the launch that is writing the manifest (local: while it runs)
         .run-states.json  status's cache of the finished runs' run.json (deconcnn.sweep.state_cache)
         .validated.json   the runs whose configs passed, and under what (deconcnn.sweep.validated)
@@ -29,6 +31,7 @@ from deconcnn.runlog.errors import SweepError
 
 DEFAULT_OUT = "results"  # parent of sweep directories
 MANIFEST_FILE = "manifest.json"
+SUBMISSIONS_LOG = "submissions.jsonl"
 LOCK_FILE = ".lock"
 RUN_STATES_CACHE = ".run-states.json"
 VALIDATED_FILE = ".validated.json"

@@ -2,6 +2,9 @@
 
     manifest.json   Manifest: the sweep, its runs (RunEntry), each run's submissions (RunSubmission)
                     and the launch log (LaunchRecord)
+    submissions.jsonl  launches recorded after manifest.json was written (submission_line): a
+                    relaunch appends one line instead of rewriting every run's entry; read_manifest
+                    folds them in, and the next full write of the manifest empties it
     process.json    ProcessRecord: which process runs a run (host, pid, start time, submission)
     run.json        RunStatus: where a run stands (deconcnn.runlog.run_status writes and reads it)
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -28,10 +32,11 @@ from types import MappingProxyType
 from typing import Any
 
 from deconcnn.runlog.errors import SweepError
-from deconcnn.runlog.layout import MANIFEST_FILE, NotASweep, run_id_problem
+from deconcnn.runlog.layout import MANIFEST_FILE, SUBMISSIONS_LOG, NotASweep, run_id_problem
 
 FORMAT_KEY = "format_version"
 MANIFEST_FORMAT = 1
+SUBMISSIONS_FORMAT = 1
 PROCESS_FORMAT = 1
 RUN_STATUS_FORMAT = 1
 UNVERSIONED = 1  # a file written before format_version existed
@@ -235,6 +240,7 @@ class Manifest:
     runs: Mapping[str, RunEntry]
     submissions: tuple[LaunchRecord, ...] = ()
     format_version: int = MANIFEST_FORMAT
+    grid_source: str | None = None  # grid.sweep_source of what its runs were expanded from (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -248,6 +254,7 @@ class Manifest:
             "axes": list(self.axes),
             "runs": {run_id: entry.to_json() for run_id, entry in self.runs.items()},
             "submissions": [s.to_json() for s in self.submissions],
+            **({"grid_source": self.grid_source} if self.grid_source else {}),
         }
 
     @classmethod
@@ -277,6 +284,7 @@ class Manifest:
             runs,
             tuple(map(LaunchRecord.from_json, submissions)),
             data.get(FORMAT_KEY, UNVERSIONED),
+            source if isinstance(source := data.get("grid_source"), str) else None,
         )
 
     def ordered_runs(self) -> list[RunEntry]:
@@ -441,7 +449,8 @@ RESTORE = "restore it from a backup, or launch the sweep file again under anothe
 
 
 def read_manifest(sweep_dir: Path) -> Manifest | None:
-    """The manifest, None when there is none yet; NotASweep when it is unreadable."""
+    """The manifest with its submission log folded in, None when there is none yet; NotASweep when
+    either is unreadable."""
     path = Path(sweep_dir)
     if path.exists() and not path.is_dir():
         raise NotASweep(f"{path} is a file, not a sweep directory")
@@ -457,7 +466,7 @@ def read_manifest(sweep_dir: Path) -> Manifest | None:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return Manifest.from_json(json.loads(text), path.name)
+        manifest = Manifest.from_json(json.loads(text), path.name)
     except json.JSONDecodeError as error:
         raise NotASweep(f"{manifest_path} is corrupt ({error}): {RESTORE}") from None
     except NewerFormat as error:
@@ -467,3 +476,58 @@ def read_manifest(sweep_dir: Path) -> Manifest | None:
     finally:
         if collecting:
             gc.enable()
+    return fold_submissions(manifest, path / SUBMISSIONS_LOG)
+
+
+# ---- submissions.jsonl
+
+
+def submission_line(record: LaunchRecord, packs: Sequence[RunSubmission]) -> bytes:
+    """A launch as the submission log keeps it: its record and the packs it submitted (each names
+    its runs), one line."""
+    data = {FORMAT_KEY: SUBMISSIONS_FORMAT, "launch": record.to_json(), "packs": [p.to_json() for p in packs]}
+    return (json.dumps(data) + "\n").encode()
+
+
+def complete_lines(data: bytes) -> int:
+    """The length of the log's whole lines: a launch killed while appending leaves a last line
+    without its newline, which is no record (and is cut off before the next line is appended)."""
+    return data.rfind(b"\n") + 1
+
+
+def fold_submissions(manifest: Manifest, log_path: Path) -> Manifest:
+    """The manifest with the launches its submission log holds. A launch the manifest already holds
+    is skipped (a full write of the manifest killed before it emptied the log); a torn last line is
+    ignored, with a note: its launch was killed before it finished, and a SLURM launch's journal
+    records it again at the next launch."""
+    try:
+        data = log_path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return manifest
+    except OSError as error:
+        raise NotASweep(f"{log_path} is corrupt ({error}): {RESTORE}") from None
+    end = complete_lines(data)
+    if end < len(data):
+        print(
+            f"deconcnn-sweep: note: {log_path}: its last line is torn (a launch was killed while writing it) and "
+            "is ignored; the next launch of the sweep records what that launch queued from its journal",
+            file=sys.stderr,
+        )
+    seen = {s.id for s in manifest.submissions}
+    for number, line in enumerate(data[:end].splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not isinstance(entry.get("packs"), list):
+                raise RecordError("not a launch with a packs list")
+            check_format(entry, SUBMISSIONS_FORMAT, "submission log")
+            record = LaunchRecord.from_json(entry.get("launch"))
+            if record.id in seen:
+                continue
+            packs = [RunSubmission.from_json(p, manifest.runs) for p in entry["packs"]]
+        except NewerFormat as error:
+            raise NotASweep(f"{log_path}: {error}") from None
+        except (ValueError, RecordError) as error:  # ValueError: JSON or UTF-8
+            raise NotASweep(f"{log_path} is corrupt (line {number}: {error}): {RESTORE}") from None
+        manifest = manifest.with_submission(record, [(p.pack, p) for p in packs])
+        seen.add(record.id)
+    return manifest

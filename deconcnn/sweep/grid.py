@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
+import omegaconf
 import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -40,10 +42,10 @@ from deconcnn.runconfig import (
 )
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import DEFAULT_OUT, RUNS_DIR, run_id_problem
-from deconcnn.runlog.records import RunEntry
+from deconcnn.runlog.records import Manifest, RunEntry
 from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
 from deconcnn.sweep.shapes import Settings, Shape
-from deconcnn.sweep.sweepdir import SweepDir
+from deconcnn.sweep.sweepdir import SweepDir, code_version
 from deconcnn.sweep.validated import Validations, overrides_key
 
 TRAIN_MODULE = "deconcnn.train"
@@ -146,6 +148,7 @@ class Sweep:
     launcher_overrides: list[str]
     variants: list[str] = field(default_factory=list)  # in the sweep file's order
     axes: list[str] = field(default_factory=list)  # config keys swept, shared ones first
+    source: str | None = None  # sweep_source: what `runs` were expanded from
 
     def fingerprint(self) -> str:
         """Identifies what the sweep runs; changes when any run's overrides change."""
@@ -221,10 +224,24 @@ def _expanded_nodes(root: yaml.Node) -> int:
     return sizes[id(root)]
 
 
-def _load_yaml(path: Path) -> Any:
-    """The sweep file as OmegaConf reads it, within MAX_SWEEP_FILE_BYTES and MAX_YAML_NODES: PyYAML
-    shares an alias's node, but OmegaConf copies it, so a billion-laughs file would hang and fill
-    memory there. Errors are SweepFileError, or the YAML parser's own (load_sweep words them)."""
+def sweep_source(data: bytes, extra_overrides: Sequence[str], smoke: bool) -> str:
+    """A hash of what a sweep's runs are expanded from: the sweep file's bytes, the overrides given
+    to every run, --smoke, and the code that expands them (deconcnn's, Hydra's and OmegaConf's)."""
+    digest = hashlib.sha256(data)
+    versions = [code_version(), hydra.__version__, omegaconf.__version__]
+    digest.update(json.dumps([list(extra_overrides), smoke, versions]).encode())
+    return digest.hexdigest()[:16]
+
+
+def sweep_dir_name(name: str, smoke: bool) -> str:
+    """The sweep directory's name under OUT: a smoke sweep's is apart from the real one's."""
+    return f"{name}-smoke" if smoke else name
+
+
+def _load_yaml(path: Path) -> tuple[bytes, Any]:
+    """The sweep file's bytes and the file as OmegaConf reads it, within MAX_SWEEP_FILE_BYTES and
+    MAX_YAML_NODES: PyYAML shares an alias's node, but OmegaConf copies it, so a billion-laughs file
+    would hang and fill memory there. Errors are SweepFileError, or the YAML parser's own (load_sweep words them)."""
     with open(path, "rb") as handle:  # read to the limit: a FIFO or /dev/zero has no size to stat
         data = handle.read(MAX_SWEEP_FILE_BYTES + 1)
     if len(data) > MAX_SWEEP_FILE_BYTES:
@@ -242,7 +259,7 @@ def _load_yaml(path: Path) -> Any:
         raise SweepFileError(
             f"{path}: its aliases expand to {nodes:,} YAML nodes (more than {MAX_YAML_NODES:,}): refused"
         )
-    return OmegaConf.load(io.StringIO(text))
+    return data, OmegaConf.load(io.StringIO(text))
 
 
 def _sweep_length(override: Override) -> int:
@@ -271,13 +288,19 @@ def _axis_length(override: Override) -> int:
 
 
 def load_sweep(
-    path: str | Path, extra_overrides: Sequence[str] = (), smoke: bool = False, max_runs: int = MAX_RUNS
+    path: str | Path,
+    extra_overrides: Sequence[str] = (),
+    smoke: bool = False,
+    max_runs: int = MAX_RUNS,
+    recorded: Callable[[str, str], Sequence[RunEntry] | None] | None = None,
 ) -> Sweep:
     """Read and expand a sweep file (no composition yet: see validate_runs). The number of runs is
-    counted before they are listed: more than `max_runs` is refused at once, with the number."""
+    counted before they are listed: more than `max_runs` is refused at once, with the number.
+    `recorded(name, source)`: the runs a sweep directory recorded when it was launched from this
+    same source (sweep_source), None if it was not: those are the runs, not expanded again."""
     path = Path(path)
     try:
-        spec = _load_yaml(path)
+        data, spec = _load_yaml(path)
     except FileNotFoundError:
         raise SweepFileError(f"sweep file not found: {path}") from None
     except IsADirectoryError:
@@ -348,6 +371,12 @@ def load_sweep(
             f"{path}: {sum(sizes):,} runs (variant {grids[biggest][0]}: {sizes[biggest]:,}), more than "
             f"--max-runs {max_runs:,}: refused before listing them"
         )
+    source = sweep_source(data, extra_overrides, smoke)
+    launcher = _as_list(spec.get("launcher"), "launcher")
+    entries = recorded(str(name), source) if recorded else None
+    if entries is not None:  # 50,000 runs: 0.6 CPU-s of expansion the manifest already holds
+        listed = [RunSpec(e.run_id, e.variant, e.overrides, dict(e.params)) for e in entries]
+        return Sweep(str(name), path, listed, launcher, [str(v) for v in variants], axis_names, source)
     runs: list[RunSpec] = []
     for variant, fixed, parsed in grids:
         try:
@@ -371,8 +400,7 @@ def load_sweep(
         if run.run_id in seen:
             raise SweepFileError(f"{path}: two runs get the id {run.run_id}: make run_id name every axis")
         seen[run.run_id] = run
-    launcher = _as_list(spec.get("launcher"), "launcher")
-    return Sweep(str(name), path, runs, launcher, [str(v) for v in variants], axis_names)
+    return Sweep(str(name), path, runs, launcher, [str(v) for v in variants], axis_names, source)
 
 
 def axis_values(axes: Sequence[Override]) -> dict[str, tuple[str, Any]]:
@@ -502,6 +530,9 @@ class LaunchPlan:
     validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
     #: The validation record validate read and added to, for remember_validation.
     checked: Validations | None = None
+    #: plan(relaunch=True): the sweep directory's manifest as read then (SweepDir.written, Manifest),
+    #: for the launch to use unless the files changed meanwhile.
+    read: tuple[tuple[tuple[int, ...], ...], Manifest | None] | None = None
 
     def validate(self, runs: Sequence[RunSpec]) -> None:
         """Compose and check these runs' configs (validate_runs) and note the data they train on. With
@@ -588,16 +619,26 @@ def plan(
     """
     launcher = [o for o in overrides if is_launcher_override(o)]
     run_overrides = [*searchpath_override(config_dirs), *(o for o in overrides if not is_launcher_override(o))]
-    sweep = load_sweep(sweep_file, run_overrides, smoke=smoke, max_runs=max_runs)
+    read = None
+
+    def recorded(name: str, source: str) -> Sequence[RunEntry] | None:
+        """A relaunch of an unchanged source takes its runs from the manifest (read once, here)."""
+        nonlocal read
+        sd = SweepDir(Path(out) / sweep_dir_name(name, smoke))
+        read = (sd.written(), sd.read_manifest())
+        manifest = read[1]
+        return list(manifest.runs.values()) if manifest and manifest.grid_source == source else None
+
+    known = recorded if relaunch else None
+    sweep = load_sweep(sweep_file, run_overrides, smoke=smoke, max_runs=max_runs, recorded=known)
     sweep.launcher_overrides += launcher
-    if smoke:
-        sweep.name = f"{sweep.name}-smoke"
+    sweep.name = sweep_dir_name(sweep.name, smoke)
     runs = sweep.runs
     if only:
         runs = [r for r in runs if fnmatch.fnmatchcase(r.run_id, only) or r.variant == only]
         if not runs:
             raise SweepFileError(f"--only {only!r} matches no run (variants: {', '.join(sweep.variants)})")
-    launch_plan = LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), import_targets=import_targets)
+    launch_plan = LaunchPlan(sweep, runs, SweepDir(Path(out) / sweep.name), import_targets=import_targets, read=read)
     if relaunch and launch_plan.sweep_dir.exists():
         launch_plan.validated = False
     else:

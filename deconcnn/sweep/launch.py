@@ -76,6 +76,7 @@ def new_manifest(sweep: Sweep, code_version: str) -> Manifest:
         tuple(sweep.variants),
         tuple(sweep.axes),
         {run.run_id: run.entry() for run in sweep.runs},
+        grid_source=sweep.source,
     )
 
 
@@ -94,6 +95,24 @@ def describe_changes(manifest: Manifest, runs: list[RunSpec]) -> str | None:
     return "; ".join(parts)
 
 
+def pack_submissions(
+    submission: Submission, packs: Sequence[tuple[Handle, Sequence[str]]], backend: Backend
+) -> list[RunSubmission]:
+    """Each (handle, run ids) pack of a submission as its runs' manifest entries keep it."""
+    return [
+        RunSubmission(
+            submission.id,
+            handle.kind,
+            submission.submitted_at,
+            handle.id,
+            backend.job_id(handle),
+            tuple(names),
+            backend.log_of(handle),
+        )
+        for handle, names in packs
+    ]
+
+
 def record_submission(
     manifest: Manifest,
     record: LaunchRecord,
@@ -102,24 +121,7 @@ def record_submission(
     backend: Backend,
 ) -> Manifest:
     """The manifest with a submission recorded: each (handle, run ids) pack's runs get an attempt."""
-    return manifest.with_submission(
-        record,
-        [
-            (
-                names,
-                RunSubmission(
-                    submission.id,
-                    handle.kind,
-                    submission.submitted_at,
-                    handle.id,
-                    backend.job_id(handle),
-                    tuple(names),
-                    backend.log_of(handle),
-                ),
-            )
-            for handle, names in packs
-        ],
-    )
+    return manifest.with_submission(record, [(p.pack, p) for p in pack_submissions(submission, packs, backend)])
 
 
 def reconcile_journal(sweep_dir: SweepDir, manifest: Manifest) -> tuple[str | None, Manifest]:
@@ -253,8 +255,9 @@ def launch(
     settings = backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides)
     backend_cls.check_feasible(settings)
     fresh = not sweep_dir.path.exists()
-    written = manifest_identity(sweep_dir)  # before it is read: a manifest replaced after reads as changed
-    read_before = (written, sweep_dir.read_manifest())  # a corrupt one refuses the launch before the lock is taken
+    # Identified before it is read (a manifest replaced or appended to after reads as changed); a
+    # corrupt one refuses the launch before the lock is taken. A relaunch's plan read it already.
+    read_before = launch_plan.read or (sweep_dir.written(), sweep_dir.read_manifest())
     entries = run_dirs(sweep_dir.runs_dir)  # one listing: whether an entry is a link comes with it
     linked = [
         problem
@@ -293,7 +296,7 @@ def launch(
 
 def _launch_locked(
     launch_plan: LaunchPlan,
-    read_before: tuple[tuple[int, ...] | None, Manifest | None],
+    read_before: tuple[tuple[tuple[int, ...], ...], Manifest | None],
     backend_cls: type[Backend],
     settings: dict[str, Any],
     workers_per_gpu: int | None,
@@ -309,7 +312,7 @@ def _launch_locked(
     with sweep_dir.lock():
         # Read again only if another launch wrote it meanwhile (50,000 runs: half a second a read).
         written, manifest = read_before
-        if written is None or manifest_identity(sweep_dir) != written:
+        if manifest is None or sweep_dir.written() != written:
             manifest = sweep_dir.read_manifest()
         refuse_changed(sweep, manifest)
         if manifest is None:
@@ -347,7 +350,7 @@ def _launch_locked(
             code_version(),
         )
         if not todo:
-            sweep_dir.write_manifest(manifest.logged(replace(record, note="nothing to submit")))
+            sweep_dir.record_launch(manifest, replace(record, note="nothing to submit"), [])
             return result
         by_variant: dict[str, list[Command]] = {}
         for run in todo:
@@ -370,7 +373,7 @@ def _launch_locked(
         deferred = Deferred(len(result.deferred), result.limit) if result.deferred else None
         on_submitted(result)
         record = replace(record, runs=tuple(result.submitted), deferred=deferred, described=runner.describe(handles))
-        sweep_dir.write_manifest(record_submission(manifest, record, submission, list(result.packs.items()), runner))
+        sweep_dir.record_launch(manifest, record, pack_submissions(submission, list(result.packs.items()), runner))
         launch_plan.remember_validation()  # the next wave or relaunch takes these runs as validated
         run_status.save()
         if journal:
@@ -381,15 +384,6 @@ def _launch_locked(
             return result
         _wait_here(runner, handles, packs, sweep_dir, result, on_run_done, on_poll)
         return result
-
-
-def manifest_identity(sweep_dir: SweepDir) -> tuple[int, ...] | None:
-    """The manifest file's identity: it is replaced by a rename (a new inode) whenever it is written."""
-    try:
-        st = sweep_dir.manifest_path.stat()
-    except (FileNotFoundError, NotADirectoryError):  # none yet; read_manifest says what is wrong
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _fit_limits(runner: Backend, packs: list[list[Command]], result: LaunchResult) -> list[list[Command]]:

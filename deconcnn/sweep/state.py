@@ -33,6 +33,7 @@ judged alive by pid and start time, only on the host that runs it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -155,7 +156,12 @@ def submitted_handle(submission: RunSubmission | None) -> Handle | None:
     """The handle a manifest's submission record saved, None when it has none."""
     if not submission or not submission.handle:
         return None
-    return Handle(str(submission.executor), str(submission.handle))
+    return _handle(submission.executor, submission.handle)
+
+
+@functools.cache  # poll_submissions and sweep_states each ask for every run's: one frozen Handle each
+def _handle(kind: str, handle_id: str) -> Handle:
+    return Handle(str(kind), str(handle_id))
 
 
 def sweep_states(

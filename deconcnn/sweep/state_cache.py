@@ -53,6 +53,9 @@ def _fields_of(run: RunStatus) -> list[Any]:
     return [run.status, run.diverged_step, run.metrics_log_bytes]
 
 
+_INT_OR_NONE = frozenset((int, type(None)))
+
+
 def _usable(entry: Any) -> bool:
     """An entry as read back has the cache's form: [identity..., status, diverged_step, log bytes]
     of a kept status (checked when used: status reads 50,000)."""
@@ -60,7 +63,7 @@ def _usable(entry: Any) -> bool:
         type(entry) is list
         and len(entry) == 5 + N_FIELDS
         and entry[5] in KEEP_STATUSES
-        and all(v is None or type(v) is int for v in entry[6:])
+        and set(map(type, entry[6:])) <= _INT_OR_NONE  # not all(... for ...): 0.2 s of generators at 50,000
     )
 
 

@@ -147,17 +147,13 @@ class WatchEnd:
 
     def __init__(self, sweep_dir: Path) -> None:
         self.sweep_dir = Path(sweep_dir)
-        self.previous: tuple[bool, bool, int] | None = None
+        self.previous: tuple[bool, bool, tuple[tuple[int, ...], ...]] | None = None
 
     def __call__(self, states: list[RunState]) -> bool:
         if is_multirun(self.sweep_dir):  # no launch: its jobs' own files are all there is
             return all_final(states)
         sd = SweepDir(self.sweep_dir)
-        try:
-            written = sd.manifest_path.stat().st_mtime_ns
-        except FileNotFoundError:
-            written = 0
-        now = (all_final(states), sd.launch_live(), written)
+        now = (all_final(states), sd.launch_live(), sd.written())
         done = now[0] and not now[1] and now == self.previous
         self.previous = now
         return done

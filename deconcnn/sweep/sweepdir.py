@@ -7,6 +7,7 @@ here: status reads a sweep directory in a fraction of a second.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from deconcnn.backends import processes
 from deconcnn.runlog import layout
-from deconcnn.runlog.atomic import json_text_by_line, write_text_atomic
+from deconcnn.runlog.atomic import fsync_dir, json_text_by_line, write_text_atomic
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import (
     CANCEL_FILE,
@@ -30,10 +31,23 @@ from deconcnn.runlog.layout import (
     PROBE_FILE,
     RUNS_DIR,
     SLURM_DIR,
+    SUBMISSIONS_LOG,
     NotASweep,
     read_cancellations,
 )
-from deconcnn.runlog.records import Manifest, read_manifest
+from deconcnn.runlog.records import (
+    LaunchRecord,
+    Manifest,
+    RunSubmission,
+    complete_lines,
+    read_manifest,
+    submission_line,
+)
+
+#: A launch appends to the submission log until the log reaches this share of the manifest's size;
+#: then it rewrites the manifest with the log folded in (and the log goes): every reader parses
+#: the log's lines, and a relaunch of 5% of a sweep appends ~5% of its manifest's size.
+LOG_SHARE = 0.25
 
 
 class SweepLocked(SweepError):
@@ -66,6 +80,10 @@ class SweepDir:
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / SUBMISSIONS_LOG
 
     @property
     def slurm_dir(self) -> Path:
@@ -105,7 +123,47 @@ class SweepDir:
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:
+        """Replace the manifest (atomically) with one that holds every launch, then empty the
+        submission log: killed in between, the log's launches are the manifest's, skipped when read."""
         write_text_atomic(self.manifest_path, json_text_by_line(manifest.to_json(), "runs"))
+        self.log_path.unlink(missing_ok=True)
+
+    def record_launch(self, manifest: Manifest, record: LaunchRecord, packs: Sequence[RunSubmission]) -> None:
+        """Record a launch and the packs it submitted in `manifest`, the sweep's manifest as read
+        under the launch lock: one fsync'ed line appended to the submission log (50,000 entries
+        left as they are), or, with no manifest.json yet or a log grown to LOG_SHARE of it, the
+        manifest written whole."""
+        try:
+            size = self.manifest_path.stat().st_size
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+        except FileNotFoundError:
+            size, logged = 0, 0
+        if not size or logged > LOG_SHARE * size:
+            self.write_manifest(manifest.with_submission(record, [(p.pack, p) for p in packs]))
+            return
+        fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if logged and os.pread(fd, 1, logged - 1) != b"\n":  # a killed launch's torn line: no record
+                os.ftruncate(fd, complete_lines(os.pread(fd, logged, 0)))
+            os.write(fd, submission_line(record, packs))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not logged:
+            fsync_dir(self.path)  # the new file's name is durable too
+
+    def written(self) -> tuple[tuple[int, ...], ...]:
+        """The identity of the manifest and its submission log: the manifest is replaced by a rename
+        (a new inode) whenever it is written, the log grows; () for a file that is not there."""
+        out: list[tuple[int, ...]] = []
+        for path in (self.manifest_path, self.log_path):
+            try:
+                st = path.stat()
+            except (FileNotFoundError, NotADirectoryError):  # none yet; read_manifest says what is wrong
+                out.append(())
+                continue
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(out)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -162,6 +220,7 @@ class SweepDir:
         return read_cancellations(self.path)
 
 
+@functools.cache  # 0.1 CPU-s a hash, asked several times by one launch; the code a process runs is fixed
 def code_version() -> str:
     """Hash of the package's code and configs: a check passed on other code does not count."""
     import deconcnn

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from contract import registered
@@ -18,6 +19,7 @@ from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.runlog.layout import CHECK_FILE
 from deconcnn.runlog.records import LaunchRecord
 from deconcnn.runlog.run_status import RUN_STATUS_FILE
+from deconcnn.sweep import grid
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import make_packs
 from deconcnn.sweep.sweepdir import SweepDir, code_version
@@ -211,3 +213,37 @@ def test_a_manifest_written_between_the_launch_s_first_read_and_its_lock_is_read
     assert fake_launch(sweep_file, tmp_path / "out") == 0
     ids = [s.id for s in sd.read_manifest().submissions]
     assert "other-launch" in ids and len(ids) == 3
+
+
+def test_a_relaunch_of_the_same_source_takes_its_runs_from_the_manifest(fake, tmp_path, capsys, monkeypatch):
+    """The manifest records what its runs were expanded from (grid.sweep_source); a relaunch of the
+    same sweep file, overrides and code lists the manifest's runs instead of expanding the grid."""
+    sweep_file = write_sweep(tmp_path / "s.yaml", seeds="0,1,2")
+    assert fake_launch(sweep_file, tmp_path) == 0
+    sd = SweepDir(tmp_path / "tiny")
+    expanded_plan = plan(sweep_file, out=tmp_path)  # a dry run's: always expanded
+    assert sd.read_manifest().grid_source == expanded_plan.sweep.source is not None
+    expansions = []
+    real = grid.BasicSweeper.split_arguments
+
+    def counting(*args):
+        expansions.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(grid.BasicSweeper, "split_arguments", staticmethod(counting))
+    relaunch = plan(sweep_file, out=tmp_path, relaunch=True)
+    assert not expansions and relaunch.read is not None and relaunch.read[1] == sd.read_manifest()
+    assert [(r.run_id, r.variant, r.overrides, r.params) for r in relaunch.runs] == [
+        (r.run_id, r.variant, r.overrides, r.params) for r in expanded_plan.runs
+    ]
+    # Another override for every run: expanded, and refused as a changed sweep.
+    assert plan(sweep_file, out=tmp_path, relaunch=True, overrides=["optim.lr=0.3"]).runs and expansions
+    capsys.readouterr()
+    assert fake_launch(sweep_file, tmp_path, "optim.lr=0.3") == 2
+    assert "changed since this sweep was launched: 3 changed overrides" in capsys.readouterr().err
+    # A manifest written before sources were recorded: expanded as before.
+    expansions.clear()
+    sd.write_manifest(replace(sd.read_manifest(), grid_source=None))
+    assert plan(sweep_file, out=tmp_path, relaunch=True).runs and expansions
+    capsys.readouterr()
+    assert fake_launch(sweep_file, tmp_path) == 0
