@@ -41,6 +41,7 @@ lint: install
 # renames items through the removed Node._nodeid), hence two processes.
 # --dist loadscope: a module's tests share one worker, so a module-scoped fixture (a trained sweep,
 # the resume scenarios: up to 2 min each) is built once, not once per worker.
+# --durations: the slowest tests in CI's log, where a slower suite is first seen.
 # Every test process, and every training process a test starts, takes one torch thread: the
 # workers already fill the cores, and more threads than cores spin (a demo run: 94 CPU-s on one
 # thread, 154 on two beside the other worker).
@@ -49,8 +50,8 @@ SLURM_LOG := .pytest-slurm.log
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 test: lint slurm-up
-	@$(ONE_THREAD) $(PY) -m pytest -m slurm -p no:cacheprovider > $(SLURM_LOG) 2>&1 & slurm=$$!; \
-	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slurm"; rest=$$?; \
+	@$(ONE_THREAD) $(PY) -m pytest -m slurm -p no:cacheprovider --durations=10 > $(SLURM_LOG) 2>&1 & slurm=$$!; \
+	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slurm" --durations=25; rest=$$?; \
 	wait $$slurm; slurm_rc=$$?; \
 	echo "---- the SLURM tests (pytest -m slurm, run beside the others) ----"; cat $(SLURM_LOG); \
 	echo "make test: pytest exit $$rest (not slurm), $$slurm_rc (slurm)"; \
