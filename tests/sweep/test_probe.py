@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -231,7 +232,24 @@ def test_the_sweep_side_of_the_probe_does_not_import_torch():
 # ---------------------------------------------------------------- real probes
 
 
+def one_cpu() -> None:
+    """Pin this process (and what it starts) to one CPU, so a probe sees one and gives each worker
+    one torch thread: beside the suite's other processes, a worker's two threads spin on each
+    other (the SIGTERM test: 9 s alone, 100 s in make test, almost all of it before the timed window)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+@pytest.fixture
+def probe_on_one_cpu() -> Iterator[None]:
+    """one_cpu for an in-process probe, the affinity restored after it."""
+    before = os.sched_getaffinity(0)
+    one_cpu()
+    yield
+    os.sched_setaffinity(0, before)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("probe_on_one_cpu")
 def test_cpu_probe_of_the_demo_sweep_writes_json_and_plot(tmp_path, capsys):
     code = sweep_cli(
         [
@@ -316,6 +334,7 @@ def test_a_probe_stopped_by_a_signal_leaves_no_process_behind(tmp_path, signum):
         ],
         cwd=REPO,
         env={**os.environ, "TMPDIR": str(tmp_path)},  # the probe's scratch, named in its workers' command lines
+        preexec_fn=one_cpu,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
