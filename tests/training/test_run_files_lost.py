@@ -4,6 +4,7 @@ attempt trains them again. Real training processes, real `rm -rf`."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -38,13 +39,27 @@ def start(run_dir: Path) -> subprocess.Popen[str]:
     )
 
 
+def rm_rf(path: Path) -> None:
+    """`rm -rf`, run again when the run wrote a last file (its run.json: failed, its log deleted) into
+    the directory while it was being emptied, so that the rmdir found it not empty: a purge that
+    retries. What the test checks is after: nothing made again once the directory is gone."""
+    for _ in range(5):
+        try:
+            shutil.rmtree(path)
+            return
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
+    shutil.rmtree(path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recreated", [False, True], ids=["deleted", "deleted-and-recreated"])
 def test_rm_rf_of_the_run_directory_mid_run_fails_and_writes_nothing_more(tmp_path, recreated):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
     wait_for("step 7", lambda: len(train_steps(run_dir)) >= 7 or proc.poll() is not None, timeout=120)
-    shutil.rmtree(run_dir)  # a scratch purge
+    rm_rf(run_dir)  # a scratch purge
     if recreated:  # ... and the path made again (a relaunch, a user)
         run_dir.mkdir()
     _, err = proc.communicate(timeout=120)
