@@ -47,18 +47,23 @@ lint: install
 # thread, 154 on two beside the other worker).
 XDIST := -n auto --maxprocesses 4 --dist loadscope
 SLURM_LOG := .pytest-slurm.log
+LINT_LOG := .lint.log
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-test: lint slurm-up
-	@$(ONE_THREAD) $(PY) -m pytest -m slurm -p no:cacheprovider --durations=10 > $(SLURM_LOG) 2>&1 & slurm=$$!; \
+# Lint runs beside the tests too: mypy on a fresh clone is ~25 CPU-s on one core, which the tests'
+# start (imports, collection) does not fill.
+test: install slurm-up
+	@$(MAKE) --no-print-directory lint > $(LINT_LOG) 2>&1 & lint=$$!; \
+	$(ONE_THREAD) $(PY) -m pytest -m slurm -p no:cacheprovider --durations=10 > $(SLURM_LOG) 2>&1 & slurm=$$!; \
 	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slurm" --durations=25; rest=$$?; \
-	wait $$slurm; slurm_rc=$$?; \
+	wait $$slurm; slurm_rc=$$?; wait $$lint; lint_rc=$$?; \
 	echo "---- the SLURM tests (pytest -m slurm, run beside the others) ----"; cat $(SLURM_LOG); \
-	echo "make test: pytest exit $$rest (not slurm), $$slurm_rc (slurm)"; \
-	[ $$rest = 0 ] && [ $$slurm_rc = 0 ]
+	echo "---- lint (ruff, mypy; run beside the tests) ----"; cat $(LINT_LOG); \
+	echo "make test: lint exit $$lint_rc, pytest exit $$rest (not slurm), $$slurm_rc (slurm)"; \
+	[ $$lint_rc = 0 ] && [ $$rest = 0 ] && [ $$slurm_rc = 0 ]
 
 test-fast: install
 	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slow and not slurm"
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache $(SLURM_LOG)
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache $(SLURM_LOG) $(LINT_LOG)
