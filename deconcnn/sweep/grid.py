@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep, Transformer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deconcnn.backends import Command, is_launcher_override
+from deconcnn.backends import Backend, Command, is_launcher_override
 from deconcnn.runconfig import (
     DEBUG_GROUP,
     check_config,
@@ -42,11 +42,11 @@ from deconcnn.runconfig import (
 )
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import DEFAULT_OUT, RUNS_DIR, run_id_problem
-from deconcnn.runlog.records import Manifest, RunEntry
+from deconcnn.runlog.records import Manifest, RunEntry, gc_paused
 from deconcnn.sweep.limits import MAX_RUNS, MAX_SWEEP_FILE_BYTES, MAX_YAML_NODES
 from deconcnn.sweep.shapes import Settings, Shape
 from deconcnn.sweep.sweepdir import SweepDir, code_version
-from deconcnn.sweep.validated import Validations, overrides_key
+from deconcnn.sweep.validated import Validations, launcher_key, overrides_key
 
 TRAIN_MODULE = "deconcnn.train"
 EXPERIMENT_GROUP = "experiment"
@@ -528,17 +528,37 @@ class LaunchPlan:
     notes: list[str] = field(default_factory=list)  # what a user must be told before anything runs
     import_targets: bool = False
     validated: bool = True  # False: plan(relaunch=True); the launch validates what it submits
-    #: The validation record validate read and added to, for remember_validation.
+    #: The validation record read (validations) and added to, for remember_validation.
     checked: Validations | None = None
     #: plan(relaunch=True): the sweep directory's manifest as read then (SweepDir.written, Manifest),
     #: for the launch to use unless the files changed meanwhile.
     read: tuple[tuple[tuple[int, ...], ...], Manifest | None] | None = None
 
+    def validations(self) -> Validations | None:
+        """With `import_targets`, what passed in this sweep directory in the same environment
+        (deconcnn.sweep.validated), read once; None without."""
+        if self.checked is None and self.import_targets:
+            self.checked = Validations(self.sweep_dir.path, self._config_lines())
+        return self.checked
+
+    def launcher_settings(self, backend_cls: type[Backend]) -> dict[str, Any]:
+        """The backend's settings for the sweep (Backend.settings), taken from the validation record
+        where they were composed and passed in the same environment: a relaunch composes nothing."""
+        base, launcher = self.sweep.runs[0].base, self.sweep.launcher_overrides
+        known = self.validations()
+        key = launcher_key(backend_cls.kind, base, launcher)
+        if known is not None and key in known.launchers:
+            return known.launchers[key]
+        settings = backend_cls.settings(base, launcher)
+        if known is not None:
+            known.add_launcher(key, settings)
+        return settings
+
     def validate(self, runs: Sequence[RunSpec]) -> None:
         """Compose and check these runs' configs (validate_runs) and note the data they train on. With
         `import_targets`, a run that passed in this sweep directory in the same environment
         (deconcnn.sweep.validated) is taken as it passed: a relaunch imports no training stack."""
-        known = Validations(self.sweep_dir.path, self._config_lines()) if self.import_targets else None
+        known = self.validations()
         keys = {r.run_id: overrides_key(r.overrides) for r in runs} if known else {}
         sources = {r.run_id: known.sources[keys[r.run_id]] for r in runs if known and keys[r.run_id] in known.sources}
         todo = [r for r in runs if r.run_id not in sources]
@@ -557,7 +577,6 @@ class LaunchPlan:
         self.notes = data_notes(self.sweep, runs, sources, named)
         if known is not None:
             known.add_sources((keys[r.run_id], checked[r.run_id]) for r in todo)
-        self.checked = known
         self.validated = True
 
     def _config_lines(self) -> list[str]:
@@ -630,7 +649,8 @@ def plan(
         return list(manifest.runs.values()) if manifest and manifest.grid_source == source else None
 
     known = recorded if relaunch else None
-    sweep = load_sweep(sweep_file, run_overrides, smoke=smoke, max_runs=max_runs, recorded=known)
+    with gc_paused():  # 50,000 runs listed (or taken from the manifest): no composition yet
+        sweep = load_sweep(sweep_file, run_overrides, smoke=smoke, max_runs=max_runs, recorded=known)
     sweep.launcher_overrides += launcher
     sweep.name = sweep_dir_name(sweep.name, smoke)
     runs = sweep.runs

@@ -35,7 +35,7 @@ from deconcnn.backends import STOP_GRACE_S, Backend, BackendError, Command, Hand
 from deconcnn.backends.journal import Journal
 from deconcnn.backends.registry import backends, resolve
 from deconcnn.runlog.errors import Interrupted, SweepError
-from deconcnn.runlog.records import Deferred, LaunchRecord, Manifest, RunSubmission
+from deconcnn.runlog.records import Deferred, LaunchRecord, Manifest, RunSubmission, gc_paused
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
@@ -249,10 +249,10 @@ def launch(
 ) -> LaunchResult:
     """Submit the plan's runs that are not final; `on_submitted` runs once the executor took them;
     a local launch then waits, calling `on_poll` with the number of runs running at every poll."""
-    sweep, sweep_dir = launch_plan.sweep, launch_plan.sweep_dir
+    sweep_dir = launch_plan.sweep_dir
     check_options(workers_per_gpu, cpu_slots, grace_s)
     backend_cls = resolve(executor)
-    settings = backend_cls.settings(sweep.runs[0].base, sweep.launcher_overrides)
+    settings = launch_plan.launcher_settings(backend_cls)
     backend_cls.check_feasible(settings)
     fresh = not sweep_dir.path.exists()
     # Identified before it is read (a manifest replaced or appended to after reads as changed); a
@@ -321,13 +321,14 @@ def _launch_locked(
         if backend_cls.detached and not skip_check:  # queued time no one watches: checked first
             require_check(sweep_dir, sweep)
         wanted = {r.run_id for r in launch_plan.runs}
-        run_status = RunStatusCache(sweep_dir.path)
-        live = poll_submissions(manifest)
-        states = {
-            s.run_id: s.state
-            for s in sweep_states(sweep_dir.path, manifest, live, sweep_dir.cancellations(), run_status)
-            if s.run_id in wanted
-        }
+        with gc_paused():  # every run's state (status.current_states)
+            run_status = RunStatusCache(sweep_dir.path)
+            live = poll_submissions(manifest)
+            states = {
+                s.run_id: s.state
+                for s in sweep_states(sweep_dir.path, manifest, live, sweep_dir.cancellations(), run_status, logs=False)
+                if s.run_id in wanted
+            }
         result = LaunchResult(
             backend_cls.kind, backend_cls.detached, sweep_dir.path, notes=[recovered] if recovered else []
         )

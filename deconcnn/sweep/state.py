@@ -170,10 +170,13 @@ def sweep_states(
     live: dict[Handle, SchedulerState],
     cancellations: dict[str, tuple[float, str]],
     run_status: RunStatusCache | None = None,
+    logs: bool = True,
 ) -> list[RunState]:
     """Every run's state; `live` maps the handles of the runs' last submissions to the executor's
     answer. Finished runs are read through `run_status` (the sweep's cache, made here when None),
-    which the caller saves when its command goes through (a refused one changes nothing)."""
+    which the caller saves when its command goes through (a refused one changes nothing). Without
+    `logs` (a launch needs only the states) no run's stdout.log is looked for: each state's log is
+    its submission's."""
     from deconcnn.sweep.sweepdir import SweepDir
 
     sd = SweepDir(sweep_dir)
@@ -183,7 +186,7 @@ def sweep_states(
     runs_dir = str(sd.runs_dir)
     for entry in manifest.ordered_runs():
         run_id = entry.run_id
-        run_dir = os.path.join(runs_dir, run_id)  # a plain name: the manifest's run ids are checked when read
+        run_dir = f"{runs_dir}/{run_id}"  # a plain name: the manifest's run ids are checked when read
         submission = entry.last_submission
         handle = submitted_handle(submission)
         scheduler = live.get(handle) if handle else None
@@ -199,7 +202,7 @@ def sweep_states(
             keep = kept_state(run) is not None
             process = read_process(run_dir) if found and not keep else None
             state, reason = run_state(submission, run, process, scheduler, cancellations.get(run_id))
-            log = f"{run_dir}/{RUN_LOG}" if found else None
+            log = f"{run_dir}/{RUN_LOG}" if found and logs else None
             log = log if log and os.path.exists(log) else None
         states.append(
             RunState(

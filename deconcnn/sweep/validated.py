@@ -6,12 +6,15 @@ arguments it takes. The outcome depends on the run's overrides and on nothing el
 environment: the package's code and configs (code_version), the config directories the runs name
 (--config-dir), and the Python that imports the targets. So a launch records, in the sweep
 directory, the runs that passed (by a hash of their overrides), each one's data source (for the
-notes) and that environment: the interpreter, sys.path and what each of its directories holds
-(an install or uninstall adds or renames an entry), and the file, size and mtime of every module
-the validating process had loaded (an edited module, a reinstalled package). A relaunch in the
-same environment takes those runs as validated without importing anything; any difference and
-the runs are validated again. Environment variables a config reads (`oc.env`) are not part of it:
-they are the run's, read again where it runs.
+notes), the launcher settings Hydra composed for the sweep (by a hash of the backend, the base
+overrides and the launcher overrides: they too depend on nothing else but the environment) and
+that environment: the interpreter, sys.path and what each of its directories holds (an install or
+uninstall adds or renames an entry), and the file, size and mtime of every module the validating
+process had loaded (an edited module, a reinstalled package). A relaunch in the same environment
+takes those runs as validated and those settings as composed, without importing or composing
+anything; any difference and the runs are validated and the settings composed again. Environment
+variables a config reads (`oc.env`) are not part of it: they are the run's, read again where it
+runs (the launcher settings are kept unresolved, as composed).
 
 Written best-effort by the launch that validated; read forgivingly (a corrupt file is ignored).
 """
@@ -41,6 +44,11 @@ CONFIG_DIR_URL = re.compile(r"file://([^',\]]+)")
 def overrides_key(overrides: Sequence[str]) -> str:
     """A run's identity for its validation: its overrides, in order."""
     return hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:24]
+
+
+def launcher_key(kind: str, base: Sequence[str], launcher_overrides: Sequence[str]) -> str:
+    """What a backend's launcher settings are composed from (Backend.settings), besides the environment."""
+    return overrides_key([kind, *base, "", *launcher_overrides])
 
 
 def _config_dirs_digest(override_lines: Iterable[str]) -> str:
@@ -114,6 +122,7 @@ class Validations:
         self.config_lines = list(config_lines)
         self.sources: dict[str, str] = {}  # overrides_key of a run that passed -> its data source
         self.named: dict[str, str] = {}  # overrides_key of a run's base -> the data it names
+        self.launchers: dict[str, dict[str, Any]] = {}  # launcher_key -> the settings composed for it
         self.added = False
         try:
             data = json.loads(self.path.read_bytes())
@@ -129,6 +138,9 @@ class Validations:
         ):
             self.sources = {k: v for k, v in data["sources"].items() if isinstance(v, str)}
             self.named = {k: v for k, v in data["named"].items() if isinstance(v, str)}
+            launchers = data.get("launchers")  # absent from a record written before it was kept
+            if isinstance(launchers, dict):
+                self.launchers = {k: v for k, v in launchers.items() if isinstance(v, dict)}
 
     def add_sources(self, passed: Iterable[tuple[str, str]]) -> None:
         """(overrides_key, data source) of runs that passed, checked with every target imported."""
@@ -140,6 +152,12 @@ class Validations:
         self.named[key] = data
         self.added = True
 
+    def add_launcher(self, key: str, settings: dict[str, Any]) -> None:
+        """Settings that passed the backend's checks, kept only where JSON gives them back as they are."""
+        if json.loads(json.dumps(settings)) == settings:
+            self.launchers[key] = settings
+            self.added = True
+
     def save(self) -> None:
         """Write the file with this process's environment, as it is now that the targets are
         imported (best-effort: it only spares work)."""
@@ -149,6 +167,7 @@ class Validations:
             "modules": _loaded_modules(),
             "sources": self.sources,
             "named": self.named,
+            "launchers": self.launchers,
         }
         with suppress(OSError):
             write_text_atomic(self.path, json.dumps(document), fsync=False)

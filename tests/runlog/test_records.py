@@ -5,6 +5,7 @@ file's one-line error."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from dataclasses import replace
@@ -27,6 +28,7 @@ from deconcnn.runlog.records import (
     RunEntry,
     RunStatus,
     RunSubmission,
+    gc_paused,
     read_manifest,
 )
 from deconcnn.runlog.run_status import PROCESS_FILE, RUN_STATUS_FILE, read_checked_status
@@ -195,6 +197,22 @@ def test_an_ill_typed_manifest_field_is_one_line_naming_the_file(tmp_path, edit,
         read_manifest(tmp_path)
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / MANIFEST_FILE} is corrupt (") and line in message and "\n" not in message
+
+
+def test_the_collector_is_paused_only_in_between_and_left_as_it_was(tmp_path):
+    assert gc.isenabled()
+    with pytest.raises(NotASweep), gc_paused():
+        assert not gc.isenabled()
+        (tmp_path / MANIFEST_FILE).write_text("{")
+        read_manifest(tmp_path)  # a refusal inside: paused still, then on again
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own pause is not ended by a nested one
+    finally:
+        gc.enable()
 
 
 def test_an_ill_typed_run_json_or_process_json_is_not_trusted(tmp_path):

@@ -241,42 +241,62 @@ def test_a_relaunch_validates_only_the_runs_it_submits_and_only_when_something_c
     sweep_dir = SweepDir(tmp_path / "out" / "tiny")
     validated: list[str] = []
     real = grid.validate_runs
+    composed: list[tuple[str, ...]] = []  # the launcher settings Hydra composed, by launcher overrides
+    real_settings = SlurmBackend.settings
 
     def recording(runs, **kwargs):
         runs = list(runs)
         validated.extend(r.run_id for r in runs)
         return real(runs, **kwargs)
 
+    def composing(base, launcher):
+        composed.append(tuple(launcher))
+        return real_settings(base, launcher)
+
     # A module the validating process has loaded, as a user's target module would be.
     (tmp_path / "user_module_21e.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     __import__("user_module_21e")
     monkeypatch.setattr(grid, "validate_runs", recording)
+    monkeypatch.setattr(SlurmBackend, "settings", composing)
     assert slurm_launch(sweep_file, tmp_path / "out") == 0
     assert len(validated) == 6  # a first launch: every run
+    assert composed == [tuple(LOCAL_SLURM)]
     fake_slurm.end_all(root)
     for seed in range(4):
         sweep_dir.run_dir(f"S-core_s{seed}").mkdir(parents=True)
         write_json_atomic(sweep_dir.run_dir(f"S-core_s{seed}") / "run.json", {"status": "completed"})
 
-    def relaunch(expected: str) -> list[str]:
+    def relaunch(expected: str, *extra: str) -> list[str]:
         validated.clear()
+        composed.clear()
         capsys.readouterr()
-        assert slurm_launch(sweep_file, tmp_path / "out") == 0
+        assert slurm_launch(sweep_file, tmp_path / "out", *extra) == 0
         assert expected in capsys.readouterr().out
         fake_slurm.end_all(root)
         return sorted(validated)
 
-    # The same code, configs and Python: the first launch's validation holds, nothing is imported.
+    # The same code, configs and Python: the first launch's validation holds, nothing is imported,
+    # and the launcher settings are the ones composed then.
     assert relaunch("2 runs submitted, skipped: 4 completed") == []
-    # Whatever it depends on changed: the runs it submits are validated again.
+    assert composed == []
+    # Other launcher settings are composed (and checked) again, then kept beside the first ones.
+    assert relaunch("2 runs submitted", "hydra.launcher.timeout_min=30") == []
+    assert composed == [(*LOCAL_SLURM, "hydra.launcher.timeout_min=30")]
+    assert relaunch("2 runs submitted", "hydra.launcher.timeout_min=30") == []
+    assert composed == []
+    # Whatever it depends on changed: the runs it submits are validated again, the settings composed.
     (tmp_path / "user_module_21e.py").write_text("X = 22\n")
     assert relaunch("2 runs submitted, skipped: 4 completed") == ["S-core_s4", "S-core_s5"]
+    assert composed == [tuple(LOCAL_SLURM)]
     assert relaunch("2 runs submitted") == []  # and recorded again
+    assert composed == []
     monkeypatch.setattr(validated_module, "code_version", lambda: "another")
     assert relaunch("2 runs submitted") == ["S-core_s4", "S-core_s5"]
+    assert composed == [tuple(LOCAL_SLURM)]
     (sweep_dir.path / VALIDATED_FILE).write_text('{"version": 1, "sources": [')  # corrupt: ignored
     assert relaunch("2 runs submitted") == ["S-core_s4", "S-core_s5"]
+    assert composed == [tuple(LOCAL_SLURM)]
 
 
 def test_the_journal_finds_arrays_by_name_and_a_one_pack_job_by_its_plain_id(fake, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ ignored. (A relaunch that reuses it, and one that does not: tests/sweep/test_sca
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import pytest
@@ -69,3 +70,24 @@ def test_a_damaged_record_is_ignored(tmp_path, text):
     recorded(tmp_path)
     (tmp_path / VALIDATED_FILE).write_text(text)
     assert Validations(tmp_path, ()).sources == {}
+
+
+def test_launcher_settings_are_kept_when_json_gives_them_back_as_they_are(tmp_path):
+    validations = recorded(tmp_path)
+    validations.add_launcher("plain", {"partition": "gpu", "mem_gb": 16, "setup": ["module load x"], "qos": None})
+    validations.add_launcher("tuple", {"array": (1, 2)})  # JSON would give a list back: not kept
+    validations.save()
+    assert Validations(tmp_path, ()).launchers == {
+        "plain": {"partition": "gpu", "mem_gb": 16, "setup": ["module load x"], "qos": None}
+    }
+
+
+def test_a_record_written_before_launcher_settings_were_kept_still_holds(tmp_path):
+    recorded(tmp_path)
+    path = tmp_path / VALIDATED_FILE
+    data = json.loads(path.read_text())
+    del data["launchers"]  # as the code before wrote it
+    path.write_text(json.dumps(data))
+    again = Validations(tmp_path, ())
+    assert again.sources == {overrides_key(RUN): "deconcnn.training.data.SyntheticCifar"}
+    assert again.launchers == {}

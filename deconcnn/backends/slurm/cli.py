@@ -263,7 +263,7 @@ def expand_array_id(job_id: str) -> list[str]:
     ``'123_[0-2,5%2]'`` -> ``['123_0', '123_1', '123_2', '123_5']``; any other id is returned
     unchanged in a one-element list (``'123_4'``, ``'123'``).
     """
-    m = _ARRAY_RANGE.match(job_id)
+    m = _ARRAY_RANGE.match(job_id) if "[" in job_id else None  # sacct prints 50,000 plain task ids
     if m is None:
         return [job_id]
     spec = m.group("spec").split("%", 1)[0]  # drop the throttle ("%k")
