@@ -4,7 +4,7 @@
     calls(tmp_path / "slurm")                                # every command run: [{"cmd", "argv"}]
     end_all(tmp_path / "slurm")                              # every queued task ends COMPLETED
 
-`sbatch`, `squeue`, `sacct`, `scancel`, `scontrol`, `sacctmgr` and `sinfo` are this file, run by
+`sbatch`, `squeue`, `sacct`, `scancel`, `scontrol`, `sacctmgr`, `sinfo` and `srun` are this file, run by
 name (symlinks). They keep one job table in `state.json` and answer the way SLURM 22.05 does for
 the formats deconcnn.sweep asks for: `sbatch SCRIPT` reads `--array` and `--job-name` from the
 script and prints `Submitted batch job N`, or refuses like a QOS limit once the user's queued tasks
@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sacctmgr", "sinfo")
+# srun only has to be on PATH: submitit's SlurmExecutor takes that as being on a SLURM cluster.
+COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sacctmgr", "sinfo", "srun")
 STATE = "state.json"
 CALLS = "calls.jsonl"
 
