@@ -50,9 +50,11 @@ SLURM_LOG := .pytest-slurm.log
 LINT_LOG := .lint.log
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-# Lint runs beside the tests too: mypy on a fresh clone is ~25 CPU-s on one core, which the tests'
-# start (imports, collection) does not fill.
-test: install slurm-up
+# The cluster starts (apt-get and five daemons: ~20 s on a fresh machine) while pip installs, and
+# lint runs beside the tests: mypy on a fresh clone is ~25 CPU-s on one core, which the tests' start
+# (imports, collection) does not fill.
+test:
+	@$(MAKE) --no-print-directory -j2 install slurm-up
 	@$(MAKE) --no-print-directory lint > $(LINT_LOG) 2>&1 & lint=$$!; \
 	$(ONE_THREAD) $(PY) -m pytest -m slurm -p no:cacheprovider --durations=10 > $(SLURM_LOG) 2>&1 & slurm=$$!; \
 	$(ONE_THREAD) $(PY) -m pytest $(XDIST) -m "not slurm" --durations=25; rest=$$?; \
