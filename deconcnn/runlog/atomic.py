@@ -29,11 +29,14 @@ def tmp_path(path: Path) -> Path:
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    except OSError:  # some filesystems (and /proc-like ones) refuse fsync on a directory
-        pass
+        fsync_dir_fd(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):  # some filesystems (and /proc-like ones) refuse fsync on a directory
+        os.fsync(fd)
 
 
 @contextmanager
@@ -56,8 +59,7 @@ def atomic_file(
             os.unlink(tmp, dir_fd=dir_fd)
         raise
     if fsync and dir_fd is not None:
-        with contextlib.suppress(OSError):  # as fsync_dir
-            os.fsync(dir_fd)
+        fsync_dir_fd(dir_fd)
     elif fsync:
         fsync_dir(target.parent)
 

@@ -181,12 +181,8 @@ class RunStatusFile:
         )
 
     def _write(self) -> None:
-        self.run_dir.check()
-        try:
+        with self.run_dir.writing():
             write_status(self.run_dir, self.data.to_json())
-        except FileNotFoundError:  # deleted since the check (rm -rf deletes the directory last)
-            self.run_dir.check()
-            raise
 
     def start(self, **fields: Any) -> None:
         """Written as the run starts, with `fields` of RunStatus (the data it trains on)."""

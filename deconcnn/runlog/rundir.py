@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -50,3 +52,14 @@ class RunDirIdentity:
         reason = self.gone()
         if reason:
             raise RunFilesLost(f"{reason}: nothing more is written there; a relaunch starts the run over")
+
+    @contextmanager
+    def writing(self) -> Iterator[int]:
+        """The descriptor to write through (`dir_fd`), after a check; a FileNotFoundError inside
+        means the directory was deleted since the check (rm -rf deletes it last): RunFilesLost."""
+        self.check()
+        try:
+            yield self.fd
+        except FileNotFoundError:
+            self.check()
+            raise

@@ -61,15 +61,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self.run_dir is not None and inside is not None and ".." not in inside.parts:
             # Through the directory the run started in: a mkdir -p by path would make a deleted
             # run directory again (rm -rf between the check and the write).
-            self.run_dir.check()
-            try:
+            with self.run_dir.writing() as dir_fd:
                 for parent in reversed(inside.parents[:-1]):
                     with contextlib.suppress(FileExistsError):
-                        os.mkdir(parent, dir_fd=self.run_dir.fd)
-                write_bytes_atomic(inside, buffer.getbuffer(), dir_fd=self.run_dir.fd)
-            except FileNotFoundError:
-                self.run_dir.check()  # deleted since the check: say so
-                raise
+                        os.mkdir(parent, dir_fd=dir_fd)
+                write_bytes_atomic(inside, buffer.getbuffer(), dir_fd=dir_fd)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(target, buffer.getbuffer())
