@@ -159,7 +159,9 @@ def submitted_handle(submission: RunSubmission | None) -> Handle | None:
     return _handle(submission.executor, submission.handle)
 
 
-@functools.cache  # poll_submissions and sweep_states each ask for every run's: one frozen Handle each
+# poll_submissions and sweep_states each ask for every run's: one frozen Handle each. Bounded: a
+# `status --watch` lives across relaunches, each with new handles (2**17: a 50,000-run sweep's twice).
+@functools.lru_cache(maxsize=1 << 17)
 def _handle(kind: str, handle_id: str) -> Handle:
     return Handle(str(kind), str(handle_id))
 
