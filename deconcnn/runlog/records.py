@@ -456,6 +456,12 @@ def read_manifest(sweep_dir: Path) -> Manifest | None:
     if path.exists() and not path.is_dir():
         raise NotASweep(f"{path} is a file, not a sweep directory")
     manifest_path = path / MANIFEST_FILE
+    # The log first: a launch folding it in (the manifest written whole, then the log removed)
+    # between the two reads leaves its launches in the log read, the manifest read or both, and
+    # folding skips what the manifest holds. Manifest first, a reader could get the old manifest
+    # and no log: the folded launches missing.
+    log_path = path / SUBMISSIONS_LOG
+    log = read_submission_log(log_path)
     try:
         text = manifest_path.read_text()
     except (FileNotFoundError, NotADirectoryError):
@@ -471,7 +477,7 @@ def read_manifest(sweep_dir: Path) -> Manifest | None:
             raise NotASweep(f"{manifest_path}: {error}") from None
         except RecordError as error:
             raise NotASweep(f"{manifest_path} is corrupt ({error}): restore it from a backup") from None
-    return fold_submissions(manifest, path / SUBMISSIONS_LOG)
+    return fold_submissions(manifest, log, log_path) if log is not None else manifest
 
 
 @contextmanager
@@ -506,17 +512,22 @@ def complete_lines(data: bytes) -> int:
     return data.rfind(b"\n") + 1
 
 
-def fold_submissions(manifest: Manifest, log_path: Path) -> Manifest:
-    """The manifest with the launches its submission log holds. A launch the manifest already holds
-    is skipped (a full write of the manifest killed before it emptied the log); a torn last line is
-    ignored, with a note: its launch was killed before it finished, and a SLURM launch's journal
-    records it again at the next launch."""
+def read_submission_log(log_path: Path) -> bytes | None:
+    """The submission log's bytes, None when there is none."""
     try:
-        data = log_path.read_bytes()
+        return log_path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        return manifest
+        return None
     except OSError as error:
         raise NotASweep(f"{log_path} is corrupt ({error}): {RESTORE}") from None
+
+
+def fold_submissions(manifest: Manifest, data: bytes, log_path: Path) -> Manifest:
+    """The manifest with the launches its submission log (`data`, read from `log_path`) holds. A
+    launch the manifest already holds is skipped (a full write of the manifest killed before it
+    emptied the log, or one between the reads of the two); a torn last line is ignored, with a
+    note: its launch was killed before it finished, and a SLURM launch's journal records it again
+    at the next launch."""
     end = complete_lines(data)
     if end < len(data):
         print(

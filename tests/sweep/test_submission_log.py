@@ -135,6 +135,30 @@ def test_a_manifest_written_whole_but_killed_before_it_emptied_the_log_counts_ea
     assert again == folded and again.runs["S-core_s0"].attempts == 2 and len(again.submissions) == 2
 
 
+def test_a_reader_racing_a_launch_that_folds_the_log_in_misses_no_launch(launched, capsys, monkeypatch) -> None:
+    sweep_file, sd, _ = launched
+    relaunch(sweep_file, sd, capsys, "2 runs submitted")  # a line in the log
+    folded = sd.read_manifest()
+    assert folded is not None and folded.runs["S-core_s0"].attempts == 2
+    reads: list[str] = []
+
+    def folding_after_the_first_read(real):
+        # Right after the reader's first read of either file, another launch folds the log in.
+        def read(self, *args, **kwargs):
+            data = real(self, *args, **kwargs)
+            if self in (sd.manifest_path, sd.log_path) and not reads:
+                reads.append(self.name)
+                sd.write_manifest(folded)
+            return data
+
+        return read
+
+    monkeypatch.setattr(Path, "read_text", folding_after_the_first_read(Path.read_text))
+    monkeypatch.setattr(Path, "read_bytes", folding_after_the_first_read(Path.read_bytes))
+    assert sd.read_manifest() == folded
+    assert reads == [sd.log_path.name] and not sd.log_path.exists()
+
+
 def test_a_relaunch_killed_between_sbatch_and_its_line_is_reconciled(launched, capsys) -> None:
     sweep_file, sd, root = launched
     relaunch(sweep_file, sd, capsys, "2 runs submitted")  # a line in the log
