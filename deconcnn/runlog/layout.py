@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from deconcnn.runlog.errors import SweepError
@@ -79,6 +80,15 @@ def run_id_problem(run_id: object) -> str | None:
     if len(run_id.encode()) > NAME_MAX:
         return f"run id {run_id[:40]!r}... is {len(run_id.encode())} bytes long; a directory name holds {NAME_MAX}"
     return None
+
+
+def run_ids_problem(run_ids: Collection[str]) -> str | None:
+    """run_id_problem of the first of `run_ids` that has one (None: each names a directory). A
+    manifest's 50,000 keys are checked by C-level passes (a Python call per key is 0.1 s); the
+    first problem is looked for key by key only when a pass finds one."""
+    if not any(map(_UNSAFE_RUN_ID.search, run_ids)) and max(map(len, map(str.encode, run_ids)), default=0) <= NAME_MAX:
+        return None
+    return next(filter(None, map(run_id_problem, run_ids)), None)
 
 
 def run_dir(sweep_dir: Path, run_id: str) -> Path:

@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from deconcnn.runlog.errors import SweepError
-from deconcnn.runlog.layout import MANIFEST_FILE, SUBMISSIONS_LOG, NotASweep, run_id_problem
+from deconcnn.runlog.layout import MANIFEST_FILE, SUBMISSIONS_LOG, NotASweep, run_ids_problem
 
 FORMAT_KEY = "format_version"
 MANIFEST_FORMAT = 1
@@ -265,12 +265,10 @@ class Manifest:
             raise RecordError("no 'runs' mapping")
         check_format(data, MANIFEST_FORMAT, "manifest")
         listed = data["runs"]
-        runs = {}
-        for run_id, entry in listed.items():
-            problem = run_id_problem(run_id)
-            if problem:
-                raise RecordError(problem)
-            runs[run_id] = RunEntry.from_json(run_id, entry, listed)
+        problem = run_ids_problem(listed)
+        if problem:
+            raise RecordError(problem)
+        runs = {run_id: RunEntry.from_json(run_id, entry, listed) for run_id, entry in listed.items()}
         submissions = data.get("submissions", [])
         if not isinstance(submissions, list):
             raise RecordError("its 'submissions' is not a list")

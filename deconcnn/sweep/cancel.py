@@ -22,7 +22,7 @@ from deconcnn.backends.registry import attach
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import DEFAULT_OUT, is_multirun
 from deconcnn.runlog.states import LIVE_STATES
-from deconcnn.sweep.state import in_its_launch, poll_submissions, read_process, submitted_handle, sweep_states
+from deconcnn.sweep.state import in_its_launch, read_process, submitted_handle, sweep_states
 from deconcnn.sweep.sweepdir import SweepDir
 
 CANCELLABLE = (*LIVE_STATES, "unknown")
@@ -66,7 +66,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None, grace_s: float = STOP
     manifest = sd.require_manifest()
     if not (math.isfinite(grace_s) and grace_s >= 0):  # nan passes `< 0`
         raise SweepError(f"--grace must be >= 0 and finite, got {grace_s:g}")
-    states = sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations())
+    states = sweep_states(sd.path, manifest, sd.cancellations())
     chosen = [s for s in states if matches(s.run_id, s.variant, only)]
     if only and not chosen:
         variants = sorted({s.variant for s in states})

@@ -40,7 +40,7 @@ from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.grid import LaunchPlan, RunSpec, Sweep
 from deconcnn.sweep.probe.rules import probe_hours_per_run, read_probe_choice
-from deconcnn.sweep.state import poll_submissions, run_dirs, sweep_states
+from deconcnn.sweep.state import run_dirs, sweep_states
 from deconcnn.sweep.state_cache import RunStatusCache
 from deconcnn.sweep.sweepdir import SweepChanged, SweepDir, code_version
 
@@ -323,10 +323,9 @@ def _launch_locked(
         wanted = {r.run_id for r in launch_plan.runs}
         with gc_paused():  # every run's state (status.current_states)
             run_status = RunStatusCache(sweep_dir.path)
-            live = poll_submissions(manifest)
             states = {
                 s.run_id: s.state
-                for s in sweep_states(sweep_dir.path, manifest, live, sweep_dir.cancellations(), run_status, logs=False)
+                for s in sweep_states(sweep_dir.path, manifest, sweep_dir.cancellations(), run_status, logs=False)
                 if s.run_id in wanted
             }
         result = LaunchResult(

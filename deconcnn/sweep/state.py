@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -44,7 +45,15 @@ from typing import Any
 from deconcnn.backends import BackendError, Handle, SchedulerState, processes
 from deconcnn.backends.registry import attach, backend_class
 from deconcnn.runlog.layout import job_variant, multirun_jobs
-from deconcnn.runlog.records import UNREADABLE, Manifest, ProcessRecord, RecordError, RunStatus, RunSubmission
+from deconcnn.runlog.records import (
+    UNREADABLE,
+    Manifest,
+    ProcessRecord,
+    RecordError,
+    RunEntry,
+    RunStatus,
+    RunSubmission,
+)
 from deconcnn.runlog.run_status import PROCESS_FILE, RUN_LOG, read_checked_status, read_small_file
 from deconcnn.runlog.states import kept_state, recorded_job_state
 from deconcnn.sweep.state_cache import RunStatusCache
@@ -62,8 +71,9 @@ class RunState:
     run_dir: str
     log: str | None
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))  # its fields are plain values: no copy of asdict's needed
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        """Its fields (plain values: no copy of asdict's needed), then `extra`'s keys."""
+        return dict(vars(self), **extra)
 
 
 def read_process(run_dir: str | Path) -> ProcessRecord | None:
@@ -169,46 +179,54 @@ def _handle(kind: str, handle_id: str) -> Handle:
 def sweep_states(
     sweep_dir: Path,
     manifest: Manifest,
-    live: dict[Handle, SchedulerState],
     cancellations: dict[str, tuple[float, str]],
     run_status: RunStatusCache | None = None,
     logs: bool = True,
 ) -> list[RunState]:
-    """Every run's state; `live` maps the handles of the runs' last submissions to the executor's
-    answer. Finished runs are read through `run_status` (the sweep's cache, made here when None),
-    which the caller saves when its command goes through (a refused one changes nothing). Without
-    `logs` (a launch needs only the states) no run's stdout.log is looked for: each state's log is
-    its submission's."""
+    """Every run's state. Finished runs are read through `run_status` (the sweep's cache, made here
+    when None), which the caller saves when its command goes through (a refused one changes
+    nothing). The backends are asked only about the runs whose own files leave their state open: a
+    kept run (completed or diverged, its log whole) is that whatever the scheduler says, so a
+    finished 50,000-run sweep with 5% failed asks sacct about 2,500 tasks, not 50,000, and its
+    kept runs carry no scheduler state. Without `logs` (a launch needs only the states) no run's
+    stdout.log is looked for: each state's log is its submission's."""
     from deconcnn.sweep.sweepdir import SweepDir
 
     sd = SweepDir(sweep_dir)
-    states = []
     present = run_dirs(sd.runs_dir)
     run_status = run_status or RunStatusCache(sd.path)  # finished runs: a stat of run.json, not a read
     runs_dir = str(sd.runs_dir)
+    # First what each run's own files say, then one poll for the runs they leave open.
+    read: list[tuple[RunEntry, str, os.DirEntry[str] | None, str | None, RunStatus | None]] = []
+    open_runs: list[RunEntry] = []
     for entry in manifest.ordered_runs():
-        run_id = entry.run_id
-        run_dir = f"{runs_dir}/{run_id}"  # a plain name: the manifest's run ids are checked when read
+        run_dir = f"{runs_dir}/{entry.run_id}"  # a plain name: the manifest's run ids are checked when read
+        found = present.get(entry.run_id)
+        linked = sd.run_dir_problem(entry.run_id) if found and found.is_symlink() else None
+        # Nothing is read through a link; launch refuses to write through it.
+        run = run_status.read(entry.run_id, run_dir) if found and not linked else None
+        read.append((entry, run_dir, found, linked, run))
+        if not linked and kept_state(run) is None:
+            open_runs.append(entry)
+    live = poll_submissions(open_runs)
+    states = []
+    for entry, run_dir, found, linked, run in read:
         submission = entry.last_submission
         handle = submitted_handle(submission)
         scheduler = live.get(handle) if handle else None
-        found = present.get(run_id)
-        linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
         log: str | None = None
         reason: str | None
-        if linked:  # nothing is read through it; launch refuses to write through it
+        if linked:
             state, reason = "failed", f"refused: {linked}"
         else:
-            run = run_status.read(run_id, run_dir) if found else None
             # A kept run's state is its run.json's: its process record is not read (50,000 files).
-            keep = kept_state(run) is not None
-            process = read_process(run_dir) if found and not keep else None
-            state, reason = run_state(submission, run, process, scheduler, cancellations.get(run_id))
+            process = read_process(run_dir) if found and kept_state(run) is None else None
+            state, reason = run_state(submission, run, process, scheduler, cancellations.get(entry.run_id))
             log = f"{run_dir}/{RUN_LOG}" if found and logs else None
             log = log if log and os.path.exists(log) else None
         states.append(
             RunState(
-                run_id,
+                entry.run_id,
                 entry.variant,
                 state,
                 reason,
@@ -268,13 +286,13 @@ def multirun_states(path: Path) -> list[RunState]:
     return states
 
 
-def poll_submissions(manifest: Manifest) -> dict[Handle, SchedulerState]:
-    """The backends' answer for the handle of every run's last submission: one poll per backend
+def poll_submissions(entries: Iterable[RunEntry]) -> dict[Handle, SchedulerState]:
+    """The backends' answer for the handle of each run's last submission: one poll per backend
     kind, through a backend attached to its handles (SLURM: one squeue and one sacct call for all
     its tasks; local: a process check with psutil). A kind no installed backend has reads
     unreachable, with why: its runs are unknown, never resubmitted as lost."""
     by_kind: dict[str, set[Handle]] = {}
-    for entry in manifest.runs.values():
+    for entry in entries:
         handle = submitted_handle(entry.last_submission)
         if handle:
             by_kind.setdefault(handle.kind, set()).add(handle)

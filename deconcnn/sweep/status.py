@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from deconcnn.runlog.records import gc_paused
 from deconcnn.runlog.run_status import read_run_status
 from deconcnn.runlog.schema import EPOCH_FRAC_KEY, KIND_KEY, STEP_KEY, TIME_KEY, TRAIN
 from deconcnn.runlog.states import FINAL_STATES, STATES
-from deconcnn.sweep.state import RunState, multirun_states, poll_submissions, sweep_states
+from deconcnn.sweep.state import RunState, multirun_states, sweep_states
 from deconcnn.sweep.state_cache import RunStatusCache
 from deconcnn.sweep.sweepdir import SweepDir
 
@@ -116,7 +116,7 @@ def current_states(sweep_dir: Path) -> list[RunState]:
     with gc_paused():
         manifest = sd.require_manifest()
         run_status = RunStatusCache(sd.path)
-        states = sweep_states(sd.path, manifest, poll_submissions(manifest), sd.cancellations(), run_status)
+        states = sweep_states(sd.path, manifest, sd.cancellations(), run_status)
         run_status.save()
     return states
 
@@ -162,9 +162,9 @@ class WatchEnd:
 
 
 def summarize(states: list[RunState]) -> dict[str, dict[str, int]]:
-    table: dict[str, Counter[str]] = {}
+    table: dict[str, Counter[str]] = defaultdict(Counter)
     for s in states:
-        table.setdefault(s.variant, Counter())[s.state] += 1
+        table[s.variant][s.state] += 1
     rows = {variant: {"total": sum(c.values()), **{k: c.get(k, 0) for k in STATES}} for variant, c in table.items()}
     rows["all"] = {key: sum(r[key] for r in rows.values()) for key in ("total", *STATES)}
     return rows
@@ -174,7 +174,7 @@ def status_json(sweep_dir: Path, states: list[RunState]) -> dict[str, Any]:
     # The running runs' progress reads their composed configs (OmegaConf: cyclic garbage) first.
     progress = {s.run_id: run_progress(Path(s.run_dir)) for s in states if s.state == "running"}
     with gc_paused():  # 50,000 runs' dicts
-        runs = [{**s.to_json(), "progress": p.__dict__ if (p := progress.get(s.run_id)) else None} for s in states]
+        runs = [s.to_json(progress=p.__dict__ if (p := progress.get(s.run_id)) else None) for s in states]
         return {
             "sweep_dir": str(sweep_dir),
             "time": time.time(),

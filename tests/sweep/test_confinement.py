@@ -15,7 +15,7 @@ from fake_sweep import make_sweep
 from deconcnn.backends import Command, Submission
 from deconcnn.backends.runner import run_pack
 from deconcnn.cli import run as sweep_cli
-from deconcnn.runlog.layout import UnsafeRunDir, run_id_problem
+from deconcnn.runlog.layout import UnsafeRunDir, run_id_problem, run_ids_problem
 from deconcnn.sweep.grid import load_sweep
 from deconcnn.sweep.launch import new_manifest
 from deconcnn.sweep.sweepdir import SweepDir
@@ -167,6 +167,11 @@ def test_run_dir_refuses_every_id_that_is_not_one_plain_directory_name(tmp_path)
         assert run_id_problem(bad), bad
         with pytest.raises(UnsafeRunDir, match="run id"):
             sweep_dir.run_dir(bad)  # type: ignore[arg-type]
+    # A manifest's keys in one pass: the first bad one's problem, wherever it sits among good ones.
+    goods = [f"S-core_lr0.1_wd0.0001_s{seed}" for seed in range(1000)] + ["\u00fc", "x" * 255]
+    assert run_ids_problem(goods) is None and run_ids_problem([]) is None
+    for bad in ("", ".x", "a/b", "a..b", "a\x1bb", "x" * 256, "\u00fc" * 128):
+        assert run_ids_problem([*goods[:500], bad, *goods[500:], "/abs"]) == run_id_problem(bad), bad
 
 
 def test_a_symlinked_runs_folder_is_allowed(fake, tmp_path, capsys):

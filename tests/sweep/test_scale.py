@@ -1,9 +1,10 @@
 """Sweeps of tens of thousands of tasks, against a recording stand-in for SLURM (fake_slurm.py).
 
-No scheduler command passes the kernel's limit on argument length, status asks by array job id,
-the site's job limits cut a launch into waves (or refuse it, with the numbers), and a launch killed
-between sbatch's answer and its manifest leaves a record that the next launch reconciles. The same
-behaviours on the real local cluster: test_limits_slurm.py.
+No scheduler command passes the kernel's limit on argument length, status asks squeue by array job
+id and sacct only about the runs their own files leave open, the site's job limits cut a launch
+into waves (or refuse it, with the numbers), and a launch killed between sbatch's answer and its
+manifest leaves a record that the next launch reconciles. The same behaviours on the real local
+cluster: test_limits_slurm.py.
 """
 
 from __future__ import annotations
@@ -86,6 +87,49 @@ def test_status_of_50000_tasks_is_one_squeue_and_one_sacct(fake) -> None:
     states = poll_handles([Handle(SlurmBackend.kind, h) for h in handles])
     assert len(states) == 50000 and {s.state for s in states.values()} == {"ended"}
     assert [c["cmd"] for c in fake_slurm.calls(root)] == ["squeue", "sacct"]
+
+
+def test_status_asks_the_scheduler_only_about_runs_their_files_leave_open(
+    fake, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    root = fake()
+    sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,40)")
+    sweep_dir = SweepDir(tmp_path / "out" / "tiny")
+    assert slurm_launch(sweep_file, tmp_path / "out") == 0
+    fake_slurm.end_all(root)
+    handles = {r: e.last_submission.handle for r, e in manifest_of(sweep_dir.path).runs.items()}
+    kept, diverged, failed = [f"S-core_s{s}" for s in range(36)], "S-core_s36", "S-core_s37"
+    for run_id, status in [*((r, "completed") for r in kept), (diverged, "diverged"), (failed, "failed")]:
+        sweep_dir.run_dir(run_id).mkdir(parents=True)
+        write_json_atomic(sweep_dir.run_dir(run_id) / "run.json", {"status": status, "run_id": run_id})
+    open_runs = sorted(set(handles) - {*kept, diverged})  # failed, and two that never started
+    (root / fake_slurm.CALLS).write_text("")
+    runs = {r["run_id"]: r for r in status_of(sweep_dir.path, capsys)["runs"]}
+    (squeue, sacct) = fake_slurm.calls(root)
+    assert squeue["cmd"] == "squeue" and option(squeue["argv"], "--jobs") == slurm_cli.array_ids(handles.values())[0]
+    # Those few by task id: sacct reads their records, not every task of their array.
+    assert sacct["cmd"] == "sacct" and sorted(option(sacct["argv"], "--jobs").split(",")) == sorted(
+        handles[r] for r in open_runs
+    )
+    assert {r: runs[r]["state"] for r in open_runs} == {r: "failed" for r in open_runs}
+    assert {runs[r]["scheduler_state"] for r in open_runs} == {"COMPLETED"}
+    assert {runs[r]["state"] for r in kept} == {"completed"} and runs[diverged]["state"] == "diverged"
+    assert {runs[r]["scheduler_state"] for r in (*kept, diverged)} == {None}  # not asked: not needed
+    # More open tasks than one command names: sacct is asked by array, still once.
+    monkeypatch.setattr(slurm_cli, "ARG_BYTES", 20)
+    (root / fake_slurm.CALLS).write_text("")
+    assert {r["run_id"]: r["state"] for r in status_of(sweep_dir.path, capsys)["runs"]} == {
+        r: v["state"] for r, v in runs.items()
+    }
+    sacct = [c for c in fake_slurm.calls(root) if c["cmd"] == "sacct"]
+    assert [option(c["argv"], "--jobs") for c in sacct] == slurm_cli.array_ids(handles.values())
+    # Every run kept: the scheduler is not asked at all.
+    for run_id in open_runs:
+        sweep_dir.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(sweep_dir.run_dir(run_id) / "run.json", {"status": "completed", "run_id": run_id})
+    (root / fake_slurm.CALLS).write_text("")
+    assert status_of(sweep_dir.path, capsys)["counts"]["all"]["completed"] == 39
+    assert fake_slurm.calls(root) == []
 
 
 def test_id_chunks_keep_order_and_budget() -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from deconcnn.backends import Handle, SchedulerState, processes
-from deconcnn.runlog.records import Manifest, ProcessRecord, RunEntry, RunStatus, RunSubmission
+from deconcnn.runlog.records import ProcessRecord, RunEntry, RunStatus, RunSubmission
 from deconcnn.runlog.states import RESUBMITTABLE
 from deconcnn.sweep.state import poll_submissions, run_state
 
@@ -179,7 +179,7 @@ def test_a_process_that_exited_is_not_alive_even_unreaped():
 
 def test_a_submission_to_a_backend_not_installed_here_is_unknown_never_lost():
     ray = replace(SUBMISSION, executor="ray", handle="x1")
-    live = poll_submissions(Manifest("s", None, None, None, NOW, (), (), {"r": RunEntry("r", "v", (), {}, 1, (ray,))}))
+    live = poll_submissions([RunEntry("r", "v", (), {}, 1, (ray,))])
     assert live == {Handle("ray", "x1"): SchedulerState("unreachable", live[Handle("ray", "x1")].detail)}
     assert "no backend 'ray' is installed here" in live[Handle("ray", "x1")].detail
     state, reason = run_state(ray, None, None, live[Handle("ray", "x1")], None)

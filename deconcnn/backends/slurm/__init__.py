@@ -7,8 +7,9 @@ array named after the submission, so a launch killed at any point leaves a recor
 queued. `room` says how many tasks the site's limits (MaxSubmitJobs, MaxJobCount) let this user
 queue now. Handles are submitit's task ids (`<array>_<task>`).
 poll asks squeue once for the live tasks and sacct once for the ones squeue no longer lists (sacct
-lags squeue by seconds and may be absent; a task neither knows is `unknown`); both are asked by
-array job id, so a sweep of 50,000 tasks in 50 arrays is two short commands. sbatch's refusal is
+lags squeue by seconds and may be absent; a task neither knows is `unknown`); squeue is asked by
+array job id, sacct by task id where those fit one command (else by array id), so a sweep of
+50,000 tasks in 50 arrays is two short commands. sbatch's refusal is
 one line (LauncherError) and leaves nothing submitted: the arrays already accepted are cancelled
 (by array job id). A refusal for a job limit after some arrays were accepted keeps them: submit
 returns their handles (fewer than the packs) and `stopped_by` says why.
@@ -254,8 +255,11 @@ def poll_handles(handles: Sequence[Handle]) -> dict[Handle, SchedulerState]:
     except slurm_cli.SlurmError as error:
         return dict.fromkeys(handles, SchedulerState("unreachable", str(error).splitlines()[0]))
     gone = [i for i in ids if i not in live]
+    # sacct by task where the tasks fit one call (a finished sweep's failed runs: sacct then reads
+    # 2,500 tasks' records, not every task of their arrays), else by array (few calls at any size).
+    asked = gone if len(slurm_cli.id_chunks(gone)) == 1 else slurm_cli.array_ids(gone)
     try:
-        accounted = slurm_cli.sacct_states(slurm_cli.array_ids(gone)) if gone else {}
+        accounted = slurm_cli.sacct_states(asked) if gone else {}
     except slurm_cli.SlurmError:  # no accounting: the run's own files tell how it ended
         accounted = {}
     out = {}
