@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -196,8 +197,9 @@ def sweep_states(
     present = run_dirs(sd.runs_dir)
     run_status = run_status or RunStatusCache(sd.path)  # finished runs: a stat of run.json, not a read
     runs_dir = str(sd.runs_dir)
-    # First what each run's own files say, then one poll for the runs they leave open.
-    read: list[tuple[RunEntry, str, os.DirEntry[str] | None, str | None, RunStatus | None]] = []
+    # First what each run's own files say, then one poll for the runs they leave open, then those
+    # runs' files again (what the scheduler says must never be newer than the files it is read with).
+    read: list[tuple[RunEntry, str, os.DirEntry[str] | None, str | None, RunStatus | None, bool]] = []
     open_runs: list[RunEntry] = []
     for entry in manifest.ordered_runs():
         run_dir = f"{runs_dir}/{entry.run_id}"  # a plain name: the manifest's run ids are checked when read
@@ -205,24 +207,31 @@ def sweep_states(
         linked = sd.run_dir_problem(entry.run_id) if found and found.is_symlink() else None
         # Nothing is read through a link; launch refuses to write through it.
         run = run_status.read(entry.run_id, run_dir) if found and not linked else None
-        read.append((entry, run_dir, found, linked, run))
-        if not linked and kept_state(run) is None:
+        is_open = not linked and kept_state(run) is None
+        read.append((entry, run_dir, found, linked, run, is_open))
+        if is_open:
             open_runs.append(entry)
     live = poll_submissions(open_runs)
     states = []
-    for entry, run_dir, found, linked, run in read:
+    for entry, run_dir, found, linked, run, is_open in read:
         submission = entry.last_submission
         handle = submitted_handle(submission)
-        scheduler = live.get(handle) if handle else None
+        scheduler = live.get(handle) if handle and is_open else None  # not a kept pack-mate's task
+        has_dir = found is not None
+        if scheduler is not None:
+            # Its files again, now that the scheduler has answered: a run that finished between the
+            # first read and the poll reads completed, not failed by a task that "ended before it".
+            has_dir = has_dir or _plain_dir(run_dir)
+            run = run_status.read(entry.run_id, run_dir) if has_dir else None
         log: str | None = None
         reason: str | None
         if linked:
             state, reason = "failed", f"refused: {linked}"
         else:
             # A kept run's state is its run.json's: its process record is not read (50,000 files).
-            process = read_process(run_dir) if found and kept_state(run) is None else None
+            process = read_process(run_dir) if has_dir and kept_state(run) is None else None
             state, reason = run_state(submission, run, process, scheduler, cancellations.get(entry.run_id))
-            log = f"{run_dir}/{RUN_LOG}" if found and logs else None
+            log = f"{run_dir}/{RUN_LOG}" if has_dir and logs else None
             log = log if log and os.path.exists(log) else None
         states.append(
             RunState(
@@ -238,6 +247,14 @@ def sweep_states(
             )
         )
     return states
+
+
+def _plain_dir(path: str) -> bool:
+    """A directory, not a link to one (made since runs/ was listed: a run that just started)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def run_dirs(runs_dir: Path) -> dict[str, os.DirEntry[str]]:

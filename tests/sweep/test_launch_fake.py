@@ -247,3 +247,31 @@ def test_a_relaunch_of_the_same_source_takes_its_runs_from_the_manifest(fake, tm
     assert plan(sweep_file, out=tmp_path, relaunch=True).runs and expansions
     capsys.readouterr()
     assert fake_launch(sweep_file, tmp_path) == 0
+
+
+@pytest.mark.parametrize("command", ["status", "relaunch"])
+def test_a_run_that_ends_while_the_scheduler_is_asked_reads_completed_not_failed(
+    fake, tmp_path, capsys, monkeypatch, command
+):
+    sweep_file = write_sweep(tmp_path / "tiny.yaml", seeds="0")
+    assert fake_launch(sweep_file, tmp_path) == 0
+    sweep_dir = tmp_path / "tiny"
+    handle = handle_of(sweep_dir, "S-core_s0")
+    finish_run(sweep_dir, "S-core_s0", status="running")  # its run.json as the command first reads it
+    real_poll = FakeBackend.poll
+
+    def ending_meanwhile(self, handles):
+        # Between the command's first read of the run's files and the scheduler's answer, the
+        # run finishes and its task ends.
+        finish_run(sweep_dir, "S-core_s0")
+        fake.finish(handle, "COMPLETED")
+        return real_poll(self, handles)
+
+    monkeypatch.setattr(FakeBackend, "poll", ending_meanwhile)
+    if command == "status":
+        assert states(sweep_dir, capsys)["S-core_s0"] == ("completed", None)
+    else:
+        capsys.readouterr()
+        assert fake_launch(sweep_file, tmp_path) == 0
+        assert "0 runs submitted, skipped: 1 completed" in capsys.readouterr().out
+        assert fake.calls.count("submit") == 1  # the first launch's only

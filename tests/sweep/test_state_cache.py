@@ -160,9 +160,10 @@ def test_status_reads_the_same_through_the_cache(tmp_path, reads, capsys):
     sw = make_sweep(tmp_path / "sweep", failed=[failed], diverged={diverged: 3})
     time.sleep(TICK_S)
     before = [s.to_json() for s in current_states(sw.path)]
-    assert (sw.path / RUN_STATES_CACHE).exists() and reads["n"] == 8
+    # Each run's once, the failed run's twice (again after the scheduler's answer: sweep_states).
+    assert (sw.path / RUN_STATES_CACHE).exists() and reads["n"] == 9
     assert [s.to_json() for s in current_states(sw.path)] == before
-    assert reads["n"] == 9  # only the failed run's run.json is read again
+    assert reads["n"] == 11  # only the failed run's run.json is read again
     capsys.readouterr()
     assert sweep_cli(["status", str(sw.path), "--json"]) == 0
     assert [{**r, "progress": None} for r in json.loads(capsys.readouterr().out)["runs"]] == [
