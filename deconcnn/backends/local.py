@@ -133,7 +133,7 @@ class LocalBackend(Backend):
                 entry.state = "running"
             try:
                 env = {"CUDA_VISIBLE_DEVICES": slot if slot is not None else ""}
-                threads = None if slot is not None else max(1, cpus // (len(slots) * len(entry.pack)))
+                threads = None if slot is not None else processes.torch_threads(cpus, len(slots) * len(entry.pack))
                 if self.mps and slot is not None:
                     with MpsDaemon() as mps_env:
                         entry.codes = run_pack(

@@ -71,7 +71,15 @@ def test_each_gpu_runs_one_pack_at_a_time(monkeypatch):
     assert {gpu for gpu, _ in seen} == {"0", "1"} and sorted(len(runs) for _, runs in seen) == [2, 2, 2]
 
 
-def test_cpu_slots_share_the_cores(monkeypatch):
+@pytest.mark.parametrize(
+    ("omp_num_threads", "each"),
+    [(None, 2), ("1", 1), ("8", 2), ("abc", 2), ("0", 2)],  # a set count caps the share, never raises it
+)
+def test_cpu_slots_share_the_cores(monkeypatch, omp_num_threads, each):
+    if omp_num_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_num_threads)
     threads = []
     monkeypatch.setattr(
         local_module,
@@ -83,7 +91,7 @@ def test_cpu_slots_share_the_cores(monkeypatch):
     monkeypatch.setattr(local_module.os, "cpu_count", lambda: 8)
     backend = LocalBackend(gpus=[], cpu_slots=4)
     wait(backend, backend.submit([[c] for c in _commands(4)], SUBMISSION), poll_s=0.01)
-    assert threads == [(2, "")] * 4  # 8 cores / 4 concurrent runs; no GPU visible
+    assert threads == [(each, "")] * 4  # 8 cores / 4 concurrent runs; no GPU visible
 
 
 def test_cancel_stops_running_packs_and_queued_ones_never_start(monkeypatch):

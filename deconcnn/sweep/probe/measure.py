@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends.processes import torch_threads
 from deconcnn.runlog.atomic import write_json_atomic
 from deconcnn.sweep.probe.rules import MB, WORKER_MODULE, ProbeSettings, VariantSpec, choose_k, stop_reason
 
@@ -103,7 +104,7 @@ def run_trial(
     """Start k workers of `spec` together, wait for them; one result dict per worker."""
     sync = scratch / spec.variant / f"k{k}"
     sync.mkdir(parents=True)
-    threads = str(max(1, cpus // k))
+    threads = str(torch_threads(cpus, k))  # what a launch packing k runs gives each
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
