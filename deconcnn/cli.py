@@ -26,6 +26,8 @@ from deconcnn.runlog.layout import ANALYSIS_DIR, COLLECTED_DIR, DEFAULT_OUT, REP
 from deconcnn.sweep.limits import MAX_RUNS
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from deconcnn.sweep.launch import LaunchResult
     from deconcnn.sweep.state import RunState
 
@@ -378,16 +380,17 @@ def follow(
 
 
 def _status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.live import Live
-
     from deconcnn.sweep.status import current_states, json_text, render, status_json, watch_floor
     from deconcnn.sweep.sweepdir import SweepDir
 
-    console = Console()
+    console: Console | None = None  # rich only for a table: its import is a tenth of a 50,000-run --json
+    if not args.json:
+        from rich.console import Console
+
+        console = Console()
 
     def show(states: list[RunState]) -> None:
-        if args.json:  # one document per line, so a watcher can read them as they come
+        if console is None:  # one document per line, so a watcher can read them as they come
             print(json_text(status_json(args.sweep_dir, states), one_line=args.watch is not None), flush=True)
         else:
             console.print(render(args.sweep_dir, states))
@@ -412,10 +415,12 @@ def _status(args: argparse.Namespace) -> int:
             "squeue and sacct)",
             file=sys.stderr,
         )
-    if args.json or not console.is_terminal:  # a pipe or a file gets every refresh, one after another
+    if console is None or not console.is_terminal:  # a pipe or a file gets every refresh, one after another
         for refreshed in follow(args.sweep_dir, states, interval):
             show(refreshed)
     else:  # a terminal: one table, redrawn in place (all of it, also when taller than the screen)
+        from rich.live import Live
+
         with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
             for refreshed in follow(args.sweep_dir, states, interval):
                 live.update(render(args.sweep_dir, refreshed), refresh=True)

@@ -93,7 +93,7 @@ class RunSubmission:
         """RecordError when it is not a submission, or (given the manifest's `runs`) its pack
         names a run the manifest does not hold."""
         pack = data.get("pack", ()) if isinstance(data, dict) else None
-        if not isinstance(pack, list | tuple) or (runs is not None and any(r not in runs for r in pack)):
+        if not isinstance(pack, list | tuple) or (runs is not None and not all(map(runs.__contains__, pack))):
             raise RecordError("its pack names runs the manifest does not hold")
         get = data.get
         return cls(
