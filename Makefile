@@ -41,11 +41,14 @@ lint: install
 # renames items through the removed Node._nodeid), hence two processes.
 # --dist loadscope: a module's tests share one worker, so a module-scoped fixture (a trained sweep,
 # the resume scenarios: up to 2 min each) is built once, not once per worker.
+# --no-loadscope-reorder: the modules go out in tests/conftest.py's order, slow ones first.
+# pytest-xdist's default reorders them by their number of tests, which sent the few-test, minutes-
+# long ones (the demo, resume, faults) last: one worker ran them alone for 2-3 min at the end.
 # --durations: the slowest tests in CI's log, where a slower suite is first seen.
 # Every test process, and every training process a test starts, takes one torch thread: the
 # workers already fill the cores, and more threads than cores spin (a demo run: 94 CPU-s on one
 # thread, 154 on two beside the other worker).
-XDIST := -n auto --maxprocesses 4 --dist loadscope
+XDIST := -n auto --maxprocesses 4 --dist loadscope --no-loadscope-reorder
 SLURM_LOG := .pytest-slurm.log
 LINT_LOG := .lint.log
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1

@@ -34,8 +34,9 @@ def slurm_cluster() -> Iterator[None]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules that hold a slow test run first, each module's order kept. `make test` hands whole
-    modules to its workers (--dist loadscope, so a module's fixtures are built once), and a long
-    module handed out last would run alone while the other workers sit idle."""
+    modules to its workers in this order (--dist loadscope, so a module's fixtures are built once;
+    --no-loadscope-reorder, so xdist keeps it), and a long module handed out last would run alone
+    while the other workers sit idle. A test that takes more than a few seconds is marked slow."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
 

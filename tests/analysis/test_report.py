@@ -21,6 +21,7 @@ TRUNCATED = run_id("S-core", 0.2, 1e-3, 0)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_writes_every_plot_and_index(tmp_path):
     sw = make_sweep(tmp_path / "sweep", diverged={DIVERGED: 5}, missing=[MISSING], truncated=[TRUNCATED])
     out = report(sw.path)
@@ -66,6 +67,7 @@ def test_report_with_absent_kinds_and_custom_dirs(tmp_path):
     assert "no value (1 missing)" in md  # the heat-map table marks the empty cell, with why
 
 
+@pytest.mark.slow
 def test_layout_follows_the_sweep_s_axes(tmp_path):
     sw = make_sweep(
         tmp_path / "sweep",
@@ -181,6 +183,7 @@ def test_the_report_says_when_the_data_is_synthetic(tmp_path):
     assert data_banner([Run(str(i), "S-core", {}, "completed", row) for i, row in enumerate(rows)]) == []
 
 
+@pytest.mark.slow
 def test_one_non_seed_axis_names_no_absent_axis(tmp_path, drawn):
     sw = make_sweep(tmp_path / "sweep", variants=("S-core", "S-adamw"), lrs=(0.1, 0.2), wds=(1e-3,), seeds=(0, 1))
     out = report(sw.path)
@@ -200,6 +203,7 @@ def test_one_non_seed_axis_names_no_absent_axis(tmp_path, drawn):
     )
 
 
+@pytest.mark.slow
 def test_plots_label_their_axes_with_names_and_units(tmp_path, drawn):
     from deconcnn.analysis.plots import axis_label
     from deconcnn.runlog.schema import CURVATURE_METRICS, NOISE_METRICS
@@ -222,6 +226,7 @@ def test_plots_label_their_axes_with_names_and_units(tmp_path, drawn):
     assert set(ylabels("train_loss.png")) == {"training loss [nats]"}
 
 
+@pytest.mark.slow
 def test_the_trace_carries_its_logged_error_bars(tmp_path, drawn):
     from matplotlib.collections import LineCollection
 
@@ -274,6 +279,7 @@ def test_the_trace_carries_its_logged_error_bars(tmp_path, drawn):
     assert "(symlog: linear for |y| <" in trace_axis(fig).get_ylabel()
 
 
+@pytest.mark.slow
 def test_one_legend_names_each_learning_rate_once(tmp_path, drawn):
     sw = make_sweep(tmp_path / "shared", variants=("S-core", "S-adamw"), lrs=(0.1, 0.2), seeds=(0,))
     report(sw.path)

@@ -82,6 +82,7 @@ def test_duplicate_variant_is_named(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
@@ -96,6 +97,7 @@ def test_launch_options_are_checked_before_anything_is_recorded(launched, capsys
     refused(capsys, ["launch", sweep_file, "--executor", "local", "--out", out, *option], out, expected)
 
 
+@pytest.mark.slow
 def test_check_with_a_bad_workers_per_gpu_trains_nothing(launched, capsys):
     sweep_file, out = launched
     refused(
@@ -120,6 +122,7 @@ def test_collect_and_report_of_a_directory_that_holds_no_sweep(tmp_path, capsys,
     refused(capsys, [command, tmp_path], tmp_path, "is not a sweep directory")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["launch", "status", "cancel", "collect", "report"])
 def test_a_corrupt_manifest_is_one_line_in_every_command(launched, tmp_path, capsys, command):
     sweep_file, out = launched
@@ -135,6 +138,7 @@ def test_a_corrupt_manifest_is_one_line_in_every_command(launched, tmp_path, cap
     refused(capsys, argv, copy, "manifest.json is corrupt")
 
 
+@pytest.mark.slow
 def test_cancel_only_a_pattern_that_matches_nothing(launched, capsys):
     _, out = launched
     refused(capsys, ["cancel", out / "tiny", "--only", "S-nope"], out, "--only 'S-nope' matches no run")

@@ -140,6 +140,7 @@ def test_invalid_runs_fail_validation_naming_the_run(tmp_path, body, message):
     assert message in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_sweep_training_cifar_variants_on_synthetic_data_says_so(capsys):
     assert (
         sweep_cli(

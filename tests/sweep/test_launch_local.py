@@ -32,6 +32,7 @@ def finished_sweep(launched) -> tuple[Path, Path]:
     return launched[:2]
 
 
+@pytest.mark.slow
 def test_a_local_launch_prints_a_line_per_run_and_a_summary(launched):
     _sweep_file, sweep_dir, out = launched
     lines = out.splitlines()
@@ -50,6 +51,7 @@ def test_a_local_launch_prints_a_line_per_run_and_a_summary(launched):
     assert "\x1b" not in out  # no bar, no colour codes in a file
 
 
+@pytest.mark.slow
 def test_local_launch_runs_every_run_to_completion(finished_sweep, capsys):
     sweep_dir = finished_sweep[1]
     status = status_of(sweep_dir, capsys)
@@ -61,6 +63,7 @@ def test_local_launch_runs_every_run_to_completion(finished_sweep, capsys):
         assert (run_dir / ".hydra" / "config.yaml").exists()  # the composed config, for provenance
 
 
+@pytest.mark.slow
 def test_relaunching_a_finished_sweep_submits_nothing(finished_sweep, capsys):
     sweep_file, sweep_dir = finished_sweep
     capsys.readouterr()
@@ -71,6 +74,7 @@ def test_relaunching_a_finished_sweep_submits_nothing(finished_sweep, capsys):
     assert all(entry.attempts == 1 for entry in manifest.runs.values())
 
 
+@pytest.mark.slow
 def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, capsys):
     sweep_file, sweep_dir = finished_sweep
     failed_dir = SweepDir(sweep_dir).run_dir("S-core_s1")
@@ -90,6 +94,7 @@ def test_relaunch_resubmits_only_failed_runs_keeping_attempts(finished_sweep, ca
     assert status_of(sweep_dir, capsys)["counts"]["all"]["completed"] == 2
 
 
+@pytest.mark.slow
 def test_a_completed_run_that_lost_its_log_or_a_garbage_run_json_is_failed_then_trained_again(finished_sweep, capsys):
     sweep_file, sweep_dir = finished_sweep
     sd = SweepDir(sweep_dir)
@@ -114,6 +119,7 @@ def test_a_completed_run_that_lost_its_log_or_a_garbage_run_json_is_failed_then_
         assert steps == [0, 1, 2, 3], run_id
 
 
+@pytest.mark.slow
 def test_a_changed_sweep_file_is_refused_saying_what_changed(finished_sweep, tmp_path, capsys):
     _sweep_file, sweep_dir = finished_sweep
     changed = write_sweep(tmp_path / "tiny.yaml", seeds="0,1,2")
@@ -122,6 +128,7 @@ def test_a_changed_sweep_file_is_refused_saying_what_changed(finished_sweep, tmp
     assert err.count("\n") == 1 and "changed since this sweep was launched: 1 added (e.g. S-core_s2)" in err
 
 
+@pytest.mark.slow
 def test_a_dry_run_of_a_changed_sweep_file_says_what_launch_says(finished_sweep, tmp_path, capsys):
     _sweep_file, sweep_dir = finished_sweep
     changed = write_sweep(tmp_path / "tiny.yaml", seeds="0,1,2")
@@ -132,6 +139,7 @@ def test_a_dry_run_of_a_changed_sweep_file_says_what_launch_says(finished_sweep,
     assert capsys.readouterr().err == refusal and "changed since this sweep was launched" in refusal
 
 
+@pytest.mark.slow
 def test_a_second_launch_of_a_sweep_being_launched_is_refused(finished_sweep, capsys):
     sweep_file, sweep_dir = finished_sweep
     with SweepDir(sweep_dir).lock():

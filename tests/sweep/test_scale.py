@@ -240,6 +240,7 @@ def test_each_array_keeps_its_scripts_and_logs_in_a_folder_of_its_own(fake, tmp_
     assert Path(logs["S-core_s4"]).parent.name == f"{sid}-2"
 
 
+@pytest.mark.slow
 def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp_path: Path, capsys) -> None:
     root = fake(max_array_size=2, kill_launcher_after=2)
     sweep_file = write_sweep(tmp_path / "s.yaml", seeds="range(0,6)")
@@ -277,6 +278,7 @@ def test_a_launch_killed_between_sbatch_and_its_manifest_is_reconciled(fake, tmp
     }
 
 
+@pytest.mark.slow
 def test_a_relaunch_validates_only_the_runs_it_submits_and_only_when_something_changed(
     fake, tmp_path: Path, capsys, monkeypatch
 ) -> None:

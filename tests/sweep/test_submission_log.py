@@ -159,6 +159,7 @@ def test_a_reader_racing_a_launch_that_folds_the_log_in_misses_no_launch(launche
     assert reads == [sd.log_path.name] and not sd.log_path.exists()
 
 
+@pytest.mark.slow
 def test_a_relaunch_killed_between_sbatch_and_its_line_is_reconciled(launched, capsys) -> None:
     sweep_file, sd, root = launched
     relaunch(sweep_file, sd, capsys, "2 runs submitted")  # a line in the log

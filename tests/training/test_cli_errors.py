@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from runs import TINY, train_cli
 
+pytestmark = pytest.mark.slow  # each test starts a deconcnn-train process
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
