@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deconcnn.runconfig import compose_run_config
 from deconcnn.runlog.metrics_reader import iter_records
-from deconcnn.train import train
+from deconcnn.training.run import train
 
 SWEEP_RUNS, SWEEP_EPOCHS = 216, 50
 

@@ -118,6 +118,12 @@ def test_importing_the_cli_and_the_sweep_layer_loads_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_training_app_loads_the_training_stack_only_once_hydra_has_composed_the_config():
+    """A bad override or `--cfg job` is answered before torch and Lightning load (~5 CPU-s)."""
+    code = f"import sys, deconcnn.train; bad = [m for m in {TRAINING_STACK!r} if m in sys.modules]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_analysis_imports_no_scheduler():
     """collect, report and analyze read the states runs recorded: no import can reach a scheduler."""
     offenders = {

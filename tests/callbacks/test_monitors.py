@@ -9,7 +9,7 @@ import pytest
 import torch
 from runs import compose_run, read_log
 
-from deconcnn.train import train
+from deconcnn.training.run import train
 
 CURV = [
     "+callbacks.curvature._target_=deconcnn.callbacks.curvature_monitor.CurvatureMonitor",

@@ -11,8 +11,8 @@ import torch
 from runs import compose_run, read_log
 from torch import nn
 
-from deconcnn.train import train
 from deconcnn.training.module import ImageClassifier, warmup_cosine
+from deconcnn.training.run import train
 
 
 def test_warmup_is_linear_from_near_zero_to_one():

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from runs import TINY, compose_run, read_log, read_status, train_cli
 
 from deconcnn.runconfig import compose_run_config
-from deconcnn.train import train
+from deconcnn.training.run import train
 
 STEPS = 32  # 2 epochs x 16 steps
 
@@ -184,7 +184,7 @@ def test_run_dir_alone_is_refused_with_the_setting_that_keeps_files_together(tmp
 def test_a_second_process_on_the_same_run_is_refused_before_it_touches_anything(tmp_path):
     import fcntl
 
-    from deconcnn.train import TRAIN_LOCK
+    from deconcnn.training.run import TRAIN_LOCK
 
     tmp_path.mkdir(exist_ok=True)
     with open(tmp_path / TRAIN_LOCK, "a+") as held:
