@@ -33,7 +33,7 @@ from deconcnn.runlog.layout import (
     multirun_jobs,
     read_cancellations,
 )
-from deconcnn.runlog.records import read_manifest
+from deconcnn.runlog.manifest_store import read_manifest
 from deconcnn.runlog.run_status import read_checked_status, read_run_status
 from deconcnn.runlog.states import recorded_job_state, recorded_state
 

@@ -6,6 +6,7 @@ A sweep directory (written by deconcnn.sweep, read by it and by deconcnn.analysi
         manifest.json   the runs (id, variant, overrides, params), every submission, attempts
         submissions.jsonl  launches recorded since manifest.json was last written, a line each
                         (deconcnn.runlog.records: a reader folds them into the manifest)
+        .manifest-parsed.json  manifest.json parsed, for the bytes it names (deconcnn.runlog.manifest_store)
         .lock           held by the launch that is writing the manifest (local: while it runs)
         .run-states.json  status's cache of the finished runs' run.json (deconcnn.sweep.state_cache)
         .validated.json   the runs whose configs passed, and under what (deconcnn.sweep.validated)
@@ -34,6 +35,7 @@ DEFAULT_OUT = "results"  # parent of sweep directories
 MANIFEST_FILE = "manifest.json"
 SUBMISSIONS_LOG = "submissions.jsonl"
 LOCK_FILE = ".lock"
+MANIFEST_PARSED = ".manifest-parsed.json"
 RUN_STATES_CACHE = ".run-states.json"
 VALIDATED_FILE = ".validated.json"
 CANCEL_FILE = "cancel.jsonl"

@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from deconcnn.runlog.errors import SweepError
-from deconcnn.runlog.layout import MANIFEST_FILE, SUBMISSIONS_LOG, NotASweep, run_ids_problem
+from deconcnn.runlog.layout import NotASweep, run_ids_problem
 
 FORMAT_KEY = "format_version"
 MANIFEST_FORMAT = 1
@@ -445,37 +445,6 @@ _RUN_STATUS_KEYS = frozenset((FORMAT_KEY, *(f.name for f in fields(RunStatus) if
 
 
 RESTORE = "restore it from a backup, or launch the sweep file again under another --out"
-
-
-def read_manifest(sweep_dir: Path) -> Manifest | None:
-    """The manifest with its submission log folded in, None when there is none yet; NotASweep when
-    either is unreadable."""
-    path = Path(sweep_dir)
-    if path.exists() and not path.is_dir():
-        raise NotASweep(f"{path} is a file, not a sweep directory")
-    manifest_path = path / MANIFEST_FILE
-    # The log first: a launch folding it in (the manifest written whole, then the log removed)
-    # between the two reads leaves its launches in the log read, the manifest read or both, and
-    # folding skips what the manifest holds. Manifest first, a reader could get the old manifest
-    # and no log: the folded launches missing.
-    log_path = path / SUBMISSIONS_LOG
-    log = read_submission_log(log_path)
-    try:
-        text = manifest_path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise NotASweep(f"{manifest_path} is corrupt ({error}): {RESTORE}") from None
-    with gc_paused():
-        try:
-            manifest = Manifest.from_json(json.loads(text), path.name)
-        except json.JSONDecodeError as error:
-            raise NotASweep(f"{manifest_path} is corrupt ({error}): {RESTORE}") from None
-        except NewerFormat as error:
-            raise NotASweep(f"{manifest_path}: {error}") from None
-        except RecordError as error:
-            raise NotASweep(f"{manifest_path} is corrupt ({error}): restore it from a backup") from None
-    return fold_submissions(manifest, log, log_path) if log is not None else manifest
 
 
 @contextmanager

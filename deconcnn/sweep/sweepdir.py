@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deconcnn.backends import processes
 from deconcnn.runlog import layout
-from deconcnn.runlog.atomic import fsync_dir, json_text_by_line, write_text_atomic
+from deconcnn.runlog.atomic import fsync_dir, json_text_by_line, write_bytes_atomic
 from deconcnn.runlog.errors import SweepError
 from deconcnn.runlog.layout import (
     CANCEL_FILE,
@@ -35,12 +35,12 @@ from deconcnn.runlog.layout import (
     NotASweep,
     read_cancellations,
 )
+from deconcnn.runlog.manifest_store import manifest_digest, read_manifest, save_parsed
 from deconcnn.runlog.records import (
     LaunchRecord,
     Manifest,
     RunSubmission,
     complete_lines,
-    read_manifest,
     submission_line,
 )
 
@@ -124,9 +124,13 @@ class SweepDir:
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Replace the manifest (atomically) with one that holds every launch, then empty the
-        submission log: killed in between, the log's launches are the manifest's, skipped when read."""
-        write_text_atomic(self.manifest_path, json_text_by_line(manifest.to_json(), "runs"))
+        submission log: killed in between, the log's launches are the manifest's, skipped when read.
+        Then its parsed copy (manifest_store), so that the manifest's first reader finds it: after the
+        manifest, which must not wait for the disk space the copy takes."""
+        data = json_text_by_line(manifest.to_json(), "runs").encode()
+        write_bytes_atomic(self.manifest_path, data)
         self.log_path.unlink(missing_ok=True)
+        save_parsed(self.path, manifest_digest(data), manifest)
 
     def record_launch(self, manifest: Manifest, record: LaunchRecord, packs: Sequence[RunSubmission]) -> None:
         """Record a launch and the packs it submitted in `manifest`, the sweep's manifest as read

@@ -16,6 +16,7 @@ import pytest
 from deconcnn.analysis.sources import read_source
 from deconcnn.cli import run as sweep_cli
 from deconcnn.runlog.layout import MANIFEST_FILE, NotASweep
+from deconcnn.runlog.manifest_store import read_manifest
 from deconcnn.runlog.records import (
     FORMAT_KEY,
     MANIFEST_FORMAT,
@@ -29,7 +30,6 @@ from deconcnn.runlog.records import (
     RunStatus,
     RunSubmission,
     gc_paused,
-    read_manifest,
 )
 from deconcnn.runlog.run_status import PROCESS_FILE, RUN_STATUS_FILE, read_checked_status
 from deconcnn.sweep.state import read_process
