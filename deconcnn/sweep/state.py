@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from deconcnn.backends import BackendError, Handle, SchedulerState, processes
 from deconcnn.backends.registry import attach, backend_class
@@ -199,24 +199,41 @@ def sweep_states(
     runs_dir = str(sd.runs_dir)
     # First what each run's own files say, then one poll for the runs they leave open, then those
     # runs' files again (what the scheduler says must never be newer than the files it is read with).
-    read: list[tuple[RunEntry, str, os.DirEntry[str] | None, str | None, RunStatus | None, bool]] = []
-    open_runs: list[RunEntry] = []
+    # A kept run's state is its run.json's, so its row is made in the first pass (most of 50,000).
+    states: list[RunState | None] = []
+    open_runs: list[tuple[int, RunEntry, str, os.DirEntry[str] | None, str | None, RunStatus | None]] = []
     for entry in manifest.ordered_runs():
-        run_dir = f"{runs_dir}/{entry.run_id}"  # a plain name: the manifest's run ids are checked when read
-        found = present.get(entry.run_id)
-        linked = sd.run_dir_problem(entry.run_id) if found and found.is_symlink() else None
+        run_id = entry.run_id
+        run_dir = f"{runs_dir}/{run_id}"  # a plain name: the manifest's run ids are checked when read
+        found = present.get(run_id)
+        linked = sd.run_dir_problem(run_id) if found and found.is_symlink() else None
         # Nothing is read through a link; launch refuses to write through it.
-        run = run_status.read(entry.run_id, run_dir) if found and not linked else None
-        is_open = not linked and kept_state(run) is None
-        read.append((entry, run_dir, found, linked, run, is_open))
-        if is_open:
-            open_runs.append(entry)
-    live = poll_submissions(open_runs)
-    states = []
-    for entry, run_dir, found, linked, run, is_open in read:
+        run = run_status.read(run_id, run_dir) if found and not linked else None
+        kept = None if linked else kept_state(run)
+        if kept is None:
+            open_runs.append((len(states), entry, run_dir, found, linked, run))
+            states.append(None)
+            continue
+        submission = entry.last_submission
+        own_log = f"{run_dir}/{RUN_LOG}" if logs else None
+        own_log = own_log if own_log and os.path.exists(own_log) else None
+        states.append(
+            RunState(
+                run_id,
+                entry.variant,
+                *kept,
+                entry.attempts,
+                submission.job_id if submission else None,
+                None,  # not a kept pack-mate's task
+                run_dir,
+                own_log or (submission.log if submission else None),
+            )
+        )
+    live = poll_submissions(entry for _, entry, _, _, linked, _ in open_runs if not linked)
+    for index, entry, run_dir, found, linked, run in open_runs:
         submission = entry.last_submission
         handle = submitted_handle(submission)
-        scheduler = live.get(handle) if handle and is_open else None  # not a kept pack-mate's task
+        scheduler = live.get(handle) if handle and not linked else None
         has_dir = found is not None
         if scheduler is not None:
             # Its files again, now that the scheduler has answered: a run that finished between the
@@ -233,20 +250,18 @@ def sweep_states(
             state, reason = run_state(submission, run, process, scheduler, cancellations.get(entry.run_id))
             log = f"{run_dir}/{RUN_LOG}" if has_dir and logs else None
             log = log if log and os.path.exists(log) else None
-        states.append(
-            RunState(
-                entry.run_id,
-                entry.variant,
-                state,
-                reason,
-                entry.attempts,
-                submission.job_id if submission else None,
-                scheduler.detail if scheduler else None,
-                run_dir,
-                log or (submission.log if submission else None),
-            )
+        states[index] = RunState(
+            entry.run_id,
+            entry.variant,
+            state,
+            reason,
+            entry.attempts,
+            submission.job_id if submission else None,
+            scheduler.detail if scheduler else None,
+            run_dir,
+            log or (submission.log if submission else None),
         )
-    return states
+    return cast(list[RunState], states)  # every None was filled above
 
 
 def _plain_dir(path: str) -> bool:
