@@ -5,8 +5,9 @@ A 50,000-run manifest is 30 MB of JSON whose every entry is checked as it is bui
 that status, cancel, collect and every relaunch paid, each time, for a file that changes only
 when a launch rewrites it (a relaunch appends to the submission log instead). The copy holds each
 run as one JSON list in the records' field order, so reading it is a parse of lists and a call of
-each record's constructor (about half the CPU), and it is made by whoever writes the manifest
-(SweepDir.write_manifest), so the first status after a launch finds it.
+each record's constructor (0.9 CPU-s at 50,004 runs against 1.2: benchmarks/README.md), and it is
+made by whoever writes the manifest (SweepDir.write_manifest), so the first status after a launch
+finds it.
 
 The copy names the SHA-256 of the manifest.json bytes it was made from (0.03 s for 30 MB) and is
 used only for those bytes: a stat identity would miss an edit in place within one timestamp tick
