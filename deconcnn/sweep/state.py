@@ -214,21 +214,7 @@ def sweep_states(
             open_runs.append((len(states), entry, run_dir, found, linked, run))
             states.append(None)
             continue
-        submission = entry.last_submission
-        own_log = f"{run_dir}/{RUN_LOG}" if logs else None
-        own_log = own_log if own_log and os.path.exists(own_log) else None
-        states.append(
-            RunState(
-                run_id,
-                entry.variant,
-                *kept,
-                entry.attempts,
-                submission.job_id if submission else None,
-                None,  # not a kept pack-mate's task
-                run_dir,
-                own_log or (submission.log if submission else None),
-            )
-        )
+        states.append(_row(entry, *kept, None, run_dir, logs))  # no scheduler: not a kept pack-mate's task
     live = poll_submissions(entry for _, entry, _, _, linked, _ in open_runs if not linked)
     for index, entry, run_dir, found, linked, run in open_runs:
         submission = entry.last_submission
@@ -240,7 +226,6 @@ def sweep_states(
             # first read and the poll reads completed, not failed by a task that "ended before it".
             has_dir = has_dir or _plain_dir(run_dir)
             run = run_status.read(entry.run_id, run_dir) if has_dir else None
-        log: str | None = None
         reason: str | None
         if linked:
             state, reason = "failed", f"refused: {linked}"
@@ -248,20 +233,27 @@ def sweep_states(
             # A kept run's state is its run.json's: its process record is not read (50,000 files).
             process = read_process(run_dir) if has_dir and kept_state(run) is None else None
             state, reason = run_state(submission, run, process, scheduler, cancellations.get(entry.run_id))
-            log = f"{run_dir}/{RUN_LOG}" if has_dir and logs else None
-            log = log if log and os.path.exists(log) else None
-        states[index] = RunState(
-            entry.run_id,
-            entry.variant,
-            state,
-            reason,
-            entry.attempts,
-            submission.job_id if submission else None,
-            scheduler.detail if scheduler else None,
-            run_dir,
-            log or (submission.log if submission else None),
-        )
+        states[index] = _row(entry, state, reason, scheduler, run_dir, logs and has_dir and not linked)
     return cast(list[RunState], states)  # every None was filled above
+
+
+def _row(
+    entry: RunEntry, state: str, reason: str | None, scheduler: SchedulerState | None, run_dir: str, own_log: bool
+) -> RunState:
+    """A run's row; its log is its own stdout.log where `own_log` and that exists, else its submission's."""
+    submission = entry.last_submission
+    log = f"{run_dir}/{RUN_LOG}" if own_log else None
+    return RunState(
+        entry.run_id,
+        entry.variant,
+        state,
+        reason,
+        entry.attempts,
+        submission.job_id if submission else None,
+        scheduler.detail if scheduler else None,
+        run_dir,
+        (log if log and os.path.exists(log) else None) or (submission.log if submission else None),
+    )
 
 
 def _plain_dir(path: str) -> bool:
