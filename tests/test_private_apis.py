@@ -14,7 +14,9 @@ Why each stays (no public API does it):
   Lightning restores on resume (training/data.py's resumable loader);
 - lightning_fabric `_convert_params` / `_flatten_dict`: the params a logger logs, as it logs them
   (training/loggers.py compares them with an MLflow run's);
-- OmegaConf `_get_node`: a child node without resolving interpolations (runconfig.targets).
+- OmegaConf `_get_node`: a child node without resolving interpolations (runconfig.targets);
+- `atexit._run_exitfuncs`: the exit handlers a forked run runs before os._exit, as the interpreter's
+  exit would (backends/preloaded.py).
 """
 
 from __future__ import annotations
@@ -141,3 +143,16 @@ def test_omegaconf_get_node_returns_a_child_without_resolving_it():
     assert isinstance(node, DictConfig) and node._get_node("b")._value() == "${missing}"
     assert isinstance(cfg._get_node("l"), ListConfig) and cfg._get_node("l")._get_node(0)._target_ == "z"
     assert "key" in inspect.signature(DictConfig._get_node).parameters
+
+
+def test_atexit_run_exitfuncs_runs_the_registered_handlers_last_in_first_out():
+    import atexit
+
+    ran: list[int] = []
+    for n in (1, 2):
+        atexit.register(ran.append, n)
+    try:
+        atexit._run_exitfuncs()
+        assert ran == [2, 1]
+    finally:
+        atexit.unregister(ran.append)

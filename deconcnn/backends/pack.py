@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+TRAIN_MODULE = "deconcnn.train"  # what a run is: `python -m deconcnn.train <overrides>`
+
 
 @dataclass(frozen=True)
 class Command:

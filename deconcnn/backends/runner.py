@@ -2,7 +2,8 @@
 
 Each command is its own process in its own session (so a signal for one run reaches all of its
 children and none of its siblings), with its stdout and stderr appended, unbuffered, to
-`<workdir>/stdout.log`. Before starting it the runner writes `<workdir>/process.json` (host, pid,
+`<workdir>/stdout.log`; on a CPU it is forked from a server with the training stack imported
+(deconcnn.backends.preloaded). Before starting it the runner writes `<workdir>/process.json` (host, pid,
 process start time, submission id), which is how `status` tells a live run from a dead one.
 
 Runs already completed or diverged are skipped, so a requeued pack only resumes what is left, and
@@ -26,7 +27,7 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from deconcnn.backends import processes
+from deconcnn.backends import preloaded, processes
 from deconcnn.backends.base import STOP_GRACE_S
 from deconcnn.backends.pack import Command, Submission
 from deconcnn.runlog.atomic import write_json_atomic
@@ -67,7 +68,7 @@ def run_pack(
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads_per_run)
     cancelled = cancelled_since(submission)
     stopped = cancelled()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs: dict[str, subprocess.Popen[bytes] | preloaded.ForkedRun] = {}
     for command in commands:
         workdir = Path(command.workdir)
         if workdir.is_symlink():  # linked after launch refused links: the run would write where it points
@@ -76,10 +77,14 @@ def run_pack(
         if is_kept(command.workdir) or command.name in stopped or (stop is not None and stop.is_set()):
             continue
         workdir.mkdir(parents=True, exist_ok=True)
-        with open(workdir / RUN_LOG, "ab") as log:
-            proc = subprocess.Popen(
-                command.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        proc: subprocess.Popen[bytes] | preloaded.ForkedRun | None = None
+        if preloaded.wanted(command, env):
+            proc = preloaded.start(command, env, workdir / RUN_LOG)
+        if proc is None:
+            with open(workdir / RUN_LOG, "ab") as log:
+                proc = subprocess.Popen(
+                    command.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
         procs[command.name] = proc
         # Says "a new attempt started" before the run itself can rewrite run.json (start-up takes
         # seconds), so status does not read a requeued run's previous failure as final.

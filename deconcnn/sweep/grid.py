@@ -30,6 +30,7 @@ from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep, 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deconcnn.backends import Backend, Command, is_launcher_override
+from deconcnn.backends.pack import TRAIN_MODULE
 from deconcnn.runconfig import (
     DEBUG_GROUP,
     check_config,
@@ -48,7 +49,6 @@ from deconcnn.sweep.shapes import Settings, Shape
 from deconcnn.sweep.sweepdir import SweepDir, code_version
 from deconcnn.sweep.validated import Validations, launcher_key, overrides_key
 
-TRAIN_MODULE = "deconcnn.train"
 EXPERIMENT_GROUP = "experiment"
 SEARCHPATH_KEY = "hydra.searchpath"
 MODEL_PREFIX = "model."
