@@ -5,7 +5,7 @@ run, half of a `check` run. multiprocessing's forkserver, with the stack preload
 pack runner. Each run is then a fork of that server, set up as a fresh `python -m <module> <args>`
 would be: its own session, stdout and stderr appended unbuffered to its log, the command's
 environment, the interpreter's sys.path with the cwd and PYTHONPATH in front, and the thread count
-OMP_NUM_THREADS asks for (OpenMP read the variable when the server loaded it). It exits as the
+MKL_NUM_THREADS or OMP_NUM_THREADS asks for (torch read them when the server loaded it). It exits as the
 interpreter does: non-daemon threads joined, atexit handlers run, the same exit code.
 
 Runs on a GPU keep a fresh interpreter: beside hours of training the import is noise, and CUDA reads
@@ -120,10 +120,10 @@ def _run_module(argv: list[str], env: dict[str, str], log: str, base_path: list[
     os.environ.update(env)
     pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [base_path[0], *pythonpath, *base_path[1:]]
-    threads = env.get("OMP_NUM_THREADS", "").strip()
-    torch = sys.modules.get("torch")  # preloaded: its OpenMP read the server's environment, not env
-    if torch is not None and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
+    torch = sys.modules.get("torch")  # preloaded: its thread pool read the server's environment
+    threads = threads_asked(env)
+    if torch is not None and threads is not None:
+        torch.set_num_threads(threads)
     sys.argv = [module, *args]
     code = 0
     try:
@@ -145,6 +145,16 @@ def _run_module(argv: list[str], env: dict[str, str], log: str, base_path: list[
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def threads_asked(env: dict[str, str]) -> int | None:
+    """The intra-op threads a fresh torch takes from `env`: MKL_NUM_THREADS, else OMP_NUM_THREADS
+    (ATen's intraop_default_num_threads); None when neither is a positive integer."""
+    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = env.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
 
 
 def _exit_code(exit_: SystemExit) -> int:

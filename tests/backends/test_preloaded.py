@@ -17,22 +17,28 @@ from deconcnn.backends import Command, preloaded
 from deconcnn.backends.pack import TRAIN_MODULE
 from sweeps import wait_for
 
-ENV = {**os.environ, "PYTHONPATH": str(SUPPORT), "FORKED_CHILD_MARK": "marked", "OMP_NUM_THREADS": "2"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+ENV = {
+    **{k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES},
+    "PYTHONPATH": str(SUPPORT),
+    "FORKED_CHILD_MARK": "marked",
+    "OMP_NUM_THREADS": "2",
+}
 
 
-def forked(tmp_path: Path, *args: str) -> tuple[preloaded.ForkedRun, Path]:
+def forked(tmp_path: Path, *args: str, env: dict[str, str] = ENV) -> tuple[preloaded.ForkedRun, Path]:
     log = tmp_path / "forked.log"
-    return preloaded.ForkedRun(Command("child", "forked_child", args, str(tmp_path)), ENV, log), log
+    return preloaded.ForkedRun(Command("child", "forked_child", args, str(tmp_path)), env, log), log
 
 
-def fresh(tmp_path: Path, *args: str) -> tuple[int, Path]:
+def fresh(tmp_path: Path, *args: str, env: dict[str, str] = ENV) -> tuple[int, Path]:
     log = tmp_path / "fresh.log"
     with open(log, "ab") as out:
         code = subprocess.run(
             Command("child", "forked_child", args, str(tmp_path)).argv(),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=ENV,
+            env=env,
             start_new_session=True,
             timeout=120,
         ).returncode
@@ -51,6 +57,18 @@ def test_it_sees_the_argv_cwd_path_environment_session_and_threads_of_a_fresh_pr
     assert got == want
     assert want["threads"] == 2 and want["session_leader"] and want["env"] == "marked"
     assert str(Path(__file__).parent) not in got["path"], "the server's own sys.path leaked into the run"
+
+
+@pytest.mark.parametrize(
+    "threads",
+    [{"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"}, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}],
+)
+def test_it_takes_the_torch_threads_its_environment_asks_for_as_a_fresh_process(tmp_path, threads):
+    """Cases of 1 and 2 threads: whatever the server took, one of them differs from it."""
+    env = {**ENV, **threads}
+    run, log = forked(tmp_path, "exit", "0", env=env)
+    assert run.wait() == 0 and fresh(tmp_path, "exit", "0", env=env)[0] == 0
+    assert seen(log)["threads"] == seen(tmp_path / "fresh.log")["threads"] == preloaded.threads_asked(env)
 
 
 @pytest.mark.parametrize(
