@@ -60,6 +60,7 @@ def start(command: Command, env: dict[str, str], log: Path) -> ForkedRun | None:
     """The run forked from the server; None when the server cannot start (its preload raised: the
     traceback is on this process's stderr), after which every run of this process starts fresh
     and meets the error itself, in its own log."""
+    log.touch()  # there once this returns, as Popen's log is; a log that cannot be made fails here
     try:
         return ForkedRun(command, env, log)
     except (EOFError, OSError) as error:
@@ -90,7 +91,6 @@ class ForkedRun:
     """The part of subprocess.Popen that run_pack uses, for a run forked from the server."""
 
     def __init__(self, command: Command, env: dict[str, str], log: Path) -> None:
-        log.touch()  # there once start() returns, as a log Popen writes to is
         args = (command.argv(), env, str(log), [os.getcwd(), *interpreter_path()])
         self._process = _FORKSERVER.Process(target=_run_module, args=args, name=command.name)
         self._process.start()

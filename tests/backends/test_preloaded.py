@@ -28,7 +28,9 @@ ENV = {
 
 def forked(tmp_path: Path, *args: str, env: dict[str, str] = ENV) -> tuple[preloaded.ForkedRun, Path]:
     log = tmp_path / "forked.log"
-    return preloaded.ForkedRun(Command("child", "forked_child", args, str(tmp_path)), env, log), log
+    run = preloaded.start(Command("child", "forked_child", args, str(tmp_path)), env, log)
+    assert run is not None, "the preloaded server did not start"
+    return run, log
 
 
 def fresh(tmp_path: Path, *args: str, env: dict[str, str] = ENV) -> tuple[int, Path]:
@@ -141,3 +143,10 @@ def test_a_server_that_cannot_start_leaves_each_run_to_a_fresh_interpreter(tmp_p
     assert result.returncode == 0, result.stderr
     assert "RuntimeError: broken at import" in result.stderr
     assert result.stderr.count("the preloaded server did not start (EOFError") == 1
+
+
+def test_a_log_that_cannot_be_made_fails_the_start_as_popen_s_would_and_keeps_the_server(tmp_path):
+    run = Command("r", TRAIN_MODULE, (), str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        preloaded.start(run, ENV, tmp_path / "gone" / "stdout.log")
+    assert preloaded.wanted(run, ENV), "a full disk or a removed directory is not the server failing"
