@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from deconcnn.backends import Command, preloaded
+from deconcnn.backends.pack import TRAIN_MODULE
 from deconcnn.runconfig import CONF_DIR, compose_run_config
 
 REPO = CONF_DIR.parent
@@ -38,6 +42,33 @@ def train_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def start_forked(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> preloaded.ForkedRun:
+    """deconcnn-train forked from the preloaded server, as the pack runner starts a run on a CPU
+    (tests/backends/test_preloaded.py holds such a fork to a fresh process), for tests of what a run
+    does rather than of its command line: the ~6 CPU-s import of torch and Lightning is paid once per
+    test process instead of once per run. Its stdout and stderr go to `log`."""
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT), **(env or {})}
+    run = preloaded.start(Command(log.stem, TRAIN_MODULE, tuple(args), str(log.parent)), env, log)
+    assert run is not None, "the preloaded server did not start"
+    return run
+
+
+def wait_forked(run: preloaded.ForkedRun, timeout: float = 300) -> int:
+    """The run's exit code; a run still going after `timeout` seconds is killed and fails the test."""
+    deadline = time.monotonic() + timeout
+    while run.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(run.pid, signal.SIGKILL)
+            raise AssertionError(f"a forked deconcnn-train (pid {run.pid}) still ran after {timeout} s")
+        time.sleep(0.2)
+    return run.wait()
+
+
+def train_forked(args: Sequence[str], log: Path, timeout: float = 300, env: dict[str, str] | None = None) -> int:
+    """start_forked, then wait_forked."""
+    return wait_forked(start_forked(args, log, env), timeout)
 
 
 def read_log(run_dir: Path) -> list[dict]:

@@ -7,16 +7,14 @@ Needs a small filesystem: a tmpfs mounted for the test (root); skipped elsewhere
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from runs import REPO, SUPPORT, TINY, read_log, read_status
+from runs import TINY, read_log, read_status, train_forked
 
 from deconcnn.runlog.run_status import RunStatusFile, read_run_status
 
@@ -43,16 +41,7 @@ def resize(mount: Path, size: str) -> None:
 def train_logged(run_dir: Path) -> int:
     """deconcnn-train with its output in the run directory, as the sweep's runner starts it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(SUPPORT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with open(run_dir / "stdout.log", "ab") as log:
-        return subprocess.run(
-            [sys.executable, "-m", "deconcnn.train", *TINY, f"hydra.run.dir={run_dir}"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=600,
-        ).returncode
+    return train_forked([*TINY, f"hydra.run.dir={run_dir}"], run_dir / "stdout.log", env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runs import TINY, compose_run, read_log, read_status, train_cli
+from runs import TINY, compose_run, read_log, read_status, train_forked
 
 from deconcnn.runconfig import ConfigError
 from deconcnn.training.build import build_run
@@ -49,15 +49,18 @@ Values = dict[tuple[int, str], list[float]]  # (step, "<kind>/<key>") -> every v
 def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("loggers") / "lr0.1_s0"
     args = [*LOGGED, f"hydra.run.dir={run_dir}"]
-    killed = train_cli(
-        [*args, "+callbacks.kill._target_=fault_callbacks.KillAtStep", f"+callbacks.kill.step={KILL_STEP}"], env=ENV
+    log = run_dir.parent / "train.log"
+    killed = train_forked(
+        [*args, "+callbacks.kill._target_=fault_callbacks.KillAtStep", f"+callbacks.kill.step={KILL_STEP}"],
+        log,
+        env=ENV,
     )
-    assert killed.returncode == -9, killed.stderr
+    assert killed == -9, log.read_text()
     first_ids = json.loads((run_dir / LOGGER_RUNS_FILE).read_text())
     # Resumed with a setting changed (as when a run is extended): MLflow keeps the first value.
-    resumed = train_cli([*args, "callbacks.loss_slope_logger.flush_every_n_steps=5"], env=ENV)
-    assert resumed.returncode == 0, resumed.stderr
-    closing = resumed.stdout.splitlines()[-1]
+    resumed = train_forked([*args, "callbacks.loss_slope_logger.flush_every_n_steps=5"], log, env=ENV)
+    assert resumed == 0, log.read_text()
+    closing = log.read_text().splitlines()[-1]
     assert closing.startswith("deconcnn-train: completed at step 32, last training loss ")
     assert closing.endswith(f"logs in {run_dir}: metrics.jsonl, csv/, tensorboard/, mlruns/"), closing
     assert read_status(run_dir)["resumed_from_step"] == RESUME_STEP

@@ -1,11 +1,12 @@
 """Exact resume: a run SIGKILLed anywhere and resumed is the run that was never interrupted.
 
 Every scenario trains the same tiny monitored run (2 epochs x 16 steps, validation and a checkpoint
-every 4 steps, curvature every 6 steps, noise every epoch) in a fresh process, kills it, resumes it
-with the same command, and compares the whole metric log (every value but wall-clock times) and the
-final weights with an uninterrupted run. The curvature records after a resume depend on the state
-the monitor carries (the previous record's eigenvector, warm start, and its trace variance, which
-plans the probe count): they match only if that state is checkpointed.
+every 4 steps, curvature every 6 steps, noise every epoch) in a process of its own (forked, as the
+pack runner starts a run on a CPU), kills it, resumes it with the same command, and compares the
+whole metric log (every value but wall-clock times) and the final weights with an uninterrupted run.
+The curvature records after a resume depend on the state the monitor carries (the previous record's
+eigenvector, warm start, and its trace variance, which plans the probe count): they match only if
+that state is checkpointed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import TINY, read_log, read_status, train_cli
+from runs import TINY, read_log, read_status, train_forked
 
 STEPS = 32
 MONITORED = [
@@ -35,8 +36,10 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same kernels in every process, two 
 
 
 def run(run_dir: Path, *extra: str) -> int:
-    result = train_cli([*MONITORED, f"hydra.run.dir={run_dir}", *extra], env=ONE_THREAD)
-    return result.returncode
+    """The run in a process of its own, forked as the pack runner forks runs on a CPU: a kill -9
+    ends that process alone, and the resume starts from nothing but the files."""
+    log = run_dir.with_suffix(".log")
+    return train_forked([*MONITORED, f"hydra.run.dir={run_dir}", *extra], log, env=ONE_THREAD)
 
 
 def kill(step: int) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fault_callbacks import GradNormWitness
 from hydra.utils import instantiate
-from runs import TINY, compose_run, read_log, read_status, train_cli
+from runs import TINY, compose_run, read_log, read_status, train_cli, train_forked
 
 from deconcnn.runconfig import compose_run_config
 from deconcnn.training.run import train
@@ -77,14 +77,16 @@ def test_sigkill_mid_epoch_then_resume_logs_every_step_once(tmp_path):
     run_dir = tmp_path / "run"
     common = [*TINY, f"hydra.run.dir={run_dir}", "callbacks.loss_slope_logger.flush_every_n_steps=3"]
     # Killed at step 27: the last checkpoint is at step 24, and steps 25-26 were already flushed.
-    killed = train_cli([*common, "+callbacks.kill._target_=fault_callbacks.KillAtStep", "+callbacks.kill.step=27"])
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    log = tmp_path / "run.log"
+    killed = train_forked(
+        [*common, "+callbacks.kill._target_=fault_callbacks.KillAtStep", "+callbacks.kill.step=27"], log
+    )
+    assert killed == -9, log.read_text()[-2000:]
     before = read_log(run_dir)
     assert any(r["kind"] == "train" and r["step"] > 24 for r in before)
     assert read_status(run_dir)["status"] == "running"
 
-    resumed = train_cli(common)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert train_forked(common, log) == 0, log.read_text()[-2000:]
     records = read_log(run_dir)
     train_steps = Counter(r["step"] for r in records if r["kind"] == "train")
     assert sorted(train_steps) == list(range(STEPS)) and set(train_steps.values()) == {1}

@@ -5,16 +5,14 @@ attempt trains them again. Real training processes, real `rm -rf`."""
 from __future__ import annotations
 
 import errno
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from runs import REPO, SUPPORT, TINY, read_status, train_cli
+from runs import TINY, read_status, start_forked, train_forked, wait_forked
 
+from deconcnn.backends import preloaded
 from deconcnn.runlog.rundir import RunDirIdentity, RunFilesLost
 from deconcnn.training.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO
 from sweeps import train_steps, wait_for
@@ -28,15 +26,10 @@ SLOW_STEPS = [  # every step flushed, then 0.3 s of sleep: an rm -rf lands betwe
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
-def start(run_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deconcnn.train", *TINY, *SLOW_STEPS, f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(SUPPORT), **ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def start(run_dir: Path) -> tuple[preloaded.ForkedRun, Path]:
+    """The slow run, and its log (beside the run directory, which the test deletes)."""
+    log = run_dir.with_suffix(".log")
+    return start_forked([*TINY, *SLOW_STEPS, f"hydra.run.dir={run_dir}"], log, env=ENV), log
 
 
 def rm_rf(path: Path) -> None:
@@ -57,13 +50,13 @@ def rm_rf(path: Path) -> None:
 @pytest.mark.parametrize("recreated", [False, True], ids=["deleted", "deleted-and-recreated"])
 def test_rm_rf_of_the_run_directory_mid_run_fails_and_writes_nothing_more(tmp_path, recreated):
     run_dir = tmp_path / "run"
-    proc = start(run_dir)
-    wait_for("step 7", lambda: len(train_steps(run_dir)) >= 7 or proc.poll() is not None, timeout=120)
+    run, log = start(run_dir)
+    wait_for("step 7", lambda: len(train_steps(run_dir)) >= 7 or run.poll() is not None, timeout=120)
     rm_rf(run_dir)  # a scratch purge
     if recreated:  # ... and the path made again (a relaunch, a user)
         run_dir.mkdir()
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err[-3000:]
+    code, err = wait_forked(run, timeout=120), log.read_text()
+    assert code == 1, err[-3000:]
     assert "deconcnn-train: failed:" in err and "deleted mid-run" in err, err[-3000:]
     # Neither a re-created directory with a run.json saying completed, nor a write into the new one.
     assert (sorted(run_dir.iterdir()) == []) if recreated else not run_dir.exists()
@@ -71,14 +64,15 @@ def test_rm_rf_of_the_run_directory_mid_run_fails_and_writes_nothing_more(tmp_pa
 
 def test_a_log_that_lost_steps_fails_the_run_and_the_next_attempt_trains_them_again(tmp_path):
     cut = ["+callbacks.cut._target_=fault_callbacks.CutLogAtStep", "+callbacks.cut.step=20"]
-    first = train_cli([*TINY, *cut, f"hydra.run.dir={tmp_path}"], env=ENV)  # 2 epochs of 16 steps
-    assert first.returncode == 1, first.stderr[-3000:]
+    log = tmp_path.with_suffix(".log")
+    first = train_forked([*TINY, *cut, f"hydra.run.dir={tmp_path}"], log, env=ENV)  # 2 epochs of 16 steps
+    assert first == 1, log.read_text()[-3000:]
     status = read_status(tmp_path)
     assert status["status"] == "failed" and "20 of its 32 training steps are missing (first 0)" in status["error"]
-    assert "deconcnn-train: failed: training ended, but metrics.jsonl: 20 of its 32" in first.stderr
+    assert "deconcnn-train: failed: training ended, but metrics.jsonl: 20 of its 32" in log.read_text()
     # The same command again: no checkpoint covers a whole log, so it starts over and completes.
-    again = train_cli([*TINY, f"hydra.run.dir={tmp_path}"], env=ENV)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = train_forked([*TINY, f"hydra.run.dir={tmp_path}"], log, env=ENV)
+    assert again == 0, log.read_text()[-3000:]
     status = read_status(tmp_path)
     assert status["status"] == "completed" and status["resumed_from"] is None, status
     assert status["resume_note"].startswith("last.ckpt is not resumed from (metrics.jsonl: 20 of its 32 training")
