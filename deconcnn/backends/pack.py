@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 TRAIN_MODULE = "deconcnn.train"  # what a run is: `python -m deconcnn.train <overrides>`
+THROUGHPUT_MODULE = "deconcnn.training.throughput"  # the resource probe's worker: a run's loop, timed
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ environment, the interpreter's sys.path with the cwd and PYTHONPATH in front, an
 MKL_NUM_THREADS or OMP_NUM_THREADS asks for (torch read them when the server loaded it). It exits as the
 interpreter does: non-daemon threads joined, atexit handlers run, the same exit code.
 
-Runs on a GPU keep a fresh interpreter: beside hours of training the import is noise, and CUDA reads
-its device list (CUDA_VISIBLE_DEVICES, which differs per slot) once per process. What stays shared
-with the server: the modules it preloaded (a module of the same name in the launch directory does
-not shadow them) and the hash seed.
+The resource probe's throughput workers start the same way, so that on a CPU the probe measures runs
+as the sweep will start them. Runs on a GPU keep a fresh interpreter: beside hours of training the
+import is noise, and CUDA reads its device list (CUDA_VISIBLE_DEVICES, which differs per slot) once
+per process. What stays shared with the server: the modules it preloaded (a module of the same name
+in the launch directory does not shadow them) and the hash seed.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import setproctitle
 
-from deconcnn.backends.pack import TRAIN_MODULE, Command
+from deconcnn.backends.pack import THROUGHPUT_MODULE, TRAIN_MODULE, Command
 
 PRELOAD = ["deconcnn.training.run"]  # what TRAIN_MODULE imports: torch, Lightning, model, data, callbacks
+FORKED_MODULES = (TRAIN_MODULE, THROUGHPUT_MODULE)  # both build and train a run (THROUGHPUT_MODULE: timed)
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 SWITCH_ENV = "DECONCNN_FORK_RUNS"  # "0": every run in a fresh interpreter, as on a GPU
 
@@ -44,11 +46,22 @@ _FORKSERVER.set_forkserver_preload(PRELOAD)
 _server_failed: list[str] = []  # why the server could not start, once it could not
 
 
+def start_process(command: Command, env: dict[str, str], log: Path) -> subprocess.Popen[bytes] | ForkedRun:
+    """The command in a session of its own, its stdout and stderr appended to `log`: forked from the
+    server where `wanted`, else (or when the server cannot start) a fresh interpreter."""
+    if wanted(command, env):
+        forked = start(command, env, log)
+        if forked is not None:
+            return forked
+    with open(log, "ab") as out:
+        return subprocess.Popen(command.argv(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
 def wanted(command: Command, env: dict[str, str]) -> bool:
-    """Fork a run that sees no GPU; start a fresh interpreter for one that may, and for any other
-    command (the probe's measuring process imports no torch)."""
+    """Fork a run (or a probe worker) that sees no GPU; start a fresh interpreter for one that may,
+    and for any other command (the probe's measuring process imports no torch)."""
     return (
-        command.module == TRAIN_MODULE
+        command.module in FORKED_MODULES
         and not env.get(GPU_ENV, "").strip()
         and env.get(SWITCH_ENV, "1") != "0"
         and sys.platform == "linux"
@@ -88,7 +101,8 @@ def interpreter_path() -> tuple[str, ...]:
 
 
 class ForkedRun:
-    """The part of subprocess.Popen that run_pack uses, for a run forked from the server."""
+    """The part of subprocess.Popen that the pack runner and the probe use, for a run forked from
+    the server."""
 
     def __init__(self, command: Command, env: dict[str, str], log: Path) -> None:
         args = (command.argv(), env, str(log), [os.getcwd(), *interpreter_path()])
@@ -96,12 +110,19 @@ class ForkedRun:
         self._process.start()
         self.pid: int = self._process.pid  # type: ignore[assignment]  # set by start()
 
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
     def poll(self) -> int | None:
         return self._process.exitcode
 
-    def wait(self) -> int:
-        self._process.join()
-        return self._process.exitcode  # type: ignore[return-value]  # joined: it has one
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code, as Popen.wait: TimeoutExpired when it still runs after `timeout` seconds."""
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout or 0)
+        return self._process.exitcode
 
 
 def _run_module(argv: list[str], env: dict[str, str], log: str, base_path: list[str]) -> None:

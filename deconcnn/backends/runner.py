@@ -77,15 +77,7 @@ def run_pack(
         if is_kept(command.workdir) or command.name in stopped or (stop is not None and stop.is_set()):
             continue
         workdir.mkdir(parents=True, exist_ok=True)
-        proc: subprocess.Popen[bytes] | preloaded.ForkedRun | None = None
-        if preloaded.wanted(command, env):
-            proc = preloaded.start(command, env, workdir / RUN_LOG)
-        if proc is None:
-            with open(workdir / RUN_LOG, "ab") as log:
-                proc = subprocess.Popen(
-                    command.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )
-        procs[command.name] = proc
+        proc = procs[command.name] = preloaded.start_process(command, env, workdir / RUN_LOG)
         # Says "a new attempt started" before the run itself can rewrite run.json (start-up takes
         # seconds), so status does not read a requeued run's previous failure as final.
         write_json_atomic(

@@ -14,7 +14,7 @@ import pytest
 from runs import SUPPORT
 
 from deconcnn.backends import Command, preloaded
-from deconcnn.backends.pack import TRAIN_MODULE
+from deconcnn.backends.pack import THROUGHPUT_MODULE, TRAIN_MODULE
 from sweeps import wait_for
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -99,14 +99,16 @@ def test_it_joins_its_threads_then_runs_atexit_before_it_exits(tmp_path):
     assert (tmp_path / "fresh.log").read_text().splitlines()[-2:] == ["thread ended", "atexit ran"]
 
 
-def test_a_sigkilled_run_reads_minus_9_its_output_is_unbuffered_and_ps_shows_its_command(tmp_path):
+def test_a_sigkilled_run_reads_minus_9_waits_as_popen_its_output_is_unbuffered_and_ps_shows_its_command(tmp_path):
     run, log = forked(tmp_path, "sleep")
     wait_for("its line before the sleep", lambda: "before the sleep" in log.read_text(), timeout=60)
-    assert run.poll() is None
+    assert run.poll() is None and run.returncode is None
+    with pytest.raises(subprocess.TimeoutExpired):  # as Popen.wait
+        run.wait(timeout=0.1)
     cmdline = Path(f"/proc/{run.pid}/cmdline").read_text().replace("\0", " ")
     assert f"{sys.executable} -m forked_child sleep" in cmdline
     os.killpg(run.pid, signal.SIGKILL)  # its own session and group, as start_new_session gives
-    assert run.wait() == -signal.SIGKILL
+    assert run.wait(timeout=60) == run.returncode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize(
@@ -116,10 +118,12 @@ def test_a_sigkilled_run_reads_minus_9_its_output_is_unbuffered_and_ps_shows_its
         (TRAIN_MODULE, {"CUDA_VISIBLE_DEVICES": ""}, True),  # a local CPU slot
         (TRAIN_MODULE, {"CUDA_VISIBLE_DEVICES": "1"}, False),  # a GPU slot reads its devices itself
         (TRAIN_MODULE, {preloaded.SWITCH_ENV: "0"}, False),
+        (THROUGHPUT_MODULE, {}, True),  # the probe's worker: measured as runs start
+        (THROUGHPUT_MODULE, {"CUDA_VISIBLE_DEVICES": "0"}, False),
         ("deconcnn.sweep.probe.measure", {}, False),  # imports no torch: nothing to share
     ],
 )
-def test_only_a_training_run_on_a_cpu_is_forked(module, env, forks):
+def test_only_a_training_run_or_probe_worker_on_a_cpu_is_forked(module, env, forks):
     assert preloaded.wanted(Command("r", module, (), "."), env) is forks
 
 

@@ -11,16 +11,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from deconcnn.backends import Command, processes
+from deconcnn.backends.pack import THROUGHPUT_MODULE
 from deconcnn.cli import run as sweep_cli
 from deconcnn.sweep import launch
 from deconcnn.sweep.grid import plan
 from deconcnn.sweep.launch import make_packs
 from deconcnn.sweep.probe.measure import measure, summarize_trial
 from deconcnn.sweep.probe.rules import (
-    WORKER_MODULE,
     ProbeFileError,
     ProbeSettings,
     VariantSpec,
@@ -340,15 +341,21 @@ def test_a_probe_stopped_by_a_signal_leaves_no_process_behind(tmp_path, signum):
         text=True,
     )
     # A worker inside its timed window: the probe wrote `go` (ready.0 is past the barrier's start).
-    worker = wait_for("a throughput worker", lambda: pids_running(WORKER_MODULE, str(tmp_path)), timeout=300)
+    worker = wait_for("a throughput worker", lambda: pids_running(THROUGHPUT_MODULE, str(tmp_path)), timeout=300)
     wait_for("the timed window", lambda: list(tmp_path.glob("deconcnn-probe-*/S-core/k1/go")), timeout=300)
     measuring = pids_running("deconcnn.sweep.probe.measure", str(tmp_path))
     assert measuring, "the probe job is not found"
+    started = psutil.Process(measuring[0]).children(recursive=True)  # the worker, and the server it forked from
+    assert any(worker[0] == p.pid for p in started), (worker, started)
     probe.send_signal(signum)
     out, _ = probe.communicate(timeout=120)
     assert probe.returncode == 128 + signum, out[-3000:]
-    wait_for("the worker and the probe job to end", lambda: not pids_running(WORKER_MODULE, str(tmp_path)), timeout=30)
+    wait_for(
+        "the worker and the probe job to end", lambda: not pids_running(THROUGHPUT_MODULE, str(tmp_path)), timeout=30
+    )
     assert not pids_running("deconcnn.sweep.probe.measure", str(tmp_path)), (measuring, worker)
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, alive
     assert not list(tmp_path.glob("deconcnn-probe-*")), "the probe's scratch directory is left"
 
 

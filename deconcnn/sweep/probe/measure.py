@@ -27,9 +27,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deconcnn.backends import Command, preloaded
+from deconcnn.backends.pack import THROUGHPUT_MODULE
 from deconcnn.backends.processes import torch_threads
 from deconcnn.runlog.atomic import write_json_atomic
-from deconcnn.sweep.probe.rules import MB, WORKER_MODULE, ProbeSettings, VariantSpec, choose_k, stop_reason
+from deconcnn.sweep.probe.rules import MB, ProbeSettings, VariantSpec, choose_k, stop_reason
 
 # ---------------------------------------------------------------- this machine's resources
 
@@ -69,11 +71,8 @@ def host_memory_limit_mb() -> float | None:
 # ---------------------------------------------------------------- one trial: k workers at once
 
 
-def _worker_argv(spec: VariantSpec, settings: ProbeSettings, sync: Path, index: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        WORKER_MODULE,
+def _worker(spec: VariantSpec, settings: ProbeSettings, sync: Path, index: int) -> Command:
+    args = (
         "--steps",
         str(settings.steps),
         "--warmup",
@@ -88,7 +87,8 @@ def _worker_argv(spec: VariantSpec, settings: ProbeSettings, sync: Path, index: 
         str(sync / f"result.{index}.json"),
         "--",
         *spec.overrides,
-    ]
+    )
+    return Command(f"worker.{index}", THROUGHPUT_MODULE, args, str(sync))
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -108,18 +108,8 @@ def run_trial(
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    procs = []
-    for i in range(k):
-        with open(sync / f"worker.{i}.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    _worker_argv(spec, settings, sync, i),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            )
+    # Each worker in a session of its own; on a CPU forked as the sweep's runs are (deconcnn.backends.preloaded).
+    procs = [preloaded.start_process(_worker(spec, settings, sync, i), env, sync / f"worker.{i}.log") for i in range(k)]
     results = [sync / f"result.{i}.json" for i in range(k)]
     deadline = time.monotonic() + settings.trial_timeout_s
     flags: set[str] = set()

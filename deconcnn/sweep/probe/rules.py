@@ -34,7 +34,6 @@ PROBE_VERSION = 1
 MEMORY_FRACTION = 0.85  # never choose a k whose memory exceeds this share of the device (or RAM)
 TARGET_FRACTION = 0.90  # the smallest k reaching this share of the best aggregate throughput
 MIN_GAIN = 0.05  # stop when k adds less than this to the best aggregate throughput so far
-WORKER_MODULE = "deconcnn.training.throughput"
 MB = 2**20
 
 
