@@ -10,13 +10,13 @@ DEMO_OUT ?= results
 # uv installs the same pins as pip in ~25 s instead of ~100 s (it fetches, unpacks and compiles in
 # parallel). --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, a venv without
 # .pyc files compiles torch's modules again in every process. uv reads no pip configuration: it gets
-# pip's find-links (where this machine keeps its torch wheel), and where it still fails (an index
-# only pip.conf names) pip installs instead.
+# pip's find-links (PIP_FIND_LINKS, else pip.conf's: where this machine keeps its torch wheel), and
+# where it still fails (an index only pip.conf names) pip installs instead.
 $(INSTALLED): pyproject.toml constraints-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q -c constraints-dev.txt uv
-	@links=$$($(PY) -m pip config get global.find-links 2>/dev/null || true); \
-	$(UV) pip install --python $(PY) -q --compile-bytecode -c constraints-dev.txt $$(printf -- '--find-links %s ' $$links) -e '.[dev]' \
+	@links=$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}; \
+	$(UV) pip install --python $(PY) -q --compile-bytecode -c constraints-dev.txt $$(for link in $$links; do printf -- '--find-links %s ' $$link; done) -e '.[dev]' \
 	|| { echo "make: uv could not install; pip installs instead"; $(PY) -m pip install -q -c constraints-dev.txt -e '.[dev]'; }
 	@# backpack-for-pytorch declares torchvision, whose PyPI build does not load beside every torch
 	@# build (and then breaks `import pytorch_lightning`); BackPACK only uses it in its examples.
