@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,13 +56,11 @@ def start_forked(args: Sequence[str], log: Path, env: dict[str, str] | None = No
 
 def wait_forked(run: preloaded.ForkedRun, timeout: float = 300) -> int:
     """The run's exit code; a run still going after `timeout` seconds is killed and fails the test."""
-    deadline = time.monotonic() + timeout
-    while run.poll() is None:
-        if time.monotonic() > deadline:
-            os.killpg(run.pid, signal.SIGKILL)
-            raise AssertionError(f"a forked deconcnn-train (pid {run.pid}) still ran after {timeout} s")
-        time.sleep(0.2)
-    return run.wait()
+    try:
+        return run.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise AssertionError(f"a forked deconcnn-train (pid {run.pid}) still ran after {timeout} s") from None
 
 
 def train_forked(args: Sequence[str], log: Path, timeout: float = 300, env: dict[str, str] | None = None) -> int:

@@ -41,7 +41,9 @@ def resize(mount: Path, size: str) -> None:
 def train_logged(run_dir: Path) -> int:
     """deconcnn-train with its output in the run directory, as the sweep's runner starts it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    return train_forked([*TINY, f"hydra.run.dir={run_dir}"], run_dir / "stdout.log", env={"OMP_NUM_THREADS": "1"})
+    return train_forked(
+        [*TINY, f"hydra.run.dir={run_dir}"], run_dir / "stdout.log", timeout=600, env={"OMP_NUM_THREADS": "1"}
+    )
 
 
 @pytest.mark.slow
