@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from deconcnn.cli import run as sweep_cli
+from deconcnn.sweep.check.rules import CHECK_CURVATURE_BATCH, CURVATURE, NOISE
 
 TINY_RUN = ["debug=smoke"]  # conf/debug/smoke.yaml: 4 steps on synthetic data, width 0.125
+# The monitors' batches shrunk as the pre-launch check shrinks them (cost, not schedule): the
+# curvature record at step 0 is most of a smoke run's training CPU, ~6 CPU-s on the 64 samples
+# smoke leaves it, ~12 on 128, ~2 on 8.
+SMALL_MONITORS = [
+    f"callbacks.{CURVATURE}.batch_size={CHECK_CURVATURE_BATCH}",
+    f"callbacks.{NOISE}.grad_batch_size={CHECK_CURVATURE_BATCH}",
+]
 LOCAL_SLURM = [
     "hydra.launcher.gpus_per_node=0",
     "hydra.launcher.cpus_per_task=1",
@@ -26,11 +34,18 @@ PACKED = ("--workers-per-gpu", "2", *ONE_GPU_TASK)
 
 
 def write_sweep(
-    path: Path, *, seeds: str = "0,1", name: str = "tiny", extra: list[str] = (), variants: dict | None = None
+    path: Path,
+    *,
+    seeds: str = "0,1",
+    name: str = "tiny",
+    extra: list[str] = (),
+    variants: dict | None = None,
+    monitors: bool = True,
 ) -> Path:
-    """A sweep file: S-core (and whatever variants are given) x seeds, each run a few steps."""
+    """A sweep file: S-core (and whatever variants are given) x seeds, each run a few steps; with
+    `monitors` (the runs' callbacks have them), their batches are SMALL_MONITORS'."""
     lines = [f"name: {name}", 'run_id: "{variant}_s{seed}"', "overrides:"]
-    lines += [f"  - {o}" for o in [*TINY_RUN, *extra]]
+    lines += [f"  - {o}" for o in [*TINY_RUN, *(SMALL_MONITORS if monitors else ()), *extra]]
     lines += ["axes:", f"  seed: {seeds}", "variants:"]
     for variant, body in (variants or {"S-core": {"experiment": "loss_lin_slope_base"}}).items():
         lines.append(f"  {variant}: {json.dumps(body)}")

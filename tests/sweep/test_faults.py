@@ -52,7 +52,8 @@ def fault_callbacks_importable(monkeypatch):
 
 def sweep(tmp_path: Path, seeds: str = "0,1,2", name: str = "faults", step_seconds: float = 0.1) -> tuple[Path, Path]:
     extra = [*FAULT_RUN, f"+callbacks.slow.seconds={step_seconds}"]
-    return write_sweep(tmp_path / f"{name}.yaml", seeds=seeds, name=name, extra=extra), tmp_path / "out" / name
+    sweep_file = write_sweep(tmp_path / f"{name}.yaml", seeds=seeds, name=name, extra=extra, monitors=False)
+    return sweep_file, tmp_path / "out" / name
 
 
 def launcher(sweep_file: Path, out: Path, *args: str) -> subprocess.Popen[str]:
