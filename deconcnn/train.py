@@ -1,7 +1,8 @@
 """deconcnn-train: the Hydra app for one instrumented run (the run itself: deconcnn.training.run).
 
-Torch and Lightning load only once Hydra has composed the config: a typo in an override, an unknown
-experiment or `--cfg job` is answered in about a second, not after ~5 CPU-s of imports.
+Torch and Lightning load only once Hydra has composed the config and check_config has read it: a
+typo in an override, an unknown experiment, a value out of range (`optim.lr=-0.1`) or `--cfg job`
+is answered in about a second, not after ~5 CPU-s of imports.
 Everything a run writes is in its directory (`hydra.run.dir`): the metric log, run.json,
 checkpoints, `.hydra/` and `stdout.log`.
 """
@@ -22,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deconcnn.runconfig import CONF_DIR, ConfigError, import_like_a_run
+from deconcnn.runconfig import CONF_DIR, ConfigError, check_config, import_like_a_run
 from deconcnn.runlog.run_status import RUN_LOG, SUBMISSION_ENV
 from deconcnn.runlog.rundir import RunFilesLost
 
@@ -94,6 +95,11 @@ def _hydra_main(cfg: DictConfig) -> Any:
             f"({output_dir}): set hydra.run.dir={cfg.run_dir} instead",
             file=sys.stderr,
         )
+        sys.exit(2)
+    try:
+        check_config(cfg)  # build_run checks it again; here, a bad value is refused before torch loads
+    except ConfigError as error:
+        print(f"deconcnn-train: error: {error}", file=sys.stderr)
         sys.exit(2)
     # Here, not at the top: Hydra refuses a bad override before the training stack loads.
     from deconcnn.training.data import DataNotFoundError
