@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -86,21 +86,24 @@ def output_in(run_dir: Path) -> Iterator[None]:
             sys.stdout, sys.stderr = stdout, stderr
 
 
+def refuse(message: object) -> NoReturn:
+    """A bad input's one line, exit status 2."""
+    print(f"deconcnn-train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> Any:
     output_dir = HydraConfig.get().runtime.output_dir
     if Path(cfg.run_dir).resolve() != Path(output_dir).resolve():
-        print(
-            f"deconcnn-train: error: run_dir={cfg.run_dir} would split the run's files from Hydra's "
-            f"({output_dir}): set hydra.run.dir={cfg.run_dir} instead",
-            file=sys.stderr,
+        refuse(
+            f"run_dir={cfg.run_dir} would split the run's files from Hydra's ({output_dir}): "
+            f"set hydra.run.dir={cfg.run_dir} instead"
         )
-        sys.exit(2)
     try:
         check_config(cfg)  # build_run checks it again; here, a bad value is refused before torch loads
     except ConfigError as error:
-        print(f"deconcnn-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        refuse(error)
     # Here, not at the top: Hydra refuses a bad override before the training stack loads.
     from deconcnn.training.data import DataNotFoundError
     from deconcnn.training.run import train
@@ -110,8 +113,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
         try:
             return train(cfg)
         except (ConfigError, DataNotFoundError) as error:
-            print(f"deconcnn-train: error: {error}", file=sys.stderr)
-            sys.exit(2)
+            refuse(error)
         except RunFilesLost as error:
             print(f"deconcnn-train: failed: {error}", file=sys.stderr)
             sys.exit(1)
