@@ -1,7 +1,7 @@
 """Exact resume: a run SIGKILLed anywhere and resumed is the run that was never interrupted.
 
 Every scenario trains the same tiny monitored run (2 epochs x 16 steps, validation and a checkpoint
-every 4 steps, curvature every 6 steps, noise every epoch) in a process of its own (forked, as the
+every 4 steps, curvature every 10 steps, noise every epoch) in a process of its own (forked, as the
 pack runner starts a run on a CPU), kills it, resumes it with the same command, and compares the
 whole metric log (every value but wall-clock times) and the final weights with an uninterrupted run.
 The curvature records after a resume depend on the state the monitor carries (the previous record's
@@ -24,7 +24,7 @@ STEPS = 32
 MONITORED = [
     *TINY,
     "callbacks=loss_lin_slope_monitors",
-    "callbacks.curvature_monitor.compute_every_n_steps=6",
+    "callbacks.curvature_monitor.compute_every_n_steps=10",  # records at 0 and 10 before a kill, one after every resume
     "callbacks.curvature_monitor.batch_size=8",
     "callbacks.curvature_monitor.warm_start=true",  # the warm-start vector must survive a resume
     "callbacks.noise_monitor.log_every_n_epochs=1",
