@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="fresh sweeps per size; the goals use the medians")
     parser.add_argument("--child", nargs=3, metavar=("OP", "SWEEP_FILE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     if args.child:
         op, sweep_file, out = args.child
         print(json.dumps(measure(op, Path(sweep_file), Path(out))))
@@ -173,9 +175,9 @@ def main() -> None:
         summary.append((runs, sweeps))
     print()
     print(
-        f"Medians of {args.repeat} sweeps per size (the range in brackets). The launch's CPU swings by up to 2x "
-        "between runs of the same code here (its system time: 50,000 new files), so the ratio is the median "
-        "relaunch over 5% of the median launch; the range is each sweep's own ratio."
+        f"Medians of {args.repeat} sweeps per size (the range in brackets). The launch's CPU swings by up to "
+        "2x between runs of the same code here (its system time: it writes files for every run), so the ratio "
+        "is the median relaunch over 5% of the median launch; the range is each sweep's own ratio."
     )
     print()
     print(
@@ -185,7 +187,6 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for runs, sweeps in summary:
         cell = functools.partial(median_cell, sweeps)
-
         ratio = "-"
         if all("relaunch" in s and "launch" in s for s in sweeps):
             each = [s["relaunch"]["cpu_s"] / (0.05 * s["launch"]["cpu_s"]) for s in sweeps]
