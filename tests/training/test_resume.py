@@ -24,7 +24,7 @@ STEPS = 32
 MONITORED = [
     *TINY,
     "callbacks=loss_lin_slope_monitors",
-    "callbacks.curvature_monitor.compute_every_n_steps=10",  # records at 0 and 10 before a kill, one after every resume
+    "callbacks.curvature_monitor.compute_every_n_steps=10",  # 0, 10, 20, 30: one before every kill, one after
     "callbacks.curvature_monitor.batch_size=8",
     "callbacks.curvature_monitor.warm_start=true",  # the warm-start vector must survive a resume
     "callbacks.noise_monitor.log_every_n_epochs=1",
